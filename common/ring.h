@@ -1,0 +1,138 @@
+/* ring.h — a single-producer, single-consumer ring of variable-length records
+ * in POSIX shared memory: the token plane between one worker (producer) and
+ * its gateway (consumer).
+ *
+ * Layout: one header page, then `capacity` bytes of data (a power of two).
+ * Indices are free-running byte counts (never wrapped), so full and empty are
+ * told apart without a spare slot.  A record is an 8-byte header
+ * {u32 len, u32 kind} and len payload bytes, padded to 8; a record never
+ * splits across the end of the buffer: a pad record fills the tail instead.
+ *
+ * Visibility: records the producer writes stay invisible until ring_publish(),
+ * which makes all of them visible with one release store of the write index
+ * and at most one futex wake-up (only when the consumer sleeps).  So a
+ * producer killed mid-batch leaves only whole, published records behind.
+ *
+ * Waiting: the consumer sleeps on a futex in the shared header when the ring
+ * is empty (after a short bounded spin); the producer sleeps on another when
+ * the ring is full.  Neither ever busy-polls while idle, and the producer
+ * never overwrites unread data.
+ *
+ * Liveness: the producer holds an exclusive flock() on the object for its
+ * whole life, so a reader tells a dead producer from a quiet one without
+ * trusting pids (which are reused).  Each producer incarnation writes a fresh
+ * random epoch into the header, so a restarted producer is told from the one
+ * before.
+ *
+ * Threads: one thread produces and one consumes; every other function
+ * (liveness, wake) may be called from any thread.
+ */
+#ifndef RILL_RING_H
+#define RILL_RING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define RING_MAGIC        0x474e49524c4c4952ull /* "RILLRING" little-endian */
+#define RING_VERSION      1
+#define RING_HDR_BYTES    4096u
+#define RING_REC_HDR      8u
+#define RING_MIN_CAPACITY 4096u
+#define RING_MAX_CAPACITY (1ull << 34)
+#define RING_NAME_MAX     64
+
+struct ring;
+
+/* Create the ring `name` ("/rill-<instance>-w<k>") as its producer: a new
+ * object of mode 0600 (an existing object of that name is replaced — it
+ * belongs to a dead predecessor, or ring_cleanup_stale() would have kept it).
+ * `capacity` is rounded up to a power of two within [RING_MIN_CAPACITY,
+ * RING_MAX_CAPACITY].  Returns 0 and *out, or RILL_E_IO (errno kept),
+ * RILL_E_EXISTS if a live producer owns the name, RILL_E_BAD_CONFIG for a
+ * bad name. */
+int ring_create(const char *name, size_t capacity, struct ring **out);
+
+/* Open the ring `name` as its consumer and check its header: RILL_E_BAD_FORMAT
+ * with a message in `why` (may be NULL, `why_len` bytes) for wrong magic,
+ * version, capacity or object size; RILL_E_IO if it cannot be opened. */
+int ring_open(const char *name, struct ring **out, char *why, size_t why_len);
+
+/* Unmap and close.  The producer also unlinks the name when `unlink_name`
+ * (a clean exit); a consumer never unlinks.  NULL is ignored. */
+void ring_close(struct ring *r, bool unlink_name);
+
+/* --- producer ---------------------------------------------------------------- */
+
+/* Largest payload a record of this ring may carry (capacity/2 - 8). */
+uint32_t ring_max_payload(const struct ring *r);
+
+/* Reserve a record of `len` payload bytes with the caller's `kind` (1..0xfffe)
+ * and return where to write its payload; the record becomes visible at the
+ * next ring_publish().  When the ring is too full, earlier reserved records
+ * are published first (so the consumer can drain them), then:
+ * timeout_ms == 0 fails with RILL_E_FULL at once, > 0 waits that long, < 0
+ * waits for ever.  Returns NULL and sets *err (RILL_E_FULL, RILL_E_TOO_LARGE)
+ * on failure.  The pointer is valid until the next reserve or publish. */
+void *ring_reserve(struct ring *r, uint32_t len, uint32_t kind, int timeout_ms, int *err);
+
+/* ring_reserve + memcpy. */
+int ring_push(struct ring *r, const void *data, uint32_t len, uint32_t kind, int timeout_ms);
+
+/* Make every reserved record visible: one release store, and one futex wake
+ * if (and only if) the consumer is asleep.  Returns the number of records
+ * published. */
+unsigned ring_publish(struct ring *r);
+
+/* Bytes currently free for the producer (capacity minus unread, published or
+ * not). */
+size_t ring_free_bytes(const struct ring *r);
+
+/* --- consumer -------------------------------------------------------------- */
+
+/* The next published record: 0 with *data, *len and *kind set, RILL_E_AGAIN
+ * when none is published, RILL_E_BAD_FORMAT when the shared data is corrupt
+ * (a record header that cannot be right).  The record stays readable until
+ * ring_release(). */
+int ring_next(struct ring *r, const void **data, uint32_t *len, uint32_t *kind);
+
+/* Give the space of every record returned by ring_next() back to the producer
+ * (one release store; wakes the producer only if it waits for space). */
+void ring_release(struct ring *r);
+
+/* Whether a published record is waiting. */
+bool ring_readable(const struct ring *r);
+
+/* Sleep until the published write index differs from `seen` (pass
+ * ring_write_index() to wait for anything new), ring_wake_consumer() is
+ * called, or timeout_ms passes (< 0: no timeout).  Spins briefly first.
+ * Returns 0 if data is there, RILL_E_AGAIN on timeout or wake-up. */
+int ring_wait(const struct ring *r, uint64_t seen, int timeout_ms);
+
+/* The published write index (acquire): bytes ever published. */
+uint64_t ring_write_index(const struct ring *r);
+
+/* Interrupt a consumer sleeping in ring_wait() (from another thread). */
+void ring_wake_consumer(struct ring *r);
+
+/* --- identity and liveness ------------------------------------------------------ */
+
+uint64_t ring_epoch(const struct ring *r);
+pid_t ring_producer_pid(const struct ring *r);
+size_t ring_capacity(const struct ring *r);
+const char *ring_name(const struct ring *r);
+
+/* Whether the producer of this mapping still lives (it holds the lock). */
+bool ring_producer_alive(const struct ring *r);
+
+/* Epoch of the object now under `name` (0 if there is none or it is not a
+ * ring): differs from ring_epoch(r) when the producer was replaced. */
+uint64_t ring_epoch_of(const char *name);
+
+/* Unlink every ring in /dev/shm whose name starts with `prefix` ("rill-" or
+ * "rill-<instance>-", no slash) and whose producer is dead.  Returns how many
+ * were removed. */
+int ring_cleanup_stale(const char *prefix);
+
+#endif

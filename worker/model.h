@@ -1,0 +1,101 @@
+/* model.h — a Llama-family model bound to the tensors of a GGUF file.
+ *
+ * The weights stay in the file's read-only mmap (no copy): a `struct wmat`
+ * points into it.  Only small tensors that are not F32 in the file (norm
+ * vectors) are converted to F32 in buffers the model owns.
+ *
+ * Supported: general.architecture = "llama" (Llama 2/3, TinyLlama, SmolLM,
+ * Mistral-style grouped-query attention), tensor types F32, F16 and Q8_0.
+ * RoPE is the "normal" llama.cpp style (rotating adjacent pairs 2i, 2i+1),
+ * which is what GGUF llama files are converted for.
+ */
+#ifndef RILL_MODEL_H
+#define RILL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* GGUF tensor type ids. */
+enum wtype { WT_F32 = 0, WT_F16 = 1, WT_Q8_0 = 8 };
+
+#define Q8_0_BLOCK 32
+struct q8_0_block { uint16_t d; int8_t qs[Q8_0_BLOCK]; }; /* d: IEEE half scale; 34 bytes */
+
+/* A weight matrix of `rows` outputs by `cols` inputs, row-major: row r is the
+ * `cols` weights of output r, `row_bytes` apart (GGUF ne[0] = cols,
+ * ne[1] = rows).  Q8_0 needs cols % 32 == 0. */
+struct wmat {
+    const void *data;
+    enum wtype type;
+    uint32_t rows, cols;
+    size_t row_bytes;
+};
+
+struct model_config {
+    char arch[32];
+    char name[128];          /* general.name, may be empty */
+    uint32_t dim;            /* llama.embedding_length */
+    uint32_t n_layers;       /* llama.block_count */
+    uint32_t n_heads;        /* llama.attention.head_count */
+    uint32_t n_kv_heads;     /* llama.attention.head_count_kv (= n_heads if absent) */
+    uint32_t head_dim;       /* dim / n_heads */
+    uint32_t rope_dim;       /* llama.rope.dimension_count (= head_dim if absent) */
+    uint32_t ffn_dim;        /* llama.feed_forward_length */
+    uint32_t vocab;          /* rows of token_embd */
+    uint32_t ctx;            /* llama.context_length */
+    float rope_base;         /* llama.rope.freq_base (10000 if absent) */
+    float norm_eps;          /* llama.attention.layer_norm_rms_epsilon (1e-5 if absent) */
+    enum wtype dtype;        /* the type of most weights (for reports) */
+    uint64_t n_params;
+};
+
+struct layer_weights {
+    const float *attn_norm;          /* dim */
+    struct wmat wq, wk, wv, wo;      /* q: dim x dim (n_heads*head_dim), k/v: kv_dim x dim, o: dim x dim */
+    const float *ffn_norm;           /* dim */
+    struct wmat w_gate, w_up;        /* ffn_dim x dim */
+    struct wmat w_down;              /* dim x ffn_dim */
+};
+
+struct gguf;
+struct tok;
+
+struct model {
+    struct model_config cfg;
+    struct wmat tok_embd;            /* vocab x dim */
+    struct layer_weights *layers;    /* n_layers */
+    const float *out_norm;           /* dim */
+    struct wmat output;              /* vocab x dim (= tok_embd when tied: no output.weight) */
+    bool tied_output;
+    struct tok *tok;                 /* the tokenizer from the file's metadata */
+    struct gguf *gguf;               /* owns the mmap */
+    void *owned;                     /* converted F32 norm vectors */
+    size_t file_bytes;
+    double load_ms;
+};
+
+/* Load and check a model.  Every problem with the file is an error with a
+ * message naming it in `why` (wrong magic, unsupported version, truncated
+ * file, tensor data past the end, unknown or unsupported tensor type or
+ * architecture (which), missing tensor (which), a shape that disagrees with
+ * the metadata (which, and both shapes)): RILL_E_BAD_FORMAT or
+ * RILL_E_UNSUPPORTED; RILL_E_IO when the file cannot be read.
+ * With `progress`, a progress line is drawn on stderr while the weights are
+ * touched (when stderr is a terminal).  The load time goes to the log. */
+int model_load(const char *path, bool progress, struct model **out, char *why, size_t why_len);
+void model_free(struct model *m);
+
+/* Bytes of one row of `cols` weights of type t (Q8_0: cols/32 blocks). */
+size_t wtype_row_bytes(enum wtype t, uint32_t cols);
+const char *wtype_name(enum wtype t);   /* "f32", "f16", "q8_0" */
+int wtype_from_name(const char *name);  /* -1 if unknown */
+
+/* Write row `r` of w, dequantized, into out[cols]. */
+void wmat_row_f32(const struct wmat *w, uint32_t r, float *out);
+
+/* IEEE half <-> float (exact, scalar; no F16C needed). */
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+
+#endif
