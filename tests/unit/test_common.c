@@ -1,0 +1,112 @@
+/* test_common.c — the error list and the JSON writer. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/jsonw.h"
+
+static void test_err_names_round_trip_and_are_unique(void **state)
+{
+    (void)state;
+    for (int i = 0; i < RILL_ERR_COUNT; i++) {
+        int code = -(i + 1);
+        const char *name = rill_err_name(code);
+        assert_int_equal(rill_err_from_name(name), code);
+        assert_int_equal(rill_err_index(code), i);
+    }
+    assert_string_equal(rill_err_name(0), "ok");
+    assert_string_equal(rill_err_name(RILL_E_BAD_REQUEST), "bad_request");
+    assert_string_equal(rill_err_name(RILL_E_WORKER_LOST), "worker_lost");
+    assert_string_equal(rill_err_name(-100000), "internal");
+    assert_int_equal(rill_err_from_name("no such code"), 0);
+}
+
+static void test_err_recoverable_flags_and_wire_mapping(void **state)
+{
+    (void)state;
+    assert_false(rill_err_recoverable(RILL_E_BAD_REQUEST));
+    assert_false(rill_err_recoverable(RILL_E_CANCELLED));
+    assert_true(rill_err_recoverable(RILL_E_OVERLOADED));
+    assert_true(rill_err_recoverable(RILL_E_WORKER_LOST));
+    assert_true(rill_err_recoverable(RILL_E_RATE_LIMITED));
+    assert_true(rill_err_is_wire(RILL_E_SLOW_CONSUMER));
+    assert_false(rill_err_is_wire(RILL_E_IO));
+    assert_int_equal(rill_err_wire(RILL_E_NOMEM), RILL_E_INTERNAL);
+    assert_int_equal(rill_err_wire(RILL_E_TIMEOUT), RILL_E_TIMEOUT);
+}
+
+static cJSON *parse(const char *buf, size_t n)
+{
+    cJSON *j = cJSON_ParseWithLength(buf, n);
+    assert_non_null(j);
+    return j;
+}
+
+static void test_jsonw_writes_nested_values_that_cjson_reads_back(void **state)
+{
+    (void)state;
+    char buf[512];
+    struct jsonw w;
+    jsonw_init(&w, buf, sizeof buf);
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "type", "token");
+    jsonw_key(&w, "token");
+    jsonw_obj_begin(&w);
+    jsonw_key_int(&w, "id", -5);
+    jsonw_key_str(&w, "text", "a\"b\\c\n\t\x01 é 🎉");
+    jsonw_key_double(&w, "latency_ms", 38.5, 3);
+    jsonw_key_double(&w, "nan", NAN, 3);
+    jsonw_obj_end(&w);
+    jsonw_key(&w, "list");
+    jsonw_arr_begin(&w);
+    jsonw_uint(&w, 18446744073709551615ull);
+    jsonw_bool(&w, true);
+    jsonw_null(&w);
+    jsonw_arr_end(&w);
+    jsonw_obj_end(&w);
+    assert_true(jsonw_ok(&w));
+    cJSON *j = parse(buf, jsonw_len(&w));
+    assert_string_equal(cJSON_GetObjectItem(j, "type")->valuestring, "token");
+    cJSON *t = cJSON_GetObjectItem(j, "token");
+    assert_int_equal(cJSON_GetObjectItem(t, "id")->valueint, -5);
+    assert_string_equal(cJSON_GetObjectItem(t, "text")->valuestring, "a\"b\\c\n\t\x01 é 🎉");
+    assert_true(cJSON_GetObjectItem(t, "latency_ms")->valuedouble == 38.5);
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(t, "nan")));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "list")), 3);
+    cJSON_Delete(j);
+}
+
+static void test_jsonw_replaces_invalid_utf8_and_reports_overflow(void **state)
+{
+    (void)state;
+    char buf[64];
+    struct jsonw w;
+    jsonw_init(&w, buf, sizeof buf);
+    jsonw_strn(&w, "a\xff\xc3z", 4);
+    assert_true(jsonw_ok(&w));
+    assert_int_equal(jsonw_len(&w), 2 + 1 + 3 + 3 + 1);
+    assert_memory_equal(buf, "\"a\xef\xbf\xbd\xef\xbf\xbdz\"", jsonw_len(&w));
+    jsonw_init(&w, buf, 8);
+    jsonw_str(&w, "this does not fit");
+    assert_false(jsonw_ok(&w));
+    assert_int_equal(utf8_valid_prefix("ab\xe6\x97", 4), 2);
+    assert_int_equal(utf8_valid_prefix("ab\xe6\x97\xa5", 5), 5);
+    assert_int_equal(utf8_valid_prefix("\xed\xa0\x80", 3), 0); /* a surrogate is not UTF-8 */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_err_names_round_trip_and_are_unique),
+        cmocka_unit_test(test_err_recoverable_flags_and_wire_mapping),
+        cmocka_unit_test(test_jsonw_writes_nested_values_that_cjson_reads_back),
+        cmocka_unit_test(test_jsonw_replaces_invalid_utf8_and_reports_overflow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
