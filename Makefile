@@ -15,7 +15,7 @@ SAN      ?=
 CC       ?= cc
 PYTHON   ?= /usr/bin/python3
 
-WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+WARN     := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 $(WARN) -fno-strict-aliasing -pthread -MMD -MP \
             -D_GNU_SOURCE -I. -Icommon

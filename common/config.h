@@ -27,6 +27,7 @@
     X(STR,  rill, log_level,           "info",           0, 0,      "debug, info, warn, error or off") \
     X(BOOL, rill, log_json,            "false",          0, 0,      "one JSON object per log line") \
     X(STR,  rill, log_file,            "",               0, 0,      "append logs to this file instead of stderr") \
+    X(STR,  rill, control,             "",               0, 0,      "supervisor control endpoint (the supervisor sets it for its children)") \
     X(STR,  gateway, listen,           "127.0.0.1:8765", 0, 0,      "HTTP and WebSocket address (host:port); loopback unless told otherwise") \
     X(STR,  gateway, ws_path,          "/stream",        0, 0,      "path of the WebSocket endpoint") \
     X(STR,  gateway, web_root,         "",               0, 0,      "directory of the web pages; default gateway/web next to the binaries") \
@@ -46,7 +47,6 @@
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "WebSocket ping interval (round-trip feeds the coalescing)") \
     X(STR,  gateway, worker_list,      "",               0, 0,      "standalone: comma-separated workers as endpoint@ring (without a supervisor)") \
-    X(STR,  gateway, control,          "",               0, 0,      "supervisor control endpoint (set by the supervisor)") \
     X(STR,  worker, model,             "models/default.gguf", 0, 0, "GGUF model file") \
     X(INT,  worker, threads,           "0",              0, 256,    "compute threads (0: every core)") \
     X(INT,  worker, max_batch,         "64",             1, 4096,   "most sequences one decode step advances") \
@@ -61,7 +61,7 @@
     X(INT,  worker, heartbeat_ms,      "100",            10, 60000, "heartbeat period") \
     X(STR,  worker, endpoint,          "",               0, 0,      "request socket (default ipc://<run_dir>/w<id>.sock)") \
     X(INT,  worker, worker_id,         "0",              0, 1023,   "this worker's number (w<id>)") \
-    X(STR,  worker, matmul,            "auto",           0, 0,      "matrix kernels: auto, native or blas") \
+    X(STR,  worker, matmul,            "native",         0, 0,      "matrix kernels: native (batch-invariant, exact) or blas (OpenBLAS sgemm for F32)") \
     X(BOOL, worker, fake_tokens,       "false",          0, 0,      "emit tokens without computing them (fan-out benchmark only)") \
     X(INT,  supervisor, workers,       "1",              1, 64,     "worker processes") \
     X(INT,  supervisor, threads_per_worker, "0",         0, 256,    "threads of each worker (0: cores / workers)") \

@@ -357,6 +357,14 @@ static int wait_for_space(struct ring *r, uint64_t need, int timeout_ms)
     }
 }
 
+int ring_wait_space(struct ring *r, size_t bytes, int timeout_ms)
+{
+    if (ring_free_bytes(r) >= bytes)
+        return 0;
+    ring_publish(r);
+    return wait_for_space(r, bytes, timeout_ms);
+}
+
 void *ring_reserve(struct ring *r, uint32_t len, uint32_t kind, int timeout_ms, int *err)
 {
     if (len > ring_max_payload(r) || kind == 0 || kind >= REC_KIND_PAD) {

@@ -85,6 +85,10 @@ int ring_push(struct ring *r, const void *data, uint32_t len, uint32_t kind, int
  * published. */
 unsigned ring_publish(struct ring *r);
 
+/* Wait until at least `bytes` are free (publishing reserved records first),
+ * up to timeout_ms (0: just check, < 0: for ever).  0 or RILL_E_FULL. */
+int ring_wait_space(struct ring *r, size_t bytes, int timeout_ms);
+
 /* Bytes currently free for the producer (capacity minus unread, published or
  * not). */
 size_t ring_free_bytes(const struct ring *r);

@@ -1,0 +1,399 @@
+/* test_kern.c — kernels, thread pool, KV cache, sampler, adaptive batch
+ * controller: the worker's parts that need no model file.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "worker/adapt.h"
+#include "worker/kern.h"
+#include "worker/kvcache.h"
+#include "worker/pool.h"
+#include "worker/sample.h"
+
+static uint64_t rng_state = 88172645463325252ull;
+static double frand(void) /* uniform in [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) * 0x1.0p-52 - 1.0;
+}
+
+/* A random matrix of the given type; also returns its exact float values. */
+static void make_matrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t cols, float **exact)
+{
+    w->type = t;
+    w->rows = rows;
+    w->cols = cols;
+    w->row_bytes = wtype_row_bytes(t, cols);
+    void *data = malloc(w->row_bytes * rows);
+    *exact = malloc(sizeof(float) * rows * cols);
+    for (uint32_t r = 0; r < rows; r++) {
+        char *row = (char *)data + (size_t)r * w->row_bytes;
+        if (t == WT_Q8_0) {
+            for (uint32_t b = 0; b < cols / 32; b++) {
+                struct q8_0_block *blk = (struct q8_0_block *)row + b;
+                blk->d = f32_to_f16((float)(0.001 + 0.01 * fabs(frand())));
+                for (int i = 0; i < 32; i++)
+                    blk->qs[i] = (int8_t)(frand() * 127);
+            }
+        }
+        for (uint32_t k = 0; k < cols; k++) {
+            float v = (float)frand();
+            if (t == WT_F32)
+                ((float *)row)[k] = v;
+            else if (t == WT_F16)
+                ((uint16_t *)row)[k] = f32_to_f16(v);
+        }
+    }
+    w->data = data;
+    for (uint32_t r = 0; r < rows; r++)
+        kern_row(w, r, *exact + (size_t)r * cols);
+}
+
+static void test_kern_matmul_agrees_with_double_precision(void **state)
+{
+    (void)state;
+    enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
+    for (int ti = 0; ti < 3; ti++) {
+        uint32_t N = 37, K = 96, B = 9;
+        struct wmat w;
+        float *ex;
+        make_matrix(&w, types[ti], N, K, &ex);
+        float *x = malloc(sizeof(float) * B * K), *y = malloc(sizeof(float) * B * N);
+        for (uint32_t i = 0; i < B * K; i++)
+            x[i] = (float)frand();
+        kern_matmul(&w, x, K, B, y, N, 0, N);
+        for (uint32_t b = 0; b < B; b++)
+            for (uint32_t n = 0; n < N; n++) {
+                double ref = 0, mag = 0;
+                for (uint32_t k = 0; k < K; k++) {
+                    ref += (double)ex[(size_t)n * K + k] * x[(size_t)b * K + k];
+                    mag += fabs((double)ex[(size_t)n * K + k] * x[(size_t)b * K + k]);
+                }
+                if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-7)
+                    fail_msg("%s y[%u][%u] = %g, want %g", wtype_name(types[ti]), b, n, y[(size_t)b * N + n], ref);
+            }
+        free((void *)w.data);
+        free(ex);
+        free(x);
+        free(y);
+    }
+}
+
+/* The property the whole worker leans on: an element's value does not depend
+ * on the batch size, the row range, or the instruction set. */
+static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **state)
+{
+    (void)state;
+    enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
+    for (int ti = 0; ti < 3; ti++) {
+        uint32_t N = 53, K = 128, B = 23;
+        struct wmat w;
+        float *ex;
+        make_matrix(&w, types[ti], N, K, &ex);
+        float *x = malloc(sizeof(float) * B * K);
+        for (uint32_t i = 0; i < B * K; i++)
+            x[i] = (float)frand();
+        float *full = malloc(sizeof(float) * B * N), *part = malloc(sizeof(float) * B * N);
+        kern_matmul(&w, x, K, B, full, N, 0, N);
+        /* Each batch row alone, and in odd groups, over odd row ranges. */
+        for (uint32_t b = 0; b < B; b++)
+            kern_matmul(&w, x + (size_t)b * K, K, 1, part + (size_t)b * N, N, 0, N);
+        assert_memory_equal(full, part, sizeof(float) * B * N);
+        memset(part, 0, sizeof(float) * B * N);
+        for (uint32_t b = 0; b < B; b += 5) {
+            uint32_t nb = B - b < 5 ? B - b : 5;
+            for (uint32_t n0 = 0; n0 < N; n0 += 7)
+                kern_matmul(&w, x + (size_t)b * K, K, nb, part + (size_t)b * N, N, n0, n0 + 7 < N ? n0 + 7 : N);
+        }
+        assert_memory_equal(full, part, sizeof(float) * B * N);
+        enum kern_isa old = kern_set_isa(KERN_SCALAR);
+        memset(part, 0, sizeof(float) * B * N);
+        kern_matmul(&w, x, K, B, part, N, 0, N);
+        kern_set_isa(old);
+        assert_memory_equal(full, part, sizeof(float) * B * N);
+        free((void *)w.data);
+        free(ex);
+        free(x);
+        free(full);
+        free(part);
+    }
+}
+
+static void test_kern_dot_matches_scalar_and_rmsnorm_normalizes(void **state)
+{
+    (void)state;
+    float a[64], b[64], out[64], ones[64];
+    for (int i = 0; i < 64; i++) {
+        a[i] = (float)frand();
+        b[i] = (float)frand();
+        ones[i] = 1;
+    }
+    float d = kern_dot(a, b, 64);
+    enum kern_isa old = kern_set_isa(KERN_SCALAR);
+    float ds = kern_dot(a, b, 64);
+    kern_set_isa(old);
+    assert_memory_equal(&d, &ds, sizeof d);
+    kern_rmsnorm(out, a, ones, 64, 0);
+    double ss = 0;
+    for (int i = 0; i < 64; i++)
+        ss += (double)out[i] * out[i];
+    assert_true(fabs(ss / 64 - 1.0) < 1e-5);
+}
+
+/* --- pool --------------------------------------------------------------------------- */
+
+static _Atomic uint32_t hits[1000];
+static void count_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    (void)ctx;
+    (void)thread;
+    atomic_fetch_add(&hits[task], 1);
+}
+
+static void test_pool_runs_every_task_exactly_once(void **state)
+{
+    (void)state;
+    struct pool *p = pool_create(3);
+    assert_non_null(p);
+    assert_int_equal(pool_threads(p), 3);
+    for (int round = 0; round < 200; round++) {
+        uint32_t n = 1 + (uint32_t)(round * 7 % 1000);
+        memset(hits, 0, sizeof hits);
+        pool_run(p, count_task, NULL, n);
+        for (uint32_t i = 0; i < n; i++)
+            assert_int_equal(atomic_load(&hits[i]), 1);
+        assert_int_equal(atomic_load(&hits[n < 1000 ? n : 999]), n < 1000 ? 0 : 1);
+    }
+    pool_free(p);
+}
+
+/* --- KV cache ------------------------------------------------------------------------ */
+
+static void test_kv_blocks_are_all_or_nothing_and_return_on_release(void **state)
+{
+    (void)state;
+    struct kv *kv;
+    /* 2 layers x kv_dim 32 x 16 tokens x 2 x 4 bytes = 8 KiB per block. */
+    assert_int_equal(kv_create(2, 32, 16, 10 * 8192, &kv), 0);
+    assert_int_equal(kv_blocks_total(kv), 10);
+    struct kv_seq a = {0}, b = {0};
+    assert_int_equal(kv_reserve(kv, &a, 100), 0); /* 7 blocks */
+    assert_int_equal(a.n_blocks, 7);
+    assert_int_equal(kv_blocks_free(kv), 3);
+    assert_int_equal(kv_reserve(kv, &b, 64), RILL_E_NOMEM); /* needs 4 */
+    assert_int_equal(b.n_blocks, 0);
+    assert_int_equal(kv_blocks_free(kv), 3);
+    assert_int_equal(kv_reserve(kv, &b, 48), 0);
+    /* Positions are distinct memory, keys and values apart, layers apart. */
+    for (uint32_t pos = 0; pos < 100; pos++)
+        for (uint32_t l = 0; l < 2; l++) {
+            kv_k(kv, &a, l, pos)[0] = (float)(pos * 10 + l);
+            kv_v(kv, &a, l, pos)[31] = -(float)(pos * 10 + l);
+        }
+    for (uint32_t pos = 0; pos < 48; pos++)
+        kv_k(kv, &b, 0, pos)[0] = 12345;
+    for (uint32_t pos = 0; pos < 100; pos++)
+        for (uint32_t l = 0; l < 2; l++) {
+            assert_true(kv_k(kv, &a, l, pos)[0] == (float)(pos * 10 + l));
+            assert_true(kv_v(kv, &a, l, pos)[31] == -(float)(pos * 10 + l));
+        }
+    kv_release(kv, &a);
+    assert_int_equal(kv_blocks_free(kv), 7);
+    assert_true(kv_trim(kv) >= 7 * 8192);
+    assert_int_equal(kv_trim(kv), 0);
+    kv_release(kv, &b);
+    assert_int_equal(kv_blocks_free(kv), 10);
+    kv_free(kv);
+}
+
+/* --- sampler ------------------------------------------------------------------------ */
+
+static void test_sample_greedy_picks_argmax_and_reports_logprobs(void **state)
+{
+    (void)state;
+    struct sampler *s = sampler_create(5);
+    float logits[5] = {1, 3, 2, 3, 0};
+    struct sample_params p = {.temperature = 0, .top_p = 1, .repetition_penalty = 1};
+    struct sample_result r;
+    sample_next(s, logits, &p, NULL, 0, 0, 3, &r);
+    assert_int_equal(r.token, 1); /* tie with 3: the lower id */
+    double lse = log(exp(1) + exp(3) + exp(2) + exp(3) + exp(0));
+    assert_true(fabs(r.logprob - (3 - lse)) < 1e-5);
+    assert_int_equal(r.n_top, 3);
+    assert_int_equal(r.top_ids[0], 1);
+    assert_int_equal(r.top_ids[1], 3);
+    assert_int_equal(r.top_ids[2], 2);
+    /* Repetition penalty on token 1 makes 3 the argmax. */
+    int32_t hist[] = {1};
+    p.repetition_penalty = 2;
+    sample_next(s, logits, &p, hist, 1, 0, 0, &r);
+    assert_int_equal(r.token, 3);
+    sampler_free(s);
+}
+
+static void test_sample_is_a_function_of_seed_and_position(void **state)
+{
+    (void)state;
+    uint32_t V = 1000;
+    struct sampler *s = sampler_create(V);
+    float *logits = malloc(V * sizeof *logits);
+    for (uint32_t i = 0; i < V; i++)
+        logits[i] = (float)frand() * 3;
+    struct sample_params p = {.temperature = 1.0f, .top_p = 0.9f, .top_k = 50, .min_p = 0.01f,
+                              .repetition_penalty = 1, .seed = 42};
+    int32_t first[64];
+    for (uint32_t pos = 0; pos < 64; pos++) {
+        struct sample_result r;
+        sample_next(s, logits, &p, NULL, 0, pos, 0, &r);
+        first[pos] = r.token;
+    }
+    /* Same seed and positions in reverse order: same tokens. */
+    for (int pos = 63; pos >= 0; pos--) {
+        struct sample_result r;
+        sample_next(s, logits, &p, NULL, 0, (uint32_t)pos, 0, &r);
+        assert_int_equal(r.token, first[pos]);
+    }
+    /* A different seed gives a different stream. */
+    p.seed = 43;
+    int same = 0;
+    for (uint32_t pos = 0; pos < 64; pos++) {
+        struct sample_result r;
+        sample_next(s, logits, &p, NULL, 0, pos, 0, &r);
+        same += r.token == first[pos];
+    }
+    assert_true(same < 32);
+    free(logits);
+    sampler_free(s);
+}
+
+static void test_sample_top_k_and_top_p_restrict_the_draw(void **state)
+{
+    (void)state;
+    uint32_t V = 100;
+    struct sampler *s = sampler_create(V);
+    float logits[100];
+    for (uint32_t i = 0; i < V; i++)
+        logits[i] = (float)i * 0.1f; /* token 99 most likely */
+    struct sample_params p = {.temperature = 1.0f, .top_p = 1, .top_k = 3, .repetition_penalty = 1, .seed = 7};
+    for (uint32_t pos = 0; pos < 500; pos++) {
+        struct sample_result r;
+        sample_next(s, logits, &p, NULL, 0, pos, 0, &r);
+        assert_true(r.token >= 97);
+    }
+    /* top_p: the kept set is the smallest top mass >= p (ties kept). */
+    float two[100];
+    for (uint32_t i = 0; i < V; i++)
+        two[i] = i == 10 ? 10.0f : i == 20 ? 9.5f : -10.0f;
+    p.top_k = 0;
+    p.top_p = 0.5f;
+    for (uint32_t pos = 0; pos < 200; pos++) {
+        struct sample_result r;
+        sample_next(s, two, &p, NULL, 0, pos, 0, &r);
+        assert_int_equal(r.token, 10);
+    }
+    p.top_p = 0.99f;
+    int saw20 = 0;
+    for (uint32_t pos = 0; pos < 200; pos++) {
+        struct sample_result r;
+        sample_next(s, two, &p, NULL, 0, pos, 0, &r);
+        assert_true(r.token == 10 || r.token == 20);
+        saw20 += r.token == 20;
+    }
+    assert_true(saw20 > 20 && saw20 < 140); /* about 38% */
+    sampler_free(s);
+}
+
+/* --- adaptive batch size ------------------------------------------------------------- */
+
+static void test_adapt_rises_under_good_latency_only_when_saturated(void **state)
+{
+    (void)state;
+    struct adapt a;
+    adapt_init(&a, 1, 64, 4, 50, 100);
+    for (int i = 0; i < 10; i++)
+        adapt_step(&a, 20, 2); /* fast, but the batch is not at the cap: no evidence */
+    assert_int_equal(a.cap, 4);
+    int changes = 0;
+    for (int i = 0; i < 60; i++)
+        changes += adapt_step(&a, 20, a.cap);
+    assert_true(a.cap > 10);
+    assert_true(changes > 5);
+    assert_non_null(strstr(a.reason, "under target"));
+}
+
+static void test_adapt_falls_when_slow_and_does_not_oscillate(void **state)
+{
+    (void)state;
+    struct adapt a;
+    adapt_init(&a, 1, 64, 32, 50, 100);
+    /* A step costs 3 ms per sequence: caps above 33 are too slow. */
+    uint32_t caps[400];
+    for (int i = 0; i < 400; i++) {
+        adapt_step(&a, 3.0 * a.cap, a.cap);
+        caps[i] = a.cap;
+    }
+    /* It settles: over the last 200 steps the cap changes rarely and stays
+     * where latency is under the maximum. */
+    int changes = 0;
+    for (int i = 201; i < 400; i++) {
+        changes += caps[i] != caps[i - 1];
+        assert_true(3.0 * caps[i] <= 100 + 3.0 * 2);
+    }
+    assert_true(changes <= 12);
+    adapt_init(&a, 1, 64, 40, 50, 100);
+    for (int i = 0; i < 3; i++)
+        adapt_step(&a, 150, a.cap);
+    assert_int_equal(a.cap, 30);
+    assert_non_null(strstr(a.reason, "above max"));
+}
+
+static void test_adapt_halves_under_pressure_and_respects_the_limit(void **state)
+{
+    (void)state;
+    struct adapt a;
+    adapt_init(&a, 2, 64, 32, 50, 100);
+    assert_true(adapt_pressure(&a, 1));
+    assert_int_equal(a.cap, 16);
+    assert_true(adapt_pressure(&a, 2));
+    assert_int_equal(a.cap, 8);
+    assert_false(adapt_pressure(&a, 2));
+    for (int i = 0; i < 50; i++)
+        adapt_step(&a, 5, a.cap); /* no rise under pressure */
+    assert_int_equal(a.cap, 8);
+    adapt_pressure(&a, 0);
+    assert_true(adapt_set_limit(&a, 4));
+    assert_int_equal(a.cap, 4);
+    for (int i = 0; i < 100; i++)
+        adapt_step(&a, 5, a.cap);
+    assert_int_equal(a.cap, 4); /* the supervisor's bound holds */
+    assert_true(adapt_pressure(&a, 2));
+    assert_int_equal(a.cap, 2); /* never under min */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kern_matmul_agrees_with_double_precision),
+        cmocka_unit_test(test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa),
+        cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
+        cmocka_unit_test(test_pool_runs_every_task_exactly_once),
+        cmocka_unit_test(test_kv_blocks_are_all_or_nothing_and_return_on_release),
+        cmocka_unit_test(test_sample_greedy_picks_argmax_and_reports_logprobs),
+        cmocka_unit_test(test_sample_is_a_function_of_seed_and_position),
+        cmocka_unit_test(test_sample_top_k_and_top_p_restrict_the_draw),
+        cmocka_unit_test(test_adapt_rises_under_good_latency_only_when_saturated),
+        cmocka_unit_test(test_adapt_falls_when_slow_and_does_not_oscillate),
+        cmocka_unit_test(test_adapt_halves_under_pressure_and_respects_the_limit),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,338 @@
+/* forward.c — see forward.h.  Reads top to bottom like llama2.c's forward():
+ * embed, then per layer attention and feed-forward with residuals, then the
+ * final norm and the output projection — but over a matrix of rows, with
+ * every matrix product and the attention spread over the thread pool.
+ */
+#include "forward.h"
+#include "kern.h"
+#include "common/err.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* OpenBLAS extension: we run it single-threaded inside our own tasks. */
+void openblas_set_num_threads(int num_threads);
+
+struct fwd {
+    const struct model *m;
+    struct kv *kv;
+    struct pool *pool;
+    uint32_t max_rows, max_ctx;
+    uint32_t dim, kv_dim, q_dim, hd, ffn;
+    enum fwd_matmul mode;
+    uint32_t blas_min_rows;
+
+    /* Scratch, max_rows rows each. */
+    float *x;      /* residual stream, dim */
+    float *xb;     /* normed input of a sublayer, dim */
+    float *q;      /* q_dim */
+    float *k, *v;  /* kv_dim */
+    float *att;    /* attention output, q_dim */
+    float *tmp;    /* sublayer output before the residual add, dim */
+    float *hb, *hb2; /* ffn */
+    float *xs;     /* normed rows that want logits, dim */
+    float *scores; /* per thread, max_ctx */
+    float *rope_cos, *rope_sin; /* [max_ctx][rope_dim/2] */
+    size_t scratch_bytes;
+};
+
+static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
+{
+    if (!why || !n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+static float *alloc_floats(struct fwd *f, size_t n)
+{
+    f->scratch_bytes += n * sizeof(float);
+    return aligned_alloc(64, ((n * sizeof(float)) + 63) / 64 * 64);
+}
+
+static bool kernel_fits(const struct wmat *w)
+{
+    return w->cols % (w->type == WT_Q8_0 ? 32u : 8u) == 0;
+}
+
+int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t max_rows, uint32_t max_ctx,
+               struct fwd **out, char *why, size_t why_len)
+{
+    *out = NULL;
+    const struct model_config *c = &m->cfg;
+    if (c->head_dim % 8 || c->rope_dim % 2 || c->rope_dim > c->head_dim || c->n_kv_heads == 0 ||
+        c->n_heads % c->n_kv_heads) {
+        why_set(why, why_len, "unsupported attention shape: head_dim %u, rope_dim %u, heads %u/%u (need head_dim %% 8 == 0)",
+                c->head_dim, c->rope_dim, c->n_heads, c->n_kv_heads);
+        return RILL_E_UNSUPPORTED;
+    }
+    const struct wmat *all[] = {&m->tok_embd, &m->output};
+    for (size_t i = 0; i < 2; i++)
+        if (!kernel_fits(all[i])) {
+            why_set(why, why_len, "unsupported shape: a matrix with %u columns (need a multiple of 8)", all[i]->cols);
+            return RILL_E_UNSUPPORTED;
+        }
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        const struct wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < 7; i++)
+            if (!kernel_fits(ws[i])) {
+                why_set(why, why_len, "unsupported shape: layer %u has a matrix with %u columns", l, ws[i]->cols);
+                return RILL_E_UNSUPPORTED;
+            }
+    }
+    struct fwd *f = calloc(1, sizeof *f);
+    if (!f)
+        return RILL_E_NOMEM;
+    f->m = m;
+    f->kv = kv;
+    f->pool = pool;
+    f->max_rows = max_rows;
+    f->max_ctx = max_ctx;
+    f->dim = c->dim;
+    f->hd = c->head_dim;
+    f->q_dim = c->n_heads * c->head_dim;
+    f->kv_dim = c->n_kv_heads * c->head_dim;
+    f->ffn = c->ffn_dim;
+    size_t R = max_rows;
+    f->x = alloc_floats(f, R * f->dim);
+    f->xb = alloc_floats(f, R * f->dim);
+    f->q = alloc_floats(f, R * f->q_dim);
+    f->k = alloc_floats(f, R * f->kv_dim);
+    f->v = alloc_floats(f, R * f->kv_dim);
+    f->att = alloc_floats(f, R * f->q_dim);
+    f->tmp = alloc_floats(f, R * f->dim);
+    f->hb = alloc_floats(f, R * f->ffn);
+    f->hb2 = alloc_floats(f, R * f->ffn);
+    f->xs = alloc_floats(f, R * f->dim);
+    f->scores = alloc_floats(f, (size_t)pool_threads(pool) * max_ctx);
+    uint32_t half = c->rope_dim / 2;
+    f->rope_cos = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
+    f->rope_sin = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
+    if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->tmp || !f->hb || !f->hb2 || !f->xs ||
+        !f->scores || !f->rope_cos || !f->rope_sin) {
+        fwd_free(f);
+        return RILL_E_NOMEM;
+    }
+    /* theta_i = pos * base^(-2i/rope_dim), computed in double once. */
+    for (uint32_t p = 0; p < max_ctx; p++)
+        for (uint32_t i = 0; i < half; i++) {
+            double freq = pow((double)c->rope_base, -2.0 * i / (double)c->rope_dim);
+            double a = p * freq;
+            f->rope_cos[(size_t)p * half + i] = (float)cos(a);
+            f->rope_sin[(size_t)p * half + i] = (float)sin(a);
+        }
+    *out = f;
+    return 0;
+}
+
+void fwd_free(struct fwd *f)
+{
+    if (!f)
+        return;
+    float *bufs[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->tmp, f->hb, f->hb2, f->xs, f->scores,
+                     f->rope_cos, f->rope_sin};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(f);
+}
+
+void fwd_set_matmul(struct fwd *f, enum fwd_matmul mode, uint32_t min_rows)
+{
+    f->mode = mode;
+    f->blas_min_rows = min_rows ? min_rows : 1;
+    if (mode == FWD_BLAS)
+        openblas_set_num_threads(1);
+}
+
+size_t fwd_scratch_bytes(const struct fwd *f) { return f->scratch_bytes; }
+
+/* --- matrix products on the pool -------------------------------------------- */
+
+struct mm_out {
+    const struct wmat *w;
+    float *y;
+    uint32_t ldy;
+    uint32_t first_task; /* tasks [first_task, next's first_task) are this matrix's */
+};
+
+struct mm_job {
+    const struct fwd *f;
+    const float *x;
+    uint32_t ldx, B, chunk;
+    uint32_t n_out;
+    struct mm_out out[3];
+};
+
+static void mm_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    (void)thread;
+    const struct mm_job *j = ctx;
+    uint32_t i = j->n_out - 1;
+    while (task < j->out[i].first_task)
+        i--;
+    const struct mm_out *o = &j->out[i];
+    uint32_t n0 = (task - o->first_task) * j->chunk;
+    uint32_t n1 = n0 + j->chunk < o->w->rows ? n0 + j->chunk : o->w->rows;
+    if (j->f->mode == FWD_BLAS && o->w->type == WT_F32 && j->B >= j->f->blas_min_rows) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->B, (int)(n1 - n0), (int)o->w->cols, 1.0f,
+                    j->x, (int)j->ldx, (const float *)o->w->data + (size_t)n0 * o->w->cols, (int)o->w->cols, 0.0f,
+                    o->y + n0, (int)o->ldy);
+        return;
+    }
+    kern_matmul(o->w, j->x, j->ldx, j->B, o->y, o->ldy, n0, n1);
+}
+
+/* y_i = x W_i^T for up to three matrices sharing the input x [B][ldx]. */
+static void matmul(const struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint32_t n_out,
+                   const struct wmat *w0, float *y0, uint32_t ldy0, const struct wmat *w1, float *y1, uint32_t ldy1,
+                   const struct wmat *w2, float *y2, uint32_t ldy2)
+{
+    struct mm_job j = {.f = f, .x = x, .ldx = ldx, .B = B, .n_out = n_out};
+    const struct wmat *ws[3] = {w0, w1, w2};
+    float *ys[3] = {y0, y1, y2};
+    uint32_t ldys[3] = {ldy0, ldy1, ldy2};
+    uint32_t total_rows = 0;
+    for (uint32_t i = 0; i < n_out; i++)
+        total_rows += ws[i]->rows;
+    /* Enough tasks for the pool to balance (a core may be busy with another
+     * process), each a multiple of 12 rows so that every tile shape fits. */
+    uint32_t threads = pool_threads(f->pool);
+    uint32_t chunk = total_rows / (threads * 8);
+    chunk = chunk < 12 ? 12 : (chunk + 11) / 12 * 12;
+    j.chunk = chunk;
+    uint32_t t = 0;
+    for (uint32_t i = 0; i < n_out; i++) {
+        j.out[i] = (struct mm_out){ws[i], ys[i], ldys[i], t};
+        t += (ws[i]->rows + chunk - 1) / chunk;
+    }
+    pool_run(f->pool, mm_task, &j, t);
+}
+
+#define MATMUL1(f, x, ldx, B, w, y, ldy) matmul(f, x, ldx, B, 1, w, y, ldy, NULL, NULL, 0, NULL, NULL, 0)
+
+/* --- attention ---------------------------------------------------------------------- */
+
+struct att_job {
+    const struct fwd *f;
+    const struct fwd_row *rows;
+    uint32_t layer;
+};
+
+/* One (row, head): softmax(q k^T / sqrt(hd)) v over positions 0..pos. */
+static void att_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    const struct att_job *j = ctx;
+    const struct fwd *f = j->f;
+    const struct model_config *c = &f->m->cfg;
+    uint32_t r = task / c->n_heads, h = task % c->n_heads;
+    const struct fwd_row *row = &j->rows[r];
+    uint32_t g = h / (c->n_heads / c->n_kv_heads);
+    uint32_t hd = f->hd;
+    const float *q = f->q + (size_t)r * f->q_dim + (size_t)h * hd;
+    float *s = f->scores + (size_t)thread * f->max_ctx;
+    float scale = 1.0f / sqrtf((float)hd);
+    uint32_t n = row->pos + 1;
+    float mx = -INFINITY;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = kern_dot(q, kv_k(f->kv, row->kv, j->layer, t) + (size_t)g * hd, hd) * scale;
+        if (s[t] > mx)
+            mx = s[t];
+    }
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    float *out = f->att + (size_t)r * f->q_dim + (size_t)h * hd;
+    memset(out, 0, hd * sizeof *out);
+    for (uint32_t t = 0; t < n; t++)
+        kern_axpy(s[t] * inv, kv_v(f->kv, row->kv, j->layer, t) + (size_t)g * hd, out, hd);
+}
+
+/* Rotate adjacent pairs (2i, 2i+1) of the first rope_dim dims of each head. */
+static void rope(const struct fwd *f, float *vec, uint32_t n_heads, uint32_t pos)
+{
+    uint32_t half = f->m->cfg.rope_dim / 2;
+    const float *cs = f->rope_cos + (size_t)pos * half, *sn = f->rope_sin + (size_t)pos * half;
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *v = vec + (size_t)h * f->hd;
+        for (uint32_t i = 0; i < half; i++) {
+            float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cs[i] - x1 * sn[i];
+            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+/* --- the pass ------------------------------------------------------------------------------ */
+
+int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits)
+{
+    const struct model *m = f->m;
+    const struct model_config *c = &m->cfg;
+    uint32_t dim = f->dim;
+    if (n == 0)
+        return 0;
+    if (n > f->max_rows)
+        return RILL_E_TOO_LARGE;
+    uint32_t n_logits = 0;
+    for (uint32_t r = 0; r < n; r++) {
+        if (rows[r].token < 0 || (uint32_t)rows[r].token >= c->vocab || rows[r].pos >= f->max_ctx)
+            return RILL_E_BAD_REQUEST;
+        if (rows[r].logits_row >= 0 && (uint32_t)rows[r].logits_row + 1 > n_logits)
+            n_logits = (uint32_t)rows[r].logits_row + 1;
+    }
+
+    for (uint32_t r = 0; r < n; r++)
+        kern_row(&m->tok_embd, (uint32_t)rows[r].token, f->x + (size_t)r * dim);
+
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+
+        /* Attention. */
+        for (uint32_t r = 0; r < n; r++)
+            kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->attn_norm, dim, c->norm_eps);
+        matmul(f, f->xb, dim, n, 3, &L->wq, f->q, f->q_dim, &L->wk, f->k, f->kv_dim, &L->wv, f->v, f->kv_dim);
+        for (uint32_t r = 0; r < n; r++) {
+            float *q = f->q + (size_t)r * f->q_dim, *k = f->k + (size_t)r * f->kv_dim;
+            rope(f, q, c->n_heads, rows[r].pos);
+            rope(f, k, c->n_kv_heads, rows[r].pos);
+            memcpy(kv_k(f->kv, rows[r].kv, l, rows[r].pos), k, f->kv_dim * sizeof(float));
+            memcpy(kv_v(f->kv, rows[r].kv, l, rows[r].pos), f->v + (size_t)r * f->kv_dim, f->kv_dim * sizeof(float));
+        }
+        struct att_job aj = {f, rows, l};
+        pool_run(f->pool, att_task, &aj, n * c->n_heads);
+        MATMUL1(f, f->att, f->q_dim, n, &L->wo, f->tmp, dim);
+        for (size_t i = 0; i < (size_t)n * dim; i++)
+            f->x[i] += f->tmp[i];
+
+        /* Feed-forward: down(silu(gate(x)) * up(x)). */
+        for (uint32_t r = 0; r < n; r++)
+            kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim, c->norm_eps);
+        matmul(f, f->xb, dim, n, 2, &L->w_gate, f->hb, f->ffn, &L->w_up, f->hb2, f->ffn, NULL, NULL, 0);
+        for (size_t i = 0; i < (size_t)n * f->ffn; i++) {
+            float g = f->hb[i];
+            f->hb[i] = g / (1.0f + expf(-g)) * f->hb2[i];
+        }
+        MATMUL1(f, f->hb, f->ffn, n, &L->w_down, f->tmp, dim);
+        for (size_t i = 0; i < (size_t)n * dim; i++)
+            f->x[i] += f->tmp[i];
+    }
+
+    if (n_logits == 0)
+        return 0;
+    for (uint32_t r = 0; r < n; r++)
+        if (rows[r].logits_row >= 0)
+            kern_rmsnorm(f->xs + (size_t)rows[r].logits_row * dim, f->x + (size_t)r * dim, m->out_norm, dim,
+                         c->norm_eps);
+    MATMUL1(f, f->xs, dim, n_logits, &m->output, logits, c->vocab);
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* kern.h — the worker's numeric kernels: matrix products over F32, F16 and
+ * Q8_0 weights, dot products, norms.
+ *
+ * Batch invariance is the rule here: every output element of kern_matmul()
+ * is accumulated in one fixed order — eight lanes, lane j summing the
+ * products k ≡ j (mod 8) in increasing k with fused multiply-adds, then a
+ * fixed pairwise reduction of the lanes — whatever the batch size, the tile
+ * shape that computed it, the thread that ran it or the instruction set.  So
+ * a sequence gets bit-identical logits whether it is decoded alone, in a
+ * batch of 64, prefilled in one chunk or in many, or recomputed after a
+ * preemption; and a seeded stream is the same wherever it runs.  The scalar
+ * path emulates the AVX2 one exactly (fmaf per lane, same reduction).
+ */
+#ifndef RILL_KERN_H
+#define RILL_KERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+
+enum kern_isa { KERN_SCALAR = 0, KERN_AVX2 = 1 };
+
+/* The instruction set in use: AVX2+FMA+F16C when the CPU has them. */
+enum kern_isa kern_isa(void);
+/* Force one (tests compare them); returns the previous one. */
+enum kern_isa kern_set_isa(enum kern_isa isa);
+const char *kern_isa_name(enum kern_isa isa);
+
+/* y[b*ldy + n] = sum_k W[n][k] * x[b*ldx + k]  for n in [n0, n1), b < B.
+ * Requires w->cols % 8 == 0 (Q8_0: % 32).  x and y must not overlap. */
+void kern_matmul(const struct wmat *w, const float *x, size_t ldx, uint32_t B,
+                 float *y, size_t ldy, uint32_t n0, uint32_t n1);
+
+/* Dot product of n floats (n % 8 == 0), in the same fixed order. */
+float kern_dot(const float *a, const float *b, uint32_t n);
+
+/* y[i] += a * x[i] */
+void kern_axpy(float a, const float *x, float *y, uint32_t n);
+
+/* out[i] = x[i] * w[i] / sqrt(mean(x^2) + eps) */
+void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps);
+
+/* Dequantize row r of w into out (any type). */
+void kern_row(const struct wmat *w, uint32_t r, float *out);
+
+#endif

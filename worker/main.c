@@ -1,0 +1,289 @@
+/* rill-worker — generates tokens.
+ *
+ *   rill-worker [--config FILE] [--key value ...]          serve (see serve.h)
+ *   rill-worker --model M --prompt TEXT [-n N] [--json] [--top-logprobs K]
+ *               [--temperature T] [--top-p P] [--top-k K] [--min-p P]
+ *               [--repeat-penalty R] [--seed S] [--stop STR]...
+ *                                                          one generation to stdout
+ *   rill-worker --model M --tokenize TEXT                  token ids, one line
+ */
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/err.h"
+#include "common/jsonw.h"
+#include "common/log.h"
+#include "engine.h"
+#include "serve.h"
+#include "tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct cli {
+    const char *prompt, *tokenize;
+    long n;
+    bool json, help;
+    struct proto_submit req;
+    bool has_seed;
+};
+
+static int parse_num(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !isfinite(v) || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Arguments that are not config keys. */
+static int cli_arg(int argc, char **argv, int i, void *ctx)
+{
+    struct cli *cl = ctx;
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    double d;
+    if (!strcmp(a, "--json")) {
+        cl->json = true;
+        return 1;
+    }
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        cl->help = true;
+        return 1;
+    }
+    if (!v)
+        return 0;
+    if (!strcmp(a, "--prompt")) { cl->prompt = v; return 2; }
+    if (!strcmp(a, "--tokenize")) { cl->tokenize = v; return 2; }
+#define NUM(flag, lo, hi, dst)                                                   \
+    if (!strcmp(a, flag)) {                                                      \
+        if (parse_num(v, lo, hi, &d)) {                                          \
+            fprintf(stderr, "rill-worker: bad value '%s' for %s\n", v, flag);    \
+            return RILL_E_BAD_CONFIG;                                            \
+        }                                                                        \
+        dst;                                                                     \
+        return 2;                                                                \
+    }
+    NUM("-n", 1, 1e7, cl->n = (long)d)
+    NUM("--max-tokens", 1, 1e7, cl->n = (long)d)
+    NUM("--temperature", 0, 100, cl->req.temperature = (float)d)
+    NUM("--top-p", 0, 1, cl->req.top_p = (float)d)
+    NUM("--top-k", 0, 1e9, cl->req.top_k = (uint32_t)d)
+    NUM("--min-p", 0, 1, cl->req.min_p = (float)d)
+    NUM("--repeat-penalty", 0, 100, cl->req.repetition_penalty = (float)d)
+    NUM("--top-logprobs", 0, 20, cl->req.top_logprobs = (uint32_t)d)
+    NUM("--seed", 0, 1.8e19, (cl->req.seed = strtoull(v, NULL, 10), cl->has_seed = true))
+#undef NUM
+    if (!strcmp(a, "--stop")) {
+        if (cl->req.n_stop >= PROTO_MAX_STOP || strlen(v) == 0 || strlen(v) > PROTO_STOP_LEN) {
+            fprintf(stderr, "rill-worker: at most %d stop strings of 1..%d bytes\n", PROTO_MAX_STOP, PROTO_STOP_LEN);
+            return RILL_E_BAD_CONFIG;
+        }
+        snprintf(cl->req.stop[cl->req.n_stop++], PROTO_STOP_LEN + 1, "%s", v);
+        return 2;
+    }
+    return 0;
+}
+
+/* --- one generation to stdout -------------------------------------------------------- */
+
+struct standalone {
+    const struct tok *tok;
+    bool json;
+    uint64_t t0;
+    uint32_t n;
+    double first_ms, sum_ms;
+    double lat[65536];
+    int finish;
+    int error;
+};
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int print_token(void *ctx, const struct proto_token *t)
+{
+    struct standalone *sa = ctx;
+    double ms = t->latency_us / 1000.0;
+    if (t->token_id >= 0) {
+        if (sa->n == 0)
+            sa->first_ms = ms;
+        if (sa->n < sizeof sa->lat / sizeof sa->lat[0])
+            sa->lat[sa->n] = ms;
+        sa->sum_ms += ms;
+        sa->n++;
+    }
+    if (t->flags & PROTO_TOK_LAST)
+        sa->finish = proto_tok_finish(t->flags);
+    if (t->flags & PROTO_TOK_ERROR)
+        sa->error = t->error;
+    if (!sa->json) {
+        fwrite(t->text, 1, t->text_len, stdout);
+        fflush(stdout);
+        return 0;
+    }
+    if (t->token_id < 0 && !t->text_len)
+        return 0;
+    char buf[8192];
+    struct jsonw w;
+    jsonw_init(&w, buf, sizeof buf);
+    jsonw_obj_begin(&w);
+    jsonw_key_uint(&w, "position", t->position);
+    jsonw_key_int(&w, "id", t->token_id);
+    jsonw_key(&w, "text");
+    jsonw_strn(&w, t->text, t->text_len);
+    jsonw_key_double(&w, "logprob", t->logprob, 6);
+    jsonw_key_double(&w, "latency_ms", ms, 3);
+    if (t->n_top) {
+        jsonw_key(&w, "top_logprobs");
+        jsonw_arr_begin(&w);
+        for (unsigned i = 0; i < t->n_top; i++) {
+            jsonw_obj_begin(&w);
+            jsonw_key_int(&w, "id", t->top[i].token_id);
+            const char *p;
+            size_t pl;
+            if (tok_piece(sa->tok, t->top[i].token_id, &p, &pl) == 0) {
+                jsonw_key(&w, "text");
+                jsonw_strn(&w, p, pl);
+            }
+            jsonw_key_double(&w, "logprob", t->top[i].logprob, 6);
+            jsonw_obj_end(&w);
+        }
+        jsonw_arr_end(&w);
+    }
+    if (t->flags & PROTO_TOK_LAST)
+        jsonw_key_str(&w, "finish", proto_finish_name(proto_tok_finish(t->flags)));
+    jsonw_obj_end(&w);
+    fwrite(buf, 1, jsonw_len(&w), stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static void no_flush(void *ctx) { (void)ctx; }
+
+static int run_standalone(struct engine *e, struct cli *cl)
+{
+    struct standalone *sa = calloc(1, sizeof *sa);
+    if (!sa)
+        return 1;
+    sa->tok = e->model->tok;
+    sa->json = cl->json;
+    struct proto_submit *r = &cl->req;
+    r->id = 1;
+    r->prompt = cl->prompt;
+    r->prompt_len = (uint32_t)strlen(cl->prompt);
+    r->max_tokens = (uint32_t)cl->n;
+    r->has_seed = cl->has_seed;
+    char why[256] = "";
+    uint64_t t0 = clock_ns();
+    int rc = sched_submit(e->sched, r, t0, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "rill-worker: request rejected: %s: %s\n", rill_err_name(rc), why);
+        free(sa);
+        return 2;
+    }
+    struct sched_out out = {sa, print_token, no_flush};
+    while (sched_busy(e->sched)) {
+        int n = sched_step(e->sched, &out);
+        if (n < 0) {
+            fprintf(stderr, "rill-worker: step failed: %s\n", rill_err_name(n));
+            free(sa);
+            return 1;
+        }
+    }
+    double total_ms = clock_ms_since(t0);
+    uint32_t k = sa->n < 65536 ? sa->n : 65536;
+    qsort(sa->lat, k, sizeof sa->lat[0], cmp_double);
+    double p95 = k ? sa->lat[(size_t)(0.95 * (k - 1))] : 0;
+    double decode_ms = sa->sum_ms - sa->first_ms;
+    double tps = sa->n > 1 && decode_ms > 0 ? (sa->n - 1) * 1000.0 / decode_ms : 0;
+    if (cl->json) {
+        printf("{\"summary\":{\"total_tokens\":%u,\"time_to_first_token_ms\":%.3f,\"average_token_latency_ms\":%.3f,"
+               "\"p95_token_latency_ms\":%.3f,\"decode_tokens_per_s\":%.2f,\"total_ms\":%.3f,\"finish\":\"%s\"}}\n",
+               sa->n, sa->first_ms, sa->n ? sa->sum_ms / sa->n : 0, p95, tps, total_ms,
+               proto_finish_name((enum proto_finish)sa->finish));
+    } else {
+        printf("\n");
+    }
+    fprintf(stderr, "rill-worker: %u tokens, first after %.1f ms, then %.2f tokens/s (%.1f ms/token, p95 %.1f), "
+                    "finish: %s\n",
+            sa->n, sa->first_ms, tps, sa->n > 1 ? decode_ms / (sa->n - 1) : 0, p95,
+            proto_finish_name((enum proto_finish)sa->finish));
+    int err = sa->error;
+    free(sa);
+    return err ? 1 : 0;
+}
+
+static int run_tokenize(const struct model *m, const char *text)
+{
+    size_t len = strlen(text), cap = len + 16, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids)
+        return 1;
+    int rc = tok_encode(m->tok, text, len, tok_add_bos(m->tok), ids, cap, &n);
+    if (rc) {
+        fprintf(stderr, "rill-worker: tokenize failed: %s\n", rill_err_name(rc));
+        free(ids);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        printf("%s%d", i ? " " : "", ids[i]);
+    printf("\n");
+    free(ids);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct rill_config c;
+    cfg_defaults(&c);
+    struct cli cl = {.n = 64};
+    cl.req.temperature = 0.8f;
+    cl.req.top_p = 0.95f;
+    cl.req.repetition_penalty = 1.0f;
+    char why[512] = "";
+    int rc = cfg_parse_args(&c, argc, argv, cli_arg, &cl, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "rill-worker: %s\n", why);
+        return 2;
+    }
+    if (cl.help) {
+        printf("usage: rill-worker [--config FILE] [--key value ...]\n"
+               "       rill-worker --model M --prompt TEXT [-n N] [--json] [--top-logprobs K] [--temperature T]\n"
+               "                   [--top-p P] [--top-k K] [--min-p P] [--repeat-penalty R] [--seed S] [--stop STR]\n"
+               "       rill-worker --model M --tokenize TEXT\n\nconfig keys:");
+        cfg_print_help();
+        return 0;
+    }
+    char id[16];
+    snprintf(id, sizeof id, "w%lld", (long long)c.worker_id);
+    cfg_setup_log(&c, "worker", id);
+    bool oneshot = cl.prompt || cl.tokenize;
+    if (oneshot) {
+        c.max_batch = c.max_batch < 4 ? c.max_batch : 4;
+        if (!c.kv_cache_bytes)
+            c.kv_cache_bytes = 64 << 20;
+    }
+    struct engine e;
+    rc = engine_open(&c, isatty(2), &e, why, sizeof why);
+    if (rc) {
+        fprintf(stderr, "rill-worker: %s: %s\n", c.model, why[0] ? why : rill_err_name(rc));
+        return rc == RILL_E_IO ? 3 : 4;
+    }
+    int status;
+    if (cl.tokenize)
+        status = run_tokenize(e.model, cl.tokenize);
+    else if (cl.prompt)
+        status = run_standalone(&e, &cl);
+    else
+        status = serve_run(&c, &e) ? 1 : 0;
+    engine_close(&e);
+    return status;
+}

@@ -1,0 +1,784 @@
+/* sched.c — see sched.h. */
+#include "sched.h"
+#include "kern.h"
+#include "sample.h"
+#include "tokenizer.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define PEND_MAX       (PROTO_STOP_LEN + TOK_STREAM_MAX_TEXT + PROTO_MAX_TOKEN_TEXT)
+#define MIN_PREFILL    16   /* prompt rows a step always gives to prefill */
+
+/* Held-back text (a stop-string prefix, at most PROTO_STOP_LEN - 1 bytes),
+ * one token's text and an unfinished character's U+FFFD always fit in one
+ * record, so a finishing record never leaves text behind. */
+_Static_assert(PROTO_STOP_LEN - 1 + TOK_STREAM_MAX_TEXT + 4 <= PROTO_MAX_TOKEN_TEXT,
+               "a token record holds a held-back stop prefix plus one piece");
+
+enum seq_state { SEQ_WAITING, SEQ_RUNNING };
+
+struct seq {
+    uint64_t id;
+    enum seq_state state;
+    int32_t *tokens;          /* prompt, then output */
+    uint32_t n_tokens, cap_tokens;
+    uint32_t n_prompt;        /* tokens before output position 0 */
+    uint32_t n_cached;        /* tokens whose K/V are in the cache */
+    uint32_t n_out;           /* next output position */
+    uint32_t skip;            /* first position to emit */
+    uint32_t max_tokens;      /* output positions in all */
+    struct sample_params sp;
+    uint32_t top_logprobs;
+    int32_t priority;
+    uint8_t n_stop;
+    char stop[PROTO_MAX_STOP][PROTO_STOP_LEN + 1];
+    uint16_t stop_len[PROTO_MAX_STOP];
+    struct tok_stream ts;
+    char pend[PEND_MAX];      /* text not yet emitted (held for stop strings) */
+    uint32_t n_pend;
+    struct kv_seq kv;
+    uint64_t t_submit, t_last;
+    uint64_t order;           /* admission order: preemption takes the newest */
+    uint64_t arrival;
+    bool cancelled;
+    bool emitted_first;
+    bool done;
+};
+
+struct sched {
+    const struct model *m;
+    struct fwd *f;
+    struct kv *kv;
+    struct sched_config cfg;
+    struct sampler *sampler;
+    struct adapt ad;
+    struct seq **running;
+    uint32_t n_running, cap_running;
+    struct seq **waiting;
+    uint32_t n_waiting, cap_waiting;
+    struct fwd_row *rows;
+    struct seq **row_seq;     /* the sequence of each logits row */
+    struct seq **row_owner;   /* the sequence of each row */
+    float *logits;
+    uint32_t max_rows;
+    uint64_t next_order, next_arrival;
+    int pressure;
+    bool draining;
+    uint32_t mem_mb;
+    /* Prefill budget model: decode-only step time and marginal cost per
+     * prompt row, both exponential moving averages (0: unknown yet). */
+    double decode_ms, prefill_row_ms;
+    struct sched_stats st;
+};
+
+static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
+{
+    if (!why || !n)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+}
+
+int sched_create(const struct model *m, struct fwd *f, struct kv *kv, const struct sched_config *cfg,
+                 struct sched **out)
+{
+    *out = NULL;
+    struct sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return RILL_E_NOMEM;
+    s->m = m;
+    s->f = f;
+    s->kv = kv;
+    s->cfg = *cfg;
+    if (!s->cfg.max_queue)
+        s->cfg.max_queue = 1024;
+    s->max_rows = cfg->max_batch + cfg->prefill_chunk;
+    s->sampler = sampler_create(m->cfg.vocab);
+    s->rows = calloc(s->max_rows, sizeof *s->rows);
+    s->row_seq = calloc(s->max_rows, sizeof *s->row_seq);
+    s->row_owner = calloc(s->max_rows, sizeof *s->row_owner);
+    /* Logits rows: one per decoding sequence, plus one per prefill that ends
+     * in this step (at most as many as rows). */
+    s->logits = malloc((size_t)s->max_rows * m->cfg.vocab * sizeof(float));
+    if (!s->sampler || !s->rows || !s->row_seq || !s->row_owner || !s->logits) {
+        sched_free(s);
+        return RILL_E_NOMEM;
+    }
+    adapt_init(&s->ad, cfg->min_batch, cfg->max_batch, cfg->initial_batch ? cfg->initial_batch : cfg->max_batch,
+               cfg->target_latency_ms, cfg->max_latency_ms);
+    *out = s;
+    return 0;
+}
+
+static void seq_free(struct sched *s, struct seq *q)
+{
+    kv_release(s->kv, &q->kv);
+    free(q->tokens);
+    free(q);
+}
+
+void sched_free(struct sched *s)
+{
+    if (!s)
+        return;
+    for (uint32_t i = 0; i < s->n_running; i++)
+        seq_free(s, s->running[i]);
+    for (uint32_t i = 0; i < s->n_waiting; i++)
+        seq_free(s, s->waiting[i]);
+    free(s->running);
+    free(s->waiting);
+    free(s->rows);
+    free(s->row_seq);
+    free(s->row_owner);
+    free(s->logits);
+    sampler_free(s->sampler);
+    free(s);
+}
+
+static int grow(struct seq ***arr, uint32_t *cap, uint32_t need)
+{
+    if (need <= *cap)
+        return 0;
+    uint32_t c = *cap ? *cap * 2 : 16;
+    while (c < need)
+        c *= 2;
+    struct seq **a = realloc(*arr, c * sizeof *a);
+    if (!a)
+        return RILL_E_NOMEM;
+    *arr = a;
+    *cap = c;
+    return 0;
+}
+
+static struct seq *find(const struct sched *s, uint64_t id)
+{
+    for (uint32_t i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id)
+            return s->running[i];
+    for (uint32_t i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id)
+            return s->waiting[i];
+    return NULL;
+}
+
+static int push_token(struct seq *q, int32_t t)
+{
+    if (q->n_tokens == q->cap_tokens) {
+        uint32_t c = q->cap_tokens ? q->cap_tokens * 2 : 64;
+        int32_t *a = realloc(q->tokens, c * sizeof *a);
+        if (!a)
+            return RILL_E_NOMEM;
+        q->tokens = a;
+        q->cap_tokens = c;
+    }
+    q->tokens[q->n_tokens++] = t;
+    return 0;
+}
+
+/* --- text: detokenize, hold back what may start a stop string ----------------------- */
+
+/* Append the text of token t; returns the length of text that may be
+ * emitted now (a prefix of pend), and sets *stopped when a stop string
+ * matched (pend is then cut at the match). */
+static uint32_t text_push(const struct sched *s, struct seq *q, int32_t t, bool *stopped)
+{
+    char piece[TOK_STREAM_MAX_TEXT];
+    size_t n = tok_stream_push(s->m->tok, &q->ts, t, piece, sizeof piece);
+    if (n > PEND_MAX - q->n_pend)
+        n = PEND_MAX - q->n_pend; /* cannot happen: pend is drained below its cap */
+    memcpy(q->pend + q->n_pend, piece, n);
+    q->n_pend += (uint32_t)n;
+    *stopped = false;
+    if (!q->n_stop)
+        return q->n_pend;
+    /* The earliest match of any stop string ends the output before it. */
+    const char *best = NULL;
+    for (uint32_t i = 0; i < q->n_stop; i++) {
+        const char *m = memmem(q->pend, q->n_pend, q->stop[i], q->stop_len[i]);
+        if (m && (!best || m < best))
+            best = m;
+    }
+    if (best) {
+        q->n_pend = (uint32_t)(best - q->pend);
+        *stopped = true;
+        return q->n_pend;
+    }
+    /* Hold back the longest suffix that is a proper prefix of a stop string. */
+    uint32_t hold = 0;
+    for (uint32_t i = 0; i < q->n_stop; i++) {
+        uint32_t L = q->stop_len[i] - 1u < q->n_pend ? q->stop_len[i] - 1u : q->n_pend;
+        for (uint32_t k = L; k > hold; k--)
+            if (memcmp(q->pend + q->n_pend - k, q->stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+    }
+    return q->n_pend - hold;
+}
+
+/* At the end: everything pending goes out, plus an unfinished character. */
+static uint32_t text_finish(struct seq *q)
+{
+    char tail[8];
+    size_t n = tok_stream_flush(&q->ts, tail, sizeof tail);
+    if (n <= PEND_MAX - q->n_pend) {
+        memcpy(q->pend + q->n_pend, tail, n);
+        q->n_pend += (uint32_t)n;
+    }
+    return q->n_pend;
+}
+
+/* Take up to `avail` bytes from the front of pend for one record (at most
+ * PROTO_MAX_TOKEN_TEXT, cut at a character boundary). */
+static uint16_t text_take(struct seq *q, uint32_t avail, char *out)
+{
+    uint32_t n = avail;
+    if (n > PROTO_MAX_TOKEN_TEXT) {
+        n = PROTO_MAX_TOKEN_TEXT;
+        while (n > 0 && ((unsigned char)q->pend[n] & 0xc0) == 0x80)
+            n--;
+    }
+    memcpy(out, q->pend, n);
+    memmove(q->pend, q->pend + n, q->n_pend - n);
+    q->n_pend -= n;
+    return (uint16_t)n;
+}
+
+/* --- submit and cancel ---------------------------------------------------------------- */
+
+static bool finite_in(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
+
+int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
+{
+    if (s->draining) {
+        why_set(why, why_len, "the worker is draining");
+        return RILL_E_SHUTTING_DOWN;
+    }
+    if (s->pressure >= 3) {
+        why_set(why, why_len, "memory pressure emergency: not admitting");
+        return RILL_E_OVERLOADED;
+    }
+    if (s->n_waiting >= s->cfg.max_queue) {
+        why_set(why, why_len, "queue full (%u waiting)", s->n_waiting);
+        return RILL_E_OVERLOADED;
+    }
+    if (find(s, req->id)) {
+        why_set(why, why_len, "request id %llu is already in use", (unsigned long long)req->id);
+        return RILL_E_DUPLICATE_ID;
+    }
+    if (!finite_in(req->temperature, 0, 100) || !finite_in(req->top_p, 0, 1) || !finite_in(req->min_p, 0, 1) ||
+        !finite_in(req->repetition_penalty, 0, 100) || req->top_logprobs > SAMPLE_MAX_TOP) {
+        why_set(why, why_len, "sampling parameter out of range");
+        return RILL_E_BAD_REQUEST;
+    }
+    if (req->max_tokens == 0) {
+        why_set(why, why_len, "max_tokens must be at least 1");
+        return RILL_E_BAD_REQUEST;
+    }
+    struct seq *q = calloc(1, sizeof *q);
+    if (!q)
+        return RILL_E_NOMEM;
+    const struct tok *tk = s->m->tok;
+    uint32_t ctx = s->cfg.max_ctx;
+    /* Tokenize into a buffer of the context's size: more does not fit anyway. */
+    size_t cap = (size_t)ctx + 1, n = 0;
+    q->tokens = malloc(cap * sizeof *q->tokens);
+    q->cap_tokens = (uint32_t)cap;
+    int rc = q->tokens ? 0 : RILL_E_NOMEM;
+    if (!rc && (req->prompt_len || !req->n_prompt_tokens)) {
+        rc = tok_encode(tk, req->prompt ? req->prompt : "", req->prompt_len, tok_add_bos(tk), q->tokens, cap, &n);
+        if (rc == RILL_E_TOO_LARGE) {
+            why_set(why, why_len, "prompt is %zu tokens, the context is %u", n, ctx);
+            rc = RILL_E_CONTEXT_LENGTH;
+        }
+    }
+    q->n_tokens = (uint32_t)n;
+    for (uint32_t i = 0; !rc && i < req->n_prompt_tokens; i++) {
+        int32_t t = req->prompt_tokens[i];
+        if (t < 0 || (uint32_t)t >= s->m->cfg.vocab) {
+            why_set(why, why_len, "prompt_tokens[%u] = %d is not a token of this model", i, t);
+            rc = RILL_E_BAD_REQUEST;
+        } else if (q->n_tokens >= ctx) {
+            why_set(why, why_len, "prompt is over %u tokens, the context is %u", q->n_tokens, ctx);
+            rc = RILL_E_CONTEXT_LENGTH;
+        } else {
+            rc = push_token(q, t);
+        }
+    }
+    if (!rc && q->n_tokens == 0) {
+        why_set(why, why_len, "empty prompt (and the model adds no BOS)");
+        rc = RILL_E_BAD_REQUEST;
+    }
+    if (!rc && req->skip > req->n_prompt_tokens) {
+        why_set(why, why_len, "skip %u is more than the %u tokens carried", req->skip, req->n_prompt_tokens);
+        rc = RILL_E_BAD_REQUEST;
+    }
+    if (!rc && req->skip >= req->max_tokens) {
+        why_set(why, why_len, "skip %u leaves nothing of max_tokens %u", req->skip, req->max_tokens);
+        rc = RILL_E_BAD_REQUEST;
+    }
+    uint32_t n_prompt = q->n_tokens - req->skip;
+    if (!rc && n_prompt >= ctx) {
+        why_set(why, why_len, "prompt is %u tokens, the context is %u", n_prompt, ctx);
+        rc = RILL_E_CONTEXT_LENGTH;
+    }
+    if (!rc && (uint64_t)n_prompt + req->max_tokens > ctx) {
+        why_set(why, why_len, "prompt (%u tokens) + max_tokens (%u) is beyond the context (%u)", n_prompt,
+                req->max_tokens, ctx);
+        rc = RILL_E_MAX_TOKENS;
+    }
+    if (!rc && kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
+        why_set(why, why_len, "prompt + max_tokens (%u) needs more KV cache than the worker has",
+                n_prompt + req->max_tokens);
+        rc = RILL_E_MEMORY_LIMIT;
+    }
+    if (!rc)
+        rc = grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1);
+    if (rc) {
+        free(q->tokens);
+        free(q);
+        return rc;
+    }
+    q->id = req->id;
+    q->state = SEQ_WAITING;
+    q->n_prompt = n_prompt;
+    q->n_out = req->skip;
+    q->skip = req->skip;
+    q->max_tokens = req->max_tokens;
+    q->sp = (struct sample_params){
+        .temperature = req->temperature,
+        .top_k = req->top_k,
+        .top_p = req->top_p > 0 ? req->top_p : 1.0f,
+        .min_p = req->min_p,
+        .repetition_penalty = req->repetition_penalty > 0 ? req->repetition_penalty : 1.0f,
+        .penalty_window = 64,
+        .seed = req->seed,
+    };
+    if (!req->has_seed && getrandom(&q->sp.seed, sizeof q->sp.seed, 0) != sizeof q->sp.seed)
+        q->sp.seed = now_ns ^ req->id;
+    q->top_logprobs = req->top_logprobs;
+    q->priority = req->priority;
+    q->n_stop = req->n_stop;
+    for (uint32_t i = 0; i < q->n_stop; i++) {
+        memcpy(q->stop[i], req->stop[i], sizeof q->stop[i]);
+        q->stop_len[i] = (uint16_t)strlen(q->stop[i]);
+        if (!q->stop_len[i]) { /* an empty stop string would end every request at once */
+            q->stop[i][0] = 0;
+            q->n_stop = (uint8_t)i;
+            break;
+        }
+    }
+    tok_stream_init(&q->ts);
+    /* A resumed request replays its delivered tokens through the text state,
+     * so that a character or a stop string split across the resume point
+     * comes out as it would have. */
+    for (uint32_t i = n_prompt; i < q->n_tokens; i++) {
+        bool stopped;
+        uint32_t avail = text_push(s, q, q->tokens[i], &stopped);
+        memmove(q->pend, q->pend + avail, q->n_pend - avail);
+        q->n_pend -= avail;
+    }
+    q->t_submit = q->t_last = now_ns;
+    q->arrival = s->next_arrival++;
+    /* Priority first (higher sooner), then arrival. */
+    uint32_t at = s->n_waiting;
+    while (at > 0 && s->waiting[at - 1]->priority < q->priority)
+        at--;
+    memmove(s->waiting + at + 1, s->waiting + at, (s->n_waiting - at) * sizeof *s->waiting);
+    s->waiting[at] = q;
+    s->n_waiting++;
+    s->st.requests++;
+    return 0;
+}
+
+int sched_cancel(struct sched *s, uint64_t id)
+{
+    struct seq *q = find(s, id);
+    if (!q)
+        return RILL_E_NOT_FOUND;
+    q->cancelled = true;
+    return 0;
+}
+
+bool sched_busy(const struct sched *s) { return s->n_running || s->n_waiting; }
+
+void sched_set_mem_mb(struct sched *s, uint32_t mb) { s->mem_mb = mb; }
+struct adapt *sched_adapt(struct sched *s) { return &s->ad; }
+void sched_set_draining(struct sched *s, bool draining) { s->draining = draining; }
+
+/* --- records --------------------------------------------------------------------------- */
+
+static int emit(struct sched *s, const struct sched_out *out, struct seq *q, int32_t token, float logprob,
+                const struct sample_result *sr, uint32_t flags, int32_t error, uint16_t text_len, const char *text,
+                uint64_t now, uint16_t batch)
+{
+    struct proto_token t = {0};
+    t.req_id = q->id;
+    t.position = token >= 0 ? q->n_out - 1 : q->n_out;
+    t.token_id = token;
+    if (!q->emitted_first) {
+        flags |= PROTO_TOK_FIRST;
+        q->emitted_first = true;
+    }
+    t.flags = flags;
+    t.error = error;
+    t.t_gen_ns = now;
+    uint64_t lat = (now - q->t_last) / 1000;
+    t.latency_us = lat > UINT32_MAX ? UINT32_MAX : (uint32_t)lat;
+    q->t_last = now;
+    t.logprob = logprob;
+    t.batch = batch;
+    t.mem_mb = s->mem_mb;
+    if (sr) {
+        t.n_top = (uint8_t)sr->n_top;
+        for (uint32_t i = 0; i < sr->n_top; i++)
+            t.top[i] = (struct proto_top){sr->top_ids[i], sr->top_logprobs[i]};
+    }
+    t.text_len = text_len;
+    t.text = text;
+    return out->emit(out->ctx, &t);
+}
+
+/* --- running set ----------------------------------------------------------------------- */
+
+static void remove_running(struct sched *s, uint32_t i)
+{
+    memmove(s->running + i, s->running + i + 1, (s->n_running - i - 1) * sizeof *s->running);
+    s->n_running--;
+}
+
+/* Free the newest running sequence's cache and put it back at the front of
+ * the queue, with all its tokens, to be recomputed. */
+static bool preempt_newest(struct sched *s, const char *why)
+{
+    if (!s->n_running)
+        return false;
+    uint32_t v = 0;
+    for (uint32_t i = 1; i < s->n_running; i++)
+        if (s->running[i]->order > s->running[v]->order)
+            v = i;
+    struct seq *q = s->running[v];
+    if (grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1) != 0)
+        return false;
+    remove_running(s, v);
+    kv_release(s->kv, &q->kv);
+    q->n_cached = 0;
+    q->state = SEQ_WAITING;
+    /* Front of the queue, behind earlier preempted ones (older first). */
+    uint32_t at = 0;
+    while (at < s->n_waiting && s->waiting[at]->order && s->waiting[at]->order < q->order)
+        at++;
+    memmove(s->waiting + at + 1, s->waiting + at, (s->n_waiting - at) * sizeof *s->waiting);
+    s->waiting[at] = q;
+    s->n_waiting++;
+    s->st.preemptions++;
+    rlog_info("preempted request %llu (%u tokens cached freed): %s", (unsigned long long)q->id, q->n_tokens, why);
+    return true;
+}
+
+static void finish_seq(struct sched *s, struct seq *q)
+{
+    q->done = true;
+    s->st.finished++;
+}
+
+/* Emit LAST records for cancelled sequences and drop every finished one. */
+static int reap(struct sched *s, const struct sched_out *out, uint64_t now)
+{
+    int rc = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        struct seq **arr = pass ? s->waiting : s->running;
+        uint32_t *n = pass ? &s->n_waiting : &s->n_running;
+        for (uint32_t i = 0; i < *n;) {
+            struct seq *q = arr[i];
+            if (q->cancelled && !q->done) {
+                char text[PROTO_MAX_TOKEN_TEXT];
+                uint16_t tl = text_take(q, q->n_pend, text);
+                int e = emit(s, out, q, -1, 0, NULL, PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_CANCELLED), 0,
+                             tl, text, now, 0);
+                if (e)
+                    rc = e;
+                s->st.cancelled++;
+                q->done = true;
+            }
+            if (q->done) {
+                memmove(arr + i, arr + i + 1, (*n - i - 1) * sizeof *arr);
+                (*n)--;
+                seq_free(s, q);
+                continue;
+            }
+            i++;
+        }
+    }
+    return rc;
+}
+
+int sched_abort_all(struct sched *s, int code, const struct sched_out *out)
+{
+    uint64_t now = clock_ns();
+    int rc = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        struct seq **arr = pass ? s->waiting : s->running;
+        uint32_t n = pass ? s->n_waiting : s->n_running;
+        for (uint32_t i = 0; i < n; i++) {
+            struct seq *q = arr[i];
+            if (q->done)
+                continue;
+            char text[PROTO_MAX_TOKEN_TEXT];
+            uint16_t tl = text_take(q, text_finish(q), text);
+            int e = emit(s, out, q, -1, 0, NULL,
+                         PROTO_TOK_LAST | PROTO_TOK_ERROR | PROTO_TOK_FINISH(PROTO_FINISH_ERROR), code, tl, text, now, 0);
+            if (e && !rc)
+                rc = e;
+            q->done = true;
+        }
+    }
+    out->flush(out->ctx);
+    int r2 = reap(s, out, now);
+    return rc ? rc : r2;
+}
+
+void sched_set_pressure(struct sched *s, int level)
+{
+    if (level < 0)
+        level = 0;
+    if (level > 3)
+        level = 3;
+    if (adapt_pressure(&s->ad, level))
+        rlog_info("batch cap: %s", s->ad.reason);
+    s->pressure = level;
+    if (level >= 2) {
+        /* Critical: the newest sequences above the cap give their memory back. */
+        while (s->n_running > s->ad.cap && preempt_newest(s, "memory pressure critical"))
+            ;
+        size_t freed = kv_trim(s->kv);
+        if (freed)
+            rlog_info("returned %zu KiB of free KV cache to the system", freed / 1024);
+    }
+}
+
+void sched_set_limit(struct sched *s, uint32_t limit)
+{
+    if (adapt_set_limit(&s->ad, limit))
+        rlog_info("batch cap: %s", s->ad.reason);
+}
+
+void sched_stats(const struct sched *s, struct sched_stats *st)
+{
+    *st = s->st;
+    st->running = s->n_running;
+    st->waiting = s->n_waiting;
+    st->cap = s->ad.cap;
+    st->prefilling = 0;
+    for (uint32_t i = 0; i < s->n_running; i++)
+        st->prefilling += s->running[i]->n_tokens - s->running[i]->n_cached > 1;
+    st->kv_used = kv_bytes_used(s->kv);
+    st->kv_total = (size_t)kv_blocks_total(s->kv) * kv_block_bytes(s->kv);
+}
+
+/* Move waiting sequences into the running set while the cap and the cache
+ * allow (keeping a 1% watermark of blocks for running ones to grow into). */
+static void admit(struct sched *s)
+{
+    if (s->pressure >= 3)
+        return;
+    uint32_t watermark = kv_blocks_total(s->kv) / 100 + 1;
+    while (s->n_waiting && s->n_running < s->ad.cap) {
+        struct seq *q = s->waiting[0];
+        if (q->cancelled)
+            break; /* reaped next step */
+        uint32_t need = kv_blocks_for(s->kv, q->n_tokens + 1);
+        if (need + (s->n_running ? watermark : 0) > kv_blocks_free(s->kv))
+            break;
+        if (grow(&s->running, &s->cap_running, s->n_running + 1) != 0)
+            break;
+        memmove(s->waiting, s->waiting + 1, (s->n_waiting - 1) * sizeof *s->waiting);
+        s->n_waiting--;
+        q->state = SEQ_RUNNING;
+        if (!q->order)
+            q->order = ++s->next_order;
+        s->running[s->n_running++] = q;
+    }
+}
+
+static uint32_t prefill_budget(const struct sched *s, uint32_t decode_rows)
+{
+    if (decode_rows == 0 || s->prefill_row_ms <= 0)
+        return decode_rows == 0 ? s->cfg.prefill_chunk : 64;
+    double room = s->cfg.target_latency_ms - s->decode_ms;
+    double b = room / s->prefill_row_ms;
+    if (b < MIN_PREFILL)
+        b = MIN_PREFILL;
+    if (b > s->cfg.prefill_chunk)
+        b = s->cfg.prefill_chunk;
+    return (uint32_t)b;
+}
+
+/* --- the step ---------------------------------------------------------------------------- */
+
+/* Fake mode: the next token without the model (fan-out benchmark). */
+static int32_t fake_token(const struct sched *s, const struct seq *q)
+{
+    uint64_t x = q->id * 0x9e3779b97f4a7c15ull + q->n_out * 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 31;
+    return (int32_t)(260 + x % (s->m->cfg.vocab - 260));
+}
+
+int sched_step(struct sched *s, const struct sched_out *out)
+{
+    uint64_t t0 = clock_ns();
+    int rc = reap(s, out, t0);
+    if (rc)
+        return rc;
+    admit(s);
+    if (!s->n_running) {
+        out->flush(out->ctx);
+        return 0;
+    }
+
+    /* Decode rows need at most one new block each; make room by preempting
+     * the newest sequences until they fit. */
+    for (;;) {
+        uint32_t need = 0;
+        for (uint32_t i = 0; i < s->n_running; i++) {
+            struct seq *q = s->running[i];
+            if (q->n_tokens - q->n_cached == 1)
+                need += kv_blocks_for(s->kv, q->n_tokens) - q->kv.n_blocks;
+        }
+        if (need <= kv_blocks_free(s->kv) || !preempt_newest(s, "KV cache full"))
+            break;
+    }
+
+    uint32_t n = 0, n_logits = 0, decode_rows = 0, prefill_rows = 0;
+    for (uint32_t i = 0; i < s->n_running; i++) {
+        struct seq *q = s->running[i];
+        if (q->n_tokens - q->n_cached != 1)
+            continue;
+        if (kv_reserve(s->kv, &q->kv, q->n_tokens) != 0)
+            continue; /* only if preemption could not help; try next step */
+        s->rows[n] = (struct fwd_row){q->tokens[q->n_tokens - 1], q->n_tokens - 1, &q->kv, (int32_t)n_logits};
+        s->row_owner[n] = q;
+        s->row_seq[n_logits++] = q;
+        n++;
+        decode_rows++;
+    }
+    uint32_t budget = prefill_budget(s, decode_rows);
+    for (uint32_t i = 0; i < s->n_running && budget > 0 && n < s->max_rows; i++) {
+        struct seq *q = s->running[i];
+        uint32_t left = q->n_tokens - q->n_cached;
+        if (left <= 1)
+            continue;
+        uint32_t c = left < budget ? left : budget;
+        if (c > s->max_rows - n)
+            c = s->max_rows - n;
+        /* Shrink the chunk to the blocks there are. */
+        uint32_t bt = kv_block_tokens(s->kv);
+        uint32_t room = (q->kv.n_blocks + kv_blocks_free(s->kv)) * bt - q->n_cached;
+        if (c > room)
+            c = room;
+        if (c == 0 || kv_reserve(s->kv, &q->kv, q->n_cached + c) != 0)
+            continue;
+        for (uint32_t k = 0; k < c; k++) {
+            uint32_t pos = q->n_cached + k;
+            bool last = pos == q->n_tokens - 1;
+            s->row_owner[n] = q;
+            s->rows[n++] = (struct fwd_row){q->tokens[pos], pos, &q->kv, last ? (int32_t)n_logits : -1};
+        }
+        if (q->n_cached + c == q->n_tokens)
+            s->row_seq[n_logits++] = q;
+        budget -= c;
+        prefill_rows += c;
+    }
+    if (n == 0) {
+        /* Everything is stuck on memory: free the newest and try again. */
+        if (s->n_running > 1)
+            preempt_newest(s, "no KV blocks for any row");
+        out->flush(out->ctx);
+        return 0;
+    }
+
+    if (!s->cfg.fake_tokens) {
+        rc = fwd_run(s->f, s->rows, n, s->logits);
+        if (rc) {
+            rlog_error("forward pass failed: %s", rill_err_name(rc));
+            return rc;
+        }
+    }
+    /* Advance the cache counters: every row's K/V is now stored. */
+    for (uint32_t r = 0; r < n; r++) {
+        struct seq *q = s->row_owner[r];
+        if (s->rows[r].pos + 1 > q->n_cached)
+            q->n_cached = s->rows[r].pos + 1;
+    }
+
+    uint64_t now = clock_ns();
+    uint16_t batch = (uint16_t)(decode_rows > UINT16_MAX ? UINT16_MAX : decode_rows);
+    for (uint32_t j = 0; j < n_logits; j++) {
+        struct seq *q = s->row_seq[j];
+        struct sample_result sr = {0};
+        if (s->cfg.fake_tokens) {
+            sr.token = fake_token(s, q);
+        } else {
+            sample_next(s->sampler, s->logits + (size_t)j * s->m->cfg.vocab, &q->sp, q->tokens, q->n_tokens,
+                        q->n_out, q->top_logprobs, &sr);
+        }
+        if (push_token(q, sr.token) != 0) {
+            rc = RILL_E_NOMEM;
+            break;
+        }
+        q->n_out++;
+        uint32_t flags = 0;
+        bool stopped = false;
+        uint32_t avail;
+        if (tok_is_eog(s->m->tok, sr.token)) {
+            avail = text_finish(q);
+            flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_EOS);
+        } else {
+            avail = text_push(s, q, sr.token, &stopped);
+            if (stopped) {
+                flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_STOP);
+            } else if (q->n_out >= q->max_tokens || q->n_tokens >= s->cfg.max_ctx) {
+                avail = text_finish(q);
+                flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_LENGTH);
+            }
+        }
+        char text[PROTO_MAX_TOKEN_TEXT];
+        uint16_t tl = text_take(q, avail, text);
+        rc = emit(s, out, q, sr.token, sr.logprob, &sr, flags, 0, tl, text, now, batch);
+        if (rc)
+            break;
+        s->st.tokens++;
+        if (flags & PROTO_TOK_LAST)
+            finish_seq(s, q);
+    }
+    out->flush(out->ctx);
+
+    /* Learn the cost model and let the controller see the step. */
+    double ms = (double)(clock_ns() - t0) / 1e6;
+    if (prefill_rows == 0 && decode_rows)
+        s->decode_ms = s->decode_ms > 0 ? 0.8 * s->decode_ms + 0.2 * ms : ms;
+    else if (prefill_rows >= 8) {
+        double marginal = (ms - (decode_rows ? s->decode_ms : 0)) / prefill_rows;
+        if (marginal > 0)
+            s->prefill_row_ms = s->prefill_row_ms > 0 ? 0.8 * s->prefill_row_ms + 0.2 * marginal : marginal;
+    }
+    if (decode_rows && !prefill_rows && adapt_step(&s->ad, ms, decode_rows))
+        rlog_info("batch cap: %s", s->ad.reason);
+    s->st.steps++;
+    s->st.prefill_tokens += prefill_rows;
+    s->st.last_step_ms = ms;
+    s->st.last_batch = decode_rows;
+    s->st.last_rows = n;
+    int rr = reap(s, out, now);
+    return rc ? rc : rr ? rr : (int)n;
+}

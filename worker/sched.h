@@ -1,0 +1,117 @@
+/* sched.h — continuous batching: which rows each step runs, and what comes
+ * out of it.
+ *
+ * Requests wait in a queue (priority, then arrival), join the running set
+ * between steps while the batch cap and the KV cache allow, and leave when
+ * they finish.  A step is one forward pass over:
+ *   - one row per running sequence that has all but its last token cached
+ *     (decoding), and
+ *   - a chunk of prompt rows of sequences still prefilling, within a token
+ *     budget that keeps the step near the target latency while others
+ *     decode (the whole prefill_chunk when nothing decodes), so a long prompt
+ *     never stalls running streams.
+ * Each finished row that ends its sequence's known tokens yields logits, the
+ * sampler picks a token, the detokenizer turns it into text, and one token
+ * record per sequence goes to the emitter; the step ends with one flush (one
+ * ring publish).
+ *
+ * Memory: KV blocks are reserved as sequences grow.  When none are left, or
+ * under critical pressure, the newest running sequences are preempted: their
+ * cache is freed and they go back to the front of the queue with every token
+ * they had, to be recomputed later.  Because the forward pass is
+ * batch-invariant, a recomputed sequence continues exactly as it would have.
+ *
+ * Positions: the output of a request is numbered 0, 1, 2, …; a resumed
+ * request (skip > 0) carries its delivered tokens and emits from `skip` on.
+ */
+#ifndef RILL_SCHED_H
+#define RILL_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapt.h"
+#include "common/proto.h"
+#include "forward.h"
+#include "kvcache.h"
+#include "model.h"
+
+struct sched_config {
+    uint32_t max_batch;        /* upper bound of the cap */
+    uint32_t min_batch;
+    uint32_t initial_batch;
+    uint32_t prefill_chunk;    /* most prompt rows in one step */
+    uint32_t max_ctx;          /* positions per sequence */
+    uint32_t max_queue;        /* waiting requests before `overloaded` */
+    double target_latency_ms;
+    double max_latency_ms;
+    bool fake_tokens;          /* fan-out benchmark: no model compute */
+};
+
+/* Where token records go: emit() once per record, flush() once per step. */
+struct sched_out {
+    void *ctx;
+    /* Returns 0, or an error that stops the step (the record is lost: only
+     * when the ring is gone). */
+    int (*emit)(void *ctx, const struct proto_token *t);
+    void (*flush)(void *ctx);
+};
+
+struct sched_stats {
+    uint32_t running, waiting, prefilling;
+    uint32_t cap;
+    uint64_t steps, tokens, prefill_tokens, requests, preemptions, finished, cancelled;
+    double last_step_ms;
+    uint32_t last_batch;      /* decode rows in the last step */
+    uint32_t last_rows;       /* all rows in the last step */
+    size_t kv_used, kv_total;
+};
+
+struct sched;
+
+/* The model, forward pass and cache are borrowed.  Errors: RILL_E_NOMEM. */
+int sched_create(const struct model *m, struct fwd *f, struct kv *kv, const struct sched_config *cfg,
+                 struct sched **out);
+void sched_free(struct sched *s);
+
+/* Queue a request.  Tokenizes the prompt (and appends prompt_tokens).
+ * Returns 0, or: RILL_E_DUPLICATE_ID (id in use), RILL_E_BAD_REQUEST (empty
+ * prompt, a token id out of range, skip beyond the tokens, bad sampling
+ * values), RILL_E_CONTEXT_LENGTH (prompt does not fit the context),
+ * RILL_E_MAX_TOKENS (prompt + max_tokens beyond the context),
+ * RILL_E_OVERLOADED (queue full or emergency pressure), RILL_E_SHUTTING_DOWN
+ * (draining), RILL_E_NOMEM.  `why` says more. */
+int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len);
+
+/* Cancel: the sequence is freed before the next step and a LAST record
+ * (finish cancelled) is emitted.  Idempotent while it is alive;
+ * RILL_E_NOT_FOUND for an id that is not (or no longer) here. */
+int sched_cancel(struct sched *s, uint64_t id);
+
+/* Run one step if there is work.  Returns the number of rows run (0 when
+ * idle), or a negative error from the forward pass or the emitter. */
+int sched_step(struct sched *s, const struct sched_out *out);
+
+/* End every request now with a LAST record carrying `code` (shutdown).
+ * Returns the first emitter error, if any. */
+int sched_abort_all(struct sched *s, int code, const struct sched_out *out);
+
+/* Whether there is anything to do (running, waiting or pending cancels). */
+bool sched_busy(const struct sched *s);
+
+/* Pressure 0..3 (normal, warning, critical, emergency): lowers the cap,
+ * preempts under critical, refuses admissions under emergency. */
+void sched_set_pressure(struct sched *s, int level);
+/* The supervisor's upper bound on the cap. */
+void sched_set_limit(struct sched *s, uint32_t limit);
+/* Stop admitting new requests (drain). */
+void sched_set_draining(struct sched *s, bool draining);
+
+void sched_stats(const struct sched *s, struct sched_stats *st);
+struct adapt *sched_adapt(struct sched *s);
+
+/* Worker RSS in MB, put into every record (updated by the caller). */
+void sched_set_mem_mb(struct sched *s, uint32_t mb);
+
+#endif

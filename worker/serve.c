@@ -1,0 +1,382 @@
+/* serve.c — see serve.h.
+ *
+ * One thread runs everything: ZeroMQ messages are read between steps (a step
+ * takes tens of milliseconds at most, so a cancel is seen before the next
+ * one), each step's records go into the ring with one publish, and a
+ * heartbeat leaves every heartbeat_ms.  Before a step the loop makes sure the
+ * ring has room for everything the step can write, so the step itself never
+ * blocks on a slow gateway; while the ring is full the worker only keeps up
+ * its heartbeats and messages (backpressure).
+ */
+#include "serve.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/hist.h"
+#include "common/log.h"
+#include "common/plane.h"
+#include "common/ring.h"
+#include "common/zsock.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    got_signal++;
+}
+
+struct server {
+    const struct rill_config *c;
+    struct engine *e;
+    struct ring *ring;
+    char ring_name[RING_NAME_MAX];
+    char id[PROTO_ID_LEN + 1];
+    char endpoint[ZS_ENDPOINT_MAX];
+    void *zctx, *router, *control;
+    struct hist step_us;         /* step times since the last heartbeat */
+    uint64_t hb_seq, next_hb_ns, last_hb_ns;
+    uint64_t tokens_at_hb, prefill_at_hb;
+    uint64_t rss;
+    int pressure;
+    bool draining, stop;
+    uint64_t next_fake_step_ns;
+};
+
+/* --- the ring as the scheduler's output ----------------------------------------------- */
+
+static int ring_emit(void *ctx, const struct proto_token *t)
+{
+    struct server *sv = ctx;
+    size_t sz = proto_token_size(t->n_top, t->text_len);
+    int err = 0;
+    /* Room was checked before the step; the wait is a guard, not a plan. */
+    void *p = ring_reserve(sv->ring, (uint32_t)sz, PROTO_TOK_KIND, 1000, &err);
+    if (!p) {
+        rlog_error("token ring full for 1 s: the gateway is not reading (%s)", rill_err_name(err));
+        return err;
+    }
+    int n = proto_token_encode(p, sz, t);
+    return n < 0 ? n : 0;
+}
+
+static void ring_flush(void *ctx)
+{
+    struct server *sv = ctx;
+    ring_publish(sv->ring);
+}
+
+/* Bytes one step may write: a record per running or admissible sequence,
+ * plus a pad record at the wrap. */
+static size_t step_need(const struct server *sv)
+{
+    struct sched_stats st;
+    sched_stats(sv->e->sched, &st);
+    size_t recs = (size_t)st.running + st.waiting + st.cap + 1;
+    size_t need = recs * (PROTO_TOK_MAX_SIZE + RING_REC_HDR + 8) + PROTO_TOK_MAX_SIZE + RING_REC_HDR;
+    size_t half = ring_capacity(sv->ring) / 2;
+    return need < half ? need : half;
+}
+
+/* --- messages --------------------------------------------------------------------------- */
+
+static void reply(struct server *sv, const struct zs_id *to, const struct proto_msg *m)
+{
+    int rc = plane_send(sv->router, to, m);
+    if (rc)
+        rlog_warn("cannot answer the gateway: %s", rill_err_name(rc));
+}
+
+static void on_request(struct server *sv, const struct zs_id *from, struct proto_msg *m)
+{
+    struct proto_msg r = {0};
+    char why[256] = "";
+    switch (m->type) {
+    case PROTO_SUBMIT: {
+        int rc = sched_submit(sv->e->sched, &m->u.submit, clock_ns(), why, sizeof why);
+        if (rc == 0) {
+            struct sched_stats st;
+            sched_stats(sv->e->sched, &st);
+            r.type = PROTO_ACCEPTED;
+            r.u.accepted.id = m->u.submit.id;
+            r.u.accepted.queue_position = st.waiting;
+        } else {
+            r.type = PROTO_REJECTED;
+            r.u.rejected.id = m->u.submit.id;
+            r.u.rejected.code = rc;
+            snprintf(r.u.rejected.message, sizeof r.u.rejected.message, "%s", why[0] ? why : rill_err_name(rc));
+            rlog_debug("rejected request %llu: %s", (unsigned long long)m->u.submit.id, r.u.rejected.message);
+        }
+        reply(sv, from, &r);
+        break;
+    }
+    case PROTO_CANCEL:
+        /* Idempotent: an unknown id (already finished) needs no answer. */
+        sched_cancel(sv->e->sched, m->u.cancel.id);
+        break;
+    default:
+        rlog_warn("unexpected %s message on the request socket", proto_type_name(m->type));
+    }
+}
+
+static void start_drain(struct server *sv, const char *why)
+{
+    if (sv->draining)
+        return;
+    sv->draining = true;
+    sched_set_draining(sv->e->sched, true);
+    rlog_info("draining (%s): finishing running requests, admitting none", why);
+}
+
+static void on_control(struct server *sv, struct proto_msg *m)
+{
+    switch (m->type) {
+    case PROTO_SET_BATCH:
+        sched_set_limit(sv->e->sched, m->u.set_batch.max_batch);
+        rlog_info("supervisor bound on the batch: %u (%s)", m->u.set_batch.max_batch, m->u.set_batch.reason);
+        break;
+    case PROTO_PRESSURE:
+        if (m->u.pressure.level != sv->pressure)
+            rlog_info("memory pressure level %u (%s)", m->u.pressure.level, m->u.pressure.reason);
+        sv->pressure = m->u.pressure.level;
+        sched_set_pressure(sv->e->sched, m->u.pressure.level);
+        break;
+    case PROTO_DRAIN:
+        start_drain(sv, "supervisor asked");
+        break;
+    case PROTO_SHUTDOWN:
+        rlog_info("shutdown requested");
+        sv->stop = true;
+        break;
+    default:
+        break;
+    }
+}
+
+static void send_hello(struct server *sv)
+{
+    struct proto_msg m = {.type = PROTO_HELLO};
+    struct proto_hello *h = &m.u.hello;
+    h->role = PROTO_ROLE_WORKER;
+    snprintf(h->id, sizeof h->id, "%s", sv->id);
+    h->pid = (int32_t)getpid();
+    snprintf(h->ring, sizeof h->ring, "%s", sv->ring_name);
+    snprintf(h->endpoint, sizeof h->endpoint, "%s", sv->endpoint);
+    snprintf(h->model, sizeof h->model, "%s", sv->e->model->cfg.name[0] ? sv->e->model->cfg.name : "model");
+    h->n_ctx = sv->e->max_ctx;
+    h->max_batch = (uint32_t)sv->c->max_batch;
+    h->epoch = ring_epoch(sv->ring);
+    int rc = plane_send(sv->control, NULL, &m);
+    if (rc)
+        rlog_warn("cannot say hello to the supervisor: %s", rill_err_name(rc));
+}
+
+static void heartbeat(struct server *sv, uint64_t now)
+{
+    struct sched_stats st;
+    sched_stats(sv->e->sched, &st);
+    sv->rss = engine_rss_bytes();
+    sched_set_mem_mb(sv->e->sched, (uint32_t)(sv->rss >> 20));
+    double secs = sv->last_hb_ns ? (double)(now - sv->last_hb_ns) / 1e9 : 0;
+    if (sv->control) {
+        struct proto_msg m = {.type = PROTO_HEARTBEAT};
+        struct proto_heartbeat *h = &m.u.heartbeat;
+        snprintf(h->id, sizeof h->id, "%s", sv->id);
+        h->seq = ++sv->hb_seq;
+        h->active = st.running;
+        h->queued = st.waiting;
+        h->step_ms = (float)st.last_step_ms;
+        h->step_p50_ms = (float)hist_percentile(&sv->step_us, 0.5) / 1000.0f;
+        h->step_p99_ms = (float)hist_percentile(&sv->step_us, 0.99) / 1000.0f;
+        h->tokens_per_s = secs > 0 ? (float)((double)(st.tokens - sv->tokens_at_hb) / secs) : 0;
+        h->prefill_tokens_per_s = secs > 0 ? (float)((double)(st.prefill_tokens - sv->prefill_at_hb) / secs) : 0;
+        h->rss_bytes = sv->rss;
+        h->kv_bytes = st.kv_used;
+        h->kv_capacity_bytes = st.kv_total;
+        h->batch_cap = st.cap;
+        h->batch_limit = sched_adapt(sv->e->sched)->limit;
+        h->preemptions = st.preemptions;
+        h->tokens_total = st.tokens;
+        h->requests_total = st.requests;
+        h->pressure_level = (uint8_t)sv->pressure;
+        h->state = sv->draining ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+        int rc = plane_send(sv->control, NULL, &m);
+        if (rc && rc != RILL_E_AGAIN)
+            rlog_warn("heartbeat not sent: %s", rill_err_name(rc));
+    }
+    hist_reset(&sv->step_us);
+    sv->tokens_at_hb = st.tokens;
+    sv->prefill_at_hb = st.prefill_tokens;
+    sv->last_hb_ns = now;
+    sv->next_hb_ns = now + (uint64_t)sv->c->heartbeat_ms * 1000000ull;
+}
+
+/* --- set-up ------------------------------------------------------------------------------- */
+
+static int setup(struct server *sv, char *why, size_t why_len)
+{
+    const struct rill_config *c = sv->c;
+    snprintf(sv->id, sizeof sv->id, "w%lld", (long long)c->worker_id);
+    snprintf(sv->ring_name, sizeof sv->ring_name, "/rill-%s-%s", c->instance, sv->id);
+    char run_dir[CFG_STR_MAX];
+    cfg_run_dir(c, run_dir, sizeof run_dir);
+    if (mkdir(run_dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(why, why_len, "cannot create run dir %s: %s", run_dir, strerror(errno));
+        return RILL_E_IO;
+    }
+    int rc = ring_create(sv->ring_name, (size_t)c->ring_bytes, &sv->ring);
+    if (rc) {
+        snprintf(why, why_len, "cannot create token ring %s: %s", sv->ring_name,
+                 rc == RILL_E_EXISTS ? "a live worker owns it" : strerror(errno));
+        return rc;
+    }
+    if (c->endpoint[0]) {
+        snprintf(sv->endpoint, sizeof sv->endpoint, "%s", c->endpoint);
+    } else {
+        char file[32];
+        snprintf(file, sizeof file, "%s.sock", sv->id);
+        rc = zs_endpoint_ipc(sv->endpoint, sizeof sv->endpoint, run_dir, file);
+        if (rc) {
+            snprintf(why, why_len, "run dir path too long for a socket: %s", run_dir);
+            return rc;
+        }
+    }
+    if ((rc = zs_ctx_new(&sv->zctx)) || (rc = zs_router(sv->zctx, &sv->router)))
+        return rc;
+    rc = zs_bind(sv->router, sv->endpoint);
+    if (rc) {
+        snprintf(why, why_len, "cannot bind %s: %s", sv->endpoint,
+                 rc == RILL_E_EXISTS ? "another process listens there" : rill_err_name(rc));
+        return rc;
+    }
+    if (c->control[0]) {
+        struct zs_id zid;
+        zs_id_from_str(&zid, sv->id);
+        if ((rc = zs_dealer(sv->zctx, &zid, false, &sv->control)) || (rc = zs_connect(sv->control, c->control))) {
+            snprintf(why, why_len, "cannot connect to the supervisor at %s", c->control);
+            return rc;
+        }
+    }
+    hist_init(&sv->step_us);
+    return 0;
+}
+
+static void teardown(struct server *sv)
+{
+    zs_close(&sv->control);
+    zs_close(&sv->router);
+    zs_ctx_term(&sv->zctx);
+    ring_close(sv->ring, true);
+    sv->ring = NULL;
+}
+
+int serve_run(const struct rill_config *c, struct engine *e)
+{
+    struct server sv = {.c = c, .e = e};
+    char why[512] = "";
+    int rc = setup(&sv, why, sizeof why);
+    if (rc) {
+        rlog_error("%s", why[0] ? why : rill_err_name(rc));
+        teardown(&sv);
+        return rc;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    if (c->control[0])
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned worker drains and exits */
+    if (sv.control)
+        send_hello(&sv);
+    rlog_info("worker %s ready: requests on %s, tokens in %s (epoch %016llx)", sv.id, sv.endpoint, sv.ring_name,
+              (unsigned long long)ring_epoch(sv.ring));
+    heartbeat(&sv, clock_ns());
+
+    struct sched_out out = {&sv, ring_emit, ring_flush};
+    int handled_signals = 0;
+    while (!sv.stop) {
+        uint64_t now = clock_ns();
+        bool busy = sched_busy(e->sched);
+        bool room = !busy || ring_wait_space(sv.ring, step_need(&sv), 0) == 0;
+        long timeout = (long)((sv.next_hb_ns > now ? sv.next_hb_ns - now : 0) / 1000000);
+        if (busy && room) {
+            timeout = 0;
+            if (c->fake_tokens && sv.next_fake_step_ns > now)
+                timeout = (long)((sv.next_fake_step_ns - now) / 1000000);
+        } else if (busy) {
+            timeout = 1; /* the gateway is behind: look again soon */
+        }
+        struct zs_poll p;
+        zs_poll_init(&p);
+        zs_poll_add(&p, sv.router, -1, ZMQ_POLLIN);
+        if (sv.control)
+            zs_poll_add(&p, sv.control, -1, ZMQ_POLLIN);
+        zs_poll_wait(&p, timeout);
+
+        struct proto_msg m;
+        struct zs_id from;
+        int r;
+        while ((r = plane_recv(sv.router, &from, &m, why, sizeof why)) != RILL_E_AGAIN) {
+            if (r == 0) {
+                on_request(&sv, &from, &m);
+                proto_msg_free(&m);
+            } else {
+                rlog_warn("bad message on the request socket: %s", why);
+            }
+        }
+        while (sv.control && (r = plane_recv(sv.control, NULL, &m, why, sizeof why)) != RILL_E_AGAIN) {
+            if (r == 0) {
+                on_control(&sv, &m);
+                proto_msg_free(&m);
+            } else {
+                rlog_warn("bad message on the control socket: %s", why);
+            }
+        }
+        if (got_signal > handled_signals) {
+            handled_signals = got_signal;
+            if (handled_signals == 1) {
+                start_drain(&sv, "signal");
+            } else {
+                rlog_info("second signal: stopping now");
+                sv.stop = true;
+            }
+        }
+        if (sv.stop)
+            break;
+
+        now = clock_ns();
+        if (sched_busy(e->sched) && (!c->fake_tokens || now >= sv.next_fake_step_ns) &&
+            ring_wait_space(sv.ring, step_need(&sv), 0) == 0) {
+            int n = sched_step(e->sched, &out);
+            if (n < 0) {
+                rlog_error("step failed: %s; ending every request", rill_err_name(n));
+                sched_abort_all(e->sched, RILL_E_INTERNAL, &out);
+            } else if (n > 0) {
+                struct sched_stats st;
+                sched_stats(e->sched, &st);
+                hist_record(&sv.step_us, (uint64_t)(st.last_step_ms * 1000));
+            }
+            if (c->fake_tokens)
+                sv.next_fake_step_ns = now + (uint64_t)(c->target_latency_ms * 1e6);
+        }
+        now = clock_ns();
+        if (now >= sv.next_hb_ns)
+            heartbeat(&sv, now);
+        if (sv.draining && !sched_busy(e->sched)) {
+            rlog_info("drained: every request finished");
+            break;
+        }
+    }
+    if (sched_busy(e->sched))
+        sched_abort_all(e->sched, RILL_E_SHUTTING_DOWN, &out);
+    teardown(&sv);
+    return 0;
+}
