@@ -151,3 +151,6 @@ run: deps
 
 clean:
 	rm -rf build
+
+# Tests that run tools need them built first.
+$(B)/tests/test_model: $(B)/rill-mkmodel

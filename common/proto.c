@@ -635,34 +635,38 @@ static void submit_free(struct proto_submit *s)
     s->n_prompt_tokens = 0;
 }
 
-int proto_decode(const void *buf, size_t len, struct proto_msg *out, char *why, size_t why_len)
+int proto_unpack(const void *buf, size_t len, size_t max_len, msgpack_unpacked *up, char *why, size_t why_len)
 {
     struct ctx c = { .why = why, .why_len = why_len, .msg = "message", .idx = -1 };
-    memset(out, 0, sizeof *out);
+    msgpack_unpacked_init(up);
     if (why && why_len)
         why[0] = '\0';
-    if (len > PROTO_MAX_MSG)
+    if (len > max_len)
         return fail(&c, NULL, RILL_E_TOO_LARGE, "message too large");
     if (len == 0 || !buf)
         return fail(&c, NULL, RILL_E_BAD_REQUEST, "empty message");
-
     struct walk w = { .p = buf, .len = len };
     int rc = walk_one(&w, &c, 0);
     if (rc)
         return rc;
     if (w.pos != len)
         return fail(&c, NULL, RILL_E_BAD_REQUEST, "trailing bytes");
-
-    msgpack_unpacked up;
-    msgpack_unpacked_init(&up);
     size_t off = 0;
-    msgpack_unpack_return ur = msgpack_unpack_next(&up, buf, len, &off);
-    if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
-        rc = ur == MSGPACK_UNPACK_NOMEM_ERROR
-                 ? fail(&c, NULL, RILL_E_NOMEM, "out of memory")
-                 : fail(&c, NULL, RILL_E_BAD_REQUEST, "malformed msgpack");
+    msgpack_unpack_return ur = msgpack_unpack_next(up, buf, len, &off);
+    if (ur != MSGPACK_UNPACK_SUCCESS || off != len)
+        return ur == MSGPACK_UNPACK_NOMEM_ERROR ? fail(&c, NULL, RILL_E_NOMEM, "out of memory")
+                                                : fail(&c, NULL, RILL_E_BAD_REQUEST, "malformed msgpack");
+    return 0;
+}
+
+int proto_decode(const void *buf, size_t len, struct proto_msg *out, char *why, size_t why_len)
+{
+    struct ctx c = { .why = why, .why_len = why_len, .msg = "message", .idx = -1 };
+    memset(out, 0, sizeof *out);
+    msgpack_unpacked up;
+    int rc = proto_unpack(buf, len, PROTO_MAX_MSG, &up, why, why_len);
+    if (rc)
         goto out;
-    }
     const msgpack_object *root = &up.data;
     if (root->type != MSGPACK_OBJECT_MAP) {
         rc = fail(&c, NULL, RILL_E_BAD_REQUEST, "not a map");

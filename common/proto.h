@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include <msgpack/sbuffer.h>
+#include <msgpack/unpack.h>
 
 /* --- caps ------------------------------------------------------------------- */
 
@@ -246,6 +247,16 @@ int proto_encode(const struct proto_msg *m, msgpack_sbuffer *out, char *why, siz
  * bytes) names the field and the reason, e.g. "submit.max_tokens: integer
  * out of range".  Integers are accepted where floats are expected. */
 int proto_decode(const void *buf, size_t len, struct proto_msg *out, char *why, size_t why_len);
+
+/* Unpack untrusted msgpack of `len` bytes (at most `max_len`) without
+ * letting a hostile header make msgpack-c allocate more than a small
+ * multiple of the input: a non-allocating walk first checks every container
+ * count against the bytes left, the depth (PROTO_MAX_DEPTH) and the number
+ * of objects (PROTO_MAX_OBJECTS), and that exactly one object fills the
+ * input.  Returns 0 with *up filled, or RILL_E_TOO_LARGE / RILL_E_BAD_REQUEST
+ * / RILL_E_NOMEM with `why`.  Either way *up is initialized: the caller
+ * calls msgpack_unpacked_destroy(up). */
+int proto_unpack(const void *buf, size_t len, size_t max_len, msgpack_unpacked *up, char *why, size_t why_len);
 
 /* Free what a decoded message owns and clear its pointers.  Does nothing for
  * a message you built yourself, nor twice.  NULL is ignored. */

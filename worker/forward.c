@@ -13,12 +13,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* OpenBLAS extension: we run it single-threaded inside our own tasks. */
 void openblas_set_num_threads(int num_threads);
 
+/* A layer's matrices, packed for the kernels. */
+struct fwd_layer {
+    struct kmat wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
 struct fwd {
     const struct model *m;
+    struct fwd_layer *L;
+    struct kmat output;
     struct kv *kv;
     struct pool *pool;
     uint32_t max_rows, max_ctx;
@@ -56,9 +65,16 @@ static float *alloc_floats(struct fwd *f, size_t n)
     return aligned_alloc(64, ((n * sizeof(float)) + 63) / 64 * 64);
 }
 
-static bool kernel_fits(const struct wmat *w)
+/* The packed copy is what the kernels read: the file's pages of this
+ * matrix need not stay in our resident set (they stay in the page cache,
+ * and come back if the scalar or OpenBLAS path reads them). */
+static void release_source(const struct wmat *w)
 {
-    return w->cols % (w->type == WT_Q8_0 ? 32u : 8u) == 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)w->data + page - 1) & ~(page - 1);
+    uintptr_t b = ((uintptr_t)w->data + (uintptr_t)w->rows * w->row_bytes) & ~(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t max_rows, uint32_t max_ctx,
@@ -71,21 +87,6 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
         why_set(why, why_len, "unsupported attention shape: head_dim %u, rope_dim %u, heads %u/%u (need head_dim %% 8 == 0)",
                 c->head_dim, c->rope_dim, c->n_heads, c->n_kv_heads);
         return RILL_E_UNSUPPORTED;
-    }
-    const struct wmat *all[] = {&m->tok_embd, &m->output};
-    for (size_t i = 0; i < 2; i++)
-        if (!kernel_fits(all[i])) {
-            why_set(why, why_len, "unsupported shape: a matrix with %u columns (need a multiple of 8)", all[i]->cols);
-            return RILL_E_UNSUPPORTED;
-        }
-    for (uint32_t l = 0; l < c->n_layers; l++) {
-        const struct layer_weights *L = &m->layers[l];
-        const struct wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < 7; i++)
-            if (!kernel_fits(ws[i])) {
-                why_set(why, why_len, "unsupported shape: layer %u has a matrix with %u columns", l, ws[i]->cols);
-                return RILL_E_UNSUPPORTED;
-            }
     }
     struct fwd *f = calloc(1, sizeof *f);
     if (!f)
@@ -100,6 +101,34 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     f->q_dim = c->n_heads * c->head_dim;
     f->kv_dim = c->n_kv_heads * c->head_dim;
     f->ffn = c->ffn_dim;
+    f->L = calloc(c->n_layers, sizeof *f->L);
+    if (!f->L) {
+        fwd_free(f);
+        return RILL_E_NOMEM;
+    }
+    int rc = kern_pack(&m->output, &f->output);
+    for (uint32_t l = 0; !rc && l < c->n_layers; l++) {
+        const struct layer_weights *W = &m->layers[l];
+        struct fwd_layer *P = &f->L[l];
+        const struct wmat *src[] = {&W->wq, &W->wk, &W->wv, &W->wo, &W->w_gate, &W->w_up, &W->w_down};
+        struct kmat *dst[] = {&P->wq, &P->wk, &P->wv, &P->wo, &P->w_gate, &P->w_up, &P->w_down};
+        for (size_t i = 0; !rc && i < 7; i++) {
+            rc = kern_pack(src[i], dst[i]);
+            if (rc == RILL_E_UNSUPPORTED)
+                why_set(why, why_len, "unsupported shape: layer %u has a %s matrix with %u columns (need a multiple "
+                        "of %u)", l, wtype_name(src[i]->type), src[i]->cols, src[i]->type == WT_Q8_0 ? 32 : 8);
+            else if (!rc)
+                release_source(src[i]);
+        }
+    }
+    if (rc) {
+        if (rc == RILL_E_UNSUPPORTED && why && !why[0])
+            why_set(why, why_len, "unsupported shape: the output matrix has %u columns", m->output.cols);
+        fwd_free(f);
+        return rc;
+    }
+    if (!m->tied_output)
+        release_source(&m->output);
     size_t R = max_rows;
     f->x = alloc_floats(f, R * f->dim);
     f->xb = alloc_floats(f, R * f->dim);
@@ -136,6 +165,14 @@ void fwd_free(struct fwd *f)
 {
     if (!f)
         return;
+    for (uint32_t l = 0; f->L && l < f->m->cfg.n_layers; l++) {
+        struct fwd_layer *P = &f->L[l];
+        struct kmat *ms[] = {&P->wq, &P->wk, &P->wv, &P->wo, &P->w_gate, &P->w_up, &P->w_down};
+        for (size_t i = 0; i < 7; i++)
+            kern_unpack_free(ms[i]);
+    }
+    free(f->L);
+    kern_unpack_free(&f->output);
     float *bufs[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->tmp, f->hb, f->hb2, f->xs, f->scores,
                      f->rope_cos, f->rope_sin};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
@@ -156,7 +193,7 @@ size_t fwd_scratch_bytes(const struct fwd *f) { return f->scratch_bytes; }
 /* --- matrix products on the pool -------------------------------------------- */
 
 struct mm_out {
-    const struct wmat *w;
+    const struct kmat *w;
     float *y;
     uint32_t ldy;
     uint32_t first_task; /* tasks [first_task, next's first_task) are this matrix's */
@@ -182,8 +219,8 @@ static void mm_task(void *ctx, uint32_t task, uint32_t thread)
     uint32_t n1 = n0 + j->chunk < o->w->rows ? n0 + j->chunk : o->w->rows;
     if (j->f->mode == FWD_BLAS && o->w->type == WT_F32 && j->B >= j->f->blas_min_rows) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->B, (int)(n1 - n0), (int)o->w->cols, 1.0f,
-                    j->x, (int)j->ldx, (const float *)o->w->data + (size_t)n0 * o->w->cols, (int)o->w->cols, 0.0f,
-                    o->y + n0, (int)o->ldy);
+                    j->x, (int)j->ldx, (const float *)o->w->src->data + (size_t)n0 * o->w->cols, (int)o->w->cols,
+                    0.0f, o->y + n0, (int)o->ldy);
         return;
     }
     kern_matmul(o->w, j->x, j->ldx, j->B, o->y, o->ldy, n0, n1);
@@ -191,11 +228,11 @@ static void mm_task(void *ctx, uint32_t task, uint32_t thread)
 
 /* y_i = x W_i^T for up to three matrices sharing the input x [B][ldx]. */
 static void matmul(const struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint32_t n_out,
-                   const struct wmat *w0, float *y0, uint32_t ldy0, const struct wmat *w1, float *y1, uint32_t ldy1,
-                   const struct wmat *w2, float *y2, uint32_t ldy2)
+                   const struct kmat *w0, float *y0, uint32_t ldy0, const struct kmat *w1, float *y1, uint32_t ldy1,
+                   const struct kmat *w2, float *y2, uint32_t ldy2)
 {
     struct mm_job j = {.f = f, .x = x, .ldx = ldx, .B = B, .n_out = n_out};
-    const struct wmat *ws[3] = {w0, w1, w2};
+    const struct kmat *ws[3] = {w0, w1, w2};
     float *ys[3] = {y0, y1, y2};
     uint32_t ldys[3] = {ldy0, ldy1, ldy2};
     uint32_t total_rows = 0;
@@ -296,11 +333,12 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
 
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const struct layer_weights *L = &m->layers[l];
+        const struct fwd_layer *P = &f->L[l];
 
         /* Attention. */
         for (uint32_t r = 0; r < n; r++)
             kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->attn_norm, dim, c->norm_eps);
-        matmul(f, f->xb, dim, n, 3, &L->wq, f->q, f->q_dim, &L->wk, f->k, f->kv_dim, &L->wv, f->v, f->kv_dim);
+        matmul(f, f->xb, dim, n, 3, &P->wq, f->q, f->q_dim, &P->wk, f->k, f->kv_dim, &P->wv, f->v, f->kv_dim);
         for (uint32_t r = 0; r < n; r++) {
             float *q = f->q + (size_t)r * f->q_dim, *k = f->k + (size_t)r * f->kv_dim;
             rope(f, q, c->n_heads, rows[r].pos);
@@ -310,19 +348,19 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         }
         struct att_job aj = {f, rows, l};
         pool_run(f->pool, att_task, &aj, n * c->n_heads);
-        MATMUL1(f, f->att, f->q_dim, n, &L->wo, f->tmp, dim);
+        MATMUL1(f, f->att, f->q_dim, n, &P->wo, f->tmp, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++)
             f->x[i] += f->tmp[i];
 
         /* Feed-forward: down(silu(gate(x)) * up(x)). */
         for (uint32_t r = 0; r < n; r++)
             kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim, c->norm_eps);
-        matmul(f, f->xb, dim, n, 2, &L->w_gate, f->hb, f->ffn, &L->w_up, f->hb2, f->ffn, NULL, NULL, 0);
+        matmul(f, f->xb, dim, n, 2, &P->w_gate, f->hb, f->ffn, &P->w_up, f->hb2, f->ffn, NULL, NULL, 0);
         for (size_t i = 0; i < (size_t)n * f->ffn; i++) {
             float g = f->hb[i];
             f->hb[i] = g / (1.0f + expf(-g)) * f->hb2[i];
         }
-        MATMUL1(f, f->hb, f->ffn, n, &L->w_down, f->tmp, dim);
+        MATMUL1(f, f->hb, f->ffn, n, &P->w_down, f->tmp, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++)
             f->x[i] += f->tmp[i];
     }
@@ -333,6 +371,6 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         if (rows[r].logits_row >= 0)
             kern_rmsnorm(f->xs + (size_t)rows[r].logits_row * dim, f->x + (size_t)r * dim, m->out_norm, dim,
                          c->norm_eps);
-    MATMUL1(f, f->xs, dim, n_logits, &m->output, logits, c->vocab);
+    MATMUL1(f, f->xs, dim, n_logits, &f->output, logits, c->vocab);
     return 0;
 }

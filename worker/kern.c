@@ -1,17 +1,21 @@
 /* kern.c — see kern.h.
  *
- * The AVX2 matmul walks the output in tiles of R weight rows by C batch rows,
- * keeping R*C accumulators (one __m256 each) in registers: per step of eight
- * k it loads R weight vectors (converted to float) and C activation vectors
- * and issues R*C FMAs.  The weights of a tile are read from memory once and
- * reused for every batch row, which is what makes batched decoding cheap.
- * Tiles only change which elements are computed together, never how one is.
+ * The AVX2 matmul walks the output in tiles of one packed group (4 weight
+ * rows) by C batch rows, keeping 4*C accumulators (one __m256 each) in
+ * registers: per slice of eight k it loads C activation vectors and 4 weight
+ * vectors (converted to float) and issues 4*C FMAs.  A group's weights are
+ * read from memory once per batch and reused for every batch row, which is
+ * what makes batched decoding cheap.  Tiles only change which elements are
+ * computed together, never how one is.
  */
 #include "kern.h"
 
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#include "common/err.h"
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
@@ -101,140 +105,170 @@ AVX2_TARGET static inline float hsum256(__m256 v)
     return _mm_cvtss_f32(c);
 }
 
-/* Eight weights of row `row` at k, as floats.  For Q8_0 the scale multiplies
- * the converted integers first, exactly as weight_at() does. */
-AVX2_TARGET static inline __m256 load_w(enum wtype t, const void *row, uint32_t k)
+/* --- packing ------------------------------------------------------------------------- */
+
+#define Q8_GROUP_BLOCK (KERN_GROUP * sizeof(float) + KERN_GROUP * Q8_0_BLOCK) /* 144 bytes */
+
+int kern_pack(const struct wmat *w, struct kmat *out)
 {
-    if (t == WT_F32)
-        return _mm256_loadu_ps((const float *)row + k);
-    if (t == WT_F16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k)));
-    const struct q8_0_block *b = (const struct q8_0_block *)row + k / Q8_0_BLOCK;
-    __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + k % Q8_0_BLOCK));
-    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-    __m256 d = _mm256_set1_ps(_cvtsh_ss(b->d));
-    return _mm256_mul_ps(f, d);
+    memset(out, 0, sizeof *out);
+    if (w->cols % (w->type == WT_Q8_0 ? Q8_0_BLOCK : 8u) || w->rows == 0)
+        return RILL_E_UNSUPPORTED;
+    out->src = w;
+    out->type = w->type;
+    out->rows = w->rows;
+    out->cols = w->cols;
+    out->groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP;
+    if (w->type == WT_Q8_0)
+        out->group_bytes = (size_t)(w->cols / Q8_0_BLOCK) * Q8_GROUP_BLOCK;
+    else
+        out->group_bytes = (size_t)KERN_GROUP * w->cols * (w->type == WT_F32 ? 4 : 2);
+    out->bytes = out->groups * out->group_bytes;
+    /* Anonymous memory, huge pages when the kernel gives them: fewer TLB
+     * misses on a stream of hundreds of megabytes. */
+    void *p = mmap(NULL, out->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return RILL_E_NOMEM;
+    madvise(p, out->bytes, MADV_HUGEPAGE);
+    out->data = p;
+    size_t esz = w->type == WT_F32 ? 4 : 2;
+    for (uint32_t g = 0; g < out->groups; g++) {
+        unsigned char *gp = (unsigned char *)p + g * out->group_bytes;
+        for (uint32_t r = 0; r < KERN_GROUP; r++) {
+            uint32_t row = g * KERN_GROUP + r;
+            if (row >= w->rows)
+                continue; /* stays zero */
+            const unsigned char *src = (const unsigned char *)w->data + (size_t)row * w->row_bytes;
+            if (w->type == WT_Q8_0) {
+                const struct q8_0_block *blk = (const struct q8_0_block *)src;
+                for (uint32_t b = 0; b < w->cols / Q8_0_BLOCK; b++) {
+                    unsigned char *bp = gp + b * Q8_GROUP_BLOCK;
+                    float d = f16_to_f32(blk[b].d);
+                    memcpy(bp + r * sizeof(float), &d, sizeof d);
+                    memcpy(bp + KERN_GROUP * sizeof(float) + r * Q8_0_BLOCK, blk[b].qs, Q8_0_BLOCK);
+                }
+            } else {
+                for (uint32_t sl = 0; sl < w->cols / 8; sl++)
+                    memcpy(gp + ((size_t)sl * KERN_GROUP + r) * 8 * esz, src + (size_t)sl * 8 * esz, 8 * esz);
+            }
+        }
+    }
+    return 0;
 }
 
-/* One tile: rows n..n+R-1, batch rows b..b+C-1. */
-#define DEFINE_TILE(T, TNAME, R, C)                                                                      \
-    AVX2_TARGET __attribute__((noinline)) static void tile_##TNAME##_##R##x##C(                          \
-        const struct wmat *w, const float *x, size_t ldx, float *y, size_t ldy, uint32_t n, uint32_t b) \
+void kern_unpack_free(struct kmat *m)
+{
+    if (m && m->data)
+        munmap(m->data, m->bytes);
+    if (m)
+        memset(m, 0, sizeof *m);
+}
+
+/* --- AVX2 tiles over packed groups -------------------------------------------------------- */
+
+/* Eight weights of row r of a group at slice s, as floats. */
+AVX2_TARGET static inline __m256 load_slice(enum wtype t, const unsigned char *gp, uint32_t s, int r)
+{
+    if (t == WT_F32)
+        return _mm256_load_ps((const float *)gp + ((size_t)s * KERN_GROUP + (uint32_t)r) * 8);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)gp + ((size_t)s * KERN_GROUP + (uint32_t)r) * 8)));
+}
+
+/* One group (4 weight rows) against C batch rows starting at b; writes the
+ * first `nr` rows.  F32 and F16. */
+#define DEFINE_TILE(T, TNAME, C)                                                                         \
+    AVX2_TARGET __attribute__((noinline)) static void tile_##TNAME##_##C(                                \
+        const struct kmat *m, const float *x, size_t ldx, float *y, size_t ldy, uint32_t g, uint32_t b,  \
+        uint32_t nr)                                                                                     \
     {                                                                                                    \
-        uint32_t K = w->cols;                                                                            \
-        const char *base = (const char *)w->data + (size_t)n * w->row_bytes;                             \
-        __m256 acc[R][C];                                                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                              \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();         \
-        for (uint32_t k = 0; k < K; k += 8) {                                                            \
-            __m256 wv[R];                                                                                \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                          \
-                wv[r] = load_w(T, base + (size_t)r * w->row_bytes, k);                                   \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
-                __m256 xv = _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + k);                    \
-                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                      \
-                    acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);                                   \
+        const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;          \
+        uint32_t S = m->cols / 8;                                                                        \
+        __m256 acc[KERN_GROUP][C];                                                                       \
+        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
+            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();         \
+        for (uint32_t s = 0; s < S; s++) {                                                               \
+            __m256 xv[C];                                                                                \
+            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                          \
+                xv[c] = _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + (size_t)s * 8);            \
+            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++) {                               \
+                __m256 wv = load_slice(T, gp, s, r);                                                     \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
+                    acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);                                   \
             }                                                                                            \
         }                                                                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                              \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                          \
-                y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);               \
+        uint32_t n = g * KERN_GROUP;                                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
+            if ((uint32_t)r < nr)                                                                        \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
+                    y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);           \
     }
 
-/* Q8_0 tiles walk whole 32-weight blocks so that each row's scale is
- * converted once per block; the arithmetic per weight is still
+/* Q8_0: each block's four scales are floats in the pack; a weight is
  * (float)q * d, then one FMA — the order of weight_at(). */
-#define DEFINE_Q8_TILE(R, C)                                                                             \
-    AVX2_TARGET __attribute__((noinline)) static void tile_q8_##R##x##C(                                 \
-        const struct wmat *w, const float *x, size_t ldx, float *y, size_t ldy, uint32_t n, uint32_t b) \
+#define DEFINE_Q8_TILE(C)                                                                                \
+    AVX2_TARGET __attribute__((noinline)) static void tile_q8_##C(                                       \
+        const struct kmat *m, const float *x, size_t ldx, float *y, size_t ldy, uint32_t g, uint32_t b,  \
+        uint32_t nr)                                                                                     \
     {                                                                                                    \
-        uint32_t nb = w->cols / Q8_0_BLOCK;                                                              \
-        const struct q8_0_block *rows[R];                                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                              \
-            rows[r] = (const struct q8_0_block *)((const char *)w->data + (size_t)(n + (uint32_t)r) * w->row_bytes); \
-        __m256 acc[R][C];                                                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                              \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();         \
+        const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;          \
+        uint32_t nb = m->cols / Q8_0_BLOCK;                                                              \
+        __m256 acc[KERN_GROUP][C];                                                                       \
+        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
+            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();         \
         for (uint32_t blk = 0; blk < nb; blk++) {                                                        \
-            __m256 d[R];                                                                                 \
-            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                          \
-                d[r] = _mm256_set1_ps(_cvtsh_ss(rows[r][blk].d));                                        \
+            const unsigned char *bp = gp + (size_t)blk * Q8_GROUP_BLOCK;                                 \
+            const float *d = (const float *)bp;                                                          \
+            const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));                        \
             _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {                                   \
-                __m256 wv[R];                                                                            \
-                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {                                    \
-                    __m128i q = _mm_loadl_epi64((const __m128i *)(rows[r][blk].qs + 8 * j));             \
-                    wv[r] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d[r]);            \
-                }                                                                                        \
-                uint32_t k = blk * Q8_0_BLOCK + 8 * j;                                                   \
-                _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                    \
-                    __m256 xv = _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + k);                \
-                    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                  \
-                        acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);                               \
+                __m256 xv[C];                                                                            \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
+                    xv[c] = _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + blk * Q8_0_BLOCK + 8 * j); \
+                _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++) {                           \
+                    __m128i q = _mm_loadl_epi64((const __m128i *)(qs + r * Q8_0_BLOCK + 8 * j));         \
+                    __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),               \
+                                              _mm256_broadcast_ss(d + r));                               \
+                    _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                  \
+                        acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);                               \
                 }                                                                                        \
             }                                                                                            \
         }                                                                                                \
-        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++)                                              \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                          \
-                y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);               \
+        uint32_t n = g * KERN_GROUP;                                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
+            if ((uint32_t)r < nr)                                                                        \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
+                    y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);           \
     }
 
-/* Tile shapes: wide (RW rows x 4 batch rows) for batches, narrow (4 x 1) for
- * single rows, and 1-row remainders. */
-#define DEFINE_TILES(T, TNAME, RW)   \
-    DEFINE_TILE(T, TNAME, 4, 1)      \
-    DEFINE_TILE(T, TNAME, 1, 1)      \
-    DEFINE_TILE(T, TNAME, RW, 4)     \
-    DEFINE_TILE(T, TNAME, 1, 4)      \
-    DEFINE_TILE(T, TNAME, RW, 1)
+DEFINE_TILE(WT_F32, f32, 1)
+DEFINE_TILE(WT_F32, f32, 3)
+DEFINE_TILE(WT_F16, f16, 1)
+DEFINE_TILE(WT_F16, f16, 3)
+DEFINE_Q8_TILE(1)
+DEFINE_Q8_TILE(2)
 
-DEFINE_TILES(WT_F32, f32, 3)
-DEFINE_TILES(WT_F16, f16, 3)
-DEFINE_Q8_TILE(4, 1)
-DEFINE_Q8_TILE(1, 1)
-DEFINE_Q8_TILE(2, 4)
-DEFINE_Q8_TILE(1, 4)
-DEFINE_Q8_TILE(2, 1)
-
-typedef void (*tile_fn)(const struct wmat *, const float *, size_t, float *, size_t, uint32_t, uint32_t);
+typedef void (*tile_fn)(const struct kmat *, const float *, size_t, float *, size_t, uint32_t, uint32_t, uint32_t);
 
 struct tile_set {
-    uint32_t rw; /* rows of the wide tiles */
-    tile_fn t4x1, t1x1, wide, t1x4, wide1;
+    uint32_t wide;       /* batch rows of the wide tile */
+    tile_fn one, many;
 };
 
-static const struct tile_set tiles_f32 = {3, tile_f32_4x1, tile_f32_1x1, tile_f32_3x4, tile_f32_1x4, tile_f32_3x1};
-static const struct tile_set tiles_f16 = {3, tile_f16_4x1, tile_f16_1x1, tile_f16_3x4, tile_f16_1x4, tile_f16_3x1};
-static const struct tile_set tiles_q8 = {2, tile_q8_4x1, tile_q8_1x1, tile_q8_2x4, tile_q8_1x4, tile_q8_2x1};
+static const struct tile_set tiles_f32 = {3, tile_f32_1, tile_f32_3};
+static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_3};
+static const struct tile_set tiles_q8 = {2, tile_q8_1, tile_q8_2};
 
-static void matmul_avx2(const struct wmat *w, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
+static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
                         uint32_t n0, uint32_t n1)
 {
-    const struct tile_set *ts = w->type == WT_F32 ? &tiles_f32 : w->type == WT_F16 ? &tiles_f16 : &tiles_q8;
-    if (B < 4) {
-        /* Few batch rows: memory-bound; four weight rows in flight per pass. */
-        for (uint32_t b = 0; b < B; b++) {
-            uint32_t n = n0;
-            for (; n + 4 <= n1; n += 4)
-                ts->t4x1(w, x, ldx, y, ldy, n, b);
-            for (; n < n1; n++)
-                ts->t1x1(w, x, ldx, y, ldy, n, b);
-        }
-        return;
-    }
-    uint32_t n = n0;
-    for (; n + ts->rw <= n1; n += ts->rw) {
+    const struct tile_set *ts = m->type == WT_F32 ? &tiles_f32 : m->type == WT_F16 ? &tiles_f16 : &tiles_q8;
+    uint32_t g0 = n0 / KERN_GROUP, g1 = (n1 + KERN_GROUP - 1) / KERN_GROUP;
+    for (uint32_t g = g0; g < g1; g++) {
+        uint32_t nr = n1 - g * KERN_GROUP < KERN_GROUP ? n1 - g * KERN_GROUP : KERN_GROUP;
         uint32_t b = 0;
-        for (; b + 4 <= B; b += 4)
-            ts->wide(w, x, ldx, y, ldy, n, b);
+        for (; b + ts->wide <= B; b += ts->wide)
+            ts->many(m, x, ldx, y, ldy, g, b, nr);
         for (; b < B; b++)
-            ts->wide1(w, x, ldx, y, ldy, n, b);
-    }
-    for (; n < n1; n++) {
-        uint32_t b = 0;
-        for (; b + 4 <= B; b += 4)
-            ts->t1x4(w, x, ldx, y, ldy, n, b);
-        for (; b < B; b++)
-            ts->t1x1(w, x, ldx, y, ldy, n, b);
+            ts->one(m, x, ldx, y, ldy, g, b, nr);
     }
 }
 
@@ -248,15 +282,17 @@ AVX2_TARGET static float dot_avx2(const float *a, const float *b, uint32_t n)
 
 /* --- dispatch ------------------------------------------------------------------------ */
 
-void kern_matmul(const struct wmat *w, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy, uint32_t n0,
+void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy, uint32_t n0,
                  uint32_t n1)
 {
+    if (n1 > m->rows)
+        n1 = m->rows;
     if (n0 >= n1 || B == 0)
         return;
     if (kern_isa() == KERN_AVX2)
-        matmul_avx2(w, x, ldx, B, y, ldy, n0, n1);
+        matmul_avx2(m, x, ldx, B, y, ldy, n0, n1);
     else
-        matmul_scalar(w, x, ldx, B, y, ldy, n0, n1);
+        matmul_scalar(m->src, x, ldx, B, y, ldy, n0, n1);
 }
 
 float kern_dot(const float *a, const float *b, uint32_t n)
@@ -264,8 +300,22 @@ float kern_dot(const float *a, const float *b, uint32_t n)
     return kern_isa() == KERN_AVX2 ? dot_avx2(a, b, n) : dot_scalar(a, b, n);
 }
 
+AVX2_TARGET static void axpy_avx2(float a, const float *x, float *y, uint32_t n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fmaf(a, x[i], y[i]);
+}
+
 void kern_axpy(float a, const float *x, float *y, uint32_t n)
 {
+    if (kern_isa() == KERN_AVX2) {
+        axpy_avx2(a, x, y, n);
+        return;
+    }
     for (uint32_t i = 0; i < n; i++)
         y[i] = fmaf(a, x[i], y[i]);
 }

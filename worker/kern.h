@@ -10,6 +10,11 @@
  * batch of 64, prefilled in one chunk or in many, or recomputed after a
  * preemption; and a seeded stream is the same wherever it runs.  The scalar
  * path emulates the AVX2 one exactly (fmaf per lane, same reduction).
+ *
+ * Weights are packed at load time into groups of KERN_GROUP rows whose
+ * eight-weight slices are interleaved, so that a tile reads one sequential
+ * stream instead of four short ones: the hardware prefetcher keeps up, and a
+ * single-row decode runs at memory bandwidth.
  */
 #ifndef RILL_KERN_H
 #define RILL_KERN_H
@@ -19,6 +24,8 @@
 
 #include "model.h"
 
+#define KERN_GROUP 4
+
 enum kern_isa { KERN_SCALAR = 0, KERN_AVX2 = 1 };
 
 /* The instruction set in use: AVX2+FMA+F16C when the CPU has them. */
@@ -27,18 +34,39 @@ enum kern_isa kern_isa(void);
 enum kern_isa kern_set_isa(enum kern_isa isa);
 const char *kern_isa_name(enum kern_isa isa);
 
+/* A weight matrix packed for the kernels.  Layout by type, per group g of 4
+ * rows (rows past `rows` are zero):
+ *   F32, F16: for each slice s of 8 columns: 4 rows x 8 weights;
+ *   Q8_0:     for each block b of 32 columns: 4 float scales, then
+ *             4 rows x 32 int8.
+ * `src` keeps the unpacked matrix (the scalar path and OpenBLAS read it). */
+struct kmat {
+    const struct wmat *src;
+    enum wtype type;
+    uint32_t rows, cols, groups;
+    size_t group_bytes;
+    void *data;          /* owned */
+    size_t bytes;
+};
+
+/* Pack w (cols % 8 == 0; Q8_0: % 32).  RILL_E_UNSUPPORTED for a shape the
+ * kernels cannot take, RILL_E_NOMEM. */
+int kern_pack(const struct wmat *w, struct kmat *out);
+void kern_unpack_free(struct kmat *m);
+
 /* y[b*ldy + n] = sum_k W[n][k] * x[b*ldx + k]  for n in [n0, n1), b < B.
- * Requires w->cols % 8 == 0 (Q8_0: % 32).  x and y must not overlap. */
-void kern_matmul(const struct wmat *w, const float *x, size_t ldx, uint32_t B,
-                 float *y, size_t ldy, uint32_t n0, uint32_t n1);
+ * n0 must be a multiple of KERN_GROUP (n1 may be any, up to rows).  x and y
+ * must not overlap. */
+void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
+                 uint32_t n0, uint32_t n1);
 
 /* Dot product of n floats (n % 8 == 0), in the same fixed order. */
 float kern_dot(const float *a, const float *b, uint32_t n);
 
-/* y[i] += a * x[i] */
+/* y[i] += a * x[i], fused (each element as fmaf would). */
 void kern_axpy(float a, const float *x, float *y, uint32_t n);
 
-/* out[i] = x[i] * w[i] / sqrt(mean(x^2) + eps) */
+/* out[i] = x[i] * w[i] / sqrt(mean(x^2) + eps)  (n % 8 == 0) */
 void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps);
 
 /* Dequantize row r of w into out (any type). */

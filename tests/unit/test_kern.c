@@ -71,7 +71,9 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
         float *x = malloc(sizeof(float) * B * K), *y = malloc(sizeof(float) * B * N);
         for (uint32_t i = 0; i < B * K; i++)
             x[i] = (float)frand();
-        kern_matmul(&w, x, K, B, y, N, 0, N);
+        struct kmat km;
+        assert_int_equal(kern_pack(&w, &km), 0);
+        kern_matmul(&km, x, K, B, y, N, 0, N);
         for (uint32_t b = 0; b < B; b++)
             for (uint32_t n = 0; n < N; n++) {
                 double ref = 0, mag = 0;
@@ -82,6 +84,7 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
                 if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-7)
                     fail_msg("%s y[%u][%u] = %g, want %g", wtype_name(types[ti]), b, n, y[(size_t)b * N + n], ref);
             }
+        kern_unpack_free(&km);
         free((void *)w.data);
         free(ex);
         free(x);
@@ -104,23 +107,26 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
         for (uint32_t i = 0; i < B * K; i++)
             x[i] = (float)frand();
         float *full = malloc(sizeof(float) * B * N), *part = malloc(sizeof(float) * B * N);
-        kern_matmul(&w, x, K, B, full, N, 0, N);
-        /* Each batch row alone, and in odd groups, over odd row ranges. */
+        struct kmat km;
+        assert_int_equal(kern_pack(&w, &km), 0);
+        kern_matmul(&km, x, K, B, full, N, 0, N);
+        /* Each batch row alone, and in odd groups, over row ranges of whole groups. */
         for (uint32_t b = 0; b < B; b++)
-            kern_matmul(&w, x + (size_t)b * K, K, 1, part + (size_t)b * N, N, 0, N);
+            kern_matmul(&km, x + (size_t)b * K, K, 1, part + (size_t)b * N, N, 0, N);
         assert_memory_equal(full, part, sizeof(float) * B * N);
         memset(part, 0, sizeof(float) * B * N);
         for (uint32_t b = 0; b < B; b += 5) {
             uint32_t nb = B - b < 5 ? B - b : 5;
-            for (uint32_t n0 = 0; n0 < N; n0 += 7)
-                kern_matmul(&w, x + (size_t)b * K, K, nb, part + (size_t)b * N, N, n0, n0 + 7 < N ? n0 + 7 : N);
+            for (uint32_t n0 = 0; n0 < N; n0 += 8)
+                kern_matmul(&km, x + (size_t)b * K, K, nb, part + (size_t)b * N, N, n0, n0 + 8 < N ? n0 + 8 : N);
         }
         assert_memory_equal(full, part, sizeof(float) * B * N);
         enum kern_isa old = kern_set_isa(KERN_SCALAR);
         memset(part, 0, sizeof(float) * B * N);
-        kern_matmul(&w, x, K, B, part, N, 0, N);
+        kern_matmul(&km, x, K, B, part, N, 0, N);
         kern_set_isa(old);
         assert_memory_equal(full, part, sizeof(float) * B * N);
+        kern_unpack_free(&km);
         free((void *)w.data);
         free(ex);
         free(x);

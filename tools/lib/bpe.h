@@ -10,6 +10,7 @@
  *
  * Training is deterministic: the same text and size give the same vocabulary
  * on every machine (ties are broken by byte order, never by hash order).
+ * No learned piece is longer than 48 bytes.
  */
 #ifndef RILL_BPE_H
 #define RILL_BPE_H

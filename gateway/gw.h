@@ -1,0 +1,254 @@
+/* gw.h — the gateway's state, shared by its parts (internal to gateway/).
+ *
+ * Threads: everything here belongs to the libwebsockets service thread,
+ * except each worker's ring-reader thread, which only waits on its ring's
+ * futex and wakes the service thread (lws_cancel_service) through the
+ * atomic flags marked below.  So the token path — ring record to WebSocket
+ * frame — runs without locks.
+ *
+ * Lifetimes: a connection owns its streams (generations); a stream is in the
+ * request-id map from submit until its terminal message is queued or its
+ * connection closes.  Records for ids not in the map (a stream its client
+ * abandoned) are dropped.
+ */
+#ifndef RILL_GW_H
+#define RILL_GW_H
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/hist.h"
+#include "common/proto.h"
+#include "common/ring.h"
+#include "common/zsock.h"
+#include "request.h"
+
+#define GW_MAX_WORKERS PROTO_MAX_WORKERS
+
+struct gw;
+struct conn;
+
+/* A growable byte buffer with LWS_PRE bytes of headroom for lws_write(). */
+struct obuf {
+    unsigned char *p;   /* p[0 .. LWS_PRE) is headroom; data at p + LWS_PRE */
+    size_t len, cap;    /* len, cap: bytes of data */
+};
+int obuf_reserve(struct obuf *b, size_t more);
+int obuf_put(struct obuf *b, const void *data, size_t n);
+void obuf_free(struct obuf *b);
+static inline unsigned char *obuf_data(const struct obuf *b) { return b->p + LWS_PRE; }
+
+/* A frame ready to write (owns its buffer). */
+struct frame {
+    struct frame *next;
+    struct obuf buf;
+    bool binary;
+};
+
+enum stream_state { ST_SUBMITTED, ST_RUNNING, ST_DONE };
+
+struct stream {
+    struct stream *next;         /* in the connection's list */
+    struct conn *conn;
+    uint64_t req_id;             /* the gateway's id, unique in this process */
+    struct creq_id cid;          /* the client's id */
+    int worker;                  /* index into gw->workers, -1 while unrouted */
+    uint64_t tried;              /* workers that refused it (bit per index) */
+    struct proto_submit submit;  /* kept until accepted, to re-route (owns prompt) */
+    enum stream_state state;
+    bool accepted_sent;
+    /* tokens received, not yet framed (encoded items for the client) */
+    struct obuf pending;
+    uint32_t n_pending;
+    uint32_t next_pos;           /* next position expected */
+    /* the terminal message, queued after the pending tokens */
+    bool term;
+    int term_code;               /* 0: complete */
+    int finish;                  /* enum proto_finish */
+    char term_msg[160];
+    /* for the summary */
+    uint64_t t_submit_ns, t_first_ns, t_last_ns;
+    uint32_t n_tokens;
+    float *lat_ms;               /* per token, as the worker measured */
+    uint32_t lat_cap;
+    double lat_sum_ms;
+    uint32_t max_mem_mb;
+    uint16_t batch_val[8];       /* most common batch size: a small tally */
+    uint32_t batch_cnt[8];
+};
+
+struct conn {
+    struct lws *wsi;
+    struct gw *gw;
+    bool msgpack;
+    bool authed;
+    bool closing;                /* close after the queue drains */
+    bool counted_ip;
+    char ip[48];
+    char bucket_key[72];         /* rate limiting: the key's hash, or the IP */
+    /* output */
+    struct frame *q_head, *q_tail;
+    size_t queued_bytes;         /* queued frames + pending token bytes */
+    struct stream *streams;
+    uint32_t n_streams;
+    struct stream *rr;           /* next stream to write, round robin */
+    /* input: a message being assembled from fragments */
+    unsigned char *rx;
+    size_t rx_len, rx_cap;
+    bool rx_discard;             /* the message is over the cap: skip to its end */
+    /* network adaptation */
+    uint64_t ping_sent_ns;
+    double rtt_ms;               /* smoothed ping round trip, 0 unknown */
+    uint64_t hold_until_ns;      /* coalescing: do not write tokens before */
+    uint64_t next_auto_id;
+};
+
+struct gw_worker {
+    int idx;
+    bool in_use;
+    char id[PROTO_ID_LEN + 1];
+    char ring_name[PROTO_RING_LEN + 1];
+    char endpoint[PROTO_ENDPOINT_LEN + 1];
+    uint64_t epoch;
+    bool up;                     /* ring open and dealer connected */
+    struct ring *ring;
+    void *dealer;
+    struct lws *zwsi;            /* the dealer's ZMQ_FD, adopted into lws */
+    pthread_t reader;
+    bool reader_running;
+    _Atomic bool reader_stop;
+    _Atomic bool pending;        /* reader -> service: new records */
+    _Atomic bool dead;           /* reader -> service: producer died */
+    uint32_t inflight;           /* streams routed here */
+    uint64_t last_retry_ns;
+};
+
+/* Token bucket per API key (or per IP when there are no keys). */
+struct bucket {
+    char key[72];
+    double tokens;
+    uint64_t t_ns;
+};
+
+struct ip_count {
+    char ip[48];
+    uint32_t n;
+};
+
+struct gw_metrics {
+    uint64_t requests, requests_ok;
+    uint64_t tokens, frames, coalesced_tokens, bytes_out, bytes_in;
+    uint64_t connections_total;
+    uint64_t errors[RILL_ERR_COUNT];
+    uint64_t slow_closed;
+    struct hist ttft_us;         /* submit -> first token frame written */
+    struct hist itl_us;          /* ring publish -> frame written */
+    struct hist gen_itl_us;      /* between tokens at the worker */
+};
+
+struct gw {
+    const struct rill_config *c;
+    struct lws_context *ctx;
+    struct lws_vhost *vh;
+    struct creq_limits lim;
+    char host[128];
+    int port;
+    /* workers */
+    void *zctx;
+    void *control;               /* DEALER to the supervisor, or NULL */
+    struct lws *control_wsi;
+    struct gw_worker workers[GW_MAX_WORKERS];
+    int n_workers;
+    bool standalone;
+    bool shutting_down;          /* refuse new generations */
+    volatile bool stop;          /* leave the service loop */
+    /* request-id map: open addressing, power-of-two size */
+    struct stream **map;
+    uint32_t map_cap, map_used;
+    uint64_t next_req_id;
+    /* limits */
+    char **keys;
+    size_t n_keys;
+    char **origins;
+    size_t n_origins;
+    bool any_origin;
+    struct bucket *buckets;
+    size_t n_buckets, cap_buckets;
+    struct ip_count *ips;
+    size_t n_ips, cap_ips;
+    uint32_t n_conns;
+    /* telemetry */
+    struct gw_metrics m;
+    uint64_t hb_seq, next_hb_ns;
+    uint64_t started_ns;
+};
+
+/* --- map (gateway/gw.c) --- */
+int gw_map_put(struct gw *g, struct stream *s);
+struct stream *gw_map_get(const struct gw *g, uint64_t req_id);
+void gw_map_del(struct gw *g, uint64_t req_id);
+
+/* --- output (gateway/frames.c) --- */
+/* Queue a frame (taking over `body`) and ask lws for a writable callback.
+ * `force` queues even past the connection's buffer bound (errors). */
+int conn_queue(struct conn *c, struct obuf *body, bool force);
+void frame_free(struct frame *f);
+void conn_send_error(struct conn *c, const struct creq_id *id, int code, const char *msg);
+void conn_send_accepted(struct conn *c, const struct creq_id *id, const char *worker);
+void conn_send_hello(struct conn *c);
+/* Encode a token record as one item of the stream's protocol onto its
+ * pending buffer. */
+int stream_add_token(struct stream *s, const struct proto_token *t);
+/* The frame carrying every pending token of s ("token" for one, "tokens"
+ * for several) into out; resets the pending buffer. */
+int stream_tokens_frame(struct stream *s, struct obuf *out);
+/* The "complete" frame of s, with its summary (an error ending goes out
+ * through conn_send_error instead). */
+int stream_terminal_frame(struct stream *s, struct obuf *out);
+
+/* --- streams (gateway/session.c) --- */
+void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bool binary);
+void session_on_token(struct gw *g, const struct proto_token *t, uint64_t now_ns);
+void session_on_worker_reply(struct gw *g, int worker, struct proto_msg *m);
+void session_worker_lost(struct gw *g, int worker);
+void session_close_conn(struct conn *c);
+void session_end_stream(struct stream *s, int code, int finish, const char *msg);
+void stream_free(struct stream *s);
+int session_writable(struct conn *c);
+void session_fail_slow(struct conn *c);
+
+/* --- workers (gateway/workers.c) --- */
+int workers_init(struct gw *g);
+void workers_fini(struct gw *g);
+/* Drain every ring that has news (service thread). */
+void workers_poll_rings(struct gw *g);
+/* Drain a worker's dealer / the control socket (service thread). */
+void workers_on_zmq(struct gw *g, struct lws *wsi);
+/* Least-loaded ready worker not in `exclude`, or -1. */
+int workers_pick(struct gw *g, uint64_t exclude);
+int workers_send(struct gw *g, int worker, const struct proto_msg *m);
+int workers_ready(const struct gw *g);
+void workers_tick(struct gw *g, uint64_t now_ns);
+
+/* --- http (gateway/http.c) --- */
+int http_serve(struct lws *wsi, struct gw *g, const char *path);
+void http_render_metrics(struct gw *g, void *prom_buf);
+
+/* --- limits (gateway/limits.c) --- */
+int limits_init(struct gw *g);
+void limits_fini(struct gw *g);
+bool limits_key_ok(const struct gw *g, const char *key);
+bool limits_origin_ok(const struct gw *g, const char *origin, const char *host);
+bool limits_ip_acquire(struct gw *g, const char *ip);
+void limits_ip_release(struct gw *g, const char *ip);
+/* Take one token from the bucket of `key`; false when empty (rate limited). */
+bool limits_rate_ok(struct gw *g, const char *key, uint64_t now_ns);
+/* A short non-reversible name for a key, for buckets and logs. */
+void limits_key_name(const char *key, char *out, size_t n);
+
+#endif

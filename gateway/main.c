@@ -1,0 +1,45 @@
+/* rill-gateway — clients' WebSocket and HTTP front: routes generations to
+ * workers and fans their tokens out from the shared-memory rings.
+ *
+ *   rill-gateway [--config FILE] [--key value ...]
+ */
+#include "common/config.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "server.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <signal.h>
+
+static int other_arg(int argc, char **argv, int i, void *ctx)
+{
+    (void)argc;
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        *(int *)ctx = 1;
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct rill_config c;
+    cfg_defaults(&c);
+    int help = 0;
+    char why[512] = "";
+    if (cfg_parse_args(&c, argc, argv, other_arg, &help, why, sizeof why)) {
+        fprintf(stderr, "rill-gateway: %s\n", why);
+        return 2;
+    }
+    if (help) {
+        printf("usage: rill-gateway [--config FILE] [--key value ...]\n\nconfig keys:");
+        cfg_print_help();
+        return 0;
+    }
+    cfg_setup_log(&c, "gateway", "g0");
+    if (c.control[0])
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned gateway drains and exits */
+    return server_run(&c) ? 1 : 0;
+}

@@ -1,0 +1,377 @@
+/* request.c — see request.h. */
+#include "request.h"
+#include "common/err.h"
+#include "common/jsonw.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int __attribute__((format(printf, 4, 5))) bad(char *msg, size_t n, int code, const char *fmt, ...)
+{
+    if (msg && n) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, n, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+void creq_free(struct creq *r)
+{
+    if (!r)
+        return;
+    free(r->prompt);
+    r->prompt = NULL;
+}
+
+/* --- msgpack -> cJSON (bounded: the input was walked by proto_unpack) ------------------- */
+
+static cJSON *from_msgpack(const msgpack_object *o, int depth)
+{
+    if (depth > PROTO_MAX_DEPTH)
+        return NULL;
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return cJSON_CreateNull();
+    case MSGPACK_OBJECT_BOOLEAN: return cJSON_CreateBool(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return cJSON_CreateNumber((double)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return cJSON_CreateNumber((double)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return cJSON_CreateNumber(o->via.f64);
+    case MSGPACK_OBJECT_STR:
+    case MSGPACK_OBJECT_BIN: {
+        /* cJSON strings end at NUL: a NUL inside stays detectable by length. */
+        const char *p = o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : o->via.bin.ptr;
+        uint32_t n = o->type == MSGPACK_OBJECT_STR ? o->via.str.size : o->via.bin.size;
+        char *s = malloc((size_t)n + 1);
+        if (!s)
+            return NULL;
+        memcpy(s, p, n);
+        s[n] = 0;
+        cJSON *j = cJSON_CreateString(s);
+        free(s);
+        if (j && memchr(p, 0, n))
+            j->valueint = -1; /* mark: holds a NUL (rejected by the string checks) */
+        return j;
+    }
+    case MSGPACK_OBJECT_ARRAY: {
+        cJSON *a = cJSON_CreateArray();
+        for (uint32_t i = 0; a && i < o->via.array.size; i++) {
+            cJSON *e = from_msgpack(&o->via.array.ptr[i], depth + 1);
+            if (!e) {
+                cJSON_Delete(a);
+                return NULL;
+            }
+            cJSON_AddItemToArray(a, e);
+        }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        cJSON *m = cJSON_CreateObject();
+        for (uint32_t i = 0; m && i < o->via.map.size; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            if (k->type != MSGPACK_OBJECT_STR || k->via.str.size > 64) {
+                cJSON_Delete(m);
+                return NULL;
+            }
+            char key[65];
+            memcpy(key, k->via.str.ptr, k->via.str.size);
+            key[k->via.str.size] = 0;
+            cJSON *v = from_msgpack(&o->via.map.ptr[i].val, depth + 1);
+            if (!v) {
+                cJSON_Delete(m);
+                return NULL;
+            }
+            cJSON_AddItemToObject(m, key, v);
+        }
+        return m;
+    }
+    default: return NULL; /* ext types have no JSON meaning */
+    }
+}
+
+/* --- field checks ------------------------------------------------------------------------ */
+
+static bool is_int(const cJSON *j, double lo, double hi)
+{
+    return cJSON_IsNumber(j) && isfinite(j->valuedouble) && j->valuedouble == floor(j->valuedouble) &&
+           j->valuedouble >= lo && j->valuedouble <= hi;
+}
+
+static bool has_nul(const cJSON *j) { return j->valueint == -1; }
+
+static int get_number(const cJSON *obj, const char *key, double lo, double hi, double *out, bool *present,
+                      char *msg, size_t n)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *present = j != NULL;
+    if (!j)
+        return 0;
+    if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
+        return bad(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected a number", key);
+    if (j->valuedouble < lo || j->valuedouble > hi)
+        return bad(msg, n, RILL_E_BAD_REQUEST, "params.%s: %g is out of range [%g, %g]", key, j->valuedouble, lo, hi);
+    *out = j->valuedouble;
+    return 0;
+}
+
+static int parse_id(const cJSON *root, struct creq_id *id, char *msg, size_t n)
+{
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "id");
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (cJSON_IsString(j)) {
+        size_t len = strlen(j->valuestring);
+        if (len == 0 || len > CREQ_ID_MAX || has_nul(j))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "id: a string of 1 to %d bytes expected", CREQ_ID_MAX);
+        id->present = true;
+        memcpy(id->s, j->valuestring, len + 1);
+        return 0;
+    }
+    if (is_int(j, 0, 9007199254740991.0)) { /* 2^53 - 1: exact in JSON numbers */
+        id->present = true;
+        id->is_num = true;
+        snprintf(id->s, sizeof id->s, "%.0f", j->valuedouble);
+        return 0;
+    }
+    return bad(msg, n, RILL_E_BAD_REQUEST, "id: expected a string or a non-negative integer");
+}
+
+static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
+{
+    if (!cJSON_IsObject(p))
+        return bad(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
+    static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                        "seed", "stop", "top_logprobs"};
+    for (const cJSON *e = p->child; e; e = e->next) {
+        bool ok = false;
+        for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+            ok = ok || !strcmp(e->string, known[i]);
+        if (!ok)
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.%.64s: unknown parameter", e->string);
+    }
+    double v;
+    bool have;
+    int rc;
+    if ((rc = get_number(p, "temperature", 0, 10, &v, &have, msg, n)))
+        return rc;
+    if (have)
+        r->temperature = (float)v;
+    if ((rc = get_number(p, "top_p", 0, 1, &v, &have, msg, n)))
+        return rc;
+    if (have)
+        r->top_p = (float)v;
+    if ((rc = get_number(p, "min_p", 0, 1, &v, &have, msg, n)))
+        return rc;
+    if (have)
+        r->min_p = (float)v;
+    if ((rc = get_number(p, "repetition_penalty", 0.01, 10, &v, &have, msg, n)))
+        return rc;
+    if (have)
+        r->repetition_penalty = (float)v;
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(p, "top_k");
+    if (j) {
+        if (!is_int(j, 0, 1e9))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.top_k: expected a non-negative integer");
+        r->top_k = (uint32_t)j->valuedouble;
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "top_logprobs");
+    if (j) {
+        if (!is_int(j, 0, PROTO_MAX_TOP))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
+        r->top_logprobs = (uint32_t)j->valuedouble;
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "seed");
+    if (j && !cJSON_IsNull(j)) {
+        if (!is_int(j, 0, 9007199254740991.0))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.seed: expected an integer in [0, 2^53)");
+        r->seed = (uint64_t)j->valuedouble;
+        r->has_seed = true;
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "stop");
+    if (j && !cJSON_IsNull(j)) {
+        if (cJSON_IsString(j)) {
+            /* A single string is accepted as a list of one (OpenAI does). */
+            const cJSON *one = j;
+            size_t len = strlen(one->valuestring);
+            if (len == 0 || len > PROTO_STOP_LEN || has_nul(one))
+                return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: strings of 1 to %d bytes", PROTO_STOP_LEN);
+            memcpy(r->stop[0], one->valuestring, len + 1);
+            r->n_stop = 1;
+        } else if (cJSON_IsArray(j)) {
+            int cnt = cJSON_GetArraySize(j);
+            if (cnt > PROTO_MAX_STOP)
+                return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: at most %d strings", PROTO_MAX_STOP);
+            int i = 0;
+            for (const cJSON *e = j->child; e; e = e->next, i++) {
+                if (!cJSON_IsString(e))
+                    return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: expected a string", i);
+                size_t len = strlen(e->valuestring);
+                if (len == 0 || len > PROTO_STOP_LEN || has_nul(e))
+                    return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: 1 to %d bytes expected", i, PROTO_STOP_LEN);
+                memcpy(r->stop[i], e->valuestring, len + 1);
+            }
+            r->n_stop = (uint8_t)cnt;
+        } else {
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: expected a string or an array of strings");
+        }
+    }
+    return 0;
+}
+
+static int parse_generate(const cJSON *root, const struct creq_limits *lim, struct creq *r, char *msg, size_t n)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p)
+        return bad(msg, n, RILL_E_BAD_REQUEST, "prompt: missing");
+    if (!cJSON_IsString(p) || has_nul(p))
+        return bad(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
+    size_t len = strlen(p->valuestring);
+    if (len > lim->max_prompt_bytes)
+        return bad(msg, n, RILL_E_PROMPT_TOO_LONG, "prompt: %zu bytes, at most %u allowed", len, lim->max_prompt_bytes);
+    r->max_tokens = CREQ_DEFAULT_MAX_TOKENS < lim->max_tokens_limit ? CREQ_DEFAULT_MAX_TOKENS : lim->max_tokens_limit;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
+    if (m && !cJSON_IsNull(m)) {
+        if (!cJSON_IsNumber(m) || !isfinite(m->valuedouble) || m->valuedouble != floor(m->valuedouble) ||
+            m->valuedouble < 1)
+            return bad(msg, n, RILL_E_BAD_REQUEST, "max_tokens: expected a positive integer");
+        if (m->valuedouble > lim->max_tokens_limit)
+            return bad(msg, n, RILL_E_MAX_TOKENS, "max_tokens: %.0f is over the limit of %u", m->valuedouble,
+                       lim->max_tokens_limit);
+        r->max_tokens = (uint32_t)m->valuedouble;
+    }
+    r->temperature = CREQ_DEFAULT_TEMPERATURE;
+    r->top_p = CREQ_DEFAULT_TOP_P;
+    r->top_k = CREQ_DEFAULT_TOP_K;
+    r->min_p = CREQ_DEFAULT_MIN_P;
+    r->repetition_penalty = CREQ_DEFAULT_REP_PENALTY;
+    const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
+    if (params && !cJSON_IsNull(params)) {
+        int rc = parse_params(params, r, msg, n);
+        if (rc)
+            return rc;
+    }
+    r->prompt = malloc(len + 1);
+    if (!r->prompt)
+        return bad(msg, n, RILL_E_NOMEM, "out of memory");
+    memcpy(r->prompt, p->valuestring, len + 1);
+    r->prompt_len = (uint32_t)len;
+    return 0;
+}
+
+static int parse_hello(const cJSON *root, struct creq *r, char *msg, size_t n)
+{
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "key");
+    if (k && !cJSON_IsNull(k)) {
+        if (!cJSON_IsString(k) || has_nul(k) || strlen(k->valuestring) > CREQ_KEY_MAX)
+            return bad(msg, n, RILL_E_BAD_REQUEST, "key: expected a string of at most %d bytes", CREQ_KEY_MAX);
+        r->has_key = true;
+        snprintf(r->key, sizeof r->key, "%s", k->valuestring);
+    }
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "client");
+    if (c && !cJSON_IsNull(c)) {
+        if (!cJSON_IsObject(c))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "client: expected an object");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(c, "name");
+        if (cJSON_IsString(name))
+            snprintf(r->client, sizeof r->client, "%s", name->valuestring);
+    }
+    return 0;
+}
+
+int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limits *lim, struct creq *out, char *msg,
+               size_t msg_len)
+{
+    memset(out, 0, sizeof *out);
+    if (msg && msg_len)
+        msg[0] = 0;
+    if (len > lim->max_message_bytes)
+        return bad(msg, msg_len, RILL_E_TOO_LARGE, "message of %zu bytes, at most %u allowed", len,
+                   lim->max_message_bytes);
+    cJSON *root = NULL;
+    if (binary) {
+        msgpack_unpacked up;
+        char why[128];
+        int rc = proto_unpack(buf, len, lim->max_message_bytes, &up, why, sizeof why);
+        if (!rc) {
+            root = from_msgpack(&up.data, 0);
+            if (!root)
+                rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "invalid msgpack: a map key that is not a short string, "
+                                                           "or an ext type");
+        } else {
+            rc = bad(msg, msg_len, rc == RILL_E_NOMEM ? RILL_E_NOMEM : RILL_E_BAD_REQUEST, "invalid msgpack: %s", why);
+        }
+        msgpack_unpacked_destroy(&up);
+        if (rc)
+            return rc;
+    } else {
+        /* cJSON decodes "\u0000" into a NUL that would silently cut a
+         * string short: refuse it instead (conservatively, by spelling). */
+        for (size_t i = 0; i + 6 <= len; i++) {
+            const char *b = (const char *)buf + i;
+            if (b[0] == '\\' && (b[1] == 'u' || b[1] == 'U') && !memcmp(b + 2, "0000", 4))
+                return bad(msg, msg_len, RILL_E_BAD_REQUEST, "strings may not contain NUL (\\u0000)");
+        }
+        const char *end = NULL;
+        root = cJSON_ParseWithLengthOpts(buf, len, &end, false);
+        if (!root) {
+            size_t at = end ? (size_t)(end - (const char *)buf) : 0;
+            return bad(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON near byte %zu", at);
+        }
+        /* Nothing but whitespace may follow the object. */
+        for (size_t i = (size_t)(end - (const char *)buf); i < len; i++) {
+            char ch = ((const char *)buf)[i];
+            if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t') {
+                cJSON_Delete(root);
+                return bad(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON: trailing data at byte %zu", i);
+            }
+        }
+    }
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "a message must be an object");
+        goto out;
+    }
+    if ((rc = parse_id(root, &out->id, msg, msg_len)))
+        goto out;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "type");
+    if (!t) {
+        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: missing");
+        goto out;
+    }
+    if (!cJSON_IsString(t)) {
+        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: expected a string");
+        goto out;
+    }
+    if (!strcmp(t->valuestring, "generate")) {
+        out->type = CREQ_GENERATE;
+        rc = parse_generate(root, lim, out, msg, msg_len);
+    } else if (!strcmp(t->valuestring, "cancel")) {
+        out->type = CREQ_CANCEL;
+    } else if (!strcmp(t->valuestring, "hello")) {
+        out->type = CREQ_HELLO;
+        rc = parse_hello(root, out, msg, msg_len);
+    } else {
+        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: unknown message type '%.32s' (generate, cancel, hello)",
+                 t->valuestring);
+    }
+out:
+    cJSON_Delete(root);
+    if (rc) {
+        free(out->prompt);
+        out->prompt = NULL;
+    }
+    return rc;
+}
+
+void creq_id_json(struct jsonw *w, const struct creq_id *id)
+{
+    if (id->is_num)
+        jsonw_raw(w, id->s, strlen(id->s));
+    else
+        jsonw_str(w, id->s);
+}

@@ -1,0 +1,91 @@
+/* request.h — what a client may send, parsed and checked.
+ *
+ * rill.json.v1 messages are JSON objects in text frames (parsed with cJSON);
+ * rill.msgpack.v1 messages are the same objects as msgpack maps in binary
+ * frames (unpacked with the bounded proto_unpack(), then converted to the
+ * same cJSON tree), so both protocols go through one validator.
+ *
+ *   {"type":"generate", "id"?: string|integer, "prompt": string,
+ *    "max_tokens"?: integer, "params"?: {"temperature", "top_p", "top_k",
+ *    "min_p", "repetition_penalty", "seed", "stop": [string], "top_logprobs"}}
+ *   {"type":"cancel", "id"?}            without id: every generation of the connection
+ *   {"type":"hello", "client"?: {...}, "key"?: string}
+ *
+ * Every field is checked before use; a bad one gives the code of the one
+ * list (err.h) and a message naming the field:
+ *   bad_request          malformed JSON/msgpack, not an object, unknown or
+ *                        missing type, a field of the wrong type or range,
+ *                        an unknown parameter;
+ *   too_large            the message is over max_message_bytes;
+ *   prompt_too_long      prompt over max_prompt_bytes;
+ *   max_tokens_exceeded  max_tokens over max_tokens_limit.
+ */
+#ifndef RILL_REQUEST_H
+#define RILL_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/proto.h"
+
+#define CREQ_ID_MAX     64   /* bytes of a client's id */
+#define CREQ_KEY_MAX    256
+#define CREQ_CLIENT_MAX 128
+
+/* Sampling defaults when a request says nothing (llama.cpp's). */
+#define CREQ_DEFAULT_MAX_TOKENS  100
+#define CREQ_DEFAULT_TEMPERATURE 0.8f
+#define CREQ_DEFAULT_TOP_P       0.95f
+#define CREQ_DEFAULT_TOP_K       40
+#define CREQ_DEFAULT_MIN_P       0.05f
+#define CREQ_DEFAULT_REP_PENALTY 1.0f
+
+enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO };
+
+/* A client's id as it was sent: a string, or an integer echoed as a number. */
+struct creq_id {
+    bool present;
+    bool is_num;
+    char s[CREQ_ID_MAX + 1];  /* the string, or the integer in decimal */
+};
+
+struct creq_limits {
+    uint32_t max_message_bytes;
+    uint32_t max_prompt_bytes;
+    uint32_t max_tokens_limit;
+};
+
+struct creq {
+    enum creq_type type;
+    struct creq_id id;
+    /* generate */
+    char *prompt;               /* heap, NUL-terminated, prompt_len bytes */
+    uint32_t prompt_len;
+    uint32_t max_tokens;
+    float temperature, top_p, min_p, repetition_penalty;
+    uint32_t top_k;
+    uint64_t seed;
+    bool has_seed;
+    uint8_t n_stop;
+    char stop[PROTO_MAX_STOP][PROTO_STOP_LEN + 1];
+    uint32_t top_logprobs;
+    /* hello */
+    bool has_key;
+    char key[CREQ_KEY_MAX + 1];
+    char client[CREQ_CLIENT_MAX + 1]; /* client.name, for the log */
+};
+
+/* Parse one message.  `binary` says which protocol framed it (msgpack when
+ * true).  Returns 0 with *out filled (release with creq_free), or an error
+ * code with `msg` saying what was wrong; out->id is filled whenever the id
+ * itself was readable, so an error can name the request. */
+int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limits *lim, struct creq *out,
+               char *msg, size_t msg_len);
+void creq_free(struct creq *r);
+
+/* Write the id as a JSON value (string or number) / a msgpack value. */
+struct jsonw;
+void creq_id_json(struct jsonw *w, const struct creq_id *id);
+
+#endif

@@ -1,0 +1,479 @@
+/* server.c — the libwebsockets side of the gateway: one port for HTTP and
+ * WebSocket, the callback that dispatches lws events to the session,
+ * workers and http parts, the request-id map, and the service loop.
+ */
+#include "server.h"
+#include "gw.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { PROTO_ID_JSON = 0, PROTO_ID_MSGPACK = 1, PROTO_ID_ZMQ = 2 };
+
+static volatile sig_atomic_t signals_seen;
+static struct lws_context *signal_ctx;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    signals_seen++;
+    if (signal_ctx)
+        lws_cancel_service(signal_ctx);
+}
+
+/* --- request-id map: open addressing, linear probing, tombstones -------------------------- */
+
+#define TOMB ((struct stream *)1)
+
+static uint32_t slot_of(uint64_t id, uint32_t cap)
+{
+    id ^= id >> 33;
+    id *= 0xff51afd7ed558ccdull;
+    id ^= id >> 33;
+    return (uint32_t)id & (cap - 1);
+}
+
+static int map_grow(struct gw *g)
+{
+    uint32_t cap = g->map_cap ? g->map_cap * 2 : 1024;
+    struct stream **m = calloc(cap, sizeof *m);
+    if (!m)
+        return RILL_E_NOMEM;
+    for (uint32_t i = 0; i < g->map_cap; i++) {
+        struct stream *s = g->map[i];
+        if (!s || s == TOMB)
+            continue;
+        uint32_t k = slot_of(s->req_id, cap);
+        while (m[k])
+            k = (k + 1) & (cap - 1);
+        m[k] = s;
+    }
+    free(g->map);
+    g->map = m;
+    g->map_cap = cap;
+    return 0;
+}
+
+int gw_map_put(struct gw *g, struct stream *s)
+{
+    /* Keep it at most half full (tombstones count until the next grow). */
+    if ((g->map_used + 1) * 2 > g->map_cap && map_grow(g))
+        return RILL_E_NOMEM;
+    uint32_t k = slot_of(s->req_id, g->map_cap);
+    while (g->map[k] && g->map[k] != TOMB)
+        k = (k + 1) & (g->map_cap - 1);
+    g->map[k] = s;
+    g->map_used++;
+    return 0;
+}
+
+struct stream *gw_map_get(const struct gw *g, uint64_t id)
+{
+    if (!g->map_cap)
+        return NULL;
+    uint32_t k = slot_of(id, g->map_cap);
+    for (uint32_t n = 0; n < g->map_cap && g->map[k]; n++, k = (k + 1) & (g->map_cap - 1))
+        if (g->map[k] != TOMB && g->map[k]->req_id == id)
+            return g->map[k];
+    return NULL;
+}
+
+void gw_map_del(struct gw *g, uint64_t id)
+{
+    if (!g->map_cap)
+        return;
+    uint32_t k = slot_of(id, g->map_cap);
+    for (uint32_t n = 0; n < g->map_cap && g->map[k]; n++, k = (k + 1) & (g->map_cap - 1))
+        if (g->map[k] != TOMB && g->map[k]->req_id == id) {
+            g->map[k] = TOMB;
+            g->map_used--;
+            return;
+        }
+}
+
+/* --- connection set-up ------------------------------------------------------------------------ */
+
+/* Read what the handshake says (headers are only there now) into the conn. */
+static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
+{
+    char uri[256] = "";
+    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    if (strcmp(uri, g->c->ws_path) != 0)
+        return -1; /* not our WebSocket path */
+    memset(c, 0, sizeof *c);
+    c->gw = g;
+    lws_get_peer_simple(wsi, c->ip, sizeof c->ip);
+    char origin[256] = "", host[256] = "";
+    lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST);
+    /* Remember the verdicts: the errors are sent once established. */
+    if (!limits_origin_ok(g, origin, host))
+        c->closing = true, c->rx_cap = RILL_E_FORBIDDEN_ORIGIN;
+    char key[CREQ_KEY_MAX + 16] = "";
+    char auth[CREQ_KEY_MAX + 16] = "";
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncasecmp(auth, "Bearer ", 7))
+        snprintf(key, sizeof key, "%s", auth + 7);
+    else
+        lws_get_urlarg_by_name(wsi, "key=", key, sizeof key);
+    c->authed = limits_key_ok(g, key[0] ? key : NULL);
+    if (key[0] && !c->authed && !c->closing)
+        c->closing = true, c->rx_cap = RILL_E_UNAUTHORIZED;
+    if (key[0] && c->authed)
+        limits_key_name(key, c->bucket_key, sizeof c->bucket_key);
+    else
+        snprintf(c->bucket_key, sizeof c->bucket_key, "ip:%s", c->ip);
+    memset(key, 0, sizeof key);
+    memset(auth, 0, sizeof auth);
+    return 0;
+}
+
+static void on_established(struct lws *wsi, struct gw *g, struct conn *c, bool msgpack)
+{
+    c->wsi = wsi;
+    c->msgpack = msgpack;
+    g->m.connections_total++;
+    int verdict = c->closing ? (int)c->rx_cap : 0;
+    c->closing = false;
+    c->rx_cap = 0;
+    if (!verdict && !limits_ip_acquire(g, c->ip))
+        verdict = RILL_E_TOO_MANY_CONNS;
+    else if (!verdict)
+        c->counted_ip = true;
+    if (verdict) {
+        const char *why = verdict == RILL_E_FORBIDDEN_ORIGIN ? "this Origin is not allowed"
+                          : verdict == RILL_E_UNAUTHORIZED    ? "invalid API key"
+                                                              : "too many connections from this address";
+        conn_send_error(c, NULL, verdict, why);
+        c->closing = true;
+        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, 5);
+    }
+}
+
+static void on_receive(struct lws *wsi, struct gw *g, struct conn *c, const void *in, size_t len)
+{
+    size_t cap = (size_t)g->c->max_message_bytes;
+    bool first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+    if (first) {
+        c->rx_len = 0;
+        c->rx_discard = false;
+    }
+    if (!c->rx_discard && c->rx_len + len > cap) {
+        c->rx_discard = true;
+        char m[96];
+        snprintf(m, sizeof m, "message over %zu bytes", cap);
+        conn_send_error(c, NULL, RILL_E_TOO_LARGE, m);
+    }
+    if (!c->rx_discard) {
+        if (c->rx_len + len > c->rx_cap) {
+            size_t ncap = c->rx_cap ? c->rx_cap : 1024;
+            while (ncap < c->rx_len + len)
+                ncap *= 2;
+            unsigned char *p = realloc(c->rx, ncap);
+            if (!p) {
+                c->rx_discard = true;
+                conn_send_error(c, NULL, RILL_E_INTERNAL, "out of memory");
+            } else {
+                c->rx = p;
+                c->rx_cap = ncap;
+            }
+        }
+        if (!c->rx_discard) {
+            memcpy(c->rx + c->rx_len, in, len);
+            c->rx_len += len;
+        }
+    }
+    if (!final)
+        return;
+    bool binary = lws_frame_is_binary(wsi);
+    if (!c->rx_discard)
+        session_on_message(c, c->rx, c->rx_len, binary);
+    c->rx_len = 0;
+    /* A big message's buffer is not kept for an idle connection. */
+    if (c->rx_cap > 16384) {
+        free(c->rx);
+        c->rx = NULL;
+        c->rx_cap = 0;
+    }
+}
+
+static void maybe_ping(struct conn *c, uint64_t now)
+{
+    uint64_t every = (uint64_t)c->gw->c->ping_interval_s * 1000000000ull;
+    if (!every || now - c->ping_sent_ns < every)
+        return;
+    unsigned char buf[LWS_PRE + 8];
+    memcpy(buf + LWS_PRE, &now, 8);
+    if (lws_write(c->wsi, buf + LWS_PRE, 8, LWS_WRITE_PING) == 8)
+        c->ping_sent_ns = now;
+    lws_callback_on_writable(c->wsi);
+}
+
+static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    struct lws_context *ctx = lws_get_context(wsi);
+    struct gw *g = ctx ? lws_context_user(ctx) : NULL;
+    const struct lws_protocols *proto = lws_get_protocol(wsi);
+    struct conn *c = user;
+    if (!g)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        return on_handshake(wsi, g, c);
+    case LWS_CALLBACK_ESTABLISHED:
+        on_established(wsi, g, c, proto && proto->id == PROTO_ID_MSGPACK);
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        if (!c->closing)
+            on_receive(wsi, g, c, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE: {
+        uint64_t now = clock_ns();
+        if (!c->closing && (c->streams || c->q_head) && now - c->ping_sent_ns > 1000000000ull &&
+            c->gw->c->ping_interval_s && now - c->ping_sent_ns >= (uint64_t)c->gw->c->ping_interval_s * 1000000000ull) {
+            maybe_ping(c, now);
+            return 0;
+        }
+        int rc = session_writable(c);
+        if (rc < 0)
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
+        return rc;
+    }
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (len == 8) {
+            uint64_t sent;
+            memcpy(&sent, in, 8);
+            double rtt = (double)(clock_ns() - sent) / 1e6;
+            c->rtt_ms = c->rtt_ms > 0 ? 0.8 * c->rtt_ms + 0.2 * rtt : rtt;
+        }
+        return 0;
+    case LWS_CALLBACK_TIMER:
+        c->hold_until_ns = 0;
+        lws_callback_on_writable(wsi);
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        session_close_conn(c);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return http_serve(wsi, g, in);
+    case LWS_CALLBACK_ADD_HEADERS: {
+        /* CORS for the static pages: only for explicitly allowed origins. */
+        struct lws_process_html_args *args = in;
+        char origin[256] = "";
+        if (g->n_origins && lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) > 0 &&
+            limits_origin_ok(g, origin, NULL)) {
+            unsigned char *p = (unsigned char *)args->p, *end = p + args->max_len;
+            if (!lws_add_http_header_by_name(wsi, (const unsigned char *)"access-control-allow-origin:",
+                                             (const unsigned char *)origin, (int)strlen(origin), &p, end)) {
+                args->max_len -= (int)(p - (unsigned char *)args->p);
+                args->p = (char *)p;
+            }
+        }
+        return 0;
+    }
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (proto && proto->id == PROTO_ID_JSON)
+            workers_poll_rings(g);
+        return 0;
+    case LWS_CALLBACK_RAW_RX_FILE:
+        workers_on_zmq(g, wsi);
+        return 0;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* --- the server ----------------------------------------------------------------------------------- */
+
+static const struct lws_protocols protocols[] = {
+    {"rill.json.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_JSON, NULL, 0},
+    {"rill.msgpack.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_MSGPACK, NULL, 0},
+    {"rill-zmq", gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+/* permessage-deflate, offered with small windows: the default window and
+ * memory level cost ~300 KB per connection, which thousands of streams
+ * cannot afford; token frames are small anyway. */
+static const struct lws_extension extensions[] = {
+    {"permessage-deflate", lws_extension_callback_pm_deflate,
+     "permessage-deflate; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits"},
+    {NULL, NULL, NULL}};
+
+struct tick {
+    lws_sorted_usec_list_t sul;
+    struct gw *g;
+};
+
+static void on_tick(lws_sorted_usec_list_t *sul)
+{
+    struct tick *t = lws_container_of(sul, struct tick, sul);
+    workers_tick(t->g, clock_ns());
+    lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
+}
+
+static int parse_listen(const char *listen, char *host, size_t hn, int *port)
+{
+    const char *colon = strrchr(listen, ':');
+    if (!colon)
+        return RILL_E_BAD_CONFIG;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return RILL_E_BAD_CONFIG;
+    size_t n = (size_t)(colon - listen);
+    if (n >= hn)
+        return RILL_E_BAD_CONFIG;
+    memcpy(host, listen, n);
+    host[n] = 0;
+    if (host[0] == '[' && n > 2 && host[n - 1] == ']') { /* [::1] */
+        memmove(host, host + 1, n - 2);
+        host[n - 2] = 0;
+    }
+    *port = (int)p;
+    return 0;
+}
+
+int server_run(const struct rill_config *c)
+{
+    struct gw *g = calloc(1, sizeof *g);
+    if (!g)
+        return RILL_E_NOMEM;
+    g->c = c;
+    g->started_ns = clock_ns();
+    g->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
+    g->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
+    g->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;
+    hist_init_prom(&g->m.ttft_us, 1000000);
+    hist_init_prom(&g->m.itl_us, 1000000);
+    hist_init_prom(&g->m.gen_itl_us, 1000000);
+    int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
+    if (rc) {
+        rlog_error("bad listen address '%s' (want host:port)", c->listen);
+        free(g);
+        return rc;
+    }
+    if ((rc = limits_init(g))) {
+        limits_fini(g);
+        free(g);
+        return rc;
+    }
+    char web_root[CFG_STR_MAX];
+    http_web_root(c, web_root, sizeof web_root);
+
+    static struct lws_http_mount m_root, m_api;
+    memset(&m_root, 0, sizeof m_root);
+    m_root.mountpoint = "/";
+    m_root.mountpoint_len = 1;
+    m_root.origin = web_root;
+    m_root.def = "index.html";
+    m_root.origin_protocol = LWSMPRO_FILE;
+    memset(&m_api, 0, sizeof m_api);
+    m_api.mount_next = &m_root;
+    m_api.mountpoint = "/api";
+    m_api.mountpoint_len = 4;
+    m_api.origin = "rill.json.v1";
+    m_api.origin_protocol = LWSMPRO_CALLBACK;
+    static struct lws_http_mount m_metrics, m_health, m_ready;
+    m_metrics = m_api;
+    m_metrics.mount_next = &m_api;
+    m_metrics.mountpoint = "/metrics";
+    m_metrics.mountpoint_len = 8;
+    m_health = m_api;
+    m_health.mount_next = &m_metrics;
+    m_health.mountpoint = "/health";
+    m_health.mountpoint_len = 7;
+    m_ready = m_api;
+    m_ready.mount_next = &m_health;
+    m_ready.mountpoint = "/ready";
+    m_ready.mountpoint_len = 6;
+
+    static const lws_retry_bo_t idle_policy = {.secs_since_valid_ping = 30, .secs_since_valid_hangup = 90};
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = g->port;
+    info.iface = g->host;
+    info.protocols = protocols;
+    info.mounts = &m_ready;
+    info.extensions = extensions;
+    info.user = g;
+    info.retry_and_idle_policy = &idle_policy;
+    info.options = LWS_SERVER_OPTION_HTTP_HEADERS_SECURITY_BEST_PRACTICES_ENFORCE |
+                   LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (strchr(g->host, ':'))
+        info.options &= ~(uint64_t)LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.fd_limit_per_thread = 1 + (unsigned)c->max_connections + 64;
+    info.count_threads = 1;
+    info.pt_serv_buf_size = 32768;
+    info.timeout_secs = 30;
+    lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
+    g->ctx = lws_create_context(&info);
+    if (!g->ctx) {
+        rlog_error("cannot listen on %s (in use, or not allowed)", c->listen);
+        limits_fini(g);
+        free(g);
+        return RILL_E_IO;
+    }
+    g->vh = lws_get_vhost_by_name(g->ctx, "default");
+    if (!g->vh) {
+        rlog_error("libwebsockets has no default vhost");
+        lws_context_destroy(g->ctx);
+        limits_fini(g);
+        free(g);
+        return RILL_E_INTERNAL;
+    }
+    if ((rc = workers_init(g))) {
+        lws_context_destroy(g->ctx);
+        workers_fini(g);
+        limits_fini(g);
+        free(g);
+        return rc;
+    }
+    signal_ctx = g->ctx;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    struct tick tick = {.g = g};
+    lws_sul_schedule(g->ctx, 0, &tick.sul, on_tick, 1);
+    rlog_info("gateway listening on http://%s:%d/ (WebSocket %s, web root %s)", g->host, g->port, c->ws_path,
+              web_root);
+
+    int handled = 0;
+    uint64_t drain_deadline = 0;
+    while (!g->stop) {
+        if (lws_service(g->ctx, 0) < 0)
+            break;
+        if (signals_seen > handled) {
+            handled = signals_seen;
+            if (handled == 1) {
+                rlog_info("signal: refusing new generations, finishing running ones");
+                g->shutting_down = true;
+                drain_deadline = clock_ns() + (uint64_t)c->drain_timeout_s * 1000000000ull;
+            } else {
+                rlog_info("second signal: stopping now");
+                break;
+            }
+        }
+        if (g->shutting_down && drain_deadline && (g->map_used == 0 || clock_ns() > drain_deadline)) {
+            /* Let the last frames go out, then stop. */
+            for (int i = 0; i < 20; i++)
+                lws_service(g->ctx, 0);
+            break;
+        }
+    }
+    lws_sul_cancel(&tick.sul);
+    signal_ctx = NULL;
+    lws_context_destroy(g->ctx);
+    workers_fini(g);
+    limits_fini(g);
+    free(g->map);
+    free(g);
+    rlog_info("gateway stopped");
+    return 0;
+}

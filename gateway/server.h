@@ -1,0 +1,16 @@
+/* server.h — the gateway process: serve HTTP and WebSocket on `listen`
+ * until a second signal or the supervisor's shutdown (a first signal or a
+ * drain refuses new generations and finishes the running ones). */
+#ifndef RILL_SERVER_H
+#define RILL_SERVER_H
+
+#include "common/config.h"
+
+/* Returns 0 after a clean stop, or the error that stopped the set-up (logged). */
+int server_run(const struct rill_config *c);
+
+/* The directory of the web pages: web_root, or gateway/web next to the
+ * binaries (build/../gateway/web). */
+void http_web_root(const struct rill_config *c, char *out, size_t n);
+
+#endif
