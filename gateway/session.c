@@ -103,6 +103,8 @@ static void route(struct gw *g, struct stream *s)
         struct proto_msg m = {.type = PROTO_SUBMIT};
         m.u.submit = s->submit;
         int rc = workers_send(g, w, &m);
+        rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s, g->workers[w].id,
+                   rill_err_name(rc));
         if (rc == 0) {
             g->workers[w].inflight++;
             return;
@@ -222,6 +224,7 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
     struct creq r;
     char msg[256];
     int rc = creq_parse(buf, len, binary, &g->lim, &r, msg, sizeof msg);
+    rlog_debug("message from %s: %zu bytes, %s", c->ip, len, rc ? msg : "ok");
     if (rc) {
         conn_send_error(c, &r.id, rc, msg);
         return;

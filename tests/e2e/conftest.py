@@ -1,0 +1,158 @@
+"""Fixtures for the end-to-end tests: real rill binaries, real sockets.
+
+RILL_BUILD points at the build directory (the Makefile sets it); models are
+made once per session with rill-mkmodel into $RILL_BUILD/test-models.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+BUILD = os.environ.get("RILL_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+BUILD = os.path.abspath(BUILD)
+
+
+def binary(name):
+    path = os.path.join(BUILD, name)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} is missing: run make first")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_model(name, *args):
+    """A model file made by rill-mkmodel (cached across tests of a session)."""
+    d = os.path.join(BUILD, "test-models")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, name + ".gguf")
+    if not os.path.exists(path):
+        subprocess.run([binary("rill-mkmodel"), *args, "--out", path], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return make_model("tiny", "--shape", "tiny")
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The 24M shape: a real 32000-token vocabulary."""
+    return make_model("24m-f32", "--shape", "24M", "--dtype", "f32")
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def http_get(port, path):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode(), dict(r.getheaders())
+    finally:
+        c.close()
+
+
+class Pipeline:
+    """Workers and a gateway started standalone (no supervisor)."""
+
+    def __init__(self, model, workers=1, gateway_args=(), worker_args=(), threads=1):
+        self.instance = "t" + uuid.uuid4().hex[:8]
+        self.run_dir = tempfile.mkdtemp(prefix="rill-e2e-")
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/stream"
+        self.procs = []
+        self.logs = []
+        self.model = model
+        self.worker_procs = []
+        self.common = ["--instance", self.instance, "--run_dir", self.run_dir]
+        endpoints = []
+        for k in range(workers):
+            self.worker_procs.append(self._start_worker(k, threads, worker_args))
+            endpoints.append(f"ipc://{self.run_dir}/w{k}.sock@/rill-{self.instance}-w{k}")
+        self.gateway = self._spawn("gateway", [binary("rill-gateway"), *self.common,
+                                               "--listen", f"127.0.0.1:{self.port}",
+                                               "--worker_list", ",".join(endpoints), *gateway_args])
+        wait_for(lambda: self._ready(workers), what="gateway ready")
+
+    def _spawn(self, name, argv):
+        log = open(os.path.join(self.run_dir, name + ".log"), "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        self.logs.append(log)
+        return p
+
+    def _start_worker(self, k, threads, worker_args):
+        return self._spawn(f"w{k}", [binary("rill-worker"), *self.common, "--model", self.model,
+                                     "--worker_id", str(k), "--threads", str(threads), *worker_args])
+
+    def restart_worker(self, k, threads=1, worker_args=()):
+        self.worker_procs[k] = self._start_worker(k, threads, worker_args)
+
+    def _ready(self, workers):
+        try:
+            status, body, _ = http_get(self.port, "/ready")
+            return status == 200 and f"{workers} worker" in body
+        except OSError:
+            return False
+
+    def log(self, name):
+        with open(os.path.join(self.run_dir, name + ".log")) as f:
+            return f.read()
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in self.logs:
+            log.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def pipeline_factory():
+    made = []
+
+    def make(model, **kw):
+        p = Pipeline(model, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+def worker_stream(model, prompt, n, *extra):
+    """The worker's standalone output for a prompt: the JSON token lines."""
+    out = subprocess.run([binary("rill-worker"), "--model", model, "--prompt", prompt, "-n", str(n), "--json",
+                          "--threads", "1", *extra], check=True, capture_output=True, text=True).stdout
+    lines = [json.loads(l) for l in out.splitlines() if l.strip()]
+    return [l for l in lines if "summary" not in l]
