@@ -49,7 +49,7 @@
     X(STR,  gateway, worker_list,      "",               0, 0,      "standalone: comma-separated workers as endpoint@ring (without a supervisor)") \
     X(STR,  worker, model,             "models/default.gguf", 0, 0, "GGUF model file") \
     X(INT,  worker, threads,           "0",              0, 256,    "compute threads (0: every core)") \
-    X(INT,  worker, max_batch,         "64",             1, 4096,   "most sequences one decode step advances") \
+    X(INT,  worker, max_batch,         "64",             1, 65536,  "most sequences one decode step advances") \
     X(INT,  worker, min_batch,         "1",              1, 4096,   "the adaptive controller never goes below this") \
     X(SIZE, worker, kv_cache_bytes,    "0",              0, 1099511627776, "KV-cache memory (0: enough for max_batch sequences of 2048 tokens, at most 1/4 of RAM)") \
     X(INT,  worker, kv_block_tokens,   "16",             1, 1024,   "tokens per KV-cache block") \

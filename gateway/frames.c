@@ -238,7 +238,7 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
     if (s->conn->msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, b, mp_write);
-        msgpack_pack_map(&pk, t->n_top ? 6 : 5);
+        msgpack_pack_map(&pk, 5 + (t->n_top ? 1 : 0) + (s->timestamps ? 1 : 0));
         mp_key(&pk, "id");
         msgpack_pack_int32(&pk, t->token_id);
         mp_key(&pk, "text");
@@ -249,6 +249,10 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
         msgpack_pack_double(&pk, lat_ms);
         mp_key(&pk, "logprob");
         msgpack_pack_float(&pk, t->logprob);
+        if (s->timestamps) {
+            mp_key(&pk, "gen_us");
+            msgpack_pack_uint64(&pk, t->t_gen_ns / 1000);
+        }
         if (t->n_top) {
             mp_key(&pk, "top_logprobs");
             msgpack_pack_array(&pk, t->n_top);
@@ -274,6 +278,8 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
         jsonw_key_uint(&w, "position", t->position);
         jsonw_key_double(&w, "latency_ms", lat_ms, 3);
         jsonw_key_double(&w, "logprob", t->logprob, 5);
+        if (s->timestamps)
+            jsonw_key_uint(&w, "gen_us", t->t_gen_ns / 1000);
         if (t->n_top) {
             jsonw_key(&w, "top_logprobs");
             jsonw_arr_begin(&w);

@@ -146,7 +146,7 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
     if (!cJSON_IsObject(p))
         return bad(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
     static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                                        "seed", "stop", "top_logprobs"};
+                                        "seed", "stop", "top_logprobs", "timestamps"};
     for (const cJSON *e = p->child; e; e = e->next) {
         bool ok = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
@@ -184,6 +184,12 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         if (!is_int(j, 0, PROTO_MAX_TOP))
             return bad(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
         r->top_logprobs = (uint32_t)j->valuedouble;
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "timestamps");
+    if (j) {
+        if (!cJSON_IsBool(j))
+            return bad(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
+        r->timestamps = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "seed");
     if (j && !cJSON_IsNull(j)) {

@@ -7,7 +7,10 @@
  *
  *   {"type":"generate", "id"?: string|integer, "prompt": string,
  *    "max_tokens"?: integer, "params"?: {"temperature", "top_p", "top_k",
- *    "min_p", "repetition_penalty", "seed", "stop": [string], "top_logprobs"}}
+ *    "min_p", "repetition_penalty", "seed", "stop": [string], "top_logprobs",
+ *    "timestamps": bool}}     timestamps: each token carries "gen_us", the
+ *                             worker's CLOCK_MONOTONIC time of its step in µs
+ *                             (comparable only on the same host)
  *   {"type":"cancel", "id"?}            without id: every generation of the connection
  *   {"type":"hello", "client"?: {...}, "key"?: string}
  *
@@ -70,6 +73,7 @@ struct creq {
     uint8_t n_stop;
     char stop[PROTO_MAX_STOP][PROTO_STOP_LEN + 1];
     uint32_t top_logprobs;
+    bool timestamps;            /* params.timestamps: tokens carry gen_us */
     /* hello */
     bool has_key;
     char key[CREQ_KEY_MAX + 1];

@@ -163,6 +163,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     s->worker = -1;
     s->req_id = ++g->next_req_id;
     s->t_submit_ns = now;
+    s->timestamps = r->timestamps;
     struct proto_submit *p = &s->submit;
     p->id = s->req_id;
     p->prompt = r->prompt;   /* the stream owns it now */
