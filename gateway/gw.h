@@ -167,6 +167,7 @@ struct gw {
     int n_workers;
     bool standalone;
     bool shutting_down;          /* refuse new generations */
+    uint64_t drain_deadline_ns;  /* while draining: stop by then at the latest */
     volatile bool stop;          /* leave the service loop */
     /* request-id map: open addressing, power-of-two size */
     struct stream **map;
@@ -188,6 +189,9 @@ struct gw {
     uint64_t hb_seq, next_hb_ns;
     uint64_t started_ns;
 };
+
+/* Refuse new generations, finish the running ones, then stop (server.c). */
+void gw_begin_drain(struct gw *g, const char *why);
 
 /* --- map (gateway/gw.c) --- */
 int gw_map_put(struct gw *g, struct stream *s);

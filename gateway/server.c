@@ -292,6 +292,16 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+void gw_begin_drain(struct gw *g, const char *why)
+{
+    if (g->shutting_down)
+        return;
+    rlog_info("draining (%s): refusing new generations, finishing running ones", why);
+    g->shutting_down = true;
+    g->drain_deadline_ns = clock_ns() + (uint64_t)g->c->drain_timeout_s * 1000000000ull;
+    lws_cancel_service(g->ctx);
+}
+
 /* --- the server ----------------------------------------------------------------------------------- */
 
 static const struct lws_protocols protocols[] = {
@@ -448,22 +458,19 @@ int server_run(const struct rill_config *c)
               web_root);
 
     int handled = 0;
-    uint64_t drain_deadline = 0;
     while (!g->stop) {
         if (lws_service(g->ctx, 0) < 0)
             break;
         if (signals_seen > handled) {
             handled = signals_seen;
             if (handled == 1) {
-                rlog_info("signal: refusing new generations, finishing running ones");
-                g->shutting_down = true;
-                drain_deadline = clock_ns() + (uint64_t)c->drain_timeout_s * 1000000000ull;
+                gw_begin_drain(g, "signal");
             } else {
                 rlog_info("second signal: stopping now");
                 break;
             }
         }
-        if (g->shutting_down && drain_deadline && (g->map_used == 0 || clock_ns() > drain_deadline)) {
+        if (g->shutting_down && (g->map_used == 0 || clock_ns() > g->drain_deadline_ns)) {
             /* Let the last frames go out, then stop. */
             for (int i = 0; i < 20; i++)
                 lws_service(g->ctx, 0);

@@ -208,9 +208,7 @@ static void on_control_msg(struct gw *g, struct proto_msg *m)
         on_workers_msg(g, &m->u.workers);
         break;
     case PROTO_DRAIN:
-        if (!g->shutting_down)
-            rlog_info("draining: refusing new generations, finishing running ones");
-        g->shutting_down = true;
+        gw_begin_drain(g, "the supervisor asked");
         break;
     case PROTO_SHUTDOWN:
         g->shutting_down = true;
