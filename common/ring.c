@@ -510,6 +510,11 @@ int ring_wait(const struct ring *r, uint64_t seen, int timeout_ms)
     return rc;
 }
 
+int ring_wait_data(const struct ring *r, int timeout_ms)
+{
+    return ring_wait(r, r->local, timeout_ms);
+}
+
 void ring_wake_consumer(struct ring *r)
 {
     futex_wake_all(&r->hdr->data_seq);

@@ -108,10 +108,16 @@ void ring_release(struct ring *r);
 /* Whether a published record is waiting. */
 bool ring_readable(const struct ring *r);
 
-/* Sleep until the published write index differs from `seen` (pass
- * ring_write_index() to wait for anything new), ring_wake_consumer() is
+/* Sleep until a record past the consumer's read cursor is published (the
+ * usual wait after ring_next() said RILL_E_AGAIN), ring_wake_consumer() is
  * called, or timeout_ms passes (< 0: no timeout).  Spins briefly first.
  * Returns 0 if data is there, RILL_E_AGAIN on timeout or wake-up. */
+int ring_wait_data(const struct ring *r, int timeout_ms);
+
+/* The same, for a thread that only watches: sleep until the published write
+ * index differs from `seen`, an index it observed earlier.  (Passing a fresh
+ * ring_write_index() would sleep through a publish that came after the
+ * caller last looked.) */
 int ring_wait(const struct ring *r, uint64_t seen, int timeout_ms);
 
 /* The published write index (acquire): bytes ever published. */

@@ -10,8 +10,10 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 enum { PROTO_ID_JSON = 0, PROTO_ID_MSGPACK = 1, PROTO_ID_ZMQ = 2 };
@@ -119,8 +121,16 @@ static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
     char auth[CREQ_KEY_MAX + 16] = "";
     if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncasecmp(auth, "Bearer ", 7))
         snprintf(key, sizeof key, "%s", auth + 7);
-    else
-        lws_get_urlarg_by_name(wsi, "key=", key, sizeof key);
+    else {
+        /* lws copies the whole "key=VALUE" argument into the buffer (and
+         * leaves the last argument there when none matches): the key is
+         * what the returned pointer points at. */
+        const char *v = lws_get_urlarg_by_name(wsi, "key=", key, sizeof key);
+        if (v)
+            memmove(key, v, strlen(v) + 1);
+        else
+            key[0] = 0;
+    }
     c->authed = limits_key_ok(g, key[0] ? key : NULL);
     if (key[0] && !c->authed && !c->closing)
         c->closing = true, c->rx_cap = RILL_E_UNAUTHORIZED;
@@ -140,6 +150,14 @@ static void on_established(struct lws *wsi, struct gw *g, struct conn *c, bool m
     c->gw = g;
     g->m.connections_total++;
     rlog_debug("connection from %s (%s)", c->ip, msgpack ? "rill.msgpack.v1" : "rill.json.v1");
+    /* Bound the kernel's send buffer too: autotuned, it grows to tcp_wmem's
+     * maximum (4 MiB by default) for a client that stopped reading, so the
+     * gateway would only see the client as slow — and hold its memory —
+     * long after client_buffer_bytes.  The kernel doubles the value. */
+    int fd = lws_get_socket_fd(wsi);
+    int sndbuf = (int)g->c->client_buffer_bytes;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     int verdict = c->closing ? (int)c->rx_cap : 0;
     c->closing = false;
     c->rx_cap = 0;
@@ -359,6 +377,13 @@ int server_run(const struct rill_config *c)
         return RILL_E_NOMEM;
     g->c = c;
     g->started_ns = clock_ns();
+    /* Request ids are <epoch:32><counter:32>: a random epoch per process, so
+     * that a restarted gateway never takes over a predecessor's requests
+     * (and workers can tell its orphans apart and cancel them). */
+    uint32_t epoch = 0;
+    if (getrandom(&epoch, sizeof epoch, 0) != sizeof epoch || !epoch)
+        epoch = (uint32_t)(clock_ns() ^ (uint64_t)getpid() << 16) | 1;
+    g->next_req_id = (uint64_t)epoch << 32;
     g->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
     g->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
     g->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;

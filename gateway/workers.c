@@ -148,6 +148,11 @@ static int worker_up(struct gw *g, struct gw_worker *w)
     w->reader_running = true;
     w->up = true;
     w->inflight = 0;
+    /* Say who we are: a cancel of id <epoch:0> (never a real request) lets
+     * the worker drop what a previous gateway process left running. */
+    struct proto_msg hi = {.type = PROTO_CANCEL};
+    hi.u.cancel.id = g->next_req_id & 0xffffffff00000000ull;
+    plane_send(w->dealer, NULL, &hi);
     rlog_info("worker %s is up: %s, ring %s (epoch %016llx)", w->id, w->endpoint, w->ring_name,
               (unsigned long long)w->epoch);
     return 0;

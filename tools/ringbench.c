@@ -90,7 +90,7 @@ static double throughput(uint32_t payload, unsigned batch, double seconds)
         if (now - t0 >= end)
             break;
         if (!got)
-            ring_wait(c, ring_write_index(c), 10);
+            ring_wait_data(c, 10);
     }
     double rate = (double)n / ((double)(clock_ns() - t_start) / 1e9);
     kill(pid, SIGKILL);
@@ -126,7 +126,7 @@ static void wakeup(int n, double *us)
             ring_release(c);
             continue;
         }
-        ring_wait(c, ring_write_index(c), 1000);
+        ring_wait_data(c, 1000);
     }
     waitpid(pid, NULL, 0);
     ring_close(c, false);

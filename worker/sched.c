@@ -410,6 +410,21 @@ int sched_cancel(struct sched *s, uint64_t id)
     return 0;
 }
 
+uint32_t sched_cancel_matching(struct sched *s, uint64_t mask, uint64_t value)
+{
+    uint32_t n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        struct seq **arr = pass ? s->waiting : s->running;
+        uint32_t cnt = pass ? s->n_waiting : s->n_running;
+        for (uint32_t i = 0; i < cnt; i++)
+            if ((arr[i]->id & mask) == value && !arr[i]->cancelled) {
+                arr[i]->cancelled = true;
+                n++;
+            }
+    }
+    return n;
+}
+
 bool sched_busy(const struct sched *s) { return s->n_running || s->n_waiting; }
 
 void sched_set_mem_mb(struct sched *s, uint32_t mb) { s->mem_mb = mb; }

@@ -93,6 +93,10 @@ int sched_cancel(struct sched *s, uint64_t id);
  * idle), or a negative error from the forward pass or the emitter. */
 int sched_step(struct sched *s, const struct sched_out *out);
 
+/* Cancel every request whose id has (id & mask) == value (the requests of
+ * a gateway that is gone).  Returns how many. */
+uint32_t sched_cancel_matching(struct sched *s, uint64_t mask, uint64_t value);
+
 /* End every request now with a LAST record carrying `code` (shutdown).
  * Returns the first emitter error, if any. */
 int sched_abort_all(struct sched *s, int code, const struct sched_out *out);

@@ -34,8 +34,20 @@ static void on_signal(int sig)
     got_signal++;
 }
 
+/* Gateways put a per-process epoch in the top 32 bits of their request ids.
+ * A peer that comes back with a new epoch is a new gateway process: the
+ * requests of its predecessor have nobody to go to, so they are cancelled. */
+#define MAX_PEERS 16
+
+struct peer_epoch {
+    struct zs_id id;
+    uint32_t epoch;
+};
+
 struct server {
     const struct rill_config *c;
+    struct peer_epoch peers[MAX_PEERS];
+    int n_peers;
     struct engine *e;
     struct ring *ring;
     char ring_name[RING_NAME_MAX];
@@ -95,10 +107,39 @@ static void reply(struct server *sv, const struct zs_id *to, const struct proto_
         rlog_warn("cannot answer the gateway: %s", rill_err_name(rc));
 }
 
+static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64_t req_id)
+{
+    uint32_t epoch = (uint32_t)(req_id >> 32);
+    int i;
+    for (i = 0; i < sv->n_peers; i++)
+        if (zs_id_eq(&sv->peers[i].id, from))
+            break;
+    if (i == sv->n_peers) {
+        if (sv->n_peers == MAX_PEERS)
+            i = 0; /* forget the oldest: its requests stay until they finish */
+        else
+            sv->n_peers++;
+        sv->peers[i].id = *from;
+        sv->peers[i].epoch = epoch;
+        return;
+    }
+    if (sv->peers[i].epoch == epoch)
+        return;
+    uint32_t n = sched_cancel_matching(sv->e->sched, 0xffffffff00000000ull, (uint64_t)sv->peers[i].epoch << 32);
+    if (n) {
+        char name[ZS_ID_STR_MAX];
+        rlog_info("gateway %s restarted: cancelled %u request(s) of its predecessor", zs_id_str(from, name, sizeof name),
+                  n);
+    }
+    sv->peers[i].epoch = epoch;
+}
+
 static void on_request(struct server *sv, const struct zs_id *from, struct proto_msg *m)
 {
     struct proto_msg r = {0};
     char why[256] = "";
+    if (m->type == PROTO_SUBMIT || m->type == PROTO_CANCEL)
+        check_peer_epoch(sv, from, m->type == PROTO_SUBMIT ? m->u.submit.id : m->u.cancel.id);
     switch (m->type) {
     case PROTO_SUBMIT: {
         int rc = sched_submit(sv->e->sched, &m->u.submit, clock_ns(), why, sizeof why);

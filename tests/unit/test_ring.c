@@ -356,7 +356,7 @@ static uint64_t consume(struct ring *c, uint64_t n)
         int rc = ring_next(c, &d, &len, &kind);
         if (rc == RILL_E_AGAIN) {
             ring_release(c);
-            ring_wait(c, ring_write_index(c), 1000);
+            ring_wait_data(c, 1000);
             continue;
         }
         assert_int_equal(rc, 0);
@@ -548,7 +548,7 @@ static void test_ring_idle_consumer_sleeps_instead_of_spinning(void **state)
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     double cpu0 = thread_cpu_ms();
     uint64_t t0 = clock_ns();
-    assert_int_equal(ring_wait(c, ring_write_index(c), 300), RILL_E_AGAIN);
+    assert_int_equal(ring_wait_data(c, 300), RILL_E_AGAIN);
     double wall = (double)(clock_ns() - t0) / 1e6;
     double cpu = thread_cpu_ms() - cpu0;
     assert_true(wall >= 290);

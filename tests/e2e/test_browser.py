@@ -1,0 +1,384 @@
+"""The gateway's page in a real browser: headless Chromium driven over the
+Chrome DevTools Protocol (--remote-debugging-pipe: JSON messages ended by NUL
+on fds 3 and 4, so no port to find and no extra Python package).
+
+The page is used as a person would: text typed with Input.insertText, the
+button clicked with mouse events at its position; what it shows is read
+from the DOM.  Every test also checks that the page logged no errors (a CSP
+violation shows up there).
+"""
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import wait_for, worker_stream
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+class CDPError(Exception):
+    pass
+
+
+class Browser:
+    """Headless Chromium and one CDP connection to it, used synchronously."""
+
+    def __init__(self):
+        if not os.path.exists(CHROMIUM):
+            pytest.fail(f"{CHROMIUM} is not installed: run `make deps` (it installs chromium and chromium-driver)")
+        self.profile = tempfile.mkdtemp(prefix="rill-chromium-")
+        to_chrome_r, self.to_chrome = os.pipe()
+        self.from_chrome, from_chrome_w = os.pipe()
+        # CDP wants its pipes at fds 3 (read) and 4 (write) of the child;
+        # copies above 10 first so the dup2s cannot overwrite each other.
+        hi_r = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10)
+        hi_w = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
+
+        def child_fds():
+            os.dup2(hi_r, 3)
+            os.dup2(hi_w, 4)
+
+        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--force-device-scale-factor=1",
+                f"--user-data-dir={self.profile}", "--remote-debugging-pipe", "about:blank"]
+        self.log = open(os.path.join(self.profile, "chromium.log"), "w+")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=child_fds, pass_fds=(3, 4))
+        for fd in (to_chrome_r, from_chrome_w, hi_r, hi_w):
+            os.close(fd)
+        self.buf = b""
+        self.next_id = 0
+        self.events = []
+
+    def close(self):
+        try:
+            self.call("Browser.close", timeout=5)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.to_chrome)
+        os.close(self.from_chrome)
+        self.log.close()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def _read_message(self, deadline):
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            ready, _, _ = select.select([self.from_chrome], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self.from_chrome, 1 << 20)
+            if not chunk:
+                self.log.seek(0)
+                raise CDPError(f"chromium exited (status {self.proc.poll()}):\n{self.log.read()[-3000:]}")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method, params=None, session=None, timeout=30):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self.to_chrome, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._read_message(deadline)
+            if m.get("id") == self.next_id:
+                if "error" in m:
+                    raise CDPError(f"{method}: {m['error']}")
+                return m.get("result", {})
+            if "method" in m:
+                self.events.append(m)
+
+    def pump(self, seconds):
+        """Collect events for a while (when nothing else is asked)."""
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                self.events.append(self._read_message(deadline))
+        except TimeoutError:
+            pass
+
+
+class Page:
+    def __init__(self, browser, width=1100, height=1000):
+        self.b = browser
+        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable")
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def call(self, method, params=None, timeout=30):
+        return self.b.call(method, params, session=self.session, timeout=timeout)
+
+    def goto(self, url):
+        self.call("Page.navigate", {"url": url})
+        self.wait("document.readyState === 'complete'", what="page load")
+
+    def js(self, expr):
+        r = self.call("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})
+        if "exceptionDetails" in r:
+            raise CDPError(f"{expr}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def wait(self, expr, timeout=30.0, what=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.js(expr):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what or expr}")
+
+    def center(self, selector):
+        box = self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                      f" e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect();"
+                      f" return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        return box
+
+    def click(self, selector):
+        x, y = self.center(selector)
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent",
+                      {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def hover(self, selector):
+        x, y = self.center(selector)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+
+    def type_into(self, selector, text):
+        """Focus a field, clear it, and type: the page sees real input events."""
+        self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.focus(); e.select?.();"
+                f" e.value = ''; }})()")
+        self.call("Input.insertText", {"text": text})
+
+    def text(self, selector):
+        return self.js(f"document.querySelector({json.dumps(selector)}).textContent")
+
+    def screenshot(self, path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        png = self.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(png))
+
+    def errors(self):
+        """What the page logged as errors (CSP violations, exceptions, failed loads)."""
+        out = []
+        for e in self.b.events:
+            if e.get("sessionId") != self.session:
+                continue
+            p = e.get("params", {})
+            if e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
+                out.append(f"{p['entry'].get('source')}: {p['entry']['text']} {p['entry'].get('url', '')}")
+            elif e["method"] == "Runtime.exceptionThrown":
+                out.append(f"exception: {p['exceptionDetails'].get('exception', {}).get('description')}")
+            elif e["method"] == "Runtime.consoleAPICalled" and p["type"] == "error":
+                out.append(f"console.error: {[a.get('value') for a in p['args']]}")
+        return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+def open_page(browser, pipeline):
+    page = Page(browser)
+    page.goto(f"http://127.0.0.1:{pipeline.port}/")
+    page.wait("document.getElementById('conn').dataset.state === 'open'", what="the page's WebSocket to connect")
+    return page
+
+
+def test_page_streams_the_same_text_as_the_worker_with_latencies_and_summary(browser, pipeline_factory, small_model):
+    prompt = "Once upon a time"
+    expected = "".join(t["text"] for t in worker_stream(small_model, prompt, 24, "--temperature", "0"))
+    pipeline = pipeline_factory(small_model)
+    page = open_page(browser, pipeline)
+    try:
+        page.type_into("#prompt", prompt)
+        page.type_into("#temperature", "0")
+        page.type_into("#max_tokens", "24")
+        page.click("#generate")
+        page.wait("document.body.dataset.state === 'done'", what="the generation to finish")
+
+        assert page.text("#error") == "" and page.js("document.getElementById('error').hidden")
+        assert page.text("#output") == expected
+        # Every token is its own element, with its latency in its tooltip.
+        titles = page.js("[...document.querySelectorAll('#output .tok')].map(s => s.title)")
+        assert len(titles) == 24
+        assert all(re.match(r"^\d+(\.\d+)? ms · position \d+ · token \d+", t) for t in titles), titles[:3]
+        # The live readout: last token's latency, time to first token, rate.
+        assert page.text("#live-tokens") == "24"
+        assert re.fullmatch(r"\d+(\.\d+)? ms", page.text("#live-last"))
+        assert re.fullmatch(r"\d+(\.\d+)? ms", page.text("#live-ttft"))
+        assert re.fullmatch(r"\d+\.\d", page.text("#live-tps"))
+        assert page.text("#live-worker") == "w0"
+        # The summary, as the complete frame gave it.
+        assert not page.js("document.getElementById('summary').hidden")
+        summary = page.js("Object.fromEntries([...document.querySelectorAll('#summary-list > div')]"
+                          ".map(d => [d.dataset.key, d.querySelector('dd').textContent]))")
+        assert summary["finish_reason"] == "length"
+        assert summary["total_tokens"] == "24"
+        assert re.fullmatch(r"\d+(\.\d+)? ms", summary["p95_token_latency_ms"])
+        # Hovering a token says what it cost.
+        page.hover("#output .tok:nth-child(3)")
+        page.wait("document.getElementById('tokinfo').textContent.startsWith('Token 3 of 24')", timeout=5)
+        assert re.search(r"\d+(\.\d+)? ms", page.text("#tokinfo"))
+        page.hover("#live")  # move the pointer out of the way before the picture
+        page.screenshot(os.path.join(ARTIFACTS, "browser.png"))
+        browser.pump(0.1)
+        assert page.errors() == []
+    except Exception:
+        page.screenshot(os.path.join(ARTIFACTS, "browser-failure.png"))
+        raise
+
+
+def test_page_cancels_and_shows_errors(browser, pipeline_factory, small_model):
+    pipeline = pipeline_factory(small_model, gateway_args=("--max_tokens_limit", "2000"))
+    page = open_page(browser, pipeline)
+    # The hello's limit reaches the form.
+    page.wait("document.getElementById('max_tokens').max === '2000'", timeout=5, what="the hello's max_tokens_limit")
+    page.type_into("#prompt", "The quick brown fox")
+    page.type_into("#max_tokens", "2000")
+    page.click("#generate")
+    page.wait("document.querySelectorAll('#output .tok').length >= 3", what="the first tokens")
+    page.click("#cancel")
+    page.wait("document.body.dataset.state === 'done'", what="the cancelled generation to end")
+    assert page.js("document.querySelector('#summary-list [data-key=finish_reason] dd').textContent") == "cancelled"
+    assert int(page.text("#live-tokens")) < 2000
+
+    # A request the gateway refuses: its error code and message are shown.
+    page.js("document.getElementById('max_tokens').max = '100000'")
+    page.type_into("#max_tokens", "5000")
+    page.click("#generate")
+    page.wait("!document.getElementById('error').hidden", what="the error to show")
+    err = page.text("#error")
+    assert err.startswith("max_tokens_exceeded: ") and "2000" in err, err
+    assert page.js("document.body.dataset.state") == "done"
+    assert page.errors() == []
+
+
+def test_page_reconnects_when_the_gateway_comes_back(browser, pipeline_factory, small_model):
+    pipeline = pipeline_factory(small_model)
+    page = open_page(browser, pipeline)
+    page.type_into("#prompt", "It was a dark and stormy night")
+    page.type_into("#max_tokens", "2000")
+    page.click("#generate")
+    page.wait("document.querySelectorAll('#output .tok').length >= 3", what="the first tokens")
+    # The host goes down mid-stream.  The worker goes too: a worker that
+    # outlives its gateway keeps generating the orphaned request, and a new
+    # gateway numbers its requests from 1 again, so it would be handed the
+    # orphan's tokens (a gateway bug, reported; not what this test is about).
+    argv = pipeline.gateway.args
+    for p in (pipeline.gateway, pipeline.worker_procs[0]):
+        p.kill()
+        p.wait()
+    # The generation ends with an error, the page says it is offline.
+    page.wait("document.body.dataset.state === 'done'", what="the broken generation to end")
+    assert page.text("#error").startswith("disconnected: ")
+    page.wait("document.getElementById('conn').dataset.state === 'waiting'"
+              " && document.getElementById('conn-text').textContent.includes('retrying')", what="the page to notice")
+    # It comes back: the page reconnects by itself and generates again.
+    pipeline.restart_worker(0)
+    pipeline.gateway = pipeline._spawn("gateway", argv)
+    wait_for(lambda: pipeline._ready(1), what="the gateway and worker to come back")
+    page.wait("document.getElementById('conn').dataset.state === 'open'", timeout=30, what="the page to reconnect")
+    page.type_into("#max_tokens", "5")
+    page.click("#generate")
+    page.wait("document.body.dataset.state === 'done' && !document.getElementById('summary').hidden",
+              what="a generation after the reconnect")
+    assert page.text("#live-tokens") == "5"
+    assert page.js("document.getElementById('error').hidden")
+    assert page.errors() == []
+
+
+# The client against a scripted socket: what the gateway sends only now and
+# then (a coalesced "tokens" frame, an error, a drop) arrives on cue.
+CLIENT_SCRIPT = r"""
+(async () => {
+  const { RillClient } = await import("/rill-client.js");
+  const sockets = [];
+  class FakeSocket {
+    static OPEN = 1;
+    constructor(url, proto) { this.url = url; this.proto = proto; this.sent = []; this.readyState = 0;
+                              sockets.push(this); setTimeout(() => { this.readyState = 1; this.onopen(); }); }
+    send(s) { this.sent.push(JSON.parse(s)); }
+    close() { this.readyState = 3; this.onclose({ code: 1000, reason: "" }); }
+    frame(m) { this.onmessage({ data: JSON.stringify(m) }); }
+  }
+  const real = globalThis.WebSocket;
+  globalThis.WebSocket = FakeSocket;
+  try {
+    const c = new RillClient("ws://example.invalid/stream", { key: "k1", minDelayMs: 10, maxDelayMs: 20 });
+    const states = [];
+    c.addEventListener("status", (e) => states.push(e.detail.state));
+    const g = c.generate("hi", { max_tokens: 3, params: { temperature: 0 }, id: "a" });
+    const seen = [];
+    g.addEventListener("token", (e) => seen.push(e.detail.position));
+    await new Promise((r) => setTimeout(r, 20));
+    const ws = sockets[0];
+    ws.frame({ type: "hello", server: "rill", max_tokens_limit: 77 });
+    ws.frame({ type: "accepted", id: "a", worker: "w3" });
+    ws.frame({ type: "token", id: "a", token: { id: 1, text: "A", position: 0, latency_ms: 1 } });
+    ws.frame({ type: "tokens", id: "a", tokens: [{ id: 2, text: "B", position: 1, latency_ms: 2 },
+                                                 { id: 3, text: "C", position: 2, latency_ms: 3 }] });
+    ws.frame({ type: "complete", id: "a", finish_reason: "length", summary: { total_tokens: 3 } });
+    const done = await g.done;
+    const g2 = c.generate("x", { id: 7 });
+    ws.frame({ type: "error", id: 7, error: { code: "max_tokens_exceeded", message: "too many", recoverable: false } });
+    const e2 = await g2.done.catch((e) => e);
+    const g3 = c.generate("y", { id: "b" });
+    g3.cancel();
+    ws.onclose({ code: 1006, reason: "" });                     // the socket drops
+    const e3 = await g3.done.catch((e) => e);
+    await new Promise((r) => setTimeout(r, 100));               // backoff, then a new socket
+    return { proto: ws.proto, sent: ws.sent, worker: g.worker, text: g.text, seen, done,
+             limit: c.server && c.server.max_tokens_limit,
+             e2: [e2.name, e2.code, e2.message, e2.recoverable], e3: [e3.code, e3.recoverable],
+             states, sockets: sockets.length, state: c.state };
+  } finally {
+    globalThis.WebSocket = real;
+  }
+})()
+"""
+
+
+def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipeline_factory, small_model):
+    pipeline = pipeline_factory(small_model)
+    page = open_page(browser, pipeline)
+    r = page.js(CLIENT_SCRIPT)
+    assert r["proto"] == "rill.json.v1"
+    assert r["sent"][0] == {"type": "hello", "client": {"name": "rill-web"}, "key": "k1"}
+    assert r["sent"][1] == {"type": "generate", "id": "a", "prompt": "hi", "max_tokens": 3,
+                            "params": {"temperature": 0}}
+    assert r["sent"][3:] == [{"type": "generate", "id": "b", "prompt": "y"}, {"type": "cancel", "id": "b"}]
+    assert r["worker"] == "w3" and r["text"] == "ABC" and r["seen"] == [0, 1, 2]
+    assert r["done"] == {"finish_reason": "length", "summary": {"total_tokens": 3}}
+    assert r["limit"] == 77
+    assert r["e2"] == ["RillError", "max_tokens_exceeded", "too many", False]
+    assert r["e3"] == ["disconnected", True]
+    assert r["states"] == ["connecting", "open", "waiting", "connecting", "open"]
+    assert r["sockets"] == 2 and r["state"] == "open"
+    assert page.errors() == []
