@@ -57,6 +57,7 @@
     X(DBL,  worker, target_latency_ms, "50",             1, 60000,  "the batch cap rises while step time stays under this") \
     X(DBL,  worker, max_latency_ms,    "100",            1, 60000,  "the batch cap falls when step time rises above this") \
     X(INT,  worker, prefill_chunk,     "512",            1, 8192,   "most prompt tokens prefilled in one step") \
+    X(DBL,  worker, max_step_ms,       "250",            10, 60000, "longest a step should take: prefill chunks are sized to stay under it (heartbeats go out between steps)") \
     X(SIZE, worker, ring_bytes,        "4M",             4096, 1073741824, "size of the worker's token ring") \
     X(INT,  worker, heartbeat_ms,      "100",            10, 60000, "heartbeat period") \
     X(STR,  worker, endpoint,          "",               0, 0,      "request socket (default ipc://<run_dir>/w<id>.sock)") \

@@ -66,6 +66,7 @@ bool adapt_step(struct adapt *a, double ms, uint32_t batch)
         uint32_t drop = a->cap / 4 ? a->cap / 4 : 1;
         snprintf(why, sizeof why, "step latency %.1f ms above max %.1f ms", avg, a->max_ms);
         a->ceiling = a->cap;
+        a->pre_pressure_cap = 0; /* latency says the old cap was too much anyway */
         a->good_streak = 0;
         return set_cap(a, a->cap > drop ? a->cap - drop : a->min_cap, why);
     }
@@ -91,6 +92,15 @@ bool adapt_pressure(struct adapt *a, int level)
 {
     int old = a->pressure;
     a->pressure = level;
+    if (old == 0 && level > 0)
+        a->pre_pressure_cap = a->cap;
+    if (level == 0 && old > 0) {
+        a->cooldown = 0;
+        bool changed = a->pre_pressure_cap > a->cap && set_cap(a, a->pre_pressure_cap, "memory pressure over");
+        if (a->cap >= a->pre_pressure_cap)
+            a->pre_pressure_cap = 0;
+        return changed;
+    }
     if (level <= old)
         return false;
     char why[64];
@@ -106,5 +116,12 @@ bool adapt_set_limit(struct adapt *a, uint32_t limit)
     a->limit = limit ? limit : 1;
     char why[64];
     snprintf(why, sizeof why, "supervisor bound %u", a->limit);
-    return set_cap(a, a->cap, why);
+    /* Recovering from pressure: follow the bound back up to where we were. */
+    uint32_t want = a->cap;
+    if (a->pressure == 0 && a->pre_pressure_cap > want)
+        want = a->pre_pressure_cap;
+    bool changed = set_cap(a, want, why);
+    if (a->cap >= a->pre_pressure_cap)
+        a->pre_pressure_cap = 0;
+    return changed;
 }

@@ -14,8 +14,9 @@
  *    the cap must have been good for a full window before rising past a
  *    value it was lowered from — so it does not oscillate around the edge;
  *  - pressure: warning halves the cap once on entering it; critical halves
- *    it again (and the scheduler preempts); back to normal lets it rise
- *    again under the same rules.
+ *    it again (and the scheduler preempts); back to normal returns it to
+ *    what it was before the pressure, within the supervisor's bound — which
+ *    the supervisor raises back gradually, so the recovery is paced there.
  * Every change carries a reason string for the log.
  */
 #ifndef RILL_ADAPT_H
@@ -39,6 +40,7 @@ struct adapt {
     uint32_t ceiling;              /* a cap that proved too slow (0: none) */
     uint32_t good_streak;          /* consecutive good windows at the ceiling - 1 */
     int pressure;                  /* 0 normal .. 3 emergency */
+    uint32_t pre_pressure_cap;     /* the cap when pressure began */
     char reason[128];              /* why the last change happened */
 };
 

@@ -80,6 +80,7 @@ int engine_open(const struct rill_config *c, bool progress, struct engine *e, ch
         .max_queue = 1024,
         .target_latency_ms = c->target_latency_ms,
         .max_latency_ms = c->max_latency_ms,
+        .max_step_ms = c->max_step_ms,
         .fake_tokens = c->fake_tokens,
     };
     rc = sched_create(e->model, e->fwd, e->kv, &sc, &e->sched);

@@ -626,11 +626,17 @@ static void admit(struct sched *s)
     }
 }
 
+/* Prompt rows for this step: as many as keep the step under its time limit
+ * (the target latency while others decode, max_step_ms otherwise), from the
+ * measured cost of a prompt row; a cautious 64 until that is known. */
 static uint32_t prefill_budget(const struct sched *s, uint32_t decode_rows)
 {
-    if (decode_rows == 0 || s->prefill_row_ms <= 0)
-        return decode_rows == 0 ? s->cfg.prefill_chunk : 64;
-    double room = s->cfg.target_latency_ms - s->decode_ms;
+    double limit = s->cfg.max_step_ms > 0 ? s->cfg.max_step_ms : 250;
+    if (decode_rows && s->cfg.target_latency_ms < limit)
+        limit = s->cfg.target_latency_ms;
+    if (s->prefill_row_ms <= 0)
+        return s->cfg.prefill_chunk < 64 ? s->cfg.prefill_chunk : 64;
+    double room = limit - (decode_rows ? s->decode_ms : 0);
     double b = room / s->prefill_row_ms;
     if (b < MIN_PREFILL)
         b = MIN_PREFILL;

@@ -46,6 +46,7 @@ struct sched_config {
     uint32_t max_queue;        /* waiting requests before `overloaded` */
     double target_latency_ms;
     double max_latency_ms;
+    double max_step_ms;        /* prefill chunks keep a step under this */
     bool fake_tokens;          /* fan-out benchmark: no model compute */
 };
 

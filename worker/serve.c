@@ -222,6 +222,11 @@ static void send_hello(struct server *sv)
 
 static void heartbeat(struct server *sv, uint64_t now)
 {
+    /* Under pressure, cache blocks that sequences gave back go back to the
+     * kernel now, not when the level next rises: that is what lets the
+     * level fall again. */
+    if (sv->pressure >= 1)
+        kv_trim(sv->e->kv);
     struct sched_stats st;
     sched_stats(sv->e->sched, &st);
     sv->rss = engine_rss_bytes();

@@ -376,7 +376,8 @@ static void test_adapt_halves_under_pressure_and_respects_the_limit(void **state
     for (int i = 0; i < 50; i++)
         adapt_step(&a, 5, a.cap); /* no rise under pressure */
     assert_int_equal(a.cap, 8);
-    adapt_pressure(&a, 0);
+    assert_true(adapt_pressure(&a, 0));
+    assert_int_equal(a.cap, 32); /* back to what it was, within the limit */
     assert_true(adapt_set_limit(&a, 4));
     assert_int_equal(a.cap, 4);
     for (int i = 0; i < 100; i++)
