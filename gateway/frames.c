@@ -16,6 +16,7 @@
 #include "gw.h"
 #include "common/err.h"
 #include "common/jsonw.h"
+#include "common/log.h"
 
 #include <math.h>
 #include <msgpack.h>
@@ -67,6 +68,36 @@ static void mp_str(msgpack_packer *pk, const char *s, size_t n)
 }
 
 static void mp_key(msgpack_packer *pk, const char *k) { mp_str(pk, k, strlen(k)); }
+
+/* A msgpack str must be UTF-8 (strict decoders refuse the frame), but an
+ * error message may quote a client's bytes or cut a character in two (a
+ * %.32s), and a token's text is cut wherever a client's stop string (which
+ * need not be UTF-8) matched: invalid bytes become U+FFFD, as jsonw does for
+ * rill.json.v1. */
+static void mp_str_utf8(msgpack_packer *pk, const char *s, size_t n)
+{
+    if (utf8_valid_prefix(s, n) == n) {
+        mp_str(pk, s, n);
+        return;
+    }
+    char *out = malloc(3 * n);
+    if (!out) {
+        mp_str(pk, "", 0);
+        return;
+    }
+    size_t o = 0;
+    while (n) {
+        size_t k = utf8_valid_prefix(s, n);
+        memcpy(out + o, s, k);
+        o += k, s += k, n -= k;
+        if (n) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3, s++, n--;
+        }
+    }
+    mp_str(pk, out, o);
+    free(out);
+}
 
 static void mp_id(msgpack_packer *pk, const struct creq_id *id)
 {
@@ -131,7 +162,7 @@ void conn_send_error(struct conn *c, const struct creq_id *id, int code, const c
         mp_key(&pk, "code");
         mp_key(&pk, rill_err_name(wire));
         mp_key(&pk, "message");
-        mp_str(&pk, msg, strlen(msg));
+        mp_str_utf8(&pk, msg, strlen(msg));
         mp_key(&pk, "recoverable");
         if (rill_err_recoverable(wire))
             msgpack_pack_true(&pk);
@@ -242,7 +273,7 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
         mp_key(&pk, "id");
         msgpack_pack_int32(&pk, t->token_id);
         mp_key(&pk, "text");
-        mp_str(&pk, t->text, t->text_len);
+        mp_str_utf8(&pk, t->text, t->text_len);
         mp_key(&pk, "position");
         msgpack_pack_uint32(&pk, t->position);
         mp_key(&pk, "latency_ms");
@@ -384,6 +415,9 @@ int stream_terminal_frame(struct stream *s, struct obuf *out)
     struct summary u;
     summarize(s, &u);
     const char *finish = proto_finish_name((enum proto_finish)s->finish);
+    rlog_info("request %s done (%s): %u tokens in %.3f s, first after %.1f ms, token latency avg %.1f p95 %.1f ms, "
+              "%.1f tokens/s, batch %u, max memory %u MB", s->cid.s, finish, u.total_tokens, u.duration_s, u.ttft_ms,
+              u.avg_ms, u.p95_ms, u.e2e_tps, u.batch, u.max_mem_mb);
     if (c->msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, out, mp_write);

@@ -66,6 +66,8 @@ struct stream {
     /* tokens received, not yet framed (encoded items for the client) */
     struct obuf pending;
     uint32_t n_pending;
+    uint64_t *pend_gen_ns;       /* generation time of each pending token */
+    uint32_t pend_cap;
     uint32_t next_pos;           /* next position expected */
     /* the terminal message, queued after the pending tokens */
     bool term;
@@ -107,6 +109,9 @@ struct conn {
     double rtt_ms;               /* smoothed ping round trip, 0 unknown */
     uint64_t hold_until_ns;      /* coalescing: do not write tokens before */
     uint64_t next_auto_id;
+    /* telemetry subscription */
+    bool subscribed;
+    struct conn *sub_prev, *sub_next;
 };
 
 struct gw_worker {
@@ -147,9 +152,19 @@ struct gw_metrics {
     uint64_t connections_total;
     uint64_t errors[RILL_ERR_COUNT];
     uint64_t slow_closed;
-    struct hist ttft_us;         /* submit -> first token frame written */
-    struct hist itl_us;          /* ring publish -> frame written */
+    struct hist ttft_us;         /* submit -> first token at the gateway */
+    struct hist itl_us;          /* ring publish -> frame written (delivery) */
     struct hist gen_itl_us;      /* between tokens at the worker */
+};
+
+/* The telemetry stream's state: windows of the last second, and the
+ * counters as they were at the last snapshot (for per-second rates). */
+struct gw_tel {
+    struct hist ttft_us, itl_us, gen_itl_us;
+    struct gw_metrics prev;      /* counters only (histograms unused) */
+    uint64_t prev_ns, next_ns;
+    uint64_t rng;                /* sampling of per-token records */
+    struct conn *subs;           /* subscribed connections */
 };
 
 struct gw {
@@ -186,6 +201,7 @@ struct gw {
     uint32_t n_conns;
     /* telemetry */
     struct gw_metrics m;
+    struct gw_tel tel;
     uint64_t hb_seq, next_hb_ns;
     uint64_t started_ns;
 };
@@ -239,6 +255,19 @@ int workers_pick(struct gw *g, uint64_t exclude);
 int workers_send(struct gw *g, int worker, const struct proto_msg *m);
 int workers_ready(const struct gw *g);
 void workers_tick(struct gw *g, uint64_t now_ns);
+
+/* --- telemetry (gateway/telemetry.c) --- */
+void telemetry_init(struct gw *g);
+void telemetry_subscribe(struct conn *c, bool on);
+/* Send a snapshot to subscribers if a second has passed. */
+void telemetry_tick(struct gw *g, uint64_t now_ns);
+/* Whether this token's per-token record is kept (sampling_rate; telemetry
+ * off keeps none).  Counters never go through this. */
+bool telemetry_sample(struct gw *g);
+/* Record a token's latencies (cumulative and window histograms). */
+void telemetry_token(struct gw *g, uint64_t gen_itl_us);
+void telemetry_delivery(struct gw *g, uint64_t delivery_us);
+void telemetry_ttft(struct gw *g, uint64_t ttft_us);
 
 /* --- http (gateway/http.c) --- */
 int http_serve(struct lws *wsi, struct gw *g, const char *path);

@@ -128,6 +128,11 @@ static int parse_id(const cJSON *root, struct creq_id *id, char *msg, size_t n)
         size_t len = strlen(j->valuestring);
         if (len == 0 || len > CREQ_ID_MAX || has_nul(j))
             return bad(msg, n, RILL_E_BAD_REQUEST, "id: a string of 1 to %d bytes expected", CREQ_ID_MAX);
+        /* Every frame of the generation echoes the id: bytes that are not
+         * UTF-8 would make those frames undecodable (a msgpack str and a
+         * JSON text must be UTF-8). */
+        if (utf8_valid_prefix(j->valuestring, len) != len)
+            return bad(msg, n, RILL_E_BAD_REQUEST, "id: not valid UTF-8");
         id->present = true;
         memcpy(id->s, j->valuestring, len + 1);
         return 0;
@@ -361,9 +366,16 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
     } else if (!strcmp(t->valuestring, "hello")) {
         out->type = CREQ_HELLO;
         rc = parse_hello(root, out, msg, msg_len);
+    } else if (!strcmp(t->valuestring, "subscribe")) {
+        out->type = CREQ_SUBSCRIBE;
+        const cJSON *tel = cJSON_GetObjectItemCaseSensitive(root, "telemetry");
+        if (!cJSON_IsBool(tel))
+            rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "telemetry: expected true or false");
+        else
+            out->telemetry = cJSON_IsTrue(tel);
     } else {
-        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: unknown message type '%.32s' (generate, cancel, hello)",
-                 t->valuestring);
+        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST,
+                 "type: unknown message type '%.32s' (generate, cancel, hello, subscribe)", t->valuestring);
     }
 out:
     cJSON_Delete(root);

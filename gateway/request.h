@@ -13,6 +13,7 @@
  *                             (comparable only on the same host)
  *   {"type":"cancel", "id"?}            without id: every generation of the connection
  *   {"type":"hello", "client"?: {...}, "key"?: string}
+ *   {"type":"subscribe", "telemetry": bool}   one snapshot per second (docs/telemetry.md)
  *
  * Every field is checked before use; a bad one gives the code of the one
  * list (err.h) and a message naming the field:
@@ -44,7 +45,7 @@
 #define CREQ_DEFAULT_MIN_P       0.05f
 #define CREQ_DEFAULT_REP_PENALTY 1.0f
 
-enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO };
+enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO, CREQ_SUBSCRIBE };
 
 /* A client's id as it was sent: a string, or an integer echoed as a number. */
 struct creq_id {
@@ -78,6 +79,8 @@ struct creq {
     bool has_key;
     char key[CREQ_KEY_MAX + 1];
     char client[CREQ_CLIENT_MAX + 1]; /* client.name, for the log */
+    /* subscribe */
+    bool telemetry;
 };
 
 /* Parse one message.  `binary` says which protocol framed it (msgpack when

@@ -344,7 +344,9 @@ struct tick {
 static void on_tick(lws_sorted_usec_list_t *sul)
 {
     struct tick *t = lws_container_of(sul, struct tick, sul);
-    workers_tick(t->g, clock_ns());
+    uint64_t now = clock_ns();
+    workers_tick(t->g, now);
+    telemetry_tick(t->g, now);
     lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
 }
 
@@ -384,6 +386,7 @@ int server_run(const struct rill_config *c)
     if (getrandom(&epoch, sizeof epoch, 0) != sizeof epoch || !epoch)
         epoch = (uint32_t)(clock_ns() ^ (uint64_t)getpid() << 16) | 1;
     g->next_req_id = (uint64_t)epoch << 32;
+    telemetry_init(g);
     g->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
     g->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
     g->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;
@@ -411,8 +414,15 @@ int server_run(const struct rill_config *c)
     m_root.origin = web_root;
     m_root.def = "index.html";
     m_root.origin_protocol = LWSMPRO_FILE;
+    /* GET /dashboard: the live dashboard page (same directory, other default). */
+    static struct lws_http_mount m_dash;
+    m_dash = m_root;
+    m_dash.mount_next = &m_root;
+    m_dash.mountpoint = "/dashboard";
+    m_dash.mountpoint_len = 10;
+    m_dash.def = "dashboard.html";
     memset(&m_api, 0, sizeof m_api);
-    m_api.mount_next = &m_root;
+    m_api.mount_next = &m_dash;
     m_api.mountpoint = "/api";
     m_api.mountpoint_len = 4;
     m_api.origin = "rill.json.v1";

@@ -31,6 +31,7 @@
 void stream_free(struct stream *s)
 {
     obuf_free(&s->pending);
+    free(s->pend_gen_ns);
     free((void *)s->submit.prompt);
     free(s->lat_ms);
     free(s);
@@ -142,8 +143,12 @@ static void handle_generate(struct conn *c, struct creq *r)
         return;
     }
     if (!r->id.present) {
+        /* A client may name its own generations "gen-N" too: skip the ones
+         * running, or two streams would share an id. */
         r->id.present = true;
-        snprintf(r->id.s, sizeof r->id.s, "gen-%llu", (unsigned long long)++c->next_auto_id);
+        do
+            snprintf(r->id.s, sizeof r->id.s, "gen-%llu", (unsigned long long)++c->next_auto_id);
+        while (find_stream(c, &r->id));
     } else if (find_stream(c, &r->id)) {
         conn_send_error(c, &r->id, RILL_E_DUPLICATE_ID, "a generation with this id is still running");
         return;
@@ -250,6 +255,12 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
     case CREQ_CANCEL:
         handle_cancel(c, &r);
         break;
+    case CREQ_SUBSCRIBE:
+        if (c->msgpack)
+            conn_send_error(c, NULL, RILL_E_BAD_REQUEST, "telemetry is sent on rill.json.v1 connections");
+        else
+            telemetry_subscribe(c, r.telemetry);
+        break;
     default:
         break;
     }
@@ -313,6 +324,16 @@ void session_on_token(struct gw *g, const struct proto_token *t, uint64_t now_ns
             return;
         }
         c->queued_bytes += s->pending.len - before;
+        if (s->n_pending > s->pend_cap) {
+            uint32_t cap = s->pend_cap ? s->pend_cap * 2 : 8;
+            uint64_t *a = realloc(s->pend_gen_ns, cap * sizeof *a);
+            if (a) {
+                s->pend_gen_ns = a;
+                s->pend_cap = cap;
+            }
+        }
+        if (s->n_pending <= s->pend_cap)
+            s->pend_gen_ns[s->n_pending - 1] = t->t_gen_ns;
         if (!s->t_first_ns)
             s->t_first_ns = now_ns;
         s->t_last_ns = now_ns;
@@ -339,12 +360,10 @@ void session_on_token(struct gw *g, const struct proto_token *t, uint64_t now_ns
             }
         }
         g->m.tokens++;
-        hist_record(&g->m.gen_itl_us, t->latency_us);
         if (s->n_tokens == 1)
-            hist_record(&g->m.ttft_us, (now_ns - s->t_submit_ns) / 1000);
-        /* Ring publish to the service thread: what the gateway adds before the frame. */
-        if (now_ns > t->t_gen_ns)
-            hist_record(&g->m.itl_us, (now_ns - t->t_gen_ns) / 1000);
+            telemetry_ttft(g, (now_ns - s->t_submit_ns) / 1000);
+        if (telemetry_sample(g))
+            telemetry_token(g, t->latency_us);
         if (c->queued_bytes > (size_t)g->c->client_buffer_bytes) {
             session_fail_slow(c);
             return;
@@ -397,6 +416,8 @@ void session_fail_slow(struct conn *c)
 
 void session_close_conn(struct conn *c)
 {
+    if (c->gw)
+        telemetry_subscribe(c, false);
     while (c->streams) {
         send_cancel(c->streams);
         stream_remove(c->streams);
@@ -460,12 +481,16 @@ int session_writable(struct conn *c)
             c->rr = s->next;
             struct obuf b = {0};
             if (s->n_pending) {
-                uint32_t n = s->n_pending;
+                uint32_t n = s->n_pending < s->pend_cap ? s->n_pending : s->pend_cap;
                 int rc = stream_tokens_frame(s, &b) || write_buf(c, &b);
                 obuf_free(&b);
                 if (rc)
                     return -1;
-                (void)n;
+                /* Delivery: from the worker's ring publish to this frame's write. */
+                uint64_t wrote = clock_ns();
+                for (uint32_t i = 0; i < n; i++)
+                    if (wrote > s->pend_gen_ns[i] && telemetry_sample(g))
+                        telemetry_delivery(g, (wrote - s->pend_gen_ns[i]) / 1000);
                 /* Coalesce on a slow path: a long round trip or a backlog. */
                 double hold_ms = 0;
                 if (c->rtt_ms > 20)
