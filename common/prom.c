@@ -85,20 +85,29 @@ void prom_gauge(struct prom_buf *b, const char *name, const char *help, double v
 void prom_histogram(struct prom_buf *b, const char *name, const char *help, const char *labels,
                     const struct hist *h, double units_per_second)
 {
-    if (help)
-        prom_family(b, name, "histogram", help);
-    uint64_t le[HIST_PROM_LE_COUNT], cum[HIST_PROM_LE_COUNT];
+    uint64_t le[HIST_PROM_LE_COUNT];
     for (int i = 0; i < HIST_PROM_LE_COUNT; i++)
         le[i] = (uint64_t)llround(hist_prom_le_seconds[i] * units_per_second);
-    hist_cumulative(h, le, HIST_PROM_LE_COUNT, cum);
+    prom_histogram_bounds(b, name, help, labels, h, le, HIST_PROM_LE_COUNT, units_per_second);
+}
+
+void prom_histogram_bounds(struct prom_buf *b, const char *name, const char *help, const char *labels,
+                           const struct hist *h, const uint64_t *le, size_t n, double unit_scale)
+{
+    if (help)
+        prom_family(b, name, "histogram", help);
+    uint64_t cum[64];
+    if (n > 64)
+        n = 64;
+    hist_cumulative(h, le, n, cum);
     const char *sep = labels && labels[0] ? "," : "";
     const char *lab = labels ? labels : "";
-    for (int i = 0; i < HIST_PROM_LE_COUNT; i++)
-        prom_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, lab, sep, hist_prom_le_seconds[i],
+    for (size_t i = 0; i < n; i++)
+        prom_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, lab, sep, (double)le[i] / unit_scale,
                     (unsigned long long)cum[i]);
     prom_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, lab, sep, (unsigned long long)h->count);
     char sum[48];
-    value_text((double)h->sum / units_per_second, sum, sizeof sum);
+    value_text((double)h->sum / unit_scale, sum, sizeof sum);
     if (labels && labels[0]) {
         prom_printf(b, "%s_sum{%s} %s\n", name, labels, sum);
         prom_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long)h->count);

@@ -43,6 +43,12 @@ void prom_gauge(struct prom_buf *b, const char *name, const char *help, double v
 void prom_histogram(struct prom_buf *b, const char *name, const char *help, const char *labels,
                     const struct hist *h, double units_per_second);
 
+/* The same with explicit upper bounds `le` (n of them, ascending, in the
+ * histogram's units; written divided by `unit_scale`), for distributions
+ * that are not latencies (batch sizes). */
+void prom_histogram_bounds(struct prom_buf *b, const char *name, const char *help, const char *labels,
+                           const struct hist *h, const uint64_t *le, size_t n, double unit_scale);
+
 /* Escape a label value (backslash, quote, newline) into out. */
 void prom_label_escape(const char *in, char *out, size_t cap);
 

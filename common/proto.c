@@ -76,7 +76,7 @@ const char *proto_finish_name(enum proto_finish f)
 enum kind {
     K_U64, K_U32, K_U8, K_I32, K_F32, K_BOOL, K_STR, K_ROLE,
     /* fields with their own code */
-    K_PROMPT, K_TOKENS, K_STOP, K_METRICS, K_WORKERS,
+    K_PROMPT, K_TOKENS, K_STOP, K_METRICS, K_WORKERS, K_BLOB,
 };
 
 #define F_REQ      1u /* required */
@@ -175,6 +175,8 @@ static const struct field heartbeat_fields[] = {
     U8R(S_, pressure_level, PROTO_PRESSURE_EMERGENCY),
     U8R(S_, state, PROTO_STATE_DRAINING),
     SPECIAL(S_, metrics, K_METRICS, 0),
+    SPECIAL(S_, step_hist, K_BLOB, 0),
+    SPECIAL(S_, batch_hist, K_BLOB, 0),
 };
 #undef S_
 
@@ -440,6 +442,16 @@ static int dec_special(struct ctx *c, const struct field *f, const msgpack_objec
     int rc;
 
     switch (f->kind) {
+    case K_BLOB: {
+        struct proto_blob *b = (struct proto_blob *)((char *)base + f->off);
+        if (o->type != MSGPACK_OBJECT_BIN)
+            return fail(c, key, RILL_E_BAD_REQUEST, "expected bytes");
+        if (o->via.bin.size > PROTO_BLOB_MAX)
+            return fail(c, key, RILL_E_TOO_LARGE, "too many bytes");
+        memcpy(b->data, o->via.bin.ptr, o->via.bin.size);
+        b->len = (uint16_t)o->via.bin.size;
+        return 0;
+    }
     case K_PROMPT: {
         struct proto_submit *s = base;
         if (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR)
@@ -757,6 +769,8 @@ static bool enc_present(const struct field *f, const void *base)
         return ((const struct proto_submit *)base)->n_prompt_tokens > 0;
     if (f->kind == K_METRICS)
         return ((const struct proto_heartbeat *)base)->n_metrics > 0;
+    if (f->kind == K_BLOB)
+        return ((const struct proto_blob *)((const char *)base + f->off))->len > 0;
     return true;
 }
 
@@ -770,6 +784,14 @@ static int enc_special(struct ctx *c, struct enc *e, const struct field *f, cons
     size_t n;
 
     switch (f->kind) {
+    case K_BLOB: {
+        const struct proto_blob *b = (const struct proto_blob *)((const char *)base + f->off);
+        if (b->len > PROTO_BLOB_MAX)
+            return fail(c, key, RILL_E_TOO_LARGE, "too many bytes");
+        e->err |= msgpack_pack_bin(&e->pk, b->len);
+        e->err |= msgpack_pack_bin_body(&e->pk, b->data, b->len);
+        return 0;
+    }
     case K_PROMPT: {
         const struct proto_submit *s = base;
         if (s->prompt_len > PROTO_MAX_PROMPT)

@@ -145,6 +145,13 @@ struct proto_hello {
     uint64_t epoch;               /* the ring's epoch */
 };
 
+/* Opaque bytes carried inline (histograms in hist_encode() form). */
+#define PROTO_BLOB_MAX 4096
+struct proto_blob {
+    uint16_t len;                 /* 0: absent */
+    uint8_t data[PROTO_BLOB_MAX];
+};
+
 struct proto_metric {
     char name[PROTO_METRIC_LEN + 1]; /* non-empty, unique in the message */
     double value;                 /* finite */
@@ -168,6 +175,10 @@ struct proto_heartbeat {
     /* optional, encoded as a map name -> f64; not sent when empty */
     uint8_t n_metrics;            /* <= PROTO_MAX_METRICS */
     struct proto_metric metrics[PROTO_MAX_METRICS];
+    /* optional: histograms since the last heartbeat (hist_encode form, in
+     * microseconds / sequences); not sent when empty */
+    struct proto_blob step_hist;  /* step times */
+    struct proto_blob batch_hist; /* decode sequences per step */
 };
 
 struct proto_set_batch {

@@ -12,6 +12,7 @@
 #include "procs.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/hist.h"
 #include "common/jsonw.h"
 #include "common/log.h"
 #include "common/plane.h"
@@ -50,6 +51,9 @@ struct sup {
     uint64_t started_ns, next_pressure_ns, next_stats_ns, drain_deadline_ns;
     uint32_t threads_per_worker;
     uint64_t hung_kills, pressure_msgs, set_batch_msgs;
+    /* Workers' distributions, accumulated from their heartbeats' windows. */
+    struct hist *step_us;        /* per process slot */
+    struct hist *batch_n;
 };
 
 /* --- paths and files ------------------------------------------------------------------ */
@@ -317,6 +321,16 @@ static void on_control(struct sup *s, const struct zs_id *from, struct proto_msg
         p->hb = m->u.heartbeat;
         p->have_hb = true;
         p->last_hb_ns = now;
+        if (p->role == PROC_WORKER) {
+            int slot = (int)(p - s->t.p);
+            struct hist win;
+            if (m->u.heartbeat.step_hist.len &&
+                hist_decode(&win, m->u.heartbeat.step_hist.data, m->u.heartbeat.step_hist.len) == 0)
+                hist_merge(&s->step_us[slot], &win);
+            if (m->u.heartbeat.batch_hist.len &&
+                hist_decode(&win, m->u.heartbeat.batch_hist.data, m->u.heartbeat.batch_hist.len) == 0)
+                hist_merge(&s->batch_n[slot], &win);
+        }
         if (p->role == PROC_WORKER && p->state == PROC_READY) {
             struct batchctl_change ch;
             if (batchctl_heartbeat(&s->bc, &m->u.heartbeat, now, &ch) == 0 && (ch.changed || ch.resend))
@@ -512,6 +526,19 @@ static void write_stats(struct sup *s, uint64_t now)
             prom_sample(&b, fam[f].name, lab, v);
         }
     }
+    static const uint64_t batch_le[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+    for (int i = 1; i < s->t.n; i++) {
+        char lab[64];
+        snprintf(lab, sizeof lab, "process=\"%s\"", s->t.p[i].id);
+        prom_histogram(&b, "rill_worker_step_seconds", i == 1 ? "Time of a worker's steps (one forward pass)." : NULL,
+                       lab, &s->step_us[i], 1e6);
+    }
+    for (int i = 1; i < s->t.n; i++) {
+        char lab[64];
+        snprintf(lab, sizeof lab, "process=\"%s\"", s->t.p[i].id);
+        prom_histogram_bounds(&b, "rill_worker_batch_size", i == 1 ? "Sequences a decode step advanced." : NULL, lab,
+                              &s->batch_n[i], batch_le, sizeof batch_le / sizeof batch_le[0], 1);
+    }
     if (!b.oom)
         write_file(s, "supervisor.prom", b.p, b.len);
     prom_free(&b);
@@ -687,6 +714,16 @@ static int setup(struct sup *s, char *why, size_t why_len)
     }
     struct procs_policy pol = {(uint32_t)c->restart_max, (uint32_t)c->restart_window_s, 100, 10000};
     procs_init(&s->t, &pol, (int)c->workers);
+    s->step_us = calloc((size_t)s->t.n, sizeof *s->step_us);
+    s->batch_n = calloc((size_t)s->t.n, sizeof *s->batch_n);
+    if (!s->step_us || !s->batch_n) {
+        snprintf(why, why_len, "out of memory");
+        return RILL_E_NOMEM;
+    }
+    for (int i = 0; i < s->t.n; i++) {
+        hist_init_prom(&s->step_us[i], 1000000);
+        hist_init(&s->batch_n[i]);
+    }
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);
@@ -745,6 +782,8 @@ int sup_run(const struct rill_config *c)
         rlog_error("%s", why[0] ? why : rill_err_name(rc));
         if (rc != RILL_E_EXISTS)
             teardown(s);
+        free(s->step_us);
+        free(s->batch_n);
         free(s);
         return rc == RILL_E_EXISTS ? 3 : 1;
     }
@@ -806,6 +845,8 @@ int sup_run(const struct rill_config *c)
     }
     rlog_info("every process stopped; cleaning up");
     teardown(s);
+    free(s->step_us);
+    free(s->batch_n);
     free(s);
     return 0;
 }

@@ -55,6 +55,7 @@ struct server {
     char endpoint[ZS_ENDPOINT_MAX];
     void *zctx, *router, *control;
     struct hist step_us;         /* step times since the last heartbeat */
+    struct hist batch_n;         /* decode sequences per step, same window */
     uint64_t hb_seq, next_hb_ns, last_hb_ns;
     uint64_t tokens_at_hb, prefill_at_hb;
     uint64_t rss;
@@ -254,11 +255,19 @@ static void heartbeat(struct server *sv, uint64_t now)
         h->requests_total = st.requests;
         h->pressure_level = (uint8_t)sv->pressure;
         h->state = sv->draining ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+        /* The window's distributions, for the supervisor to accumulate
+         * (left out when they do not fit: the counters above still go). */
+        size_t len;
+        if (sv->step_us.count && hist_encode(&sv->step_us, h->step_hist.data, PROTO_BLOB_MAX, &len) == 0)
+            h->step_hist.len = (uint16_t)len;
+        if (sv->batch_n.count && hist_encode(&sv->batch_n, h->batch_hist.data, PROTO_BLOB_MAX, &len) == 0)
+            h->batch_hist.len = (uint16_t)len;
         int rc = plane_send(sv->control, NULL, &m);
         if (rc && rc != RILL_E_AGAIN)
             rlog_warn("heartbeat not sent: %s", rill_err_name(rc));
     }
     hist_reset(&sv->step_us);
+    hist_reset(&sv->batch_n);
     sv->tokens_at_hb = st.tokens;
     sv->prefill_at_hb = st.prefill_tokens;
     sv->last_hb_ns = now;
@@ -311,7 +320,8 @@ static int setup(struct server *sv, char *why, size_t why_len)
             return rc;
         }
     }
-    hist_init(&sv->step_us);
+    hist_init_prom(&sv->step_us, 1000000);
+    hist_init(&sv->batch_n);
     return 0;
 }
 
@@ -409,6 +419,8 @@ int serve_run(const struct rill_config *c, struct engine *e)
                 struct sched_stats st;
                 sched_stats(e->sched, &st);
                 hist_record(&sv.step_us, (uint64_t)(st.last_step_ms * 1000));
+                if (st.last_batch)
+                    hist_record(&sv.batch_n, st.last_batch);
             }
             if (c->fake_tokens)
                 sv.next_fake_step_ns = now + (uint64_t)(c->target_latency_ms * 1e6);
