@@ -34,6 +34,8 @@ struct fwd {
     uint32_t dim, kv_dim, q_dim, hd, ffn;
     enum fwd_matmul mode;
     uint32_t blas_min_rows;
+    void (*progress)(void *ctx);
+    void *progress_ctx;
 
     /* Scratch, max_rows rows each. */
     float *x;      /* residual stream, dim */
@@ -189,6 +191,12 @@ void fwd_set_matmul(struct fwd *f, enum fwd_matmul mode, uint32_t min_rows)
 }
 
 size_t fwd_scratch_bytes(const struct fwd *f) { return f->scratch_bytes; }
+
+void fwd_set_progress(struct fwd *f, void (*fn)(void *ctx), void *ctx)
+{
+    f->progress = fn;
+    f->progress_ctx = ctx;
+}
 
 /* --- matrix products on the pool -------------------------------------------- */
 
@@ -363,6 +371,8 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         MATMUL1(f, f->hb, f->ffn, n, &P->w_down, f->tmp, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++)
             f->x[i] += f->tmp[i];
+        if (f->progress)
+            f->progress(f->progress_ctx);
     }
 
     if (n_logits == 0)

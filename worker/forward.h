@@ -45,6 +45,10 @@ void fwd_free(struct fwd *f);
  * rows (FWD_BLAS), or the native kernels always (FWD_NATIVE, the default). */
 void fwd_set_matmul(struct fwd *f, enum fwd_matmul mode, uint32_t min_rows);
 
+/* Called after every layer of a step (may be NULL): the worker sends its
+ * due heartbeats from here, so that a long step is not mistaken for a hang. */
+void fwd_set_progress(struct fwd *f, void (*fn)(void *ctx), void *ctx);
+
 /* Run one step.  `logits` receives vocab floats for each row with
  * logits_row >= 0, at logits + logits_row * vocab.  Rows must have valid
  * tokens (< vocab) and positions (< max_ctx): RILL_E_BAD_REQUEST otherwise. */

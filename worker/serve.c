@@ -274,6 +274,15 @@ static void heartbeat(struct server *sv, uint64_t now)
     sv->next_hb_ns = now + (uint64_t)sv->c->heartbeat_ms * 1000000ull;
 }
 
+/* Between layers of a step: a heartbeat that is due goes out now. */
+static void on_progress(void *ctx)
+{
+    struct server *sv = ctx;
+    uint64_t now = clock_ns();
+    if (now >= sv->next_hb_ns)
+        heartbeat(sv, now);
+}
+
 /* --- set-up ------------------------------------------------------------------------------- */
 
 static int setup(struct server *sv, char *why, size_t why_len)
@@ -352,6 +361,7 @@ int serve_run(const struct rill_config *c, struct engine *e)
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned worker drains and exits */
     if (sv.control)
         send_hello(&sv);
+    fwd_set_progress(e->fwd, on_progress, &sv);
     rlog_info("worker %s ready: requests on %s, tokens in %s (epoch %016llx)", sv.id, sv.endpoint, sv.ring_name,
               (unsigned long long)ring_epoch(sv.ring));
     heartbeat(&sv, clock_ns());
@@ -435,6 +445,7 @@ int serve_run(const struct rill_config *c, struct engine *e)
     }
     if (sched_busy(e->sched))
         sched_abort_all(e->sched, RILL_E_SHUTTING_DOWN, &out);
+    fwd_set_progress(e->fwd, NULL, NULL);
     teardown(&sv);
     return 0;
 }
