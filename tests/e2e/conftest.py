@@ -156,3 +156,53 @@ def worker_stream(model, prompt, n, *extra):
                           "--threads", "1", *extra], check=True, capture_output=True, text=True).stdout
     lines = [json.loads(l) for l in out.splitlines() if l.strip()]
     return [l for l in lines if "summary" not in l]
+
+
+# --- helpers for the e2e suites (test_e2e_*.py) ---
+
+def start_pipeline(model, **kw):
+    """Pipeline(model, **kw) that stops whatever it started when the start
+    fails (and shows the gateway's log, the usual place to look)."""
+    p = Pipeline.__new__(Pipeline)
+    try:
+        p.__init__(model, **kw)
+    except BaseException:
+        if hasattr(p, "run_dir"):
+            try:
+                print("gateway log:\n" + p.log("gateway")[-4000:])
+            except OSError:
+                pass
+        if hasattr(p, "procs"):
+            p.stop()
+        raise
+    return p
+
+
+@pytest.fixture(scope="module")
+def module_pipelines():
+    """A factory of pipelines shared by one test module (stopped at its end)."""
+    made = []
+
+    def make(model, **kw):
+        p = start_pipeline(model, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+@pytest.fixture
+def pipelines():
+    """Like pipeline_factory, with start_pipeline's clean-up on a failed start."""
+    made = []
+
+    def make(model, **kw):
+        p = start_pipeline(model, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()

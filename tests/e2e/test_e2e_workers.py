@@ -1,0 +1,176 @@
+"""A worker killed mid-stream: its clients get worker_lost (recoverable),
+/ready goes 503 while no worker is up, and once the worker is restarted the
+gateway picks up its new ring epoch and new requests are served exactly."""
+import os
+import re
+import signal
+
+import conftest
+import rillclient as rc
+from rillclient import GREEDY, JSON, MSGPACK, SAMPLED, Client, run, sampling
+
+
+def test_worker_killed_mid_stream_then_restarted(pipelines, small_model):
+    p = pipelines(small_model)
+    params = sampling(SAMPLED, seed=21)
+    greedy = sampling(GREEDY)
+
+    async def main():
+        a = await Client.connect(p.url, JSON)
+        b = await Client.connect(p.url, MSGPACK)
+        await a.generate("Doomed one", 1500, params, gid="a1")
+        await a.generate("Doomed two", 1500, params, gid="a2")
+        await b.generate("Doomed three", 1500, greedy, gid=3)
+        await a.until(lambda: a.gen("a1").tokens and a.gen("a2").tokens)
+        await b.until(lambda: b.gen(3).tokens)
+        os.kill(p.worker_procs[0].pid, signal.SIGKILL)
+        p.worker_procs[0].wait()
+        a1, a2 = await a.wait_done("a1", "a2")
+        (b3,) = await b.wait_done(3)
+        for g, prompt, prm in ((a1, "Doomed one", params), (a2, "Doomed two", params), (b3, "Doomed three", greedy)):
+            g.check_order()
+            assert g.error, g.terminal
+            assert g.error["code"] == "worker_lost" and g.error["recoverable"] is True, g.error
+            # What came before the loss is the true beginning of the stream.
+            want = rc.expected(small_model, prompt, 24, prm)
+            got = rc.triples(g.tokens)
+            k = min(len(got), len(want))
+            assert got[:k] == want[:k]
+        assert isinstance(b3.terminal["id"], int)
+
+        conftest.wait_for(lambda: conftest.http_get(p.port, "/ready")[0] == 503, what="/ready 503")
+        assert rc.metric(p.port, "rill_gateway_workers_ready") == 0
+        assert rc.metric(p.port, "rill_gateway_active_streams") == 0
+        # With no worker, a request is refused (recoverably), not queued forever.
+        await a.generate("Nobody home", 5, greedy, gid="none")
+        (g,) = await a.wait_done("none")
+        assert g.error and g.error["code"] == "no_worker" and g.error["recoverable"] is True, g.terminal
+
+        p.restart_worker(0)
+        conftest.wait_for(lambda: conftest.http_get(p.port, "/ready")[0] == 200, what="/ready 200 again")
+        # The same connections go on with the new worker.
+        for c, gid in ((a, "again"), (b, 4)):
+            g = await c.run("Back again", 20, params, gid=gid)
+            rc.check_complete(g, rc.expected(small_model, "Back again", 20, params))
+        await a.close()
+        await b.close()
+
+    run(main())
+    epochs = re.findall(r"worker w0 is up: .*\(epoch ([0-9a-f]+)\)", p.log("gateway"))
+    assert len(epochs) == 2 and epochs[0] != epochs[1], epochs
+
+
+def test_two_workers_share_the_load_exactly(pipelines, tiny_model):
+    p = pipelines(tiny_model, workers=2)
+    jobs = [(f"Shared {k}", 30 + k, sampling(SAMPLED, seed=300 + k)) for k in range(24)]
+    want = [rc.expected(tiny_model, *j) for j in jobs]
+
+    async def main():
+        clients = [await Client.connect(p.url, JSON if k % 2 else MSGPACK) for k in range(3)]
+        for k, j in enumerate(jobs):
+            await clients[k % 3].generate(*j, gid=f"j{k}")
+        for k, c in enumerate(clients):
+            await c.wait_done(*[f"j{i}" for i in range(k, len(jobs), 3)])
+        gens = [clients[k % 3].gen(f"j{k}") for k in range(len(jobs))]
+        for g, w in zip(gens, want):
+            rc.check_complete(g, w)
+        assert {g.accepted["worker"] for g in gens} == {"w0", "w1"}
+        for c in clients:
+            await c.close()
+    run(main())
+
+
+def test_killing_one_of_two_workers_fails_only_its_streams(pipelines, small_model):
+    p = pipelines(small_model, workers=2)
+    params = sampling(GREEDY)
+
+    async def main():
+        c = await Client.connect(p.url, JSON)
+        ids = [f"s{k}" for k in range(4)]
+        for gid in ids:
+            await c.generate(f"Split {gid}", 1500, params, gid=gid)
+        await c.until(lambda: all(c.gen(i).tokens for i in ids))
+        on = {i: c.gen(i).accepted["worker"] for i in ids}
+        assert sorted(on.values()) == ["w0", "w0", "w1", "w1"], on  # least loaded first
+        os.kill(p.worker_procs[1].pid, signal.SIGKILL)
+        p.worker_procs[1].wait()
+        lost = [i for i in ids if on[i] == "w1"]
+        alive = [i for i in ids if on[i] == "w0"]
+        await c.wait_done(*lost)
+        for i in lost:
+            assert c.gen(i).error and c.gen(i).error["code"] == "worker_lost", c.gen(i).terminal
+        # The other worker's streams go on: 20 more tokens each, then stop them.
+        marks = {i: len(c.gen(i).tokens) for i in alive}
+        await c.until(lambda: all(len(c.gen(i).tokens) >= marks[i] + 20 for i in alive))
+        assert not any(c.gen(i).done for i in alive)
+        conftest.wait_for(lambda: conftest.http_get(p.port, "/ready")[1].startswith("ready: 1 worker"),
+                          what="/ready to count one worker")
+        for i in alive:
+            await c.cancel(i)
+        await c.wait_done(*alive)
+        for i in alive:
+            g = c.gen(i)
+            assert g.terminal["type"] == "complete" and g.terminal["finish_reason"] == "cancelled", g.terminal
+            want = rc.expected(small_model, f"Split {i}", 32, params)
+            assert rc.triples(g.tokens)[:32] == want[:len(g.tokens)]
+        # New work goes to the worker that is left.
+        g = await c.run("Survivor", 10, params, gid="after")
+        rc.check_complete(g, rc.expected(small_model, "Survivor", 10, params))
+        assert g.accepted["worker"] == "w0"
+        await c.close()
+    try:
+        run(main())
+    finally:
+        # A worker killed for good leaves its ring behind (a restarted one
+        # would have taken it over).
+        try:
+            os.unlink(f"/dev/shm/rill-{p.instance}-w1")
+        except FileNotFoundError:
+            pass
+
+
+def test_gateway_drain_on_sigterm(pipelines, small_model):
+    """A first SIGTERM: running generations finish exactly, new ones are
+    refused with shutting_down (recoverable), /ready says 503; then the
+    gateway exits by itself."""
+    p = pipelines(small_model)
+    params = sampling(SAMPLED, seed=8)
+    n = 150
+    want = rc.expected(small_model, "Finish me", n, params)
+
+    async def main():
+        c = await Client.connect(p.url, MSGPACK)
+        other = await Client.connect(p.url, JSON)
+        await c.generate("Finish me", n, params, gid="run")
+        await c.until(lambda: c.gen("run").tokens)
+        p.gateway.send_signal(signal.SIGTERM)
+        conftest.wait_for(lambda: conftest.http_get(p.port, "/ready")[0] == 503, what="/ready 503")
+        await other.generate("Too late", 5, params, gid="late")
+        (late,) = await other.wait_done("late")
+        assert late.error and late.error["code"] == "shutting_down" and late.error["recoverable"] is True
+        (g,) = await c.wait_done("run")
+        rc.check_complete(g, want)
+        assert p.gateway.wait(20) == 0
+    run(main())
+
+
+def test_kv_cache_pressure_loses_nothing(pipelines, tiny_model):
+    """A worker with KV cache for 320 tokens: a request that could never fit
+    is refused (memory_limit_exceeded, recoverable); six that fit one by
+    one but not together all complete exactly (the worker preempts and
+    recomputes; nothing accepted is dropped)."""
+    p = pipelines(tiny_model, worker_args=["--kv_cache_bytes", "160K"])
+    params = sampling(SAMPLED, seed=31)
+    ids = [f"k{i}" for i in range(6)]
+    want = {i: rc.expected(tiny_model, f"Share {i}", 100, params) for i in ids}
+
+    async def main():
+        async with await Client.connect(p.url, MSGPACK) as c:
+            g = await c.run("Too much", 1000, params, gid="big")
+            assert g.error and g.error["code"] == "memory_limit_exceeded" and g.error["recoverable"] is True
+            for i in ids:
+                await c.generate(f"Share {i}", 100, params, gid=i)
+            for g in await c.wait_done(*ids):
+                rc.check_complete(g, want[g.id])
+    run(main())
+    assert "preempted" in p.log("w0")
