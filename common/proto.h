@@ -52,6 +52,16 @@
 #define PROTO_MAX_WORKERS    64
 #define PROTO_MAX_TOP        20 /* submit.top_logprobs, token record n_top */
 
+/* Sampling defaults for a request that does not say (llama.cpp's), shared
+ * by the gateway's protocol and the worker's command line so that the same
+ * request gives the same stream either way. */
+#define PROTO_DEFAULT_MAX_TOKENS  100
+#define PROTO_DEFAULT_TEMPERATURE 0.8f
+#define PROTO_DEFAULT_TOP_P       0.95f
+#define PROTO_DEFAULT_TOP_K       40
+#define PROTO_DEFAULT_MIN_P       0.05f
+#define PROTO_DEFAULT_REP_PENALTY 1.0f
+
 /* --- messages --------------------------------------------------------------- */
 
 enum proto_type {

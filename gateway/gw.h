@@ -59,6 +59,7 @@ struct stream {
     struct creq_id cid;          /* the client's id */
     int worker;                  /* index into gw->workers, -1 while unrouted */
     uint64_t tried;              /* workers that refused it (bit per index) */
+    int refusal;                 /* the last refusal's code (0: none) */
     struct proto_submit submit;  /* kept until accepted, to re-route (owns prompt) */
     enum stream_state state;
     bool accepted_sent;
@@ -186,7 +187,7 @@ struct gw {
     volatile bool stop;          /* leave the service loop */
     /* request-id map: open addressing, power-of-two size */
     struct stream **map;
-    uint32_t map_cap, map_used;
+    uint32_t map_cap, map_used, map_tombs;
     uint64_t next_req_id;
     /* limits */
     char **keys;
@@ -282,6 +283,8 @@ bool limits_ip_acquire(struct gw *g, const char *ip);
 void limits_ip_release(struct gw *g, const char *ip);
 /* Take one token from the bucket of `key`; false when empty (rate limited). */
 bool limits_rate_ok(struct gw *g, const char *key, uint64_t now_ns);
+/* Forget buckets that have refilled (their state is the default again). */
+void limits_prune(struct gw *g, uint64_t now_ns);
 /* A short non-reversible name for a key, for buckets and logs. */
 void limits_key_name(const char *key, char *out, size_t n);
 

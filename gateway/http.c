@@ -1,7 +1,7 @@
 /* http.c — the gateway's HTTP endpoints: /health (the process is alive),
  * /ready (at least one worker can take requests), /metrics (Prometheus
- * text), /api/stats (the same figures as JSON, for the pages).  Static pages
- * come from the file mount (server.c).
+ * text).  Static pages come from the file mount (server.c); live figures
+ * for the pages come over the WebSocket (telemetry.c).
  */
 #include "gw.h"
 #include "server.h"

@@ -205,3 +205,15 @@ bool limits_rate_ok(struct gw *g, const char *key, uint64_t now_ns)
     b->tokens -= 1;
     return true;
 }
+
+void limits_prune(struct gw *g, uint64_t now_ns)
+{
+    double rate = g->c->rate_limit_rps, burst = g->c->rate_limit_burst;
+    for (size_t i = 0; i < g->n_buckets;) {
+        const struct bucket *b = &g->buckets[i];
+        if (rate <= 0 || b->tokens + (double)(now_ns - b->t_ns) / 1e9 * rate >= burst)
+            g->buckets[i] = g->buckets[--g->n_buckets];
+        else
+            i++;
+    }
+}

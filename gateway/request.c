@@ -244,7 +244,7 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
     size_t len = strlen(p->valuestring);
     if (len > lim->max_prompt_bytes)
         return bad(msg, n, RILL_E_PROMPT_TOO_LONG, "prompt: %zu bytes, at most %u allowed", len, lim->max_prompt_bytes);
-    r->max_tokens = CREQ_DEFAULT_MAX_TOKENS < lim->max_tokens_limit ? CREQ_DEFAULT_MAX_TOKENS : lim->max_tokens_limit;
+    r->max_tokens = PROTO_DEFAULT_MAX_TOKENS < lim->max_tokens_limit ? PROTO_DEFAULT_MAX_TOKENS : lim->max_tokens_limit;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
     if (m && !cJSON_IsNull(m)) {
         if (!cJSON_IsNumber(m) || !isfinite(m->valuedouble) || m->valuedouble != floor(m->valuedouble) ||
@@ -255,11 +255,11 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
                        lim->max_tokens_limit);
         r->max_tokens = (uint32_t)m->valuedouble;
     }
-    r->temperature = CREQ_DEFAULT_TEMPERATURE;
-    r->top_p = CREQ_DEFAULT_TOP_P;
-    r->top_k = CREQ_DEFAULT_TOP_K;
-    r->min_p = CREQ_DEFAULT_MIN_P;
-    r->repetition_penalty = CREQ_DEFAULT_REP_PENALTY;
+    r->temperature = PROTO_DEFAULT_TEMPERATURE;
+    r->top_p = PROTO_DEFAULT_TOP_P;
+    r->top_k = PROTO_DEFAULT_TOP_K;
+    r->min_p = PROTO_DEFAULT_MIN_P;
+    r->repetition_penalty = PROTO_DEFAULT_REP_PENALTY;
     const cJSON *params = cJSON_GetObjectItemCaseSensitive(root, "params");
     if (params && !cJSON_IsNull(params)) {
         int rc = parse_params(params, r, msg, n);

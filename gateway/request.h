@@ -37,13 +37,7 @@
 #define CREQ_KEY_MAX    256
 #define CREQ_CLIENT_MAX 128
 
-/* Sampling defaults when a request says nothing (llama.cpp's). */
-#define CREQ_DEFAULT_MAX_TOKENS  100
-#define CREQ_DEFAULT_TEMPERATURE 0.8f
-#define CREQ_DEFAULT_TOP_P       0.95f
-#define CREQ_DEFAULT_TOP_K       40
-#define CREQ_DEFAULT_MIN_P       0.05f
-#define CREQ_DEFAULT_REP_PENALTY 1.0f
+/* Sampling defaults when a request says nothing: proto.h's PROTO_DEFAULT_*. */
 
 enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO, CREQ_SUBSCRIBE };
 

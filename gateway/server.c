@@ -41,9 +41,11 @@ static uint32_t slot_of(uint64_t id, uint32_t cap)
     return (uint32_t)id & (cap - 1);
 }
 
+/* Rebuild the table: twice the size when it is filling up with live
+ * entries, the same size when it is mostly tombstones. */
 static int map_grow(struct gw *g)
 {
-    uint32_t cap = g->map_cap ? g->map_cap * 2 : 1024;
+    uint32_t cap = !g->map_cap ? 1024 : (g->map_used + 1) * 4 > g->map_cap ? g->map_cap * 2 : g->map_cap;
     struct stream **m = calloc(cap, sizeof *m);
     if (!m)
         return RILL_E_NOMEM;
@@ -59,17 +61,20 @@ static int map_grow(struct gw *g)
     free(g->map);
     g->map = m;
     g->map_cap = cap;
+    g->map_tombs = 0;
     return 0;
 }
 
 int gw_map_put(struct gw *g, struct stream *s)
 {
-    /* Keep it at most half full (tombstones count until the next grow). */
-    if ((g->map_used + 1) * 2 > g->map_cap && map_grow(g))
+    /* At most half full, tombstones included, so probes stay short. */
+    if ((g->map_used + g->map_tombs + 1) * 2 > g->map_cap && map_grow(g))
         return RILL_E_NOMEM;
     uint32_t k = slot_of(s->req_id, g->map_cap);
     while (g->map[k] && g->map[k] != TOMB)
         k = (k + 1) & (g->map_cap - 1);
+    if (g->map[k] == TOMB)
+        g->map_tombs--;
     g->map[k] = s;
     g->map_used++;
     return 0;
@@ -95,6 +100,7 @@ void gw_map_del(struct gw *g, uint64_t id)
         if (g->map[k] != TOMB && g->map[k]->req_id == id) {
             g->map[k] = TOMB;
             g->map_used--;
+            g->map_tombs++;
             return;
         }
 }
@@ -349,6 +355,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     uint64_t now = clock_ns();
     workers_tick(t->g, now);
     telemetry_tick(t->g, now);
+    limits_prune(t->g, now);
     lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
 }
 

@@ -20,6 +20,7 @@
 #include "gw.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/jsonw.h"
 #include "common/log.h"
 
 #include <stdio.h>
@@ -95,8 +96,11 @@ static void route(struct gw *g, struct stream *s)
         int w = workers_pick(g, s->tried);
         if (w < 0) {
             bool any = workers_ready(g) > 0;
-            session_end_stream(s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER,
-                               PROTO_FINISH_ERROR, any ? "every worker is busy: try again" : "no worker is ready");
+            if (s->refusal == RILL_E_SHUTTING_DOWN)
+                session_end_stream(s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
+            else
+                session_end_stream(s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
+                                   any ? "every worker is busy: try again" : "no worker is ready");
             return;
         }
         s->worker = w;
@@ -221,6 +225,10 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
     if (c->closing)
         return;
     g->m.bytes_in += len;
+    if (!binary && utf8_valid_prefix((const char *)buf, len) != len) {
+        conn_send_error(c, NULL, RILL_E_BAD_REQUEST, "text frame is not valid UTF-8");
+        return;
+    }
     if (binary != c->msgpack) {
         conn_send_error(c, NULL, RILL_E_BAD_REQUEST,
                         binary ? "binary frame on rill.json.v1: send JSON text frames"
@@ -300,6 +308,7 @@ void session_on_worker_reply(struct gw *g, int worker, struct proto_msg *m)
         g->workers[worker].inflight--;
     s->worker = -1;
     if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
+        s->refusal = code;
         route(g, s); /* another worker may have room */
         return;
     }
@@ -460,11 +469,37 @@ static struct stream *next_ready(struct conn *c, bool tokens_allowed)
     return NULL;
 }
 
+/* One frame: a queued one first, else the next stream's tokens or its end.
+ * Returns 1 if it wrote one, 0 if there was nothing to write, -1 to close. */
+static int write_one(struct conn *c, uint64_t now);
+
 int session_writable(struct conn *c)
 {
-    struct gw *g = c->gw;
+    /* Several frames while the socket takes them: one frame per callback
+     * cannot keep up with many streams on one connection, and a client that
+     * reads fine would look slow.  lws_send_pipe_choked() says when the
+     * kernel buffer is full (or lws holds a partial write). */
     uint64_t now = clock_ns();
+    for (int i = 0; i < 64; i++) {
+        int rc = write_one(c, now);
+        if (rc < 0)
+            return -1;
+        if (rc == 0 || lws_send_pipe_choked(c->wsi))
+            break;
+    }
+    if (c->q_head || next_ready(c, now >= c->hold_until_ns))
+        lws_callback_on_writable(c->wsi);
+    else if (c->closing)
+        return -1;
+    return 0;
+}
+
+static int write_one(struct conn *c, uint64_t now)
+{
+    struct gw *g = c->gw;
+    int wrote = 0;
     if (c->q_head) {
+        wrote = 1;
         struct frame *f = c->q_head;
         c->q_head = f->next;
         if (!c->q_head)
@@ -478,6 +513,7 @@ int session_writable(struct conn *c)
         bool tokens_allowed = now >= c->hold_until_ns;
         struct stream *s = next_ready(c, tokens_allowed);
         if (s) {
+            wrote = 1;
             c->rr = s->next;
             struct obuf b = {0};
             if (s->n_pending) {
@@ -487,10 +523,10 @@ int session_writable(struct conn *c)
                 if (rc)
                     return -1;
                 /* Delivery: from the worker's ring publish to this frame's write. */
-                uint64_t wrote = clock_ns();
+                uint64_t t_write = clock_ns();
                 for (uint32_t i = 0; i < n; i++)
-                    if (wrote > s->pend_gen_ns[i] && telemetry_sample(g))
-                        telemetry_delivery(g, (wrote - s->pend_gen_ns[i]) / 1000);
+                    if (t_write > s->pend_gen_ns[i] && telemetry_sample(g))
+                        telemetry_delivery(g, (t_write - s->pend_gen_ns[i]) / 1000);
                 /* Coalesce on a slow path: a long round trip or a backlog. */
                 double hold_ms = 0;
                 if (c->rtt_ms > 20)
@@ -517,9 +553,5 @@ int session_writable(struct conn *c)
             }
         }
     }
-    if (c->q_head || next_ready(c, now >= c->hold_until_ns))
-        lws_callback_on_writable(c->wsi);
-    else if (c->closing)
-        return -1;
-    return 0;
+    return wrote;
 }

@@ -245,9 +245,11 @@ int main(int argc, char **argv)
     struct rill_config c;
     cfg_defaults(&c);
     struct cli cl = {.n = 64};
-    cl.req.temperature = 0.8f;
-    cl.req.top_p = 0.95f;
-    cl.req.repetition_penalty = 1.0f;
+    cl.req.temperature = PROTO_DEFAULT_TEMPERATURE;
+    cl.req.top_p = PROTO_DEFAULT_TOP_P;
+    cl.req.top_k = PROTO_DEFAULT_TOP_K;
+    cl.req.min_p = PROTO_DEFAULT_MIN_P;
+    cl.req.repetition_penalty = PROTO_DEFAULT_REP_PENALTY;
     char why[512] = "";
     int rc = cfg_parse_args(&c, argc, argv, cli_arg, &cl, why, sizeof why);
     if (rc) {
