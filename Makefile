@@ -99,7 +99,7 @@ test-unit: $(UNIT_BINS)
 
 # RILL_BUILD tells the end-to-end tests which binaries to start.
 test-e2e: $(BINS) $(TOOL_BINS)
-	RILL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -x tests/e2e $(PYTEST_ARGS)
+	RILL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rs tests/e2e $(PYTEST_ARGS)
 
 check: deps
 	@$(MAKE) --no-print-directory check-asan check-tsan fuzz
@@ -108,20 +108,30 @@ check-asan:
 	@$(MAKE) --no-print-directory B=build/asan SAN=asan all
 	@$(MAKE) --no-print-directory B=build/asan SAN=asan test-unit test-e2e
 
-# Only the ring (and the thread pool it shares a design with) runs under TSan:
-# the rest of the suite is single-threaded or covered by ASan.
+# The threaded parts run under TSan: the ring (two-thread stress), the
+# compute pool (test_kern) and the histograms' atomic recording; the rest is
+# single-threaded or covered by ASan.
+TSAN_TESTS := build/tsan/tests/test_ring build/tsan/tests/test_kern build/tsan/tests/test_hist
 check-tsan:
-	@$(MAKE) --no-print-directory B=build/tsan SAN=tsan build/tsan/tests/test_ring
-	RILL_STRESS_RECORDS=2000000 tools/run-unit.sh build/tsan build/tsan/tests/test_ring
+	@$(MAKE) --no-print-directory B=build/tsan SAN=tsan $(TSAN_TESTS)
+	RILL_STRESS_RECORDS=2000000 tools/run-unit.sh build/tsan $(TSAN_TESTS)
 
-FUZZ_SECONDS ?= 30
-fuzz:
-	@mkdir -p build/fuzz
-	clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fuzzer,address,undefined \
-	    tests/fuzz/fuzz_proto.c common/proto.c common/err.c -lmsgpackc -o build/fuzz/fuzz_proto
-	@mkdir -p build/fuzz/corpus
+# Bounded libFuzzer runs of the decoders of untrusted bytes: the msgpack
+# messages (and token records) and the GGUF reader.
+FUZZ_SECONDS ?= 20
+FUZZ_CC := clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fuzzer,address,undefined
+fuzz: $(B)/rill-mkmodel
+	@mkdir -p build/fuzz/corpus-proto build/fuzz/corpus-gguf build/fuzz/seeds-gguf
+	@# A small real model as the GGUF seed (made, never committed).
+	@test -f build/fuzz/seeds-gguf/small.gguf || $(B)/rill-mkmodel --dim 32 --layers 1 --heads 2 --ffn 32 \
+	    --vocab 400 --out build/fuzz/seeds-gguf/small.gguf 2>/dev/null
+	$(FUZZ_CC) tests/fuzz/fuzz_proto.c common/proto.c common/err.c -lmsgpackc -o build/fuzz/fuzz_proto
+	$(FUZZ_CC) tests/fuzz/fuzz_gguf.c worker/gguf.c worker/model.c worker/tokenizer.c common/err.c \
+	    common/log.c common/jsonw.c -lpcre2-8 -lm -o build/fuzz/fuzz_gguf
 	build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	    -rss_limit_mb=512 build/fuzz/corpus tests/fuzz/seeds
+	    -rss_limit_mb=512 build/fuzz/corpus-proto tests/fuzz/seeds
+	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=131072 \
+	    -rss_limit_mb=1024 build/fuzz/corpus-gguf build/fuzz/seeds-gguf
 
 # --- benchmarks ----------------------------------------------------------------
 bench: bench-ring bench-engine bench-fanout
