@@ -37,16 +37,6 @@ static const struct cfg_def defs[] = {
 };
 #define N_DEFS (sizeof defs / sizeof defs[0])
 
-static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
-{
-    if (!why || !n)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, n, fmt, ap);
-    va_end(ap);
-}
-
 static const struct cfg_def *find(const char *key)
 {
     for (size_t i = 0; i < N_DEFS; i++)
@@ -108,7 +98,7 @@ static int set_def(struct rill_config *c, const struct cfg_def *d, const char *v
     switch (d->type) {
     case T_STR:
         if (strlen(value) >= CFG_STR_MAX) {
-            why_set(why, why_len, "value for %s is too long (%zu bytes, at most %d)", d->key, strlen(value),
+            rill_why(why, why_len, "value for %s is too long (%zu bytes, at most %d)", d->key, strlen(value),
                     CFG_STR_MAX - 1);
             return RILL_E_BAD_CONFIG;
         }
@@ -120,7 +110,7 @@ static int set_def(struct rill_config *c, const struct cfg_def *d, const char *v
         else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no") || !strcmp(value, "off"))
             *(bool *)field = false;
         else {
-            why_set(why, why_len, "bad value '%s' for %s: expected true or false", value, d->key);
+            rill_why(why, why_len, "bad value '%s' for %s: expected true or false", value, d->key);
             return RILL_E_BAD_CONFIG;
         }
         return 0;
@@ -128,7 +118,7 @@ static int set_def(struct rill_config *c, const struct cfg_def *d, const char *v
     case T_SIZE:
         if ((d->type == T_INT ? parse_int(value, &iv) : parse_size(value, &iv)) != 0 || (double)iv < d->min ||
             (double)iv > d->max) {
-            why_set(why, why_len, "bad value '%s' for %s: expected %s in [%.0f, %.0f]", value, d->key,
+            rill_why(why, why_len, "bad value '%s' for %s: expected %s in [%.0f, %.0f]", value, d->key,
                     d->type == T_INT ? "an integer" : "a size (bytes, K, M, G)", d->min, d->max);
             return RILL_E_BAD_CONFIG;
         }
@@ -138,7 +128,7 @@ static int set_def(struct rill_config *c, const struct cfg_def *d, const char *v
         errno = 0;
         dv = strtod(value, &end);
         if (errno || end == value || *end || !isfinite(dv) || dv < d->min || dv > d->max) {
-            why_set(why, why_len, "bad value '%s' for %s: expected a number in [%g, %g]", value, d->key, d->min,
+            rill_why(why, why_len, "bad value '%s' for %s: expected a number in [%g, %g]", value, d->key, d->min,
                     d->max);
             return RILL_E_BAD_CONFIG;
         }
@@ -162,7 +152,7 @@ int cfg_set(struct rill_config *c, const char *key, const char *value, char *why
 {
     const struct cfg_def *d = find(key);
     if (!d) {
-        why_set(why, why_len, "unknown config key '%s'", key);
+        rill_why(why, why_len, "unknown config key '%s'", key);
         return RILL_E_BAD_CONFIG;
     }
     return set_def(c, d, value, why, why_len);
@@ -195,12 +185,12 @@ static int ini_on_key(void *user, const char *section, const char *name, const c
         return 0;
     const struct cfg_def *d = find(name);
     if (!d) {
-        why_set(x->why, x->why_len, "%s:%d: unknown key '%s' in [%s]", x->path, lineno, name, section);
+        rill_why(x->why, x->why_len, "%s:%d: unknown key '%s' in [%s]", x->path, lineno, name, section);
         x->rc = RILL_E_BAD_CONFIG;
         return 0;
     }
     if (strcmp(section, d->section) != 0) {
-        why_set(x->why, x->why_len, "%s:%d: key '%s' belongs in [%s], not [%s]", x->path, lineno, name,
+        rill_why(x->why, x->why_len, "%s:%d: key '%s' belongs in [%s], not [%s]", x->path, lineno, name,
                 d->section, section);
         x->rc = RILL_E_BAD_CONFIG;
         return 0;
@@ -208,7 +198,7 @@ static int ini_on_key(void *user, const char *section, const char *name, const c
     char inner[256];
     int rc = set_def(x->c, d, value, inner, sizeof inner);
     if (rc) {
-        why_set(x->why, x->why_len, "%s:%d: %s", x->path, lineno, inner);
+        rill_why(x->why, x->why_len, "%s:%d: %s", x->path, lineno, inner);
         x->rc = rc;
         return 0;
     }
@@ -219,7 +209,7 @@ int cfg_load_file(struct rill_config *c, const char *path, char *why, size_t why
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        why_set(why, why_len, "cannot read config file %s: %s", path, strerror(errno));
+        rill_why(why, why_len, "cannot read config file %s: %s", path, strerror(errno));
         return RILL_E_IO;
     }
     struct ini_ctx x = {c, path, why, why_len, 0, f, 0};
@@ -228,7 +218,7 @@ int cfg_load_file(struct rill_config *c, const char *path, char *why, size_t why
     if (x.rc)
         return x.rc;
     if (r != 0) {
-        why_set(why, why_len, "%s:%d: syntax error", path, r);
+        rill_why(why, why_len, "%s:%d: syntax error", path, r);
         return RILL_E_BAD_CONFIG;
     }
     snprintf(c->config_file, sizeof c->config_file, "%s", path);
@@ -243,7 +233,7 @@ int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn ot
         const char *path = NULL;
         if (!strcmp(argv[i], "--config")) {
             if (i + 1 >= argc) {
-                why_set(why, why_len, "--config needs a file");
+                rill_why(why, why_len, "--config needs a file");
                 return RILL_E_BAD_CONFIG;
             }
             path = argv[i + 1];
@@ -285,7 +275,7 @@ int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn ot
                         val = argv[i + 1];
                         i += 2;
                     } else {
-                        why_set(why, why_len, "option --%s needs a value", key);
+                        rill_why(why, why_len, "option --%s needs a value", key);
                         return RILL_E_BAD_CONFIG;
                     }
                     int rc = cfg_set(c, key, val, why, why_len);
@@ -299,7 +289,7 @@ int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn ot
         if (used < 0)
             return used;
         if (used == 0) {
-            why_set(why, why_len, "unknown option '%s' (see --help)", a);
+            rill_why(why, why_len, "unknown option '%s' (see --help)", a);
             return RILL_E_BAD_CONFIG;
         }
         i += used;

@@ -1,6 +1,8 @@
 /* err.c — names and flags of the error list in err.h. */
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 static const struct {
@@ -50,4 +52,25 @@ bool rill_err_is_wire(int code)
 int rill_err_wire(int code)
 {
     return rill_err_is_wire(code) ? code : RILL_E_INTERNAL;
+}
+
+void rill_why(char *why, size_t why_len, const char *fmt, ...)
+{
+    if (!why || !why_len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, why_len, fmt, ap);
+    va_end(ap);
+}
+
+int rill_fail(char *why, size_t why_len, int code, const char *fmt, ...)
+{
+    if (why && why_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -13,6 +13,7 @@
 #define RILL_ERR_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* X(enum suffix, wire name, recoverable) — order is the numbering; append only. */
 #define RILL_ERR_LIST(X)                                                       \
@@ -79,5 +80,13 @@ bool rill_err_is_wire(int code);
 
 /* The code to put on the wire for `code` (local ones become RILL_E_INTERNAL). */
 int rill_err_wire(int code);
+
+/* Write a formatted reason into why[0 .. why_len) for the caller to show
+ * (nothing when why is NULL or why_len is 0). */
+void rill_why(char *why, size_t why_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The same, returning `code`: the tail of an error path,
+ *   return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "tensor '%s' ...", name); */
+int rill_fail(char *why, size_t why_len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

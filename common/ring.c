@@ -193,31 +193,21 @@ int ring_create(const char *name, size_t capacity, struct ring **out)
     return 0;
 }
 
-static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
-{
-    if (!why || !n)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, n, fmt, ap);
-    va_end(ap);
-}
-
 int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
 {
     *out = NULL;
     if (!valid_name(name)) {
-        why_set(why, why_len, "bad ring name '%s' (want /name)", name);
+        rill_why(why, why_len, "bad ring name '%s' (want /name)", name);
         return RILL_E_BAD_CONFIG;
     }
     int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     if (fd < 0) {
-        why_set(why, why_len, "cannot open ring %s: %s", name, strerror(errno));
+        rill_why(why, why_len, "cannot open ring %s: %s", name, strerror(errno));
         return RILL_E_IO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || (size_t)st.st_size < RING_HDR_BYTES + RING_MIN_CAPACITY) {
-        why_set(why, why_len, "ring object too small (%lld bytes, need at least %u)",
+        rill_why(why, why_len, "ring object too small (%lld bytes, need at least %u)",
                 (long long)st.st_size, RING_HDR_BYTES + RING_MIN_CAPACITY);
         close(fd);
         return RILL_E_BAD_FORMAT;
@@ -233,16 +223,16 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     munmap(h, RING_HDR_BYTES);
     int rc = 0;
     if (magic != RING_MAGIC) {
-        why_set(why, why_len, "bad magic 0x%016llx (want 0x%016llx)", (unsigned long long)magic, RING_MAGIC);
+        rill_why(why, why_len, "bad magic 0x%016llx (want 0x%016llx)", (unsigned long long)magic, RING_MAGIC);
         rc = RILL_E_BAD_FORMAT;
     } else if (version != RING_VERSION) {
-        why_set(why, why_len, "unsupported ring version %u (want %d)", version, RING_VERSION);
+        rill_why(why, why_len, "unsupported ring version %u (want %d)", version, RING_VERSION);
         rc = RILL_E_BAD_FORMAT;
     } else if (cap < RING_MIN_CAPACITY || cap > RING_MAX_CAPACITY || (cap & (cap - 1))) {
-        why_set(why, why_len, "bad capacity %llu (want a power of two)", (unsigned long long)cap);
+        rill_why(why, why_len, "bad capacity %llu (want a power of two)", (unsigned long long)cap);
         rc = RILL_E_BAD_FORMAT;
     } else if (map_bytes != RING_HDR_BYTES + cap || map_bytes != (uint64_t)st.st_size) {
-        why_set(why, why_len, "size mismatch: header says %llu bytes, object has %lld",
+        rill_why(why, why_len, "size mismatch: header says %llu bytes, object has %lld",
                 (unsigned long long)map_bytes, (long long)st.st_size);
         rc = RILL_E_BAD_FORMAT;
     }

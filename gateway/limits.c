@@ -5,6 +5,7 @@
 #include "gw.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #include <ctype.h>
@@ -106,10 +107,7 @@ bool limits_key_ok(const struct gw *g, const char *key)
 
 void limits_key_name(const char *key, char *out, size_t n)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)key; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    snprintf(out, n, "key:%016llx", (unsigned long long)h);
+    snprintf(out, n, "key:%016llx", (unsigned long long)hash_bytes(key, strlen(key)));
 }
 
 bool limits_origin_ok(const struct gw *g, const char *origin, const char *host)

@@ -10,17 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int __attribute__((format(printf, 4, 5))) bad(char *msg, size_t n, int code, const char *fmt, ...)
-{
-    if (msg && n) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, n, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 void creq_free(struct creq *r)
 {
     if (!r)
@@ -112,9 +101,9 @@ static int get_number(const cJSON *obj, const char *key, double lo, double hi, d
     if (!j)
         return 0;
     if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
-        return bad(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected a number", key);
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected a number", key);
     if (j->valuedouble < lo || j->valuedouble > hi)
-        return bad(msg, n, RILL_E_BAD_REQUEST, "params.%s: %g is out of range [%g, %g]", key, j->valuedouble, lo, hi);
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: %g is out of range [%g, %g]", key, j->valuedouble, lo, hi);
     *out = j->valuedouble;
     return 0;
 }
@@ -127,12 +116,12 @@ static int parse_id(const cJSON *root, struct creq_id *id, char *msg, size_t n)
     if (cJSON_IsString(j)) {
         size_t len = strlen(j->valuestring);
         if (len == 0 || len > CREQ_ID_MAX || has_nul(j))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "id: a string of 1 to %d bytes expected", CREQ_ID_MAX);
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "id: a string of 1 to %d bytes expected", CREQ_ID_MAX);
         /* Every frame of the generation echoes the id: bytes that are not
          * UTF-8 would make those frames undecodable (a msgpack str and a
          * JSON text must be UTF-8). */
         if (utf8_valid_prefix(j->valuestring, len) != len)
-            return bad(msg, n, RILL_E_BAD_REQUEST, "id: not valid UTF-8");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "id: not valid UTF-8");
         id->present = true;
         memcpy(id->s, j->valuestring, len + 1);
         return 0;
@@ -143,13 +132,13 @@ static int parse_id(const cJSON *root, struct creq_id *id, char *msg, size_t n)
         snprintf(id->s, sizeof id->s, "%.0f", j->valuedouble);
         return 0;
     }
-    return bad(msg, n, RILL_E_BAD_REQUEST, "id: expected a string or a non-negative integer");
+    return rill_fail(msg, n, RILL_E_BAD_REQUEST, "id: expected a string or a non-negative integer");
 }
 
 static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
 {
     if (!cJSON_IsObject(p))
-        return bad(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
     static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                                         "seed", "stop", "top_logprobs", "timestamps"};
     for (const cJSON *e = p->child; e; e = e->next) {
@@ -157,7 +146,7 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
             ok = ok || !strcmp(e->string, known[i]);
         if (!ok)
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.%.64s: unknown parameter", e->string);
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%.64s: unknown parameter", e->string);
     }
     double v;
     bool have;
@@ -181,25 +170,25 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(p, "top_k");
     if (j) {
         if (!is_int(j, 0, 1e9))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.top_k: expected a non-negative integer");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.top_k: expected a non-negative integer");
         r->top_k = (uint32_t)j->valuedouble;
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "top_logprobs");
     if (j) {
         if (!is_int(j, 0, PROTO_MAX_TOP))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
         r->top_logprobs = (uint32_t)j->valuedouble;
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "timestamps");
     if (j) {
         if (!cJSON_IsBool(j))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
         r->timestamps = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "seed");
     if (j && !cJSON_IsNull(j)) {
         if (!is_int(j, 0, 9007199254740991.0))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.seed: expected an integer in [0, 2^53)");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.seed: expected an integer in [0, 2^53)");
         r->seed = (uint64_t)j->valuedouble;
         r->has_seed = true;
     }
@@ -210,25 +199,25 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
             const cJSON *one = j;
             size_t len = strlen(one->valuestring);
             if (len == 0 || len > PROTO_STOP_LEN || has_nul(one))
-                return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: strings of 1 to %d bytes", PROTO_STOP_LEN);
+                return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop: strings of 1 to %d bytes", PROTO_STOP_LEN);
             memcpy(r->stop[0], one->valuestring, len + 1);
             r->n_stop = 1;
         } else if (cJSON_IsArray(j)) {
             int cnt = cJSON_GetArraySize(j);
             if (cnt > PROTO_MAX_STOP)
-                return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: at most %d strings", PROTO_MAX_STOP);
+                return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop: at most %d strings", PROTO_MAX_STOP);
             int i = 0;
             for (const cJSON *e = j->child; e; e = e->next, i++) {
                 if (!cJSON_IsString(e))
-                    return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: expected a string", i);
+                    return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: expected a string", i);
                 size_t len = strlen(e->valuestring);
                 if (len == 0 || len > PROTO_STOP_LEN || has_nul(e))
-                    return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: 1 to %d bytes expected", i, PROTO_STOP_LEN);
+                    return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: 1 to %d bytes expected", i, PROTO_STOP_LEN);
                 memcpy(r->stop[i], e->valuestring, len + 1);
             }
             r->n_stop = (uint8_t)cnt;
         } else {
-            return bad(msg, n, RILL_E_BAD_REQUEST, "params.stop: expected a string or an array of strings");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop: expected a string or an array of strings");
         }
     }
     return 0;
@@ -238,20 +227,20 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
 {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!p)
-        return bad(msg, n, RILL_E_BAD_REQUEST, "prompt: missing");
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: missing");
     if (!cJSON_IsString(p) || has_nul(p))
-        return bad(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
     size_t len = strlen(p->valuestring);
     if (len > lim->max_prompt_bytes)
-        return bad(msg, n, RILL_E_PROMPT_TOO_LONG, "prompt: %zu bytes, at most %u allowed", len, lim->max_prompt_bytes);
+        return rill_fail(msg, n, RILL_E_PROMPT_TOO_LONG, "prompt: %zu bytes, at most %u allowed", len, lim->max_prompt_bytes);
     r->max_tokens = PROTO_DEFAULT_MAX_TOKENS < lim->max_tokens_limit ? PROTO_DEFAULT_MAX_TOKENS : lim->max_tokens_limit;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
     if (m && !cJSON_IsNull(m)) {
         if (!cJSON_IsNumber(m) || !isfinite(m->valuedouble) || m->valuedouble != floor(m->valuedouble) ||
             m->valuedouble < 1)
-            return bad(msg, n, RILL_E_BAD_REQUEST, "max_tokens: expected a positive integer");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "max_tokens: expected a positive integer");
         if (m->valuedouble > lim->max_tokens_limit)
-            return bad(msg, n, RILL_E_MAX_TOKENS, "max_tokens: %.0f is over the limit of %u", m->valuedouble,
+            return rill_fail(msg, n, RILL_E_MAX_TOKENS, "max_tokens: %.0f is over the limit of %u", m->valuedouble,
                        lim->max_tokens_limit);
         r->max_tokens = (uint32_t)m->valuedouble;
     }
@@ -268,7 +257,7 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
     }
     r->prompt = malloc(len + 1);
     if (!r->prompt)
-        return bad(msg, n, RILL_E_NOMEM, "out of memory");
+        return rill_fail(msg, n, RILL_E_NOMEM, "out of memory");
     memcpy(r->prompt, p->valuestring, len + 1);
     r->prompt_len = (uint32_t)len;
     return 0;
@@ -279,14 +268,14 @@ static int parse_hello(const cJSON *root, struct creq *r, char *msg, size_t n)
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "key");
     if (k && !cJSON_IsNull(k)) {
         if (!cJSON_IsString(k) || has_nul(k) || strlen(k->valuestring) > CREQ_KEY_MAX)
-            return bad(msg, n, RILL_E_BAD_REQUEST, "key: expected a string of at most %d bytes", CREQ_KEY_MAX);
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "key: expected a string of at most %d bytes", CREQ_KEY_MAX);
         r->has_key = true;
         snprintf(r->key, sizeof r->key, "%s", k->valuestring);
     }
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "client");
     if (c && !cJSON_IsNull(c)) {
         if (!cJSON_IsObject(c))
-            return bad(msg, n, RILL_E_BAD_REQUEST, "client: expected an object");
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "client: expected an object");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(c, "name");
         if (cJSON_IsString(name))
             snprintf(r->client, sizeof r->client, "%s", name->valuestring);
@@ -301,7 +290,7 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
     if (msg && msg_len)
         msg[0] = 0;
     if (len > lim->max_message_bytes)
-        return bad(msg, msg_len, RILL_E_TOO_LARGE, "message of %zu bytes, at most %u allowed", len,
+        return rill_fail(msg, msg_len, RILL_E_TOO_LARGE, "message of %zu bytes, at most %u allowed", len,
                    lim->max_message_bytes);
     cJSON *root = NULL;
     if (binary) {
@@ -311,10 +300,10 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
         if (!rc) {
             root = from_msgpack(&up.data, 0);
             if (!root)
-                rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "invalid msgpack: a map key that is not a short string, "
+                rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "invalid msgpack: a map key that is not a short string, "
                                                            "or an ext type");
         } else {
-            rc = bad(msg, msg_len, rc == RILL_E_NOMEM ? RILL_E_NOMEM : RILL_E_BAD_REQUEST, "invalid msgpack: %s", why);
+            rc = rill_fail(msg, msg_len, rc == RILL_E_NOMEM ? RILL_E_NOMEM : RILL_E_BAD_REQUEST, "invalid msgpack: %s", why);
         }
         msgpack_unpacked_destroy(&up);
         if (rc)
@@ -325,37 +314,37 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
         for (size_t i = 0; i + 6 <= len; i++) {
             const char *b = (const char *)buf + i;
             if (b[0] == '\\' && (b[1] == 'u' || b[1] == 'U') && !memcmp(b + 2, "0000", 4))
-                return bad(msg, msg_len, RILL_E_BAD_REQUEST, "strings may not contain NUL (\\u0000)");
+                return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "strings may not contain NUL (\\u0000)");
         }
         const char *end = NULL;
         root = cJSON_ParseWithLengthOpts(buf, len, &end, false);
         if (!root) {
             size_t at = end ? (size_t)(end - (const char *)buf) : 0;
-            return bad(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON near byte %zu", at);
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON near byte %zu", at);
         }
         /* Nothing but whitespace may follow the object. */
         for (size_t i = (size_t)(end - (const char *)buf); i < len; i++) {
             char ch = ((const char *)buf)[i];
             if (ch != ' ' && ch != '\n' && ch != '\r' && ch != '\t') {
                 cJSON_Delete(root);
-                return bad(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON: trailing data at byte %zu", i);
+                return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "malformed JSON: trailing data at byte %zu", i);
             }
         }
     }
     int rc = 0;
     if (!cJSON_IsObject(root)) {
-        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "a message must be an object");
+        rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "a message must be an object");
         goto out;
     }
     if ((rc = parse_id(root, &out->id, msg, msg_len)))
         goto out;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "type");
     if (!t) {
-        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: missing");
+        rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "type: missing");
         goto out;
     }
     if (!cJSON_IsString(t)) {
-        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "type: expected a string");
+        rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "type: expected a string");
         goto out;
     }
     if (!strcmp(t->valuestring, "generate")) {
@@ -370,11 +359,11 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
         out->type = CREQ_SUBSCRIBE;
         const cJSON *tel = cJSON_GetObjectItemCaseSensitive(root, "telemetry");
         if (!cJSON_IsBool(tel))
-            rc = bad(msg, msg_len, RILL_E_BAD_REQUEST, "telemetry: expected true or false");
+            rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "telemetry: expected true or false");
         else
             out->telemetry = cJSON_IsTrue(tel);
     } else {
-        rc = bad(msg, msg_len, RILL_E_BAD_REQUEST,
+        rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
                  "type: unknown message type '%.32s' (generate, cancel, hello, subscribe)", t->valuestring);
     }
 out:

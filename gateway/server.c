@@ -6,6 +6,7 @@
 #include "gw.h"
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/hash.h"
 #include "common/log.h"
 
 #include <signal.h>
@@ -35,10 +36,7 @@ static void on_signal(int sig)
 
 static uint32_t slot_of(uint64_t id, uint32_t cap)
 {
-    id ^= id >> 33;
-    id *= 0xff51afd7ed558ccdull;
-    id ^= id >> 33;
-    return (uint32_t)id & (cap - 1);
+    return (uint32_t)hash_u64(id) & (cap - 1);
 }
 
 /* Rebuild the table: twice the size when it is filling up with live

@@ -25,6 +25,7 @@
 
 #include "clock.h"
 #include "err.h"
+#include "hash.h"
 #include "tools/lib/bpe.h"
 #include "worker/gguf.h"
 #include "worker/model.h"
@@ -56,14 +57,6 @@ struct rng {
     uint64_t s[4];
 };
 
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t rng_next(struct rng *r)
@@ -85,7 +78,7 @@ static void rng_seed(struct rng *r, uint64_t seed, const char *name)
     for (const char *p = name; *p; p++) /* FNV-1a of the name, folded into the seed */
         x = (x ^ (uint8_t)*p) * 0x100000001b3ull;
     for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&x);
+        r->s[i] = hash_u64_next(&x);
 }
 
 /* Uniform in [-a, a): 24 random bits, exact in a float. */

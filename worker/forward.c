@@ -51,16 +51,6 @@ struct fwd {
     size_t scratch_bytes;
 };
 
-static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
-{
-    if (!why || !n)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, n, fmt, ap);
-    va_end(ap);
-}
-
 static float *alloc_floats(struct fwd *f, size_t n)
 {
     f->scratch_bytes += n * sizeof(float);
@@ -86,7 +76,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     const struct model_config *c = &m->cfg;
     if (c->head_dim % 8 || c->rope_dim % 2 || c->rope_dim > c->head_dim || c->n_kv_heads == 0 ||
         c->n_heads % c->n_kv_heads) {
-        why_set(why, why_len, "unsupported attention shape: head_dim %u, rope_dim %u, heads %u/%u (need head_dim %% 8 == 0)",
+        rill_why(why, why_len, "unsupported attention shape: head_dim %u, rope_dim %u, heads %u/%u (need head_dim %% 8 == 0)",
                 c->head_dim, c->rope_dim, c->n_heads, c->n_kv_heads);
         return RILL_E_UNSUPPORTED;
     }
@@ -117,7 +107,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
         for (size_t i = 0; !rc && i < 7; i++) {
             rc = kern_pack(src[i], dst[i]);
             if (rc == RILL_E_UNSUPPORTED)
-                why_set(why, why_len, "unsupported shape: layer %u has a %s matrix with %u columns (need a multiple "
+                rill_why(why, why_len, "unsupported shape: layer %u has a %s matrix with %u columns (need a multiple "
                         "of %u)", l, wtype_name(src[i]->type), src[i]->cols, src[i]->type == WT_Q8_0 ? 32 : 8);
             else if (!rc)
                 release_source(src[i]);
@@ -125,7 +115,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     }
     if (rc) {
         if (rc == RILL_E_UNSUPPORTED && why && !why[0])
-            why_set(why, why_len, "unsupported shape: the output matrix has %u columns", m->output.cols);
+            rill_why(why, why_len, "unsupported shape: the output matrix has %u columns", m->output.cols);
         fwd_free(f);
         return rc;
     }

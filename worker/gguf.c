@@ -1,5 +1,6 @@
 /* gguf.c — see gguf.h. */
 #include "gguf.h"
+#include "common/hash.h"
 #include "err.h"
 #include "worker/model.h"
 
@@ -98,14 +99,6 @@ struct strset {
     uint64_t mask;
 };
 
-static uint64_t fnv1a(const char *s, uint64_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (uint64_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
-    return h;
-}
-
 struct gguf {
     const uint8_t *base;
     uint64_t size;
@@ -131,19 +124,6 @@ struct rd {
     const char *part;      /* "key", "value", "name", … */
     int64_t elem;          /* array element being read, -1 if none */
 };
-
-static int fail(char *why, size_t why_len, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *why, size_t why_len, int code, const char *fmt, ...)
-{
-    if (why && why_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* A file's string made safe for a message: at most 80 bytes, non-printable
  * bytes as '?'. */
@@ -188,7 +168,7 @@ static int need(struct rd *r, uint64_t n)
         return 0;
     char w[256];
     where(r, w, sizeof w);
-    return fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
+    return rill_fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
                 "truncated file: %s needs %" PRIu64 " bytes at offset %" PRIu64 ", file has %" PRIu64,
                 w, n, r->off, r->size);
 }
@@ -235,7 +215,7 @@ static int rd_str(struct rd *r, struct gguf_str *s)
     if (len > r->size - r->off) {
         char w[256];
         where(r, w, sizeof w);
-        return fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
                     "truncated file: %s is a string of %" PRIu64 " bytes at offset %" PRIu64
                     ", file has %" PRIu64,
                     w, len, r->off, r->size);
@@ -274,7 +254,7 @@ static int rd_value(struct rd *r, struct gguf_kv *kv)
         return rc;
     char nm[96];
     if (t >= GGUF_VTYPE_COUNT)
-        return fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
                     "unknown value type %" PRIu32 " for metadata '%s'", t,
                     show(kv->key, nm, sizeof nm));
     kv->type = (enum gguf_vtype)t;
@@ -295,7 +275,7 @@ static int rd_value(struct rd *r, struct gguf_kv *kv)
     if ((rc = rd_u32(r, &et)))
         return rc;
     if (et >= GGUF_VTYPE_COUNT || et == GGUF_ARR)
-        return fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
                     "%s element type %" PRIu32 " in the array of metadata '%s'",
                     et == GGUF_ARR ? "unsupported (nested array)" : "unknown", et,
                     show(kv->key, nm, sizeof nm));
@@ -312,7 +292,7 @@ static int rd_value(struct rd *r, struct gguf_kv *kv)
      * allocating or multiplying anything. */
     uint64_t min_size = et == GGUF_STR ? 8 : vtypes[et].size;
     if (n > left / min_size)
-        return fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(r->why, r->why_len, RILL_E_BAD_FORMAT,
                     "truncated file: the array of metadata '%s' has %" PRIu64
                     " %s elements, which cannot fit in the %" PRIu64 " bytes left at offset %" PRIu64,
                     show(kv->key, nm, sizeof nm), n, vtypes[et].name, left, r->off);
@@ -322,7 +302,7 @@ static int rd_value(struct rd *r, struct gguf_kv *kv)
     }
     uint64_t *offs = malloc(n ? n * sizeof *offs : 1);
     if (!offs)
-        return fail(r->why, r->why_len, RILL_E_NOMEM, "out of memory for %" PRIu64 " strings", n);
+        return rill_fail(r->why, r->why_len, RILL_E_NOMEM, "out of memory for %" PRIu64 " strings", n);
     kv->v.arr.str_off = offs;
     r->part = "string";
     for (uint64_t i = 0; i < n; i++) {
@@ -354,7 +334,7 @@ static int64_t set_find(const struct strset *set, const char *s, uint64_t len,
 {
     if (!set->slot)
         return -1;
-    uint64_t h = fnv1a(s, len) & set->mask;
+    uint64_t h = hash_bytes(s, len) & set->mask;
     for (;; h = (h + 1) & set->mask) {
         uint32_t v = set->slot[h];
         if (v == 0) {
@@ -386,7 +366,7 @@ static int parse(struct gguf *g, char *why, size_t why_len)
         return rc;
     if (magic != GGUF_MAGIC) {
         const uint8_t *m = g->base;
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "not a GGUF file (magic %02x %02x %02x %02x, expected \"GGUF\")", m[0], m[1],
                     m[2], m[3]);
     }
@@ -395,7 +375,7 @@ static int parse(struct gguf *g, char *why, size_t why_len)
         return rc;
     if (g->version != 2 && g->version != 3) {
         uint32_t sw = __builtin_bswap32(g->version);
-        return fail(why, why_len, RILL_E_UNSUPPORTED,
+        return rill_fail(why, why_len, RILL_E_UNSUPPORTED,
                     "unsupported GGUF version %" PRIu32 "%s (rill reads versions 2 and 3)",
                     g->version, sw == 2 || sw == 3 ? ", a big-endian file" : "");
     }
@@ -411,13 +391,13 @@ static int parse(struct gguf *g, char *why, size_t why_len)
      * value (13 bytes); the smallest tensor info 8 + 4 + 8 + 4 + 8 bytes. */
     uint64_t left = r.size - r.off;
     if (g->n_kv > left / 13 || g->n_kv >= UINT32_MAX)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "truncated file: %" PRIu64 " metadata pairs cannot fit in the %" PRIu64
                     " bytes after the header",
                     g->n_kv, left);
     g->kv = calloc(g->n_kv ? g->n_kv : 1, sizeof *g->kv);
     if (!g->kv || set_init(&g->kv_set, g->n_kv))
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
 
     r.item = "metadata pair";
     for (uint64_t i = 0; i < g->n_kv; i++) {
@@ -429,7 +409,7 @@ static int parse(struct gguf *g, char *why, size_t why_len)
             return rc;
         r.name = kv->key;
         if (set_find(&g->kv_set, kv->key.s, kv->key.len, kv_name, g, (int64_t)i) >= 0)
-            return fail(why, why_len, RILL_E_BAD_FORMAT, "duplicate metadata key '%s'",
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "duplicate metadata key '%s'",
                         show(kv->key, nm, sizeof nm));
         if ((rc = rd_value(&r, kv)))
             return rc;
@@ -437,13 +417,13 @@ static int parse(struct gguf *g, char *why, size_t why_len)
 
     left = r.size - r.off;
     if (g->n_tensors > left / 32 || g->n_tensors >= UINT32_MAX)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "truncated file: %" PRIu64 " tensor infos cannot fit in the %" PRIu64
                     " bytes after the metadata at offset %" PRIu64,
                     g->n_tensors, left, r.off);
     g->t = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *g->t);
     if (!g->t || set_init(&g->t_set, g->n_tensors))
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
 
     r.item = "tensor info";
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -456,12 +436,12 @@ static int parse(struct gguf *g, char *why, size_t why_len)
         r.name = t->name;
         show(t->name, nm, sizeof nm);
         if (set_find(&g->t_set, t->name.s, t->name.len, t_name, g, (int64_t)i) >= 0)
-            return fail(why, why_len, RILL_E_BAD_FORMAT, "duplicate tensor name '%s'", nm);
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "duplicate tensor name '%s'", nm);
         r.part = "dimension count";
         if ((rc = rd_u32(&r, &t->n_dims)))
             return rc;
         if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "tensor '%s' has %" PRIu32 " dimensions (1 to %d are allowed)", nm,
                         t->n_dims, GGUF_MAX_DIMS);
         r.part = "dimensions";
@@ -476,12 +456,12 @@ static int parse(struct gguf *g, char *why, size_t why_len)
             }
             /* ggml keeps dimensions in int64_t. */
             if (ne == 0 || ne > INT64_MAX)
-                return fail(why, why_len, RILL_E_BAD_FORMAT,
+                return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                             "tensor '%s' has dimension ne[%" PRIu32 "] = %" PRIu64
                             " (must be 1 to 2^63-1)",
                             nm, d, ne);
             if (t->n_elems > INT64_MAX / ne)
-                return fail(why, why_len, RILL_E_BAD_FORMAT,
+                return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                             "tensor '%s' has too many elements (the dimensions overflow)", nm);
             t->n_elems *= ne;
             t->ne[d] = ne;
@@ -491,17 +471,17 @@ static int parse(struct gguf *g, char *why, size_t why_len)
             return rc;
         const char *tn = gguf_ttype_name(t->type);
         if (!tn)
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "unknown tensor type %" PRIu32 " for tensor '%s'", t->type, nm);
         uint32_t blk = gguf_ttype_block(t->type);
         if (t->ne[0] % blk)
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "tensor '%s' has rows of %" PRIu64
                         " elements, not a multiple of the %s block (%" PRIu32 ")",
                         nm, t->ne[0], tn, blk);
         t->n_bytes = gguf_ttype_bytes(t->type, t->n_elems);
         if (t->n_bytes == 0)
-            return fail(why, why_len, RILL_E_BAD_FORMAT, "tensor '%s' is too large", nm);
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "tensor '%s' is too large", nm);
         r.part = "data offset";
         if ((rc = rd_u64(&r, &t->offset)))
             return rc;
@@ -512,7 +492,7 @@ static int parse(struct gguf *g, char *why, size_t why_len)
     rc = gguf_get_u32(g, "general.alignment", &al, why, why_len);
     if (rc == 0) {
         if (al == 0 || (al & (al - 1)))
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "general.alignment = %" PRIu32 " is not a power of two", al);
         g->alignment = al;
     } else if (rc != RILL_E_NOT_FOUND) {
@@ -526,7 +506,7 @@ static int parse(struct gguf *g, char *why, size_t why_len)
     if (g->n_tensors == 0)
         return 0;
     if (pad > r.size - r.off)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "truncated file: the data section would start at offset %" PRIu64
                     ", file has %" PRIu64,
                     g->data_off, r.size);
@@ -535,12 +515,12 @@ static int parse(struct gguf *g, char *why, size_t why_len)
         struct gguf_tensor *t = &g->t[i];
         show(t->name, nm, sizeof nm);
         if (t->offset % g->alignment)
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "tensor '%s' data offset %" PRIu64
                         " is not a multiple of the alignment (%" PRIu32 ")",
                         nm, t->offset, g->alignment);
         if (t->offset > data_size || t->n_bytes > data_size - t->offset)
-            return fail(why, why_len, RILL_E_BAD_FORMAT,
+            return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                         "tensor '%s' data past the end of the file (%" PRIu64
                         " bytes at data offset %" PRIu64 ", but the data section has %" PRIu64
                         " bytes: truncated?)",
@@ -565,7 +545,7 @@ int gguf_open_mem(const void *data, size_t len, struct gguf **out, char *why, si
 {
     struct gguf *g = calloc(1, sizeof *g);
     if (!g)
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
     g->base = data;
     g->size = len;
     return open_common(g, out, why, why_len);
@@ -575,21 +555,21 @@ int gguf_open(const char *path, struct gguf **out, char *why, size_t why_len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(why, why_len, RILL_E_IO, "cannot open %s: %s", path, strerror(errno));
+        return rill_fail(why, why_len, RILL_E_IO, "cannot open %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return fail(why, why_len, RILL_E_IO, "cannot stat %s: %s", path, strerror(e));
+        return rill_fail(why, why_len, RILL_E_IO, "cannot stat %s: %s", path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(why, why_len, RILL_E_IO, "%s is not a regular file", path);
+        return rill_fail(why, why_len, RILL_E_IO, "%s is not a regular file", path);
     }
     struct gguf *g = calloc(1, sizeof *g);
     if (!g) {
         close(fd);
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
     }
     static const uint8_t empty[1];
     g->size = (uint64_t)st.st_size;
@@ -604,7 +584,7 @@ int gguf_open(const char *path, struct gguf **out, char *why, size_t why_len)
             int e = errno;
             close(fd);
             free(g);
-            return fail(why, why_len, RILL_E_IO, "cannot map %s: %s", path, strerror(e));
+            return rill_fail(why, why_len, RILL_E_IO, "cannot map %s: %s", path, strerror(e));
         }
         g->base = p;
         g->mapped = true;
@@ -671,7 +651,7 @@ static bool is_signed(enum gguf_vtype t)
 
 static int wrong_type(const char *key, enum gguf_vtype t, const char *want, char *why, size_t why_len)
 {
-    return fail(why, why_len, RILL_E_BAD_FORMAT, "metadata '%s' is a %s, expected %s", key,
+    return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "metadata '%s' is a %s, expected %s", key,
                 gguf_vtype_name(t), want);
 }
 
@@ -702,7 +682,7 @@ int gguf_get_u64(const struct gguf *g, const char *key, uint64_t *out, char *why
     if (rc)
         return rc;
     if (neg)
-        return fail(why, why_len, RILL_E_BAD_FORMAT, "metadata '%s' = -%" PRIu64 " is negative",
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT, "metadata '%s' = -%" PRIu64 " is negative",
                     key, mag);
     *out = mag;
     return 0;
@@ -715,7 +695,7 @@ int gguf_get_u32(const struct gguf *g, const char *key, uint32_t *out, char *why
     if (rc)
         return rc;
     if (v > UINT32_MAX)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "metadata '%s' = %" PRIu64 " is out of range (at most %" PRIu32 ")", key, v,
                     UINT32_MAX);
     *out = (uint32_t)v;
@@ -730,7 +710,7 @@ int gguf_get_i64(const struct gguf *g, const char *key, int64_t *out, char *why,
     if (rc)
         return rc;
     if (!neg && mag > INT64_MAX)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "metadata '%s' = %" PRIu64 " is out of range for i64", key, mag);
     *out = neg ? (int64_t)(0 - mag) : (int64_t)mag;
     return 0;
@@ -776,7 +756,7 @@ int gguf_get_str_buf(const struct gguf *g, const char *key, char *buf, size_t ca
     if (rc)
         return rc;
     if (s.len >= cap || memchr(s.s, 0, s.len))
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "metadata '%s' is a string of %" PRIu64 " bytes%s (at most %zu allowed)", key,
                     s.len, memchr(s.s, 0, s.len) ? " with a NUL byte" : "", cap ? cap - 1 : 0);
     memcpy(buf, s.s, s.len);
@@ -793,7 +773,7 @@ int gguf_get_arr(const struct gguf *g, const char *key, enum gguf_vtype elem_typ
     if (kv->type != GGUF_ARR)
         return wrong_type(key, kv->type, "an array", why, why_len);
     if (kv->v.arr.type != elem_type)
-        return fail(why, why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(why, why_len, RILL_E_BAD_FORMAT,
                     "metadata '%s' is an array of %s, expected an array of %s", key,
                     gguf_vtype_name(kv->v.arr.type), gguf_vtype_name(elem_type));
     *kvp = kv;
@@ -940,11 +920,11 @@ int gguf_w_open(const char *path, uint32_t alignment, struct gguf_writer **out, 
     if (alignment == 0)
         alignment = GGUF_DEFAULT_ALIGNMENT;
     if (alignment & (alignment - 1))
-        return fail(why, why_len, RILL_E_BAD_REQUEST, "alignment %" PRIu32 " is not a power of two",
+        return rill_fail(why, why_len, RILL_E_BAD_REQUEST, "alignment %" PRIu32 " is not a power of two",
                     alignment);
     struct gguf_writer *w = calloc(1, sizeof *w);
     if (!w)
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
     w->why = why;
     w->why_len = why_len;
     w->alignment = alignment;
@@ -952,7 +932,7 @@ int gguf_w_open(const char *path, uint32_t alignment, struct gguf_writer **out, 
     if (!w->path || asprintf(&w->tmp, "%s.tmp.%d", path, (int)getpid()) < 0) {
         w->tmp = NULL;
         gguf_w_abort(w);
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
     }
     int fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0 || !(w->f = fdopen(fd, "wb"))) {
@@ -962,7 +942,7 @@ int gguf_w_open(const char *path, uint32_t alignment, struct gguf_writer **out, 
         free(w->tmp);
         w->tmp = NULL; /* nothing to remove */
         gguf_w_abort(w);
-        return fail(why, why_len, RILL_E_IO, "cannot create %s.tmp.*: %s", path, strerror(e));
+        return rill_fail(why, why_len, RILL_E_IO, "cannot create %s.tmp.*: %s", path, strerror(e));
     }
     setvbuf(w->f, NULL, _IOFBF, 1 << 20);
     if (alignment != GGUF_DEFAULT_ALIGNMENT)

@@ -135,19 +135,6 @@ void wmat_row_f32(const struct wmat *w, uint32_t r, float *out)
 
 /* ---- loading ------------------------------------------------------------- */
 
-static int fail(char *why, size_t why_len, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *why, size_t why_len, int code, const char *fmt, ...)
-{
-    if (why && why_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 struct loader {
     struct model *m;
     struct gguf *g;
@@ -165,9 +152,9 @@ static int req_u32(struct loader *L, const char *key, uint32_t *out)
 {
     int rc = gguf_get_u32(L->g, key, out, L->why, L->why_len);
     if (rc == RILL_E_NOT_FOUND)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata '%s'", key);
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata '%s'", key);
     if (rc == 0 && *out == 0)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is 0", key);
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is 0", key);
     return rc;
 }
 
@@ -208,12 +195,12 @@ static int read_config(struct loader *L)
     struct gguf_str arch;
     rc = gguf_get_str(L->g, "general.architecture", &arch, L->why, L->why_len);
     if (rc == RILL_E_NOT_FOUND)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'general.architecture'");
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'general.architecture'");
     if (rc)
         return rc;
     copy_shown(arch, c->arch, sizeof c->arch);
     if (!gguf_str_eq(arch, "llama"))
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "architecture '%s' is not supported (supported: llama)", c->arch);
     struct gguf_str name;
     if (gguf_get_str(L->g, "general.name", &name, NULL, 0) == 0)
@@ -229,19 +216,19 @@ static int read_config(struct loader *L)
         (rc = opt_f32(L, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps, 1e-5f)))
         return rc;
     if (c->dim % c->n_heads)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "llama.embedding_length %" PRIu32 " is not a multiple of head_count %" PRIu32,
                     c->dim, c->n_heads);
     c->head_dim = c->dim / c->n_heads;
     if ((rc = opt_u32(L, "llama.rope.dimension_count", &c->rope_dim, c->head_dim)))
         return rc;
     if (c->n_kv_heads == 0 || c->n_heads % c->n_kv_heads)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "llama.attention.head_count %" PRIu32
                     " is not a multiple of head_count_kv %" PRIu32,
                     c->n_heads, c->n_kv_heads);
     if (c->head_dim % 2 || c->rope_dim % 2 || c->rope_dim == 0 || c->rope_dim > c->head_dim)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "rope dimension %" PRIu32 " does not fit head dimension %" PRIu32
                     " (both must be even, rope <= head)",
                     c->rope_dim, c->head_dim);
@@ -253,19 +240,19 @@ static int read_config(struct loader *L)
         if ((rc = opt_u32(L, head_keys[i], &v, c->head_dim)))
             return rc;
         if (v != c->head_dim)
-            return fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+            return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                         "%s = %" PRIu32 " differs from embedding_length / head_count = %" PRIu32
                         ", which rill does not support",
                         head_keys[i], v, c->head_dim);
     }
     if (!(c->rope_base > 0) || !isfinite(c->rope_base) || !(c->norm_eps >= 0) || !isfinite(c->norm_eps))
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "bad llama.rope.freq_base %g or layer_norm_rms_epsilon %g",
                     (double)c->rope_base, (double)c->norm_eps);
     /* Each layer has nine tensors: a block count beyond that is a lie, and
      * must not size an allocation. */
     if ((uint64_t)c->n_layers * 9 > gguf_n_tensors(L->g))
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "llama.block_count = %" PRIu32 " but the file has only %" PRIu64 " tensors",
                     c->n_layers, gguf_n_tensors(L->g));
     return 0;
@@ -292,9 +279,9 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
 {
     const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
     if (!t)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
     if (t->type != WT_F32 && t->type != WT_F16 && t->type != WT_Q8_0)
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' has type %s, which rill does not support (supported: f32, f16, q8_0)",
                     name, gguf_ttype_name(t->type));
     uint64_t want[GGUF_MAX_DIMS] = {cols, rows ? rows : 1, 1, 1};
@@ -303,7 +290,7 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
         char have_s[96], want_s[64];
         fmt_shape(have_s, sizeof have_s, t->ne, t->n_dims);
         fmt_shape(want_s, sizeof want_s, want, rows ? 2 : 1);
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "tensor '%s' has shape %s, expected %s from the metadata (dim %" PRIu32
                     ", heads %" PRIu32 ", kv heads %" PRIu32 ", head dim %" PRIu32 ", ffn %" PRIu32
                     ")",
@@ -314,7 +301,7 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
      * forward pass reads floats and halves in place, so it needs theirs. */
     size_t need = t->type == WT_F32 ? 4 : 2;
     if ((uintptr_t)t->data % need)
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' data is not %zu-byte aligned (general.alignment %" PRIu32 ")",
                     name, need, gguf_alignment(L->g));
     L->m->cfg.n_params += t->n_elems;
@@ -330,7 +317,7 @@ static int bind_mat(struct loader *L, const char *name, uint64_t cols, uint64_t 
     if (rc)
         return rc;
     if (cols > UINT32_MAX || rows > UINT32_MAX)
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED, "tensor '%s' is too large", name);
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED, "tensor '%s' is too large", name);
     w->data = t->data;
     w->type = (enum wtype)t->type;
     w->rows = (uint32_t)rows;
@@ -366,7 +353,7 @@ static int convert_vecs(struct loader *L)
         return 0;
     float *v = malloc(L->n_pending * dim * sizeof *v);
     if (!v)
-        return fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
     L->m->owned = v;
     for (size_t i = 0; i < L->n_pending; i++, v += dim) {
         const struct gguf_tensor *t = L->pending[i].t;
@@ -385,9 +372,9 @@ static int bind_weights(struct loader *L)
     int rc;
     const struct gguf_tensor *emb = gguf_find_tensor(L->g, "token_embd.weight");
     if (!emb)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor 'token_embd.weight'");
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor 'token_embd.weight'");
     if (emb->ne[1] > INT32_MAX)
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED, "vocabulary of %" PRIu64 " is too large",
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED, "vocabulary of %" PRIu64 " is too large",
                     emb->ne[1]);
     c->vocab = (uint32_t)emb->ne[1];
 
@@ -395,7 +382,7 @@ static int bind_weights(struct loader *L)
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     L->pending = calloc(2 * (size_t)c->n_layers + 1, sizeof *L->pending);
     if (!m->layers || !L->pending)
-        return fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
     uint64_t q_dim = (uint64_t)c->n_heads * c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * c->head_dim;
     if ((rc = bind_mat(L, "token_embd.weight", c->dim, c->vocab, &m->tok_embd)))
         return rc;
@@ -444,7 +431,7 @@ static int opt_id(struct loader *L, const char *key, int32_t *out)
         return 0;
     }
     if (v > INT32_MAX)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' = %" PRIu32 " is out of range",
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' = %" PRIu32 " is out of range",
                     key, v);
     *out = (int32_t)v;
     return 0;
@@ -477,10 +464,10 @@ static int opt_arr(struct loader *L, const char *key, bool want_str, bool want_f
            : (t != GGUF_STR && t != GGUF_F32 && t != GGUF_F64 && t != GGUF_BOOL);
     }
     if (!ok)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is not an array of %s", key,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is not an array of %s", key,
                     want_str ? "strings" : want_float ? "floats" : "integers");
     if (n != UINT64_MAX && kv->v.arr.n != n)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "metadata '%s' has %" PRIu64 " entries, expected %" PRIu64 " (one per token)", key,
                     kv->v.arr.n, n);
     return 0;
@@ -510,7 +497,7 @@ static int load_tokenizer(struct loader *L)
     struct gguf_str kind;
     int rc = gguf_get_str(L->g, "tokenizer.ggml.model", &kind, L->why, L->why_len);
     if (rc == RILL_E_NOT_FOUND)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "missing metadata 'tokenizer.ggml.model' (the file has no tokenizer)");
     if (rc)
         return rc;
@@ -521,7 +508,7 @@ static int load_tokenizer(struct loader *L)
     } else {
         char k[32];
         copy_shown(kind, k, sizeof k);
-        return fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tokenizer '%s' is not supported (supported: llama, gpt2)", k);
     }
 
@@ -529,9 +516,9 @@ static int load_tokenizer(struct loader *L)
     if ((rc = opt_arr(L, "tokenizer.ggml.tokens", true, false, UINT64_MAX, &tokens)))
         return rc;
     if (!tokens)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'tokenizer.ggml.tokens'");
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'tokenizer.ggml.tokens'");
     if (tokens->v.arr.n != m->cfg.vocab)
-        return fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "tokenizer.ggml.tokens has %" PRIu64 " tokens but token_embd.weight has %" PRIu32
                     " rows",
                     tokens->v.arr.n, m->cfg.vocab);
@@ -569,7 +556,7 @@ static int load_tokenizer(struct loader *L)
     if (!rc && types && !(ty = malloc(n * sizeof *ty)))
         rc = RILL_E_NOMEM;
     if (rc) {
-        fail(L->why, L->why_len, rc, rc == RILL_E_NOMEM ? "out of memory for the vocabulary"
+        rill_fail(L->why, L->why_len, rc, rc == RILL_E_NOMEM ? "out of memory for the vocabulary"
                                                        : "a token of 4 GB or more");
         goto out;
     }
@@ -591,7 +578,7 @@ static int load_tokenizer(struct loader *L)
     char twhy[256] = "";
     rc = tok_create(&v, &m->tok, twhy, sizeof twhy);
     if (rc)
-        fail(L->why, L->why_len, rc, "tokenizer: %s", twhy);
+        rill_fail(L->why, L->why_len, rc, "tokenizer: %s", twhy);
 out:
     free(tok_s);
     free(tok_l);
@@ -647,7 +634,7 @@ int model_load(const char *path, bool progress, struct model **out, char *why, s
     *out = NULL;
     struct model *m = calloc(1, sizeof *m);
     if (!m)
-        return fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        return rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
     struct loader L = {.m = m, .why = why, .why_len = why_len};
     int rc = gguf_open(path, &m->gguf, why, why_len);
     if (rc)

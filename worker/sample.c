@@ -1,5 +1,6 @@
 /* sample.c — see sample.h. */
 #include "sample.h"
+#include "common/hash.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -38,17 +39,9 @@ void sampler_free(struct sampler *s)
     free(s);
 }
 
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 double sample_uniform(uint64_t seed, uint32_t position)
 {
-    uint64_t x = splitmix64(seed ^ splitmix64(0x726f6c6cull + position));
+    uint64_t x = hash_u64(seed ^ hash_u64(0x726f6c6cull + position));
     return (double)(x >> 11) * 0x1.0p-53;
 }
 

@@ -79,16 +79,6 @@ struct sched {
     struct sched_stats st;
 };
 
-static void __attribute__((format(printf, 3, 4))) why_set(char *why, size_t n, const char *fmt, ...)
-{
-    if (!why || !n)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, n, fmt, ap);
-    va_end(ap);
-}
-
 int sched_create(const struct model *m, struct fwd *f, struct kv *kv, const struct sched_config *cfg,
                  struct sched **out)
 {
@@ -261,28 +251,28 @@ static bool finite_in(float v, float lo, float hi) { return isfinite(v) && v >= 
 int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
 {
     if (s->draining) {
-        why_set(why, why_len, "the worker is draining");
+        rill_why(why, why_len, "the worker is draining");
         return RILL_E_SHUTTING_DOWN;
     }
     if (s->pressure >= 3) {
-        why_set(why, why_len, "memory pressure emergency: not admitting");
+        rill_why(why, why_len, "memory pressure emergency: not admitting");
         return RILL_E_OVERLOADED;
     }
     if (s->n_waiting >= s->cfg.max_queue) {
-        why_set(why, why_len, "queue full (%u waiting)", s->n_waiting);
+        rill_why(why, why_len, "queue full (%u waiting)", s->n_waiting);
         return RILL_E_OVERLOADED;
     }
     if (find(s, req->id)) {
-        why_set(why, why_len, "request id %llu is already in use", (unsigned long long)req->id);
+        rill_why(why, why_len, "request id %llu is already in use", (unsigned long long)req->id);
         return RILL_E_DUPLICATE_ID;
     }
     if (!finite_in(req->temperature, 0, 100) || !finite_in(req->top_p, 0, 1) || !finite_in(req->min_p, 0, 1) ||
         !finite_in(req->repetition_penalty, 0, 100) || req->top_logprobs > SAMPLE_MAX_TOP) {
-        why_set(why, why_len, "sampling parameter out of range");
+        rill_why(why, why_len, "sampling parameter out of range");
         return RILL_E_BAD_REQUEST;
     }
     if (req->max_tokens == 0) {
-        why_set(why, why_len, "max_tokens must be at least 1");
+        rill_why(why, why_len, "max_tokens must be at least 1");
         return RILL_E_BAD_REQUEST;
     }
     struct seq *q = calloc(1, sizeof *q);
@@ -298,7 +288,7 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
     if (!rc && (req->prompt_len || !req->n_prompt_tokens)) {
         rc = tok_encode(tk, req->prompt ? req->prompt : "", req->prompt_len, tok_add_bos(tk), q->tokens, cap, &n);
         if (rc == RILL_E_TOO_LARGE) {
-            why_set(why, why_len, "prompt is %zu tokens, the context is %u", n, ctx);
+            rill_why(why, why_len, "prompt is %zu tokens, the context is %u", n, ctx);
             rc = RILL_E_CONTEXT_LENGTH;
         }
     }
@@ -306,39 +296,39 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
     for (uint32_t i = 0; !rc && i < req->n_prompt_tokens; i++) {
         int32_t t = req->prompt_tokens[i];
         if (t < 0 || (uint32_t)t >= s->m->cfg.vocab) {
-            why_set(why, why_len, "prompt_tokens[%u] = %d is not a token of this model", i, t);
+            rill_why(why, why_len, "prompt_tokens[%u] = %d is not a token of this model", i, t);
             rc = RILL_E_BAD_REQUEST;
         } else if (q->n_tokens >= ctx) {
-            why_set(why, why_len, "prompt is over %u tokens, the context is %u", q->n_tokens, ctx);
+            rill_why(why, why_len, "prompt is over %u tokens, the context is %u", q->n_tokens, ctx);
             rc = RILL_E_CONTEXT_LENGTH;
         } else {
             rc = push_token(q, t);
         }
     }
     if (!rc && q->n_tokens == 0) {
-        why_set(why, why_len, "empty prompt (and the model adds no BOS)");
+        rill_why(why, why_len, "empty prompt (and the model adds no BOS)");
         rc = RILL_E_BAD_REQUEST;
     }
     if (!rc && req->skip > req->n_prompt_tokens) {
-        why_set(why, why_len, "skip %u is more than the %u tokens carried", req->skip, req->n_prompt_tokens);
+        rill_why(why, why_len, "skip %u is more than the %u tokens carried", req->skip, req->n_prompt_tokens);
         rc = RILL_E_BAD_REQUEST;
     }
     if (!rc && req->skip >= req->max_tokens) {
-        why_set(why, why_len, "skip %u leaves nothing of max_tokens %u", req->skip, req->max_tokens);
+        rill_why(why, why_len, "skip %u leaves nothing of max_tokens %u", req->skip, req->max_tokens);
         rc = RILL_E_BAD_REQUEST;
     }
     uint32_t n_prompt = q->n_tokens - req->skip;
     if (!rc && n_prompt >= ctx) {
-        why_set(why, why_len, "prompt is %u tokens, the context is %u", n_prompt, ctx);
+        rill_why(why, why_len, "prompt is %u tokens, the context is %u", n_prompt, ctx);
         rc = RILL_E_CONTEXT_LENGTH;
     }
     if (!rc && (uint64_t)n_prompt + req->max_tokens > ctx) {
-        why_set(why, why_len, "prompt (%u tokens) + max_tokens (%u) is beyond the context (%u)", n_prompt,
+        rill_why(why, why_len, "prompt (%u tokens) + max_tokens (%u) is beyond the context (%u)", n_prompt,
                 req->max_tokens, ctx);
         rc = RILL_E_MAX_TOKENS;
     }
     if (!rc && kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
-        why_set(why, why_len, "prompt + max_tokens (%u) needs more KV cache than the worker has",
+        rill_why(why, why_len, "prompt + max_tokens (%u) needs more KV cache than the worker has",
                 n_prompt + req->max_tokens);
         rc = RILL_E_MEMORY_LIMIT;
     }

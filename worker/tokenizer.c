@@ -25,6 +25,7 @@
  */
 #include "tokenizer.h"
 
+#include "common/hash.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,39 +85,6 @@ struct tok {
 };
 
 /* ---- small helpers -------------------------------------------------------- */
-
-static void set_why(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_why(char *why, size_t why_len, const char *fmt, ...)
-{
-    if (!why || why_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    /* FNV-1a: short keys, no adversary that matters (the vocabulary is ours
-     * or the model's), and the same on every machine. */
-    const uint8_t *s = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
-static uint64_t hash_u64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 /* The valid UTF-8 character at s (n >= 1 bytes available): its length
  * (1..4); -k when the first k bytes are a maximal invalid subpart (Unicode
@@ -443,19 +411,19 @@ static int build_merges(struct tok *t, const struct tok_vocab *v, char *why, siz
         const char *m = v->merges[r];
         uint32_t ml = v->merge_lens ? v->merge_lens[r] : (uint32_t)(m ? strlen(m) : 0);
         if (!m) {
-            set_why(why, why_len, "merge %u is missing", r);
+            rill_why(why, why_len, "merge %u is missing", r);
             return RILL_E_BAD_FORMAT;
         }
         /* llama.cpp splits at the first space after the first byte */
         const char *sp = ml > 1 ? memchr(m + 1, ' ', ml - 1) : NULL;
         if (!sp || sp + 1 >= m + ml) {
-            set_why(why, why_len, "merge %u \"%.*s\" is not \"a b\"", r, (int)(ml > 64 ? 64 : ml), m);
+            rill_why(why, why_len, "merge %u \"%.*s\" is not \"a b\"", r, (int)(ml > 64 ? 64 : ml), m);
             return RILL_E_BAD_FORMAT;
         }
         size_t la = (size_t)(sp - m), lb = ml - la - 1;
         int32_t a = str_lookup(t, m, la), b = str_lookup(t, sp + 1, lb);
         if (a < 0 || b < 0) {
-            set_why(why, why_len, "merge %u \"%.*s\" names an unknown token", r,
+            rill_why(why, why_len, "merge %u \"%.*s\" names an unknown token", r,
                     (int)(ml > 64 ? 64 : ml), m);
             return RILL_E_BAD_FORMAT;
         }
@@ -483,7 +451,7 @@ static int build_regexes(struct tok *t, const char *pre, char *why, size_t why_l
 {
     const struct pre_def *d = pre_find(pre ? pre : "gpt2");
     if (!d) {
-        set_why(why, why_len, "unsupported pre-tokenizer \"%s\"", pre);
+        rill_why(why, why_len, "unsupported pre-tokenizer \"%s\"", pre);
         return RILL_E_UNSUPPORTED;
     }
     t->ignore_merges = d->ignore_merges;
@@ -496,7 +464,7 @@ static int build_regexes(struct tok *t, const char *pre, char *why, size_t why_l
         if (!re) {
             PCRE2_UCHAR msg[128];
             pcre2_get_error_message(err, msg, sizeof msg);
-            set_why(why, why_len, "pre-tokenizer regex %d: %s at %zu", i, (char *)msg, (size_t)eoff);
+            rill_why(why, why_len, "pre-tokenizer regex %d: %s at %zu", i, (char *)msg, (size_t)eoff);
             return RILL_E_INTERNAL;
         }
         /* JIT is an optimisation only: the interpreter gives the same splits */
@@ -508,36 +476,36 @@ static int build_regexes(struct tok *t, const char *pre, char *why, size_t why_l
 
 int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t why_len)
 {
-    set_why(why, why_len, "%s", "");
+    rill_why(why, why_len, "%s", "");
     if (!out)
         return RILL_E_BAD_REQUEST;
     *out = NULL;
     if (!v) {
-        set_why(why, why_len, "no vocabulary");
+        rill_why(why, why_len, "no vocabulary");
         return RILL_E_BAD_FORMAT;
     }
     if (v->kind != TOK_SPM && v->kind != TOK_GPT2) {
-        set_why(why, why_len, "unsupported tokenizer kind %d", (int)v->kind);
+        rill_why(why, why_len, "unsupported tokenizer kind %d", (int)v->kind);
         return RILL_E_UNSUPPORTED;
     }
     if (v->n == 0 || v->n > INT32_MAX || !v->tokens || !v->token_lens) {
-        set_why(why, why_len, "empty or incomplete vocabulary (%u tokens)", v->n);
+        rill_why(why, why_len, "empty or incomplete vocabulary (%u tokens)", v->n);
         return RILL_E_BAD_FORMAT;
     }
     const int32_t specials[] = {v->bos, v->eos, v->unk, v->pad, v->eot};
     const char *special_names[] = {"bos", "eos", "unk", "pad", "eot"};
     for (int i = 0; i < 5; i++)
         if (specials[i] < -1 || specials[i] >= (int32_t)v->n) {
-            set_why(why, why_len, "%s id %d is outside the vocabulary of %u", special_names[i],
+            rill_why(why, why_len, "%s id %d is outside the vocabulary of %u", special_names[i],
                     specials[i], v->n);
             return RILL_E_BAD_FORMAT;
         }
     if (v->kind == TOK_SPM && !v->scores) {
-        set_why(why, why_len, "SPM vocabulary without scores");
+        rill_why(why, why_len, "SPM vocabulary without scores");
         return RILL_E_BAD_FORMAT;
     }
     if (v->kind == TOK_GPT2 && v->n_merges && !v->merges) {
-        set_why(why, why_len, "%u merges announced but none given", v->n_merges);
+        rill_why(why, why_len, "%u merges announced but none given", v->n_merges);
         return RILL_E_BAD_FORMAT;
     }
 
@@ -554,7 +522,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
     size_t total = 0;
     for (uint32_t i = 0; i < v->n; i++) {
         if (!v->tokens[i] && v->token_lens[i]) {
-            set_why(why, why_len, "token %u has no text", i);
+            rill_why(why, why_len, "token %u has no text", i);
             rc = RILL_E_BAD_FORMAT;
             goto err;
         }
@@ -577,7 +545,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
         if (v->types) {
             int32_t ty = v->types[i];
             if (ty < TOK_T_NORMAL || ty > TOK_T_BYTE) {
-                set_why(why, why_len, "token %u has unknown type %d", i, ty);
+                rill_why(why, why_len, "token %u has unknown type %d", i, ty);
                 rc = RILL_E_BAD_FORMAT;
                 goto err;
             }
@@ -596,7 +564,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
         }
     }
     if (total > UINT32_MAX) {
-        set_why(why, why_len, "vocabulary text too large");
+        rill_why(why, why_len, "vocabulary text too large");
         rc = RILL_E_BAD_FORMAT;
         goto err;
     }
@@ -625,7 +593,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
                 continue;
             int b = parse_byte_token(t->text + t->str[i].off, t->str[i].len);
             if (b < 0) {
-                set_why(why, why_len, "byte token %u is \"%.*s\", not <0xNN>", i,
+                rill_why(why, why_len, "byte token %u is \"%.*s\", not <0xNN>", i,
                         (int)(t->str[i].len > 32 ? 32 : t->str[i].len), t->text + t->str[i].off);
                 rc = RILL_E_BAD_FORMAT;
                 goto err;
@@ -646,7 +614,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
     }
     for (int b = 0; b < 256; b++)
         if (t->byte_tok[b] < 0) {
-            set_why(why, why_len, "%s vocabulary has no token for byte 0x%02X",
+            rill_why(why, why_len, "%s vocabulary has no token for byte 0x%02X",
                     t->kind == TOK_SPM ? "SPM" : "GPT-2", b);
             rc = RILL_E_BAD_FORMAT;
             goto err;
@@ -678,7 +646,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
     return 0;
 err:
     if (rc == RILL_E_NOMEM)
-        set_why(why, why_len, "out of memory");
+        rill_why(why, why_len, "out of memory");
     tok_free(t);
     return rc;
 }

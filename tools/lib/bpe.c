@@ -24,6 +24,7 @@
  */
 #include "bpe.h"
 
+#include "common/hash.h"
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -95,37 +96,6 @@ struct trainer {
     size_t nchanged, cchanged;
     uint32_t stamp;
 };
-
-static void set_why(char *why, size_t why_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_why(char *why, size_t why_len, const char *fmt, ...)
-{
-    if (!why || !why_len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, why_len, fmt, ap);
-    va_end(ap);
-}
-
-static uint64_t hash_bytes(const void *p, size_t n)
-{
-    const uint8_t *s = p;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 1099511628211ull;
-    }
-    return h ^ (h >> 29);
-}
-
-static uint64_t hash_u64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
 
 static bool grow(void **p, size_t *cap, size_t need, size_t elem)
 {
@@ -572,7 +542,7 @@ static int gpt2_words(struct words *ws, size_t len, char *why, size_t why_len)
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)GPT2_RE, PCRE2_ZERO_TERMINATED,
                                    PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &eoff, NULL);
     if (!re) {
-        set_why(why, why_len, "GPT-2 regex does not compile (%d)", err);
+        rill_why(why, why_len, "GPT-2 regex does not compile (%d)", err);
         return RILL_E_INTERNAL;
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
@@ -783,16 +753,16 @@ static bool join_words(struct trainer *tr, const struct words *ws, const uint32_
 int bpe_train(const char *text, size_t len, enum tok_kind kind, uint32_t vocab_size,
               struct bpe_vocab *out, char *why, size_t why_len)
 {
-    set_why(why, why_len, "%s", "");
+    rill_why(why, why_len, "%s", "");
     if (!out || (len && !text))
         return RILL_E_BAD_REQUEST;
     memset(out, 0, sizeof *out);
     if (kind != TOK_SPM && kind != TOK_GPT2) {
-        set_why(why, why_len, "unknown tokenizer kind %d", (int)kind);
+        rill_why(why, why_len, "unknown tokenizer kind %d", (int)kind);
         return RILL_E_UNSUPPORTED;
     }
     if (len > UINT32_MAX / 4) {
-        set_why(why, why_len, "training text too large (%zu bytes)", len);
+        rill_why(why, why_len, "training text too large (%zu bytes)", len);
         return RILL_E_BAD_REQUEST;
     }
 
@@ -866,7 +836,7 @@ int bpe_train(const char *text, size_t len, enum tok_kind kind, uint32_t vocab_s
     uint32_t n_base = tr.nsym;
     uint32_t n_fixed = kind == TOK_SPM ? 3 + 256 + n_base : 256 + 2;
     if (vocab_size < n_fixed) {
-        set_why(why, why_len, "vocabulary size %u is below the %u base tokens of this text",
+        rill_why(why, why_len, "vocabulary size %u is below the %u base tokens of this text",
                 vocab_size, n_fixed);
         rc = RILL_E_BAD_REQUEST;
         goto out;
@@ -904,7 +874,7 @@ int bpe_train(const char *text, size_t len, enum tok_kind kind, uint32_t vocab_s
     while (n_new < want) {
         if (tr.nheap == 0) {
             if (joined) {
-                set_why(why, why_len, "the text allows only %u of the %u tokens asked for",
+                rill_why(why, why_len, "the text allows only %u of the %u tokens asked for",
                         n_fixed + n_new, vocab_size);
                 rc = RILL_E_BAD_REQUEST;
                 free(cat);
@@ -1049,7 +1019,7 @@ out:
     if (rc < 0) {
         bpe_vocab_free(out);
         if (rc == RILL_E_NOMEM)
-            set_why(why, why_len, "out of memory");
+            rill_why(why, why_len, "out of memory");
     }
     trainer_free(&tr);
     free(ws.w), free(ws.count), free(ws.map), free(ws.occ);
