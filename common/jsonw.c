@@ -1,5 +1,6 @@
 /* jsonw.c — see jsonw.h. */
 #include "jsonw.h"
+#include "utf8.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -61,43 +62,6 @@ void jsonw_obj_end(struct jsonw *w) { close_(w, '}'); }
 void jsonw_arr_begin(struct jsonw *w) { open_(w, '['); }
 void jsonw_arr_end(struct jsonw *w) { close_(w, ']'); }
 
-/* Byte length of the valid UTF-8 sequence at s (n bytes available), or 0. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned min;
-    if (c >= 0xc2 && c <= 0xdf) { len = 2; min = 0x80; }
-    else if (c >= 0xe0 && c <= 0xef) { len = 3; min = 0x800; }
-    else if (c >= 0xf0 && c <= 0xf4) { len = 4; min = 0x10000; }
-    else return 0;
-    if (len > n)
-        return 0;
-    unsigned cp = c & (0x7f >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
-size_t utf8_valid_prefix(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        size_t k = utf8_seq(u + i, n - i);
-        if (k == 0)
-            break;
-        i += k;
-    }
-    return i;
-}
 
 static void put_escaped(struct jsonw *w, const char *s, size_t n)
 {
@@ -112,9 +76,9 @@ static void put_escaped(struct jsonw *w, const char *s, size_t n)
             continue;
         }
         if (c >= 0x80) {
-            size_t k = utf8_seq(u + i, n - i);
-            if (k) {
-                i += k;
+            int k = utf8_scan(u + i, n - i);
+            if (k > 0) {
+                i += (size_t)k;
                 continue;
             }
         }

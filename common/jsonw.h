@@ -51,7 +51,6 @@ static inline void jsonw_key_uint(struct jsonw *w, const char *k, uint64_t v) { 
 static inline void jsonw_key_double(struct jsonw *w, const char *k, double v, int prec) { jsonw_key(w, k); jsonw_double(w, v, prec); }
 static inline void jsonw_key_bool(struct jsonw *w, const char *k, bool v) { jsonw_key(w, k); jsonw_bool(w, v); }
 
-/* Length of the longest prefix of s[0..n) that is complete, valid UTF-8. */
-size_t utf8_valid_prefix(const char *s, size_t n);
+#include "utf8.h" /* utf8_valid_prefix(), for the callers that escape text */
 
 #endif

@@ -26,6 +26,7 @@
 #include "tokenizer.h"
 
 #include "common/hash.h"
+#include "common/utf8.h"
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,41 +87,6 @@ struct tok {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-/* The valid UTF-8 character at s (n >= 1 bytes available): its length
- * (1..4); -k when the first k bytes are a maximal invalid subpart (Unicode
- * 3.9, "U+FFFD substitution of maximal subparts"); 0 when s is a valid but
- * unfinished prefix that runs to the end of the n bytes. */
-static int utf8_scan(const uint8_t *s, size_t n)
-{
-    uint8_t c = s[0], lo = 0x80, hi = 0xBF;
-    int need;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c == 0xE0)
-        need = 2, lo = 0xA0;
-    else if (c == 0xED)
-        need = 2, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF)
-        need = 2;
-    else if (c == 0xF0)
-        need = 3, lo = 0x90;
-    else if (c == 0xF4)
-        need = 3, hi = 0x8F;
-    else if (c >= 0xF1 && c <= 0xF3)
-        need = 3;
-    else
-        return -1;
-    for (int k = 1; k <= need; k++) {
-        if ((size_t)k >= n)
-            return 0;
-        if (s[k] < lo || s[k] > hi)
-            return -k;
-        lo = 0x80, hi = 0xBF;
-    }
-    return need + 1;
-}
 
 /* GPT-2's bytes_to_unicode(): printable Latin-1 bytes stand for themselves,
  * the other 68 bytes are shifted to U+0100.. in byte order. */

@@ -25,6 +25,7 @@
 #include "bpe.h"
 
 #include "common/hash.h"
+#include "common/utf8.h"
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -124,32 +125,8 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem)
  * one (invalid or cut short). */
 static int utf8_len(const uint8_t *s, size_t n)
 {
-    uint8_t c = s[0], lo = 0x80, hi = 0xBF;
-    int need;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        need = 1;
-    else if (c == 0xE0)
-        need = 2, lo = 0xA0;
-    else if (c == 0xED)
-        need = 2, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF)
-        need = 2;
-    else if (c == 0xF0)
-        need = 3, lo = 0x90;
-    else if (c == 0xF4)
-        need = 3, hi = 0x8F;
-    else if (c >= 0xF1 && c <= 0xF3)
-        need = 3;
-    else
-        return 0;
-    for (int k = 1; k <= need; k++) {
-        if ((size_t)k >= n || s[k] < lo || s[k] > hi)
-            return 0;
-        lo = 0x80, hi = 0xBF;
-    }
-    return need + 1;
+    int k = utf8_scan(s, n);
+    return k > 0 ? k : 0;
 }
 
 /* ---- symbols ---------------------------------------------------------------- */
