@@ -164,3 +164,5 @@ clean:
 
 # Tests that run tools need them built first.
 $(B)/tests/test_model: $(B)/rill-mkmodel
+$(B)/tests/test_forward: $(B)/rill-mkmodel
+$(B)/tests/test_sched: $(B)/rill-mkmodel

@@ -1,0 +1,1268 @@
+/* test_sched.c — the scheduler through its API: sched_submit, sched_step,
+ * sched_cancel, with the records of a struct sched_out collected in memory.
+ *
+ * What a client relies on: a request ends exactly once, for the reason it
+ * should (length, eos, stop, cancelled), its records are numbered 0..n-1
+ * with FIRST on the first and LAST only on the last, its text is the
+ * decoded tokens cut before a stop string with nothing held back lost, and
+ * its tokens do not depend on what else the worker runs: not on the batch,
+ * not on preemption and recompute, not on being resumed elsewhere with
+ * `skip`.  Every bad request is refused with its own code.
+ *
+ * The engine is built by engine_open() from a config, as the worker does,
+ * on models that $RILL_TEST_BUILD/rill-mkmodel (build/ by default) makes in
+ * a temporary directory.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/config.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/proto.h"
+#include "worker/engine.h"
+#include "worker/gguf.h"
+#include "worker/sched.h"
+#include "worker/tokenizer.h"
+
+static char tmpdir[64];
+static char model_path[160], nobos_path[160];
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("RILL_TEST_BUILD");
+    return b && *b ? b : "build";
+}
+
+/* ---- models ------------------------------------------------------------------------- */
+
+static int write_corpus(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs("The quick brown fox jumps over the lazy dog. A stream of tokens flows from the worker "
+          "to the gateway, one decode step at a time. caf\xc3\xa9 na\xc3\xafve \xe2\x82\xac\n", f);
+    static const char *const syl[] = {"ka", "lo", "mi", "ren", "tu", "sha", "vex", "or",
+                                      "in", "qua", "ble", "dro", "st", "ph", "yl", "ze"};
+    uint64_t x = 42;
+    for (int i = 0; i < 4000; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int n = 1 + (int)(x >> 61);
+        for (int k = 0; k < n; k++)
+            fputs(syl[(x >> (8 + 4 * k)) & 15], f);
+        fputc(i % 12 == 11 ? '\n' : ' ', f);
+    }
+    return fclose(f);
+}
+
+/* Copy a GGUF file with tokenizer.ggml.add_bos_token = false: a model whose
+ * empty prompt is empty. */
+static int copy_without_bos(const char *src, const char *dst)
+{
+    char why[256] = "";
+    struct gguf *g;
+    if (gguf_open(src, &g, why, sizeof why))
+        return -1;
+    struct gguf_writer *w;
+    if (gguf_w_open(dst, 0, &w, why, sizeof why)) {
+        gguf_close(g);
+        return -1;
+    }
+    for (uint64_t i = 0; i < gguf_n_kv(g); i++) {
+        const struct gguf_kv *kv = gguf_kv_at(g, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
+        if (!strcmp(key, "general.alignment"))
+            continue;
+        if (!strcmp(key, "tokenizer.ggml.add_bos_token")) {
+            gguf_w_kv_bool(w, key, false);
+            continue;
+        }
+        switch (kv->type) {
+        case GGUF_U8: gguf_w_kv_u8(w, key, (uint8_t)kv->v.u); break;
+        case GGUF_I8: gguf_w_kv_i8(w, key, (int8_t)kv->v.i); break;
+        case GGUF_U16: gguf_w_kv_u16(w, key, (uint16_t)kv->v.u); break;
+        case GGUF_I16: gguf_w_kv_i16(w, key, (int16_t)kv->v.i); break;
+        case GGUF_U32: gguf_w_kv_u32(w, key, (uint32_t)kv->v.u); break;
+        case GGUF_I32: gguf_w_kv_i32(w, key, (int32_t)kv->v.i); break;
+        case GGUF_U64: gguf_w_kv_u64(w, key, kv->v.u); break;
+        case GGUF_I64: gguf_w_kv_i64(w, key, kv->v.i); break;
+        case GGUF_F32: gguf_w_kv_f32(w, key, (float)kv->v.f); break;
+        case GGUF_F64: gguf_w_kv_f64(w, key, kv->v.f); break;
+        case GGUF_BOOL: gguf_w_kv_bool(w, key, kv->v.b); break;
+        case GGUF_STR: gguf_w_kv_strn(w, key, kv->v.str.s, kv->v.str.len); break;
+        case GGUF_ARR:
+            if (kv->v.arr.type == GGUF_STR) {
+                uint64_t n = kv->v.arr.n;
+                const char **s = malloc(n * sizeof *s);
+                uint32_t *l = malloc(n * sizeof *l);
+                for (uint64_t k = 0; k < n; k++) {
+                    struct gguf_str e = gguf_arr_str(kv, k);
+                    s[k] = e.s;
+                    l[k] = (uint32_t)e.len;
+                }
+                gguf_w_kv_arr_str(w, key, s, l, n);
+                free(s);
+                free(l);
+            } else {
+                gguf_w_kv_arr(w, key, kv->v.arr.type, kv->v.arr.data, kv->v.arr.n);
+            }
+            break;
+        default: break;
+        }
+    }
+    for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {
+        const struct gguf_tensor *t = gguf_tensor_at(g, i);
+        char name[256];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.s);
+        gguf_w_add_tensor(w, name, t->type, t->n_dims, t->ne);
+    }
+    for (uint64_t i = 0; i < gguf_n_tensors(g); i++) {
+        const struct gguf_tensor *t = gguf_tensor_at(g, i);
+        gguf_w_data(w, t->data, t->n_bytes);
+    }
+    int rc = gguf_w_finish(w);
+    gguf_close(g);
+    if (rc)
+        fprintf(stderr, "copy_without_bos: %s\n", why);
+    return rc ? -1 : 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    rlog_init("test", NULL, RLOG_ERROR, false, 2);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/rill-test-sched-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    char corpus[128], cmd[1024];
+    snprintf(corpus, sizeof corpus, "%s/corpus.txt", tmpdir);
+    if (write_corpus(corpus))
+        return -1;
+    snprintf(model_path, sizeof model_path, "%s/tiny.gguf", tmpdir);
+    snprintf(nobos_path, sizeof nobos_path, "%s/tiny-nobos.gguf", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s/rill-mkmodel --shape tiny --dtype f32 --seed 7 --corpus %s --out %s 2>%s/mk.log",
+             build_dir(), corpus, model_path, tmpdir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "failed: %s (build it first: make %s/rill-mkmodel)\n", cmd, build_dir());
+        return -1;
+    }
+    return copy_without_bos(model_path, nobos_path);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* ---- an engine and its output ------------------------------------------------------------ */
+
+struct rec {
+    uint64_t id;
+    uint32_t pos;
+    int32_t tok;
+    uint32_t flags;
+    int32_t error;
+    uint16_t batch;
+    uint16_t text_len;
+    char text[PROTO_MAX_TOKEN_TEXT];
+};
+
+struct coll {
+    struct rec *r;
+    size_t n, cap;
+    uint64_t flushes;
+};
+
+static int coll_emit(void *ctx, const struct proto_token *t)
+{
+    struct coll *c = ctx;
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 1024;
+        c->r = realloc(c->r, c->cap * sizeof *c->r);
+        assert_non_null(c->r);
+    }
+    struct rec *r = &c->r[c->n++];
+    r->id = t->req_id;
+    r->pos = t->position;
+    r->tok = t->token_id;
+    r->flags = t->flags;
+    r->error = t->error;
+    r->batch = t->batch;
+    assert_true(t->text_len <= PROTO_MAX_TOKEN_TEXT);
+    r->text_len = t->text_len;
+    memcpy(r->text, t->text, t->text_len);
+    return 0;
+}
+
+static void coll_flush(void *ctx) { ((struct coll *)ctx)->flushes++; }
+
+struct rig {
+    struct engine e;
+    struct sched *s;
+    struct coll c;
+    struct sched_out out;
+};
+
+struct rig_opts {
+    const char *model;
+    int threads, max_batch, prefill_chunk, context, block_tokens;
+    const char *kv_bytes;
+};
+
+static void rig_open(struct rig *r, const struct rig_opts *o)
+{
+    memset(r, 0, sizeof *r);
+    struct rill_config c;
+    cfg_defaults(&c);
+    char why[512] = "", v[32];
+    assert_int_equal(cfg_set(&c, "model", o->model ? o->model : model_path, why, sizeof why), 0);
+#define SETI(key, val, def)                                                      \
+    do {                                                                         \
+        snprintf(v, sizeof v, "%d", (val) ? (val) : (def));                      \
+        if (cfg_set(&c, key, v, why, sizeof why))                                \
+            fail_msg("cfg_set %s %s: %s", key, v, why);                          \
+    } while (0)
+    SETI("threads", o->threads, 1);
+    SETI("max_batch", o->max_batch, 32);
+    SETI("prefill_chunk", o->prefill_chunk, 64);
+    SETI("context", o->context, 1024);
+    SETI("kv_block_tokens", o->block_tokens, 16);
+#undef SETI
+    if (o->kv_bytes)
+        assert_int_equal(cfg_set(&c, "kv_cache_bytes", o->kv_bytes, why, sizeof why), 0);
+    /* A slow shared machine must not make the controller shrink the batch
+     * below what a test counts on (it never changes tokens, only timing). */
+    assert_int_equal(cfg_set(&c, "target_latency_ms", "10000", why, sizeof why), 0);
+    assert_int_equal(cfg_set(&c, "max_latency_ms", "60000", why, sizeof why), 0);
+    int rc = engine_open(&c, false, &r->e, why, sizeof why);
+    if (rc)
+        fail_msg("engine_open: %s: %s", rill_err_name(rc), why);
+    r->s = r->e.sched;
+    r->out = (struct sched_out){&r->c, coll_emit, coll_flush};
+}
+
+static void rig_close(struct rig *r)
+{
+    engine_close(&r->e);
+    free(r->c.r);
+    memset(r, 0, sizeof *r);
+}
+
+/* One step: returns its rows; exactly one flush per step. */
+static int step(struct rig *r)
+{
+    uint64_t f0 = r->c.flushes;
+    int rc = sched_step(r->s, &r->out);
+    if (rc < 0)
+        fail_msg("sched_step: %s", rill_err_name(rc));
+    assert_int_equal(r->c.flushes, f0 + 1);
+    return rc;
+}
+
+static void drive(struct rig *r)
+{
+    for (int i = 0; sched_busy(r->s); i++) {
+        if (i > 200000)
+            fail_msg("the scheduler does not finish");
+        step(r);
+    }
+}
+
+static struct proto_submit req(uint64_t id, const char *prompt, uint32_t max_tokens)
+{
+    struct proto_submit q = {0};
+    q.id = id;
+    q.prompt = prompt;
+    q.prompt_len = prompt ? (uint32_t)strlen(prompt) : 0;
+    q.max_tokens = max_tokens;
+    q.temperature = 0;
+    q.top_p = 1;
+    q.repetition_penalty = 1;
+    q.seed = id * 7919 + 1;
+    q.has_seed = true;
+    return q;
+}
+
+static struct proto_submit sampled(uint64_t id, const char *prompt, uint32_t max_tokens, uint64_t seed)
+{
+    struct proto_submit q = req(id, prompt, max_tokens);
+    q.temperature = 0.9f;
+    q.top_k = 40;
+    q.top_p = 0.95f;
+    q.seed = seed;
+    return q;
+}
+
+static void submit_ok(struct rig *r, const struct proto_submit *q)
+{
+    char why[256] = "";
+    int rc = sched_submit(r->s, q, 0, why, sizeof why);
+    if (rc)
+        fail_msg("submit %llu: %s: %s", (unsigned long long)q->id, rill_err_name(rc), why);
+}
+
+/* What one request produced, checked as the client would check it. */
+struct outcome {
+    uint32_t n_rec;
+    int32_t *tok;            /* the token ids (records with a token) */
+    uint32_t n_tok;
+    uint32_t first_pos;
+    enum proto_finish finish;
+    int32_t error;
+    char *text;              /* concatenated record texts */
+    size_t text_len;
+    uint32_t *rec_text_len;  /* per token record */
+    uint32_t *rec_text_off;
+};
+
+static void outcome_free(struct outcome *o)
+{
+    free(o->tok);
+    free(o->text);
+    free(o->rec_text_len);
+    free(o->rec_text_off);
+    memset(o, 0, sizeof *o);
+}
+
+/* Gather the records of `id`, checking: positions first_pos, first_pos+1,
+ * … without gaps; FIRST on the first record only; LAST on the last only,
+ * exactly once, with a finish reason (and only it has one); ERROR iff an
+ * error code; a token on every record but a final cancel/error one. */
+static void gather(const struct rig *r, uint64_t id, uint32_t first_pos, struct outcome *o)
+{
+    memset(o, 0, sizeof *o);
+    size_t n = 0;
+    for (size_t i = 0; i < r->c.n; i++)
+        n += r->c.r[i].id == id;
+    o->tok = calloc(n + 1, sizeof *o->tok);
+    o->rec_text_len = calloc(n + 1, sizeof *o->rec_text_len);
+    o->rec_text_off = calloc(n + 1, sizeof *o->rec_text_off);
+    o->text = malloc(n * PROTO_MAX_TOKEN_TEXT + 1);
+    o->first_pos = first_pos;
+    bool last_seen = false;
+    for (size_t i = 0; i < r->c.n; i++) {
+        const struct rec *e = &r->c.r[i];
+        if (e->id != id)
+            continue;
+        if (last_seen)
+            fail_msg("request %llu: a record after LAST", (unsigned long long)id);
+        uint32_t k = o->n_rec++;
+        if (e->pos != first_pos + k)
+            fail_msg("request %llu: record %u has position %u, expected %u", (unsigned long long)id, k, e->pos,
+                     first_pos + k);
+        if (!!(e->flags & PROTO_TOK_FIRST) != (k == 0))
+            fail_msg("request %llu: FIRST flag %s on record %u", (unsigned long long)id,
+                     k == 0 ? "missing" : "set", k);
+        enum proto_finish fin = proto_tok_finish(e->flags);
+        if (e->flags & PROTO_TOK_LAST) {
+            last_seen = true;
+            if (fin == PROTO_FINISH_NONE)
+                fail_msg("request %llu: LAST without a finish reason", (unsigned long long)id);
+            o->finish = fin;
+        } else if (fin != PROTO_FINISH_NONE) {
+            fail_msg("request %llu: finish reason %u on a record that is not LAST", (unsigned long long)id, fin);
+        }
+        assert_int_equal(!!(e->flags & PROTO_TOK_ERROR), e->error < 0);
+        if (e->error)
+            o->error = e->error;
+        if (e->tok < 0) {
+            if (!(e->flags & PROTO_TOK_LAST))
+                fail_msg("request %llu: a record without a token that is not LAST", (unsigned long long)id);
+        } else {
+            o->rec_text_off[o->n_tok] = (uint32_t)o->text_len;
+            o->rec_text_len[o->n_tok] = e->text_len;
+            o->tok[o->n_tok++] = e->tok;
+        }
+        memcpy(o->text + o->text_len, e->text, e->text_len);
+        o->text_len += e->text_len;
+    }
+    o->text[o->text_len] = 0;
+    if (!last_seen)
+        fail_msg("request %llu: no LAST record (%u records)", (unsigned long long)id, o->n_rec);
+}
+
+/* The decoded text of the ids (NUL-terminated, malloc'd). */
+static char *decode(const struct rig *r, const int32_t *ids, uint32_t n, size_t *len)
+{
+    size_t need = tok_decode(r->e.model->tok, ids, n, NULL, 0);
+    char *s = malloc(need + 1);
+    *len = tok_decode(r->e.model->tok, ids, n, s, need);
+    s[*len] = 0;
+    return s;
+}
+
+static void assert_text_is_decoded_tokens(const struct rig *r, const struct outcome *o, const char *what)
+{
+    size_t n;
+    char *d = decode(r, o->tok, o->n_tok, &n);
+    if (n != o->text_len || memcmp(d, o->text, n) != 0)
+        fail_msg("%s: the records' texts (%zu bytes) differ from tok_decode of their tokens (%zu bytes):\n"
+                 "  records: \"%s\"\n  decoded: \"%s\"", what, o->text_len, n, o->text, d);
+    free(d);
+}
+
+static void assert_same_tokens(const struct outcome *want, const struct outcome *got, const char *what)
+{
+    uint32_t n = want->n_tok < got->n_tok ? want->n_tok : got->n_tok;
+    for (uint32_t i = 0; i < n; i++)
+        if (want->tok[i] != got->tok[i])
+            fail_msg("%s: position %u is token %d, alone it was %d", what, got->first_pos + i, got->tok[i],
+                     want->tok[i]);
+    if (want->n_tok != got->n_tok || want->finish != got->finish)
+        fail_msg("%s: %u tokens finishing %s, alone %u finishing %s", what, got->n_tok,
+                 proto_finish_name(got->finish), want->n_tok, proto_finish_name(want->finish));
+}
+
+/* Run one request alone in a fresh engine and gather it. */
+static void run_alone(const struct proto_submit *q, struct outcome *o)
+{
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){0});
+    submit_ok(&r, q);
+    drive(&r);
+    gather(&r, q->id, q->skip, o);
+    if (o->finish != PROTO_FINISH_STOP && !q->skip)
+        assert_text_is_decoded_tokens(&r, o, "a request alone");
+    rig_close(&r);
+}
+
+static const char *const prompts[] = {
+    "The quick brown fox",
+    "A stream of tokens flows from the worker to the gateway, one decode step at a time,",
+    "kalo mi",
+    "sha vex orin qua ble dro st",
+    "Pack my box",
+    "tu",
+    "renka lozequa phyl inor vexsha tumi dro blest kalo renmi",
+    "one decode step",
+};
+#define N_PROMPTS (sizeof prompts / sizeof prompts[0])
+
+/* ---- finishing ---------------------------------------------------------------------------------- */
+
+static void test_max_tokens_ends_with_finish_length_at_exactly_max_tokens_records(void **state)
+{
+    (void)state;
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){0});
+    static const uint32_t max[] = {1, 2, 5, 17, 64};
+    for (uint32_t i = 0; i < 5; i++) {
+        struct proto_submit q = req(100 + i, prompts[i], max[i]);
+        submit_ok(&r, &q);
+    }
+    drive(&r);
+    for (uint32_t i = 0; i < 5; i++) {
+        struct outcome o;
+        gather(&r, 100 + i, 0, &o);
+        if (o.finish != PROTO_FINISH_LENGTH)
+            fail_msg("request %u (max_tokens %u) finished %s after %u records", i, max[i],
+                     proto_finish_name(o.finish), o.n_rec);
+        assert_int_equal(o.n_rec, max[i]);
+        assert_int_equal(o.n_tok, max[i]);
+        assert_text_is_decoded_tokens(&r, &o, "max_tokens");
+        outcome_free(&o);
+    }
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    assert_int_equal(st.finished, 5);
+    assert_int_equal(st.running + st.waiting, 0);
+    rig_close(&r);
+}
+
+static void test_eos_ends_with_finish_eos(void **state)
+{
+    (void)state;
+    /* A random model rarely picks EOS greedily; at temperature 2 about one
+     * draw in vocab is EOS, so some of 16 long seeded streams must end by
+     * it.  Every stream ends either by EOS (with EOS its last token and
+     * only there) or by length. */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 16});
+    int32_t eos = tok_eos(r.e.model->tok);
+    assert_true(eos >= 0);
+    const uint32_t max = 900;
+    for (uint32_t i = 0; i < 16; i++) {
+        struct proto_submit q = sampled(200 + i, prompts[i % N_PROMPTS], max, 1000 + i);
+        q.temperature = 2.0f;
+        q.top_k = 0;
+        q.top_p = 1;
+        submit_ok(&r, &q);
+    }
+    drive(&r);
+    uint32_t n_eos = 0;
+    for (uint32_t i = 0; i < 16; i++) {
+        struct outcome o;
+        gather(&r, 200 + i, 0, &o);
+        for (uint32_t k = 0; k + 1 < o.n_tok; k++)
+            if (o.tok[k] == eos)
+                fail_msg("request %u: EOS at position %u did not end it", i, k);
+        if (o.finish == PROTO_FINISH_EOS) {
+            n_eos++;
+            assert_int_equal(o.tok[o.n_tok - 1], eos);
+            assert_true(o.n_tok < max);
+        } else {
+            assert_int_equal(o.finish, PROTO_FINISH_LENGTH);
+            assert_int_equal(o.n_tok, max);
+        }
+        assert_text_is_decoded_tokens(&r, &o, "eos run");
+        outcome_free(&o);
+    }
+    print_message("  %u of 16 sampled streams ended by EOS\n", n_eos);
+    assert_true(n_eos > 0);
+    rig_close(&r);
+}
+
+/* ---- stop strings --------------------------------------------------------------------------- */
+
+struct ref_run {
+    struct outcome o;        /* greedy, no stop strings, 48 tokens */
+    const char *prompt;
+};
+
+static void ref_run(struct ref_run *rr, const char *prompt, uint32_t max)
+{
+    struct proto_submit q = req(1, prompt, max);
+    rr->prompt = prompt;
+    run_alone(&q, &rr->o);
+    assert_int_equal(rr->o.finish, PROTO_FINISH_LENGTH);
+}
+
+static bool ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0x80)
+            return false;
+    return true;
+}
+
+/* Run the reference request again with stop strings; check that it stops
+ * where the earliest match in the reference text begins, after the token
+ * that completed it, with the text before the match and nothing else. */
+static void check_stop(const struct ref_run *rr, const char *const *stops, int n_stops, const char *what)
+{
+    const struct outcome *R = &rr->o;
+    size_t cut = SIZE_MAX, end = 0;
+    for (int i = 0; i < n_stops; i++) {
+        const char *m = memmem(R->text, R->text_len, stops[i], strlen(stops[i]));
+        if (m && (size_t)(m - R->text) < cut) {
+            cut = (size_t)(m - R->text);
+            end = cut + strlen(stops[i]);
+        } else if (m && (size_t)(m - R->text) == cut && cut + strlen(stops[i]) < end) {
+            end = cut + strlen(stops[i]);
+        }
+    }
+    struct proto_submit q = req(1, rr->prompt, R->n_tok);
+    q.n_stop = (uint8_t)n_stops;
+    for (int i = 0; i < n_stops; i++)
+        snprintf(q.stop[i], sizeof q.stop[i], "%s", stops[i]);
+    struct outcome o;
+    run_alone(&q, &o);
+    if (cut == SIZE_MAX) {
+        /* No match: everything comes out, held-back prefixes included. */
+        assert_int_equal(o.finish, PROTO_FINISH_LENGTH);
+        assert_int_equal(o.n_tok, R->n_tok);
+        if (o.text_len != R->text_len || memcmp(o.text, R->text, R->text_len))
+            fail_msg("%s: text \"%s\", expected \"%s\"", what, o.text, R->text);
+    } else {
+        /* The token whose text reaches past the match's end completes it. */
+        uint32_t k = 0;
+        while (k < R->n_tok && R->rec_text_off[k] + R->rec_text_len[k] < end)
+            k++;
+        if (o.finish != PROTO_FINISH_STOP)
+            fail_msg("%s: finished %s, expected stop", what, proto_finish_name(o.finish));
+        assert_int_equal(o.n_tok, k + 1);
+        for (uint32_t i = 0; i < o.n_tok; i++)
+            assert_int_equal(o.tok[i], R->tok[i]);
+        if (o.text_len != cut || memcmp(o.text, R->text, cut))
+            fail_msg("%s: text \"%s\" (%zu bytes), expected the %zu bytes before the stop string: \"%.*s\"", what,
+                     o.text, o.text_len, cut, (int)cut, R->text);
+    }
+    outcome_free(&o);
+}
+
+static void test_stop_strings_end_the_text_before_them(void **state)
+{
+    (void)state;
+    struct ref_run rr;
+    ref_run(&rr, prompts[1], 48);
+    const struct outcome *R = &rr.o;
+    /* A stop string inside one token's text, for a few tokens. */
+    int tried = 0;
+    for (uint32_t j = 3; j < R->n_tok && tried < 4; j += 5) {
+        uint32_t l = R->rec_text_len[j];
+        const char *t = R->text + R->rec_text_off[j];
+        if (l < 2 || !ascii(t, l))
+            continue;
+        char s[PROTO_STOP_LEN + 1], what[96];
+        snprintf(s, sizeof s, "%.*s", (int)(l < PROTO_STOP_LEN ? l : PROTO_STOP_LEN), t);
+        snprintf(what, sizeof what, "stop \"%s\" (token %u's text)", s, j);
+        check_stop(&rr, (const char *const[]){s}, 1, what);
+        tried++;
+    }
+    assert_true(tried > 0);
+    /* One that never matches: the whole text, finish length. */
+    check_stop(&rr, (const char *const[]){"\x01\x02"}, 1, "a stop string that never matches");
+    outcome_free(&rr.o);
+}
+
+static void test_stop_string_split_across_tokens_and_held_text(void **state)
+{
+    (void)state;
+    struct ref_run rr;
+    ref_run(&rr, prompts[1], 48);
+    const struct outcome *R = &rr.o;
+    char s[PROTO_STOP_LEN + 1];
+    int tried2 = 0, tried3 = 0, held = 0;
+    for (uint32_t j = 2; j + 2 < R->n_tok; j++) {
+        const char *a = R->text + R->rec_text_off[j], *b = R->text + R->rec_text_off[j + 1],
+                   *c = R->text + R->rec_text_off[j + 2];
+        uint32_t la = R->rec_text_len[j], lb = R->rec_text_len[j + 1], lc = R->rec_text_len[j + 2];
+        if (!ascii(a, la) || !ascii(b, lb) || !ascii(c, lc) || la < 2 || lb < 1 || lc < 1 || lb > 40)
+            continue;
+        char what[96];
+        if (tried2 < 3) {
+            /* Two tokens: the end of token j and the start of token j+1. */
+            snprintf(s, sizeof s, "%.*s%.*s", 2, a + la - 2, 1, b);
+            snprintf(what, sizeof what, "stop \"%s\" across tokens %u-%u", s, j, j + 1);
+            check_stop(&rr, (const char *const[]){s}, 1, what);
+            tried2++;
+        }
+        if (tried3 < 3) {
+            /* Three tokens: the last byte of j, all of j+1, the first of j+2. */
+            snprintf(s, sizeof s, "%.*s%.*s%.*s", 1, a + la - 1, (int)lb, b, 1, c);
+            snprintf(what, sizeof what, "stop \"%s\" across tokens %u-%u", s, j, j + 2);
+            check_stop(&rr, (const char *const[]){s}, 1, what);
+            tried3++;
+        }
+        if (held < 4) {
+            /* A prefix of the stop string ends token j, so its bytes are held
+             * back; the string never completes, so they must come out later. */
+            snprintf(s, sizeof s, "%.*s\x01", 2, a + la - 2);
+            snprintf(what, sizeof what, "held-back prefix of token %u", j);
+            check_stop(&rr, (const char *const[]){s}, 1, what);
+            held++;
+        }
+    }
+    assert_true(tried2 > 0 && tried3 > 0 && held > 0);
+
+    /* Several stop strings: the earliest match wins, whichever is listed first. */
+    uint32_t j1 = 4, j2 = R->n_tok - 6;
+    char late[PROTO_STOP_LEN + 1], early[PROTO_STOP_LEN + 1];
+    snprintf(late, sizeof late, "%.*s", (int)(R->rec_text_len[j2] < 6 ? R->rec_text_len[j2] : 6),
+             R->text + R->rec_text_off[j2]);
+    snprintf(early, sizeof early, "%.*s", (int)(R->rec_text_len[j1] < 6 ? R->rec_text_len[j1] : 6),
+             R->text + R->rec_text_off[j1]);
+    if (late[0] && early[0])
+        check_stop(&rr, (const char *const[]){late, early, "\x02never"}, 3, "earliest of three stop strings");
+    /* A stop string in the first token's text: the text before it, maybe none. */
+    snprintf(s, sizeof s, "%.*s", R->rec_text_len[0] < 2 ? (int)R->rec_text_len[0] : 2, R->text);
+    if (s[0])
+        check_stop(&rr, (const char *const[]){s}, 1, "stop string in the first token");
+    /* The whole text as the stop string (up to the cap). */
+    snprintf(s, sizeof s, "%.*s", (int)(R->text_len < PROTO_STOP_LEN ? R->text_len : PROTO_STOP_LEN), R->text);
+    check_stop(&rr, (const char *const[]){s}, 1, "a long stop string");
+    outcome_free(&rr.o);
+}
+
+static void test_token_texts_concatenate_to_the_decoded_token_ids(void **state)
+{
+    (void)state;
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){0});
+    for (uint32_t i = 0; i < N_PROMPTS; i++) {
+        struct proto_submit q = i % 2 ? sampled(300 + i, prompts[i], 60, 77 + i) : req(300 + i, prompts[i], 60);
+        if (i % 3 == 2)
+            q.temperature = 1.5f; /* more varied pieces, multibyte ones included */
+        submit_ok(&r, &q);
+    }
+    drive(&r);
+    for (uint32_t i = 0; i < N_PROMPTS; i++) {
+        struct outcome o;
+        gather(&r, 300 + i, 0, &o);
+        char what[32];
+        snprintf(what, sizeof what, "request %u", i);
+        assert_text_is_decoded_tokens(&r, &o, what);
+        outcome_free(&o);
+    }
+    rig_close(&r);
+}
+
+/* ---- independence of the batch ----------------------------------------------------------------- */
+
+static void test_seeded_sampling_is_deterministic_and_independent_of_the_batch(void **state)
+{
+    (void)state;
+    /* 16 requests (seeded sampling with various settings, and greedy ones),
+     * each run alone, then all together with 2 threads, small prefill
+     * chunks so prompts prefill while others decode, and staggered
+     * arrivals — every one must produce its tokens alone. */
+    enum { N = 16 };
+    struct proto_submit q[N];
+    struct outcome alone[N];
+    for (uint32_t i = 0; i < N; i++) {
+        q[i] = i % 4 == 3 ? req(400 + i, prompts[i % N_PROMPTS], 24 + i)
+                          : sampled(400 + i, prompts[i % N_PROMPTS], 24 + i, 5000 + i);
+        if (i % 4 == 1) {
+            q[i].top_k = 0;
+            q[i].min_p = 0.05f;
+            q[i].repetition_penalty = 1.3f;
+        }
+        if (i % 4 == 2)
+            q[i].temperature = 1.7f;
+        run_alone(&q[i], &alone[i]);
+    }
+    /* Alone twice: deterministic. */
+    struct outcome again;
+    run_alone(&q[0], &again);
+    assert_same_tokens(&alone[0], &again, "request 0 alone, second run");
+    outcome_free(&again);
+
+    for (int round = 0; round < 2; round++) {
+        struct rig r;
+        rig_open(&r, &(struct rig_opts){.threads = 2, .prefill_chunk = round ? 5 : 64});
+        for (uint32_t i = 0; i < N; i++) {
+            submit_ok(&r, &q[i]);
+            if (round == 1 && i % 3 == 0)
+                for (int k = 0; k < 2; k++)
+                    step(&r);
+        }
+        drive(&r);
+        for (uint32_t i = 0; i < N; i++) {
+            struct outcome o;
+            gather(&r, q[i].id, 0, &o);
+            char what[64];
+            snprintf(what, sizeof what, "request %u among %u (round %d)", i, N, round);
+            assert_same_tokens(&alone[i], &o, what);
+            outcome_free(&o);
+        }
+        struct sched_stats st;
+        sched_stats(r.s, &st);
+        print_message("  round %d: %llu steps for %llu tokens\n", round, (unsigned long long)st.steps,
+                      (unsigned long long)st.tokens);
+        rig_close(&r);
+    }
+    for (uint32_t i = 0; i < N; i++)
+        outcome_free(&alone[i]);
+}
+
+/* ---- preemption ---------------------------------------------------------------------------------- */
+
+static void check_preempted(const struct rig_opts *ro, bool pressure)
+{
+    enum { N = 10 };
+    struct proto_submit q[N];
+    struct outcome alone[N];
+    for (uint32_t i = 0; i < N; i++) {
+        q[i] = i % 2 ? sampled(500 + i, prompts[i % N_PROMPTS], 40, 900 + i) : req(500 + i, prompts[i % N_PROMPTS], 40);
+        run_alone(&q[i], &alone[i]);
+    }
+    struct rig r;
+    rig_open(&r, ro);
+    for (uint32_t i = 0; i < N; i++)
+        submit_ok(&r, &q[i]);
+    if (pressure) {
+        for (int k = 0; k < 12; k++)
+            step(&r);
+        struct sched_stats st;
+        sched_stats(r.s, &st);
+        assert_int_equal(st.running, N);
+        sched_set_pressure(r.s, 2); /* critical: the cap quarters, the newest give back their memory */
+        sched_stats(r.s, &st);
+        assert_true(st.running <= st.cap);
+        assert_true(st.preemptions >= N - st.cap);
+        for (int k = 0; k < 15; k++)
+            step(&r);
+        sched_set_pressure(r.s, 0);
+    }
+    drive(&r);
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    print_message("  %llu preemptions\n", (unsigned long long)st.preemptions);
+    assert_true(st.preemptions > 0);
+    assert_int_equal(st.finished, N);
+    for (uint32_t i = 0; i < N; i++) {
+        struct outcome o;
+        gather(&r, q[i].id, 0, &o);
+        char what[64];
+        snprintf(what, sizeof what, "request %u after preemption", i);
+        assert_same_tokens(&alone[i], &o, what);
+        assert_text_is_decoded_tokens(&r, &o, what);
+        outcome_free(&o);
+        outcome_free(&alone[i]);
+    }
+    rig_close(&r);
+}
+
+static void test_preempted_requests_recompute_exactly_when_the_kv_cache_is_full(void **state)
+{
+    (void)state;
+    /* Tiny model: a 16-token block is 2 layers x K,V x 16 x 32 floats = 8 KiB.
+     * 12 blocks hold 192 positions; ten requests of up to ~60 positions
+     * need 40 blocks. */
+    check_preempted(&(struct rig_opts){.kv_bytes = "96K", .prefill_chunk = 16}, false);
+}
+
+static void test_preempted_requests_recompute_exactly_under_critical_pressure(void **state)
+{
+    (void)state;
+    check_preempted(&(struct rig_opts){.max_batch = 16}, true);
+}
+
+/* ---- resume ------------------------------------------------------------------------------------- */
+
+static void test_resume_with_skip_continues_with_exactly_the_remaining_tokens(void **state)
+{
+    (void)state;
+    struct proto_submit base[3] = {
+        sampled(600, prompts[1], 40, 4242),
+        req(601, prompts[3], 40),
+        sampled(602, prompts[6], 40, 99),
+    };
+    base[2].repetition_penalty = 1.4f; /* the history (prompt + delivered) matters */
+    base[2].top_k = 0;
+    for (int b = 0; b < 3; b++) {
+        struct outcome full;
+        run_alone(&base[b], &full);
+        assert_true(full.n_tok > 8);
+        uint32_t ks[] = {1, 5, full.n_tok / 2, full.n_tok - 1};
+        for (int ki = 0; ki < 4; ki++) {
+            uint32_t k = ks[ki];
+            struct proto_submit q = base[b];
+            q.id = 700 + (uint64_t)b * 10 + (uint64_t)ki;
+            q.prompt_tokens = full.tok;
+            q.n_prompt_tokens = k;
+            q.skip = k;
+            struct outcome o;
+            run_alone(&q, &o); /* gather checks positions start at k, FIRST on the first */
+            char what[64];
+            snprintf(what, sizeof what, "request %d resumed at %u", b, k);
+            if (o.n_tok != full.n_tok - k || o.finish != full.finish)
+                fail_msg("%s: %u tokens finishing %s, expected %u finishing %s", what, o.n_tok,
+                         proto_finish_name(o.finish), full.n_tok - k, proto_finish_name(full.finish));
+            for (uint32_t i = 0; i < o.n_tok; i++)
+                if (o.tok[i] != full.tok[k + i])
+                    fail_msg("%s: position %u is %d, uninterrupted %d", what, k + i, o.tok[i], full.tok[k + i]);
+            /* The text from position k on is what the uninterrupted run sent from there. */
+            size_t off = full.rec_text_off[k];
+            if (o.text_len != full.text_len - off || memcmp(o.text, full.text + off, o.text_len))
+                fail_msg("%s: text \"%s\", expected \"%s\"", what, o.text, full.text + off);
+            outcome_free(&o);
+        }
+        outcome_free(&full);
+    }
+}
+
+static void test_resume_across_a_held_back_or_matching_stop_string(void **state)
+{
+    (void)state;
+    /* Uninterrupted greedy run; token k-1's text ends with byte c. */
+    struct ref_run rr;
+    ref_run(&rr, prompts[1], 30);
+    const struct outcome *R = &rr.o;
+    uint32_t k = 6;
+    while (k < R->n_tok - 2 && (R->rec_text_len[k - 1] == 0 || R->rec_text_len[k] == 0 ||
+                                !ascii(R->text + R->rec_text_off[k - 1], R->rec_text_len[k - 1] + R->rec_text_len[k])))
+        k++;
+    assert_true(k < R->n_tok - 2);
+    char c = R->text[R->rec_text_off[k] - 1], d = R->text[R->rec_text_off[k]];
+
+    /* 1. Stop "c\x01" never matches; c is held at the resume point.  The
+     *    resumed request sends it with record k, as the uninterrupted one did. */
+    struct proto_submit q = req(1200, prompts[1], 30);
+    q.n_stop = 1;
+    snprintf(q.stop[0], sizeof q.stop[0], "%c\x01", c);
+    struct outcome full, o;
+    run_alone(&q, &full);
+    assert_int_equal(full.finish, PROTO_FINISH_LENGTH);
+    assert_int_equal(full.text_len, R->text_len);
+    q.id = 1201;
+    q.prompt_tokens = full.tok;
+    q.n_prompt_tokens = k;
+    q.skip = k;
+    run_alone(&q, &o);
+    assert_int_equal(o.n_tok, full.n_tok - k);
+    size_t off = full.rec_text_off[k];
+    if (o.text_len != full.text_len - off || memcmp(o.text, full.text + off, o.text_len))
+        fail_msg("resumed at %u with a held byte: text \"%s\", expected \"%s\"", k, o.text, full.text + off);
+    outcome_free(&o);
+    outcome_free(&full);
+
+    /* 2. Stop "cd" spans the resume point: the resumed request stops at
+     *    position k, sending the text before the match that was not yet sent
+     *    (here none: c was held back, then cut). */
+    q = req(1202, prompts[1], 30);
+    q.n_stop = 1;
+    snprintf(q.stop[0], sizeof q.stop[0], "%c%c", c, d);
+    run_alone(&q, &full);
+    if (full.finish == PROTO_FINISH_STOP && full.n_tok == k + 1) {
+        q.id = 1203;
+        q.prompt_tokens = full.tok;
+        q.n_prompt_tokens = k;
+        q.skip = k;
+        run_alone(&q, &o);
+        assert_int_equal(o.finish, PROTO_FINISH_STOP);
+        assert_int_equal(o.n_tok, 1);
+        assert_int_equal(o.tok[0], full.tok[k]);
+        off = full.rec_text_off[k];
+        if (o.text_len != full.text_len - off || memcmp(o.text, full.text + off, o.text_len))
+            fail_msg("resumed at %u across a stop string: text \"%s\", expected \"%s\"", k, o.text,
+                     full.text + off);
+        outcome_free(&o);
+    } else {
+        /* "cd" occurred earlier in the text; then the case is not exercised. */
+        print_message("  (\"%c%c\" occurs before token %u: case 2 skipped)\n", c, d, k);
+    }
+    outcome_free(&full);
+    outcome_free(&rr.o);
+}
+
+/* ---- cancel ------------------------------------------------------------------------------------------ */
+
+static void test_cancel_ends_with_a_last_record_and_is_idempotent(void **state)
+{
+    (void)state;
+    struct outcome b_alone;
+    struct proto_submit qa = req(800, prompts[0], 50), qb = sampled(801, prompts[1], 30, 31);
+    run_alone(&qb, &b_alone);
+
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){0});
+    submit_ok(&r, &qa);
+    submit_ok(&r, &qb);
+    for (int k = 0; k < 5; k++)
+        step(&r);
+    assert_int_equal(sched_cancel(r.s, 800), 0);
+    assert_int_equal(sched_cancel(r.s, 800), 0); /* twice: the same as once */
+    step(&r);
+    assert_int_equal(sched_cancel(r.s, 800), RILL_E_NOT_FOUND); /* gone now */
+    drive(&r);
+    struct outcome a, b;
+    gather(&r, 800, 0, &a);
+    assert_int_equal(a.finish, PROTO_FINISH_CANCELLED);
+    assert_int_equal(a.error, 0);
+    assert_true(a.n_tok >= 1 && a.n_tok < 50);
+    assert_int_equal(a.n_rec, a.n_tok + 1); /* the LAST record carries no token */
+    assert_text_is_decoded_tokens(&r, &a, "cancelled");
+    gather(&r, 801, 0, &b);
+    assert_same_tokens(&b_alone, &b, "the other request of the batch");
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    assert_int_equal(st.cancelled, 1);
+    /* Unknown, and finished. */
+    assert_int_equal(sched_cancel(r.s, 123456), RILL_E_NOT_FOUND);
+    assert_int_equal(sched_cancel(r.s, 801), RILL_E_NOT_FOUND);
+    outcome_free(&a);
+    outcome_free(&b);
+    outcome_free(&b_alone);
+    rig_close(&r);
+}
+
+static void test_cancel_of_a_waiting_request_emits_first_and_last(void **state)
+{
+    (void)state;
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 1});
+    struct proto_submit qa = req(810, prompts[0], 20), qb = req(811, prompts[2], 20);
+    submit_ok(&r, &qa);
+    submit_ok(&r, &qb);
+    step(&r);
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    assert_int_equal(st.waiting, 1);
+    assert_int_equal(sched_cancel(r.s, 811), 0);
+    assert_int_equal(sched_cancel(r.s, 811), 0);
+    drive(&r);
+    struct outcome o;
+    gather(&r, 811, 0, &o); /* one record: FIRST and LAST, position 0, no token */
+    assert_int_equal(o.n_rec, 1);
+    assert_int_equal(o.n_tok, 0);
+    assert_int_equal(o.finish, PROTO_FINISH_CANCELLED);
+    outcome_free(&o);
+    gather(&r, 810, 0, &o);
+    assert_int_equal(o.finish, PROTO_FINISH_LENGTH);
+    assert_int_equal(o.n_tok, 20);
+    outcome_free(&o);
+    rig_close(&r);
+}
+
+static void test_cancel_sends_the_held_back_text(void **state)
+{
+    (void)state;
+    /* The last byte of the text at the cancel is held back as a possible
+     * start of a stop string that never completes; the cancel record must
+     * carry it. */
+    struct ref_run rr;
+    ref_run(&rr, prompts[1], 30);
+    const struct outcome *R = &rr.o;
+    uint32_t k = 0; /* cancel after k+1 tokens, k's text nonempty */
+    for (k = 2; k < R->n_tok - 1 && R->rec_text_len[k] == 0; k++)
+        ;
+    assert_true(R->rec_text_len[k] > 0);
+    char c = R->text[R->rec_text_off[k] + R->rec_text_len[k] - 1];
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){0});
+    struct proto_submit q = req(821, prompts[1], 30);
+    q.n_stop = 1;
+    snprintf(q.stop[0], sizeof q.stop[0], "%c\x01", c);
+    submit_ok(&r, &q);
+    while (r.c.n < k + 1)
+        step(&r);
+    assert_int_equal(r.c.n, k + 1);
+    assert_int_equal(sched_cancel(r.s, 821), 0);
+    drive(&r);
+    struct outcome o;
+    gather(&r, 821, 0, &o);
+    assert_int_equal(o.finish, PROTO_FINISH_CANCELLED);
+    assert_int_equal(o.n_tok, k + 1);
+    assert_text_is_decoded_tokens(&r, &o, "cancelled with a held-back byte");
+    size_t tail = o.text_len - (o.rec_text_off[k] + o.rec_text_len[k]);
+    assert_int_equal(tail, 1); /* the held byte, sent by the cancel record */
+    assert_int_equal(o.text[o.text_len - 1], c);
+    outcome_free(&o);
+    outcome_free(&rr.o);
+    rig_close(&r);
+}
+
+/* ---- rejections --------------------------------------------------------------------------------- */
+
+static int try_submit(struct rig *r, const struct proto_submit *q)
+{
+    char why[256] = "";
+    return sched_submit(r->s, q, 0, why, sizeof why);
+}
+
+static void test_bad_requests_are_rejected_by_code(void **state)
+{
+    (void)state;
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.context = 64, .kv_bytes = "64K"}); /* 8 blocks of 16 */
+    struct proto_submit q = req(900, "hello", 4);
+    assert_int_equal(try_submit(&r, &q), 0);
+    assert_int_equal(try_submit(&r, &q), RILL_E_DUPLICATE_ID);
+
+    /* The context is 64: prompts are counted exactly with prompt_tokens. */
+    int32_t ids[80];
+    for (int i = 0; i < 80; i++)
+        ids[i] = 5 + i;
+    q = req(901, NULL, 1);
+    q.prompt_tokens = ids;
+    q.n_prompt_tokens = 64;
+    assert_int_equal(try_submit(&r, &q), RILL_E_CONTEXT_LENGTH);
+    q.n_prompt_tokens = 80;
+    assert_int_equal(try_submit(&r, &q), RILL_E_CONTEXT_LENGTH);
+    q.n_prompt_tokens = 63; /* 63 + 1 = 64: fits exactly */
+    assert_int_equal(try_submit(&r, &q), 0);
+    q = req(902, NULL, 55);
+    q.prompt_tokens = ids;
+    q.n_prompt_tokens = 10; /* 10 + 55 > 64 */
+    assert_int_equal(try_submit(&r, &q), RILL_E_MAX_TOKENS);
+    q.max_tokens = 54;
+    assert_int_equal(try_submit(&r, &q), 0);
+    /* A long text prompt. */
+    char longp[2048] = "";
+    for (int i = 0; i < 60; i++)
+        strcat(longp, "the quick brown fox ");
+    q = req(903, longp, 1);
+    assert_int_equal(try_submit(&r, &q), RILL_E_CONTEXT_LENGTH);
+
+    /* Sampling values out of range, and other malformed requests. */
+    struct proto_submit bad[12];
+    for (int i = 0; i < 12; i++)
+        bad[i] = req(910 + (uint64_t)i, "hi", 4);
+    bad[0].temperature = -0.5f;
+    bad[1].temperature = NAN;
+    bad[2].temperature = INFINITY;
+    bad[3].top_p = 1.5f;
+    bad[4].top_p = -0.1f;
+    bad[5].min_p = 2.0f;
+    bad[6].repetition_penalty = -1.0f;
+    bad[7].repetition_penalty = NAN;
+    bad[8].top_logprobs = PROTO_MAX_TOP + 1;
+    bad[9].max_tokens = 0;
+    int32_t oov = (int32_t)r.e.model->cfg.vocab;
+    bad[10].prompt_tokens = &oov;
+    bad[10].n_prompt_tokens = 1;
+    bad[11].prompt_tokens = ids;
+    bad[11].n_prompt_tokens = 2;
+    bad[11].skip = 3; /* more than carried */
+    for (int i = 0; i < 12; i++) {
+        int rc = try_submit(&r, &bad[i]);
+        if (rc != RILL_E_BAD_REQUEST)
+            fail_msg("bad request %d: %s, expected bad_request", i, rill_err_name(rc));
+    }
+    /* skip leaving nothing of max_tokens. */
+    q = req(930, "hi", 3);
+    q.prompt_tokens = ids;
+    q.n_prompt_tokens = 3;
+    q.skip = 3;
+    assert_int_equal(try_submit(&r, &q), RILL_E_BAD_REQUEST);
+    /* A rejected id leaves no trace: it can be used now. */
+    q = req(910, "hi", 4);
+    assert_int_equal(try_submit(&r, &q), 0);
+
+    /* Empty prompt: this model adds BOS, so it is one token and fine. */
+    q = req(940, "", 3);
+    assert_int_equal(try_submit(&r, &q), 0);
+
+    /* Draining and emergency pressure turn requests away (recoverably). */
+    sched_set_draining(r.s, true);
+    q = req(950, "hi", 2);
+    assert_int_equal(try_submit(&r, &q), RILL_E_SHUTTING_DOWN);
+    sched_set_draining(r.s, false);
+    sched_set_pressure(r.s, 3);
+    assert_int_equal(try_submit(&r, &q), RILL_E_OVERLOADED);
+    sched_set_pressure(r.s, 0);
+    assert_int_equal(try_submit(&r, &q), 0);
+    drive(&r);
+    /* Finished ids are free again. */
+    q = req(900, "hello", 4);
+    assert_int_equal(try_submit(&r, &q), 0);
+    drive(&r);
+    rig_close(&r);
+
+    /* A request that needs more KV cache than the worker has at all. */
+    rig_open(&r, &(struct rig_opts){.kv_bytes = "32K"}); /* 4 blocks: 64 positions */
+    q = req(960, NULL, 60);
+    q.prompt_tokens = ids;
+    q.n_prompt_tokens = 10;
+    assert_int_equal(try_submit(&r, &q), RILL_E_MEMORY_LIMIT);
+    q.max_tokens = 54;
+    assert_int_equal(try_submit(&r, &q), 0);
+    drive(&r);
+    struct outcome o;
+    gather(&r, 960, 0, &o);
+    assert_int_equal(o.n_tok, 54);
+    outcome_free(&o);
+    rig_close(&r);
+
+    /* A model that adds no BOS: the empty prompt is empty. */
+    rig_open(&r, &(struct rig_opts){.model = nobos_path});
+    assert_false(tok_add_bos(r.e.model->tok));
+    q = req(970, "", 3);
+    assert_int_equal(try_submit(&r, &q), RILL_E_BAD_REQUEST);
+    q.prompt = NULL;
+    assert_int_equal(try_submit(&r, &q), RILL_E_BAD_REQUEST);
+    q = req(971, "x", 3);
+    assert_int_equal(try_submit(&r, &q), 0);
+    drive(&r);
+    rig_close(&r);
+}
+
+/* ---- positions ------------------------------------------------------------------------------------- */
+
+static void test_positions_run_from_zero_with_first_and_last_flags(void **state)
+{
+    (void)state;
+    /* Many requests of every kind at once; gather() checks each one's
+     * records: positions 0..n-1 (or skip..), FIRST on the first only, LAST
+     * on the last only, a finish reason exactly on LAST. */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 6, .prefill_chunk = 8});
+    int32_t carried[3] = {40, 41, 42};
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < 20; i++) {
+        struct proto_submit q = i % 2 ? sampled(1000 + i, prompts[i % N_PROMPTS], 1 + i * 3, i)
+                                      : req(1000 + i, prompts[i % N_PROMPTS], 1 + i * 3);
+        if (i % 5 == 4) {
+            q.prompt_tokens = carried;
+            q.n_prompt_tokens = 3;
+            q.skip = 3;
+            q.max_tokens += 3;
+        }
+        if (i % 7 == 6) {
+            q.n_stop = 1;
+            snprintf(q.stop[0], sizeof q.stop[0], "e");
+        }
+        submit_ok(&r, &q);
+        n++;
+        step(&r);
+    }
+    assert_int_equal(sched_cancel(r.s, 1019), 0);
+    drive(&r);
+    for (uint32_t i = 0; i < n; i++) {
+        struct outcome o;
+        gather(&r, 1000 + i, i % 5 == 4 ? 3 : 0, &o);
+        if (o.finish == PROTO_FINISH_LENGTH)
+            assert_int_equal(o.n_tok, 1 + i * 3);
+        outcome_free(&o);
+    }
+    /* Nothing but these requests' records came out. */
+    for (size_t k = 0; k < r.c.n; k++)
+        assert_true(r.c.r[k].id >= 1000 && r.c.r[k].id < 1000 + n);
+    /* Idle steps run nothing and still flush once. */
+    assert_int_equal(step(&r), 0);
+    rig_close(&r);
+}
+
+/* ---- chunked prefill --------------------------------------------------------------------------- */
+
+static void test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step(void **state)
+{
+    (void)state;
+    /* prefill_chunk is "most prompt tokens prefilled in one step": a long
+     * prompt joining running streams must not stall them longer than that,
+     * whether or not the scheduler has learned its cost model yet. */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 4, .prefill_chunk = 8});
+    struct proto_submit a = req(1100, prompts[5], 60); /* a short prompt: no cost model learned from it */
+    submit_ok(&r, &a);
+    for (int k = 0; k < 3; k++)
+        step(&r);
+    int32_t ids[100];
+    for (int i = 0; i < 100; i++)
+        ids[i] = 10 + i;
+    struct proto_submit b = req(1101, NULL, 10);
+    b.prompt_tokens = ids;
+    b.n_prompt_tokens = 100;
+    submit_ok(&r, &b);
+    uint32_t worst = 0, steps = 0;
+    while (sched_busy(r.s)) {
+        step(&r);
+        struct sched_stats st;
+        sched_stats(r.s, &st);
+        uint32_t prefill = st.last_rows - st.last_batch;
+        if (prefill > worst)
+            worst = prefill;
+        steps++;
+    }
+    rig_close(&r);
+    if (worst > 8)
+        fail_msg("a step ran %u prompt rows with prefill_chunk 8", worst);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_max_tokens_ends_with_finish_length_at_exactly_max_tokens_records),
+        cmocka_unit_test(test_eos_ends_with_finish_eos),
+        cmocka_unit_test(test_stop_strings_end_the_text_before_them),
+        cmocka_unit_test(test_stop_string_split_across_tokens_and_held_text),
+        cmocka_unit_test(test_token_texts_concatenate_to_the_decoded_token_ids),
+        cmocka_unit_test(test_seeded_sampling_is_deterministic_and_independent_of_the_batch),
+        cmocka_unit_test(test_preempted_requests_recompute_exactly_when_the_kv_cache_is_full),
+        cmocka_unit_test(test_preempted_requests_recompute_exactly_under_critical_pressure),
+        cmocka_unit_test(test_resume_with_skip_continues_with_exactly_the_remaining_tokens),
+        cmocka_unit_test(test_resume_across_a_held_back_or_matching_stop_string),
+        cmocka_unit_test(test_cancel_ends_with_a_last_record_and_is_idempotent),
+        cmocka_unit_test(test_cancel_of_a_waiting_request_emits_first_and_last),
+        cmocka_unit_test(test_cancel_sends_the_held_back_text),
+        cmocka_unit_test(test_bad_requests_are_rejected_by_code),
+        cmocka_unit_test(test_positions_run_from_zero_with_first_and_last_flags),
+        cmocka_unit_test(test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,970 @@
+/* rill-bench-engine — how fast the engine decodes and prefills, through the
+ * engine API (engine_open, sched_submit, sched_step with a no-op output): no
+ * gateway, no ring, no processes except in the worker comparison.
+ *
+ *   rill-bench-engine [--models-dir DIR] [--json FILE] [--threads N] [--quick]
+ *                     [--models 24M,134M] [--dtypes f32,f16,q8_0] [--batches 1,8,32,64]
+ *                     [--runs N] [--run-seconds S] [--compare-batches 8,32] [--no-compare]
+ *                     [--mkmodel PATH]
+ *
+ * For every model (24M: dim 288, 6 layers, 6 heads, ffn 768, vocab 32000;
+ * 134M: dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000; made by
+ * rill-mkmodel into --models-dir when missing) in every dtype:
+ *   - decode tokens/s at 1, 8, 32 and 64 concurrent sequences with
+ *     32-token prompts (batch 1 is the single-stream figure): the sequences
+ *     are prefilled, two steps warm up, then --runs windows of pure decode
+ *     steps are timed (each about --run-seconds long) and the median window
+ *     is the figure — the machine is shared and noisy;
+ *   - prefill tokens/s: a 128-token prompt in one step, median of --runs;
+ *   - what each decode figure implies: weight bytes read per second (every
+ *     step streams every matrix once, whatever the batch), KV-cache bytes read
+ *     per second, and the FLOP rate (2 per weight per token, plus attention).
+ * Then one worker with 2 threads against two workers with 1 thread each
+ * (fork: each child opens its own engine and decodes half the sequences,
+ * both timed over the same windows): aggregate tokens/s of both setups.
+ *
+ * Targets (one worker, 2 threads, 32-token prompts) are printed next to the
+ * figures with how far each is from its target.
+ * --quick is a smoke run (batches 1 and 8, 2 short runs, compare at 8).
+ */
+#include "common/clock.h"
+#include "common/config.h"
+#include "common/err.h"
+#include "common/jsonw.h"
+#include "common/log.h"
+#include "worker/engine.h"
+#include "worker/kern.h"
+#include "worker/model.h"
+#include "worker/sched.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAX_RUNS    16
+#define MAX_BATCHES 8
+#define PROMPT      32     /* tokens of each decode request's prompt */
+#define PREFILL     128    /* tokens of the prefill request */
+#define CTX         768    /* context of the benchmark engines */
+#define MAX_STEPS   100    /* decode steps in one timed window, at most */
+#define MIN_STEPS   3
+
+static const char *const shape_names[] = {"24M", "134M"};
+static const char *const dtype_names[] = {"f32", "f16", "q8_0"};
+
+struct target {
+    const char *model, *dtype;
+    double single, agg32;
+};
+static const struct target targets[] = {
+    {"134M", "f32", 34, 300},
+    {"134M", "f16", 57, 300},
+    {"134M", "q8_0", 87, 300},
+    {"24M", "f32", 200, 1200},
+};
+
+struct opts {
+    const char *models_dir, *json, *mkmodel;
+    int threads;
+    bool quick, compare;
+    bool model_on[2], dtype_on[3];
+    uint32_t batches[MAX_BATCHES], n_batches;
+    uint32_t cmp_batches[MAX_BATCHES], n_cmp;
+    int runs;
+    double run_s;
+};
+
+/* ---- small things ----------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n)
+{
+    if (n <= 0)
+        return NAN;
+    double s[MAX_RUNS];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+static double vmin(const double *v, int n)
+{
+    double m = INFINITY;
+    for (int i = 0; i < n; i++)
+        m = fmin(m, v[i]);
+    return m;
+}
+
+static double vmax(const double *v, int n)
+{
+    double m = -INFINITY;
+    for (int i = 0; i < n; i++)
+        m = fmax(m, v[i]);
+    return m;
+}
+
+/* Busy CPU seconds of the whole machine (from /proc/stat) and of this
+ * process: their difference over a window is what other processes took —
+ * the noise next to a figure. */
+struct cpu_sample {
+    double machine, self, wall;
+};
+
+static struct cpu_sample cpu_sample(void)
+{
+    struct cpu_sample c = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    if (f) {
+        if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                   &v[6], &v[7]) == 8) {
+            double hz = (double)sysconf(_SC_CLK_TCK);
+            c.machine = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz; /* all but idle and iowait */
+        }
+        fclose(f);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    c.self = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    c.wall = (double)clock_ns() / 1e9;
+    return c;
+}
+
+/* Cores' worth of CPU that other processes used between a and b. */
+static double others_cores(struct cpu_sample a, struct cpu_sample b)
+{
+    double w = b.wall - a.wall;
+    if (w <= 0)
+        return NAN;
+    double o = ((b.machine - a.machine) - (b.self - a.self)) / w;
+    return o < 0 ? 0 : o;
+}
+
+static int noop_emit(void *ctx, const struct proto_token *t)
+{
+    (void)ctx;
+    (void)t;
+    return 0;
+}
+static void noop_flush(void *ctx) { (void)ctx; }
+static const struct sched_out noop_out = {NULL, noop_emit, noop_flush};
+
+static const struct target *find_target(const char *model, const char *dtype)
+{
+    for (size_t i = 0; i < sizeof targets / sizeof *targets; i++)
+        if (!strcmp(targets[i].model, model) && !strcmp(targets[i].dtype, dtype))
+            return &targets[i];
+    return NULL;
+}
+
+static bool parse_list(const char *s, uint32_t *out, uint32_t *n, uint32_t max)
+{
+    *n = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long v = strtol(t, &end, 10);
+        if (*end || v < 1 || v > 4096 || *n == max)
+            return false;
+        out[(*n)++] = (uint32_t)v;
+    }
+    return *n > 0;
+}
+
+static bool parse_names(const char *s, const char *const *names, int n_names, bool *on)
+{
+    for (int i = 0; i < n_names; i++)
+        on[i] = false;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int i = 0;
+        while (i < n_names && strcasecmp(t, names[i]))
+            i++;
+        if (i == n_names)
+            return false;
+        on[i] = true;
+    }
+    return true;
+}
+
+/* ---- models ---------------------------------------------------------------------------- */
+
+static void default_mkmodel(char *out, size_t cap)
+{
+    char exe[PATH_MAX];
+    ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (k <= 0) {
+        snprintf(out, cap, "rill-mkmodel");
+        return;
+    }
+    exe[k] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    snprintf(out, cap, "%s/rill-mkmodel", exe);
+}
+
+static int ensure_model(const struct opts *o, const char *shape, const char *dtype, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/%s-%s.gguf", o->models_dir, shape, dtype);
+    if (access(path, R_OK) == 0)
+        return 0;
+    if (mkdir(o->models_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "rill-bench-engine: cannot create %s: %s\n", o->models_dir, strerror(errno));
+        return RILL_E_IO;
+    }
+    char cmd[PATH_MAX * 3];
+    snprintf(cmd, sizeof cmd, "'%s' --shape %s --dtype %s --seed 1 --out '%s'", o->mkmodel, shape, dtype, path);
+    fprintf(stderr, "making %s\n", path);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "rill-bench-engine: failed: %s\n", cmd);
+        return RILL_E_IO;
+    }
+    return 0;
+}
+
+/* What one step costs in weights and arithmetic. */
+struct cost {
+    double weight_bytes;     /* read per step (packed matrices) */
+    double flops_per_token;  /* 2 per matrix weight */
+    double attn_flops_per_pos; /* per token, per position attended (QK and AV, all layers) */
+    double kv_bytes_per_pos; /* per token, per position attended (K and V, all layers) */
+};
+
+static double packed_row_bytes(enum wtype t, uint32_t cols)
+{
+    return t == WT_F32 ? 4.0 * cols : t == WT_F16 ? 2.0 * cols : 36.0 * cols / 32; /* Q8_0: float scale + 32 int8 */
+}
+
+static struct cost model_cost(const struct model *m)
+{
+    const struct model_config *c = &m->cfg;
+    struct cost k = {0};
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        const struct wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) {
+            k.weight_bytes += ws[i]->rows * packed_row_bytes(ws[i]->type, ws[i]->cols);
+            k.flops_per_token += 2.0 * ws[i]->rows * ws[i]->cols;
+        }
+    }
+    k.weight_bytes += m->output.rows * packed_row_bytes(m->output.type, m->output.cols);
+    k.flops_per_token += 2.0 * m->output.rows * m->output.cols;
+    k.attn_flops_per_pos = 4.0 * c->n_heads * c->head_dim * c->n_layers;
+    k.kv_bytes_per_pos = 2.0 * c->n_kv_heads * c->head_dim * sizeof(float) * c->n_layers;
+    return k;
+}
+
+/* ---- the engine ------------------------------------------------------------------------------ */
+
+static int open_engine(const char *path, int threads, uint32_t max_batch, struct engine *e)
+{
+    struct rill_config c;
+    cfg_defaults(&c);
+    char why[512] = "", v[64];
+    int rc = cfg_set(&c, "model", path, why, sizeof why);
+    snprintf(v, sizeof v, "%d", threads);
+    rc = rc ? rc : cfg_set(&c, "threads", v, why, sizeof why);
+    snprintf(v, sizeof v, "%u", max_batch);
+    rc = rc ? rc : cfg_set(&c, "max_batch", v, why, sizeof why);
+    snprintf(v, sizeof v, "%d", CTX);
+    rc = rc ? rc : cfg_set(&c, "context", v, why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "prefill_chunk", "512", why, sizeof why);
+    /* The adaptive controller must not move the batch under the benchmark. */
+    rc = rc ? rc : cfg_set(&c, "target_latency_ms", "60000", why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "max_latency_ms", "60000", why, sizeof why);
+    rc = rc ? rc : engine_open(&c, false, e, why, sizeof why);
+    if (rc)
+        fprintf(stderr, "rill-bench-engine: %s: %s: %s\n", path, rill_err_name(rc), why);
+    return rc;
+}
+
+static int submit_n(struct engine *e, uint64_t id0, uint32_t n, uint32_t prompt_len, uint32_t max_tokens)
+{
+    int32_t toks[PREFILL];
+    uint32_t V = e->model->cfg.vocab;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t x = (id0 + i) * 0x9e3779b97f4a7c15ull;
+        for (uint32_t k = 0; k < prompt_len; k++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            toks[k] = (int32_t)(300 + x % (V - 300)); /* ordinary tokens, no control ones */
+        }
+        struct proto_submit q = {.id = id0 + i, .prompt_tokens = toks, .n_prompt_tokens = prompt_len,
+                                 .max_tokens = max_tokens, .top_p = 1, .repetition_penalty = 1,
+                                 .has_seed = true, .seed = id0 + i};
+        char why[256] = "";
+        int rc = sched_submit(e->sched, &q, clock_ns(), why, sizeof why);
+        if (rc) {
+            fprintf(stderr, "rill-bench-engine: submit: %s: %s\n", rill_err_name(rc), why);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int drain(struct engine *e)
+{
+    int rc = sched_abort_all(e->sched, RILL_E_CANCELLED, &noop_out);
+    while (!rc && sched_busy(e->sched)) {
+        int r = sched_step(e->sched, &noop_out);
+        rc = r < 0 ? r : 0;
+    }
+    return rc;
+}
+
+/* A decode measurement of n sequences. */
+struct dec {
+    double rate[MAX_RUNS];   /* tokens/s of each window */
+    double t0[MAX_RUNS], t1[MAX_RUNS]; /* window bounds, s of CLOCK_MONOTONIC */
+    uint64_t tokens[MAX_RUNS];
+    int runs;
+    uint32_t steps;          /* per window */
+    double prefill_rate;     /* prompt tokens/s of the prefill steps */
+    double mean_batch;       /* decode rows per timed step */
+    double mean_pos;         /* mean position attended over the windows */
+    double others;           /* cores used by other processes during the windows */
+    int rc;
+};
+
+/* Prefill n sequences of PROMPT tokens, warm up, then time `runs` windows of
+ * pure decode steps.  Steps per window: about run_s seconds, from the
+ * warm-up steps' time (same for every window, so that they compare). */
+static void decode_bench(struct engine *e, uint32_t n, int runs, double run_s, uint32_t fixed_steps,
+                         struct dec *d)
+{
+    memset(d, 0, sizeof *d);
+    uint32_t max_tokens = CTX - PROMPT - 1;
+    d->rc = submit_n(e, 1000, n, PROMPT, max_tokens);
+    if (d->rc)
+        return;
+    struct sched_stats st;
+    double pf_s = 0;
+    uint64_t pf_rows = 0;
+    uint32_t generated = 0; /* decode steps so far (tokens each sequence has) */
+    for (int guard = 0;; guard++) {
+        uint64_t t0 = clock_ns();
+        int rc = sched_step(e->sched, &noop_out);
+        double dt = (double)(clock_ns() - t0) / 1e9;
+        if (rc < 0 || guard > 100000) {
+            d->rc = rc < 0 ? rc : RILL_E_INTERNAL;
+            return;
+        }
+        sched_stats(e->sched, &st);
+        if (st.last_rows > st.last_batch) {
+            pf_s += dt;
+            pf_rows += st.last_rows - st.last_batch;
+        }
+        if (st.last_batch == n && st.last_rows == n)
+            break; /* every sequence is decoding */
+    }
+    generated = 2;
+    d->prefill_rate = pf_s > 0 ? (double)pf_rows / pf_s : NAN;
+    /* Warm up: two more steps, timed to size the windows. */
+    double warm = 0;
+    for (int k = 0; k < 2; k++) {
+        uint64_t t0 = clock_ns();
+        int rc = sched_step(e->sched, &noop_out);
+        warm = (double)(clock_ns() - t0) / 1e9;
+        if (rc < 0) {
+            d->rc = rc;
+            return;
+        }
+        generated++;
+    }
+    uint32_t steps = fixed_steps;
+    if (!steps) {
+        double s = run_s / (warm > 1e-6 ? warm : 1e-6);
+        steps = s < MIN_STEPS ? MIN_STEPS : s > MAX_STEPS ? MAX_STEPS : (uint32_t)s;
+    }
+    uint32_t room = (max_tokens - generated - 1) / (uint32_t)runs;
+    if (steps > room)
+        steps = room;
+    d->steps = steps;
+    uint64_t batch_sum = 0, n_steps = 0;
+    double pos_sum = 0;
+    struct cpu_sample c0 = cpu_sample();
+    for (int r = 0; r < runs; r++) {
+        uint64_t tok = 0, t0 = clock_ns();
+        for (uint32_t k = 0; k < steps; k++) {
+            int rc = sched_step(e->sched, &noop_out);
+            if (rc < 0) {
+                d->rc = rc;
+                return;
+            }
+            sched_stats(e->sched, &st);
+            tok += st.last_batch;
+            batch_sum += st.last_batch;
+            n_steps++;
+            pos_sum += PROMPT + generated;
+            generated++;
+        }
+        uint64_t t1 = clock_ns();
+        d->t0[r] = (double)t0 / 1e9;
+        d->t1[r] = (double)t1 / 1e9;
+        d->tokens[r] = tok;
+        d->rate[r] = (double)tok / ((double)(t1 - t0) / 1e9);
+        d->runs = r + 1;
+    }
+    d->others = others_cores(c0, cpu_sample());
+    d->mean_batch = n_steps ? (double)batch_sum / (double)n_steps : 0;
+    d->mean_pos = n_steps ? pos_sum / (double)n_steps : 0;
+    d->rc = drain(e);
+}
+
+/* Prefill of one PREFILL-token prompt, `runs` times: prompt tokens per
+ * second of the steps that prefilled it (the scheduler sizes prefill chunks
+ * to keep a step under max_step_ms, so it may take several steps). */
+static int prefill_bench(struct engine *e, int runs, double *rate)
+{
+    for (int r = 0; r < runs; r++) {
+        int rc = submit_n(e, 50000 + (uint64_t)r, 1, PREFILL, 1);
+        if (rc)
+            return rc;
+        double t = 0;
+        uint64_t rows = 0;
+        while (sched_busy(e->sched)) {
+            uint64_t t0 = clock_ns();
+            int n = sched_step(e->sched, &noop_out);
+            double dt = (double)(clock_ns() - t0) / 1e9;
+            if (n < 0)
+                return n;
+            struct sched_stats st;
+            sched_stats(e->sched, &st);
+            if (st.last_rows > st.last_batch) {
+                t += dt;
+                rows += st.last_rows - st.last_batch;
+            }
+        }
+        rate[r] = rows == PREFILL && t > 0 ? PREFILL / t : NAN;
+    }
+    return 0;
+}
+
+/* ---- two workers of one thread ---------------------------------------------------------------- */
+
+struct child_res {
+    int rc;
+    int runs;
+    uint32_t steps;
+    double cpu_s;            /* this worker's CPU time over its windows */
+    double rate[MAX_RUNS], t0[MAX_RUNS], t1[MAX_RUNS];
+    uint64_t tokens[MAX_RUNS];
+};
+
+static int read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = read(fd, (char *)buf + got, n - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        got += (size_t)k;
+    }
+    return 0;
+}
+
+/* Two forked workers, each with its own 1-thread engine and n/2 sequences.
+ * Both get ready (load, pack, prefill, warm up), then start together and
+ * time the same number of windows of `steps` steps.  The aggregate of a
+ * window is the sum of the two workers' rates. */
+static int two_workers(const char *path, uint32_t n, int runs, uint32_t steps, double *agg, double *wall_rate,
+                       double *others)
+{
+    int ready[2], go[2], res[2];
+    if (pipe(ready) || pipe(go) || pipe(res))
+        return RILL_E_IO;
+    fflush(NULL);
+    pid_t pid[2];
+    for (int w = 0; w < 2; w++) {
+        pid[w] = fork();
+        if (pid[w] < 0)
+            return RILL_E_IO;
+        if (pid[w] == 0) {
+            close(ready[0]);
+            close(go[1]);
+            close(res[0]);
+            struct child_res cr = {0};
+            struct engine e;
+            uint32_t mine = n / 2 + (w == 0 ? n % 2 : 0);
+            cr.rc = open_engine(path, 1, mine, &e);
+            if (!cr.rc)
+                cr.rc = submit_n(&e, 1000 + (uint64_t)w * 100000, mine, PROMPT, CTX - PROMPT - 1);
+            /* Prefill and warm up alone, then wait for the other. */
+            struct sched_stats st;
+            for (int guard = 0; !cr.rc; guard++) {
+                int r = sched_step(e.sched, &noop_out);
+                if (r < 0 || guard > 100000) {
+                    cr.rc = r < 0 ? r : RILL_E_INTERNAL;
+                    break;
+                }
+                sched_stats(e.sched, &st);
+                if (st.last_batch == mine && st.last_rows == mine)
+                    break;
+            }
+            for (int k = 0; !cr.rc && k < 2; k++) {
+                int r = sched_step(e.sched, &noop_out);
+                cr.rc = r < 0 ? r : 0;
+            }
+            char c = 'r';
+            if (write(ready[1], &c, 1) != 1 || read_full(go[0], &c, 1))
+                _exit(1);
+            struct cpu_sample c0 = cpu_sample();
+            for (int r = 0; !cr.rc && r < runs; r++) {
+                uint64_t tok = 0, t0 = clock_ns();
+                for (uint32_t k = 0; k < steps; k++) {
+                    int x = sched_step(e.sched, &noop_out);
+                    if (x < 0) {
+                        cr.rc = x;
+                        break;
+                    }
+                    sched_stats(e.sched, &st);
+                    tok += st.last_batch;
+                }
+                uint64_t t1 = clock_ns();
+                cr.t0[r] = (double)t0 / 1e9;
+                cr.t1[r] = (double)t1 / 1e9;
+                cr.tokens[r] = tok;
+                cr.rate[r] = (double)tok / ((double)(t1 - t0) / 1e9);
+                cr.runs = r + 1;
+            }
+            cr.steps = steps;
+            cr.cpu_s = cpu_sample().self - c0.self;
+            if (write(res[1], &cr, sizeof cr) != (ssize_t)sizeof cr)
+                _exit(1);
+            _exit(0);
+        }
+    }
+    close(ready[1]);
+    close(go[0]);
+    close(res[1]);
+    char c;
+    int rc = 0;
+    for (int w = 0; w < 2; w++)
+        if (read_full(ready[0], &c, 1))
+            rc = RILL_E_INTERNAL;
+    char gg[2] = {'g', 'g'};
+    struct cpu_sample c0 = cpu_sample();
+    if (write(go[1], gg, 2) != 2)
+        rc = RILL_E_IO;
+    struct child_res cr[2];
+    for (int w = 0; w < 2; w++)
+        if (read_full(res[0], &cr[w], sizeof cr[w]))
+            rc = RILL_E_INTERNAL;
+    struct cpu_sample c1 = cpu_sample();
+    for (int w = 0; w < 2; w++) {
+        int status;
+        waitpid(pid[w], &status, 0);
+    }
+    close(ready[0]);
+    close(go[1]);
+    close(res[0]);
+    if (rc)
+        return rc;
+    if (cr[0].rc || cr[1].rc)
+        return cr[0].rc ? cr[0].rc : cr[1].rc;
+    int k = cr[0].runs < cr[1].runs ? cr[0].runs : cr[1].runs;
+    double sums[MAX_RUNS];
+    uint64_t tokens = 0;
+    double t0 = INFINITY, t1 = 0;
+    for (int r = 0; r < k; r++) {
+        sums[r] = cr[0].rate[r] + cr[1].rate[r];
+        tokens += cr[0].tokens[r] + cr[1].tokens[r];
+        t0 = fmin(t0, fmin(cr[0].t0[r], cr[1].t0[r]));
+        t1 = fmax(t1, fmax(cr[0].t1[r], cr[1].t1[r]));
+    }
+    *agg = median(sums, k);
+    *wall_rate = (double)tokens / (t1 - t0);
+    /* Machine CPU over the windows less both workers' (and ours, idle). */
+    double o = c1.wall > c0.wall ? ((c1.machine - c0.machine) - (c1.self - c0.self) - cr[0].cpu_s - cr[1].cpu_s) /
+                                       (c1.wall - c0.wall)
+                                 : NAN;
+    *others = o < 0 ? 0 : o;
+    return 0;
+}
+
+/* ---- results ------------------------------------------------------------------------------------ */
+
+struct row {
+    const char *model, *dtype;
+    uint32_t batch;
+    struct dec d;
+    double decode, prefill, prefill_prompt;   /* medians */
+    double weight_gbs, kv_gbs, gflops;
+    double target;                            /* 0: none */
+    double cmp_one, cmp_two, cmp_two_wall;    /* 0: not compared */
+    double cmp_two_others;
+};
+
+static void print_gap(double v, double target)
+{
+    if (target <= 0) {
+        printf("  %9s %12s", "-", "");
+        return;
+    }
+    double gap = (v / target - 1) * 100;
+    printf("  %9.0f %+6.0f%% %-5s", target, gap, v >= target ? "ok" : "MISS");
+}
+
+static int write_json(const char *path, const struct row *rows, int n, const struct opts *o, uint32_t threads)
+{
+    size_t cap = 8192 + (size_t)n * 2048;
+    char *buf = malloc(cap);
+    if (!buf)
+        return RILL_E_NOMEM;
+    struct jsonw w;
+    jsonw_init(&w, buf, cap);
+    jsonw_arr_begin(&w);
+    for (int i = 0; i < n; i++) {
+        const struct row *r = &rows[i];
+        jsonw_obj_begin(&w);
+        jsonw_key_str(&w, "model", r->model);
+        jsonw_key_str(&w, "dtype", r->dtype);
+        jsonw_key_uint(&w, "batch", r->batch);
+        jsonw_key_double(&w, "decode_tokens_per_s", r->decode, 2);
+        jsonw_key_double(&w, "prefill_tokens_per_s", r->prefill, 2);
+        jsonw_key_uint(&w, "prefill_prompt_tokens", (uint64_t)r->prefill_prompt);
+        jsonw_key_uint(&w, "prompt_tokens", PROMPT);
+        jsonw_key_uint(&w, "threads", threads);
+        jsonw_key_uint(&w, "runs", (uint64_t)r->d.runs);
+        jsonw_key_uint(&w, "steps_per_run", r->d.steps);
+        jsonw_key(&w, "decode_runs_tokens_per_s");
+        jsonw_arr_begin(&w);
+        for (int k = 0; k < r->d.runs; k++)
+            jsonw_double(&w, r->d.rate[k], 2);
+        jsonw_arr_end(&w);
+        jsonw_key_double(&w, "decode_best_tokens_per_s", vmax(r->d.rate, r->d.runs), 2);
+        jsonw_key_double(&w, "mean_batch", r->d.mean_batch, 2);
+        jsonw_key_double(&w, "other_processes_cores", r->d.others, 2);
+        jsonw_key_double(&w, "weight_gb_per_s", r->weight_gbs, 3);
+        jsonw_key_double(&w, "kv_gb_per_s", r->kv_gbs, 3);
+        jsonw_key_double(&w, "gflop_per_s", r->gflops, 3);
+        if (r->target > 0) {
+            jsonw_key_double(&w, "target_decode_tokens_per_s", r->target, 0);
+            jsonw_key_double(&w, "vs_target", r->decode / r->target, 3);
+        }
+        if (r->cmp_two > 0) {
+            jsonw_key_double(&w, "one_worker_2_threads_tokens_per_s", r->cmp_one, 2);
+            jsonw_key_double(&w, "two_workers_1_thread_tokens_per_s", r->cmp_two, 2);
+            jsonw_key_double(&w, "two_workers_wall_tokens_per_s", r->cmp_two_wall, 2);
+            jsonw_key_double(&w, "two_workers_other_processes_cores", r->cmp_two_others, 2);
+        }
+        jsonw_key_bool(&w, "quick", o->quick);
+        jsonw_obj_end(&w);
+    }
+    jsonw_arr_end(&w);
+    int rc = 0;
+    if (!jsonw_ok(&w)) {
+        rc = RILL_E_TOO_LARGE;
+    } else {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = 0;
+            mkdir(dir, 0755); /* the usual build/bench/; an error shows at fopen */
+        }
+        FILE *f = fopen(path, "w");
+        if (!f || fwrite(buf, 1, jsonw_len(&w), f) != jsonw_len(&w) || fputc('\n', f) == EOF)
+            rc = RILL_E_IO;
+        if (f && fclose(f))
+            rc = RILL_E_IO;
+    }
+    free(buf);
+    return rc;
+}
+
+/* ---- main ----------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: rill-bench-engine [options]\n"
+            "  --models-dir DIR        where the benchmark models are (made if missing; default build/bench-models)\n"
+            "  --json FILE             write the rows as JSON\n"
+            "  --threads N             compute threads of the one-worker figures (default: every core)\n"
+            "  --quick                 smoke run: batches 1,8, 2 short runs, compare at 8\n"
+            "  --models LIST           24M,134M (default both)\n"
+            "  --dtypes LIST           f32,f16,q8_0 (default all)\n"
+            "  --batches LIST          concurrent sequences (default 1,8,32,64)\n"
+            "  --runs N                timed windows per figure, the median is reported (default 5)\n"
+            "  --run-seconds S         length of one decode window (default 0.4)\n"
+            "  --compare-batches LIST  sequences for 1 worker x 2 threads vs 2 workers x 1 thread (default 8,32)\n"
+            "  --no-compare            skip that comparison\n"
+            "  --mkmodel PATH          rill-mkmodel to make missing models (default: next to this binary)\n");
+}
+
+int main(int argc, char **argv)
+{
+    char mk[PATH_MAX];
+    default_mkmodel(mk, sizeof mk);
+    struct opts o = {.models_dir = "build/bench-models", .mkmodel = mk, .threads = 0, .compare = true,
+                     .model_on = {true, true}, .dtype_on = {true, true, true},
+                     .batches = {1, 8, 32, 64}, .n_batches = 4, .cmp_batches = {8, 32}, .n_cmp = 2,
+                     .runs = 5, .run_s = 0.4};
+    bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false;
+    enum { O_DIR = 256, O_JSON, O_THREADS, O_QUICK, O_MODELS, O_DTYPES, O_BATCHES, O_RUNS, O_RUNS_S, O_CMP,
+           O_NOCMP, O_MK, O_HELP };
+    static const struct option lo[] = {
+        {"models-dir", 1, 0, O_DIR}, {"json", 1, 0, O_JSON},       {"threads", 1, 0, O_THREADS},
+        {"quick", 0, 0, O_QUICK},    {"models", 1, 0, O_MODELS},   {"dtypes", 1, 0, O_DTYPES},
+        {"batches", 1, 0, O_BATCHES}, {"runs", 1, 0, O_RUNS},      {"run-seconds", 1, 0, O_RUNS_S},
+        {"compare-batches", 1, 0, O_CMP}, {"no-compare", 0, 0, O_NOCMP}, {"mkmodel", 1, 0, O_MK},
+        {"help", 0, 0, O_HELP},      {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case O_DIR: o.models_dir = optarg; break;
+        case O_JSON: o.json = optarg; break;
+        case O_THREADS: o.threads = atoi(optarg); break;
+        case O_QUICK: o.quick = true; break;
+        case O_MODELS:
+            if (!parse_names(optarg, shape_names, 2, o.model_on)) {
+                fprintf(stderr, "rill-bench-engine: --models takes 24M,134M\n");
+                return 2;
+            }
+            break;
+        case O_DTYPES:
+            if (!parse_names(optarg, dtype_names, 3, o.dtype_on)) {
+                fprintf(stderr, "rill-bench-engine: --dtypes takes f32,f16,q8_0\n");
+                return 2;
+            }
+            break;
+        case O_BATCHES:
+            if (!parse_list(optarg, o.batches, &o.n_batches, MAX_BATCHES)) {
+                fprintf(stderr, "rill-bench-engine: bad --batches '%s'\n", optarg);
+                return 2;
+            }
+            batches_given = true;
+            break;
+        case O_RUNS:
+            o.runs = atoi(optarg);
+            if (o.runs < 1 || o.runs > MAX_RUNS) {
+                fprintf(stderr, "rill-bench-engine: --runs takes 1..%d\n", MAX_RUNS);
+                return 2;
+            }
+            runs_given = true;
+            break;
+        case O_RUNS_S:
+            o.run_s = atof(optarg);
+            rs_given = true;
+            if (!(o.run_s > 0)) {
+                fprintf(stderr, "rill-bench-engine: bad --run-seconds\n");
+                return 2;
+            }
+            break;
+        case O_CMP:
+            if (!parse_list(optarg, o.cmp_batches, &o.n_cmp, MAX_BATCHES)) {
+                fprintf(stderr, "rill-bench-engine: bad --compare-batches '%s'\n", optarg);
+                return 2;
+            }
+            cmp_given = true;
+            break;
+        case O_NOCMP: o.compare = false; break;
+        case O_MK: o.mkmodel = optarg; break;
+        case O_HELP: usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (o.quick) {
+        if (!runs_given)
+            o.runs = 2;
+        if (!rs_given)
+            o.run_s = 0.15;
+        if (!batches_given) {
+            o.batches[0] = 1, o.batches[1] = 8;
+            o.n_batches = 2;
+        }
+        if (!cmp_given) {
+            o.cmp_batches[0] = 8;
+            o.n_cmp = 1;
+        }
+    }
+    rlog_init("bench", NULL, RLOG_WARN, false, 2);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t threads = o.threads > 0 ? (uint32_t)o.threads : (uint32_t)(ncpu > 0 ? ncpu : 1);
+    uint32_t max_batch = 1;
+    for (uint32_t i = 0; i < o.n_batches; i++)
+        max_batch = o.batches[i] > max_batch ? o.batches[i] : max_batch;
+    printf("rill-bench-engine: %u threads (%ld cores), kernels %s, %d runs of ~%.2f s per figure (median), "
+           "%d-token prompts, prefill of %d tokens%s\n",
+           threads, ncpu, kern_isa_name(kern_isa()), o.runs, o.run_s, PROMPT, PREFILL, o.quick ? " [quick]" : "");
+
+    struct row *rows = calloc(2 * 3 * MAX_BATCHES, sizeof *rows);
+    int n_rows = 0, failures = 0;
+    uint64_t t_start = clock_ns();
+    for (int si = 0; si < 2; si++) {
+        if (!o.model_on[si])
+            continue;
+        for (int di = 0; di < 3; di++) {
+            if (!o.dtype_on[di])
+                continue;
+            const char *shape = shape_names[si], *dtype = dtype_names[di];
+            char path[PATH_MAX];
+            if (ensure_model(&o, shape, dtype, path, sizeof path)) {
+                failures++;
+                continue;
+            }
+            struct engine e;
+            uint64_t tl = clock_ns();
+            if (open_engine(path, (int)threads, max_batch, &e)) {
+                failures++;
+                continue;
+            }
+            double load_s = (double)(clock_ns() - tl) / 1e9;
+            struct cost k = model_cost(e.model);
+            double pf[MAX_RUNS];
+            int rc = prefill_bench(&e, o.runs, pf);
+            double pf_med = rc ? NAN : median(pf, o.runs);
+            printf("\n%s %s: %.1f MB of packed weights, %.0f MFLOP per token; loaded in %.1f s; "
+                   "prefill of %d tokens: %.1f tok/s [%.1f-%.1f]\n",
+                   shape, dtype, k.weight_bytes / 1e6, k.flops_per_token / 1e6, load_s, PREFILL, pf_med,
+                   vmin(pf, o.runs), vmax(pf, o.runs));
+            printf("  %5s %11s %19s %11s %8s %8s %8s %7s  %9s %12s\n", "batch", "decode t/s", "[min-max]",
+                   "prefill t/s", "wt GB/s", "kv GB/s", "GFLOP/s", "others", "target", "vs target");
+            for (uint32_t bi = 0; bi < o.n_batches; bi++) {
+                uint32_t b = o.batches[bi];
+                struct row *r = &rows[n_rows];
+                memset(r, 0, sizeof *r);
+                r->model = shape;
+                r->dtype = dtype;
+                r->batch = b;
+                decode_bench(&e, b, o.runs, o.run_s, 0, &r->d);
+                if (r->d.rc) {
+                    fprintf(stderr, "rill-bench-engine: %s %s batch %u: %s\n", shape, dtype, b,
+                            rill_err_name(r->d.rc));
+                    failures++;
+                    drain(&e);
+                    continue;
+                }
+                r->decode = median(r->d.rate, r->d.runs);
+                /* batch 1: the 128-token prompt; batch n: n prompts of 32 */
+                r->prefill = b == 1 ? pf_med : r->d.prefill_rate;
+                r->prefill_prompt = b == 1 ? PREFILL : (double)b * PROMPT;
+                double steps_s = r->decode / (r->d.mean_batch > 0 ? r->d.mean_batch : b);
+                r->weight_gbs = steps_s * k.weight_bytes / 1e9;
+                r->kv_gbs = r->decode * k.kv_bytes_per_pos * r->d.mean_pos / 1e9;
+                r->gflops = r->decode * (k.flops_per_token + k.attn_flops_per_pos * r->d.mean_pos) / 1e9;
+                const struct target *t = find_target(shape, dtype);
+                r->target = t && b == 1 ? t->single : t && b == 32 ? t->agg32 : 0;
+                printf("  %5u %11.1f %8s%8.1f-%-8.1f %11.1f %8.2f %8.2f %8.2f %7.2f", b, r->decode, "",
+                       vmin(r->d.rate, r->d.runs), vmax(r->d.rate, r->d.runs), r->prefill, r->weight_gbs, r->kv_gbs,
+                       r->gflops, r->d.others);
+                print_gap(r->decode, r->target);
+                printf("\n");
+                fflush(stdout);
+                n_rows++;
+            }
+            engine_close(&e);
+
+            if (!o.compare)
+                continue;
+            for (uint32_t ci = 0; ci < o.n_cmp; ci++) {
+                uint32_t b = o.cmp_batches[ci];
+                /* One worker, 2 threads: the row above when it ran with 2
+                 * threads at this batch, else measured now. */
+                struct row *same = NULL;
+                for (int i = 0; i < n_rows; i++)
+                    if (rows[i].model == shape && rows[i].dtype == dtype && rows[i].batch == b)
+                        same = &rows[i];
+                double one = NAN;
+                uint32_t steps = same ? same->d.steps : 0;
+                if (same && threads == 2) {
+                    one = same->decode;
+                } else {
+                    struct engine e2;
+                    struct dec d;
+                    if (open_engine(path, 2, b, &e2) == 0) {
+                        decode_bench(&e2, b, o.runs, o.run_s, 0, &d);
+                        if (!d.rc) {
+                            one = median(d.rate, d.runs);
+                            steps = d.steps;
+                        }
+                        engine_close(&e2);
+                    }
+                }
+                double two = NAN, wall = NAN, two_others = NAN;
+                if (!steps)
+                    steps = 10;
+                int rc2 = two_workers(path, b, o.runs, steps, &two, &wall, &two_others);
+                if (rc2) {
+                    fprintf(stderr, "rill-bench-engine: two workers, %s %s, %u sequences: %s\n", shape, dtype, b,
+                            rill_err_name(rc2));
+                    failures++;
+                    continue;
+                }
+                printf("  %u sequences: 1 worker x 2 threads %.1f tok/s (others %.2f), 2 workers x 1 thread %.1f tok/s "
+                       "(%.1f over the wall clock; others %.2f): %.2fx\n",
+                       b, one, same ? same->d.others : NAN, two, wall, two_others, two / one);
+                fflush(stdout);
+                if (same) {
+                    same->cmp_one = one;
+                    same->cmp_two = two;
+                    same->cmp_two_wall = wall;
+                    same->cmp_two_others = two_others;
+                }
+            }
+        }
+    }
+
+    /* Summary against the targets. */
+    printf("\ntargets (1 worker x 2 threads, %d-token prompts):\n", PROMPT);
+    for (size_t ti = 0; ti < sizeof targets / sizeof *targets; ti++) {
+        const struct target *t = &targets[ti];
+        const struct row *r1 = NULL, *r32 = NULL;
+        for (int i = 0; i < n_rows; i++)
+            if (!strcmp(rows[i].model, t->model) && !strcmp(rows[i].dtype, t->dtype)) {
+                if (rows[i].batch == 1)
+                    r1 = &rows[i];
+                if (rows[i].batch == 32)
+                    r32 = &rows[i];
+            }
+        printf("  %-4s %-4s single-stream ", t->model, t->dtype);
+        if (r1)
+            printf("%7.1f / %4.0f tok/s (%+4.0f%%)", r1->decode, t->single, (r1->decode / t->single - 1) * 100);
+        else
+            printf("%26s", "not measured");
+        printf("   32 sequences ");
+        if (r32)
+            printf("%7.1f / %4.0f tok/s (%+4.0f%%)", r32->decode, t->agg32, (r32->decode / t->agg32 - 1) * 100);
+        else
+            printf("%26s", "not measured");
+        printf("\n");
+    }
+    if (threads != 2)
+        printf("  (measured with %u threads, not 2)\n", threads);
+    printf("total %.0f s\n", (double)(clock_ns() - t_start) / 1e9);
+
+    if (o.json) {
+        int rc = write_json(o.json, rows, n_rows, &o, threads);
+        if (rc) {
+            fprintf(stderr, "rill-bench-engine: writing %s: %s\n", o.json, rill_err_name(rc));
+            failures++;
+        } else {
+            printf("wrote %s\n", o.json);
+        }
+    }
+    free(rows);
+    return failures ? 1 : 0;
+}
