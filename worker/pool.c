@@ -1,28 +1,42 @@
-/* pool.c — see pool.h. */
+/* pool.c — see pool.h.
+ *
+ * A job is announced by bumping `gen` (and a futex wake if a helper sleeps).
+ * Tasks are claimed from one 64-bit word holding <gen:32><tasks:16><next:16>
+ * with a compare-and-swap.  Tag, count and index live in one word so that a
+ * helper that wakes late — after its job ended — can neither claim a task of
+ * the next job under the old tag nor judge the old job's index against the
+ * next job's count (that mix once ran a task twice and hung the caller).  The caller
+ * waits for *tasks* to finish, not for helpers to check in: a helper that the
+ * kernel preempted before it claimed anything does not hold the job up.  All
+ * waiting spins briefly (a job is microseconds apart from the next within a
+ * step), then yields or sleeps, because on two cores shared with other
+ * processes a spinning thread steals the time the one it waits for needs.
+ */
 #include "pool.h"
 
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define SPIN_ITERS 20000 /* ~100 µs of pause instructions before sleeping */
+#define IDLE_SPINS 2000 /* ~60 µs of pause before a helper sleeps */
+#define JOIN_SPINS 500  /* ~15 µs before the caller starts yielding */
 
 struct pool {
     uint32_t n_threads;
     pthread_t *threads;
-    /* The current job.  `gen` is bumped (and futex-woken) to start a job. */
+    /* The current job.  Written by the caller before `gen` is bumped. */
     pool_fn fn;
     void *ctx;
-    uint32_t n_tasks;
     _Alignas(64) _Atomic uint32_t gen;
     _Atomic uint32_t sleepers;
-    _Alignas(64) _Atomic uint32_t next_task;
-    _Alignas(64) _Atomic uint32_t done_threads;
+    _Alignas(64) _Atomic uint64_t claim;  /* <gen:32><tasks:16><next task:16> */
+    _Alignas(64) _Atomic uint32_t done;   /* tasks of the current job finished */
     _Atomic bool stop;
 };
 
@@ -35,13 +49,19 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void run_tasks(struct pool *p, uint32_t thread)
+/* Claim and run tasks of job `gen` until there are none left. */
+static void run_tasks(struct pool *p, uint32_t gen, uint32_t thread)
 {
     for (;;) {
-        uint32_t t = atomic_fetch_add_explicit(&p->next_task, 1, memory_order_relaxed);
-        if (t >= p->n_tasks)
-            break;
-        p->fn(p->ctx, t, thread);
+        uint64_t v = atomic_load_explicit(&p->claim, memory_order_acquire);
+        if ((uint32_t)(v >> 32) != gen || (v & 0xffff) >= ((v >> 16) & 0xffff))
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->claim, &v, v + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        /* The job cannot end before this task is done, so fn and ctx stay. */
+        p->fn(p->ctx, (uint32_t)(v & 0xffff), thread);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
@@ -58,7 +78,7 @@ static void *helper_main(void *a)
         uint32_t g;
         int spins = 0;
         while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen) {
-            if (++spins < SPIN_ITERS) {
+            if (++spins < IDLE_SPINS) {
                 cpu_relax();
                 continue;
             }
@@ -71,8 +91,7 @@ static void *helper_main(void *a)
         seen = g;
         if (atomic_load_explicit(&p->stop, memory_order_acquire))
             return NULL;
-        run_tasks(p, idx);
-        atomic_fetch_add_explicit(&p->done_threads, 1, memory_order_acq_rel);
+        run_tasks(p, g, idx);
     }
 }
 
@@ -109,7 +128,30 @@ struct pool *pool_create(uint32_t n_threads)
 
 uint32_t pool_threads(const struct pool *p) { return p->n_threads; }
 
+/* One job of at most 65535 tasks (the claim word's field). */
+static void run_job(struct pool *p, pool_fn fn, void *ctx, uint32_t n_tasks);
+
+struct offset_job { pool_fn fn; void *ctx; uint32_t base; };
+
+static void offset_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    const struct offset_job *o = ctx;
+    o->fn(o->ctx, o->base + task, thread);
+}
+
 void pool_run(struct pool *p, pool_fn fn, void *ctx, uint32_t n_tasks)
+{
+    if (n_tasks <= 0xffff) {
+        run_job(p, fn, ctx, n_tasks);
+        return;
+    }
+    for (uint32_t base = 0; base < n_tasks; base += 0xffff) {
+        struct offset_job o = {fn, ctx, base};
+        run_job(p, offset_task, &o, n_tasks - base < 0xffff ? n_tasks - base : 0xffff);
+    }
+}
+
+static void run_job(struct pool *p, pool_fn fn, void *ctx, uint32_t n_tasks)
 {
     if (n_tasks == 0)
         return;
@@ -120,15 +162,22 @@ void pool_run(struct pool *p, pool_fn fn, void *ctx, uint32_t n_tasks)
     }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store_explicit(&p->next_task, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->done_threads, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_seq_cst);
+    uint32_t gen = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
+    if (gen == 0)
+        gen = 1; /* 0 means "no job" to a starting helper */
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->claim, (uint64_t)gen << 32 | (uint64_t)n_tasks << 16, memory_order_release);
+    atomic_store_explicit(&p->gen, gen, memory_order_seq_cst);
     if (atomic_load_explicit(&p->sleepers, memory_order_seq_cst))
         syscall(SYS_futex, &p->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-    run_tasks(p, 0);
-    while (atomic_load_explicit(&p->done_threads, memory_order_acquire) != p->n_threads - 1)
-        cpu_relax();
+    run_tasks(p, gen, 0);
+    /* Only tasks a helper already claimed remain: wait for those. */
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) != n_tasks; spins++) {
+        if (spins < JOIN_SPINS)
+            cpu_relax();
+        else
+            sched_yield();
+    }
 }
 
 void pool_free(struct pool *p)

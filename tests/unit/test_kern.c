@@ -7,6 +7,8 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +183,42 @@ static void test_pool_runs_every_task_exactly_once(void **state)
         assert_int_equal(atomic_load(&hits[n < 1000 ? n : 999]), n < 1000 ? 0 : 1);
     }
     pool_free(p);
+}
+
+static _Atomic bool hog_stop;
+static void *hog(void *a)
+{
+    (void)a;
+    volatile uint64_t x = 0;
+    while (!atomic_load(&hog_stop))
+        x++;
+    return NULL;
+}
+
+/* Jobs of changing sizes back to back, with more threads than cores and a
+ * busy thread stealing time: helpers wake late all the time.  A late helper
+ * must never run a task of the next job twice or under the old job's count
+ * (that once hung the caller forever). */
+static void test_pool_late_helpers_never_run_a_task_twice(void **state)
+{
+    (void)state;
+    alarm(120); /* a hang here is the bug: let it fail the test, not stall it */
+    pthread_t h;
+    atomic_store(&hog_stop, false);
+    pthread_create(&h, NULL, hog, NULL);
+    struct pool *p = pool_create(3);
+    for (int job = 0; job < 20000; job++) {
+        uint32_t n = 1 + (uint32_t)(job * 7919 % 17);
+        memset(hits, 0, sizeof hits);
+        pool_run(p, count_task, NULL, n);
+        for (uint32_t i = 0; i < 17; i++)
+            if (atomic_load(&hits[i]) != (i < n ? 1u : 0u))
+                fail_msg("job %d of %u tasks: task %u ran %u times", job, n, i, atomic_load(&hits[i]));
+    }
+    pool_free(p);
+    atomic_store(&hog_stop, true);
+    pthread_join(h, NULL);
+    alarm(0);
 }
 
 /* --- KV cache ------------------------------------------------------------------------ */
@@ -394,6 +432,7 @@ int main(void)
         cmocka_unit_test(test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa),
         cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
         cmocka_unit_test(test_pool_runs_every_task_exactly_once),
+        cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),
         cmocka_unit_test(test_kv_blocks_are_all_or_nothing_and_return_on_release),
         cmocka_unit_test(test_sample_greedy_picks_argmax_and_reports_logprobs),
         cmocka_unit_test(test_sample_is_a_function_of_seed_and_position),
