@@ -47,6 +47,8 @@ struct fwd {
     float *hb, *hb2; /* ffn */
     float *xs;     /* normed rows that want logits, dim */
     float *scores; /* per thread, max_ctx */
+    void **blockptr; /* per thread, 2 x max_blocks: a sequence's K and V blocks */
+    uint32_t max_blocks;
     float *rope_cos, *rope_sin; /* [max_ctx][rope_dim/2] */
     size_t scratch_bytes;
 };
@@ -74,7 +76,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
 {
     *out = NULL;
     const struct model_config *c = &m->cfg;
-    if (c->head_dim % 8 || c->rope_dim % 2 || c->rope_dim > c->head_dim || c->n_kv_heads == 0 ||
+    if (c->head_dim % 8 || c->head_dim > KERN_MAX_HEAD_DIM || c->rope_dim % 2 || c->rope_dim > c->head_dim || c->n_kv_heads == 0 ||
         c->n_heads % c->n_kv_heads) {
         rill_why(why, why_len, "unsupported attention shape: head_dim %u, rope_dim %u, heads %u/%u (need head_dim %% 8 == 0)",
                 c->head_dim, c->rope_dim, c->n_heads, c->n_kv_heads);
@@ -133,11 +135,13 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     f->hb2 = alloc_floats(f, R * f->ffn);
     f->xs = alloc_floats(f, R * f->dim);
     f->scores = alloc_floats(f, (size_t)pool_threads(pool) * max_ctx);
+    f->max_blocks = kv_blocks_for(kv, max_ctx);
+    f->blockptr = calloc((size_t)pool_threads(pool) * 2 * f->max_blocks, sizeof *f->blockptr);
     uint32_t half = c->rope_dim / 2;
     f->rope_cos = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
     f->rope_sin = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
     if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->tmp || !f->hb || !f->hb2 || !f->xs ||
-        !f->scores || !f->rope_cos || !f->rope_sin) {
+        !f->scores || !f->blockptr || !f->rope_cos || !f->rope_sin) {
         fwd_free(f);
         return RILL_E_NOMEM;
     }
@@ -164,6 +168,7 @@ void fwd_free(struct fwd *f)
             kern_unpack_free(ms[i]);
     }
     free(f->L);
+    free(f->blockptr);
     kern_unpack_free(&f->output);
     float *bufs[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->tmp, f->hb, f->hb2, f->xs, f->scores,
                      f->rope_cos, f->rope_sin};
@@ -272,24 +277,37 @@ static void att_task(void *ctx, uint32_t task, uint32_t thread)
     uint32_t hd = f->hd;
     const float *q = f->q + (size_t)r * f->q_dim + (size_t)h * hd;
     float *s = f->scores + (size_t)thread * f->max_ctx;
-    float scale = 1.0f / sqrtf((float)hd);
-    uint32_t n = row->pos + 1;
-    float mx = -INFINITY;
-    for (uint32_t t = 0; t < n; t++) {
-        s[t] = kern_dot(q, kv_k(f->kv, row->kv, j->layer, t) + (size_t)g * hd, hd) * scale;
-        if (s[t] > mx)
-            mx = s[t];
+    uint32_t n = row->pos + 1, bt = kv_block_tokens(f->kv);
+    /* The sequence's blocks, as pointers to this head's keys and values. */
+    uint32_t nb = (n + bt - 1) / bt;
+    const float **kb = (const float **)(f->blockptr + (size_t)thread * 2 * f->max_blocks);
+    const float **vb = kb + f->max_blocks;
+    for (uint32_t b = 0; b < nb; b++) {
+        kb[b] = kv_k(f->kv, row->kv, j->layer, b * bt) + (size_t)g * hd;
+        vb[b] = kv_v(f->kv, row->kv, j->layer, b * bt) + (size_t)g * hd;
     }
-    float sum = 0;
-    for (uint32_t t = 0; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
+    kern_attention(q, hd, kb, vb, f->kv_dim, bt, n, 1.0f / sqrtf((float)hd), s,
+                   f->att + (size_t)r * f->q_dim + (size_t)h * hd);
+}
+
+/* SwiGLU's activation, a few rows per task: hb = silu(hb) * hb2. */
+struct silu_job {
+    const struct fwd *f;
+    uint32_t n;
+};
+
+#define SILU_ROWS 4
+
+static void silu_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    (void)thread;
+    const struct silu_job *j = ctx;
+    const struct fwd *f = j->f;
+    uint32_t r0 = task * SILU_ROWS, r1 = r0 + SILU_ROWS < j->n ? r0 + SILU_ROWS : j->n;
+    for (size_t i = (size_t)r0 * f->ffn; i < (size_t)r1 * f->ffn; i++) {
+        float g = f->hb[i];
+        f->hb[i] = g / (1.0f + expf(-g)) * f->hb2[i];
     }
-    float inv = 1.0f / sum;
-    float *out = f->att + (size_t)r * f->q_dim + (size_t)h * hd;
-    memset(out, 0, hd * sizeof *out);
-    for (uint32_t t = 0; t < n; t++)
-        kern_axpy(s[t] * inv, kv_v(f->kv, row->kv, j->layer, t) + (size_t)g * hd, out, hd);
 }
 
 /* Rotate adjacent pairs (2i, 2i+1) of the first rope_dim dims of each head. */
@@ -354,10 +372,8 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         for (uint32_t r = 0; r < n; r++)
             kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim, c->norm_eps);
         matmul(f, f->xb, dim, n, 2, &P->w_gate, f->hb, f->ffn, &P->w_up, f->hb2, f->ffn, NULL, NULL, 0);
-        for (size_t i = 0; i < (size_t)n * f->ffn; i++) {
-            float g = f->hb[i];
-            f->hb[i] = g / (1.0f + expf(-g)) * f->hb2[i];
-        }
+        struct silu_job sj = {f, n};
+        pool_run(f->pool, silu_task, &sj, (n + SILU_ROWS - 1) / SILU_ROWS);
         MATMUL1(f, f->hb, f->ffn, n, &P->w_down, f->tmp, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++)
             f->x[i] += f->tmp[i];

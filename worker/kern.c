@@ -12,6 +12,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -240,8 +241,10 @@ AVX2_TARGET static inline __m256 load_slice(enum wtype t, const unsigned char *g
     }
 
 DEFINE_TILE(WT_F32, f32, 1)
+DEFINE_TILE(WT_F32, f32, 2)
 DEFINE_TILE(WT_F32, f32, 3)
 DEFINE_TILE(WT_F16, f16, 1)
+DEFINE_TILE(WT_F16, f16, 2)
 DEFINE_TILE(WT_F16, f16, 3)
 DEFINE_Q8_TILE(1)
 DEFINE_Q8_TILE(2)
@@ -250,16 +253,125 @@ typedef void (*tile_fn)(const struct kmat *, const float *, size_t, float *, siz
 
 struct tile_set {
     uint32_t wide;       /* batch rows of the wide tile */
-    tile_fn one, many;
+    tile_fn one, two, many; /* two: for a remainder of 2 rows (NULL: use one twice) */
 };
 
-static const struct tile_set tiles_f32 = {3, tile_f32_1, tile_f32_3};
-static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_3};
-static const struct tile_set tiles_q8 = {2, tile_q8_1, tile_q8_2};
+static const struct tile_set tiles_f32 = {3, tile_f32_1, tile_f32_2, tile_f32_3};
+static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_2, tile_f16_3};
+static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
+
+/* --- batched F16 / Q8_0: convert a block once, reuse it for every batch tile ------ */
+
+/* Columns per block: 4 rows x 128 weights converted to floats (2 KiB) stay
+ * in L1 while every batch tile runs over them; F16 and Q8_0 weights are
+ * converted once per step instead of once per pair of batch rows.  The
+ * accumulators of a (group, batch tile) stay in memory between blocks; each
+ * lane still sums its products in increasing k with the same arithmetic,
+ * so the result is bit for bit that of the direct tiles. */
+#define KBLK 128
+
+#define DEFINE_BLOCK_TILE(C)                                                                             \
+    AVX2_TARGET __attribute__((noinline)) static void btile_##C(const float *w, uint32_t ns, const float *x, \
+                                                                size_t ldx, float *acc)                  \
+    {                                                                                                    \
+        __m256 a[KERN_GROUP][C];                                                                         \
+        _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                 \
+                a[r][c] = _mm256_load_ps(acc + ((size_t)c * KERN_GROUP + (size_t)r) * 8);                \
+        for (uint32_t s = 0; s < ns; s++) {                                                              \
+            __m256 xv[C];                                                                                \
+            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                          \
+                xv[c] = _mm256_loadu_ps(x + (size_t)c * ldx + (size_t)s * 8);                            \
+            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++) {                               \
+                __m256 wv = _mm256_load_ps(w + ((size_t)s * KERN_GROUP + (size_t)r) * 8);                \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
+                    a[r][c] = _mm256_fmadd_ps(wv, xv[c], a[r][c]);                                       \
+            }                                                                                            \
+        }                                                                                                \
+        _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                 \
+                _mm256_store_ps(acc + ((size_t)c * KERN_GROUP + (size_t)r) * 8, a[r][c]);                \
+    }
+
+DEFINE_BLOCK_TILE(1)
+DEFINE_BLOCK_TILE(2)
+DEFINE_BLOCK_TILE(3)
+
+/* The weights of group g, columns [k0, k0 + 8*ns), converted to floats in
+ * the F32 pack's layout ([slice][row][8]), exactly as the direct tiles
+ * convert them. */
+AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t k0, uint32_t ns, float *buf)
+{
+    const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;
+    if (m->type == WT_F16) {
+        for (uint32_t s = 0; s < ns; s++)
+            for (int r = 0; r < KERN_GROUP; r++)
+                _mm256_store_ps(buf + ((size_t)s * KERN_GROUP + (size_t)r) * 8, load_slice(WT_F16, gp, k0 / 8 + s, r));
+        return;
+    }
+    for (uint32_t s = 0; s < ns; s += 4) {
+        const unsigned char *bp = gp + (size_t)((k0 / 8 + s) / 4) * Q8_GROUP_BLOCK;
+        const float *d = (const float *)bp;
+        const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));
+        for (uint32_t j = 0; j < 4; j++)
+            for (int r = 0; r < KERN_GROUP; r++) {
+                __m128i q = _mm_loadl_epi64((const __m128i *)(qs + r * Q8_0_BLOCK + 8 * j));
+                __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_broadcast_ss(d + r));
+                _mm256_store_ps(buf + ((size_t)(s + j) * KERN_GROUP + (size_t)r) * 8, wv);
+            }
+    }
+}
+
+/* Per-thread scratch (pool threads live as long as the process; the
+ * accumulators grow to the largest batch seen). */
+static _Thread_local float *tl_acc;
+static _Thread_local size_t tl_acc_cap;
+static _Thread_local float tl_wbuf[KBLK * KERN_GROUP] __attribute__((aligned(64)));
+
+AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
+                                         size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
+{
+    size_t need = (size_t)B * KERN_GROUP * 8;
+    if (need > tl_acc_cap) {
+        free(tl_acc);
+        tl_acc = aligned_alloc(64, need * sizeof(float));
+        tl_acc_cap = tl_acc ? need : 0;
+        if (!tl_acc)
+            abort(); /* 128 bytes per batch row: nothing sensible to fall back to */
+    }
+    float *acc = tl_acc;
+    uint32_t K = m->cols;
+    for (uint32_t g = g0; g < g1; g++) {
+        memset(acc, 0, need * sizeof(float));
+        for (uint32_t k0 = 0; k0 < K; k0 += KBLK) {
+            uint32_t ns = (K - k0 < KBLK ? K - k0 : KBLK) / 8;
+            block_weights(m, g, k0, ns, tl_wbuf);
+            uint32_t b = 0;
+            for (; b + 3 <= B; b += 3)
+                btile_3(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
+            if (B - b == 2)
+                btile_2(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
+            else if (B - b == 1)
+                btile_1(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
+        }
+        uint32_t n = g * KERN_GROUP, nr = n1 - n < KERN_GROUP ? n1 - n : KERN_GROUP;
+        for (uint32_t b = 0; b < B; b++)
+            for (uint32_t r = 0; r < nr; r++)
+                y[(size_t)b * ldy + n + r] = hsum256(_mm256_load_ps(acc + ((size_t)b * KERN_GROUP + r) * 8));
+    }
+}
+
+/* From this many batch rows, converting F16 / Q8_0 weights once per step
+ * beats converting them in every tile (measured: bench-engine). */
+#define CONVERT_MIN_ROWS 4
 
 static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
                         uint32_t n0, uint32_t n1)
 {
+    if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS) {
+        matmul_converted(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
+        return;
+    }
     const struct tile_set *ts = m->type == WT_F32 ? &tiles_f32 : m->type == WT_F16 ? &tiles_f16 : &tiles_q8;
     uint32_t g0 = n0 / KERN_GROUP, g1 = (n1 + KERN_GROUP - 1) / KERN_GROUP;
     for (uint32_t g = g0; g < g1; g++) {
@@ -267,6 +379,10 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
         uint32_t b = 0;
         for (; b + ts->wide <= B; b += ts->wide)
             ts->many(m, x, ldx, y, ldy, g, b, nr);
+        if (B - b == 2 && ts->two) {
+            ts->two(m, x, ldx, y, ldy, g, b, nr);
+            b += 2;
+        }
         for (; b < B; b++)
             ts->one(m, x, ldx, y, ldy, g, b, nr);
     }
@@ -318,6 +434,85 @@ void kern_axpy(float a, const float *x, float *y, uint32_t n)
     }
     for (uint32_t i = 0; i < n; i++)
         y[i] = fmaf(a, x[i], y[i]);
+}
+
+/* The scalar version: the same steps, one call each. */
+static void attention_scalar(const float *q, uint32_t hd, const float *const *kb, const float *const *vb, size_t stride,
+                             uint32_t bt, uint32_t n, float scale, float *s, float *out)
+{
+    float mx = -INFINITY;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = dot_scalar(q, kb[t / bt] + (size_t)(t % bt) * stride, hd) * scale;
+        if (s[t] > mx)
+            mx = s[t];
+    }
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    memset(out, 0, hd * sizeof *out);
+    for (uint32_t t = 0; t < n; t++) {
+        const float *v = vb[t / bt] + (size_t)(t % bt) * stride;
+        float a = s[t] * inv;
+        for (uint32_t i = 0; i < hd; i++)
+            out[i] = fmaf(a, v[i], out[i]);
+    }
+}
+
+/* q and the output stay in registers (hd/8 of each); keys and values are
+ * walked block by block with a pointer step instead of an index division
+ * per position. */
+AVX2_TARGET static void attention_avx2(const float *q, uint32_t hd, const float *const *kb, const float *const *vb,
+                                       size_t stride, uint32_t bt, uint32_t n, float scale, float *s, float *out)
+{
+    uint32_t nv = hd / 8;
+    __m256 qv[KERN_MAX_HEAD_DIM / 8], ov[KERN_MAX_HEAD_DIM / 8];
+    for (uint32_t i = 0; i < nv; i++)
+        qv[i] = _mm256_loadu_ps(q + 8 * i);
+    float mx = -INFINITY;
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *k = kb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        for (uint32_t t = 0; t < m; t++, k += stride) {
+            __m256 acc = _mm256_setzero_ps();
+            for (uint32_t i = 0; i < nv; i++)
+                acc = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k + 8 * i), acc);
+            float sc = hsum256(acc) * scale;
+            s[t0 + t] = sc;
+            if (sc > mx)
+                mx = sc;
+        }
+    }
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    for (uint32_t i = 0; i < nv; i++)
+        ov[i] = _mm256_setzero_ps();
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *v = vb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        for (uint32_t t = 0; t < m; t++, v += stride) {
+            __m256 a = _mm256_set1_ps(s[t0 + t] * inv);
+            for (uint32_t i = 0; i < nv; i++)
+                ov[i] = _mm256_fmadd_ps(a, _mm256_loadu_ps(v + 8 * i), ov[i]);
+        }
+    }
+    for (uint32_t i = 0; i < nv; i++)
+        _mm256_storeu_ps(out + 8 * i, ov[i]);
+}
+
+void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
+                    size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out)
+{
+    if (kern_isa() == KERN_AVX2)
+        attention_avx2(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
+    else
+        attention_scalar(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
 }
 
 void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps)

@@ -63,6 +63,18 @@ void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, f
 /* Dot product of n floats (n % 8 == 0), in the same fixed order. */
 float kern_dot(const float *a, const float *b, uint32_t n);
 
+/* Attention of one head over positions 0..n-1 kept in blocks of `bt`
+ * positions: block i's keys start at k_blocks[i], its values at v_blocks[i],
+ * consecutive positions `stride` floats apart.
+ *   out = sum_t softmax_t(scale * q.k_t) v_t
+ * with the arithmetic of kern_dot (scores), a sequential float softmax and
+ * kern_axpy in position order (values) — so it gives the same bits as doing
+ * those steps one call at a time.  hd % 8 == 0, hd <= KERN_MAX_HEAD_DIM;
+ * `scores` is scratch for n floats. */
+#define KERN_MAX_HEAD_DIM 256
+void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
+                    size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out);
+
 /* y[i] += a * x[i], fused (each element as fmaf would). */
 void kern_axpy(float a, const float *x, float *y, uint32_t n);
 
