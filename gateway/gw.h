@@ -185,6 +185,10 @@ struct gw {
     bool shutting_down;          /* refuse new generations */
     uint64_t drain_deadline_ns;  /* while draining: stop by then at the latest */
     volatile bool stop;          /* leave the service loop */
+    bool evlib;                  /* lws runs libev (epoll) rather than poll() */
+    bool destroying;             /* the context is being destroyed from its tick */
+    int signals_handled;
+    uint64_t stop_at_ns;         /* drained: stop once the last frames had time to go */
     /* request-id map: open addressing, power-of-two size */
     struct stream **map;
     uint32_t map_cap, map_used, map_tombs;

@@ -22,6 +22,14 @@ enum { PROTO_ID_JSON = 0, PROTO_ID_MSGPACK = 1, PROTO_ID_ZMQ = 2 };
 static volatile sig_atomic_t signals_seen;
 static struct lws_context *signal_ctx;
 
+/* libev's signal watcher (lws installs it): the same as our handler. */
+static void on_evlib_signal(void *handle, int sig)
+{
+    (void)handle;
+    (void)sig;
+    signals_seen++;
+}
+
 static void on_signal(int sig)
 {
     (void)sig;
@@ -347,10 +355,38 @@ struct tick {
     struct gw *g;
 };
 
+/* Signals, drains and shutdowns, decided in the loop (with libev the whole
+ * loop runs inside one lws_service() call, so there is no outer loop to
+ * look at flags between calls). */
+static void check_stop(struct gw *g, uint64_t now)
+{
+    if (signals_seen > g->signals_handled) {
+        g->signals_handled = signals_seen;
+        if (g->signals_handled == 1) {
+            gw_begin_drain(g, "signal");
+        } else {
+            rlog_info("second signal: stopping now");
+            g->stop = true;
+        }
+    }
+    if (g->shutting_down && !g->stop_at_ns && (g->map_used == 0 || now > g->drain_deadline_ns))
+        g->stop_at_ns = now + 200000000ull; /* let the last frames go out */
+    if (g->stop_at_ns && now >= g->stop_at_ns)
+        g->stop = true;
+}
+
 static void on_tick(lws_sorted_usec_list_t *sul)
 {
     struct tick *t = lws_container_of(sul, struct tick, sul);
     uint64_t now = clock_ns();
+    check_stop(t->g, now);
+    if (t->g->stop) {
+        if (t->g->evlib && !t->g->destroying) {
+            t->g->destroying = true;
+            lws_context_destroy(t->g->ctx); /* ends the libev loop; finished after it returns */
+        }
+        return;
+    }
     workers_tick(t->g, now);
     telemetry_tick(t->g, now);
     limits_prune(t->g, now);
@@ -463,11 +499,24 @@ int server_run(const struct rill_config *c)
     if (strchr(g->host, ':'))
         info.options &= ~(uint64_t)LWS_SERVER_OPTION_DISABLE_IPV6;
     info.fd_limit_per_thread = 1 + (unsigned)c->max_connections + 64;
+    /* lws's own loop is poll(): every wake-up scans every connection, which
+     * at a thousand streams was most of the gateway's time.  Its libev
+     * plugin (epoll) costs per ready socket. */
+    info.options |= LWS_SERVER_OPTION_LIBEV;
+    info.signal_cb = on_evlib_signal;
     info.count_threads = 1;
     info.pt_serv_buf_size = 32768;
     info.timeout_secs = 30;
     lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
     g->ctx = lws_create_context(&info);
+    g->evlib = g->ctx != NULL;
+    if (!g->ctx) {
+        info.options &= ~(uint64_t)LWS_SERVER_OPTION_LIBEV;
+        info.signal_cb = NULL;
+        g->ctx = lws_create_context(&info);
+        if (g->ctx)
+            rlog_warn("the libev event loop is not available: using poll(), which scales worse with connections");
+    }
     if (!g->ctx) {
         rlog_error("cannot listen on %s (in use, or not allowed)", c->listen);
         limits_fini(g);
@@ -499,27 +548,13 @@ int server_run(const struct rill_config *c)
     rlog_info("gateway listening on http://%s:%d/ (WebSocket %s, web root %s)", g->host, g->port, c->ws_path,
               web_root);
 
-    int handled = 0;
-    while (!g->stop) {
-        if (lws_service(g->ctx, 0) < 0)
+    /* With libev this runs the loop until the tick destroys the context;
+     * with poll() each call is one wake-up. */
+    while (!g->stop || (g->evlib && !g->destroying))
+        if (lws_service(g->ctx, 0) < 0 || g->destroying)
             break;
-        if (signals_seen > handled) {
-            handled = signals_seen;
-            if (handled == 1) {
-                gw_begin_drain(g, "signal");
-            } else {
-                rlog_info("second signal: stopping now");
-                break;
-            }
-        }
-        if (g->shutting_down && (g->map_used == 0 || clock_ns() > g->drain_deadline_ns)) {
-            /* Let the last frames go out, then stop. */
-            for (int i = 0; i < 20; i++)
-                lws_service(g->ctx, 0);
-            break;
-        }
-    }
-    lws_sul_cancel(&tick.sul);
+    if (!g->destroying)
+        lws_sul_cancel(&tick.sul);
     signal_ctx = NULL;
     lws_context_destroy(g->ctx);
     workers_fini(g);
