@@ -1,0 +1,1810 @@
+/* rill-bench — a WebSocket load generator for rill-gateway.
+ *
+ *   rill-bench [--url ws://127.0.0.1:8765/stream] [--protocol json|msgpack]
+ *              [--prompt TEXT | --prompt-file FILE] [--max-tokens N]
+ *              [--temperature T] [--top-p P] [--seed S] [--key KEY]
+ *              [--connections N] (--concurrency C | --rate R) [--streams-per-conn K]
+ *              [--duration S] [--requests N] [--warmup S] [--ramp STREAMS_PER_S]
+ *              [--retry-ms MS] [--fanout] [--idle] [--gateway-pid PID]
+ *              [--worker-pid PID] [--json FILE] [--quiet] [--event-loop libev|poll]
+ *
+ * One thread, one lws client context, many connections.  Closed loop
+ * (--concurrency C): C generations in flight, spread over the connections;
+ * each slot sends its next request when the previous one ends (after
+ * --retry-ms when it ended in an error).  Open loop (--rate R): Poisson
+ * arrivals at R requests/s, each on the next connection with a free stream
+ * (none free: counted as client_saturated, not sent).
+ *
+ * Phases: ramp (connect; closed loop: every slot started — with --fanout,
+ * every slot has its first token), warmup (--warmup s), measure (--duration
+ * s, or until --requests requests sent in the window have ended), stop (close
+ * everything; the gateway cancels what is still running).  Only the measured
+ * window counts, except time to first token, which falls back to every
+ * request when none was sent in the window (the fan-out case).  A closed-loop
+ * --requests run without warmup measures from the first send.
+ *
+ * --fanout asks for params.timestamps and records, per token, client receive
+ * time (CLOCK_MONOTONIC) minus the worker's gen_us: the latency the gateway
+ * and the client add to a token (same host only).  --idle only connects:
+ * the gateway's RSS growth per idle connection (--gateway-pid required).
+ *
+ * Inter-token latency is between client receive times: tokens that arrive
+ * in one coalesced "tokens" frame count 0 after the first — what the
+ * client saw.  Receive times are taken when lws hands the frame over, so a
+ * busy client adds its own delay: the bench's CPU, the watched processes'
+ * CPU and everybody else's on the machine are reported with the results.
+ *
+ * The loop: lws with its libev plugin (epoll) by default — lws's own poll()
+ * scans every connection on every wake-up, which at thousands of
+ * connections costs the client more than reading its frames.  The run's
+ * clock is two timerfds adopted into the loop (a 5 ms tick, and the next
+ * open-loop arrival), which wake either kind of loop.
+ */
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/hist.h"
+#include "common/jsonw.h"
+#include "common/log.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libwebsockets.h>
+#include <math.h>
+#include <msgpack.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#define BENCH_MAX_CONNECTING 256      /* handshakes in flight at once */
+#define BENCH_TICK_US        5000
+#define BENCH_RAMP_TIMEOUT_S 60.0
+#define BENCH_STOP_TIMEOUT_S 3.0
+#define BENCH_ID_BITS        20       /* request id = generation << 20 | slot */
+#define BENCH_MAX_SLOTS      (1u << BENCH_ID_BITS)
+
+/* --- options -------------------------------------------------------------------------- */
+
+struct opts {
+    const char *url;
+    bool msgpack;
+    const char *prompt, *prompt_file;
+    long max_tokens;                 /* 0: the server's default */
+    double temperature, top_p;
+    bool has_temperature, has_top_p, has_seed;
+    unsigned long long seed;
+    const char *key;
+    long connections;                /* 0: the mode's default */
+    long concurrency;
+    double rate;
+    long streams_per_conn;
+    double duration;                 /* 0: unset */
+    long requests;                   /* 0: unset */
+    double warmup;
+    double ramp;                     /* slot starts per second, 0: all at once */
+    double retry_ms;
+    bool fanout, idle, quiet, poll_loop;
+    int gateway_pid, worker_pid;
+    const char *json;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: rill-bench [options]\n"
+            "  --url URL              ws://HOST:PORT/stream (default ws://127.0.0.1:8765/stream)\n"
+            "  --protocol json|msgpack  rill.json.v1 (default) or rill.msgpack.v1\n"
+            "  --prompt TEXT          prompt of every request (default \"Once upon a time\")\n"
+            "  --prompt-file FILE     one prompt per line, used in turn\n"
+            "  --max-tokens N         max_tokens of every request (default: the server's)\n"
+            "  --temperature T, --top-p P, --seed S   sampling parameters\n"
+            "  --key KEY              API key (sent in a hello message)\n"
+            "  --connections N        WebSocket connections (default: closed loop one per stream, open loop 16)\n"
+            "  --concurrency C        closed loop: C generations in flight\n"
+            "  --rate R               open loop: Poisson arrivals at R requests/s\n"
+            "  --streams-per-conn K   open loop: at most K in flight per connection (default 16)\n"
+            "  --duration S           measured seconds (default 10 unless --requests)\n"
+            "  --requests N           end after N requests sent in the window have ended\n"
+            "  --warmup S             seconds after the ramp before measuring (default 0)\n"
+            "  --ramp R               closed loop: start at most R streams per second (default: all at once)\n"
+            "  --retry-ms MS          closed loop: pause of a slot after an error (default 100)\n"
+            "  --fanout               ask for timestamps; report added latency per token\n"
+            "  --idle                 only connect; report gateway RSS per idle connection\n"
+            "  --gateway-pid PID      report the gateway's CPU and RSS over the window\n"
+            "  --worker-pid PID       report the worker's CPU too\n"
+            "  --json FILE            write the results as JSON\n"
+            "  --quiet                print nothing but errors (use with --json)\n"
+            "  --event-loop libev|poll  the client's loop: libev (epoll, default) or lws's poll(), which\n"
+            "                         scans every connection per wake-up and costs the client CPU\n");
+}
+
+static int num_arg(const char *name, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(d) || d < lo || d > hi) {
+        fprintf(stderr, "rill-bench: bad value '%s' for --%s (expected %g .. %g)\n", v, name, lo, hi);
+        return RILL_E_BAD_CONFIG;
+    }
+    *out = d;
+    return 0;
+}
+
+enum {
+    O_URL = 1, O_PROTOCOL, O_PROMPT, O_PROMPT_FILE, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_KEY,
+    O_CONNECTIONS, O_CONCURRENCY, O_RATE, O_SPC, O_DURATION, O_REQUESTS, O_WARMUP, O_RAMP, O_RETRY, O_FANOUT,
+    O_IDLE, O_GW_PID, O_W_PID, O_JSON, O_QUIET, O_EVLOOP, O_HELP
+};
+
+static int parse_opts(int argc, char **argv, struct opts *o)
+{
+    static const struct option lo[] = {
+        {"url", 1, 0, O_URL},           {"protocol", 1, 0, O_PROTOCOL},     {"prompt", 1, 0, O_PROMPT},
+        {"prompt-file", 1, 0, O_PROMPT_FILE}, {"max-tokens", 1, 0, O_MAX_TOKENS},
+        {"temperature", 1, 0, O_TEMPERATURE}, {"top-p", 1, 0, O_TOP_P},   {"seed", 1, 0, O_SEED},
+        {"key", 1, 0, O_KEY},           {"connections", 1, 0, O_CONNECTIONS}, {"concurrency", 1, 0, O_CONCURRENCY},
+        {"rate", 1, 0, O_RATE},         {"streams-per-conn", 1, 0, O_SPC},  {"duration", 1, 0, O_DURATION},
+        {"requests", 1, 0, O_REQUESTS}, {"warmup", 1, 0, O_WARMUP},         {"ramp", 1, 0, O_RAMP},
+        {"retry-ms", 1, 0, O_RETRY},    {"fanout", 0, 0, O_FANOUT},         {"idle", 0, 0, O_IDLE},
+        {"gateway-pid", 1, 0, O_GW_PID}, {"worker-pid", 1, 0, O_W_PID},     {"json", 1, 0, O_JSON},
+        {"quiet", 0, 0, O_QUIET},       {"event-loop", 1, 0, O_EVLOOP},     {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
+    memset(o, 0, sizeof *o);
+    o->url = "ws://127.0.0.1:8765/stream";
+    o->prompt = "Once upon a time";
+    o->retry_ms = 100;
+    int ch;
+    double d;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        const char *v = optarg;
+        int rc = 0;
+        switch (ch) {
+        case O_URL: o->url = v; break;
+        case O_PROTOCOL:
+            if (!strcmp(v, "json") || !strcmp(v, "rill.json.v1"))
+                o->msgpack = false;
+            else if (!strcmp(v, "msgpack") || !strcmp(v, "rill.msgpack.v1"))
+                o->msgpack = true;
+            else {
+                fprintf(stderr, "rill-bench: bad value '%s' for --protocol (json or msgpack)\n", v);
+                return RILL_E_BAD_CONFIG;
+            }
+            break;
+        case O_PROMPT: o->prompt = v; break;
+        case O_PROMPT_FILE: o->prompt_file = v; break;
+        case O_MAX_TOKENS: rc = num_arg("max-tokens", v, 1, 1048576, &d); o->max_tokens = (long)d; break;
+        case O_TEMPERATURE: rc = num_arg("temperature", v, 0, 100, &o->temperature); o->has_temperature = true; break;
+        case O_TOP_P: rc = num_arg("top-p", v, 0, 1, &o->top_p); o->has_top_p = true; break;
+        case O_SEED: rc = num_arg("seed", v, 0, 9007199254740991.0, &d); o->seed = (unsigned long long)d; o->has_seed = true; break;
+        case O_KEY: o->key = v; break;
+        case O_CONNECTIONS: rc = num_arg("connections", v, 1, 1000000, &d); o->connections = (long)d; break;
+        case O_CONCURRENCY: rc = num_arg("concurrency", v, 1, BENCH_MAX_SLOTS - 1, &d); o->concurrency = (long)d; break;
+        case O_RATE: rc = num_arg("rate", v, 1e-3, 1e7, &o->rate); break;
+        case O_SPC: rc = num_arg("streams-per-conn", v, 1, 65536, &d); o->streams_per_conn = (long)d; break;
+        case O_DURATION: rc = num_arg("duration", v, 0.01, 1e6, &o->duration); break;
+        case O_REQUESTS: rc = num_arg("requests", v, 1, 1e12, &d); o->requests = (long)d; break;
+        case O_WARMUP: rc = num_arg("warmup", v, 0, 1e6, &o->warmup); break;
+        case O_RAMP: rc = num_arg("ramp", v, 0, 1e9, &o->ramp); break;
+        case O_RETRY: rc = num_arg("retry-ms", v, 0, 1e6, &o->retry_ms); break;
+        case O_FANOUT: o->fanout = true; break;
+        case O_IDLE: o->idle = true; break;
+        case O_GW_PID: rc = num_arg("gateway-pid", v, 1, 1 << 30, &d); o->gateway_pid = (int)d; break;
+        case O_W_PID: rc = num_arg("worker-pid", v, 1, 1 << 30, &d); o->worker_pid = (int)d; break;
+        case O_JSON: o->json = v; break;
+        case O_QUIET: o->quiet = true; break;
+        case O_EVLOOP:
+            if (!strcmp(v, "poll") || !strcmp(v, "libev"))
+                o->poll_loop = !strcmp(v, "poll");
+            else {
+                fprintf(stderr, "rill-bench: bad value '%s' for --event-loop (libev or poll)\n", v);
+                return RILL_E_BAD_CONFIG;
+            }
+            break;
+        case O_HELP: usage(stdout); exit(0);
+        default:
+            fprintf(stderr, "rill-bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return RILL_E_BAD_CONFIG;
+        }
+        if (rc)
+            return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rill-bench: unexpected argument '%s'\n", argv[optind]);
+        return RILL_E_BAD_CONFIG;
+    }
+    if (o->idle) {
+        if (!o->connections || !o->gateway_pid) {
+            fprintf(stderr, "rill-bench: --idle needs --connections and --gateway-pid\n");
+            return RILL_E_BAD_CONFIG;
+        }
+        if (!o->duration)
+            o->duration = 1;
+        return 0;
+    }
+    if (!o->concurrency == !o->rate) {
+        fprintf(stderr, "rill-bench: give one of --concurrency (closed loop) or --rate (open loop)\n");
+        return RILL_E_BAD_CONFIG;
+    }
+    if (o->fanout && o->rate) {
+        fprintf(stderr, "rill-bench: --fanout is a closed-loop mode (--concurrency)\n");
+        return RILL_E_BAD_CONFIG;
+    }
+    if (!o->duration && !o->requests)
+        o->duration = 10;
+    if (!o->streams_per_conn)
+        o->streams_per_conn = 16;
+    if (!o->connections)
+        o->connections = o->concurrency ? o->concurrency : 16;
+    if (o->concurrency && o->connections > o->concurrency)
+        o->connections = o->concurrency;
+    return 0;
+}
+
+/* --- state ---------------------------------------------------------------------------------- */
+
+enum slot_state { SL_FREE, SL_WAIT, SL_QUEUED, SL_INFLIGHT };
+enum phase { PH_RAMP, PH_WARMUP, PH_MEASURE, PH_STOP, PH_DONE };
+enum conn_state { CN_NEW, CN_CONNECTING, CN_OPEN, CN_DOWN };
+
+/* One generation slot.  A closed-loop slot belongs to one connection for
+ * the whole run; an open-loop slot is taken from the free list per request. */
+struct slot {
+    uint32_t idx;
+    enum slot_state st;
+    struct bconn *c;
+    uint32_t gen;                    /* id = gen << BENCH_ID_BITS | idx */
+    uint64_t retry_at;               /* SL_WAIT: not before */
+    uint64_t t_send, t_first, t_last;
+    uint32_t n_tokens;
+    bool in_window;                  /* sent during the measured window */
+    bool started;                    /* has ever been sent (ramp) */
+    bool got_first;                  /* has ever had a token (fan-out ramp) */
+    uint32_t next_free;
+};
+
+struct outmsg {
+    struct outmsg *next;
+    struct slot *slot;               /* a generate: its send time is the write */
+    size_t len;
+    unsigned char data[];            /* LWS_PRE headroom, then the message */
+};
+
+struct bconn {
+    uint32_t idx;
+    enum conn_state st;
+    struct lws *wsi;
+    struct outmsg *q_head, *q_tail;
+    uint32_t inflight;               /* open loop: slots on this connection */
+    uint64_t reconnect_at;
+    bool want_close;
+    unsigned char *rx;
+    size_t rx_len, rx_cap;
+};
+
+/* Error tallies: the wire codes, then the bench's own. */
+enum { ERR_CLOSED = RILL_ERR_COUNT, ERR_BAD_FRAME, ERR_OTHER, ERR_SLOTS };
+
+struct proc_sample {
+    bool ok;
+    uint64_t ticks, main_ticks;      /* utime + stime: process, its main thread */
+    uint64_t rss_kb;                 /* VmRSS */
+    uint64_t anon_kb, shmem_kb;      /* of which private, and shared memory (the token ring) */
+};
+
+struct bench {
+    struct opts o;
+    char url_buf[512];
+    const char *host, *path_tail;
+    char path[512];
+    int port;
+    bool tls;
+    char **prompts;
+    size_t n_prompts, next_prompt;
+    struct lws_context *ctx;
+    int tick_fd, arrival_fd;         /* timerfds adopted into the lws loop */
+    msgpack_zone zone;
+    uint64_t rng;
+    /* connections and slots */
+    struct bconn *conns;
+    uint32_t n_conns, n_open, n_connecting, next_connect, rr;
+    uint64_t conn_errors, conn_drops;
+    struct slot *slots;
+    uint32_t n_slots, free_head;
+    uint32_t started_slots, first_slots;
+    /* phases */
+    enum phase ph;
+    uint64_t t0, t_ramp_done, t_measure, t_end, t_stop;
+    double next_arrival_s;           /* open loop, seconds after t_measure0 */
+    uint64_t t_arrivals0;
+    /* window counters */
+    uint64_t sent, sent_window, done_window, completed, errored;
+    uint64_t errors[ERR_SLOTS];
+    uint64_t client_saturated;
+    uint64_t tokens, frames, bytes_in, tokens_all; /* frames: token frames only */
+    uint64_t negative_added;
+    struct hist ttft_window, ttft_all, itl, added;
+    double *rates;
+    size_t n_rates, cap_rates;
+    /* processes */
+    struct proc_sample gw0, gw1, wk0, wk1;
+    uint64_t gw_rss_max_kb, gw_rss_start_kb, idle_rss_before_kb, idle_rss_after_kb;
+    uint32_t open_at_end;
+    struct rusage ru0, ru1;
+    uint64_t sys_busy0, sys_busy1;   /* every core's busy ticks (/proc/stat) */
+    bool stop_signal;
+    bool ctx_destroying;
+    bool ever_open, fatal;
+};
+
+static volatile sig_atomic_t got_signal;
+static void on_signal(int sig) { (void)sig; got_signal = 1; }
+static void on_evlib_signal(void *handle, int sig) { (void)handle; (void)sig; got_signal = 1; }
+
+static double secs(uint64_t ns) { return (double)ns / 1e9; }
+
+static uint64_t rng_next(struct bench *b)
+{
+    uint64_t x = b->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    b->rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* Exponential inter-arrival time for a Poisson process of `rate` per second. */
+static double rng_exp(struct bench *b, double rate)
+{
+    double u = ((double)(rng_next(b) >> 11) + 1.0) / 9007199254740993.0; /* (0, 1] */
+    return -log(u) / rate;
+}
+
+/* --- /proc ----------------------------------------------------------------------------------- */
+
+static int read_file(const char *path, char *buf, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return RILL_E_IO;
+    size_t k = fread(buf, 1, n - 1, f);
+    buf[k] = 0;
+    fclose(f);
+    return k ? 0 : RILL_E_IO;
+}
+
+/* utime + stime of a /proc/.../stat file, in clock ticks. */
+static int stat_ticks(const char *path, uint64_t *out)
+{
+    char buf[1024];
+    if (read_file(path, buf, sizeof buf))
+        return RILL_E_IO;
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p)
+        return RILL_E_BAD_FORMAT;
+    p++;
+    /* After ')': field 3 (state) ... field 14 utime, 15 stime. */
+    unsigned long long ut, st;
+    if (sscanf(p, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return RILL_E_BAD_FORMAT;
+    *out = ut + st;
+    return 0;
+}
+
+/* RssAnon and RssShmem: the gateway maps every worker's token ring, whose
+ * touched pages count in its VmRSS without being its own memory. */
+static void proc_rss_parts_kb(int pid, uint64_t *anon, uint64_t *shmem)
+{
+    char path[64], buf[4096];
+    unsigned long long v;
+    *anon = *shmem = 0;
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    if (read_file(path, buf, sizeof buf))
+        return;
+    const char *p = strstr(buf, "RssAnon:");
+    if (p && sscanf(p + 8, " %llu", &v) == 1)
+        *anon = v;
+    p = strstr(buf, "RssShmem:");
+    if (p && sscanf(p + 9, " %llu", &v) == 1)
+        *shmem = v;
+}
+
+static int proc_rss_kb(int pid, uint64_t *kb)
+{
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    if (read_file(path, buf, sizeof buf))
+        return RILL_E_IO;
+    const char *p = strstr(buf, "VmRSS:");
+    unsigned long long v;
+    if (!p || sscanf(p + 6, " %llu", &v) != 1)
+        return RILL_E_BAD_FORMAT;
+    *kb = v;
+    return 0;
+}
+
+static void proc_sample(int pid, struct proc_sample *s)
+{
+    memset(s, 0, sizeof *s);
+    if (!pid)
+        return;
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (stat_ticks(path, &s->ticks))
+        return;
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", pid, pid);
+    if (stat_ticks(path, &s->main_ticks))
+        return;
+    s->ok = proc_rss_kb(pid, &s->rss_kb) == 0;
+    if (s->ok)
+        proc_rss_parts_kb(pid, &s->anon_kb, &s->shmem_kb);
+}
+
+/* Busy clock ticks of all cores together (everything but idle and iowait). */
+static uint64_t sys_busy_ticks(void)
+{
+    char buf[512];
+    unsigned long long v[8] = {0};
+    if (read_file("/proc/stat", buf, sizeof buf) ||
+        sscanf(buf, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+               &v[7]) < 4)
+        return 0;
+    return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]; /* user nice system irq softirq steal */
+}
+
+static double cpu_pct(uint64_t ticks, double wall_s)
+{
+    return wall_s > 0 ? 100.0 * (double)ticks / (double)sysconf(_SC_CLK_TCK) / wall_s : 0;
+}
+
+static double tv_s(struct timeval tv) { return (double)tv.tv_sec + tv.tv_usec / 1e6; }
+
+/* --- prompts ---------------------------------------------------------------------------------- */
+
+static int load_prompts(struct bench *b)
+{
+    if (!b->o.prompt_file) {
+        b->prompts = malloc(sizeof *b->prompts);
+        if (!b->prompts || !(b->prompts[0] = strdup(b->o.prompt)))
+            return RILL_E_NOMEM;
+        b->n_prompts = 1;
+        return 0;
+    }
+    FILE *f = fopen(b->o.prompt_file, "r");
+    if (!f) {
+        fprintf(stderr, "rill-bench: cannot read %s: %s\n", b->o.prompt_file, strerror(errno));
+        return RILL_E_IO;
+    }
+    char *line = NULL;
+    size_t cap = 0, n_cap = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&line, &cap, f)) >= 0) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        if (!len)
+            continue;
+        if (b->n_prompts == n_cap) {
+            n_cap = n_cap ? n_cap * 2 : 64;
+            char **p = realloc(b->prompts, n_cap * sizeof *p);
+            if (!p) {
+                rc = RILL_E_NOMEM;
+                break;
+            }
+            b->prompts = p;
+        }
+        if (!(b->prompts[b->n_prompts] = strdup(line))) {
+            rc = RILL_E_NOMEM;
+            break;
+        }
+        b->n_prompts++;
+    }
+    free(line);
+    fclose(f);
+    if (!rc && !b->n_prompts) {
+        fprintf(stderr, "rill-bench: %s has no prompts\n", b->o.prompt_file);
+        rc = RILL_E_BAD_CONFIG;
+    }
+    return rc;
+}
+
+/* --- messages out ----------------------------------------------------------------------------- */
+
+static struct outmsg *msg_new(const void *data, size_t len, struct slot *s)
+{
+    struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
+    if (!m)
+        return NULL;
+    m->next = NULL;
+    m->slot = s;
+    m->len = len;
+    memcpy(m->data + LWS_PRE, data, len);
+    return m;
+}
+
+static void conn_push(struct bconn *c, struct outmsg *m)
+{
+    if (c->q_tail)
+        c->q_tail->next = m;
+    else
+        c->q_head = m;
+    c->q_tail = m;
+    if (c->wsi && c->st == CN_OPEN)
+        lws_callback_on_writable(c->wsi);
+}
+
+static int mpw_sbuf(void *data, const char *buf, size_t len) { return msgpack_sbuffer_write(data, buf, len); }
+
+static void mp_kstr(msgpack_packer *pk, const char *k, const char *v)
+{
+    size_t kl = strlen(k), vl = strlen(v);
+    msgpack_pack_str(pk, kl);
+    msgpack_pack_str_body(pk, k, kl);
+    msgpack_pack_str(pk, vl);
+    msgpack_pack_str_body(pk, v, vl);
+}
+
+static void mp_k(msgpack_packer *pk, const char *k)
+{
+    size_t kl = strlen(k);
+    msgpack_pack_str(pk, kl);
+    msgpack_pack_str_body(pk, k, kl);
+}
+
+static uint64_t slot_id(const struct slot *s) { return (uint64_t)s->gen << BENCH_ID_BITS | s->idx; }
+
+/* The generate message of slot s (a new generation of it). */
+static struct outmsg *build_generate(struct bench *b, struct slot *s)
+{
+    const struct opts *o = &b->o;
+    const char *prompt = b->prompts[b->next_prompt++ % b->n_prompts];
+    uint32_t n_params = o->has_temperature + o->has_top_p + o->has_seed + o->fanout;
+    if (o->msgpack) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, mpw_sbuf);
+        msgpack_pack_map(&pk, 3 + (o->max_tokens > 0) + (n_params > 0));
+        mp_kstr(&pk, "type", "generate");
+        mp_k(&pk, "id");
+        msgpack_pack_uint64(&pk, slot_id(s));
+        mp_kstr(&pk, "prompt", prompt);
+        if (o->max_tokens > 0) {
+            mp_k(&pk, "max_tokens");
+            msgpack_pack_uint32(&pk, (uint32_t)o->max_tokens);
+        }
+        if (n_params) {
+            mp_k(&pk, "params");
+            msgpack_pack_map(&pk, n_params);
+            if (o->has_temperature) {
+                mp_k(&pk, "temperature");
+                msgpack_pack_double(&pk, o->temperature);
+            }
+            if (o->has_top_p) {
+                mp_k(&pk, "top_p");
+                msgpack_pack_double(&pk, o->top_p);
+            }
+            if (o->has_seed) {
+                mp_k(&pk, "seed");
+                msgpack_pack_uint64(&pk, o->seed);
+            }
+            if (o->fanout) {
+                mp_k(&pk, "timestamps");
+                msgpack_pack_true(&pk);
+            }
+        }
+        struct outmsg *m = msg_new(sb.data, sb.size, s);
+        msgpack_sbuffer_destroy(&sb);
+        return m;
+    }
+    size_t cap = strlen(prompt) * 6 + 512;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    struct jsonw w;
+    jsonw_init(&w, buf, cap);
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "type", "generate");
+    jsonw_key_uint(&w, "id", slot_id(s));
+    jsonw_key_str(&w, "prompt", prompt);
+    if (o->max_tokens > 0)
+        jsonw_key_uint(&w, "max_tokens", (uint64_t)o->max_tokens);
+    if (n_params) {
+        jsonw_key(&w, "params");
+        jsonw_obj_begin(&w);
+        if (o->has_temperature)
+            jsonw_key_double(&w, "temperature", o->temperature, 6);
+        if (o->has_top_p)
+            jsonw_key_double(&w, "top_p", o->top_p, 6);
+        if (o->has_seed)
+            jsonw_key_uint(&w, "seed", o->seed);
+        if (o->fanout)
+            jsonw_key_bool(&w, "timestamps", true);
+        jsonw_obj_end(&w);
+    }
+    jsonw_obj_end(&w);
+    struct outmsg *m = jsonw_ok(&w) ? msg_new(buf, jsonw_len(&w), s) : NULL;
+    free(buf);
+    return m;
+}
+
+static int send_hello(struct bench *b, struct bconn *c)
+{
+    struct outmsg *m = NULL;
+    if (b->o.msgpack) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, mpw_sbuf);
+        msgpack_pack_map(&pk, 2);
+        mp_kstr(&pk, "type", "hello");
+        mp_kstr(&pk, "key", b->o.key);
+        m = msg_new(sb.data, sb.size, NULL);
+        msgpack_sbuffer_destroy(&sb);
+    } else {
+        char buf[1024];
+        struct jsonw w;
+        jsonw_init(&w, buf, sizeof buf);
+        jsonw_obj_begin(&w);
+        jsonw_key_str(&w, "type", "hello");
+        jsonw_key_str(&w, "key", b->o.key);
+        jsonw_obj_end(&w);
+        if (jsonw_ok(&w))
+            m = msg_new(buf, jsonw_len(&w), NULL);
+    }
+    if (!m)
+        return RILL_E_NOMEM;
+    conn_push(c, m);
+    return 0;
+}
+
+/* --- slots --------------------------------------------------------------------------------------- */
+
+static bool measuring(const struct bench *b) { return b->ph == PH_MEASURE; }
+
+static int slot_send(struct bench *b, struct slot *s)
+{
+    s->gen++;
+    struct outmsg *m = build_generate(b, s);
+    if (!m)
+        return RILL_E_NOMEM;
+    s->st = SL_QUEUED;
+    s->t_send = clock_ns(); /* replaced by the write time */
+    s->t_first = s->t_last = 0;
+    s->n_tokens = 0;
+    s->in_window = measuring(b);
+    if (!s->started) {
+        s->started = true;
+        b->started_slots++;
+    }
+    b->sent++;
+    if (s->in_window)
+        b->sent_window++;
+    conn_push(s->c, m);
+    return 0;
+}
+
+static struct slot *slot_by_id(struct bench *b, uint64_t id)
+{
+    uint32_t idx = (uint32_t)(id & (BENCH_MAX_SLOTS - 1));
+    if (idx >= b->n_slots)
+        return NULL;
+    struct slot *s = &b->slots[idx];
+    if ((s->st != SL_INFLIGHT && s->st != SL_QUEUED) || slot_id(s) != id)
+        return NULL;
+    return s;
+}
+
+static void add_rate(struct bench *b, const struct slot *s)
+{
+    if (s->n_tokens < 2 || s->t_last <= s->t_first)
+        return;
+    if (b->n_rates == b->cap_rates) {
+        size_t cap = b->cap_rates ? b->cap_rates * 2 : 1024;
+        double *r = realloc(b->rates, cap * sizeof *r);
+        if (!r)
+            return;
+        b->rates = r;
+        b->cap_rates = cap;
+    }
+    b->rates[b->n_rates++] = (double)(s->n_tokens - 1) / secs(s->t_last - s->t_first);
+}
+
+static bool may_send(const struct bench *b)
+{
+    if (b->ph >= PH_STOP)
+        return false;
+    if (b->o.requests && b->ph == PH_MEASURE && b->sent_window >= (uint64_t)b->o.requests)
+        return false;
+    return true;
+}
+
+/* A generation ended (err_slot < 0: complete).  Closed loop: the slot sends
+ * its next one (after retry_ms on an error); open loop: back to the pool. */
+static void slot_end(struct bench *b, struct slot *s, int err_slot, uint64_t now)
+{
+    bool count = measuring(b);
+    if (count) {
+        if (err_slot < 0)
+            b->completed++;
+        else {
+            b->errored++;
+            b->errors[err_slot]++;
+        }
+        if (err_slot < 0)
+            add_rate(b, s);
+    }
+    if (s->in_window)
+        b->done_window++;
+    s->in_window = false;
+    if (b->o.rate) {
+        if (s->c->inflight)
+            s->c->inflight--;
+        s->st = SL_FREE;
+        s->next_free = b->free_head;
+        b->free_head = s->idx;
+        return;
+    }
+    if (err_slot < 0 && may_send(b) && s->c->st == CN_OPEN) {
+        if (slot_send(b, s) == 0)
+            return;
+    }
+    s->st = SL_WAIT;
+    s->retry_at = now + (err_slot < 0 ? 0 : (uint64_t)(b->o.retry_ms * 1e6));
+}
+
+/* --- messages in ------------------------------------------------------------------------------------ */
+
+static void on_token(struct bench *b, struct slot *s, bool has_gen, uint64_t gen_us, uint64_t now, bool first_in_frame)
+{
+    b->tokens_all++;
+    if (!s)
+        return;
+    if (s->st == SL_QUEUED) /* a reply raced the write bookkeeping: cannot happen, but be safe */
+        s->st = SL_INFLIGHT;
+    bool count = measuring(b);
+    if (!s->n_tokens) {
+        hist_record(&b->ttft_all, (now - s->t_send) / 1000);
+        if (s->in_window)
+            hist_record(&b->ttft_window, (now - s->t_send) / 1000);
+        s->t_first = now;
+        if (!s->got_first) {
+            s->got_first = true;
+            b->first_slots++;
+        }
+    } else if (count) {
+        hist_record(&b->itl, first_in_frame ? (now - s->t_last) / 1000 : 0);
+    }
+    s->t_last = now;
+    s->n_tokens++;
+    if (count) {
+        b->tokens++;
+        if (has_gen) {
+            uint64_t now_us = now / 1000;
+            if (now_us >= gen_us)
+                hist_record(&b->added, now_us - gen_us);
+            else
+                b->negative_added++;
+        }
+    }
+}
+
+static int err_slot_of(const char *code)
+{
+    int rc = code ? rill_err_from_name(code) : 0;
+    int i = rc ? rill_err_index(rc) : -1;
+    return i >= 0 ? i : ERR_OTHER;
+}
+
+/* An error frame: a generation's end when it names one, else the connection's. */
+static void on_error(struct bench *b, struct bconn *c, struct slot *s, const char *code, uint64_t now)
+{
+    int e = err_slot_of(code);
+    if (s) {
+        slot_end(b, s, e, now);
+        return;
+    }
+    if (measuring(b)) {
+        b->errors[e]++;
+        b->errored++;
+    }
+    (void)c;
+}
+
+static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
+
+static void json_token(struct bench *b, struct slot *s, const cJSON *t, uint64_t now, bool first)
+{
+    const cJSON *g = b->o.fanout ? jget(t, "gen_us") : NULL;
+    bool has = cJSON_IsNumber(g);
+    on_token(b, s, has, has ? (uint64_t)g->valuedouble : 0, now, first);
+}
+
+static void handle_json(struct bench *b, struct bconn *c, const char *buf, size_t len, uint64_t now)
+{
+    cJSON *root = cJSON_ParseWithLength(buf, len);
+    const cJSON *ty = root ? jget(root, "type") : NULL;
+    if (!cJSON_IsString(ty)) {
+        if (measuring(b))
+            b->errors[ERR_BAD_FRAME]++;
+        cJSON_Delete(root);
+        return;
+    }
+    const char *t = ty->valuestring;
+    const cJSON *id = jget(root, "id");
+    struct slot *s = cJSON_IsNumber(id) && id->valuedouble >= 0 ? slot_by_id(b, (uint64_t)id->valuedouble) : NULL;
+    if (!strncmp(t, "token", 5) && measuring(b))
+        b->frames++;
+    if (!strcmp(t, "token")) {
+        json_token(b, s, jget(root, "token"), now, true);
+    } else if (!strcmp(t, "tokens")) {
+        const cJSON *arr = jget(root, "tokens"), *it;
+        bool first = true;
+        cJSON_ArrayForEach(it, arr)
+        {
+            json_token(b, s, it, now, first);
+            first = false;
+        }
+    } else if (!strcmp(t, "complete")) {
+        if (s)
+            slot_end(b, s, -1, now);
+    } else if (!strcmp(t, "error")) {
+        const cJSON *e = jget(root, "error");
+        const cJSON *code = e ? jget(e, "code") : NULL;
+        on_error(b, c, s, cJSON_IsString(code) ? code->valuestring : NULL, now);
+    } else if (!strcmp(t, "accepted") && s) {
+        s->st = SL_INFLIGHT;
+    }
+    cJSON_Delete(root);
+}
+
+static const msgpack_object *mget(const msgpack_object *o, const char *k)
+{
+    if (o->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t kl = strlen(k);
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == kl && !memcmp(kv->key.via.str.ptr, k, kl))
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static bool mstr_is(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+    return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && !memcmp(o->via.str.ptr, s, n);
+}
+
+static void mp_token(struct bench *b, struct slot *s, const msgpack_object *t, uint64_t now, bool first)
+{
+    const msgpack_object *g = b->o.fanout && t ? mget(t, "gen_us") : NULL;
+    bool has = g && g->type == MSGPACK_OBJECT_POSITIVE_INTEGER;
+    on_token(b, s, has, has ? g->via.u64 : 0, now, first);
+}
+
+static void handle_msgpack(struct bench *b, struct bconn *c, const char *buf, size_t len, uint64_t now)
+{
+    msgpack_object root;
+    size_t off = 0;
+    msgpack_unpack_return ur = msgpack_unpack(buf, len, &off, &b->zone, &root);
+    const msgpack_object *ty = ur == MSGPACK_UNPACK_SUCCESS ? mget(&root, "type") : NULL;
+    if (!ty || ty->type != MSGPACK_OBJECT_STR) {
+        if (measuring(b))
+            b->errors[ERR_BAD_FRAME]++;
+        msgpack_zone_clear(&b->zone);
+        return;
+    }
+    const msgpack_object *id = mget(&root, "id");
+    struct slot *s = id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? slot_by_id(b, id->via.u64) : NULL;
+    if ((mstr_is(ty, "token") || mstr_is(ty, "tokens")) && measuring(b))
+        b->frames++;
+    if (mstr_is(ty, "token")) {
+        mp_token(b, s, mget(&root, "token"), now, true);
+    } else if (mstr_is(ty, "tokens")) {
+        const msgpack_object *arr = mget(&root, "tokens");
+        if (arr && arr->type == MSGPACK_OBJECT_ARRAY)
+            for (uint32_t i = 0; i < arr->via.array.size; i++)
+                mp_token(b, s, &arr->via.array.ptr[i], now, i == 0);
+    } else if (mstr_is(ty, "complete")) {
+        if (s)
+            slot_end(b, s, -1, now);
+    } else if (mstr_is(ty, "error")) {
+        const msgpack_object *e = mget(&root, "error");
+        const msgpack_object *code = e ? mget(e, "code") : NULL;
+        char name[64] = "";
+        if (code && code->type == MSGPACK_OBJECT_STR && code->via.str.size < sizeof name)
+            memcpy(name, code->via.str.ptr, code->via.str.size);
+        on_error(b, c, s, name[0] ? name : NULL, now);
+    } else if (mstr_is(ty, "accepted") && s) {
+        s->st = SL_INFLIGHT;
+    }
+    msgpack_zone_clear(&b->zone);
+}
+
+static void on_frame(struct bench *b, struct bconn *c, const void *buf, size_t len, uint64_t now)
+{
+    if (measuring(b))
+        b->bytes_in += len;
+    if (b->o.msgpack)
+        handle_msgpack(b, c, buf, len, now);
+    else
+        handle_json(b, c, buf, len, now);
+}
+
+/* --- connections ---------------------------------------------------------------------------------- */
+
+static int conn_open(struct bench *b, struct bconn *c)
+{
+    struct lws_client_connect_info ci;
+    memset(&ci, 0, sizeof ci);
+    ci.context = b->ctx;
+    ci.address = b->host;
+    ci.port = b->port;
+    ci.path = b->path;
+    ci.host = b->host;
+    ci.protocol = b->o.msgpack ? "rill.msgpack.v1" : "rill.json.v1";
+    ci.userdata = c;
+    ci.pwsi = &c->wsi;
+    if (b->tls)
+        ci.ssl_connection = LCCSCF_USE_SSL | LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
+    c->st = CN_CONNECTING;
+    c->want_close = false;
+    b->n_connecting++;
+    if (!lws_client_connect_via_info(&ci)) {
+        /* lws has already reported CLIENT_CONNECTION_ERROR when it could. */
+        if (c->st == CN_CONNECTING) {
+            c->st = CN_DOWN;
+            b->n_connecting--;
+            b->conn_errors++;
+            c->reconnect_at = clock_ns() + 500000000ull;
+        }
+        return RILL_E_IO;
+    }
+    return 0;
+}
+
+/* The connection is gone: its generations end (counted as connection_closed
+ * while measuring), it reconnects later unless the run is stopping. */
+static void conn_down(struct bench *b, struct bconn *c, bool was_open)
+{
+    uint64_t now = clock_ns();
+    if (c->st == CN_CONNECTING)
+        b->n_connecting--;
+    if (c->st == CN_OPEN)
+        b->n_open--;
+    c->st = CN_DOWN;
+    c->wsi = NULL;
+    c->reconnect_at = now + 500000000ull;
+    for (struct outmsg *m = c->q_head, *n; m; m = n) {
+        n = m->next;
+        free(m);
+    }
+    c->q_head = c->q_tail = NULL;
+    free(c->rx);
+    c->rx = NULL;
+    c->rx_len = c->rx_cap = 0;
+    if (b->ph >= PH_STOP)
+        return;
+    if (was_open)
+        b->conn_drops++;
+    else
+        b->conn_errors++;
+    for (uint32_t i = 0; i < b->n_slots; i++) {
+        struct slot *s = &b->slots[i];
+        if (s->c == c && (s->st == SL_QUEUED || s->st == SL_INFLIGHT))
+            slot_end(b, s, ERR_CLOSED, now);
+    }
+}
+
+static int conn_writable(struct bench *b, struct bconn *c)
+{
+    if (c->want_close) {
+        lws_close_reason(c->wsi, LWS_CLOSE_STATUS_NORMAL, NULL, 0);
+        return -1;
+    }
+    struct outmsg *m = c->q_head;
+    if (!m)
+        return 0;
+    c->q_head = m->next;
+    if (!c->q_head)
+        c->q_tail = NULL;
+    int n = lws_write(c->wsi, m->data + LWS_PRE, m->len, b->o.msgpack ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+    if (m->slot && m->slot->st == SL_QUEUED) {
+        m->slot->t_send = clock_ns();
+        m->slot->st = SL_INFLIGHT;
+    }
+    free(m);
+    if (n < 0)
+        return -1;
+    if (c->q_head)
+        lws_callback_on_writable(c->wsi);
+    return 0;
+}
+
+static int conn_receive(struct bench *b, struct bconn *c, const void *in, size_t len, uint64_t now)
+{
+    bool first = lws_is_first_fragment(c->wsi), final = lws_is_final_fragment(c->wsi);
+    if (first && final && !lws_remaining_packet_payload(c->wsi)) {
+        on_frame(b, c, in, len, now);
+        return 0;
+    }
+    if (first)
+        c->rx_len = 0;
+    if (c->rx_len + len > c->rx_cap) {
+        size_t cap = c->rx_cap ? c->rx_cap : 8192;
+        while (cap < c->rx_len + len)
+            cap *= 2;
+        unsigned char *p = realloc(c->rx, cap);
+        if (!p)
+            return -1;
+        c->rx = p;
+        c->rx_cap = cap;
+    }
+    memcpy(c->rx + c->rx_len, in, len);
+    c->rx_len += len;
+    if (final && !lws_remaining_packet_payload(c->wsi)) {
+        on_frame(b, c, c->rx, c->rx_len, now);
+        c->rx_len = 0;
+    }
+    return 0;
+}
+
+static void on_tick(struct bench *b);
+static void on_arrival(struct bench *b);
+
+static int bench_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    struct lws_context *ctx = lws_get_context(wsi);
+    struct bench *b = ctx ? lws_context_user(ctx) : NULL;
+    struct bconn *c = user;
+    if (b && reason == LWS_CALLBACK_RAW_RX_FILE) {
+        int fd = lws_get_socket_fd(wsi);
+        uint64_t expirations;
+        if (read(fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+            return -1;
+        if (fd == b->tick_fd)
+            on_tick(b);
+        else if (fd == b->arrival_fd && b->ph == PH_MEASURE)
+            on_arrival(b);
+        return 0;
+    }
+    if (!b || !c)
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    switch (reason) {
+    case LWS_CALLBACK_CLIENT_ESTABLISHED:
+        if (c->st == CN_CONNECTING)
+            b->n_connecting--;
+        c->st = CN_OPEN;
+        c->wsi = wsi;
+        b->n_open++;
+        b->ever_open = true;
+        if (b->o.key && send_hello(b, c))
+            return -1;
+        if (c->q_head)
+            lws_callback_on_writable(wsi);
+        return 0;
+    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+        if (!b->o.quiet && b->conn_errors < 5)
+            rlog_warn("connection %u: %s", c->idx, in ? (const char *)in : "error");
+        if (c->st == CN_CONNECTING)
+            conn_down(b, c, false);
+        return 0;
+    case LWS_CALLBACK_CLIENT_CLOSED:
+        if (c->st != CN_DOWN)
+            conn_down(b, c, c->st == CN_OPEN);
+        return 0;
+    case LWS_CALLBACK_CLIENT_RECEIVE:
+        return conn_receive(b, c, in, len, clock_ns());
+    case LWS_CALLBACK_CLIENT_WRITEABLE:
+        return conn_writable(b, c);
+    case LWS_CALLBACK_WSI_DESTROY:
+        if (c->st == CN_CONNECTING || c->st == CN_OPEN)
+            conn_down(b, c, c->st == CN_OPEN);
+        return 0;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static const struct lws_protocols protocols[] = {
+    {"rill.json.v1", bench_callback, 0, 0, 0, NULL, 0},
+    {"rill.msgpack.v1", bench_callback, 0, 0, 1, NULL, 0},
+    {"rill-bench-timer", bench_callback, 0, 0, 2, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+/* --- the run's clock ----------------------------------------------------------------------------- */
+
+static void snapshot_start(struct bench *b, uint64_t now)
+{
+    b->t_measure = now;
+    proc_sample(b->o.gateway_pid, &b->gw0);
+    proc_sample(b->o.worker_pid, &b->wk0);
+    b->gw_rss_start_kb = b->gw0.rss_kb;
+    b->gw_rss_max_kb = b->gw0.rss_kb;
+    getrusage(RUSAGE_SELF, &b->ru0);
+    b->sys_busy0 = sys_busy_ticks();
+}
+
+static void snapshot_end(struct bench *b, uint64_t now)
+{
+    b->t_end = now;
+    b->open_at_end = b->n_open;
+    proc_sample(b->o.gateway_pid, &b->gw1);
+    proc_sample(b->o.worker_pid, &b->wk1);
+    if (b->gw1.rss_kb > b->gw_rss_max_kb)
+        b->gw_rss_max_kb = b->gw1.rss_kb;
+    getrusage(RUSAGE_SELF, &b->ru1);
+    b->sys_busy1 = sys_busy_ticks();
+    /* Streams still running count with what they delivered so far. */
+    for (uint32_t i = 0; i < b->n_slots; i++)
+        if (b->slots[i].st == SL_INFLIGHT && b->o.fanout)
+            add_rate(b, &b->slots[i]);
+}
+
+static void begin_stop(struct bench *b, uint64_t now)
+{
+    b->ph = PH_STOP;
+    b->t_stop = now;
+    for (uint32_t i = 0; i < b->n_conns; i++) {
+        struct bconn *c = &b->conns[i];
+        if (c->st == CN_OPEN && c->wsi) {
+            c->want_close = true;
+            lws_callback_on_writable(c->wsi);
+        }
+    }
+}
+
+static bool ramp_done(const struct bench *b)
+{
+    if (b->n_connecting || b->next_connect < b->n_conns)
+        return false;
+    if (b->o.idle || b->o.rate)
+        return true;
+    if (b->o.fanout)
+        return b->first_slots == b->n_slots;
+    return b->started_slots == b->n_slots;
+}
+
+static void progress(struct bench *b, uint64_t now)
+{
+    static uint64_t last;
+    if (b->o.quiet || now - last < 1000000000ull)
+        return;
+    last = now;
+    static const char *names[] = {"ramp", "warmup", "measure", "stop", "done"};
+    fprintf(stderr, "rill-bench: %-7s %6.1f s  open %u/%u  slots started %u first-token %u  tokens %llu\n",
+            names[b->ph], secs(now - b->t0), b->n_open, b->n_conns, b->started_slots, b->first_slots,
+            (unsigned long long)b->tokens_all);
+}
+
+/* Open-loop arrivals, at their exact (µs) times. */
+static void arm_at(int fd, uint64_t at_ns)
+{
+    struct itimerspec it = {{0, 0}, {(time_t)(at_ns / 1000000000ull), (long)(at_ns % 1000000000ull)}};
+    if (!at_ns)
+        it.it_value.tv_nsec = 1; /* zero would disarm it */
+    timerfd_settime(fd, TFD_TIMER_ABSTIME, &it, NULL);
+}
+
+static void on_arrival(struct bench *b)
+{
+    uint64_t now = clock_ns();
+    while (b->t_arrivals0 + (uint64_t)(b->next_arrival_s * 1e9) <= now) {
+        b->next_arrival_s += rng_exp(b, b->o.rate);
+        if (!may_send(b))
+            return;
+        struct bconn *c = NULL;
+        for (uint32_t k = 0; k < b->n_conns; k++) {
+            struct bconn *x = &b->conns[(b->rr + k) % b->n_conns];
+            if (x->st == CN_OPEN && x->inflight < (uint32_t)b->o.streams_per_conn) {
+                c = x;
+                b->rr = (b->rr + k + 1) % b->n_conns;
+                break;
+            }
+        }
+        if (!c || b->free_head == UINT32_MAX) {
+            if (measuring(b))
+                b->client_saturated++;
+            continue;
+        }
+        struct slot *s = &b->slots[b->free_head];
+        b->free_head = s->next_free;
+        s->c = c;
+        c->inflight++;
+        if (slot_send(b, s)) {
+            c->inflight--;
+            s->st = SL_FREE;
+            s->next_free = b->free_head;
+            b->free_head = s->idx;
+        }
+    }
+    arm_at(b->arrival_fd, b->t_arrivals0 + (uint64_t)(b->next_arrival_s * 1e9));
+}
+
+static void on_tick(struct bench *b)
+{
+    uint64_t now = clock_ns();
+    if (got_signal && b->ph < PH_STOP) {
+        b->stop_signal = true;
+        if (b->ph == PH_MEASURE)
+            snapshot_end(b, now);
+        begin_stop(b, now);
+    }
+    /* Connections: a bounded number of handshakes at once; reconnect the dropped. */
+    if (b->ph < PH_STOP) {
+        while (b->n_connecting < BENCH_MAX_CONNECTING && b->next_connect < b->n_conns)
+            conn_open(b, &b->conns[b->next_connect++]);
+        for (uint32_t i = 0; i < b->next_connect && b->n_connecting < BENCH_MAX_CONNECTING; i++)
+            if (b->conns[i].st == CN_DOWN && now >= b->conns[i].reconnect_at && !b->o.idle)
+                conn_open(b, &b->conns[i]);
+    }
+    /* Closed loop: start or restart the slots that may go. */
+    if (b->o.concurrency && may_send(b)) {
+        uint64_t allowed = b->n_slots;
+        if (b->o.ramp > 0 && b->ph == PH_RAMP)
+            allowed = (uint64_t)(secs(now - b->t0) * b->o.ramp) + 1;
+        for (uint32_t i = 0; i < b->n_slots && may_send(b); i++) {
+            struct slot *s = &b->slots[i];
+            if ((s->st == SL_FREE || (s->st == SL_WAIT && now >= s->retry_at)) && s->c->st == CN_OPEN) {
+                if (!s->started && b->started_slots >= allowed)
+                    continue;
+                slot_send(b, s);
+            }
+        }
+    }
+    switch (b->ph) {
+    case PH_RAMP:
+        if (!b->ever_open && b->conn_errors && secs(now - b->t0) > 5) {
+            rlog_error("cannot connect to %s (%llu attempts failed)", b->o.url, (unsigned long long)b->conn_errors);
+            b->fatal = true;
+            b->t_measure = b->t_end = now;
+            begin_stop(b, now);
+            break;
+        }
+        if (ramp_done(b) || secs(now - b->t0) > BENCH_RAMP_TIMEOUT_S) {
+            if (!ramp_done(b))
+                rlog_warn("ramp not done after %.0f s (%u/%u connections open, %u/%u streams going): measuring anyway",
+                          BENCH_RAMP_TIMEOUT_S, b->n_open, b->n_conns, b->first_slots, b->n_slots);
+            b->t_ramp_done = now;
+            b->ph = PH_WARMUP;
+        }
+        break;
+    case PH_WARMUP: {
+        double warm = b->o.idle && b->o.warmup < 1 ? 1 : b->o.warmup;
+        if (secs(now - b->t_ramp_done) >= warm) {
+            snapshot_start(b, now);
+            if (b->o.idle)
+                b->idle_rss_after_kb = b->gw0.rss_kb;
+            b->ph = PH_MEASURE;
+            if (b->o.rate) {
+                b->t_arrivals0 = now;
+                b->next_arrival_s = rng_exp(b, b->o.rate);
+                on_arrival(b);
+            }
+        }
+        break;
+    }
+    case PH_MEASURE: {
+        static uint64_t next_rss;
+        if (b->o.gateway_pid && now >= next_rss) {
+            uint64_t kb;
+            if (proc_rss_kb(b->o.gateway_pid, &kb) == 0 && kb > b->gw_rss_max_kb)
+                b->gw_rss_max_kb = kb;
+            next_rss = now + 100000000ull;
+        }
+        bool by_time = b->o.duration && secs(now - b->t_measure) >= b->o.duration;
+        bool by_count = b->o.requests && b->done_window >= (uint64_t)b->o.requests;
+        if (by_time || by_count) {
+            snapshot_end(b, now);
+            begin_stop(b, now);
+        }
+        break;
+    }
+    case PH_STOP:
+        if (!b->n_open && !b->n_connecting)
+            b->ph = PH_DONE;
+        else if (secs(now - b->t_stop) > BENCH_STOP_TIMEOUT_S)
+            b->ph = PH_DONE;
+        break;
+    case PH_DONE:
+        break;
+    }
+    progress(b, now);
+    /* An event-library loop (libev) runs inside lws_service() until the
+     * context is destroyed from within it; teardown destroys it again. */
+    if (b->ph == PH_DONE && !b->o.poll_loop && !b->ctx_destroying) {
+        b->ctx_destroying = true;
+        lws_context_destroy(b->ctx);
+    }
+}
+
+/* --- results --------------------------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *c)
+{
+    double x = *(const double *)a, y = *(const double *)c;
+    return x < y ? -1 : x > y;
+}
+
+static double quantile(const double *v, size_t n, double q)
+{
+    if (!n)
+        return 0;
+    size_t k = (size_t)ceil(q * (double)n);
+    return v[k ? k - 1 : 0];
+}
+
+static double pct_ms(const struct hist *h, double q) { return h->count ? hist_percentile(h, q) / 1000.0 : 0; }
+
+static void json_hist(struct jsonw *w, const char *key, const struct hist *h)
+{
+    jsonw_key(w, key);
+    jsonw_obj_begin(w);
+    jsonw_key_uint(w, "count", h->count);
+    jsonw_key_double(w, "p50", pct_ms(h, 0.50), 3);
+    jsonw_key_double(w, "p90", pct_ms(h, 0.90), 3);
+    jsonw_key_double(w, "p95", pct_ms(h, 0.95), 3);
+    jsonw_key_double(w, "p99", pct_ms(h, 0.99), 3);
+    jsonw_key_double(w, "max", h->count ? h->max / 1000.0 : 0, 3);
+    jsonw_key_double(w, "mean", hist_mean(h) / 1000.0, 3);
+    jsonw_obj_end(w);
+}
+
+struct results {
+    double window_s, tokens_per_s, tokens_per_frame, stream_median, stream_p10;
+    double gw_cpu, gw_main_cpu, wk_cpu, bench_cpu, bench_user, bench_sys;
+    double sys_busy, other_cpu;      /* all cores (100 = one core), and what is not ours */
+    const struct hist *ttft;
+    const char *ttft_scope;
+    uint64_t unfinished;
+};
+
+static const char *err_name_of(int i)
+{
+    if (i == ERR_CLOSED)
+        return "connection_closed";
+    if (i == ERR_BAD_FRAME)
+        return "bad_frame";
+    if (i == ERR_OTHER)
+        return "other";
+    return rill_err_name(-(i + 1));
+}
+
+static void compute(struct bench *b, struct results *r)
+{
+    memset(r, 0, sizeof *r);
+    r->window_s = b->t_end > b->t_measure ? secs(b->t_end - b->t_measure) : 0;
+    r->tokens_per_s = r->window_s > 0 ? b->tokens / r->window_s : 0;
+    r->tokens_per_frame = b->frames ? (double)b->tokens / b->frames : 0;
+    if (b->n_rates)
+        qsort(b->rates, b->n_rates, sizeof *b->rates, cmp_double);
+    r->stream_median = quantile(b->rates, b->n_rates, 0.5);
+    r->stream_p10 = quantile(b->rates, b->n_rates, 0.1);
+    if (b->gw0.ok && b->gw1.ok) {
+        r->gw_cpu = cpu_pct(b->gw1.ticks - b->gw0.ticks, r->window_s);
+        r->gw_main_cpu = cpu_pct(b->gw1.main_ticks - b->gw0.main_ticks, r->window_s);
+    }
+    if (b->wk0.ok && b->wk1.ok)
+        r->wk_cpu = cpu_pct(b->wk1.ticks - b->wk0.ticks, r->window_s);
+    if (r->window_s > 0) {
+        r->bench_user = 100.0 * (tv_s(b->ru1.ru_utime) - tv_s(b->ru0.ru_utime)) / r->window_s;
+        r->bench_sys = 100.0 * (tv_s(b->ru1.ru_stime) - tv_s(b->ru0.ru_stime)) / r->window_s;
+        r->bench_cpu = r->bench_user + r->bench_sys;
+    }
+    if (b->sys_busy0 && b->sys_busy1 >= b->sys_busy0) {
+        r->sys_busy = cpu_pct(b->sys_busy1 - b->sys_busy0, r->window_s);
+        r->other_cpu = r->sys_busy - r->gw_cpu - r->wk_cpu - r->bench_cpu;
+        if (r->other_cpu < 0)
+            r->other_cpu = 0; /* tick rounding */
+    }
+    r->ttft = b->ttft_window.count ? &b->ttft_window : &b->ttft_all;
+    r->ttft_scope = b->ttft_window.count ? "window" : "all";
+    for (uint32_t i = 0; i < b->n_slots; i++)
+        r->unfinished += b->slots[i].st == SL_INFLIGHT || b->slots[i].st == SL_QUEUED;
+}
+
+static int write_json(struct bench *b, const struct results *r)
+{
+    size_t cap = 16384;
+    char *buf = malloc(cap);
+    if (!buf)
+        return RILL_E_NOMEM;
+    const struct opts *o = &b->o;
+    struct jsonw w;
+    jsonw_init(&w, buf, cap);
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "mode", o->idle ? "idle" : o->rate ? "open" : "closed");
+    jsonw_key_bool(&w, "fanout", o->fanout);
+    jsonw_key_str(&w, "protocol", o->msgpack ? "rill.msgpack.v1" : "rill.json.v1");
+    jsonw_key_str(&w, "url", o->url);
+    jsonw_key_uint(&w, "connections", b->n_conns);
+    jsonw_key_uint(&w, "concurrency", (uint64_t)o->concurrency);
+    jsonw_key_double(&w, "rate", o->rate, 3);
+    jsonw_key_int(&w, "max_tokens", o->max_tokens);
+    jsonw_key_double(&w, "window_s", r->window_s, 3);
+    jsonw_key_bool(&w, "interrupted", b->stop_signal);
+    jsonw_key_uint(&w, "connections_open_at_end", b->open_at_end);
+    jsonw_key_uint(&w, "connection_errors", b->conn_errors);
+    jsonw_key_uint(&w, "connection_drops", b->conn_drops);
+    if (!o->idle) {
+        jsonw_key(&w, "requests");
+        jsonw_obj_begin(&w);
+        jsonw_key_uint(&w, "sent", b->sent_window);
+        jsonw_key_uint(&w, "completed", b->completed);
+        jsonw_key_uint(&w, "errored", b->errored);
+        jsonw_key_uint(&w, "unfinished_at_end", r->unfinished);
+        jsonw_key_uint(&w, "client_saturated", b->client_saturated);
+        jsonw_key(&w, "errors");
+        jsonw_obj_begin(&w);
+        for (int i = 0; i < ERR_SLOTS; i++)
+            if (b->errors[i])
+                jsonw_key_uint(&w, err_name_of(i), b->errors[i]);
+        jsonw_obj_end(&w);
+        jsonw_obj_end(&w);
+        json_hist(&w, "ttft_ms", r->ttft);
+        jsonw_key_str(&w, "ttft_scope", r->ttft_scope);
+        json_hist(&w, "itl_ms", &b->itl);
+        jsonw_key(&w, "stream_tokens_per_s");
+        jsonw_obj_begin(&w);
+        jsonw_key_uint(&w, "streams", b->n_rates);
+        jsonw_key_double(&w, "median", r->stream_median, 2);
+        jsonw_key_double(&w, "p10", r->stream_p10, 2);
+        jsonw_obj_end(&w);
+        jsonw_key_uint(&w, "tokens", b->tokens);
+        jsonw_key_double(&w, "tokens_per_s", r->tokens_per_s, 1);
+        jsonw_key_uint(&w, "frames", b->frames);
+        jsonw_key_double(&w, "tokens_per_frame", r->tokens_per_frame, 3);
+        jsonw_key_uint(&w, "bytes_in", b->bytes_in);
+        if (o->fanout) {
+            json_hist(&w, "added_latency_ms", &b->added);
+            jsonw_key_uint(&w, "added_latency_negative", b->negative_added);
+        }
+    }
+    if (o->gateway_pid) {
+        jsonw_key(&w, "gateway");
+        jsonw_obj_begin(&w);
+        jsonw_key_int(&w, "pid", o->gateway_pid);
+        jsonw_key_double(&w, "cpu_pct", r->gw_cpu, 1);
+        jsonw_key_double(&w, "main_thread_cpu_pct", r->gw_main_cpu, 1);
+        jsonw_key_uint(&w, "rss_kb", b->gw1.rss_kb);
+        jsonw_key_uint(&w, "rss_anon_kb", b->gw1.anon_kb);
+        jsonw_key_uint(&w, "rss_shmem_kb", b->gw1.shmem_kb);
+        jsonw_key_uint(&w, "rss_start_kb", b->gw_rss_start_kb);
+        jsonw_key_uint(&w, "rss_max_kb", b->gw_rss_max_kb);
+        jsonw_obj_end(&w);
+    }
+    if (o->worker_pid) {
+        jsonw_key(&w, "worker");
+        jsonw_obj_begin(&w);
+        jsonw_key_int(&w, "pid", o->worker_pid);
+        jsonw_key_double(&w, "cpu_pct", r->wk_cpu, 1);
+        jsonw_key_uint(&w, "rss_kb", b->wk1.rss_kb);
+        jsonw_obj_end(&w);
+    }
+    jsonw_key(&w, "bench");
+    jsonw_obj_begin(&w);
+    jsonw_key_double(&w, "cpu_pct", r->bench_cpu, 1);
+    jsonw_key_double(&w, "user_pct", r->bench_user, 1);
+    jsonw_key_double(&w, "sys_pct", r->bench_sys, 1);
+    jsonw_key_int(&w, "cores", sysconf(_SC_NPROCESSORS_ONLN));
+    jsonw_obj_end(&w);
+    jsonw_key(&w, "system");
+    jsonw_obj_begin(&w);
+    jsonw_key_double(&w, "busy_cpu_pct", r->sys_busy, 1);
+    jsonw_key_double(&w, "other_cpu_pct", r->other_cpu, 1);
+    jsonw_obj_end(&w);
+    if (o->idle) {
+        jsonw_key(&w, "idle");
+        jsonw_obj_begin(&w);
+        jsonw_key_uint(&w, "connections", b->open_at_end);
+        jsonw_key_uint(&w, "rss_before_kb", b->idle_rss_before_kb);
+        jsonw_key_uint(&w, "rss_after_kb", b->gw1.rss_kb);
+        double per = b->open_at_end ? ((double)b->gw1.rss_kb - (double)b->idle_rss_before_kb) / b->open_at_end : 0;
+        jsonw_key_double(&w, "rss_per_conn_kb", per, 3);
+        jsonw_obj_end(&w);
+    }
+    jsonw_obj_end(&w);
+    int rc = 0;
+    if (!jsonw_ok(&w)) {
+        rc = RILL_E_INTERNAL;
+    } else {
+        FILE *f = fopen(o->json, "w");
+        if (!f || fwrite(buf, 1, jsonw_len(&w), f) != jsonw_len(&w) || fputc('\n', f) == EOF)
+            rc = RILL_E_IO;
+        if (f && fclose(f))
+            rc = RILL_E_IO;
+        if (rc)
+            fprintf(stderr, "rill-bench: cannot write %s: %s\n", o->json, strerror(errno));
+    }
+    free(buf);
+    return rc;
+}
+
+static void print_hist(const char *name, const struct hist *h, const char *note)
+{
+    printf("  %-16s p50 %8.2f  p95 %8.2f  p99 %8.2f  max %8.2f ms  (%llu%s)\n", name, pct_ms(h, 0.5), pct_ms(h, 0.95),
+           pct_ms(h, 0.99), h->count ? h->max / 1000.0 : 0, (unsigned long long)h->count, note);
+}
+
+static void print_table(const struct bench *b, const struct results *r)
+{
+    const struct opts *o = &b->o;
+    const char *proto = o->msgpack ? "rill.msgpack.v1" : "rill.json.v1";
+    if (o->idle) {
+        double per = b->open_at_end ? ((double)b->gw1.rss_kb - (double)b->idle_rss_before_kb) / b->open_at_end : 0;
+        printf("rill-bench idle: %u of %u connections open (%s)\n", b->open_at_end, b->n_conns, proto);
+        printf("  gateway rss      %llu kB before, %llu kB with them: %.2f kB per idle connection\n",
+               (unsigned long long)b->idle_rss_before_kb, (unsigned long long)b->gw1.rss_kb, per);
+        return;
+    }
+    if (o->rate)
+        printf("rill-bench open loop: %.1f requests/s over %u connections, %s, %.2f s measured%s\n", o->rate,
+               b->n_conns, proto, r->window_s, b->stop_signal ? " (interrupted)" : "");
+    else
+        printf("rill-bench closed loop%s: %ld streams over %u connections, %s, %.2f s measured%s\n",
+               o->fanout ? " fan-out" : "", o->concurrency, b->n_conns, proto, r->window_s,
+               b->stop_signal ? " (interrupted)" : "");
+    printf("  requests         sent %llu, completed %llu, errored %llu, running at the end %llu",
+           (unsigned long long)b->sent_window, (unsigned long long)b->completed, (unsigned long long)b->errored,
+           (unsigned long long)r->unfinished);
+    if (b->client_saturated)
+        printf(", not sent (no free stream) %llu", (unsigned long long)b->client_saturated);
+    printf("\n");
+    if (b->errored) {
+        printf("  errors          ");
+        for (int i = 0; i < ERR_SLOTS; i++)
+            if (b->errors[i])
+                printf(" %s %llu", err_name_of(i), (unsigned long long)b->errors[i]);
+        printf("\n");
+    }
+    if (b->conn_errors || b->conn_drops)
+        printf("  connections      %llu failed to open, %llu dropped\n", (unsigned long long)b->conn_errors,
+               (unsigned long long)b->conn_drops);
+    print_hist("first token", r->ttft, !strcmp(r->ttft_scope, "all") ? ", incl. ramp" : "");
+    print_hist("inter-token", &b->itl, "");
+    printf("  stream tokens/s  median %.2f, p10 %.2f (%zu streams)\n", r->stream_median, r->stream_p10, b->n_rates);
+    printf("  tokens           %llu = %.0f tokens/s; %llu frames, %.3f tokens/frame, %.1f MB in\n",
+           (unsigned long long)b->tokens, r->tokens_per_s, (unsigned long long)b->frames, r->tokens_per_frame,
+           b->bytes_in / 1e6);
+    if (o->fanout) {
+        print_hist("added latency", &b->added, "");
+        if (b->negative_added)
+            printf("  (%llu tokens arrived 'before' their gen_us: not the same host?)\n",
+                   (unsigned long long)b->negative_added);
+    }
+    if (o->gateway_pid)
+        printf("  gateway          cpu %.1f%% (service thread %.1f%%), rss %llu kB (private %llu, shared %llu; "
+               "max %llu, at start %llu)\n",
+               r->gw_cpu, r->gw_main_cpu, (unsigned long long)b->gw1.rss_kb, (unsigned long long)b->gw1.anon_kb,
+               (unsigned long long)b->gw1.shmem_kb, (unsigned long long)b->gw_rss_max_kb,
+               (unsigned long long)b->gw_rss_start_kb);
+    if (o->worker_pid)
+        printf("  worker           cpu %.1f%%, rss %llu kB\n", r->wk_cpu, (unsigned long long)b->wk1.rss_kb);
+    printf("  bench (client)   cpu %.1f%% (user %.1f, sys %.1f) of %ld cores\n", r->bench_cpu, r->bench_user,
+           r->bench_sys, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("  machine          busy %.1f%%, of which other processes %.1f%%%s\n", r->sys_busy, r->other_cpu,
+           o->gateway_pid && o->worker_pid ? "" : " (processes not watched count as other)");
+}
+
+/* --- set-up ------------------------------------------------------------------------------------------ */
+
+static int parse_url(struct bench *b)
+{
+    snprintf(b->url_buf, sizeof b->url_buf, "%s", b->o.url);
+    const char *prot, *ads, *path;
+    int port;
+    if (lws_parse_uri(b->url_buf, &prot, &ads, &port, &path) || !ads[0]) {
+        fprintf(stderr, "rill-bench: bad --url '%s' (want ws://HOST:PORT/PATH)\n", b->o.url);
+        return RILL_E_BAD_CONFIG;
+    }
+    if (!strcmp(prot, "wss") || !strcmp(prot, "https"))
+        b->tls = true;
+    else if (strcmp(prot, "ws") && strcmp(prot, "http")) {
+        fprintf(stderr, "rill-bench: bad scheme '%s' in --url (ws or wss)\n", prot);
+        return RILL_E_BAD_CONFIG;
+    }
+    b->host = ads;
+    b->port = port;
+    snprintf(b->path, sizeof b->path, "/%s", path);
+    return 0;
+}
+
+static int raise_fd_limit(size_t need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return RILL_E_IO;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < need) {
+        fprintf(stderr, "rill-bench: %zu connections need %zu file descriptors; the limit is %llu (ulimit -n)\n",
+                need - 64, need, (unsigned long long)rl.rlim_cur);
+        return RILL_E_BAD_CONFIG;
+    }
+    return 0;
+}
+
+static int setup(struct bench *b)
+{
+    const struct opts *o = &b->o;
+    int rc;
+    if ((rc = parse_url(b)) || (rc = load_prompts(b)))
+        return rc;
+    b->n_conns = (uint32_t)o->connections;
+    if ((rc = raise_fd_limit((size_t)b->n_conns + 64)))
+        return rc;
+    if (o->concurrency) {
+        b->n_slots = (uint32_t)o->concurrency;
+    } else if (o->rate) {
+        uint64_t n = (uint64_t)b->n_conns * (uint64_t)o->streams_per_conn;
+        b->n_slots = n < BENCH_MAX_SLOTS - 1 ? (uint32_t)n : BENCH_MAX_SLOTS - 1;
+    }
+    b->tick_fd = b->arrival_fd = -1;
+    b->conns = calloc(b->n_conns, sizeof *b->conns);
+    b->slots = calloc(b->n_slots ? b->n_slots : 1, sizeof *b->slots);
+    if (!b->conns || !b->slots)
+        return RILL_E_NOMEM;
+    for (uint32_t i = 0; i < b->n_conns; i++)
+        b->conns[i].idx = i;
+    b->free_head = UINT32_MAX;
+    for (uint32_t i = b->n_slots; i-- > 0;) {
+        struct slot *s = &b->slots[i];
+        s->idx = i;
+        if (o->concurrency) {
+            s->c = &b->conns[i % b->n_conns];
+        } else {
+            s->next_free = b->free_head;
+            b->free_head = i;
+        }
+    }
+    hist_init(&b->ttft_window);
+    hist_init(&b->ttft_all);
+    hist_init(&b->itl);
+    hist_init(&b->added);
+    if (!msgpack_zone_init(&b->zone, 8192))
+        return RILL_E_NOMEM;
+    b->rng = (uint64_t)clock_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    info.protocols = protocols;
+    info.user = b;
+    /* No fd_limit_per_thread: below the process limit it makes lws look
+     * every fd up by a linear scan (wsi_from_fd's "slow fds handling"), a
+     * cost per event that grows with the connections.  The rlimit was raised
+     * to fit them instead. */
+    info.timeout_secs = 30;
+    info.connect_timeout_secs = 20;
+    info.pt_serv_buf_size = 65536; /* the read buffer: whole coalesced frames in one callback */
+    if (b->tls)
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+    /* lws's own loop is poll(): O(connections) per wake-up, which with
+     * thousands of connections makes the client, not the gateway, the
+     * bottleneck.  The libev plugin (epoll) is O(ready fds). */
+    if (!o->poll_loop) {
+        info.options |= LWS_SERVER_OPTION_LIBEV;
+        info.signal_cb = on_evlib_signal;
+    }
+    lws_set_log_level(LLL_ERR, NULL);
+    b->ctx = lws_create_context(&info);
+    if (!b->ctx && !o->poll_loop) {
+        rlog_warn("the libev event loop is not available: falling back to poll()");
+        info.options &= ~(uint64_t)LWS_SERVER_OPTION_LIBEV;
+        info.signal_cb = NULL;
+        b->ctx = lws_create_context(&info);
+    }
+    if (!b->ctx) {
+        fprintf(stderr, "rill-bench: cannot create the libwebsockets context\n");
+        return RILL_E_IO;
+    }
+    /* The run's clock: timerfds in the loop, so that ticks and arrivals wake
+     * it whatever the event library (lws timers need the loop awake). */
+    struct lws_vhost *vh = lws_get_vhost_by_name(b->ctx, "default");
+    if (!vh)
+        return RILL_E_INTERNAL;
+    int *fds[2] = {&b->tick_fd, &b->arrival_fd};
+    for (int i = 0; i < 2; i++) {
+        lws_sock_file_fd_type u;
+        u.filefd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (u.filefd < 0)
+            return RILL_E_IO;
+        *fds[i] = u.filefd;
+        if (!lws_adopt_descriptor_vhost(vh, LWS_ADOPT_RAW_FILE_DESC, u, "rill-bench-timer", NULL))
+            return RILL_E_IO; /* lws closed it */
+    }
+    return 0;
+}
+
+static void teardown(struct bench *b)
+{
+    if (b->ctx)
+        lws_context_destroy(b->ctx);
+    for (uint32_t i = 0; b->conns && i < b->n_conns; i++) {
+        for (struct outmsg *m = b->conns[i].q_head, *n; m; m = n) {
+            n = m->next;
+            free(m);
+        }
+        free(b->conns[i].rx);
+    }
+    free(b->conns);
+    free(b->slots);
+    free(b->rates);
+    for (size_t i = 0; i < b->n_prompts; i++)
+        free(b->prompts[i]);
+    free(b->prompts);
+    msgpack_zone_destroy(&b->zone);
+}
+
+int main(int argc, char **argv)
+{
+    rlog_init("bench", NULL, RLOG_INFO, false, 2);
+    struct bench *b = calloc(1, sizeof *b);
+    if (!b)
+        return 1;
+    if (parse_opts(argc, argv, &b->o)) {
+        free(b);
+        return 2;
+    }
+    if (b->o.quiet)
+        rlog_set_level(RLOG_ERROR);
+    int rc = setup(b);
+    if (rc) {
+        teardown(b);
+        free(b);
+        return rc == RILL_E_BAD_CONFIG ? 2 : 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (b->o.idle && proc_rss_kb(b->o.gateway_pid, &b->idle_rss_before_kb)) {
+        fprintf(stderr, "rill-bench: cannot read /proc/%d/status\n", b->o.gateway_pid);
+        teardown(b);
+        free(b);
+        return 1;
+    }
+    b->t0 = clock_ns();
+    b->ph = PH_RAMP;
+    /* A closed-loop run of N requests without warmup counts from the first
+     * send, so that its N requests are exactly the ones it reports on. */
+    if (b->o.concurrency && b->o.requests && !b->o.warmup && !b->o.fanout) {
+        b->t_ramp_done = b->t0;
+        snapshot_start(b, b->t0);
+        b->ph = PH_MEASURE;
+    }
+    struct itimerspec every = {{0, BENCH_TICK_US * 1000}, {0, 1}};
+    timerfd_settime(b->tick_fd, 0, &every, NULL);
+    while (b->ph != PH_DONE)
+        if (lws_service(b->ctx, 0) < 0)
+            break;
+    if (!b->t_end) {
+        snapshot_end(b, clock_ns()); /* the loop broke before the window ended */
+        if (!b->t_measure)
+            b->t_measure = b->t_end;
+    }
+
+    struct results r;
+    compute(b, &r);
+    if (!b->o.quiet)
+        print_table(b, &r);
+    rc = b->o.json && !b->fatal ? write_json(b, &r) : 0;
+    bool fatal = b->fatal;
+    bool failed = b->o.idle ? b->open_at_end == 0 : (b->tokens == 0 && b->completed == 0);
+    teardown(b);
+    free(b);
+    return rc || fatal ? 1 : failed ? 3 : 0;
+}
