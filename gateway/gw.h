@@ -106,9 +106,11 @@ struct conn {
     size_t rx_len, rx_cap;
     bool rx_discard;             /* the message is over the cap: skip to its end */
     /* network adaptation */
-    uint64_t ping_sent_ns;
-    double rtt_ms;               /* smoothed ping round trip, 0 unknown */
+    uint64_t rtt_checked_ns;     /* when rtt_us was last read */
+    uint32_t rtt_us;             /* the kernel's smoothed round trip (TCP_INFO) */
     uint64_t hold_until_ns;      /* coalescing: do not write tokens before */
+    bool held;                   /* in the gateway's held list */
+    struct conn *held_prev, *held_next;
     uint64_t next_auto_id;
     /* telemetry subscription */
     bool subscribed;
@@ -207,6 +209,10 @@ struct gw {
     /* telemetry */
     struct gw_metrics m;
     struct gw_tel tel;
+    /* connections holding token frames to coalesce them (session.c) */
+    struct conn *held;
+    lws_sorted_usec_list_t hold_sul;
+    bool hold_sul_armed;
     uint64_t hb_seq, next_hb_ns;
     uint64_t started_ns;
 };
@@ -247,6 +253,8 @@ void session_end_stream(struct stream *s, int code, int finish, const char *msg)
 void stream_free(struct stream *s);
 int session_writable(struct conn *c);
 void session_fail_slow(struct conn *c);
+/* Release the holds that have expired (the gateway's hold timer). */
+void session_release_holds(struct gw *g);
 
 /* --- workers (gateway/workers.c) --- */
 int workers_init(struct gw *g);

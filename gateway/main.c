@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <signal.h>
 
 static int other_arg(int argc, char **argv, int i, void *ctx)
@@ -39,6 +40,12 @@ int main(int argc, char **argv)
         return 0;
     }
     cfg_setup_log(&c, "gateway", "g0");
+    /* One descriptor per connection: take all the process may have. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     if (c.control[0])
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned gateway drains and exits */
     return server_run(&c) ? 1 : 0;

@@ -236,17 +236,6 @@ static void on_receive(struct lws *wsi, struct gw *g, struct conn *c, const void
     }
 }
 
-static void maybe_ping(struct conn *c, uint64_t now)
-{
-    unsigned char buf[LWS_PRE + 8];
-    memcpy(buf + LWS_PRE, &now, 8);
-    /* One try per interval, whatever lws_write reports (for a ping it counts
-     * the frame header too). */
-    lws_write(c->wsi, buf + LWS_PRE, 8, LWS_WRITE_PING);
-    c->ping_sent_ns = now;
-    lws_callback_on_writable(c->wsi);
-}
-
 static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     struct lws_context *ctx = lws_get_context(wsi);
@@ -266,31 +255,11 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
             on_receive(wsi, g, c, in, len);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE: {
-        uint64_t now = clock_ns();
-        /* A busy connection measures its round trip now and then (the
-         * coalescing uses it); an idle one is kept alive by lws's policy. */
-        if (!c->closing && c->streams && c->gw->c->ping_interval_s &&
-            now - c->ping_sent_ns >= (uint64_t)c->gw->c->ping_interval_s * 1000000000ull) {
-            maybe_ping(c, now);
-            return 0;
-        }
         int rc = session_writable(c);
         if (rc < 0)
             lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
         return rc;
     }
-    case LWS_CALLBACK_RECEIVE_PONG:
-        if (len == 8) {
-            uint64_t sent;
-            memcpy(&sent, in, 8);
-            double rtt = (double)(clock_ns() - sent) / 1e6;
-            c->rtt_ms = c->rtt_ms > 0 ? 0.8 * c->rtt_ms + 0.2 * rtt : rtt;
-        }
-        return 0;
-    case LWS_CALLBACK_TIMER:
-        c->hold_until_ns = 0;
-        lws_callback_on_writable(wsi);
-        return 0;
     case LWS_CALLBACK_CLOSED:
         session_close_conn(c);
         return 0;
@@ -484,7 +453,10 @@ int server_run(const struct rill_config *c)
     m_ready.mountpoint = "/ready";
     m_ready.mountpoint_len = 6;
 
-    static const lws_retry_bo_t idle_policy = {.secs_since_valid_ping = 30, .secs_since_valid_hangup = 90};
+    /* Idle connections are pinged (and dropped when silent) by lws. */
+    static lws_retry_bo_t idle_policy;
+    idle_policy.secs_since_valid_ping = (uint16_t)(c->ping_interval_s ? c->ping_interval_s : 30);
+    idle_policy.secs_since_valid_hangup = (uint16_t)(3 * idle_policy.secs_since_valid_ping);
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.port = g->port;
@@ -498,7 +470,9 @@ int server_run(const struct rill_config *c)
                    LWS_SERVER_OPTION_DISABLE_IPV6;
     if (strchr(g->host, ':'))
         info.options &= ~(uint64_t)LWS_SERVER_OPTION_DISABLE_IPV6;
-    info.fd_limit_per_thread = 1 + (unsigned)c->max_connections + 64;
+    /* No fd_limit_per_thread: below the process's file limit lws finds
+     * sockets by a linear scan.  main() raises the limit instead, and
+     * max_connections is enforced by limits.c. */
     /* lws's own loop is poll(): every wake-up scans every connection, which
      * at a thousand streams was most of the gateway's time.  Its libev
      * plugin (epoll) costs per ready socket. */
@@ -553,8 +527,11 @@ int server_run(const struct rill_config *c)
     while (!g->stop || (g->evlib && !g->destroying))
         if (lws_service(g->ctx, 0) < 0 || g->destroying)
             break;
-    if (!g->destroying)
+    if (!g->destroying) {
         lws_sul_cancel(&tick.sul);
+        lws_sul_cancel(&g->hold_sul);
+    }
+    lws_sul_cancel(&g->hold_sul);
     signal_ctx = NULL;
     lws_context_destroy(g->ctx);
     workers_fini(g);

@@ -12,9 +12,11 @@
  *
  * Network adaptation: tokens that arrive while a client cannot take them pile
  * up in the stream's pending buffer and leave as one "tokens" frame.  When the
- * client's ping round trip is long or its backlog is large, the connection
- * also holds token frames for a short window (rtt/4, at most coalesce_max_ms)
- * to send fewer, bigger frames.  Past client_buffer_bytes of queued output the
+ * client's round trip is long (the kernel's smoothed RTT from TCP_INFO, not an
+ * application ping, whose echo would include this loop's own delays) or its
+ * backlog is large, the connection also holds token frames for a short window
+ * (rtt/4, at most coalesce_max_ms) to send fewer, bigger frames.  Held
+ * connections sit in one list that a single gateway timer sweeps.  Past client_buffer_bytes of queued output the
  * client gets slow_consumer and is closed; its generations are cancelled.
  */
 #include "gw.h"
@@ -23,6 +25,8 @@
 #include "common/jsonw.h"
 #include "common/log.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -400,6 +404,8 @@ void session_worker_lost(struct gw *g, int worker)
     }
 }
 
+static void unhold(struct conn *c);
+
 /* --- the connection ------------------------------------------------------------------------- */
 
 void session_fail_slow(struct conn *c)
@@ -425,8 +431,10 @@ void session_fail_slow(struct conn *c)
 
 void session_close_conn(struct conn *c)
 {
-    if (c->gw)
+    if (c->gw) {
         telemetry_subscribe(c, false);
+        unhold(c);
+    }
     while (c->streams) {
         send_cancel(c->streams);
         stream_remove(c->streams);
@@ -467,6 +475,82 @@ static struct stream *next_ready(struct conn *c, bool tokens_allowed)
         s = s->next ? s->next : c->streams;
     } while (s != start);
     return NULL;
+}
+
+/* --- holds: one list, one timer ----------------------------------------------------- */
+
+#define HOLD_TICK_US 2000
+
+/* The kernel's smoothed round trip to the client, read at most once a
+ * second (one getsockopt). */
+static double conn_rtt_ms(struct conn *c, uint64_t now)
+{
+    if (now - c->rtt_checked_ns > 1000000000ull) {
+        c->rtt_checked_ns = now;
+        struct tcp_info ti;
+        socklen_t len = sizeof ti;
+        int fd = lws_get_socket_fd(c->wsi);
+        if (fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+            c->rtt_us = ti.tcpi_rtt;
+    }
+    return c->rtt_us / 1000.0;
+}
+
+static void unhold(struct conn *c)
+{
+    if (!c->held)
+        return;
+    struct gw *g = c->gw;
+    if (c->held_prev)
+        c->held_prev->held_next = c->held_next;
+    else
+        g->held = c->held_next;
+    if (c->held_next)
+        c->held_next->held_prev = c->held_prev;
+    c->held_prev = c->held_next = NULL;
+    c->held = false;
+    c->hold_until_ns = 0;
+}
+
+static void on_hold_tick(lws_sorted_usec_list_t *sul)
+{
+    struct gw *g = lws_container_of(sul, struct gw, hold_sul);
+    g->hold_sul_armed = false;
+    session_release_holds(g);
+}
+
+void session_release_holds(struct gw *g)
+{
+    uint64_t now = clock_ns();
+    for (struct conn *c = g->held, *next; c; c = next) {
+        next = c->held_next;
+        if (now >= c->hold_until_ns) {
+            unhold(c);
+            lws_callback_on_writable(c->wsi);
+        }
+    }
+    if (g->held && !g->hold_sul_armed && !g->destroying) {
+        g->hold_sul_armed = true;
+        lws_sul_schedule(g->ctx, 0, &g->hold_sul, on_hold_tick, HOLD_TICK_US);
+    }
+}
+
+static void hold(struct conn *c, uint64_t until)
+{
+    struct gw *g = c->gw;
+    c->hold_until_ns = until;
+    if (!c->held) {
+        c->held = true;
+        c->held_prev = NULL;
+        c->held_next = g->held;
+        if (g->held)
+            g->held->held_prev = c;
+        g->held = c;
+    }
+    if (!g->hold_sul_armed) {
+        g->hold_sul_armed = true;
+        lws_sul_schedule(g->ctx, 0, &g->hold_sul, on_hold_tick, HOLD_TICK_US);
+    }
 }
 
 /* One frame: a queued one first, else the next stream's tokens or its end.
@@ -528,17 +612,15 @@ static int write_one(struct conn *c, uint64_t now)
                     if (t_write > s->pend_gen_ns[i] && telemetry_sample(g))
                         telemetry_delivery(g, (t_write - s->pend_gen_ns[i]) / 1000);
                 /* Coalesce on a slow path: a long round trip or a backlog. */
-                double hold_ms = 0;
-                if (c->rtt_ms > 20)
-                    hold_ms = c->rtt_ms / 4;
+                double hold_ms = 0, rtt_ms = conn_rtt_ms(c, now);
+                if (rtt_ms > 20)
+                    hold_ms = rtt_ms / 4;
                 if (c->queued_bytes > (size_t)g->c->client_buffer_bytes / 4)
                     hold_ms = hold_ms > 10 ? hold_ms : 10;
                 if (hold_ms > (double)g->c->coalesce_max_ms)
                     hold_ms = (double)g->c->coalesce_max_ms;
-                if (hold_ms > 0) {
-                    c->hold_until_ns = now + (uint64_t)(hold_ms * 1e6);
-                    lws_set_timer_usecs(c->wsi, (lws_usec_t)(hold_ms * 1000));
-                }
+                if (hold_ms > 0)
+                    hold(c, now + (uint64_t)(hold_ms * 1e6));
             } else if (s->term_code) {
                 conn_send_error(c, &s->cid, s->term_code, s->term_msg);
                 s->state = ST_DONE;
