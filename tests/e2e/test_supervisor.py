@@ -222,3 +222,21 @@ def test_second_signal_stops_at_once(supervised, tiny_model):
 
     assert asyncio.run(busy()) < 5
     wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left")
+
+
+def test_the_example_config_lists_every_key_with_a_valid_default(tmp_path):
+    """deploy/rill.ini, with every key uncommented, is accepted as it is."""
+    text = open(os.path.join(ROOT, "deploy", "rill.ini")).read()
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("; ") and " = " in line and not line.startswith("; rill.ini"):
+            lines.append(line[2:])
+        elif not line.startswith(";"):
+            lines.append(line)
+    keys = [l.split(" = ")[0] for l in lines if " = " in l]
+    cfg = tmp_path / "all.ini"
+    cfg.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([binary("rill-supervisor"), "--config", str(cfg), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    helped = [l.split()[0][2:] for l in r.stdout.splitlines() if l.startswith("  --")]
+    assert sorted(keys) == sorted(helped)
