@@ -11,6 +11,7 @@
 #include "kern.h"
 
 #include <immintrin.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,11 +323,16 @@ AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t
     }
 }
 
-/* Per-thread scratch (pool threads live as long as the process; the
- * accumulators grow to the largest batch seen). */
+/* Per-thread scratch: the accumulators grow to the largest batch seen, and
+ * are freed when their thread ends (a key's destructor: pools come and go). */
 static _Thread_local float *tl_acc;
 static _Thread_local size_t tl_acc_cap;
 static _Thread_local float tl_wbuf[KBLK * KERN_GROUP] __attribute__((aligned(64)));
+static pthread_key_t acc_key;
+static pthread_once_t acc_once = PTHREAD_ONCE_INIT;
+
+static void acc_free(void *p) { free(p); }
+static void acc_key_make(void) { pthread_key_create(&acc_key, acc_free); }
 
 AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
                                          size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
@@ -338,6 +344,8 @@ AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, s
         tl_acc_cap = tl_acc ? need : 0;
         if (!tl_acc)
             abort(); /* 128 bytes per batch row: nothing sensible to fall back to */
+        pthread_once(&acc_once, acc_key_make);
+        pthread_setspecific(acc_key, tl_acc);
     }
     float *acc = tl_acc;
     uint32_t K = m->cols;
