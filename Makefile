@@ -127,7 +127,7 @@ fuzz: $(B)/rill-mkmodel
 	    --vocab 400 --out build/fuzz/seeds-gguf/small.gguf 2>/dev/null
 	$(FUZZ_CC) tests/fuzz/fuzz_proto.c common/proto.c common/err.c -lmsgpackc -o build/fuzz/fuzz_proto
 	$(FUZZ_CC) tests/fuzz/fuzz_gguf.c worker/gguf.c worker/model.c worker/tokenizer.c common/err.c \
-	    common/log.c common/jsonw.c -lpcre2-8 -lm -o build/fuzz/fuzz_gguf
+	    common/log.c common/jsonw.c common/utf8.c -lpcre2-8 -lm -o build/fuzz/fuzz_gguf
 	build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    -rss_limit_mb=512 build/fuzz/corpus-proto tests/fuzz/seeds
 	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=131072 \
