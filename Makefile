@@ -90,9 +90,12 @@ deps:
 	@tools/deps.sh
 
 # --- tests -----------------------------------------------------------------
+# The suites run one after the other even under -j: the end-to-end tests
+# start real processes and should not share the cores with the unit tests.
 test: deps
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory test-unit test-e2e
+	@$(MAKE) --no-print-directory -j1 test-unit
+	@$(MAKE) --no-print-directory -j1 test-e2e
 
 test-unit: $(UNIT_BINS)
 	@tools/run-unit.sh $(B) $(UNIT_BINS)
@@ -102,11 +105,14 @@ test-e2e: $(BINS) $(TOOL_BINS)
 	RILL_BUILD=$(abspath $(B)) $(PYTHON) -m pytest -q -rs tests/e2e $(PYTEST_ARGS)
 
 check: deps
-	@$(MAKE) --no-print-directory check-asan check-tsan fuzz
+	@$(MAKE) --no-print-directory check-asan
+	@$(MAKE) --no-print-directory check-tsan
+	@$(MAKE) --no-print-directory fuzz
 
 check-asan:
 	@$(MAKE) --no-print-directory B=build/asan SAN=asan all
-	@$(MAKE) --no-print-directory B=build/asan SAN=asan test-unit test-e2e
+	@$(MAKE) --no-print-directory -j1 B=build/asan SAN=asan test-unit
+	@$(MAKE) --no-print-directory -j1 B=build/asan SAN=asan test-e2e
 
 # The threaded parts run under TSan: the ring (two-thread stress), the
 # compute pool (test_kern) and the histograms' atomic recording; the rest is
