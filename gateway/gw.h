@@ -191,6 +191,8 @@ struct gw {
     bool destroying;             /* the context is being destroyed from its tick */
     int signals_handled;
     uint64_t stop_at_ns;         /* drained: stop once the last frames had time to go */
+    uint64_t last_trim_ns;       /* malloc_trim after bursts */
+    bool busy_since_trim;
     /* request-id map: open addressing, power-of-two size */
     struct stream **map;
     uint32_t map_cap, map_used, map_tombs;

@@ -9,6 +9,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -359,6 +360,15 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     workers_tick(t->g, now);
     telemetry_tick(t->g, now);
     limits_prune(t->g, now);
+    /* After a burst, give the allocator's free memory back to the system
+     * once the gateway is idle (at most once a second). */
+    if (t->g->map_used == 0 && t->g->busy_since_trim && now - t->g->last_trim_ns > 1000000000ull) {
+        malloc_trim(0);
+        t->g->last_trim_ns = now;
+        t->g->busy_since_trim = false;
+    }
+    if (t->g->map_used)
+        t->g->busy_since_trim = true;
     lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
 }
 

@@ -179,6 +179,8 @@ static struct gw_worker *worker_slot(struct gw *g, const char *id)
 
 /* --- the supervisor's view ------------------------------------------------------------------------ */
 
+static void send_heartbeat(struct gw *g);
+
 static void on_workers_msg(struct gw *g, const struct proto_workers *ws)
 {
     for (int i = 0; i < g->n_workers; i++) {
@@ -204,6 +206,7 @@ static void on_workers_msg(struct gw *g, const struct proto_workers *ws)
         snprintf(w->endpoint, sizeof w->endpoint, "%s", in->endpoint);
         worker_up(g, w);
     }
+    send_heartbeat(g); /* the supervisor learns at once what we can route to */
 }
 
 static void on_control_msg(struct gw *g, struct proto_msg *m)
@@ -329,6 +332,11 @@ static void send_heartbeat(struct gw *g)
     h->tokens_total = g->m.tokens;
     h->requests_total = g->m.requests;
     h->state = g->shutting_down ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+    /* How many workers this gateway can route to: the supervisor says
+     * "ready" only once the gateway has them all, not when they said hello. */
+    h->n_metrics = 1;
+    snprintf(h->metrics[0].name, sizeof h->metrics[0].name, "workers_ready");
+    h->metrics[0].value = workers_ready(g);
     plane_send(g->control, NULL, &m);
     if (g->control_wsi && zs_readable(g->control))
         workers_on_zmq(g, g->control_wsi);

@@ -250,6 +250,20 @@ static int start(struct sup *s, struct proc *p, uint64_t now)
     return 0;
 }
 
+/* Workers the gateway says it can route to (its heartbeat's metric). */
+static int gateway_workers_ready(const struct sup *s)
+{
+    const struct proc *g = &s->t.p[0];
+    if (!g->have_hb)
+        return -1;
+    for (int i = 0; i < g->hb.n_metrics; i++)
+        if (!strcmp(g->hb.metrics[i].name, "workers_ready"))
+            return (int)g->hb.metrics[i].value;
+    return -1;
+}
+
+/* "Ready" means a client can be served: every process said hello and the
+ * gateway has opened every worker's ring. */
 static void announce_if_ready(struct sup *s)
 {
     if (s->announced)
@@ -257,6 +271,8 @@ static void announce_if_ready(struct sup *s)
     for (int i = 0; i < s->t.n; i++)
         if (s->t.p[i].state != PROC_READY)
             return;
+    if (gateway_workers_ready(s) < s->t.n - 1)
+        return;
     s->announced = true;
     /* The one line on stdout. */
     printf("rill ready at http://%s/\n", s->c->listen);
@@ -331,6 +347,8 @@ static void on_control(struct sup *s, const struct zs_id *from, struct proto_msg
                 hist_decode(&win, m->u.heartbeat.batch_hist.data, m->u.heartbeat.batch_hist.len) == 0)
                 hist_merge(&s->batch_n[slot], &win);
         }
+        if (p->role == PROC_GATEWAY)
+            announce_if_ready(s);
         if (p->role == PROC_WORKER && p->state == PROC_READY) {
             struct batchctl_change ch;
             if (batchctl_heartbeat(&s->bc, &m->u.heartbeat, now, &ch) == 0 && (ch.changed || ch.resend))
