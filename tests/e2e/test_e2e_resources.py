@@ -3,6 +3,7 @@ the worker, everything the gateway held for them is freed, and other
 clients' streams go on exactly.
 """
 import asyncio
+import time
 import socket
 
 import pytest
@@ -90,15 +91,24 @@ def test_many_disconnect_cycles_leave_no_fds_or_memory_behind(pipelines, small_m
                           what="the gateway's fd count to settle")
         return seen[-1]
 
+    def settled_rss():
+        # Idle, the gateway hands freed memory back to the system (within a
+        # second or so): read it once it has stopped moving.
+        seen = []
+        conftest.wait_for(lambda: time.sleep(0.1) or seen.append(rc.rss_kb(pid)) or
+                          (len(seen) >= 15 and seen[-10:] == [seen[-1]] * 10), timeout=10,
+                          what="the gateway's memory to settle")
+        return seen[-1]
+
     async def main():
         # The first rounds also open what the gateway opens once (its ZeroMQ
         # connection to the worker is made lazily).
         await rounds(200)
-        fds, rss = [settled_fds()], [rc.rss_kb(pid)]
+        fds, rss = [settled_fds()], [settled_rss()]
         for _ in range(2):
             await rounds(200)
             fds.append(settled_fds())
-            rss.append(rc.rss_kb(pid))
+            rss.append(settled_rss())
         return fds, rss
 
     fds, (warm, mid, end) = run(main())

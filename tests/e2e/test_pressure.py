@@ -64,8 +64,9 @@ async def stream(url, prompt, n):
 def test_memory_pressure_lowers_caps_preempts_and_completes_everything(cgroup):
     # A model whose KV cache is heavy for its compute: 24 layers of 128 dims
     # = 24 KiB of cache per token for ~6 MFLOP, so 32 sequences of 200
-    # tokens want ~150 MiB of cache — past warning (45%) and critical (60%)
-    # of a 300 MiB group over a base of ~70 MiB — after seconds of compute.
+    # tokens want ~150 MiB of cache — past warning (40%, 120 MiB) and
+    # critical (50%, 150 MiB) of a 300 MiB group over a base of ~70 MiB —
+    # after seconds of compute.
     model = make_model("kvheavy", "--dim", "128", "--layers", "24", "--heads", "8", "--ffn", "256",
                        "--vocab", "4000", "--dtype", "q8_0")
 
@@ -73,7 +74,7 @@ def test_memory_pressure_lowers_caps_preempts_and_completes_everything(cgroup):
         with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
 
-    s = Supervised(model, "--pressure_warning", "0.45", "--pressure_critical", "0.6", "--pressure_emergency", "0.97",
+    s = Supervised(model, "--pressure_warning", "0.4", "--pressure_critical", "0.5", "--pressure_emergency", "0.97",
                    "--psi_warning", "0", "--psi_critical", "0", "--psi_emergency", "0",
                    "--max_batch", "64", "--threads_per_worker", "2",
                    # Latency must not be what lowers the caps here: pressure must.
