@@ -54,7 +54,7 @@ TOOL_BINS  := $(patsubst tools/%.c,$(B)/%,$(TOOL_SRC))
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps test test-unit test-e2e check check-asan check-tsan fuzz \
-        bench bench-ring bench-engine bench-fanout bench-compare run clean models
+        bench bench-ring bench-engine bench-fanout bench-telemetry bench-compare bench-save run clean models
 .DEFAULT_GOAL := all
 
 all: $(BINS) $(TOOL_BINS) $(UNIT_BINS)
@@ -140,7 +140,7 @@ fuzz: $(B)/rill-mkmodel
 	    -rss_limit_mb=1024 build/fuzz/corpus-gguf build/fuzz/seeds-gguf
 
 # --- benchmarks ----------------------------------------------------------------
-bench: bench-ring bench-engine bench-fanout
+bench: bench-ring bench-engine bench-fanout bench-telemetry
 
 bench-ring: $(B)/ringbench
 	@mkdir -p $(B)/bench
@@ -153,6 +153,22 @@ bench-engine: $(B)/rill-bench-engine $(B)/rill-mkmodel
 bench-fanout: $(BINS) $(B)/rill-bench
 	@mkdir -p $(B)/bench
 	tools/bench-fanout.sh $(B)
+
+# What per-token telemetry costs: tokens/s with it on and off, alternating.
+bench-telemetry: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	tools/bench-telemetry.sh $(B)
+
+# Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
+# engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
+# $(B)/bench-baseline/ (outside git: figures belong to a machine), and
+# bench-compare runs it again and compares (BENCH_COMPARE_ARGS, e.g.
+# --fail-on-regression or --threshold 15, go to $(B)/bench-compare).
+BENCH_STD_BINS := $(BINS) $(B)/ringbench $(B)/rill-bench-engine $(B)/rill-mkmodel $(B)/rill-bench $(B)/bench-compare
+bench-save: $(BENCH_STD_BINS)
+	tools/bench-standard.sh $(B) save
+bench-compare: $(BENCH_STD_BINS)
+	tools/bench-standard.sh $(B) compare $(BENCH_COMPARE_ARGS)
 
 # --- running ---------------------------------------------------------------------
 models/default.gguf: | $(B)/rill-mkmodel

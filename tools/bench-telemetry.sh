@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # bench-telemetry.sh BUILD_DIR — what per-token telemetry costs: aggregate
 # tokens/s with the gateway's per-token records on (telemetry=true,
-# sampling_rate 1) and off (telemetry=false), alternating on/off RUNS times in
+# sampling_rate 1) and off (telemetry=false), alternating on/off RUNS times (ABBA) in
 # one run so that both see the same machine, medians compared as a ratio.
 # The pipeline is the 24M model, one worker with every core, rill-bench closed
 # loop.  Writes BUILD/bench/telemetry.json.
 set -euo pipefail
 B=$(cd "${1:-build}" && pwd)
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-4}
 DURATION=${DURATION:-8}
 CONC=${CONC:-16}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,7 +45,10 @@ one_run() { # $1: true|false -> tokens/s
 
 on=(); off=()
 for i in $(seq "$RUNS"); do
-  on+=("$(one_run true)"); off+=("$(one_run false)")
+  # ABBA order: whichever setting runs first in a pair pays for a cold
+  # start, so the pairs take turns.
+  if (( i % 2 )); then on+=("$(one_run true)"); off+=("$(one_run false)")
+  else off+=("$(one_run false)"); on+=("$(one_run true)"); fi
   echo "bench-telemetry: run $i/$RUNS: on ${on[-1]} tokens/s, off ${off[-1]} tokens/s" >&2
 done
 /usr/bin/python3 - "$B/bench/telemetry.json" "${on[*]}" "${off[*]}" <<'PY'

@@ -7,6 +7,8 @@
  *              [--duration S] [--requests N] [--warmup S] [--ramp STREAMS_PER_S]
  *              [--retry-ms MS] [--fanout] [--idle] [--gateway-pid PID]
  *              [--worker-pid PID] [--json FILE] [--quiet] [--event-loop libev|poll]
+ *              [--repeat N] [--pause S] [--save FILE] [--compare BASELINE.json]
+ *              [--threshold PCT] [--tail-threshold PCT] [--fail-on-regression]
  *
  * One thread, one lws client context, many connections.  Closed loop
  * (--concurrency C): C generations in flight, spread over the connections;
@@ -39,6 +41,18 @@
  * connections costs the client more than reading its frames.  The run's
  * clock is two timerfds adopted into the loop (a 5 ms tick, and the next
  * open-loop arrival), which wake either kind of loop.
+ *
+ * Regression checks: --repeat N runs the whole measurement (connect, ramp,
+ * warmup, window, stop) N times, --pause s apart, and reports per figure
+ * the median of the runs and their noise, (max - min) / median.  --save
+ * FILE writes those figures, every run's values and full results, and where
+ * they come from (date, git commit, machine, command line).  --compare
+ * BASELINE (a --save file of an earlier run) hands both to bench-compare
+ * (next to this binary), which prints each figure's change and flags it
+ * REGRESSION or improved when it is beyond max(threshold, noise of either
+ * side).  Figures: tokens/s, per-stream tokens/s, TTFT and inter-token
+ * p50/p95/p99, added latency p50/p99 (--fanout), errors, gateway CPU and RSS
+ * (--gateway-pid), RSS per idle connection (--idle).
  */
 #include "common/clock.h"
 #include "common/err.h"
@@ -58,6 +72,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/timerfd.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BENCH_MAX_CONNECTING 256      /* handshakes in flight at once */
@@ -66,6 +83,9 @@
 #define BENCH_STOP_TIMEOUT_S 3.0
 #define BENCH_ID_BITS        20       /* request id = generation << 20 | slot */
 #define BENCH_MAX_SLOTS      (1u << BENCH_ID_BITS)
+#define BENCH_MAX_REPEAT     100
+#define BENCH_SAVE_FORMAT    1        /* "rill_bench_save" of --save files */
+#define BENCH_EXIT_REGRESSION 4       /* --fail-on-regression and one was flagged */
 
 /* --- options -------------------------------------------------------------------------- */
 
@@ -90,6 +110,11 @@ struct opts {
     bool fanout, idle, quiet, poll_loop;
     int gateway_pid, worker_pid;
     const char *json;
+    long repeat;                     /* whole measurements; the figures are their medians */
+    double pause;                    /* seconds between them */
+    const char *save, *compare;
+    double threshold, tail_threshold; /* %, for bench-compare */
+    bool has_tail_threshold, fail_on_regression;
 };
 
 static void usage(FILE *f)
@@ -119,7 +144,20 @@ static void usage(FILE *f)
             "  --json FILE            write the results as JSON\n"
             "  --quiet                print nothing but errors (use with --json)\n"
             "  --event-loop libev|poll  the client's loop: libev (epoll, default) or lws's poll(), which\n"
-            "                         scans every connection per wake-up and costs the client CPU\n");
+            "                         scans every connection per wake-up and costs the client CPU\n"
+            "regression checks:\n"
+            "  --repeat N             run the whole measurement N times (default 1); figures are the medians,\n"
+            "                         noise is (max - min) / median of the runs; --json gets the last run\n"
+            "  --pause S              seconds between repeats, for the server to drop the cancelled streams\n"
+            "                         (default 2); with --idle only the first run sees a fresh gateway\n"
+            "  --save FILE            write the figures (median, noise, every run), every run's results and\n"
+            "                         the date, git commit, machine and command line\n"
+            "  --compare BASELINE     compare with an earlier --save file (through bench-compare): baseline,\n"
+            "                         now, change, noise of both, and REGRESSION / improved / ~\n"
+            "  --threshold PCT        change that counts for throughputs and medians (default 10)\n"
+            "  --tail-threshold PCT   the same for p95/p99 figures (default twice --threshold)\n"
+            "  --fail-on-regression   exit 4 when --compare flagged a regression\n"
+            "exit: 0; 1 error; 2 bad arguments; 3 nothing was received; 4 regression (--fail-on-regression)\n");
 }
 
 static int num_arg(const char *name, const char *v, double lo, double hi, double *out)
@@ -138,7 +176,8 @@ static int num_arg(const char *name, const char *v, double lo, double hi, double
 enum {
     O_URL = 1, O_PROTOCOL, O_PROMPT, O_PROMPT_FILE, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_KEY,
     O_CONNECTIONS, O_CONCURRENCY, O_RATE, O_SPC, O_DURATION, O_REQUESTS, O_WARMUP, O_RAMP, O_RETRY, O_FANOUT,
-    O_IDLE, O_GW_PID, O_W_PID, O_JSON, O_QUIET, O_EVLOOP, O_HELP
+    O_IDLE, O_GW_PID, O_W_PID, O_JSON, O_QUIET, O_EVLOOP, O_REPEAT, O_PAUSE, O_SAVE, O_COMPARE, O_THRESHOLD,
+    O_TAIL_THRESHOLD, O_FAIL_REGRESSION, O_HELP
 };
 
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -152,12 +191,18 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"requests", 1, 0, O_REQUESTS}, {"warmup", 1, 0, O_WARMUP},         {"ramp", 1, 0, O_RAMP},
         {"retry-ms", 1, 0, O_RETRY},    {"fanout", 0, 0, O_FANOUT},         {"idle", 0, 0, O_IDLE},
         {"gateway-pid", 1, 0, O_GW_PID}, {"worker-pid", 1, 0, O_W_PID},     {"json", 1, 0, O_JSON},
-        {"quiet", 0, 0, O_QUIET},       {"event-loop", 1, 0, O_EVLOOP},     {"help", 0, 0, O_HELP},
+        {"quiet", 0, 0, O_QUIET},       {"event-loop", 1, 0, O_EVLOOP},     {"repeat", 1, 0, O_REPEAT},
+        {"pause", 1, 0, O_PAUSE},       {"save", 1, 0, O_SAVE},             {"compare", 1, 0, O_COMPARE},
+        {"threshold", 1, 0, O_THRESHOLD}, {"tail-threshold", 1, 0, O_TAIL_THRESHOLD},
+        {"fail-on-regression", 0, 0, O_FAIL_REGRESSION}, {"help", 0, 0, O_HELP},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->url = "ws://127.0.0.1:8765/stream";
     o->prompt = "Once upon a time";
     o->retry_ms = 100;
+    o->repeat = 1;
+    o->pause = 2;
+    o->threshold = 10;
     int ch;
     double d;
     opterr = 0;
@@ -206,6 +251,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 return RILL_E_BAD_CONFIG;
             }
             break;
+        case O_REPEAT: rc = num_arg("repeat", v, 1, BENCH_MAX_REPEAT, &d); o->repeat = (long)d; break;
+        case O_PAUSE: rc = num_arg("pause", v, 0, 3600, &o->pause); break;
+        case O_SAVE: o->save = v; break;
+        case O_COMPARE: o->compare = v; break;
+        case O_THRESHOLD: rc = num_arg("threshold", v, 0, 10000, &o->threshold); break;
+        case O_TAIL_THRESHOLD:
+            rc = num_arg("tail-threshold", v, 0, 10000, &o->tail_threshold);
+            o->has_tail_threshold = true;
+            break;
+        case O_FAIL_REGRESSION: o->fail_on_regression = true; break;
         case O_HELP: usage(stdout); exit(0);
         default:
             fprintf(stderr, "rill-bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -217,6 +272,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     }
     if (optind < argc) {
         fprintf(stderr, "rill-bench: unexpected argument '%s'\n", argv[optind]);
+        return RILL_E_BAD_CONFIG;
+    }
+    /* A missing baseline shows now, not after the whole run. */
+    if (o->compare && access(o->compare, R_OK)) {
+        fprintf(stderr, "rill-bench: cannot read the baseline %s: %s (make one with --save)\n", o->compare,
+                strerror(errno));
+        return RILL_E_BAD_CONFIG;
+    }
+    if (o->fail_on_regression && !o->compare) {
+        fprintf(stderr, "rill-bench: --fail-on-regression needs --compare\n");
         return RILL_E_BAD_CONFIG;
     }
     if (o->idle) {
@@ -1412,10 +1477,13 @@ static void compute(struct bench *b, struct results *r)
         r->unfinished += b->slots[i].st == SL_INFLIGHT || b->slots[i].st == SL_QUEUED;
 }
 
-static int write_json(struct bench *b, const struct results *r)
+/* The results of one run as JSON text (what --json writes); the caller
+ * frees *out. */
+static int result_json(const struct bench *b, const struct results *r, char **out)
 {
     size_t cap = 16384;
     char *buf = malloc(cap);
+    *out = NULL;
     if (!buf)
         return RILL_E_NOMEM;
     const struct opts *o = &b->o;
@@ -1513,19 +1581,27 @@ static int write_json(struct bench *b, const struct results *r)
         jsonw_obj_end(&w);
     }
     jsonw_obj_end(&w);
-    int rc = 0;
-    if (!jsonw_ok(&w)) {
-        rc = RILL_E_INTERNAL;
-    } else {
-        FILE *f = fopen(o->json, "w");
-        if (!f || fwrite(buf, 1, jsonw_len(&w), f) != jsonw_len(&w) || fputc('\n', f) == EOF)
-            rc = RILL_E_IO;
-        if (f && fclose(f))
-            rc = RILL_E_IO;
-        if (rc)
-            fprintf(stderr, "rill-bench: cannot write %s: %s\n", o->json, strerror(errno));
+    if (!jsonw_ok(&w) || jsonw_len(&w) >= cap) {
+        free(buf);
+        return RILL_E_INTERNAL;
     }
-    free(buf);
+    buf[jsonw_len(&w)] = 0;
+    *out = buf;
+    return 0;
+}
+
+/* Write text and a newline to path (replacing it). */
+static int write_text(const char *path, const char *text)
+{
+    size_t len = strlen(text);
+    int rc = 0;
+    FILE *f = fopen(path, "w");
+    if (!f || fwrite(text, 1, len, f) != len || fputc('\n', f) == EOF)
+        rc = RILL_E_IO;
+    if (f && fclose(f))
+        rc = RILL_E_IO;
+    if (rc)
+        fprintf(stderr, "rill-bench: cannot write %s: %s\n", path, strerror(errno));
     return rc;
 }
 
@@ -1748,40 +1824,34 @@ static void teardown(struct bench *b)
     msgpack_zone_destroy(&b->zone);
 }
 
-int main(int argc, char **argv)
+/* --- one run --------------------------------------------------------------------------------------------- */
+
+/* One whole measurement with its own context and connections: ramp,
+ * warmup, window, stop.  *json gets its results as JSON text (the caller
+ * frees it); *nothing is set when no token and no completion came back.
+ * Returns 0 or an error (RILL_E_BAD_CONFIG: what the options asked for
+ * cannot be done). */
+static int run_once(const struct opts *o, char **json, bool *nothing, bool *interrupted)
 {
-    rlog_init("bench", NULL, RLOG_INFO, false, 2);
+    *json = NULL;
+    *nothing = *interrupted = false;
     struct bench *b = calloc(1, sizeof *b);
     if (!b)
-        return 1;
-    if (parse_opts(argc, argv, &b->o)) {
-        free(b);
-        return 2;
-    }
-    if (b->o.quiet)
-        rlog_set_level(RLOG_ERROR);
+        return RILL_E_NOMEM;
+    b->o = *o;
     int rc = setup(b);
-    if (rc) {
-        teardown(b);
-        free(b);
-        return rc == RILL_E_BAD_CONFIG ? 2 : 1;
-    }
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
-    if (b->o.idle && proc_rss_kb(b->o.gateway_pid, &b->idle_rss_before_kb)) {
-        fprintf(stderr, "rill-bench: cannot read /proc/%d/status\n", b->o.gateway_pid);
-        teardown(b);
-        free(b);
-        return 1;
+    if (rc)
+        goto out;
+    if (o->idle && proc_rss_kb(o->gateway_pid, &b->idle_rss_before_kb)) {
+        fprintf(stderr, "rill-bench: cannot read /proc/%d/status\n", o->gateway_pid);
+        rc = RILL_E_IO;
+        goto out;
     }
     b->t0 = clock_ns();
     b->ph = PH_RAMP;
     /* A closed-loop run of N requests without warmup counts from the first
      * send, so that its N requests are exactly the ones it reports on. */
-    if (b->o.concurrency && b->o.requests && !b->o.warmup && !b->o.fanout) {
+    if (o->concurrency && o->requests && !o->warmup && !o->fanout) {
         b->t_ramp_done = b->t0;
         snapshot_start(b, b->t0);
         b->ph = PH_MEASURE;
@@ -1796,15 +1866,427 @@ int main(int argc, char **argv)
         if (!b->t_measure)
             b->t_measure = b->t_end;
     }
-
     struct results r;
     compute(b, &r);
-    if (!b->o.quiet)
+    if (!o->quiet)
         print_table(b, &r);
-    rc = b->o.json && !b->fatal ? write_json(b, &r) : 0;
-    bool fatal = b->fatal;
-    bool failed = b->o.idle ? b->open_at_end == 0 : (b->tokens == 0 && b->completed == 0);
+    rc = b->fatal ? RILL_E_IO : result_json(b, &r, json);
+    *interrupted = b->stop_signal;
+    *nothing = o->idle ? b->open_at_end == 0 : (b->tokens == 0 && b->completed == 0);
+out:
     teardown(b);
     free(b);
-    return rc || fatal ? 1 : failed ? 3 : 0;
+    return rc;
+}
+
+/* --- figures over runs ------------------------------------------------------------------------------------ */
+
+/* What a regression check looks at, found by path in each run's results; a
+ * figure is kept when the runs have it (added latency: --fanout; gateway:
+ * --gateway-pid; idle: --idle).  Tails (p95/p99) swing more from run to
+ * run and get bench-compare's wider --tail-threshold. */
+struct figure_def {
+    const char *name, *label, *unit, *path;
+    bool higher_is_better;
+    const char *kind;                /* "median" (and throughputs), "tail", "count" */
+};
+
+static const struct figure_def figure_defs[] = {
+    {"tokens_per_s", "tokens/s, aggregate", "", "tokens_per_s", true, "median"},
+    {"stream_tokens_per_s", "tokens/s per stream, median", "", "stream_tokens_per_s.median", true, "median"},
+    {"ttft_p50_ms", "time to first token p50", "ms", "ttft_ms.p50", false, "median"},
+    {"ttft_p95_ms", "time to first token p95", "ms", "ttft_ms.p95", false, "tail"},
+    {"ttft_p99_ms", "time to first token p99", "ms", "ttft_ms.p99", false, "tail"},
+    {"itl_p50_ms", "inter-token p50", "ms", "itl_ms.p50", false, "median"},
+    {"itl_p95_ms", "inter-token p95", "ms", "itl_ms.p95", false, "tail"},
+    {"itl_p99_ms", "inter-token p99", "ms", "itl_ms.p99", false, "tail"},
+    {"added_latency_p50_ms", "added latency p50", "ms", "added_latency_ms.p50", false, "median"},
+    {"added_latency_p99_ms", "added latency p99", "ms", "added_latency_ms.p99", false, "tail"},
+    {"errors", "errors", "", "requests.errored", false, "count"},
+    {"gateway_cpu_pct", "gateway CPU", "%", "gateway.cpu_pct", false, "median"},
+    {"gateway_rss_kb", "gateway RSS", "kB", "gateway.rss_kb", false, "median"},
+    {"idle_rss_per_conn_kb", "gateway RSS per idle connection", "kB", "idle.rss_per_conn_kb", false, "median"},
+};
+#define N_FIGURES (sizeof figure_defs / sizeof *figure_defs)
+
+struct figure {
+    double v[BENCH_MAX_REPEAT];      /* in run order */
+    size_t n;
+    double median, spread;           /* spread: (max - min) / |median|, NAN below two runs */
+};
+
+/* The number at a dotted path of o ("ttft_ms.p50"); NAN when absent. */
+static double json_num_at(const cJSON *o, const char *path)
+{
+    char key[64];
+    while (o && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n >= sizeof key)
+            return NAN;
+        memcpy(key, path, n);
+        key[n] = 0;
+        o = jget(o, key);
+        path += n + (dot != NULL);
+    }
+    return cJSON_IsNumber(o) ? o->valuedouble : NAN;
+}
+
+/* Each figure's runs, median and spread from the runs' JSON results. */
+static int figures_of(char *const *runs, size_t n_runs, struct figure *fig)
+{
+    memset(fig, 0, N_FIGURES * sizeof *fig);
+    for (size_t k = 0; k < n_runs; k++) {
+        cJSON *j = cJSON_Parse(runs[k]);
+        if (!j)
+            return RILL_E_INTERNAL;
+        for (size_t i = 0; i < N_FIGURES; i++) {
+            double x = json_num_at(j, figure_defs[i].path);
+            if (!isnan(x) && fig[i].n < BENCH_MAX_REPEAT)
+                fig[i].v[fig[i].n++] = x;
+        }
+        cJSON_Delete(j);
+    }
+    for (size_t i = 0; i < N_FIGURES; i++) {
+        struct figure *f = &fig[i];
+        double s[BENCH_MAX_REPEAT];
+        memcpy(s, f->v, f->n * sizeof *s);
+        qsort(s, f->n, sizeof *s, cmp_double);
+        f->median = !f->n ? NAN : f->n % 2 ? s[f->n / 2] : (s[f->n / 2 - 1] + s[f->n / 2]) / 2;
+        f->spread = f->n >= 2 && f->median != 0 ? (s[f->n - 1] - s[0]) / fabs(f->median) : NAN;
+    }
+    return 0;
+}
+
+/* A figure's value with the decimals it deserves; counts as integers. */
+static void fmt_num(char *buf, size_t n, double v, bool count)
+{
+    double a = fabs(v);
+    if (a >= 1000 || count || v == 0)
+        snprintf(buf, n, "%.0f", v);
+    else if (a >= 100)
+        snprintf(buf, n, "%.1f", v);
+    else if (a >= 1)
+        snprintf(buf, n, "%.2f", v);
+    else
+        snprintf(buf, n, "%.3f", v);
+}
+
+static void print_figures(const struct figure *fig, size_t n_runs)
+{
+    printf("rill-bench: %zu runs: each figure's median, and its noise = (max - min) / median\n", n_runs);
+    for (size_t i = 0; i < N_FIGURES; i++) {
+        const struct figure *f = &fig[i];
+        if (!f->n)
+            continue;
+        char label[96];
+        snprintf(label, sizeof label, "%s%s%s", figure_defs[i].label, *figure_defs[i].unit ? " " : "",
+                 figure_defs[i].unit);
+        char med[32], x[32], noise[16] = "-";
+        bool count = !strcmp(figure_defs[i].kind, "count");
+        fmt_num(med, sizeof med, f->median, count);
+        if (!isnan(f->spread))
+            snprintf(noise, sizeof noise, "%.1f%%", 100 * f->spread);
+        printf("  %-36s %10s  noise %6s  runs", label, med, noise);
+        for (size_t k = 0; k < f->n; k++) {
+            fmt_num(x, sizeof x, f->v[k], count);
+            printf(" %s", x);
+        }
+        printf("\n");
+    }
+}
+
+/* --- --save ----------------------------------------------------------------------------------------------- */
+
+/* The first line a shell command prints, or "" (git outside a repository). */
+static void first_line_of(const char *cmd, char *out, size_t n)
+{
+    out[0] = 0;
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return;
+    if (!fgets(out, (int)n, p))
+        out[0] = 0;
+    out[strcspn(out, "\r\n")] = 0;
+    pclose(p);
+}
+
+static void cpu_model(char *out, size_t n)
+{
+    out[0] = 0;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        char *colon = strchr(line, ':');
+        if (colon && !strncmp(line, "model name", 10)) {
+            colon++;
+            colon += strspn(colon, " \t");
+            colon[strcspn(colon, "\r\n")] = 0;
+            snprintf(out, n, "%s", colon);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* argv as one shell-quoted line. */
+static char *command_line(int argc, char **argv)
+{
+    size_t cap = 1;
+    for (int i = 0; i < argc; i++)
+        cap += 4 * strlen(argv[i]) + 3;
+    char *s = malloc(cap), *p = s;
+    if (!s)
+        return NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool plain = *a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:=,+@%") ==
+                               strlen(a);
+        if (i)
+            *p++ = ' ';
+        if (plain) {
+            p += sprintf(p, "%s", a);
+            continue;
+        }
+        *p++ = '\'';
+        for (; *a; a++)
+            p += *a == '\'' ? sprintf(p, "'\\''") : sprintf(p, "%c", *a);
+        *p++ = '\'';
+    }
+    *p = 0;
+    return s;
+}
+
+/* The --save file: format, where the figures come from, the figures
+ * (median, spread, every run) and every run's full results. */
+static int write_save(const char *path, const struct opts *o, const char *command, char *const *runs, size_t n_runs,
+                      const struct figure *fig, bool interrupted)
+{
+    size_t cap = 16384 + 8 * strlen(command) + N_FIGURES * (512 + 32 * n_runs);
+    for (size_t k = 0; k < n_runs; k++)
+        cap += strlen(runs[k]) + 16;
+    char *buf = malloc(cap);
+    if (!buf)
+        return RILL_E_NOMEM;
+    char date[32], commit[64], dirty[8], cpu[256];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+    first_line_of("git rev-parse --short HEAD 2>/dev/null", commit, sizeof commit);
+    first_line_of("git status --porcelain --untracked-files=no 2>/dev/null | head -n 1", dirty, sizeof dirty);
+    cpu_model(cpu, sizeof cpu);
+    struct utsname un;
+    if (uname(&un))
+        snprintf(un.nodename, sizeof un.nodename, "unknown");
+
+    struct jsonw w;
+    jsonw_init(&w, buf, cap);
+    jsonw_obj_begin(&w);
+    jsonw_key_int(&w, "rill_bench_save", BENCH_SAVE_FORMAT);
+    jsonw_key(&w, "meta");
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "date", date);
+    jsonw_key(&w, "commit");
+    commit[0] ? jsonw_str(&w, commit) : jsonw_null(&w);
+    jsonw_key_bool(&w, "dirty", dirty[0] != 0);
+    jsonw_key(&w, "machine");
+    jsonw_obj_begin(&w);
+    jsonw_key_int(&w, "nproc", sysconf(_SC_NPROCESSORS_ONLN));
+    jsonw_key(&w, "cpu_model");
+    cpu[0] ? jsonw_str(&w, cpu) : jsonw_null(&w);
+    jsonw_key_str(&w, "hostname", un.nodename);
+    jsonw_obj_end(&w);
+    jsonw_key_str(&w, "command", command);
+    jsonw_key_uint(&w, "repeat", n_runs);
+    jsonw_key_uint(&w, "repeat_asked", (uint64_t)o->repeat);
+    jsonw_key_bool(&w, "interrupted", interrupted);
+    jsonw_key_str(&w, "spread", "(max - min) / |median| of the runs, in %; null below two runs");
+    jsonw_obj_end(&w);
+    jsonw_key(&w, "figures");
+    jsonw_arr_begin(&w);
+    for (size_t i = 0; i < N_FIGURES; i++) {
+        const struct figure *f = &fig[i];
+        const struct figure_def *d = &figure_defs[i];
+        if (!f->n)
+            continue;
+        jsonw_obj_begin(&w);
+        jsonw_key_str(&w, "name", d->name);
+        jsonw_key_str(&w, "label", d->label);
+        jsonw_key_str(&w, "unit", d->unit);
+        jsonw_key_str(&w, "better", d->higher_is_better ? "higher" : "lower");
+        jsonw_key_str(&w, "kind", d->kind);
+        jsonw_key_double(&w, "median", f->median, 4);
+        jsonw_key_double(&w, "spread_pct", 100 * f->spread, 2); /* NAN: null */
+        jsonw_key(&w, "runs");
+        jsonw_arr_begin(&w);
+        for (size_t k = 0; k < f->n; k++)
+            jsonw_double(&w, f->v[k], 4);
+        jsonw_arr_end(&w);
+        jsonw_obj_end(&w);
+    }
+    jsonw_arr_end(&w);
+    jsonw_key(&w, "runs");
+    jsonw_arr_begin(&w);
+    for (size_t k = 0; k < n_runs; k++)
+        jsonw_raw(&w, runs[k], strlen(runs[k]));
+    jsonw_arr_end(&w);
+    jsonw_obj_end(&w);
+    int rc = RILL_E_INTERNAL;
+    if (jsonw_ok(&w) && jsonw_len(&w) < cap) {
+        buf[jsonw_len(&w)] = 0;
+        rc = write_text(path, buf);
+    }
+    free(buf);
+    return rc;
+}
+
+/* --- --compare ------------------------------------------------------------------------------------------- */
+
+/* bench-compare next to this binary: one comparer for every benchmark's
+ * files, so that the table and the verdicts are the same everywhere. */
+static int compare_tool(char *out, size_t n)
+{
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len <= 0)
+        return RILL_E_IO;
+    self[len] = 0;
+    char *slash = strrchr(self, '/');
+    if (!slash)
+        return RILL_E_IO;
+    *slash = 0;
+    snprintf(out, n, "%s/bench-compare", self);
+    return access(out, X_OK) ? RILL_E_NOT_FOUND : 0;
+}
+
+/* Run bench-compare BASELINE CURRENT; its exit status, or -1. */
+static int run_compare(const struct opts *o, const char *current)
+{
+    char tool[4096], thr[32], tail[32];
+    if (compare_tool(tool, sizeof tool))
+        return -1;
+    snprintf(thr, sizeof thr, "%g", o->threshold);
+    snprintf(tail, sizeof tail, "%g", o->tail_threshold);
+    const char *argv[10];
+    int n = 0;
+    argv[n++] = tool;
+    argv[n++] = "--threshold";
+    argv[n++] = thr;
+    if (o->has_tail_threshold) {
+        argv[n++] = "--tail-threshold";
+        argv[n++] = tail;
+    }
+    if (o->fail_on_regression)
+        argv[n++] = "--fail-on-regression";
+    argv[n++] = o->compare;
+    argv[n++] = current;
+    argv[n] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        execv(tool, (char *const *)argv);
+        _exit(127);
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* --- main --------------------------------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    rlog_init("bench", NULL, RLOG_INFO, false, 2);
+    struct opts o;
+    if (parse_opts(argc, argv, &o))
+        return 2;
+    if (o.quiet)
+        rlog_set_level(RLOG_ERROR);
+    char tool[4096];
+    if (o.compare && compare_tool(tool, sizeof tool)) {
+        fprintf(stderr, "rill-bench: --compare needs bench-compare next to this binary (make B/bench-compare)\n");
+        return 2;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char *runs[BENCH_MAX_REPEAT] = {0};
+    size_t n_runs = 0;
+    bool nothing = false, interrupted = false;
+    int rc = 0;
+    for (long k = 0; k < o.repeat && !interrupted; k++) {
+        if (k && o.pause > 0) {
+            struct timespec ts = {(time_t)o.pause, (long)((o.pause - (double)(time_t)o.pause) * 1e9)};
+            while (nanosleep(&ts, &ts) && errno == EINTR && !got_signal)
+                ;
+            if (got_signal) {
+                interrupted = true;
+                break;
+            }
+        }
+        if (o.repeat > 1 && !o.quiet)
+            printf("%srill-bench: run %ld of %ld\n", k ? "\n" : "", k + 1, o.repeat);
+        rc = run_once(&o, &runs[n_runs], &nothing, &interrupted);
+        if (rc)
+            break;
+        n_runs++;
+        if (o.json && (rc = write_text(o.json, runs[n_runs - 1])))
+            break;
+        if (nothing) {
+            fprintf(stderr, "rill-bench: run %ld received nothing%s\n", k + 1,
+                    o.save || o.compare ? ": nothing saved or compared" : "");
+            break;
+        }
+    }
+
+    int exit_code = rc == RILL_E_BAD_CONFIG ? 2 : rc ? 1 : nothing ? 3 : 0;
+    if (!exit_code && n_runs && (o.save || o.compare)) {
+        struct figure fig[N_FIGURES];
+        char tmp[4096] = "", *command = command_line(argc, argv);
+        const char *save = o.save;
+        rc = command ? figures_of(runs, n_runs, fig) : RILL_E_NOMEM;
+        if (!rc && n_runs > 1 && !o.quiet)
+            print_figures(fig, n_runs);
+        if (!rc && !save) {
+            const char *dir = getenv("TMPDIR");
+            snprintf(tmp, sizeof tmp, "%s/rill-bench-XXXXXX.json", dir && *dir ? dir : "/tmp");
+            int fd = mkstemps(tmp, 5);
+            if (fd < 0) {
+                fprintf(stderr, "rill-bench: cannot make a temporary file: %s\n", strerror(errno));
+                rc = RILL_E_IO;
+                tmp[0] = 0;
+            } else {
+                close(fd);
+                save = tmp;
+            }
+        }
+        if (!rc)
+            rc = write_save(save, &o, command, runs, n_runs, fig, interrupted);
+        if (!rc && o.save && !o.quiet)
+            printf("rill-bench: saved %zu run%s to %s\n", n_runs, n_runs == 1 ? "" : "s", o.save);
+        if (!rc && o.compare) {
+            int c = run_compare(&o, save);
+            if (c == 1 && o.fail_on_regression)
+                exit_code = BENCH_EXIT_REGRESSION;
+            else if (c != 0)
+                exit_code = 1; /* bench-compare said why */
+        }
+        if (rc)
+            exit_code = 1;
+        if (tmp[0])
+            unlink(tmp);
+        free(command);
+    }
+    for (size_t k = 0; k < n_runs; k++)
+        free(runs[k]);
+    return exit_code;
 }
