@@ -38,7 +38,9 @@ one_run() { # $1: true|false -> tokens/s
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.05; done
   "$B/rill-bench" --url "ws://127.0.0.1:$port/stream" --concurrency "$CONC" --max-tokens 48 --temperature 0 \
       --warmup 1 --duration "$DURATION" --quiet --json "$run_dir/r.json"
-  kill "$g" "$w"; wait "$g" "$w" 2>/dev/null || true
+  # The gateway first, so that it does not log the worker's exit as a loss.
+  kill "$g"; wait "$g" 2>/dev/null || true
+  kill "$w"; wait "$w" 2>/dev/null || true
   pids=()
   /usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tokens_per_s"])' "$run_dir/r.json"
 }
