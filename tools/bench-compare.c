@@ -39,6 +39,7 @@
  * directory says "run make bench-save first").
  */
 #include "common/err.h"
+#include "tools/lib/benchfig.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -90,44 +91,7 @@ struct tally {
 
 /* --- small things ----------------------------------------------------------------------- */
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Median and relative range of v[0..n) (sorted in place); noise is NAN
- * below two values or at a zero median. */
-static void median_noise(double *v, size_t n, double *median, double *noise)
-{
-    *median = NAN;
-    *noise = NAN;
-    if (!n)
-        return;
-    qsort(v, n, sizeof *v, cmp_double);
-    *median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-    if (n >= 2 && *median != 0)
-        *noise = (v[n - 1] - v[0]) / fabs(*median);
-}
-
 static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
-
-/* The number at a dotted path ("added_latency_ms.p99"); NAN when absent. */
-static double jnum(const cJSON *o, const char *path)
-{
-    char key[64];
-    while (o && *path) {
-        const char *dot = strchr(path, '.');
-        size_t n = dot ? (size_t)(dot - path) : strlen(path);
-        if (n >= sizeof key)
-            return NAN;
-        memcpy(key, path, n);
-        key[n] = 0;
-        o = jget(o, key);
-        path += n + (dot != NULL);
-    }
-    return cJSON_IsNumber(o) ? o->valuedouble : NAN;
-}
 
 static const char *jstr(const cJSON *o, const char *k)
 {
@@ -380,7 +344,7 @@ static void meta_line(const cJSON *m, char *buf, size_t n)
     }
     const cJSON *mach = jget(m, "machine");
     const char *date = jstr(m, "date"), *commit = jstr(m, "commit"), *cpu = jstr(mach, "cpu_model");
-    double nproc = jnum(mach, "nproc");
+    double nproc = benchfig_num(mach, "nproc");
     snprintf(buf, n, "%s, commit %s%s, %.0f x %s", date ? date : "date unknown", commit ? commit : "unknown",
              cJSON_IsTrue(jget(m, "dirty")) ? " (uncommitted changes)" : "", isnan(nproc) ? 0 : nproc,
              cpu ? cpu : "unknown CPU");
@@ -394,7 +358,7 @@ static void print_meta(const cJSON *base, const cJSON *cur)
     printf("  baseline: %s\n  now:      %s\n", b, c);
     const cJSON *mb = jget(base, "machine"), *mc = jget(cur, "machine");
     const char *cb = jstr(mb, "cpu_model"), *cc = jstr(mc, "cpu_model");
-    double nb = jnum(mb, "nproc"), nc = jnum(mc, "nproc");
+    double nb = benchfig_num(mb, "nproc"), nc = benchfig_num(mc, "nproc");
     if ((cb && cc && strcmp(cb, cc)) || (!isnan(nb) && !isnan(nc) && nb != nc))
         printf("  warning: different machines: the figures are not comparable\n");
 }
@@ -421,18 +385,18 @@ static int cmp_ring(const cJSON *base, const cJSON *cur, struct table *t)
             return RILL_E_NOMEM;
         for (int side = 0; side < 2; side++) {
             const cJSON *j = side ? cur : base;
-            double v = jnum(j, specs[i].key), noise = NAN, vals[64];
+            double v = benchfig_num(j, specs[i].key), noise = NAN, vals[64];
             size_t n = 0;
             const cJSON *r;
             cJSON_ArrayForEach(r, jget(j, "repeats"))
             {
-                double x = jnum(r, specs[i].key);
+                double x = benchfig_num(r, specs[i].key);
                 if (!isnan(x) && n < 64)
                     vals[n++] = x;
             }
             if (n >= 2) {
                 double med;
-                median_noise(vals, n, &med, &noise);
+                benchfig_median_noise(vals, n, &med, &noise);
             } else {
                 unmeasured = true;
             }
@@ -456,7 +420,7 @@ static double noise_of(const cJSON *arr)
         if (cJSON_IsNumber(x) && n < 256)
             vals[n++] = x->valuedouble;
     }
-    median_noise(vals, n, &med, &noise);
+    benchfig_median_noise(vals, n, &med, &noise);
     return noise;
 }
 
@@ -471,7 +435,7 @@ static int engine_side(const cJSON *rows, bool cur, struct table *t, bool *quick
     cJSON_ArrayForEach(r, rows)
     {
         const char *model = jstr(r, "model"), *dtype = jstr(r, "dtype");
-        double batch = jnum(r, "batch");
+        double batch = benchfig_num(r, "batch");
         if (!model || !dtype || isnan(batch))
             continue;
         char name[128];
@@ -480,10 +444,10 @@ static int engine_side(const cJSON *rows, bool cur, struct table *t, bool *quick
         if (!f && !(f = table_add(t, HIGHER, FK_MEDIAN, "%s", name)))
             return RILL_E_NOMEM;
         const cJSON *reps = jget(r, "repeats");
-        double v = jnum(r, "decode_tokens_per_s");
+        double v = benchfig_num(r, "decode_tokens_per_s");
         double noise = noise_of(jget(reps, "decode_tokens_per_s"));
         if (isnan(noise)) {
-            double mn = jnum(r, "decode_min_tokens_per_s"), mx = jnum(r, "decode_max_tokens_per_s");
+            double mn = benchfig_num(r, "decode_min_tokens_per_s"), mx = benchfig_num(r, "decode_max_tokens_per_s");
             noise = !isnan(mn) && !isnan(mx) && v != 0 ? (mx - mn) / fabs(v)
                                                        : noise_of(jget(r, "decode_runs_tokens_per_s"));
             *windows_only |= !isnan(noise);
@@ -495,9 +459,9 @@ static int engine_side(const cJSON *rows, bool cur, struct table *t, bool *quick
             return RILL_E_NOMEM;
         noise = noise_of(jget(reps, "prefill_tokens_per_s"));
         *unmeasured |= isnan(noise);
-        fig_set(f, cur, jnum(r, "prefill_tokens_per_s"), noise);
+        fig_set(f, cur, benchfig_num(r, "prefill_tokens_per_s"), noise);
         *quick |= cJSON_IsTrue(jget(r, "quick"));
-        double o = jnum(r, "other_processes_cores");
+        double o = benchfig_num(r, "other_processes_cores");
         if (!isnan(o))
             *others = isnan(*others) ? o : fmax(*others, o);
     }
@@ -519,8 +483,8 @@ static int cmp_engine(const cJSON *base, const cJSON *cur, struct table *t)
     const cJSON *rb = cJSON_GetArrayItem(base, 0), *rcur = cJSON_GetArrayItem(cur, 0);
     if (qb != qc)
         printf("  warning: one of the engine runs is --quick, the other is not\n");
-    if (jnum(rb, "threads") != jnum(rcur, "threads"))
-        printf("  warning: engine threads differ (%.0f then %.0f)\n", jnum(rb, "threads"), jnum(rcur, "threads"));
+    if (benchfig_num(rb, "threads") != benchfig_num(rcur, "threads"))
+        printf("  warning: engine threads differ (%.0f then %.0f)\n", benchfig_num(rb, "threads"), benchfig_num(rcur, "threads"));
     snprintf(t->note, sizeof t->note, "noise: range of the invocations of each row%s%s",
              windows ? "; decode without repeats: range of its timed windows" : "",
              unmeasured ? "; '-': median only, the threshold alone decides" : "");
@@ -546,7 +510,7 @@ static int fanout_side(const cJSON *j, bool cur, struct table *t, bool *unmeasur
     const cJSON *row;
     cJSON_ArrayForEach(row, jget(j, "rows"))
     {
-        double streams = jnum(row, "streams");
+        double streams = benchfig_num(row, "streams");
         if (isnan(streams))
             continue;
         for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
@@ -561,31 +525,31 @@ static int fanout_side(const cJSON *j, bool cur, struct table *t, bool *unmeasur
             if (specs[i].run_path) {
                 cJSON_ArrayForEach(run, jget(j, "runs"))
                 {
-                    double x = jnum(run, specs[i].run_path);
-                    if (jnum(run, "concurrency") == streams && !isnan(x) && n < 64)
+                    double x = benchfig_num(run, specs[i].run_path);
+                    if (benchfig_num(run, "concurrency") == streams && !isnan(x) && n < 64)
                         vals[n++] = x;
                 }
-                median_noise(vals, n, &med, &noise);
+                benchfig_median_noise(vals, n, &med, &noise);
                 if (n < 2)
                     *unmeasured = true;
             }
-            fig_set(f, cur, jnum(row, specs[i].row_key), noise);
+            fig_set(f, cur, benchfig_num(row, specs[i].row_key), noise);
         }
     }
     double vals[64], med, noise;
     size_t n = 0;
     cJSON_ArrayForEach(row, jget(j, "rows"))
     {
-        double x = jnum(row, "other_cpu_pct");
+        double x = benchfig_num(row, "other_cpu_pct");
         if (!isnan(x) && n < 64)
             vals[n++] = x;
     }
-    median_noise(vals, n, &med, &noise); /* sorts */
+    benchfig_median_noise(vals, n, &med, &noise); /* sorts */
     *others = n ? vals[n - 1] : NAN;
     struct fig *f = table_find(t, "idle connections: gateway RSS per connection kB");
     if (!f && !(f = table_add(t, LOWER, FK_MEDIAN, "idle connections: gateway RSS per connection kB")))
         return RILL_E_NOMEM;
-    fig_set(f, cur, jnum(j, "idle_connections.gateway_rss_per_idle_conn_kb"), NAN);
+    fig_set(f, cur, benchfig_num(j, "idle_connections.gateway_rss_per_idle_conn_kb"), NAN);
     return 0;
 }
 
@@ -634,8 +598,8 @@ static int save_side(const cJSON *j, bool cur, struct table *t)
             if (cJSON_IsNumber(v) && n < 256)
                 vals[n++] = v->valuedouble;
         }
-        median_noise(vals, n, &med, &noise);
-        double m = jnum(x, "median");
+        benchfig_median_noise(vals, n, &med, &noise);
+        double m = benchfig_num(x, "median");
         fig_set(f, cur, isnan(m) ? med : m, noise);
     }
     return 0;
@@ -666,7 +630,7 @@ static int cmp_save(const cJSON *base, const cJSON *cur, struct table *t)
         printf("  warning: the runs put different loads (%s): the figures are not comparable\n", differ);
         printf("  baseline command: %s\n  now command:      %s\n", cb ? cb : "?", cc ? cc : "?");
     }
-    double rb = jnum(mb, "repeat"), rcur = jnum(mc, "repeat");
+    double rb = benchfig_num(mb, "repeat"), rcur = benchfig_num(mc, "repeat");
     snprintf(t->note, sizeof t->note, "noise: range of the runs (%.0f in the baseline, %.0f now)%s",
              isnan(rb) ? 1 : rb, isnan(rcur) ? 1 : rcur,
              (isnan(rb) || rb < 2) || (isnan(rcur) || rcur < 2) ? "; '-': one run, the threshold alone decides" : "");

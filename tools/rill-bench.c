@@ -59,6 +59,7 @@
 #include "common/hist.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "tools/lib/benchfig.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -1915,23 +1916,6 @@ struct figure {
     double median, spread;           /* spread: (max - min) / |median|, NAN below two runs */
 };
 
-/* The number at a dotted path of o ("ttft_ms.p50"); NAN when absent. */
-static double json_num_at(const cJSON *o, const char *path)
-{
-    char key[64];
-    while (o && *path) {
-        const char *dot = strchr(path, '.');
-        size_t n = dot ? (size_t)(dot - path) : strlen(path);
-        if (n >= sizeof key)
-            return NAN;
-        memcpy(key, path, n);
-        key[n] = 0;
-        o = jget(o, key);
-        path += n + (dot != NULL);
-    }
-    return cJSON_IsNumber(o) ? o->valuedouble : NAN;
-}
-
 /* Each figure's runs, median and spread from the runs' JSON results. */
 static int figures_of(char *const *runs, size_t n_runs, struct figure *fig)
 {
@@ -1941,7 +1925,7 @@ static int figures_of(char *const *runs, size_t n_runs, struct figure *fig)
         if (!j)
             return RILL_E_INTERNAL;
         for (size_t i = 0; i < N_FIGURES; i++) {
-            double x = json_num_at(j, figure_defs[i].path);
+            double x = benchfig_num(j, figure_defs[i].path);
             if (!isnan(x) && fig[i].n < BENCH_MAX_REPEAT)
                 fig[i].v[fig[i].n++] = x;
         }
@@ -1950,10 +1934,8 @@ static int figures_of(char *const *runs, size_t n_runs, struct figure *fig)
     for (size_t i = 0; i < N_FIGURES; i++) {
         struct figure *f = &fig[i];
         double s[BENCH_MAX_REPEAT];
-        memcpy(s, f->v, f->n * sizeof *s);
-        qsort(s, f->n, sizeof *s, cmp_double);
-        f->median = !f->n ? NAN : f->n % 2 ? s[f->n / 2] : (s[f->n / 2 - 1] + s[f->n / 2]) / 2;
-        f->spread = f->n >= 2 && f->median != 0 ? (s[f->n - 1] - s[0]) / fabs(f->median) : NAN;
+        memcpy(s, f->v, f->n * sizeof *s); /* f->v stays in run order */
+        benchfig_median_noise(s, f->n, &f->median, &f->spread);
     }
     return 0;
 }
