@@ -45,6 +45,7 @@
     X(STR,  gateway, allowed_origins,  "",               0, 0,      "comma-separated Origin values allowed; empty: same origin only; *: any") \
     X(SIZE, gateway, client_buffer_bytes, "1M",          4096, 1073741824, "output a slow client may have queued before it gets slow_consumer") \
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
+    X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "seconds an idle WebSocket may be silent before it is pinged (and 3x that before it is dropped)") \
     X(STR,  gateway, worker_list,      "",               0, 0,      "standalone: comma-separated workers as endpoint@ring (without a supervisor)") \
     X(STR,  worker, model,             "models/default.gguf", 0, 0, "GGUF model file") \

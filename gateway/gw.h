@@ -111,6 +111,9 @@ struct conn {
     uint64_t hold_until_ns;      /* coalescing: do not write tokens before */
     bool held;                   /* in the gateway's held list */
     struct conn *held_prev, *held_next;
+    bool deflate;                /* the client offered permessage-deflate (lws accepts it) */
+    bool dirty;                  /* in the gateway's list of connections to write after a ring batch */
+    struct conn *dirty_next;
     uint64_t next_auto_id;
     /* telemetry subscription */
     bool subscribed;
@@ -213,6 +216,8 @@ struct gw {
     struct gw_tel tel;
     /* connections holding token frames to coalesce them (session.c) */
     struct conn *held;
+    /* connections with new output from the ring batch being read (session.c) */
+    struct conn *dirty, *dirty_tail;
     lws_sorted_usec_list_t hold_sul;
     bool hold_sul_armed;
     uint64_t hb_seq, next_hb_ns;
@@ -257,6 +262,10 @@ int session_writable(struct conn *c);
 void session_fail_slow(struct conn *c);
 /* Release the holds that have expired (the gateway's hold timer). */
 void session_release_holds(struct gw *g);
+/* Write what the last ring batch gave each connection: directly when its
+ * socket has room and nothing is buffered (one send, no epoll round trip),
+ * else through lws's writable callback. */
+void session_flush_writes(struct gw *g);
 
 /* --- workers (gateway/workers.c) --- */
 int workers_init(struct gw *g);

@@ -124,6 +124,12 @@ static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
     memset(c, 0, sizeof *c);
     c->gw = g;
     lws_get_peer_simple(wsi, c->ip, sizeof c->ip);
+    /* lws accepts permessage-deflate whenever a client offers it; the
+     * extension may need writable callbacks of its own, so such connections
+     * are only written from the callback. */
+    char ext[256] = "";
+    lws_hdr_copy(wsi, ext, sizeof ext, WSI_TOKEN_EXTENSIONS);
+    c->deflate = strstr(ext, "permessage-deflate") != NULL;
     char origin[256] = "", host[256] = "";
     lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
     lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST);

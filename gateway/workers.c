@@ -282,6 +282,7 @@ void workers_poll_rings(struct gw *g)
             atomic_store(&w->dead, true);
         }
     }
+    session_flush_writes(g);
     for (int i = 0; i < g->n_workers; i++) {
         struct gw_worker *w = &g->workers[i];
         if (w->in_use && w->up && atomic_load(&w->dead))

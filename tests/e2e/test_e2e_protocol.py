@@ -417,3 +417,27 @@ def test_cancel_without_id_cancels_every_generation_of_the_connection(small, sma
             rc.check_complete(await c.run("Again", 6, params), rc.expected(small_model, "Again", 6, params))
             assert not c.others
     run(main())
+
+
+# --- permessage-deflate and the two write paths --------------------------------------------------
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_deflate_and_plain_clients_get_the_same_stream(tiny, tiny_model, proto):
+    """A client that offers permessage-deflate gets it (and is written from
+    lws's writable callback); one that does not is written directly after
+    each ring batch.  Both see the worker's exact stream, at the same time."""
+    prompt, n, params = "Once upon a time", 50, sampling(SAMPLED, seed=77)
+    want = rc.expected(tiny_model, prompt, n, params)
+
+    async def main():
+        async with await Client.connect(tiny.url, proto, compression="deflate") as z, \
+                await Client.connect(tiny.url, proto, compression=None) as plain:
+            assert any(e.name == "permessage-deflate" for e in z.ws.extensions)
+            assert not plain.ws.extensions
+            await z.generate(prompt, n, params, gid="z")
+            await plain.generate(prompt, n, params, gid="p")
+            await z.wait_done("z")
+            await plain.wait_done("p")
+            rc.check_complete(z.gen("z"), want)
+            rc.check_complete(plain.gen("p"), want)
+    run(main())
