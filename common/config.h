@@ -65,6 +65,7 @@
     X(INT,  worker, worker_id,         "0",              0, 1023,   "this worker's number (w<id>)") \
     X(STR,  worker, matmul,            "native",         0, 0,      "matrix kernels: native (batch-invariant, exact) or blas (OpenBLAS sgemm for F32)") \
     X(BOOL, worker, fake_tokens,       "false",          0, 0,      "emit tokens without computing them (fan-out benchmark only)") \
+    X(INT,  worker, fake_phases,       "1",              1, 1024,   "with fake_tokens: running sequences advance in this many evenly spaced steps per target_latency_ms, as that many workers stepping at different times would") \
     X(INT,  supervisor, workers,       "1",              1, 64,     "worker processes") \
     X(INT,  supervisor, threads_per_worker, "0",         0, 256,    "threads of each worker (0: cores / workers)") \
     X(INT,  supervisor, restart_max,   "5",              0, 1000,   "restarts within restart_window_s before giving up on a process") \

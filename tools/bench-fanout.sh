@@ -20,6 +20,11 @@
 #   STREAMS="100 1000 5000"  RUNS=3  DURATION=8  WARMUP=2  PROTOCOL=msgpack
 #   STREAMS_PER_CONN=1 (streams sharing one connection)  IDLE_CONNS=5000
 #   GATEWAY_ARGS / WORKER_ARGS: extra flags for the gateway / worker.
+#   PHASES=1        the worker advances its sequences in this many evenly
+#                   spaced steps per 20 ms (--fake_phases): 1 is one worker
+#                   stepping every stream at once, the worst burst; 16 is
+#                   what 16 workers stepping at their own times would give.
+#   OUT_NAME=fanout the result file, BUILD_DIR/bench/OUT_NAME.json.
 #   QUIET_WAIT=30   seconds to wait before each run for the machine to be
 #                   quiet (other processes under 15% of a core);
 #   MAX_OTHER=25    a run during which other processes took more than this
@@ -41,6 +46,8 @@ QUIET_WAIT=${QUIET_WAIT:-30}
 MAX_OTHER=${MAX_OTHER:-25}
 GATEWAY_ARGS=${GATEWAY_ARGS:-}
 WORKER_ARGS=${WORKER_ARGS:-}
+PHASES=${PHASES:-1}
+OUT_NAME=${OUT_NAME:-fanout}
 
 for bin in rill-worker rill-gateway rill-bench rill-mkmodel; do
     [ -x "$B/$bin" ] || { echo "bench-fanout: $B/$bin is missing: build it first" >&2; exit 2; }
@@ -108,7 +115,7 @@ fi
 PORT=$(free_port)
 COMMON=(--instance "$INSTANCE" --run_dir "$RUN" --log_level warn)
 # shellcheck disable=SC2086
-"$B/rill-worker" "${COMMON[@]}" --model "$MODEL" --threads 1 --fake_tokens true \
+"$B/rill-worker" "${COMMON[@]}" --model "$MODEL" --threads 1 --fake_tokens true --fake_phases "$PHASES" \
     --max_batch 8192 --target_latency_ms 20 --max_latency_ms 1000 --ring_bytes 64M \
     $WORKER_ARGS >"$RUN/worker.log" 2>&1 &
 WPID=$!
@@ -127,7 +134,7 @@ done
 ready || { echo "bench-fanout: the gateway is not ready after 10 s" >&2; exit 1; }
 
 URL="ws://127.0.0.1:$PORT/stream"
-echo "bench-fanout: worker $WPID (fake tokens, 20 ms steps), gateway $GPID on $URL, $PROTOCOL, $(nproc) cores" >&2
+echo "bench-fanout: worker $WPID (fake tokens, every stream every 20 ms in $PHASES phase(s)), gateway $GPID on $URL, $PROTOCOL, $(nproc) cores" >&2
 
 # Busy ticks of all cores (/proc/stat: user nice system irq softirq steal).
 busy_ticks() {
@@ -184,11 +191,12 @@ for n in $STREAMS; do
 done
 kill -0 "$GPID" 2>/dev/null || { echo "bench-fanout: the gateway died" >&2; exit 1; }
 
-"$PY" - "$OUT/fanout.json" "$IDLE_JSON" "$PROTOCOL" "$STREAMS_PER_CONN" "$MAX_OTHER" "${RAW[@]}" <<'EOF'
+"$PY" - "$OUT/$OUT_NAME.json" "$IDLE_JSON" "$PROTOCOL" "$STREAMS_PER_CONN" "$MAX_OTHER" "$PHASES" "${RAW[@]}" <<'EOF'
 import json, os, statistics, sys
 
 out, idle_path, protocol, spc, max_other = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-raws = sys.argv[6:]
+phases = int(sys.argv[6])
+raws = sys.argv[7:]
 runs = {}
 for p in raws:
     with open(p) as f:
@@ -236,7 +244,8 @@ result = {
     },
     "setup": {
         "protocol": protocol, "streams_per_connection": spc, "cores": cores,
-        "worker": "fake_tokens, 20 ms steps (50 tokens/s per stream)",
+        "worker": "fake_tokens, every stream advanced every 20 ms (50 tokens/s per stream), in %d phase(s)" % phases,
+        "worker_phases": phases,
         "note": "gateway, worker and bench client share the cores: bench_cpu_pct and other_cpu_pct say how much "
                 "the client and other processes took",
     },

@@ -82,6 +82,7 @@ int engine_open(const struct rill_config *c, bool progress, struct engine *e, ch
         .max_latency_ms = c->max_latency_ms,
         .max_step_ms = c->max_step_ms,
         .fake_tokens = c->fake_tokens,
+        .fake_phases = (uint32_t)c->fake_phases,
     };
     rc = sched_create(e->model, e->fwd, e->kv, &sc, &e->sched);
     if (rc) {

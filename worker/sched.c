@@ -66,6 +66,7 @@ struct sched {
     uint32_t n_waiting, cap_waiting;
     struct fwd_row *rows;
     struct seq **row_seq;     /* the sequence of each logits row */
+    uint32_t fake_phase;      /* fake_tokens: the phase this step advances */
     struct seq **row_owner;   /* the sequence of each row */
     float *logits;
     uint32_t max_rows;
@@ -553,6 +554,17 @@ int sched_abort_all(struct sched *s, int code, const struct sched_out *out)
     return rc ? rc : r2;
 }
 
+/* The newest sequences above the cap give their memory back (re-queued, to
+ * be recomputed when there is room), and free cache goes back to the system. */
+static void shed_to_cap(struct sched *s, const char *why)
+{
+    while (s->n_running > s->ad.cap && preempt_newest(s, why))
+        ;
+    size_t freed = kv_trim(s->kv);
+    if (freed)
+        rlog_info("returned %zu KiB of free KV cache to the system", freed / 1024);
+}
+
 void sched_set_pressure(struct sched *s, int level)
 {
     if (level < 0)
@@ -562,20 +574,20 @@ void sched_set_pressure(struct sched *s, int level)
     if (adapt_pressure(&s->ad, level))
         rlog_info("batch cap: %s", s->ad.reason);
     s->pressure = level;
-    if (level >= 2) {
-        /* Critical: the newest sequences above the cap give their memory back. */
-        while (s->n_running > s->ad.cap && preempt_newest(s, "memory pressure critical"))
-            ;
-        size_t freed = kv_trim(s->kv);
-        if (freed)
-            rlog_info("returned %zu KiB of free KV cache to the system", freed / 1024);
-    }
+    if (level >= 2)
+        shed_to_cap(s, "memory pressure critical");
 }
 
 void sched_set_limit(struct sched *s, uint32_t limit)
 {
     if (adapt_set_limit(&s->ad, limit))
         rlog_info("batch cap: %s", s->ad.reason);
+    /* Under critical pressure the supervisor's bound follows the memory that
+     * is left; running sequences keep growing their caches, so a bound
+     * below them must shed them, or the worker is OOM-killed with all its
+     * streams. */
+    if (s->pressure >= 2)
+        shed_to_cap(s, "memory pressure: supervisor bound");
 }
 
 void sched_stats(const struct sched *s, struct sched_stats *st)
@@ -670,11 +682,18 @@ int sched_step(struct sched *s, const struct sched_out *out)
             break;
     }
 
-    uint32_t n = 0, n_logits = 0, decode_rows = 0, prefill_rows = 0;
+    uint32_t n = 0, n_logits = 0, decode_rows = 0, prefill_rows = 0, other_phase = 0;
+    uint32_t phases = s->cfg.fake_tokens && s->cfg.fake_phases > 1 ? s->cfg.fake_phases : 1;
+    uint32_t phase = s->fake_phase;
+    s->fake_phase = (phase + 1) % phases;
     for (uint32_t i = 0; i < s->n_running; i++) {
         struct seq *q = s->running[i];
         if (q->n_tokens - q->n_cached != 1)
             continue;
+        if (q->id % phases != phase) {
+            other_phase++;
+            continue;
+        }
         if (kv_reserve(s->kv, &q->kv, q->n_tokens) != 0)
             continue; /* only if preemption could not help; try next step */
         s->rows[n] = (struct fwd_row){q->tokens[q->n_tokens - 1], q->n_tokens - 1, &q->kv, (int32_t)n_logits};
@@ -709,6 +728,10 @@ int sched_step(struct sched *s, const struct sched_out *out)
             s->row_seq[n_logits++] = q;
         budget -= c;
         prefill_rows += c;
+    }
+    if (n == 0 && other_phase) {
+        out->flush(out->ctx); /* fake_phases: this phase has no sequence running */
+        return 0;
     }
     if (n == 0) {
         /* Everything is stuck on memory: free the newest and try again. */

@@ -48,6 +48,8 @@ struct sched_config {
     double max_latency_ms;
     double max_step_ms;        /* prefill chunks keep a step under this */
     bool fake_tokens;          /* fan-out benchmark: no model compute */
+    uint32_t fake_phases;      /* with fake_tokens: a step advances the sequences of one phase
+                                * (id % fake_phases); 0 or 1: all of them */
 };
 
 /* Where token records go: emit() once per record, flush() once per step. */

@@ -376,7 +376,7 @@ int serve_run(const struct rill_config *c, struct engine *e)
         if (busy && room) {
             timeout = 0;
             if (c->fake_tokens && sv.next_fake_step_ns > now)
-                timeout = (long)((sv.next_fake_step_ns - now) / 1000000);
+                timeout = (long)((sv.next_fake_step_ns - now + 999999) / 1000000);
         } else if (busy) {
             timeout = 1; /* the gateway is behind: look again soon */
         }
@@ -432,8 +432,14 @@ int serve_run(const struct rill_config *c, struct engine *e)
                 if (st.last_batch)
                     hist_record(&sv.batch_n, st.last_batch);
             }
-            if (c->fake_tokens)
-                sv.next_fake_step_ns = now + (uint64_t)(c->target_latency_ms * 1e6);
+            if (c->fake_tokens) {
+                /* On a fixed grid, so that poll's millisecond rounding does
+                 * not slow the streams down; a late step does not bunch up. */
+                uint64_t every = (uint64_t)(c->target_latency_ms * 1e6 / c->fake_phases);
+                sv.next_fake_step_ns += every;
+                if (sv.next_fake_step_ns + every < now)
+                    sv.next_fake_step_ns = now + every;
+            }
         }
         now = clock_ns();
         if (now >= sv.next_hb_ns)

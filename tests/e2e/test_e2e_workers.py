@@ -174,3 +174,27 @@ def test_kv_cache_pressure_loses_nothing(pipelines, tiny_model):
                 rc.check_complete(g, want[g.id])
     run(main())
     assert "preempted" in p.log("w0")
+
+
+def test_fake_tokens_in_phases(pipelines, tiny_model):
+    """The fan-out benchmark's worker (--fake_tokens, --fake_phases 4): every
+    stream still gets all its tokens in order, and each step advances only
+    the sequences of one phase (8 streams in 4 phases: 2 per step)."""
+    p = pipelines(tiny_model, worker_args=("--fake_tokens", "true", "--fake_phases", "4",
+                                            "--target_latency_ms", "20"))
+    n = 30
+
+    async def main():
+        async with await Client.connect(p.url, MSGPACK) as c:
+            # Submitted one by one and started before the next, so that the
+            # gateway's request ids (the phase is id % 4) are consecutive.
+            for i in range(8):
+                await c.generate("phase", n, sampling(GREEDY), gid=i)
+                await c.until(lambda i=i: c.gen(i).tokens)
+            gens = await c.wait_done(*range(8))
+        for g in gens:
+            g.check_order()
+            assert g.terminal["type"] == "complete", g.terminal
+            assert len(g.tokens) == n
+            assert g.terminal["summary"]["most_common_batch_size"] == 2, g.terminal["summary"]
+    run(main())

@@ -784,9 +784,20 @@ static void check_preempted(const struct rig_opts *ro, bool pressure)
         sched_stats(r.s, &st);
         assert_true(st.running <= st.cap);
         assert_true(st.preemptions >= N - st.cap);
-        for (int k = 0; k < 15; k++)
+        for (int k = 0; k < 5; k++)
+            step(&r);
+        /* Still critical, the supervisor's bound falls below the running
+         * sequences (their caches grew): they are shed to it. */
+        uint64_t before = st.preemptions;
+        uint32_t running = st.running;
+        sched_set_limit(r.s, 1);
+        sched_stats(r.s, &st);
+        assert_int_equal(st.running, 1);
+        assert_int_equal(st.preemptions, before + running - 1);
+        for (int k = 0; k < 10; k++)
             step(&r);
         sched_set_pressure(r.s, 0);
+        sched_set_limit(r.s, 16);
     }
     drive(&r);
     struct sched_stats st;
