@@ -269,7 +269,7 @@ static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
  * accumulators of a (group, batch tile) stay in memory between blocks; each
  * lane still sums its products in increasing k with the same arithmetic,
  * so the result is bit for bit that of the direct tiles. */
-#define KBLK 128
+#define KBLK 512
 
 #define DEFINE_BLOCK_TILE(C)                                                                             \
     AVX2_TARGET __attribute__((noinline)) static void btile_##C(const float *w, uint32_t ns, const float *x, \
@@ -314,12 +314,22 @@ AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t
         const unsigned char *bp = gp + (size_t)((k0 / 8 + s) / 4) * Q8_GROUP_BLOCK;
         const float *d = (const float *)bp;
         const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));
-        for (uint32_t j = 0; j < 4; j++)
-            for (int r = 0; r < KERN_GROUP; r++) {
-                __m128i q = _mm_loadl_epi64((const __m128i *)(qs + r * Q8_0_BLOCK + 8 * j));
-                __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_broadcast_ss(d + r));
-                _mm256_store_ps(buf + ((size_t)(s + j) * KERN_GROUP + (size_t)r) * 8, wv);
-            }
+        float *out = buf + (size_t)s * KERN_GROUP * 8;
+        /* A row's 32 weights of the block in two loads; the same (float)q * d
+         * per weight as the direct tiles. */
+        for (int r = 0; r < KERN_GROUP; r++) {
+            __m256 dv = _mm256_broadcast_ss(d + r);
+            __m128i lo = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK));
+            __m128i hi = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK + 16));
+            __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+            __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
+            __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+            __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
+            _mm256_store_ps(out + ((size_t)0 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w0, dv));
+            _mm256_store_ps(out + ((size_t)1 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w1, dv));
+            _mm256_store_ps(out + ((size_t)2 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w2, dv));
+            _mm256_store_ps(out + ((size_t)3 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w3, dv));
+        }
     }
 }
 

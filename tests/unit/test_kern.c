@@ -100,11 +100,12 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
 {
     (void)state;
     enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
-    for (int ti = 0; ti < 3; ti++) {
-        uint32_t N = 53, K = 128, B = 23;
+    /* K = 800: the converting kernels' column blocks, a whole one and a part. */
+    for (int ti = 0; ti < 6; ti++) {
+        uint32_t N = 53, K = ti < 3 ? 128 : 800, B = 23;
         struct wmat w;
         float *ex;
-        make_matrix(&w, types[ti], N, K, &ex);
+        make_matrix(&w, types[ti % 3], N, K, &ex);
         float *x = malloc(sizeof(float) * B * K);
         for (uint32_t i = 0; i < B * K; i++)
             x[i] = (float)frand();
