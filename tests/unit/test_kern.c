@@ -358,6 +358,101 @@ static void test_sample_top_k_and_top_p_restrict_the_draw(void **state)
     sampler_free(s);
 }
 
+/* The distribution sample_next should draw from, computed the plain way in
+ * double: temperature, top-k by logit (ties by lower id), min-p, top-p by
+ * sorting.  want[] gets each token's probability. */
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+static void reference_dist(const float *l, uint32_t V, const struct sample_params *p, double *want)
+{
+    double mx = -INFINITY;
+    for (uint32_t i = 0; i < V; i++)
+        mx = l[i] > mx ? l[i] : mx;
+    for (uint32_t i = 0; i < V; i++)
+        want[i] = exp((l[i] - mx) / p->temperature);
+    if (p->top_k > 0 && p->top_k < V)
+        for (uint32_t i = 0; i < V; i++) {
+            uint32_t better = 0; /* tokens ahead of i: higher logit, or equal and lower id */
+            for (uint32_t j = 0; j < V; j++)
+                better += l[j] > l[i] || (l[j] == l[i] && j < i);
+            if (better >= p->top_k)
+                want[i] = 0;
+        }
+    for (uint32_t i = 0; i < V; i++)
+        if (want[i] < p->min_p)
+            want[i] = 0;
+    double total = 0;
+    for (uint32_t i = 0; i < V; i++)
+        total += want[i];
+    if (p->top_p < 1) {
+        double *sorted = malloc(V * sizeof *sorted), acc = 0, t = 0;
+        memcpy(sorted, want, V * sizeof *sorted);
+        qsort(sorted, V, sizeof *sorted, cmp_desc);
+        for (uint32_t i = 0; i < V && sorted[i] > 0; i++) {
+            acc += sorted[i];
+            t = sorted[i];
+            if (acc >= p->top_p * total)
+                break;
+        }
+        free(sorted);
+        total = 0;
+        for (uint32_t i = 0; i < V; i++) {
+            if (want[i] < t)
+                want[i] = 0;
+            total += want[i];
+        }
+    }
+    for (uint32_t i = 0; i < V; i++)
+        want[i] /= total;
+}
+
+static void test_sample_draws_follow_the_reference_distribution(void **state)
+{
+    (void)state;
+    enum { V = 400, N = 20000 };
+    struct sample_params cases[] = {
+        {.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .min_p = 0.05f, .repetition_penalty = 1, .seed = 1},
+        {.temperature = 1.0f, .top_k = 0, .top_p = 0.8f, .min_p = 0, .repetition_penalty = 1, .seed = 2},
+        {.temperature = 1.3f, .top_k = 100, .top_p = 1, .min_p = 0, .repetition_penalty = 1, .seed = 3},
+        {.temperature = 0.5f, .top_k = 0, .top_p = 1, .min_p = 0.01f, .repetition_penalty = 1, .seed = 4},
+    };
+    struct sampler *s = sampler_create(V);
+    float l[V];
+    for (uint32_t i = 0; i < V; i++)
+        l[i] = (float)frand() * 4;
+    l[7] = l[8]; /* a tie */
+    double want[V], lse = 0, mx = -INFINITY;
+    for (uint32_t i = 0; i < V; i++)
+        mx = l[i] > mx ? l[i] : mx;
+    for (uint32_t i = 0; i < V; i++)
+        lse += exp(l[i] - mx);
+    lse = mx + log(lse);
+    static uint32_t count[V];
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        reference_dist(l, V, &cases[c], want);
+        memset(count, 0, sizeof count);
+        for (uint32_t pos = 0; pos < N; pos++) {
+            struct sample_result r;
+            sample_next(s, l, &cases[c], NULL, 0, pos, 0, &r);
+            assert_true(r.token >= 0 && r.token < V);
+            if (want[r.token] <= 0)
+                fail_msg("case %zu: drew token %d, which the reference drops", c, r.token);
+            assert_true(fabs(r.logprob - (l[r.token] - lse)) < 1e-4);
+            count[r.token]++;
+        }
+        for (uint32_t i = 0; i < V; i++) {
+            double f = (double)count[i] / N, sd = sqrt(want[i] * (1 - want[i]) / N);
+            if (fabs(f - want[i]) > 5 * sd + 0.002)
+                fail_msg("case %zu: token %u drawn %.4f of the time, want %.4f", c, i, f, want[i]);
+        }
+    }
+    sampler_free(s);
+}
+
 /* --- adaptive batch size ------------------------------------------------------------- */
 
 static void test_adapt_rises_under_good_latency_only_when_saturated(void **state)
@@ -438,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_sample_greedy_picks_argmax_and_reports_logprobs),
         cmocka_unit_test(test_sample_is_a_function_of_seed_and_position),
         cmocka_unit_test(test_sample_top_k_and_top_p_restrict_the_draw),
+        cmocka_unit_test(test_sample_draws_follow_the_reference_distribution),
         cmocka_unit_test(test_adapt_rises_under_good_latency_only_when_saturated),
         cmocka_unit_test(test_adapt_falls_when_slow_and_does_not_oscillate),
         cmocka_unit_test(test_adapt_halves_under_pressure_and_respects_the_limit),
