@@ -185,6 +185,8 @@ void fwd_set_matmul(struct fwd *f, enum fwd_matmul mode, uint32_t min_rows)
         openblas_set_num_threads(1);
 }
 
+struct pool *fwd_pool(const struct fwd *f) { return f->pool; }
+
 size_t fwd_scratch_bytes(const struct fwd *f) { return f->scratch_bytes; }
 
 void fwd_set_progress(struct fwd *f, void (*fn)(void *ctx), void *ctx)

@@ -54,6 +54,9 @@ void fwd_set_progress(struct fwd *f, void (*fn)(void *ctx), void *ctx);
  * tokens (< vocab) and positions (< max_ctx): RILL_E_BAD_REQUEST otherwise. */
 int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits);
 
+/* The pool the pass runs on (the scheduler samples on it too). */
+struct pool *fwd_pool(const struct fwd *f);
+
 /* Bytes of scratch memory the pass holds. */
 size_t fwd_scratch_bytes(const struct fwd *f);
 
