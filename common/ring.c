@@ -67,6 +67,10 @@ struct ring {
     uint64_t local;      /* producer: reserved (unpublished) end; consumer: read cursor */
     uint64_t published;  /* producer: what the consumer can see */
     unsigned pending;    /* producer: records reserved since the last publish */
+    uint64_t peer;       /* the other side's index as last read: producer, read_idx;
+                          * consumer, write_idx.  Reloaded only when it runs out, so
+                          * the two processes do not pull each other's cache lines
+                          * back and forth on every record. */
     char name[RING_NAME_MAX];
 };
 
@@ -258,6 +262,7 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     r->fd = fd;
     r->producer = false;
     r->local = atomic_load_explicit(&r->hdr->read_idx, memory_order_acquire);
+    r->peer = r->local;
     snprintf(r->name, sizeof r->name, "%s", name);
     *out = r;
     return 0;
@@ -366,7 +371,9 @@ void *ring_reserve(struct ring *r, uint32_t len, uint32_t kind, int timeout_ms, 
     uint64_t cap = r->mask + 1;
     uint64_t tail = cap - (r->local & r->mask); /* bytes to the end of the buffer */
     uint64_t need = size <= tail ? size : tail + size;
-    if (ring_free_bytes(r) < need) {
+    if (cap - (r->local - r->peer) < need)
+        r->peer = atomic_load_explicit(&r->hdr->read_idx, memory_order_acquire);
+    if (cap - (r->local - r->peer) < need) {
         ring_publish(r); /* let the consumer drain what we have */
         int rc = wait_for_space(r, need, timeout_ms);
         if (rc) {
@@ -374,6 +381,7 @@ void *ring_reserve(struct ring *r, uint32_t len, uint32_t kind, int timeout_ms, 
                 *err = rc;
             return NULL;
         }
+        r->peer = atomic_load_explicit(&r->hdr->read_idx, memory_order_acquire);
     }
     if (size > tail) {
         uint32_t *pad = rec_hdr_at(r, r->local);
@@ -431,7 +439,9 @@ int ring_next(struct ring *r, const void **data, uint32_t *len, uint32_t *kind)
 {
     uint64_t cap = r->mask + 1;
     for (;;) {
-        uint64_t w = ring_write_index(r);
+        if (r->peer == r->local)
+            r->peer = ring_write_index(r);
+        uint64_t w = r->peer;
         if (w == r->local)
             return RILL_E_AGAIN;
         uint64_t avail = w - r->local;
