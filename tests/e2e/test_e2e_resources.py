@@ -115,12 +115,15 @@ def test_many_disconnect_cycles_leave_no_fds_or_memory_behind(pipelines, small_m
     print(f"gateway fds {fds}, RssAnon KiB {warm} {mid} {end}")
     assert fds[0] == fds[1] == fds[2], f"gateway fds after 200/400/600 cycles: {fds}"
     # A leak of a stream's worth (~1 KiB) per cycle would show as >= 200 KiB
-    # per 200 cycles; allocator noise is a few tens of KiB.  (Under ASan its
+    # in each round of 200 cycles; allocator noise is a few tens of KiB, with
+    # an occasional spike of a couple of hundred in one round (a heap top
+    # not yet trimmed), so one round may spike, not both.  (Under ASan its
     # quarantine holds freed memory: LeakSanitizer checks leaks there.)
     with open(f"/proc/{pid}/maps") as f:
         asan = "libasan" in f.read()
     if not asan:
-        assert mid - warm < 512 and end - mid < 200, f"RssAnon KiB after 200/400/600 cycles: {warm}, {mid}, {end}"
+        assert min(mid - warm, end - mid) < 200 and end - warm < 512, \
+            f"RssAnon KiB after 200/400/600 cycles: {warm}, {mid}, {end}"
     # And the gateway still serves.
     async def after():
         async with await Client.connect(p.url, JSON) as c:
