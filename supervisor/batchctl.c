@@ -258,6 +258,13 @@ int batchctl_heartbeat(struct batchctl *b, const struct proto_heartbeat *hb, uin
             if (cap < top)
                 top = cap;
         }
+        if (w->pressed_at && since(now, w->pressed_ns) >= c->forget_ns)
+            w->pressed_at = 0;
+        if (w->pressed_at) {
+            uint64_t cap = w->pressed_at - (w->pressed_at / 4 ? w->pressed_at / 4 : 1);
+            if (cap < top)
+                top = cap;
+        }
         top = clamp(b, top);
         if (w->recover_to > w->bound && w->bad == 0) {
             uint32_t nb = (uint32_t)min3(step_up(w->bound), w->recover_to, top);
@@ -308,8 +315,22 @@ int batchctl_pressure(struct batchctl *b, enum pressure_level level, uint64_t no
         struct batchctl_worker *w = &b->w[i];
         if (!w->in_use)
             continue;
-        if (old == PRESSURE_NORMAL && w->recover_to < w->bound)
-            w->recover_to = w->bound;
+        if (old == PRESSURE_NORMAL) {
+            /* Pressure back while the bound was still recovering from the
+             * last episode, or soon after: the bound it has reached is
+             * where memory runs out.  Recovery stays a step below it for a
+             * while, or the bound would cycle between the cut and the
+             * same wall every few seconds. */
+            bool again = w->recover_to > w->bound ||
+                         (w->episode_ns && since(now, w->episode_ns) < b->cfg.forget_ns);
+            if (again) {
+                w->pressed_at = w->bound;
+                w->pressed_ns = now;
+            }
+            w->episode_ns = now ? now : 1;
+            if (w->recover_to < w->bound)
+                w->recover_to = w->bound;
+        }
         uint32_t nb = pressure_cut(b, w->bound, w->active, old, (int)level);
         if (nb == w->bound)
             continue;

@@ -113,6 +113,9 @@ struct batchctl_worker {
     uint64_t too_slow_ns;         /* when it was found (kept after forgetting) */
     uint32_t strikes;             /* the hold is forget_ns << strikes */
     uint32_t recover_to;          /* the bound before pressure (0: not recovering) */
+    uint64_t episode_ns;          /* when the last pressure episode began (0: never) */
+    uint32_t pressed_at;          /* a bound at which pressure came back (0: none) */
+    uint64_t pressed_ns;          /* when; recovery stays below it for forget_ns */
 };
 
 struct batchctl {

@@ -101,8 +101,14 @@ def test_memory_pressure_lowers_caps_preempts_and_completes_everything(cgroup):
         assert preempted > 0
         assert oom_kills(cgroup) == 0
         assert "died" not in log                              # nothing crashed or was killed
-        print(f"\npressure test: {preempted} preemptions; levels: "
-              + ", ".join(re.findall(r"memory pressure (\w+)", log)))
+        for line in log.splitlines():
+            if "supervisor[" in line and ("memory pressure" in line or "batch bound" in line):
+                print(line[11:200])
+        levels = re.findall(r"supervisor\[\d+\] memory pressure (warning|critical|emergency|back to normal)", log)
+        bounds = re.findall(r"batch bound of w0: (\d+ -> \d+)", log)
+        print(f"\npressure test: {len(results)} of {len(results)} requests complete, {n} tokens each; "
+              f"{preempted} preemptions; supervisor levels: {', '.join(levels)}; w0 bounds: {', '.join(bounds)}; "
+              f"OOM kills 0")
     except AssertionError:
         print(s.text()[-6000:])
         raise

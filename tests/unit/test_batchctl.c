@@ -438,6 +438,37 @@ static void test_batchctl_recovers_gradually_after_pressure(void **state)
     assert_int_equal(s.changes, before);
 }
 
+static void test_batchctl_pressure_that_comes_back_at_a_bound_keeps_recovery_below_it(void **state)
+{
+    /* What the cgroup test showed: memory runs out at 5 sequences; each
+     * warning halved the bound to 2 and recovery climbed back to 5, a
+     * cycle every few seconds.  Once pressure returns while recovering,
+     * recovery stops a step below that bound (for forget_ns). */
+    struct sim s;
+    struct batchctl_config c = base_cfg();
+    sim_init(&s, &c);
+    sim_beat(&s, "w0", 2, 10);
+    struct batchctl_change out[4];
+    batchctl_pressure(&s.b, PRESSURE_WARNING, s.now, out, 4);
+    batchctl_pressure(&s.b, PRESSURE_CRITICAL, s.now, out, 4);
+    batchctl_pressure(&s.b, PRESSURE_NORMAL, s.now, out, 4);
+    /* recovering: the bound reaches 20, then pressure is back */
+    while (bound_of(&s, "w0") < 20)
+        sim_beat(&s, "w0", 2, 10);
+    assert_int_equal(bound_of(&s, "w0"), 20);
+    batchctl_pressure(&s.b, PRESSURE_WARNING, s.now, out, 4);
+    assert_int_equal(bound_of(&s, "w0"), 10);
+    batchctl_pressure(&s.b, PRESSURE_NORMAL, s.now, out, 4);
+    for (int i = 0; i < 300; i++) /* 30 s */
+        sim_beat(&s, "w0", 2, 10);
+    assert_int_equal(bound_of(&s, "w0"), 15); /* 20 - 20/4, not 20 */
+    /* and it stays there: no cycle */
+    uint32_t before = s.changes;
+    for (int i = 0; i < 200; i++)
+        sim_beat(&s, "w0", 2, 10);
+    assert_int_equal(s.changes, before);
+}
+
 static void test_batchctl_recovery_waits_while_latency_is_bad(void **state)
 {
     struct sim s;
@@ -618,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_batchctl_halves_under_warning_and_again_under_critical),
         cmocka_unit_test(test_batchctl_does_not_rise_under_pressure),
         cmocka_unit_test(test_batchctl_recovers_gradually_after_pressure),
+        cmocka_unit_test(test_batchctl_pressure_that_comes_back_at_a_bound_keeps_recovery_below_it),
         cmocka_unit_test(test_batchctl_recovery_waits_while_latency_is_bad),
         cmocka_unit_test(test_batchctl_memory_bound_caps_it),
         cmocka_unit_test(test_batchctl_configured_kv_estimate_bounds_an_idle_worker),
