@@ -258,22 +258,6 @@ static enum verdict judge(const struct fig *f, const struct cmp_opts *o, double 
     return worse ? V_REGRESSION : V_IMPROVED;
 }
 
-/* v with the decimals it deserves; counts as integers. */
-static void fmt_num(char *buf, size_t n, double v, bool count)
-{
-    double a = fabs(v);
-    if (isnan(v))
-        snprintf(buf, n, "-");
-    else if (a >= 1000 || count || v == 0)
-        snprintf(buf, n, "%.0f", v);
-    else if (a >= 100)
-        snprintf(buf, n, "%.1f", v);
-    else if (a >= 1)
-        snprintf(buf, n, "%.2f", v);
-    else
-        snprintf(buf, n, "%.3f", v);
-}
-
 static void fmt_pct(char *buf, size_t n, double v)
 {
     if (isnan(v))
@@ -296,8 +280,8 @@ static void table_print(const struct table *t, const struct cmp_opts *o, struct 
         double change;
         enum verdict v = judge(f, o, &change);
         char b[32], c[32], ch[32], nb[16], nc[16], noise[40], lim[16];
-        fmt_num(b, sizeof b, f->has_base ? f->base : NAN, f->kind == FK_COUNT);
-        fmt_num(c, sizeof c, f->has_cur ? f->cur : NAN, f->kind == FK_COUNT);
+        benchfig_fmt(b, sizeof b, f->has_base ? f->base : NAN, f->kind == FK_COUNT);
+        benchfig_fmt(c, sizeof c, f->has_cur ? f->cur : NAN, f->kind == FK_COUNT);
         if (isnan(change))
             snprintf(ch, sizeof ch, "-");
         else if (isinf(change))

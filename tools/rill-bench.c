@@ -1940,20 +1940,6 @@ static int figures_of(char *const *runs, size_t n_runs, struct figure *fig)
     return 0;
 }
 
-/* A figure's value with the decimals it deserves; counts as integers. */
-static void fmt_num(char *buf, size_t n, double v, bool count)
-{
-    double a = fabs(v);
-    if (a >= 1000 || count || v == 0)
-        snprintf(buf, n, "%.0f", v);
-    else if (a >= 100)
-        snprintf(buf, n, "%.1f", v);
-    else if (a >= 1)
-        snprintf(buf, n, "%.2f", v);
-    else
-        snprintf(buf, n, "%.3f", v);
-}
-
 static void print_figures(const struct figure *fig, size_t n_runs)
 {
     printf("rill-bench: %zu runs: each figure's median, and its noise = (max - min) / median\n", n_runs);
@@ -1966,12 +1952,12 @@ static void print_figures(const struct figure *fig, size_t n_runs)
                  figure_defs[i].unit);
         char med[32], x[32], noise[16] = "-";
         bool count = !strcmp(figure_defs[i].kind, "count");
-        fmt_num(med, sizeof med, f->median, count);
+        benchfig_fmt(med, sizeof med, f->median, count);
         if (!isnan(f->spread))
             snprintf(noise, sizeof noise, "%.1f%%", 100 * f->spread);
         printf("  %-36s %10s  noise %6s  runs", label, med, noise);
         for (size_t k = 0; k < f->n; k++) {
-            fmt_num(x, sizeof x, f->v[k], count);
+            benchfig_fmt(x, sizeof x, f->v[k], count);
             printf(" %s", x);
         }
         printf("\n");

@@ -2,6 +2,7 @@
 #include "benchfig.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,4 +38,19 @@ void benchfig_median_noise(double *v, size_t n, double *median, double *noise)
     *median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
     if (n >= 2 && *median != 0)
         *noise = (v[n - 1] - v[0]) / fabs(*median);
+}
+
+void benchfig_fmt(char *buf, size_t n, double v, bool count)
+{
+    double a = fabs(v);
+    if (isnan(v))
+        snprintf(buf, n, "-");
+    else if (a >= 1000 || count || v == 0)
+        snprintf(buf, n, "%.0f", v);
+    else if (a >= 100)
+        snprintf(buf, n, "%.1f", v);
+    else if (a >= 1)
+        snprintf(buf, n, "%.2f", v);
+    else
+        snprintf(buf, n, "%.3f", v);
 }

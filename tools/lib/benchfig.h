@@ -10,6 +10,7 @@
 #define RILL_BENCHFIG_H
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* The number at a dotted path of o ("ttft_ms.p50"); NAN when a part of the
@@ -19,5 +20,8 @@ double benchfig_num(const cJSON *o, const char *path);
 /* The median and noise of v[0..n).  Sorts v in place.  *median is NAN when
  * n is 0; *noise is NAN below two values or at a zero median. */
 void benchfig_median_noise(double *v, size_t n, double *median, double *noise);
+
+/* v with the decimals it deserves ("-" for NAN; counts as integers). */
+void benchfig_fmt(char *buf, size_t n, double v, bool count);
 
 #endif
