@@ -39,6 +39,7 @@ SUPERVISOR_SRC := $(filter-out supervisor/main.c,$(wildcard supervisor/*.c))
 TOOLSLIB_SRC   := $(wildcard tools/lib/*.c)
 TOOL_SRC       := $(wildcard tools/*.c)
 UNIT_SRC       := $(wildcard tests/unit/test_*.c)
+TESTLIB_SRC    := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 
@@ -47,6 +48,7 @@ LIB_WORKER     := $(B)/lib/libworker.a
 LIB_GATEWAY    := $(B)/lib/libgateway.a
 LIB_SUPERVISOR := $(B)/lib/libsupervisor.a
 LIB_TOOLS      := $(B)/lib/libtools.a
+LIB_TESTUTIL   := $(B)/lib/libtestutil.a
 ALL_LIBS       := $(LIB_TOOLS) $(LIB_SUPERVISOR) $(LIB_GATEWAY) $(LIB_WORKER) $(LIB_COMMON)
 
 BINS       := $(B)/rill-worker $(B)/rill-gateway $(B)/rill-supervisor
@@ -68,7 +70,8 @@ $(LIB_WORKER): $(call obj,$(WORKER_SRC))
 $(LIB_GATEWAY): $(call obj,$(GATEWAY_SRC))
 $(LIB_SUPERVISOR): $(call obj,$(SUPERVISOR_SRC))
 $(LIB_TOOLS): $(call obj,$(TOOLSLIB_SRC))
-$(ALL_LIBS):
+$(LIB_TESTUTIL): $(call obj,$(TESTLIB_SRC))
+$(ALL_LIBS) $(LIB_TESTUTIL):
 	@mkdir -p $(dir $@)
 	@rm -f $@
 	$(AR) rcs $@ $^
@@ -79,9 +82,9 @@ $(BINS): $(B)/rill-%: $(B)/obj/%/main.o $(ALL_LIBS)
 $(TOOL_BINS): $(B)/%: $(B)/obj/tools/%.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 
-$(UNIT_BINS): $(B)/tests/%: $(B)/obj/tests/unit/%.o $(ALL_LIBS)
+$(UNIT_BINS): $(B)/tests/%: $(B)/obj/tests/unit/%.o $(LIB_TESTUTIL) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS) -lcmocka
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB_TESTUTIL) $(ALL_LIBS) $(LDLIBS) -lcmocka
 
 -include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
 

@@ -114,19 +114,25 @@ static size_t supervisor_json(const struct gw *g, char *buf, size_t cap)
     return n == cap ? 0 : n; /* truncated: leave it out rather than send broken JSON */
 }
 
+/* Start the next one-second window of the snapshot's rates and percentiles. */
+static void next_window(struct gw *g, uint64_t now)
+{
+    struct gw_tel *t = &g->tel;
+    hist_reset(&t->ttft_us);
+    hist_reset(&t->itl_us);
+    hist_reset(&t->gen_itl_us);
+    t->prev = g->m;
+    t->prev_ns = now;
+    t->next_ns = now + 1000000000ull;
+}
+
 void telemetry_tick(struct gw *g, uint64_t now)
 {
     struct gw_tel *t = &g->tel;
     if (!t->subs) {
         /* Nobody listens: keep the windows from growing stale. */
-        if (now >= t->next_ns) {
-            hist_reset(&t->ttft_us);
-            hist_reset(&t->itl_us);
-            hist_reset(&t->gen_itl_us);
-            t->prev = g->m;
-            t->prev_ns = now;
-            t->next_ns = now + 1000000000ull;
-        }
+        if (now >= t->next_ns)
+            next_window(g, now);
         return;
     }
     if (now < t->next_ns)
@@ -192,10 +198,5 @@ void telemetry_tick(struct gw *g, uint64_t now)
         rlog_warn("telemetry snapshot did not fit %zu bytes", cap);
     }
     free(buf);
-    hist_reset(&t->ttft_us);
-    hist_reset(&t->itl_us);
-    hist_reset(&t->gen_itl_us);
-    t->prev = g->m;
-    t->prev_ns = now;
-    t->next_ns = now + 1000000000ull;
+    next_window(g, now);
 }

@@ -136,20 +136,6 @@ class Pipeline:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-@pytest.fixture
-def pipeline_factory():
-    made = []
-
-    def make(model, **kw):
-        p = Pipeline(model, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
-
-
 def worker_stream(model, prompt, n, *extra):
     """The worker's standalone output for a prompt: the JSON token lines."""
     out = subprocess.run([binary("rill-worker"), "--model", model, "--prompt", prompt, "-n", str(n), "--json",
@@ -178,9 +164,9 @@ def start_pipeline(model, **kw):
     return p
 
 
-@pytest.fixture(scope="module")
-def module_pipelines():
-    """A factory of pipelines shared by one test module (stopped at its end)."""
+def _pipeline_factory():
+    """make(model, **kw) starts a pipeline (start_pipeline); every one made
+    is stopped when the generator resumes."""
     made = []
 
     def make(model, **kw):
@@ -191,18 +177,15 @@ def module_pipelines():
     yield make
     for p in made:
         p.stop()
+
+
+@pytest.fixture(scope="module")
+def module_pipelines():
+    """A factory of pipelines shared by one test module (stopped at its end)."""
+    yield from _pipeline_factory()
 
 
 @pytest.fixture
 def pipelines():
-    """Like pipeline_factory, with start_pipeline's clean-up on a failed start."""
-    made = []
-
-    def make(model, **kw):
-        p = start_pipeline(model, **kw)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
+    """A factory of pipelines for one test (stopped at its end)."""
+    yield from _pipeline_factory()

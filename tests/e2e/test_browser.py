@@ -211,10 +211,10 @@ def open_page(browser, pipeline):
     return page
 
 
-def test_page_streams_the_same_text_as_the_worker_with_latencies_and_summary(browser, pipeline_factory, small_model):
+def test_page_streams_the_same_text_as_the_worker_with_latencies_and_summary(browser, pipelines, small_model):
     prompt = "Once upon a time"
     expected = "".join(t["text"] for t in worker_stream(small_model, prompt, 24, "--temperature", "0"))
-    pipeline = pipeline_factory(small_model)
+    pipeline = pipelines(small_model)
     page = open_page(browser, pipeline)
     try:
         page.type_into("#prompt", prompt)
@@ -255,8 +255,8 @@ def test_page_streams_the_same_text_as_the_worker_with_latencies_and_summary(bro
         raise
 
 
-def test_page_cancels_and_shows_errors(browser, pipeline_factory, small_model):
-    pipeline = pipeline_factory(small_model, gateway_args=("--max_tokens_limit", "2000"))
+def test_page_cancels_and_shows_errors(browser, pipelines, small_model):
+    pipeline = pipelines(small_model, gateway_args=("--max_tokens_limit", "2000"))
     page = open_page(browser, pipeline)
     # The hello's limit reaches the form.
     page.wait("document.getElementById('max_tokens').max === '2000'", timeout=5, what="the hello's max_tokens_limit")
@@ -280,8 +280,8 @@ def test_page_cancels_and_shows_errors(browser, pipeline_factory, small_model):
     assert page.errors() == []
 
 
-def test_page_reconnects_when_the_gateway_comes_back(browser, pipeline_factory, small_model):
-    pipeline = pipeline_factory(small_model)
+def test_page_reconnects_when_the_gateway_comes_back(browser, pipelines, small_model):
+    pipeline = pipelines(small_model)
     page = open_page(browser, pipeline)
     page.type_into("#prompt", "It was a dark and stormy night")
     page.type_into("#max_tokens", "2000")
@@ -365,8 +365,8 @@ CLIENT_SCRIPT = r"""
 """
 
 
-def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipeline_factory, small_model):
-    pipeline = pipeline_factory(small_model)
+def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipelines, small_model):
+    pipeline = pipelines(small_model)
     page = open_page(browser, pipeline)
     r = page.js(CLIENT_SCRIPT)
     assert r["proto"] == "rill.json.v1"

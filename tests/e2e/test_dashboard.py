@@ -212,10 +212,10 @@ def test_dashboard_charts_a_loaded_pipeline_under_the_supervisor(browser, tiny_m
         os.unlink(s.log_path)
 
 
-def test_dashboard_on_a_standalone_gateway_shows_what_the_gateway_knows(browser, pipeline_factory, tiny_model):
+def test_dashboard_on_a_standalone_gateway_shows_what_the_gateway_knows(browser, pipelines, tiny_model):
     if not gateway_has_telemetry():
         pytest.skip("the gateway has no telemetry stream yet")
-    p = pipeline_factory(tiny_model, workers=1)
+    p = pipelines(tiny_model, workers=1)
     page = open_dashboard(browser, p.port)
     asyncio.run(one_generation(p.url))
     page.wait("globalThis.rillDashboard.values('g.tps').some(v => v > 0)", timeout=5, what="tokens/s > 0")

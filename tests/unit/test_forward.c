@@ -45,6 +45,7 @@
 #include "worker/model.h"
 #include "worker/pool.h"
 #include "worker/tokenizer.h"
+#include "testutil.h"
 
 #define MAX_CTX 512
 #define SEED "7"
@@ -78,17 +79,11 @@ static const char *tpath(const char *name)
     return p[k];
 }
 
-static const char *build_dir(void)
-{
-    const char *b = getenv("RILL_TEST_BUILD");
-    return b && *b ? b : "build";
-}
-
 static int make_model(const struct mspec *ms, const char *corpus)
 {
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s/rill-mkmodel %s --seed " SEED " --corpus %s --out %s 2>%s/mk.log",
-             build_dir(), ms->args, corpus, tpath(ms->name), tmpdir);
+             tu_build_dir(), ms->args, corpus, tpath(ms->name), tmpdir);
     if (system(cmd) != 0) {
         fprintf(stderr, "failed: %s\n", cmd);
         snprintf(cmd, sizeof cmd, "cat %s/mk.log >&2", tmpdir);
@@ -99,27 +94,6 @@ static int make_model(const struct mspec *ms, const char *corpus)
     return 0;
 }
 
-/* A corpus of made-up words, enough for a 512-token vocabulary. */
-static int write_corpus(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs("The quick brown fox jumps over the lazy dog. A stream of tokens flows from the worker "
-          "to the gateway, one decode step at a time. caf\xc3\xa9 na\xc3\xafve \xe2\x82\xac\n", f);
-    static const char *const syl[] = {"ka", "lo", "mi", "ren", "tu", "sha", "vex", "or",
-                                      "in", "qua", "ble", "dro", "st", "ph", "yl", "ze"};
-    uint64_t x = 42;
-    for (int i = 0; i < 4000; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        int n = 1 + (int)(x >> 61);
-        for (int k = 0; k < n; k++)
-            fputs(syl[(x >> (8 + 4 * k)) & 15], f);
-        fputc(i % 12 == 11 ? '\n' : ' ', f);
-    }
-    return fclose(f);
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -128,14 +102,14 @@ static int setup(void **state)
     if (!mkdtemp(tmpdir))
         return -1;
     char bin[512];
-    snprintf(bin, sizeof bin, "%s/rill-mkmodel", build_dir());
+    snprintf(bin, sizeof bin, "%s/rill-mkmodel", tu_build_dir());
     if (access(bin, X_OK) != 0) {
         fprintf(stderr, "%s not found: build it first (make %s)\n", bin, bin);
         return -1;
     }
     char corpus[128];
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", tmpdir);
-    if (write_corpus(corpus))
+    if (tu_write_corpus(corpus))
         return -1;
     for (size_t i = 0; i < N_MODELS; i++)
         if (make_model(&models[i], corpus))
@@ -863,10 +837,10 @@ static const char *data_dir(char *buf, size_t cap)
     if (access("tests/data", F_OK) == 0)
         return "tests/data";
     /* The build directory is usually the repository's build/ or build/asan/. */
-    snprintf(buf, cap, "%s/../tests/data", build_dir());
+    snprintf(buf, cap, "%s/../tests/data", tu_build_dir());
     if (access(buf, F_OK) == 0)
         return buf;
-    snprintf(buf, cap, "%s/../../tests/data", build_dir());
+    snprintf(buf, cap, "%s/../../tests/data", tu_build_dir());
     return buf;
 }
 

@@ -27,6 +27,7 @@
 #include "worker/gguf.h"
 #include "worker/model.h"
 #include "worker/tokenizer.h"
+#include "testutil.h"
 
 static char tmpdir[64];
 static struct bpe_vocab spm_vocab, gpt2_vocab;
@@ -614,9 +615,8 @@ static void run_mkmodel(const char *bin, const char *corpus_path, const char *dt
 static void test_model_made_by_rill_mkmodel_loads_in_every_dtype(void **state)
 {
     (void)state;
-    const char *build = getenv("RILL_TEST_BUILD");
     char bin[512];
-    snprintf(bin, sizeof bin, "%s/rill-mkmodel", build ? build : "build");
+    snprintf(bin, sizeof bin, "%s/rill-mkmodel", tu_build_dir());
     if (access(bin, X_OK) != 0)
         fail_msg("%s not found: build it first (make %s)", bin, bin);
     /* A corpus of our own, so the test does not depend on the shipped one. */
@@ -624,17 +624,7 @@ static void test_model_made_by_rill_mkmodel_loads_in_every_dtype(void **state)
     snprintf(corpus_path, sizeof corpus_path, "%s", tpath("corpus.txt"));
     FILE *f = fopen(corpus_path, "w");
     fputs(corpus, f);
-    /* and made-up words, enough of them for 512 tokens */
-    static const char *const syl[] = {"ka", "lo", "mi", "ren", "tu", "sha", "vex", "or", "in", "qua",
-                                      "ble", "dro", "st", "ph", "yl", "ze"};
-    uint64_t x = 42;
-    for (int i = 0; i < 4000; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        int n = 1 + (int)(x >> 61);
-        for (int k = 0; k < n; k++)
-            fputs(syl[(x >> (8 + 4 * k)) & 15], f);
-        fputc(i % 12 == 11 ? '\n' : ' ', f);
-    }
+    tu_made_up_words(f); /* enough of them for 512 tokens */
     fclose(f);
 
     const char *dtypes[3] = {"f32", "f16", "q8_0"};

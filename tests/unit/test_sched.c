@@ -33,37 +33,12 @@
 #include "worker/gguf.h"
 #include "worker/sched.h"
 #include "worker/tokenizer.h"
+#include "testutil.h"
 
 static char tmpdir[64];
 static char model_path[160], nobos_path[160];
 
-static const char *build_dir(void)
-{
-    const char *b = getenv("RILL_TEST_BUILD");
-    return b && *b ? b : "build";
-}
-
 /* ---- models ------------------------------------------------------------------------- */
-
-static int write_corpus(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs("The quick brown fox jumps over the lazy dog. A stream of tokens flows from the worker "
-          "to the gateway, one decode step at a time. caf\xc3\xa9 na\xc3\xafve \xe2\x82\xac\n", f);
-    static const char *const syl[] = {"ka", "lo", "mi", "ren", "tu", "sha", "vex", "or",
-                                      "in", "qua", "ble", "dro", "st", "ph", "yl", "ze"};
-    uint64_t x = 42;
-    for (int i = 0; i < 4000; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        int n = 1 + (int)(x >> 61);
-        for (int k = 0; k < n; k++)
-            fputs(syl[(x >> (8 + 4 * k)) & 15], f);
-        fputc(i % 12 == 11 ? '\n' : ' ', f);
-    }
-    return fclose(f);
-}
 
 /* Copy a GGUF file with tokenizer.ggml.add_bos_token = false: a model whose
  * empty prompt is empty. */
@@ -147,14 +122,14 @@ static int setup(void **state)
         return -1;
     char corpus[128], cmd[1024];
     snprintf(corpus, sizeof corpus, "%s/corpus.txt", tmpdir);
-    if (write_corpus(corpus))
+    if (tu_write_corpus(corpus))
         return -1;
     snprintf(model_path, sizeof model_path, "%s/tiny.gguf", tmpdir);
     snprintf(nobos_path, sizeof nobos_path, "%s/tiny-nobos.gguf", tmpdir);
     snprintf(cmd, sizeof cmd, "%s/rill-mkmodel --shape tiny --dtype f32 --seed 7 --corpus %s --out %s 2>%s/mk.log",
-             build_dir(), corpus, model_path, tmpdir);
+             tu_build_dir(), corpus, model_path, tmpdir);
     if (system(cmd) != 0) {
-        fprintf(stderr, "failed: %s (build it first: make %s/rill-mkmodel)\n", cmd, build_dir());
+        fprintf(stderr, "failed: %s (build it first: make %s/rill-mkmodel)\n", cmd, tu_build_dir());
         return -1;
     }
     return copy_without_bos(model_path, nobos_path);
