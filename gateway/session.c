@@ -586,9 +586,10 @@ void session_release_holds(struct gw *g)
         next = c->held_next;
         if (now >= c->hold_until_ns) {
             unhold(c);
-            lws_callback_on_writable(c->wsi);
+            want_write(c);
         }
     }
+    session_flush_writes(g);
     if (g->held && !g->hold_sul_armed && !g->destroying) {
         g->hold_sul_armed = true;
         lws_sul_schedule(g->ctx, 0, &g->hold_sul, on_hold_tick, HOLD_TICK_US);
