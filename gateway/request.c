@@ -129,7 +129,8 @@ static int parse_id(const cJSON *root, struct creq_id *id, char *msg, size_t n)
     if (is_int(j, 0, 9007199254740991.0)) { /* 2^53 - 1: exact in JSON numbers */
         id->present = true;
         id->is_num = true;
-        snprintf(id->s, sizeof id->s, "%.0f", j->valuedouble);
+        /* Through an integer: "%.0f" would echo JSON's -0 as "-0". */
+        snprintf(id->s, sizeof id->s, "%llu", (unsigned long long)j->valuedouble);
         return 0;
     }
     return rill_fail(msg, n, RILL_E_BAD_REQUEST, "id: expected a string or a non-negative integer");
