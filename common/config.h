@@ -43,6 +43,7 @@
     X(STR,  gateway, api_keys,         "",               0, 0,      "comma-separated API keys; empty: no key needed") \
     X(STR,  gateway, api_keys_file,    "",               0, 0,      "file with one API key per line") \
     X(STR,  gateway, allowed_origins,  "",               0, 0,      "comma-separated Origin values allowed; empty: same origin only; *: any") \
+    X(STR,  gateway, allowed_hosts,    "",               0, 0,      "comma-separated Host names (name or name:port) clients may use; empty: localhost, 127.0.0.1 and [::1] when listening on loopback, any otherwise; *: any") \
     X(SIZE, gateway, client_buffer_bytes, "1M",          4096, 1073741824, "output a slow client may have queued before it gets slow_consumer") \
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
     X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \

@@ -29,6 +29,9 @@
 #include "request.h"
 
 #define GW_MAX_WORKERS PROTO_MAX_WORKERS
+/* The protocol of the ZeroMQ descriptors adopted into the loop (on the
+ * internal vhost, which does not listen). */
+#define GW_INTERNAL_PROTOCOL "rill-zmq"
 
 struct gw;
 struct conn;
@@ -158,6 +161,7 @@ struct gw_metrics {
     uint64_t connections_total;
     uint64_t errors[RILL_ERR_COUNT];
     uint64_t slow_closed;
+    uint64_t http_refused;       /* requests and upgrades refused (Host, subprotocol) */
     struct hist ttft_us;         /* submit -> first token at the gateway */
     struct hist itl_us;          /* ring publish -> frame written (delivery) */
     struct hist gen_itl_us;      /* between tokens at the worker */
@@ -177,6 +181,7 @@ struct gw {
     const struct rill_config *c;
     struct lws_context *ctx;
     struct lws_vhost *vh;
+    struct lws_vhost *vh_internal; /* does not listen: the adopted ZeroMQ fds */
     struct creq_limits lim;
     char host[128];
     int port;
@@ -206,6 +211,9 @@ struct gw {
     char **origins;
     size_t n_origins;
     bool any_origin;
+    char **hosts;                /* Host names clients may use (empty: any) */
+    size_t n_hosts;
+    bool any_host;
     struct bucket *buckets;
     size_t n_buckets, cap_buckets;
     struct ip_count *ips;
@@ -302,6 +310,10 @@ int limits_init(struct gw *g);
 void limits_fini(struct gw *g);
 bool limits_key_ok(const struct gw *g, const char *key);
 bool limits_origin_ok(const struct gw *g, const char *origin, const char *host);
+/* The Host header names this gateway (allowed_hosts, or the loopback names
+ * by default when bound to loopback). */
+bool limits_host_ok(const struct gw *g, const char *host);
+bool limits_is_loopback(const char *host);
 bool limits_ip_acquire(struct gw *g, const char *ip);
 void limits_ip_release(struct gw *g, const char *ip);
 /* Take one token from the bucket of `key`; false when empty (rate limited). */

@@ -60,6 +60,20 @@ int limits_init(struct gw *g)
     }
     if (!rc)
         rc = split_list(c->allowed_origins, &g->origins, &g->n_origins);
+    if (!rc)
+        rc = split_list(c->allowed_hosts, &g->hosts, &g->n_hosts);
+    /* By default a loopback gateway answers only to loopback names: a page
+     * on any domain that resolves to 127.0.0.1 (DNS rebinding) would
+     * otherwise reach it with its own name in Host.  Bound elsewhere, the
+     * names it is reached by are the operator's to list. */
+    if (!rc && !g->n_hosts && limits_is_loopback(g->host)) {
+        static const char *const local[] = {"localhost", "127.0.0.1", "[::1]"};
+        for (size_t i = 0; !rc && i < sizeof local / sizeof local[0]; i++)
+            rc = split_list(local[i], &g->hosts, &g->n_hosts);
+    }
+    for (size_t i = 0; i < g->n_hosts; i++)
+        if (!strcmp(g->hosts[i], "*"))
+            g->any_host = true;
     for (size_t i = 0; i < g->n_origins; i++)
         if (!strcmp(g->origins[i], "*"))
             g->any_origin = true;
@@ -78,6 +92,9 @@ void limits_fini(struct gw *g)
     for (size_t i = 0; i < g->n_origins; i++)
         free(g->origins[i]);
     free(g->origins);
+    for (size_t i = 0; i < g->n_hosts; i++)
+        free(g->hosts[i]);
+    free(g->hosts);
     free(g->buckets);
     free(g->ips);
 }
@@ -125,6 +142,38 @@ bool limits_origin_ok(const struct gw *g, const char *origin, const char *host)
         return false;
     const char *rest = !strncasecmp(origin, "http://", 7) ? origin + 7 : !strncasecmp(origin, "https://", 8) ? origin + 8 : NULL;
     return rest && !strcasecmp(rest, host);
+}
+
+bool limits_is_loopback(const char *host)
+{
+    return !strcmp(host, "localhost") || !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
+           !strcmp(host, "[::1]");
+}
+
+/* Host is "name", "name:port", "[v6]" or "[v6]:port".  An allowed entry
+ * without a port matches the name with no port or this gateway's port; one
+ * with a port matches exactly. */
+bool limits_host_ok(const struct gw *g, const char *host)
+{
+    if (g->any_host || !g->n_hosts)
+        return true;
+    if (!host || !host[0])
+        return false;
+    size_t len = strlen(host), name_len = len;
+    const char *colon = strrchr(host, ':');
+    if (colon && (host[0] != '[' || colon > strchr(host, ']')))
+        name_len = (size_t)(colon - host);
+    char port[16];
+    snprintf(port, sizeof port, "%d", g->port);
+    bool port_ok = name_len == len || !strcmp(host + name_len + 1, port);
+    for (size_t i = 0; i < g->n_hosts; i++) {
+        const char *a = g->hosts[i];
+        if (!strcasecmp(a, host))
+            return true;
+        if (port_ok && strlen(a) == name_len && !strncasecmp(a, host, name_len))
+            return true;
+    }
+    return false;
 }
 
 bool limits_ip_acquire(struct gw *g, const char *ip)

@@ -199,8 +199,8 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
             /* A single string is accepted as a list of one (OpenAI does). */
             const cJSON *one = j;
             size_t len = strlen(one->valuestring);
-            if (len == 0 || len > PROTO_STOP_LEN || has_nul(one))
-                return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop: strings of 1 to %d bytes", PROTO_STOP_LEN);
+            if (len == 0 || len > PROTO_STOP_LEN || has_nul(one) || utf8_valid_prefix(one->valuestring, len) != len)
+                return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop: strings of 1 to %d bytes of UTF-8 text", PROTO_STOP_LEN);
             memcpy(r->stop[0], one->valuestring, len + 1);
             r->n_stop = 1;
         } else if (cJSON_IsArray(j)) {
@@ -212,8 +212,8 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
                 if (!cJSON_IsString(e))
                     return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: expected a string", i);
                 size_t len = strlen(e->valuestring);
-                if (len == 0 || len > PROTO_STOP_LEN || has_nul(e))
-                    return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: 1 to %d bytes expected", i, PROTO_STOP_LEN);
+                if (len == 0 || len > PROTO_STOP_LEN || has_nul(e) || utf8_valid_prefix(e->valuestring, len) != len)
+                    return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.stop[%d]: 1 to %d bytes of UTF-8 text expected", i, PROTO_STOP_LEN);
                 memcpy(r->stop[i], e->valuestring, len + 1);
             }
             r->n_stop = (uint8_t)cnt;
@@ -229,9 +229,14 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!p)
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: missing");
-    if (!cJSON_IsString(p) || has_nul(p))
+    if (!cJSON_IsString(p))
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
+    if (has_nul(p))
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: contains a NUL byte");
     size_t len = strlen(p->valuestring);
+    size_t ok = utf8_valid_prefix(p->valuestring, len);
+    if (ok != len)
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: not valid UTF-8 (at byte %zu)", ok);
     if (len > lim->max_prompt_bytes)
         return rill_fail(msg, n, RILL_E_PROMPT_TOO_LONG, "prompt: %zu bytes, at most %u allowed", len, lim->max_prompt_bytes);
     r->max_tokens = PROTO_DEFAULT_MAX_TOKENS < lim->max_tokens_limit ? PROTO_DEFAULT_MAX_TOKENS : lim->max_tokens_limit;
@@ -284,6 +289,36 @@ static int parse_hello(const cJSON *root, struct creq *r, char *msg, size_t n)
     return 0;
 }
 
+/* Where a NUL would enter a JSON text, or 0: 1 for a raw 0x00 byte (never
+ * valid JSON, and cJSON would cut its string there), 2 for a \u0000 escape
+ * inside a string (cJSON decodes it into a NUL that cuts the C string).  A
+ * tiny lexer, so that the literal text \\u0000 (an escaped backslash, then
+ * "u0000") is not mistaken for the escape. */
+static int json_nul_at(const char *b, size_t len, size_t *at)
+{
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] == 0) {
+            *at = i;
+            return 1;
+        }
+        if (!in_str) {
+            in_str = b[i] == '"';
+            continue;
+        }
+        if (b[i] == '"') {
+            in_str = false;
+        } else if (b[i] == '\\' && i + 1 < len) {
+            if ((b[i + 1] == 'u') && i + 5 < len && !memcmp(b + i + 2, "0000", 4)) {
+                *at = i;
+                return 2;
+            }
+            i++; /* the escaped character, whatever it is */
+        }
+    }
+    return 0;
+}
+
 int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limits *lim, struct creq *out, char *msg,
                size_t msg_len)
 {
@@ -310,13 +345,13 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
         if (rc)
             return rc;
     } else {
-        /* cJSON decodes "\u0000" into a NUL that would silently cut a
-         * string short: refuse it instead (conservatively, by spelling). */
-        for (size_t i = 0; i + 6 <= len; i++) {
-            const char *b = (const char *)buf + i;
-            if (b[0] == '\\' && (b[1] == 'u' || b[1] == 'U') && !memcmp(b + 2, "0000", 4))
-                return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "strings may not contain NUL (\\u0000)");
-        }
+        size_t nul_at;
+        int nul = json_nul_at(buf, len, &nul_at);
+        if (nul)
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             nul == 1 ? "a raw NUL byte at byte %zu: JSON text may not contain one"
+                                      : "strings may not contain NUL (\\u0000, at byte %zu)",
+                             nul_at);
         const char *end = NULL;
         root = cJSON_ParseWithLengthOpts(buf, len, &end, false);
         if (!root) {

@@ -20,6 +20,8 @@
 
 enum { PROTO_ID_JSON = 0, PROTO_ID_MSGPACK = 1, PROTO_ID_ZMQ = 2 };
 
+static const struct lws_protocols protocols[3];
+
 static volatile sig_atomic_t signals_seen;
 static struct lws_context *signal_ctx;
 
@@ -114,6 +116,94 @@ void gw_map_del(struct gw *g, uint64_t id)
 
 /* --- connection set-up ------------------------------------------------------------------------ */
 
+/* A header's whole value (malloc'd; NULL when absent or too long to be
+ * honest: lws itself caps the header block).  A fixed buffer would leave a
+ * longer value unread, and an unread Origin looked like no Origin at all. */
+static char *header_dup(struct lws *wsi, enum lws_token_indexes h, bool *present)
+{
+    int n = lws_hdr_total_length(wsi, h);
+    *present = n > 0;
+    if (n <= 0 || n > 65536)
+        return NULL;
+    char *v = malloc((size_t)n + 1);
+    if (v && lws_hdr_copy(wsi, v, n + 1, h) < 0) {
+        free(v);
+        v = NULL;
+    }
+    return v;
+}
+
+/* Refuse an HTTP request (or upgrade) with `status` and a one-line reason.
+ * Returns what the lws callback should return. */
+static int refuse_http(struct lws *wsi, struct gw *g, unsigned status, const char *why)
+{
+    rlog_debug("refused an HTTP request with %u: %s", status, why);
+    g->m.http_refused++;
+    lws_return_http_status(wsi, status, why);
+    return 1;
+}
+
+/* Every HTTP request and upgrade goes through here first: a Host this
+ * gateway does not answer to (DNS rebinding) gets 403 with a reason. */
+static bool host_refused(struct lws *wsi, struct gw *g, char *why, size_t n)
+{
+    bool present;
+    char *host = header_dup(wsi, WSI_TOKEN_HOST, &present);
+    bool ok = limits_host_ok(g, host);
+    if (!ok)
+        snprintf(why, n, "%s: this server answers only to the host names in allowed_hosts",
+                 present ? "Host header not allowed" : "Host header missing");
+    free(host);
+    return !ok;
+}
+
+static int on_filter_http(struct lws *wsi, struct gw *g)
+{
+    char why[160];
+    if (host_refused(wsi, g, why, sizeof why)) {
+        refuse_http(wsi, g, HTTP_STATUS_FORBIDDEN, why);
+        return -1;
+    }
+    return 0;
+}
+
+static bool is_client_protocol(const char *name, size_t n)
+{
+    for (const struct lws_protocols *p = protocols; p->name; p++)
+        if (strlen(p->name) == n && !memcmp(p->name, name, n))
+            return true;
+    return false;
+}
+
+/* RFC 6455 4.2.2: the server picks one of the subprotocols a client offers,
+ * or answers without one.  lws drops the TCP connection when it knows none
+ * of them, which tells a client nothing: answer 400 saying what we speak. */
+static int on_confirm_upgrade(struct lws *wsi, struct gw *g)
+{
+    char why[200];
+    if (host_refused(wsi, g, why, sizeof why))
+        return refuse_http(wsi, g, HTTP_STATUS_FORBIDDEN, why);
+    bool present;
+    char *offer = header_dup(wsi, WSI_TOKEN_PROTOCOL, &present);
+    if (!present)
+        return 0; /* none offered: rill.json.v1 */
+    bool ok = false;
+    for (const char *p = offer ? offer : ""; *p && !ok;) {
+        p += strspn(p, " \t,");
+        size_t len = strcspn(p, ",");
+        size_t tl = len;
+        while (tl && (p[tl - 1] == ' ' || p[tl - 1] == '\t'))
+            tl--;
+        ok = tl && is_client_protocol(p, tl);
+        p += len;
+    }
+    free(offer);
+    if (ok)
+        return 0;
+    return refuse_http(wsi, g, HTTP_STATUS_BAD_REQUEST,
+                       "unsupported WebSocket subprotocol: this server speaks rill.json.v1 and rill.msgpack.v1");
+}
+
 /* Read what the handshake says (headers are only there now) into the conn. */
 static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
 {
@@ -130,12 +220,15 @@ static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
     char ext[256] = "";
     lws_hdr_copy(wsi, ext, sizeof ext, WSI_TOKEN_EXTENSIONS);
     c->deflate = strstr(ext, "permessage-deflate") != NULL;
-    char origin[256] = "", host[256] = "";
-    lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
-    lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST);
-    /* Remember the verdicts: the errors are sent once established. */
-    if (!limits_origin_ok(g, origin, host))
+    bool has_origin, has_host;
+    char *origin = header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin);
+    char *host = header_dup(wsi, WSI_TOKEN_HOST, &has_host);
+    /* Remember the verdicts: the errors are sent once established.  An
+     * Origin that is present but could not be read is not "no Origin". */
+    if ((has_origin && !origin) || !limits_origin_ok(g, origin, host))
         c->closing = true, c->rx_cap = RILL_E_FORBIDDEN_ORIGIN;
+    free(origin);
+    free(host);
     char key[CREQ_KEY_MAX + 16] = "";
     char auth[CREQ_KEY_MAX + 16] = "";
     if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncasecmp(auth, "Bearer ", 7))
@@ -252,7 +345,15 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     if (!g)
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     switch (reason) {
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return on_confirm_upgrade(wsi, g);
+    case LWS_CALLBACK_FILTER_HTTP_CONNECTION:
+        return on_filter_http(wsi, g);
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        /* Only the client protocols carry a struct conn (asserted: the
+         * internal vhost never listens). */
+        if (!c || !proto || (proto->id != PROTO_ID_JSON && proto->id != PROTO_ID_MSGPACK))
+            return -1;
         return on_handshake(wsi, g, c);
     case LWS_CALLBACK_ESTABLISHED:
         on_established(wsi, g, c, proto && proto->id == PROTO_ID_MSGPACK);
@@ -275,9 +376,9 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_ADD_HEADERS: {
         /* CORS for the static pages: only for explicitly allowed origins. */
         struct lws_process_html_args *args = in;
-        char origin[256] = "";
-        if (g->n_origins && lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) > 0 &&
-            limits_origin_ok(g, origin, NULL)) {
+        bool has_origin;
+        char *origin = g->n_origins ? header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin) : NULL;
+        if (origin && limits_origin_ok(g, origin, NULL)) {
             unsigned char *p = (unsigned char *)args->p, *end = p + args->max_len;
             if (!lws_add_http_header_by_name(wsi, (const unsigned char *)"access-control-allow-origin:",
                                              (const unsigned char *)origin, (int)strlen(origin), &p, end)) {
@@ -285,6 +386,7 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
                 args->p = (char *)p;
             }
         }
+        free(origin);
         return 0;
     }
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
@@ -312,10 +414,18 @@ void gw_begin_drain(struct gw *g, const char *why)
 
 /* --- the server ----------------------------------------------------------------------------------- */
 
-static const struct lws_protocols protocols[] = {
+/* What a client may ask for, and nothing else: lws selects a subprotocol by
+ * name from the listening vhost's table, so the internal one (the ZeroMQ
+ * descriptors adopted into the loop) lives on a vhost that does not listen.
+ * A client that could select it got a connection without per-connection
+ * state and crashed the gateway before any key check. */
+static const struct lws_protocols protocols[3] = {
     {"rill.json.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_JSON, NULL, 0},
     {"rill.msgpack.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_MSGPACK, NULL, 0},
-    {"rill-zmq", gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+static const struct lws_protocols internal_protocols[] = {
+    {GW_INTERNAL_PROTOCOL, gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* permessage-deflate, offered with small windows: the default window and
@@ -514,8 +624,14 @@ int server_run(const struct rill_config *c)
         return RILL_E_IO;
     }
     g->vh = lws_get_vhost_by_name(g->ctx, "default");
-    if (!g->vh) {
-        rlog_error("libwebsockets has no default vhost");
+    struct lws_context_creation_info vi;
+    memset(&vi, 0, sizeof vi);
+    vi.port = CONTEXT_PORT_NO_LISTEN;
+    vi.protocols = internal_protocols;
+    vi.vhost_name = "internal";
+    g->vh_internal = g->vh ? lws_create_vhost(g->ctx, &vi) : NULL;
+    if (!g->vh || !g->vh_internal) {
+        rlog_error("libwebsockets has no default vhost, or cannot make the internal one");
         lws_context_destroy(g->ctx);
         limits_fini(g);
         free(g);

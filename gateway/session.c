@@ -268,7 +268,10 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
         handle_cancel(c, &r);
         break;
     case CREQ_SUBSCRIBE:
-        if (c->msgpack)
+        /* Telemetry names workers, rates and errors: with keys on, a key. */
+        if (!c->authed)
+            close_with(c, NULL, RILL_E_UNAUTHORIZED, "an API key is required for telemetry");
+        else if (c->msgpack)
             conn_send_error(c, NULL, RILL_E_BAD_REQUEST, "telemetry is sent on rill.json.v1 connections");
         else
             telemetry_subscribe(c, r.telemetry);

@@ -96,7 +96,7 @@ static int adopt_fd(struct gw *g, void *sock, void *user, struct lws **out)
     u.filefd = dup(fd);
     if (u.filefd < 0)
         return RILL_E_IO;
-    struct lws *wsi = lws_adopt_descriptor_vhost(g->vh, LWS_ADOPT_RAW_FILE_DESC, u, "rill-zmq", NULL);
+    struct lws *wsi = lws_adopt_descriptor_vhost(g->vh_internal, LWS_ADOPT_RAW_FILE_DESC, u, GW_INTERNAL_PROTOCOL, NULL);
     if (!wsi)
         return RILL_E_IO; /* lws closed the dup */
     lws_set_opaque_user_data(wsi, user);

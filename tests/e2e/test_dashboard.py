@@ -37,7 +37,7 @@ import websockets
 
 from conftest import free_port, http_get
 from test_browser import ARTIFACTS, Browser, Page
-from test_supervisor import Supervised
+from conftest import Supervised
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WEB = os.path.join(ROOT, "gateway", "web")

@@ -1,118 +1,16 @@
 """The supervisor runs the pipeline: one command up, crashes and hangs
 restarted, clean shutdown, and a dead predecessor's leftovers cleaned."""
 import asyncio
-import glob
 import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
-import uuid
 
-import pytest
 import websockets
 
-from conftest import BUILD, binary, free_port, http_get, wait_for
+from conftest import ROOT, binary, generate, http_get, wait_for
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-
-
-class Supervised:
-    """deploy/rill-up in a subprocess, with its stdout line and stderr log."""
-
-    def __init__(self, model, *args, workers=1, preexec=None, env=None, instance=None, port=None):
-        self.instance = instance or "s" + uuid.uuid4().hex[:8]
-        self.port = port or free_port()
-        self.run_dir = os.path.join(tempfile.gettempdir(), f"rill-e2e-{self.instance}")
-        self.log_path = os.path.join(tempfile.gettempdir(), f"rill-e2e-{uuid.uuid4().hex[:8]}.log")
-        self.log = open(self.log_path, "w")
-        e = dict(os.environ, RILL_BUILD=BUILD)
-        e.update(env or {})
-        self.proc = subprocess.Popen(
-            [os.path.join(ROOT, "deploy", "rill-up"), "--model", model, "--port", str(self.port),
-             "--workers", str(workers), "--instance", self.instance, "--run_dir", self.run_dir,
-             "--threads_per_worker", "1", *args],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=e, preexec_fn=preexec)
-        self.url = f"ws://127.0.0.1:{self.port}/stream"
-
-    def wait_ready(self, timeout=30):
-        line = self.proc.stdout.readline()
-        assert line == f"rill ready at http://127.0.0.1:{self.port}/\n", f"stdout said {line!r}; log: {self.text()}"
-        return line
-
-    def text(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def pids(self, name):
-        out = subprocess.run(["pgrep", "-f", f"{name}.*--instance {self.instance}"], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
-
-    def worker_pid(self, k):
-        # Children get the whole config as flags, then their own --worker_id last.
-        for pid in self.pids("rill-worker"):
-            try:
-                args = open(f"/proc/{pid}/cmdline").read().split("\0")
-            except OSError:
-                continue
-            ids = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--worker_id"]
-            if ids and ids[-1] == str(k):
-                return pid
-        return None
-
-    def stop(self, sig=signal.SIGINT, timeout=30):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rest = self.proc.stdout.read()
-        return rest
-
-    def leftovers(self):
-        shm = glob.glob(f"/dev/shm/rill-{self.instance}-*")
-        run = os.path.exists(self.run_dir)
-        procs = self.pids("rill-worker") + self.pids("rill-gateway")
-        return shm, run, procs
-
-
-@pytest.fixture
-def supervised():
-    made = []
-
-    def make(*a, **kw):
-        s = Supervised(*a, **kw)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.stop(signal.SIGKILL)
-        for pid in s.pids("rill-worker") + s.pids("rill-gateway"):
-            os.kill(pid, signal.SIGKILL)
-        s.log.close()
-        os.unlink(s.log_path)
-
-
-async def generate(url, prompt="To be", n=16, **params):
-    params.setdefault("temperature", 0)
-    async with websockets.connect(url, compression=None) as ws:
-        await ws.send(json.dumps({"type": "generate", "id": "q", "prompt": prompt, "max_tokens": n, "params": params}))
-        tokens = []
-        while True:
-            m = json.loads(await ws.recv())
-            if m["type"] == "token":
-                tokens.append(m["token"])
-            elif m["type"] == "tokens":
-                tokens.extend(m["tokens"])
-            elif m["type"] in ("complete", "error"):
-                return tokens, m
 
 
 def test_rill_up_streams_and_ctrl_c_leaves_nothing_behind(supervised, tiny_model):
