@@ -131,6 +131,8 @@ struct gw_worker {
     char endpoint[PROTO_ENDPOINT_LEN + 1];
     uint64_t epoch;
     bool up;                     /* ring open and dealer connected */
+    bool draining;               /* finishing its requests: routes nothing new */
+    bool failed;                 /* the supervisor gave up on it: it will not come back */
     struct ring *ring;
     void *dealer;
     struct lws *zwsi;            /* the dealer's ZMQ_FD, adopted into lws */
@@ -286,6 +288,9 @@ void workers_on_zmq(struct gw *g, struct lws *wsi);
 int workers_pick(struct gw *g, uint64_t exclude);
 int workers_send(struct gw *g, int worker, const struct proto_msg *m);
 int workers_ready(const struct gw *g);
+/* Whether a worker may still become ready (false once the supervisor has
+ * given up on every one): decides if no_worker is recoverable. */
+bool workers_can_come_back(const struct gw *g);
 void workers_tick(struct gw *g, uint64_t now_ns);
 
 /* --- telemetry (gateway/telemetry.c) --- */

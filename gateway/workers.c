@@ -147,6 +147,7 @@ static int worker_up(struct gw *g, struct gw_worker *w)
     }
     w->reader_running = true;
     w->up = true;
+    w->draining = false;
     w->inflight = 0;
     /* Say who we are: a cancel of id <epoch:0> (never a real request) lets
      * the worker drop what a previous gateway process left running. */
@@ -187,12 +188,23 @@ static void on_workers_msg(struct gw *g, const struct proto_workers *ws)
         struct gw_worker *w = &g->workers[i];
         if (!w->in_use)
             continue;
-        bool listed_ready = false;
+        /* A draining worker is alive and finishing what it runs: its ring
+         * stays read until it exits, it only takes nothing new. */
+        bool listed_ready = false, listed_draining = false;
         for (int k = 0; k < ws->n_workers; k++)
-            if (!strcmp(ws->workers[k].id, w->id) && ws->workers[k].state == PROTO_WSTATE_READY &&
-                ws->workers[k].epoch == w->epoch)
-                listed_ready = true;
-        if (w->up && !listed_ready)
+            if (!strcmp(ws->workers[k].id, w->id) && ws->workers[k].epoch == w->epoch) {
+                listed_ready |= ws->workers[k].state == PROTO_WSTATE_READY;
+                listed_draining |= ws->workers[k].state == PROTO_WSTATE_DRAINING;
+            }
+        if (w->up && listed_draining && !w->draining) {
+            w->draining = true;
+            rlog_info("worker %s is draining: no new requests go to it", w->id);
+        }
+        w->failed = false;
+        for (int k = 0; k < ws->n_workers; k++)
+            if (!strcmp(ws->workers[k].id, w->id) && ws->workers[k].state == PROTO_WSTATE_FAILED)
+                w->failed = true;
+        if (w->up && !listed_ready && !listed_draining)
             worker_down(g, w, "the supervisor no longer lists it as ready");
     }
     for (int k = 0; k < ws->n_workers; k++) {
@@ -295,7 +307,7 @@ int workers_pick(struct gw *g, uint64_t exclude)
     int best = -1;
     for (int i = 0; i < g->n_workers; i++) {
         struct gw_worker *w = &g->workers[i];
-        if (!w->in_use || !w->up || (exclude >> i & 1))
+        if (!w->in_use || !w->up || w->draining || (exclude >> i & 1))
             continue;
         if (best < 0 || w->inflight < g->workers[best].inflight)
             best = i;
@@ -307,8 +319,18 @@ int workers_ready(const struct gw *g)
 {
     int n = 0;
     for (int i = 0; i < g->n_workers; i++)
-        n += g->workers[i].in_use && g->workers[i].up;
+        n += g->workers[i].in_use && g->workers[i].up && !g->workers[i].draining;
     return n;
+}
+
+bool workers_can_come_back(const struct gw *g)
+{
+    if (g->standalone || !g->control)
+        return true; /* nobody tells us otherwise: a worker may start any time */
+    for (int i = 0; i < g->n_workers; i++)
+        if (g->workers[i].in_use && !g->workers[i].failed)
+            return true;
+    return g->n_workers == 0;
 }
 
 int workers_send(struct gw *g, int worker, const struct proto_msg *m)

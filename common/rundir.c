@@ -1,0 +1,45 @@
+/* rundir.c — see rundir.h. */
+#include "rundir.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+const char *const rundir_supervisor_files[] = {"control.sock", "supervisor.pid", "children", "supervisor.prom",
+                                               "supervisor.json", RUNDIR_SECRETS, NULL};
+
+void rundir_unlink(const char *run_dir, const char *name)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", run_dir, name) < (int)sizeof path)
+        unlink(path);
+}
+
+bool rundir_supervisor_gone(const char *run_dir)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/supervisor.pid", run_dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return true;
+    int pid = 0;
+    bool gone = fscanf(f, "%d", &pid) != 1 || pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH);
+    fclose(f);
+    return gone;
+}
+
+void rundir_leave(const char *run_dir, const char *const own[])
+{
+    if (!run_dir || !run_dir[0])
+        return;
+    for (size_t i = 0; own && own[i]; i++)
+        rundir_unlink(run_dir, own[i]);
+    if (!rundir_supervisor_gone(run_dir))
+        return;
+    for (size_t i = 0; rundir_supervisor_files[i]; i++)
+        rundir_unlink(run_dir, rundir_supervisor_files[i]);
+    rmdir(run_dir); /* fails while another child still has its socket there */
+}

@@ -1,0 +1,34 @@
+/* rundir.h — the run directory's files, and leaving it clean.
+ *
+ * The run dir (mode 0700) holds the control and request sockets, the
+ * supervisor's pid, children list, stats and the secrets it hands its
+ * children.  The supervisor removes it on exit; when the supervisor died
+ * first (kill -9), the last of its children to exit removes it instead, so
+ * nothing is left behind either way.
+ */
+#ifndef RILL_RUNDIR_H
+#define RILL_RUNDIR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The files the supervisor writes in the run dir (NULL-terminated). */
+extern const char *const rundir_supervisor_files[];
+
+/* The file where the supervisor puts the secrets its children need (API
+ * keys), mode 0600: never on a command line or in an environment. */
+#define RUNDIR_SECRETS "secrets"
+
+/* Whether the supervisor that wrote run_dir/supervisor.pid is gone (no such
+ * file, or no such process). */
+bool rundir_supervisor_gone(const char *run_dir);
+
+/* A child leaves: unlink its own files (names in run_dir, NULL-terminated,
+ * may be NULL); when the supervisor is gone, its files too; then remove the
+ * directory if that left it empty.  Best effort: errors are ignored. */
+void rundir_leave(const char *run_dir, const char *const own[]);
+
+/* Unlink name in run_dir (best effort). */
+void rundir_unlink(const char *run_dir, const char *name);
+
+#endif
