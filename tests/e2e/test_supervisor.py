@@ -13,7 +13,7 @@ import uuid
 import pytest
 import websockets
 
-from conftest import BUILD, binary, free_port, http_get, wait_for
+from conftest import BUILD, binary, free_port, http_get, ring_name, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -76,7 +76,7 @@ class Supervised:
         return rest
 
     def leftovers(self):
-        shm = glob.glob(f"/dev/shm/rill-{self.instance}-*")
+        shm = glob.glob(f"/dev/shm{ring_name(self.instance, '*')}")
         run = os.path.exists(self.run_dir)
         procs = self.pids("rill-worker") + self.pids("rill-gateway")
         return shm, run, procs
