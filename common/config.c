@@ -366,6 +366,17 @@ void cfg_run_dir(const struct rill_config *c, char *out, size_t n)
         snprintf(out, n, "/tmp/rill-%u-%s", (unsigned)getuid(), c->instance);
 }
 
+void cfg_ring_prefix(const struct rill_config *c, char *out, size_t n)
+{
+    snprintf(out, n, "rill-%u-%s-", (unsigned)geteuid(), c->instance);
+}
+
+int cfg_ring_name(const struct rill_config *c, const char *worker, char *out, size_t n)
+{
+    int len = snprintf(out, n, "/rill-%u-%s-%s", (unsigned)geteuid(), c->instance, worker);
+    return len < 0 || (size_t)len >= n ? RILL_E_BAD_CONFIG : 0;
+}
+
 void cfg_setup_log(const struct rill_config *c, const char *component, const char *id)
 {
     int level = rlog_level_from_name(c->log_level);

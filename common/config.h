@@ -134,6 +134,16 @@ void cfg_print_help(void);
 /* The resolved run directory (run_dir or its default). */
 void cfg_run_dir(const struct rill_config *c, char *out, size_t n);
 
+/* The shm name of worker `worker`'s ring ("w0"): /rill-<uid>-<instance>-<worker>.
+ * The uid part keeps users of one host (each with the default instance) out
+ * of each other's names, as the run dir does; it does not stop a squatter,
+ * which ring_create() refuses.  RILL_E_BAD_CONFIG if it does not fit in `n`. */
+int cfg_ring_name(const struct rill_config *c, const char *worker, char *out, size_t n);
+
+/* What every ring name of this instance starts with, without the slash
+ * ("rill-<uid>-<instance>-"), for ring_cleanup_stale(). */
+void cfg_ring_prefix(const struct rill_config *c, char *out, size_t n);
+
 /* Set up logging from the config for `component` / `id`. */
 void cfg_setup_log(const struct rill_config *c, const char *component, const char *id);
 

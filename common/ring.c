@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,48 +128,143 @@ static bool locked_by_other(int fd)
     return errno == EWOULDBLOCK;
 }
 
-int ring_create(const char *name, size_t capacity, struct ring **out)
+/* "3.0 MiB", "512 KiB": sizes in the words people use for /dev/shm. */
+static const char *fmt_size(char *buf, size_t n, unsigned long long b)
+{
+    if (b < (1ull << 20))
+        snprintf(buf, n, "%llu KiB", b >> 10);
+    else if (b < (1ull << 30))
+        snprintf(buf, n, "%.1f MiB", (double)b / (1 << 20));
+    else
+        snprintf(buf, n, "%.1f GiB", (double)b / (1 << 30));
+    return buf;
+}
+
+/* Whether the object behind `st` is one we may trust as a ring: ours alone.
+ * /dev/shm is world-writable, so any local user can make a name first; a
+ * file of theirs (or one they may read or write) must never carry our
+ * tokens. */
+static int check_ours(const char *name, const struct stat *st, char *why, size_t why_len)
+{
+    if (!S_ISREG(st->st_mode))
+        return rill_fail(why, why_len, RILL_E_UNAUTHORIZED, "ring %s: /dev/shm%s is not a regular file", name, name);
+    if (st->st_uid != geteuid())
+        return rill_fail(why, why_len, RILL_E_UNAUTHORIZED,
+                         "ring %s: /dev/shm%s belongs to uid %u, not to us (uid %u): another user holds the name; "
+                         "remove it or choose another instance",
+                         name, name, (unsigned)st->st_uid, (unsigned)geteuid());
+    if (st->st_mode & 077)
+        return rill_fail(why, why_len, RILL_E_UNAUTHORIZED,
+                         "ring %s: /dev/shm%s has mode %04o, but a ring is 0600 (others could read or write it); "
+                         "remove it or choose another instance",
+                         name, name, (unsigned)(st->st_mode & 07777));
+    return 0;
+}
+
+/* Make room for a new ring under `name`: nothing there, or a dead ring of
+ * ours (removed).  Anything else stays, and the reason says why. */
+static int clear_name(const char *name, char *why, size_t why_len)
+{
+    int fd = shm_open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return 0;
+        if (e == ELOOP)
+            return rill_fail(why, why_len, RILL_E_UNAUTHORIZED,
+                             "ring %s: /dev/shm%s is a symbolic link, not a ring; remove it or choose another instance",
+                             name, name);
+        return rill_fail(why, why_len, e == EACCES ? RILL_E_UNAUTHORIZED : RILL_E_IO,
+                         "ring %s: /dev/shm%s exists and cannot be opened (%s): it is not ours; "
+                         "remove it or choose another instance",
+                         name, name, strerror(e));
+    }
+    struct stat st;
+    int rc;
+    if (fstat(fd, &st) != 0) {
+        rc = rill_fail(why, why_len, RILL_E_IO, "ring %s: fstat: %s", name, strerror(errno));
+    } else if ((rc = check_ours(name, &st, why, why_len)) == 0) {
+        if (locked_by_other(fd))
+            rc = rill_fail(why, why_len, RILL_E_EXISTS, "ring %s is in use: a live producer holds it", name);
+        else if (shm_unlink(name) != 0 && errno != ENOENT)
+            rc = rill_fail(why, why_len, RILL_E_IO, "ring %s: cannot remove a dead predecessor's object: %s", name,
+                           strerror(errno));
+    }
+    close(fd);
+    return rc;
+}
+
+/* Take the ring's memory from /dev/shm now.  ftruncate alone makes a sparse
+ * object that tmpfs fills page by page on first touch: when it runs out, the
+ * writer gets SIGBUS long after start-up. */
+static int reserve(int fd, const char *name, size_t bytes, char *why, size_t why_len)
+{
+    struct statvfs vfs;
+    unsigned long long avail = 0;
+    bool known = fstatvfs(fd, &vfs) == 0;
+    if (known)
+        avail = (unsigned long long)vfs.f_bavail * vfs.f_frsize;
+    int e;
+    do
+        e = posix_fallocate(fd, 0, (off_t)bytes);
+    while (e == EINTR);
+    if (e == 0)
+        return 0;
+    char have[32], need[32];
+    fmt_size(need, sizeof need, bytes);
+    if ((e == ENOSPC || e == ENOMEM || e == EFBIG) && known && avail < bytes)
+        return rill_fail(why, why_len, RILL_E_NOMEM, "ring %s: /dev/shm has %s free, the ring needs %s", name,
+                         fmt_size(have, sizeof have, avail), need);
+    errno = e;
+    return rill_fail(why, why_len, e == ENOSPC || e == ENOMEM ? RILL_E_NOMEM : RILL_E_IO,
+                     "ring %s: cannot reserve %s in /dev/shm: %s", name, need, strerror(e));
+}
+
+int ring_create(const char *name, size_t capacity, struct ring **out, char *why, size_t why_len)
 {
     *out = NULL;
     if (!valid_name(name))
-        return RILL_E_BAD_CONFIG;
+        return rill_fail(why, why_len, RILL_E_BAD_CONFIG, "bad ring name '%s' (want /name)", name);
     size_t cap = round_capacity(capacity);
     size_t map_bytes = RING_HDR_BYTES + cap;
 
-    /* An object under this name with a live producer is someone else's. */
-    int old = shm_open(name, O_RDWR | O_CLOEXEC, 0);
-    if (old >= 0) {
-        bool live = locked_by_other(old);
-        close(old);
-        if (live)
-            return RILL_E_EXISTS;
-        shm_unlink(name);
+    int rc = clear_name(name, why, why_len);
+    if (rc)
+        return rc;
+    /* O_EXCL: the object is new and ours, not one slipped in since. */
+    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == EEXIST)
+            return rill_fail(why, why_len, RILL_E_EXISTS, "ring %s: the name was taken again while we created it",
+                             name);
+        return rill_fail(why, why_len, RILL_E_IO, "ring %s: cannot create: %s", name, strerror(errno));
     }
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return errno == EEXIST ? RILL_E_EXISTS : RILL_E_IO;
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fchmod(fd, 0600) != 0 ||
-        ftruncate(fd, (off_t)map_bytes) != 0) {
+    struct stat st;
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0 || fchmod(fd, 0600) != 0 || fstat(fd, &st) != 0) {
+        rc = rill_fail(why, why_len, RILL_E_IO, "ring %s: %s", name, strerror(errno));
+    } else if ((rc = check_ours(name, &st, why, why_len)) == 0) {
+        rc = reserve(fd, name, map_bytes, why, why_len);
+    }
+    void *p = MAP_FAILED;
+    if (rc == 0) {
+        p = mmap(NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
+            rc = rill_fail(why, why_len, RILL_E_IO, "ring %s: mmap of %zu bytes: %s", name, map_bytes,
+                           strerror(errno));
+    }
+    if (rc) {
         int e = errno;
         close(fd);
         shm_unlink(name);
         errno = e;
-        return RILL_E_IO;
-    }
-    void *p = mmap(NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        int e = errno;
-        close(fd);
-        shm_unlink(name);
-        errno = e;
-        return RILL_E_IO;
+        return rc;
     }
     struct ring *r = calloc(1, sizeof *r);
     if (!r) {
         munmap(p, map_bytes);
         close(fd);
         shm_unlink(name);
-        return RILL_E_NOMEM;
+        return rill_fail(why, why_len, RILL_E_NOMEM, "ring %s: out of memory", name);
     }
     struct ring_hdr *h = p;
     h->version = RING_VERSION;
@@ -204,13 +300,27 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
         rill_why(why, why_len, "bad ring name '%s' (want /name)", name);
         return RILL_E_BAD_CONFIG;
     }
-    int fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    int fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd < 0) {
-        rill_why(why, why_len, "cannot open ring %s: %s", name, strerror(errno));
+        int e = errno;
+        if (e == ELOOP) /* O_NOFOLLOW met a symlink that someone put there */
+            return rill_fail(why, why_len, RILL_E_UNAUTHORIZED, "ring %s: /dev/shm%s is a symbolic link, not a ring",
+                             name, name);
+        rill_why(why, why_len, "cannot open ring %s: %s", name, strerror(e));
         return RILL_E_IO;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || (size_t)st.st_size < RING_HDR_BYTES + RING_MIN_CAPACITY) {
+    if (fstat(fd, &st) != 0) {
+        rill_why(why, why_len, "ring %s: fstat: %s", name, strerror(errno));
+        close(fd);
+        return RILL_E_IO;
+    }
+    int rc = check_ours(name, &st, why, why_len);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    if ((size_t)st.st_size < RING_HDR_BYTES + RING_MIN_CAPACITY) {
         rill_why(why, why_len, "ring object too small (%lld bytes, need at least %u)",
                 (long long)st.st_size, RING_HDR_BYTES + RING_MIN_CAPACITY);
         close(fd);
@@ -218,6 +328,7 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     }
     struct ring_hdr *h = mmap(NULL, RING_HDR_BYTES, PROT_READ, MAP_SHARED, fd, 0);
     if (h == MAP_FAILED) {
+        rill_why(why, why_len, "ring %s: mmap: %s", name, strerror(errno));
         close(fd);
         return RILL_E_IO;
     }
@@ -225,7 +336,6 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     uint32_t version = h->version;
     uint64_t cap = h->capacity, map_bytes = h->map_bytes;
     munmap(h, RING_HDR_BYTES);
-    int rc = 0;
     if (magic != RING_MAGIC) {
         rill_why(why, why_len, "bad magic 0x%016llx (want 0x%016llx)", (unsigned long long)magic, RING_MAGIC);
         rc = RILL_E_BAD_FORMAT;
@@ -246,6 +356,8 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     }
     void *p = mmap(NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
+        rill_why(why, why_len, "ring %s: mmap of %llu bytes: %s", name, (unsigned long long)map_bytes,
+                 strerror(errno));
         close(fd);
         return RILL_E_IO;
     }
@@ -253,7 +365,7 @@ int ring_open(const char *name, struct ring **out, char *why, size_t why_len)
     if (!r) {
         munmap(p, map_bytes);
         close(fd);
-        return RILL_E_NOMEM;
+        return rill_fail(why, why_len, RILL_E_NOMEM, "ring %s: out of memory", name);
     }
     r->hdr = p;
     r->data = (unsigned char *)p + RING_HDR_BYTES;
@@ -534,14 +646,19 @@ bool ring_producer_alive(const struct ring *r)
     return locked_by_other(r->fd);
 }
 
-/* Read the header of the object `name` (NULL fd on failure). */
+/* Read the header of the object `name`, if it is ours (*fd_out stays open
+ * on success). */
 static int read_header(const char *name, struct ring_hdr *copy, int *fd_out)
 {
-    int fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+    int fd = shm_open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd < 0)
         return RILL_E_IO;
     struct stat st;
-    if (fstat(fd, &st) != 0 || (size_t)st.st_size < RING_HDR_BYTES) {
+    if (fstat(fd, &st) != 0 || check_ours(name, &st, NULL, 0) != 0) {
+        close(fd);
+        return RILL_E_UNAUTHORIZED; /* not ours: neither to read nor to remove */
+    }
+    if ((size_t)st.st_size < RING_HDR_BYTES) {
         close(fd);
         return RILL_E_BAD_FORMAT;
     }

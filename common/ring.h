@@ -24,6 +24,11 @@
  * random epoch into the header, so a restarted producer is told from the one
  * before.
  *
+ * Ownership: /dev/shm is writable by every local user, so anyone can take a
+ * name first.  Both sides use only an object of their own uid and mode 0600
+ * (never a symlink); the producer creates it with O_EXCL and reserves its
+ * memory at once.
+ *
  * Threads: one thread produces and one consumes; every other function
  * (liveness, wake) may be called from any thread.
  */
@@ -45,18 +50,31 @@
 
 struct ring;
 
-/* Create the ring `name` ("/rill-<instance>-w<k>") as its producer: a new
- * object of mode 0600 (an existing object of that name is replaced — it
- * belongs to a dead predecessor, or ring_cleanup_stale() would have kept it).
- * `capacity` is rounded up to a power of two within [RING_MIN_CAPACITY,
- * RING_MAX_CAPACITY].  Returns 0 and *out, or RILL_E_IO (errno kept),
- * RILL_E_EXISTS if a live producer owns the name, RILL_E_BAD_CONFIG for a
- * bad name. */
-int ring_create(const char *name, size_t capacity, struct ring **out);
+/* Create the ring `name` ("/rill-<uid>-<instance>-w<k>", see cfg_ring_name())
+ * as its producer: a new object (O_EXCL) of mode 0600 whose memory is
+ * reserved at once (posix_fallocate), so a /dev/shm too small for it fails
+ * here instead of with SIGBUS on a later write.  An object already under the
+ * name is replaced only when it is ours (our uid, mode 0600, a regular file)
+ * and no live producer holds it: a dead predecessor's.  `capacity` is rounded
+ * up to a power of two within [RING_MIN_CAPACITY, RING_MAX_CAPACITY].
+ * Returns 0 and *out, or an error with a one-line reason in `why` (may be
+ * NULL, `why_len` bytes):
+ *   RILL_E_EXISTS        a live producer holds the name (or it reappeared
+ *                        while we replaced a dead one);
+ *   RILL_E_UNAUTHORIZED  the name is taken by an object that is not ours to
+ *                        reuse: another uid owns it, group or other may use it,
+ *                        or it is not a regular file (a squatter);
+ *   RILL_E_NOMEM         /dev/shm cannot hold the ring ("/dev/shm has 3.0 MiB
+ *                        free, the ring needs 4.0 MiB");
+ *   RILL_E_IO            any other system failure;
+ *   RILL_E_BAD_CONFIG    a bad name. */
+int ring_create(const char *name, size_t capacity, struct ring **out, char *why, size_t why_len);
 
-/* Open the ring `name` as its consumer and check its header: RILL_E_BAD_FORMAT
- * with a message in `why` (may be NULL, `why_len` bytes) for wrong magic,
- * version, capacity or object size; RILL_E_IO if it cannot be opened. */
+/* Open the ring `name` as its consumer and check the object, then its header:
+ * RILL_E_UNAUTHORIZED when it is not ours to trust (another uid owns it, group
+ * or other may use it, or it is not a regular file); RILL_E_BAD_FORMAT for
+ * wrong magic, version, capacity or object size; RILL_E_IO if it cannot be
+ * opened.  The reason goes to `why` (may be NULL, `why_len` bytes). */
 int ring_open(const char *name, struct ring **out, char *why, size_t why_len);
 
 /* Unmap and close.  The producer also unlinks the name when `unlink_name`
@@ -136,13 +154,14 @@ const char *ring_name(const struct ring *r);
 /* Whether the producer of this mapping still lives (it holds the lock). */
 bool ring_producer_alive(const struct ring *r);
 
-/* Epoch of the object now under `name` (0 if there is none or it is not a
- * ring): differs from ring_epoch(r) when the producer was replaced. */
+/* Epoch of the object now under `name` (0 if there is none, it is not a
+ * ring, or it is not ours): differs from ring_epoch(r) when the producer was
+ * replaced. */
 uint64_t ring_epoch_of(const char *name);
 
-/* Unlink every ring in /dev/shm whose name starts with `prefix` ("rill-" or
- * "rill-<instance>-", no slash) and whose producer is dead.  Returns how many
- * were removed. */
+/* Unlink every ring of ours (our uid, mode 0600) in /dev/shm whose name
+ * starts with `prefix` (see cfg_ring_prefix(); no slash) and whose producer is
+ * dead.  Returns how many were removed. */
 int ring_cleanup_stale(const char *prefix);
 
 #endif

@@ -135,7 +135,7 @@ static int clean_predecessor(struct sup *s, char *why, size_t why_len)
         closedir(d);
     }
     char prefix[96];
-    snprintf(prefix, sizeof prefix, "rill-%s-", s->c->instance);
+    cfg_ring_prefix(s->c, prefix, sizeof prefix);
     int rings = ring_cleanup_stale(prefix);
     if (rings)
         rlog_info("removed %d stale ring(s) of instance %s", rings, s->c->instance);
@@ -782,7 +782,7 @@ static void teardown(struct sup *s)
     if (rmdir(s->run_dir) != 0 && errno != ENOENT)
         rlog_warn("run dir %s not removed: %s", s->run_dir, strerror(errno));
     char prefix[96];
-    snprintf(prefix, sizeof prefix, "rill-%s-", s->c->instance);
+    cfg_ring_prefix(s->c, prefix, sizeof prefix);
     ring_cleanup_stale(prefix);
 }
 

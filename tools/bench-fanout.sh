@@ -13,7 +13,7 @@
 # and writes BUILD_DIR/bench/fanout.json (rows of medians over the runs, the
 # idle figure, the targets, and every run's raw result) and prints a table.
 #
-# Everything it starts (processes, run dir, /dev/shm/rill-INSTANCE-*) is
+# Everything it starts (processes, run dir, /dev/shm/rill-UID-INSTANCE-*) is
 # removed on exit, failure or interrupt.
 #
 # Environment (all optional):
@@ -80,7 +80,7 @@ cleanup() {
         for f in "$RUN"/*.log; do [ -f "$f" ] && { echo "--- $f (last lines)" >&2; tail -n 20 "$f" >&2; }; done
     fi
     rm -rf "$RUN"
-    rm -f /dev/shm/rill-"$INSTANCE"-*
+    rm -f /dev/shm/rill-"$(id -u)-$INSTANCE"-*
     exit $rc
 }
 trap cleanup EXIT
@@ -121,7 +121,7 @@ COMMON=(--instance "$INSTANCE" --run_dir "$RUN" --log_level warn)
 WPID=$!
 # shellcheck disable=SC2086
 "$B/rill-gateway" "${COMMON[@]}" --listen "127.0.0.1:$PORT" \
-    --worker_list "ipc://$RUN/w0.sock@/rill-$INSTANCE-w0" \
+    --worker_list "ipc://$RUN/w0.sock@/rill-$(id -u)-$INSTANCE-w0" \
     --max_connections $((MAX_CONNS + 64)) --max_conns_per_ip $((MAX_CONNS + 64)) \
     --max_streams_per_conn "$STREAMS_PER_CONN" --max_tokens_limit 4096 \
     $GATEWAY_ARGS >"$RUN/gateway.log" 2>&1 &

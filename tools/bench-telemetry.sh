@@ -20,7 +20,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$run_dir"; rm -f /dev/shm/rill-"$inst"-* 2>/dev/null || true
+  rm -rf "$run_dir"; rm -f /dev/shm/rill-"$(id -u)-$inst"-* 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -32,7 +32,7 @@ one_run() { # $1: true|false -> tokens/s
   local w=$!
   sleep 0.3
   "$B/rill-gateway" --instance "$inst" --run_dir "$run_dir" --listen "127.0.0.1:$port" --log_level warn \
-      --worker_list "ipc://$run_dir/w0.sock@/rill-$inst-w0" --telemetry "$tel" --sampling_rate 1 &
+      --worker_list "ipc://$run_dir/w0.sock@/rill-$(id -u)-$inst-w0" --telemetry "$tel" --sampling_rate 1 &
   local g=$!
   pids=("$w" "$g")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.05; done

@@ -41,7 +41,7 @@ static struct ring *make_pair(struct ring **consumer)
     char name[64];
     snprintf(name, sizeof name, "/rill-bench-%d-%d", (int)getpid(), ring_seq++);
     struct ring *p;
-    if (ring_create(name, 1 << 20, &p) != 0 || ring_open(name, consumer, NULL, 0) != 0) {
+    if (ring_create(name, 1 << 20, &p, NULL, 0) != 0 || ring_open(name, consumer, NULL, 0) != 0) {
         fprintf(stderr, "ringbench: cannot create ring %s\n", name);
         exit(1);
     }

@@ -289,19 +289,25 @@ static int setup(struct server *sv, char *why, size_t why_len)
 {
     const struct rill_config *c = sv->c;
     snprintf(sv->id, sizeof sv->id, "w%lld", (long long)c->worker_id);
-    snprintf(sv->ring_name, sizeof sv->ring_name, "/rill-%s-%s", c->instance, sv->id);
+    if (cfg_ring_name(c, sv->id, sv->ring_name, sizeof sv->ring_name) != 0) {
+        snprintf(why, why_len, "instance name too long for a ring name: '%s'", c->instance);
+        return RILL_E_BAD_CONFIG;
+    }
     char run_dir[CFG_STR_MAX];
     cfg_run_dir(c, run_dir, sizeof run_dir);
     if (mkdir(run_dir, 0700) != 0 && errno != EEXIST) {
         snprintf(why, why_len, "cannot create run dir %s: %s", run_dir, strerror(errno));
         return RILL_E_IO;
     }
-    int rc = ring_create(sv->ring_name, (size_t)c->ring_bytes, &sv->ring);
-    if (rc) {
-        snprintf(why, why_len, "cannot create token ring %s: %s", sv->ring_name,
-                 rc == RILL_E_EXISTS ? "a live worker owns it" : strerror(errno));
-        return rc;
+    /* The reason names the ring and the cause (squatted name, /dev/shm too
+     * small): serve_run logs it as the one line before the worker exits. */
+    int rc = ring_create(sv->ring_name, (size_t)c->ring_bytes, &sv->ring, why, why_len);
+    if (rc == RILL_E_NOMEM) {
+        size_t n = strlen(why);
+        snprintf(why + n, why_len - n, " (lower ring_bytes or give /dev/shm more room)");
     }
+    if (rc)
+        return rc;
     if (c->endpoint[0]) {
         snprintf(sv->endpoint, sizeof sv->endpoint, "%s", c->endpoint);
     } else {

@@ -2,7 +2,7 @@
  * ZeroMQ ROUTER, control from the supervisor over a DEALER, token records
  * into the shared-memory ring, heartbeats every heartbeat_ms.
  *
- * Names: the worker is "w<worker_id>"; its ring is /rill-<instance>-w<id>
+ * Names: the worker is "w<worker_id>"; its ring is /rill-<uid>-<instance>-w<id>
  * (mode 0600), its request socket `endpoint` or ipc://<run_dir>/w<id>.sock.
  * SIGTERM/SIGINT or `drain`: finish every accepted request, admit none, exit.
  * A second signal or `shutdown`: end every request with an error record

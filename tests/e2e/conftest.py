@@ -58,6 +58,11 @@ def small_model():
     return make_model("24m-f32", "--shape", "24M", "--dtype", "f32")
 
 
+def ring_name(instance, k):
+    """The shm name of worker k's ring (cfg_ring_name in common/config.c)."""
+    return f"/rill-{os.geteuid()}-{instance}-w{k}"
+
+
 def wait_for(pred, timeout=20.0, what="condition"):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -94,7 +99,7 @@ class Pipeline:
         endpoints = []
         for k in range(workers):
             self.worker_procs.append(self._start_worker(k, threads, worker_args))
-            endpoints.append(f"ipc://{self.run_dir}/w{k}.sock@/rill-{self.instance}-w{k}")
+            endpoints.append(f"ipc://{self.run_dir}/w{k}.sock@{ring_name(self.instance, k)}")
         self.gateway = self._spawn("gateway", [binary("rill-gateway"), *self.common,
                                                "--listen", f"127.0.0.1:{self.port}",
                                                "--worker_list", ",".join(endpoints), *gateway_args])
@@ -254,7 +259,7 @@ class Supervised:
         return rest
 
     def leftovers(self):
-        shm = glob.glob(f"/dev/shm/rill-{self.instance}-*")
+        shm = glob.glob(f"/dev/shm{ring_name(self.instance, '*')}")
         run = os.path.exists(self.run_dir)
         procs = self.pids("rill-worker") + self.pids("rill-gateway")
         return shm, run, procs

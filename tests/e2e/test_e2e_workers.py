@@ -124,7 +124,7 @@ def test_killing_one_of_two_workers_fails_only_its_streams(pipelines, small_mode
         # A worker killed for good leaves its ring behind (a restarted one
         # would have taken it over).
         try:
-            os.unlink(f"/dev/shm/rill-{p.instance}-w1")
+            os.unlink("/dev/shm" + conftest.ring_name(p.instance, 1))
         except FileNotFoundError:
             pass
 

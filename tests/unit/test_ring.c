@@ -1,5 +1,6 @@
 /* test_ring.c — the shared-memory token ring: layout boundaries, bad headers,
- * two-process and two-thread stress, producer death, waiting without spinning.
+ * two-process and two-thread stress, producer death, waiting without spinning,
+ * names squatted by someone else, a /dev/shm too small for the ring.
  *
  * RILL_STRESS_RECORDS sets the stress size (default 10 million; the TSan run
  * uses fewer because TSan is slow).
@@ -17,9 +18,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,7 +55,7 @@ static void test_ring_rounds_capacity_and_creates_owner_only_object(void **state
     (void)state;
     struct ring *p;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 5000, &p), 0);
+    assert_int_equal(ring_create(name, 5000, &p, NULL, 0), 0);
     assert_int_equal(ring_capacity(p), 8192);
     char path[128];
     snprintf(path, sizeof path, "/dev/shm%s", name);
@@ -68,7 +73,7 @@ static void test_ring_records_are_invisible_until_published(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     assert_int_equal(ring_push(p, "abc", 3, 1, 0), 0);
     assert_int_equal(ring_push(p, "defgh", 5, 2, 0), 0);
@@ -96,7 +101,7 @@ static void test_ring_zero_length_record(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     assert_int_equal(ring_push(p, NULL, 0, 7, 0), 0);
     ring_publish(p);
@@ -114,7 +119,7 @@ static void test_ring_exactly_full_then_reports_full(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     /* 4096 bytes = 64 records of 8 header + 56 payload. */
     char buf[56];
@@ -146,7 +151,7 @@ static void test_ring_wraps_without_splitting_a_record(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     /* Records of 8+1000 bytes: the 5th no longer fits in the tail (4096-4032=64)
      * so a 64-byte pad record fills the tail and the record starts at 0. */
@@ -181,7 +186,7 @@ static void test_ring_pad_record_fills_the_tail(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     char buf[4096] = {0};
     /* Fill to 4088: 8 bytes left at the end, exactly one pad header. */
@@ -211,7 +216,7 @@ static void test_ring_maximum_length_record(void **state)
     (void)state;
     struct ring *p, *c;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 8192, &p), 0);
+    assert_int_equal(ring_create(name, 8192, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     uint32_t max = ring_max_payload(p);
     assert_int_equal(max, 4096 - 8);
@@ -244,7 +249,7 @@ static void corrupt_and_open(size_t off, const void *val, size_t n, const char *
 {
     struct ring *p, *c = NULL;
     const char *name = fresh_name();
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     int fd = shm_open(name, O_RDWR, 0);
     assert_true(fd >= 0);
     unsigned char *h = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -385,7 +390,7 @@ static void test_ring_two_process_stress_keeps_order_without_loss(void **state)
     const char *name = fresh_name();
     struct ring *p, *c;
     /* Small ring so that the producer really waits for space many times. */
-    assert_int_equal(ring_create(name, 1 << 16, &p), 0);
+    assert_int_equal(ring_create(name, 1 << 16, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     uint64_t t0 = clock_ns();
     pid_t pid = fork();
@@ -421,7 +426,7 @@ static void test_ring_two_thread_stress_keeps_order_without_loss(void **state)
     uint64_t n = stress_records() / 4;
     const char *name = fresh_name();
     struct ring *p, *c;
-    assert_int_equal(ring_create(name, 1 << 14, &p), 0);
+    assert_int_equal(ring_create(name, 1 << 14, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     pthread_t th;
     struct thread_arg a = {p, n};
@@ -445,7 +450,7 @@ static void test_ring_killed_producer_leaves_only_published_records(void **state
     assert_true(pid >= 0);
     if (pid == 0) {
         struct ring *p;
-        if (ring_create(name, 1 << 16, &p) != 0)
+        if (ring_create(name, 1 << 16, &p, NULL, 0) != 0)
             _exit(1);
         /* 10 whole batches of 10 records, then a batch reserved but never
          * published, then tell the parent and wait to be killed. */
@@ -484,7 +489,7 @@ static void test_ring_killed_producer_leaves_only_published_records(void **state
     assert_int_equal(seq, 100); /* the unpublished batch never shows */
     /* A restarted producer replaces the object: same name, new epoch. */
     struct ring *p2;
-    assert_int_equal(ring_create(name, 1 << 16, &p2), 0);
+    assert_int_equal(ring_create(name, 1 << 16, &p2, NULL, 0), 0);
     uint64_t e2 = ring_epoch_of(name);
     assert_true(e2 != 0 && e2 != epoch);
     assert_int_equal(e2, ring_epoch(p2));
@@ -499,8 +504,8 @@ static void test_ring_create_refuses_a_live_producers_name(void **state)
     (void)state;
     const char *name = fresh_name();
     struct ring *p, *p2 = NULL;
-    assert_int_equal(ring_create(name, 4096, &p), 0);
-    assert_int_equal(ring_create(name, 4096, &p2), RILL_E_EXISTS);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
+    assert_int_equal(ring_create(name, 4096, &p2, NULL, 0), RILL_E_EXISTS);
     assert_null(p2);
     ring_close(p, true);
 }
@@ -514,11 +519,11 @@ static void test_ring_cleanup_removes_only_dead_producers_rings(void **state)
     snprintf(live_name, sizeof live_name, "/%slive", prefix);
     snprintf(dead_name, sizeof dead_name, "/%sdead", prefix);
     struct ring *live;
-    assert_int_equal(ring_create(live_name, 4096, &live), 0);
+    assert_int_equal(ring_create(live_name, 4096, &live, NULL, 0), 0);
     pid_t pid = fork();
     if (pid == 0) {
         struct ring *d;
-        _exit(ring_create(dead_name, 4096, &d) == 0 ? 0 : 1); /* dies without unlinking */
+        _exit(ring_create(dead_name, 4096, &d, NULL, 0) == 0 ? 0 : 1); /* dies without unlinking */
     }
     int status;
     waitpid(pid, &status, 0);
@@ -528,6 +533,190 @@ static void test_ring_cleanup_removes_only_dead_producers_rings(void **state)
     assert_int_equal(ring_epoch_of(dead_name), 0);
     assert_true(ring_epoch_of(live_name) != 0);
     ring_close(live, true);
+}
+
+/* --- ownership and reservation -------------------------------------------------- */
+
+/* An object under `name` as a squatter would leave it: `mode`, owned by `uid`
+ * (a real ring when `as_ring`, so that only the ownership can be wrong). */
+static void squat(const char *name, bool as_ring, uid_t uid, mode_t mode)
+{
+    int fd;
+    if (as_ring) {
+        struct ring *p;
+        assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
+        fd = shm_open(name, O_RDWR, 0);
+        ring_close(p, false); /* the object stays, its producer gone */
+    } else {
+        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(ftruncate(fd, RING_HDR_BYTES + RING_MIN_CAPACITY), 0);
+    }
+    assert_true(fd >= 0);
+    assert_int_equal(fchmod(fd, mode), 0);
+    if (uid != geteuid())
+        assert_int_equal(fchown(fd, uid, uid), 0);
+    close(fd);
+}
+
+static void assert_untouched(const char *name, uid_t uid, mode_t mode)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm%s", name);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_uid, uid);
+    assert_int_equal(st.st_mode & 0777, mode);
+}
+
+static void test_ring_create_and_open_refuse_a_name_another_user_owns(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip(); /* giving an object to another uid takes root */
+    const uid_t nobody = 65534;
+    const char *name = fresh_name();
+    char why[512] = "", expect[160];
+    snprintf(expect, sizeof expect, "ring %s: /dev/shm%s belongs to uid 65534, not to us (uid 0)", name, name);
+
+    /* Pre-created by "someone else": never replaced, never used. */
+    squat(name, false, nobody, 0600);
+    struct ring *p = NULL, *c = NULL;
+    assert_int_equal(ring_create(name, 4096, &p, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_null(p);
+    assert_non_null(strstr(why, expect));
+    assert_untouched(name, nobody, 0600);
+    shm_unlink(name);
+
+    /* A whole, valid ring that someone else owns: the consumer refuses it. */
+    name = fresh_name();
+    snprintf(expect, sizeof expect, "ring %s: /dev/shm%s belongs to uid 65534", name, name);
+    squat(name, true, nobody, 0600);
+    why[0] = 0;
+    assert_int_equal(ring_open(name, &c, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_null(c);
+    assert_non_null(strstr(why, expect));
+    assert_int_equal(ring_epoch_of(name), 0); /* not ours: not even its header is read */
+    /* Nor does stale-ring cleanup remove it, dead producer or not. */
+    assert_int_equal(ring_cleanup_stale(name + 1), 0);
+    assert_untouched(name, nobody, 0600);
+    shm_unlink(name);
+}
+
+static void test_ring_create_and_open_refuse_an_object_others_may_use(void **state)
+{
+    (void)state;
+    const char *name = fresh_name();
+    char why[512] = "", expect[160];
+    snprintf(expect, sizeof expect, "ring %s: /dev/shm%s has mode 0644, but a ring is 0600", name, name);
+    squat(name, false, geteuid(), 0644);
+    struct ring *p = NULL, *c = NULL;
+    assert_int_equal(ring_create(name, 4096, &p, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_null(p);
+    assert_non_null(strstr(why, expect));
+    assert_untouched(name, geteuid(), 0644);
+    shm_unlink(name);
+
+    name = fresh_name();
+    snprintf(expect, sizeof expect, "ring %s: /dev/shm%s has mode 0660", name, name);
+    squat(name, true, geteuid(), 0660);
+    why[0] = 0;
+    assert_int_equal(ring_open(name, &c, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_null(c);
+    assert_non_null(strstr(why, expect));
+    assert_untouched(name, geteuid(), 0660);
+    shm_unlink(name);
+}
+
+static void test_ring_create_and_open_never_follow_a_symlink(void **state)
+{
+    (void)state;
+    char target[] = "/tmp/rill-test-ring-target-XXXXXX";
+    int tfd = mkstemp(target);
+    assert_true(tfd >= 0);
+    assert_int_equal(write(tfd, "keep", 4), 4);
+    close(tfd);
+    const char *name = fresh_name();
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm%s", name);
+    assert_int_equal(symlink(target, path), 0);
+    struct ring *p = NULL, *c = NULL;
+    char why[512] = "";
+    char expect[160];
+    snprintf(expect, sizeof expect, "ring %s: /dev/shm%s is a symbolic link, not a ring", name, name);
+    assert_int_equal(ring_create(name, 4096, &p, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_non_null(strstr(why, expect));
+    why[0] = 0;
+    assert_int_equal(ring_open(name, &c, why, sizeof why), RILL_E_UNAUTHORIZED);
+    assert_non_null(strstr(why, expect));
+    assert_null(p);
+    assert_null(c);
+    struct stat st;
+    assert_int_equal(stat(target, &st), 0);
+    assert_int_equal(st.st_size, 4); /* the file behind the link is as it was */
+    unlink(path);
+    unlink(target);
+}
+
+static void test_ring_create_reserves_its_memory(void **state)
+{
+    (void)state;
+    const char *name = fresh_name();
+    struct ring *p;
+    assert_int_equal(ring_create(name, 1 << 20, &p, NULL, 0), 0);
+    char path[128];
+    snprintf(path, sizeof path, "/dev/shm%s", name);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, RING_HDR_BYTES + (1 << 20));
+    /* Allocated, not sparse: a later write cannot find /dev/shm full. */
+    assert_true((long long)st.st_blocks * 512 >= (long long)st.st_size);
+    ring_close(p, true);
+}
+
+/* In a child with a private 1 MiB /dev/shm: a 4 MiB ring is refused at
+ * creation with the free and needed sizes; one that fits is created.  The
+ * child reports "rc|why|rc2" on a pipe, or "skip" without the privilege. */
+static void test_ring_create_reports_a_dev_shm_too_small(void **state)
+{
+    (void)state;
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        char msg[700];
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=1m") != 0) {
+            snprintf(msg, sizeof msg, "skip");
+        } else {
+            struct ring *p = NULL, *q = NULL;
+            char why[512] = "";
+            int rc = ring_create("/rill-test-small", 4 << 20, &p, why, sizeof why);
+            int rc2 = ring_create("/rill-test-fits", 256 << 10, &q, NULL, 0);
+            struct statvfs vfs;
+            statvfs("/dev/shm", &vfs);
+            snprintf(msg, sizeof msg, "%d|%s|%d|%llu", rc, why, rc2,
+                     (unsigned long long)(vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize);
+        }
+        ssize_t n = write(pfd[1], msg, strlen(msg));
+        _exit(n > 0 ? 0 : 1);
+    }
+    close(pfd[1]);
+    char buf[700] = "";
+    ssize_t n = read(pfd[0], buf, sizeof buf - 1);
+    close(pfd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status)); /* no SIGBUS */
+    assert_true(n > 0);
+    if (strcmp(buf, "skip") == 0)
+        skip(); /* a private mount of /dev/shm takes CAP_SYS_ADMIN */
+    char expect[700];
+    snprintf(expect, sizeof expect, "%d|ring /rill-test-small: /dev/shm has 1.0 MiB free, the ring needs 4.0 MiB|0|%u",
+             RILL_E_NOMEM, RING_HDR_BYTES + (256u << 10));
+    assert_string_equal(buf, expect); /* the refused ring left nothing behind, the other took all its bytes */
 }
 
 /* --- waiting ------------------------------------------------------------------ */
@@ -544,7 +733,7 @@ static void test_ring_idle_consumer_sleeps_instead_of_spinning(void **state)
     (void)state;
     const char *name = fresh_name();
     struct ring *p, *c;
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     double cpu0 = thread_cpu_ms();
     uint64_t t0 = clock_ns();
@@ -578,7 +767,7 @@ static void test_ring_sleeping_consumer_is_woken_by_publish_and_by_wake(void **s
     (void)state;
     const char *name = fresh_name();
     struct ring *p, *c;
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     for (int mode = 0; mode < 2; mode++) {
         pthread_t th;
@@ -610,7 +799,7 @@ static void test_ring_full_producer_waits_for_space(void **state)
     (void)state;
     const char *name = fresh_name();
     struct ring *p, *c;
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     char buf[2000] = {0};
     assert_int_equal(ring_push(p, buf, sizeof buf, 1, 0), 0);
@@ -633,7 +822,7 @@ static void test_ring_consumer_rejects_corrupt_record_header(void **state)
     (void)state;
     const char *name = fresh_name();
     struct ring *p, *c;
-    assert_int_equal(ring_create(name, 4096, &p), 0);
+    assert_int_equal(ring_create(name, 4096, &p, NULL, 0), 0);
     assert_int_equal(ring_open(name, &c, NULL, 0), 0);
     int err;
     uint32_t *rec = ring_reserve(p, 8, 1, 0, &err);
@@ -667,6 +856,11 @@ int main(void)
         cmocka_unit_test(test_ring_killed_producer_leaves_only_published_records),
         cmocka_unit_test(test_ring_create_refuses_a_live_producers_name),
         cmocka_unit_test(test_ring_cleanup_removes_only_dead_producers_rings),
+        cmocka_unit_test(test_ring_create_and_open_refuse_a_name_another_user_owns),
+        cmocka_unit_test(test_ring_create_and_open_refuse_an_object_others_may_use),
+        cmocka_unit_test(test_ring_create_and_open_never_follow_a_symlink),
+        cmocka_unit_test(test_ring_create_reserves_its_memory),
+        cmocka_unit_test(test_ring_create_reports_a_dev_shm_too_small),
         cmocka_unit_test(test_ring_idle_consumer_sleeps_instead_of_spinning),
         cmocka_unit_test(test_ring_sleeping_consumer_is_woken_by_publish_and_by_wake),
         cmocka_unit_test(test_ring_full_producer_waits_for_space),
