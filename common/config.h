@@ -13,6 +13,7 @@
 #ifndef RILL_CONFIG_H
 #define RILL_CONFIG_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -143,6 +144,10 @@ int cfg_ring_name(const struct rill_config *c, const char *worker, char *out, si
 /* What every ring name of this instance starts with, without the slash
  * ("rill-<uid>-<instance>-"), for ring_cleanup_stale(). */
 void cfg_ring_prefix(const struct rill_config *c, char *out, size_t n);
+
+/* The signal a supervised process gets when its supervisor dies
+ * (prctl PR_SET_PDEATHSIG): it drains and exits, as on SIGTERM. */
+#define RILL_PARENT_DEATH_SIGNAL SIGUSR1
 
 /* Set up logging from the config for `component` / `id`. */
 void cfg_setup_log(const struct rill_config *c, const char *component, const char *id);

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -28,7 +29,22 @@ bool rundir_supervisor_gone(const char *run_dir)
     int pid = 0;
     bool gone = fscanf(f, "%d", &pid) != 1 || pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH);
     fclose(f);
-    return gone;
+    if (gone)
+        return true;
+    /* Killed but not yet reaped by its own parent (a zombie), or the pid
+     * reused by another program: gone all the same. */
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char buf[256] = "";
+    f = fopen(path, "r");
+    if (!f)
+        return true;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *comm = strchr(buf, '('), *end = strrchr(buf, ')');
+    if (!comm || !end || end[1] != ' ')
+        return true;
+    return end[2] == 'Z' || end[2] == 'X' || strncmp(comm + 1, "rill-superv", 11) != 0;
 }
 
 void rundir_leave(const char *run_dir, const char *const own[])

@@ -47,6 +47,6 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     if (c.control[0])
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned gateway drains and exits */
+        prctl(PR_SET_PDEATHSIG, RILL_PARENT_DEATH_SIGNAL); /* an orphaned gateway drains and exits (server.c) */
     return server_run(&c) ? 1 : 0;
 }

@@ -8,6 +8,7 @@
 #include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/rundir.h"
 
 #include <malloc.h>
 #include <signal.h>
@@ -31,6 +32,18 @@ static void on_evlib_signal(void *handle, int sig)
     (void)handle;
     (void)sig;
     signals_seen++;
+}
+
+/* The supervisor died: drain (a flag, since the kernel may send the
+ * parent-death signal more than once; see worker/serve.c). */
+static volatile sig_atomic_t parent_gone;
+
+static void on_parent_gone(int sig)
+{
+    (void)sig;
+    parent_gone = 1;
+    if (signal_ctx)
+        lws_cancel_service(signal_ctx);
 }
 
 static void on_signal(int sig)
@@ -446,6 +459,8 @@ struct tick {
  * look at flags between calls). */
 static void check_stop(struct gw *g, uint64_t now)
 {
+    if (parent_gone && !g->shutting_down)
+        gw_begin_drain(g, "the supervisor is gone");
     if (signals_seen > g->signals_handled) {
         g->signals_handled = signals_seen;
         if (g->signals_handled == 1) {
@@ -645,6 +660,10 @@ int server_run(const struct rill_config *c)
         return rc;
     }
     signal_ctx = g->ctx;
+    struct sigaction pa = {.sa_handler = on_parent_gone};
+    sigaction(RILL_PARENT_DEATH_SIGNAL, &pa, NULL);
+    if (c->control[0] && getppid() == 1)
+        parent_gone = 1;
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
@@ -670,6 +689,12 @@ int server_run(const struct rill_config *c)
     limits_fini(g);
     free(g->map);
     free(g);
+    /* Under a supervisor that died first, the last child out cleans up. */
+    if (c->control[0]) {
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(c, run_dir, sizeof run_dir);
+        rundir_leave(run_dir, NULL);
+    }
     rlog_info("gateway stopped");
     return 0;
 }

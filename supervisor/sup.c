@@ -18,6 +18,7 @@
 #include "common/plane.h"
 #include "common/prom.h"
 #include "common/ring.h"
+#include "common/rundir.h"
 #include "common/zsock.h"
 
 #include <dirent.h>
@@ -765,13 +766,9 @@ static void teardown(struct sup *s)
         close(s->psi_fd);
     if (s->sigfd >= 0)
         close(s->sigfd);
-    static const char *const files[] = {"control.sock", "supervisor.pid", "children", "supervisor.prom",
-                                        "supervisor.json"};
     char path[PATH_MAX];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        path_in(s, files[i], path, sizeof path);
-        unlink(path);
-    }
+    for (size_t i = 0; rundir_supervisor_files[i]; i++)
+        rundir_unlink(s->run_dir, rundir_supervisor_files[i]);
     /* Sockets the children should have removed, if they could not. */
     for (int i = 0; i < s->t.n; i++) {
         char f[48];

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "common/plane.h"
 #include "common/ring.h"
+#include "common/rundir.h"
 #include "common/zsock.h"
 
 #include <errno.h>
@@ -27,6 +28,17 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t got_signal;
+/* The supervisor died (its parent-death signal).  A flag, not a count: the
+ * kernel sends that signal again each time the child is handed to another
+ * of the dying supervisor's threads, and those must not read as a second
+ * Ctrl-C that stops at once. */
+static volatile sig_atomic_t parent_gone;
+
+static void on_parent_gone(int sig)
+{
+    (void)sig;
+    parent_gone = 1;
+}
 
 static void on_signal(int sig)
 {
@@ -53,6 +65,7 @@ struct server {
     char ring_name[RING_NAME_MAX];
     char id[PROTO_ID_LEN + 1];
     char endpoint[ZS_ENDPOINT_MAX];
+    char own_socket[32];         /* our ipc socket's file in the run dir, or "" */
     void *zctx, *router, *control;
     struct hist step_us;         /* step times since the last heartbeat */
     struct hist batch_n;         /* decode sequences per step, same window */
@@ -314,6 +327,7 @@ static int setup(struct server *sv, char *why, size_t why_len)
         char file[32];
         snprintf(file, sizeof file, "%s.sock", sv->id);
         rc = zs_endpoint_ipc(sv->endpoint, sizeof sv->endpoint, run_dir, file);
+        snprintf(sv->own_socket, sizeof sv->own_socket, "%s", file);
         if (rc) {
             snprintf(why, why_len, "run dir path too long for a socket: %s", run_dir);
             return rc;
@@ -347,6 +361,17 @@ static void teardown(struct server *sv)
     zs_ctx_term(&sv->zctx);
     ring_close(sv->ring, true);
     sv->ring = NULL;
+    /* ZeroMQ leaves an ipc socket file behind: ours goes with us, and the
+     * run dir too when the supervisor died before us. */
+    if (sv->own_socket[0]) {
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(sv->c, run_dir, sizeof run_dir);
+        const char *own[] = {sv->own_socket, NULL};
+        if (sv->c->control[0])
+            rundir_leave(run_dir, own);
+        else
+            rundir_unlink(run_dir, sv->own_socket);
+    }
 }
 
 int serve_run(const struct rill_config *c, struct engine *e)
@@ -364,7 +389,14 @@ int serve_run(const struct rill_config *c, struct engine *e)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     if (c->control[0])
-        prctl(PR_SET_PDEATHSIG, SIGTERM); /* an orphaned worker drains and exits */
+    {
+        /* An orphaned worker drains and exits. */
+        struct sigaction pa = {.sa_handler = on_parent_gone};
+        sigaction(RILL_PARENT_DEATH_SIGNAL, &pa, NULL);
+        prctl(PR_SET_PDEATHSIG, RILL_PARENT_DEATH_SIGNAL);
+        if (getppid() == 1)
+            parent_gone = 1; /* it died before prctl */
+    }
     if (sv.control)
         send_hello(&sv);
     fwd_set_progress(e->fwd, on_progress, &sv);
@@ -412,6 +444,8 @@ int serve_run(const struct rill_config *c, struct engine *e)
                 rlog_warn("bad message on the control socket: %s", why);
             }
         }
+        if (parent_gone && !sv.draining)
+            start_drain(&sv, "the supervisor is gone");
         if (got_signal > handled_signals) {
             handled_signals = got_signal;
             if (handled_signals == 1) {

@@ -103,6 +103,10 @@ def test_a_killed_supervisor_leaves_its_children_draining_not_dying(supervised, 
     s = supervised(small_model, workers=1)
     s.wait_ready()
     results, late = drain_run(s, lambda: s.proc.kill())
-    check_drained(results, late)
+    try:
+        check_drained(results, late)
+    except AssertionError:
+        print(s.text()[-6000:])
+        raise
     wait_for(lambda: not s.pids("rill-worker") and not s.pids("rill-gateway"), timeout=30, what="children gone")
     wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")

@@ -87,12 +87,18 @@ def test_a_worker_that_keeps_dying_is_given_up_and_reported(supervised, tmp_path
 def test_killed_supervisor_is_cleaned_up_by_the_next_start(supervised, tiny_model):
     s = supervised(tiny_model, workers=1)
     s.wait_ready()
-    s.proc.kill()  # SIGKILL: no cleanup at all
+    # SIGKILL to the whole tree at once: nobody cleans up ...
+    children = s.pids("rill-worker") + s.pids("rill-gateway")
+    s.proc.kill()
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
     s.proc.wait()
-    # Its children drain and exit on their own (parent-death signal) ...
-    wait_for(lambda: not s.pids("rill-worker") and not s.pids("rill-gateway"), timeout=15, what="orphans gone")
-    # ... leaving the run dir behind, which the next start of the instance cleans.
+    wait_for(lambda: not s.pids("rill-worker") and not s.pids("rill-gateway"), timeout=15, what="all gone")
+    # ... leaving the run dir and the ring behind, which the next start of
+    # the instance cleans.  (A supervisor killed alone is cleaned up after
+    # by its children: test_hardening_sup.py.)
     assert os.path.exists(os.path.join(s.run_dir, "supervisor.pid"))
+    assert s.leftovers()[0]
     again = supervised(tiny_model, workers=1, instance=s.instance, port=s.port)
     again.wait_ready()
     tokens, end = asyncio.run(generate(again.url))
