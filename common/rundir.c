@@ -2,6 +2,8 @@
 #include "rundir.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,4 +60,37 @@ void rundir_leave(const char *run_dir, const char *const own[])
     for (size_t i = 0; rundir_supervisor_files[i]; i++)
         rundir_unlink(run_dir, rundir_supervisor_files[i]);
     rmdir(run_dir); /* fails while another child still has its socket there */
+}
+
+void rundir_write_cause(const char *run_dir, const char *id, const char *fmt, ...)
+{
+    char path[PATH_MAX], msg[1024];
+    if (!run_dir || !run_dir[0] || snprintf(path, sizeof path, "%s/%s.cause", run_dir, id) >= (int)sizeof path)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    msg[strcspn(msg, "\r\n")] = 0; /* one line */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return;
+    ssize_t w = write(fd, msg, strlen(msg));
+    (void)w;
+    close(fd);
+}
+
+bool rundir_take_cause(const char *run_dir, const char *id, char *out, size_t n)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s.cause", run_dir, id) >= (int)sizeof path || !n)
+        return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return false;
+    ssize_t r = read(fd, out, n - 1);
+    close(fd);
+    unlink(path);
+    out[r > 0 ? r : 0] = 0;
+    return r > 0;
 }

@@ -28,6 +28,21 @@ bool rundir_supervisor_gone(const char *run_dir);
  * directory if that left it empty.  Best effort: errors are ignored. */
 void rundir_leave(const char *run_dir, const char *const own[]);
 
+/* The exit status of a supervised process that cannot start for a reason
+ * a restart will not fix (a bad model file, a port in use, a full
+ * /dev/shm): before exiting with it, the process writes the one-line cause
+ * to run_dir/<id>.cause (rundir_write_cause), which the supervisor prints
+ * as it exits non-zero itself.  78 is sysexits' EX_CONFIG. */
+#define RUNDIR_EXIT_STARTUP 78
+
+/* Write the cause (printf format) to run_dir/<id>.cause, mode 0600.
+ * Best effort. */
+void rundir_write_cause(const char *run_dir, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Read (and remove) run_dir/<id>.cause into out; false when there is none. */
+bool rundir_take_cause(const char *run_dir, const char *id, char *out, size_t n);
+
 /* Unlink name in run_dir (best effort). */
 void rundir_unlink(const char *run_dir, const char *name);
 

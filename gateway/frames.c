@@ -145,6 +145,11 @@ int conn_queue(struct conn *c, struct obuf *body, bool force)
 
 void conn_send_error(struct conn *c, const struct creq_id *id, int code, const char *msg)
 {
+    conn_send_error_r(c, id, code, msg, rill_err_recoverable(rill_err_wire(code)));
+}
+
+void conn_send_error_r(struct conn *c, const struct creq_id *id, int code, const char *msg, bool recoverable)
+{
     int wire = rill_err_wire(code);
     struct obuf b = {0};
     if (c->msgpack) {
@@ -164,7 +169,7 @@ void conn_send_error(struct conn *c, const struct creq_id *id, int code, const c
         mp_key(&pk, "message");
         mp_str_utf8(&pk, msg, strlen(msg));
         mp_key(&pk, "recoverable");
-        if (rill_err_recoverable(wire))
+        if (recoverable)
             msgpack_pack_true(&pk);
         else
             msgpack_pack_false(&pk);
@@ -182,7 +187,7 @@ void conn_send_error(struct conn *c, const struct creq_id *id, int code, const c
         jsonw_obj_begin(&w);
         jsonw_key_str(&w, "code", rill_err_name(wire));
         jsonw_key_str(&w, "message", msg);
-        jsonw_key_bool(&w, "recoverable", rill_err_recoverable(wire));
+        jsonw_key_bool(&w, "recoverable", recoverable);
         jsonw_obj_end(&w);
         jsonw_obj_end(&w);
         obuf_put(&b, buf, jsonw_len(&w));

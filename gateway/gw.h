@@ -76,6 +76,7 @@ struct stream {
     /* the terminal message, queued after the pending tokens */
     bool term;
     int term_code;               /* 0: complete */
+    bool term_final;             /* the error is not recoverable whatever its code says */
     int finish;                  /* enum proto_finish */
     char term_msg[160];
     /* for the summary */
@@ -248,6 +249,9 @@ void gw_map_del(struct gw *g, uint64_t req_id);
 int conn_queue(struct conn *c, struct obuf *body, bool force);
 void frame_free(struct frame *f);
 void conn_send_error(struct conn *c, const struct creq_id *id, int code, const char *msg);
+/* The same with the recoverable flag decided by the caller (no_worker is
+ * recoverable only while a worker can come back). */
+void conn_send_error_r(struct conn *c, const struct creq_id *id, int code, const char *msg, bool recoverable);
 void conn_send_accepted(struct conn *c, const struct creq_id *id, const char *worker);
 void conn_send_hello(struct conn *c);
 /* Encode a token record as one item of the stream's protocol onto its

@@ -6,6 +6,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/rundir.h"
 #include "server.h"
 
 #include <stdio.h>
@@ -48,5 +49,9 @@ int main(int argc, char **argv)
     }
     if (c.control[0])
         prctl(PR_SET_PDEATHSIG, RILL_PARENT_DEATH_SIGNAL); /* an orphaned gateway drains and exits (server.c) */
-    return server_run(&c) ? 1 : 0;
+    /* server_run fails only while starting (and has said why): under a
+     * supervisor, restarting would not help. */
+    if (server_run(&c))
+        return c.control[0] ? RUNDIR_EXIT_STARTUP : 1;
+    return 0;
 }

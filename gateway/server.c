@@ -10,7 +10,10 @@
 #include "common/log.h"
 #include "common/rundir.h"
 
+#include <errno.h>
 #include <malloc.h>
+#include <netdb.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -503,6 +506,61 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
 }
 
+/* A start-up failure: logged, and under a supervisor written as the cause
+ * it prints (common/rundir.h).  Returns rc. */
+static int startup_failed(const struct rill_config *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int startup_failed(const struct rill_config *c, int rc, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    rlog_error("%s", msg);
+    if (c->control[0]) {
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(c, run_dir, sizeof run_dir);
+        rundir_write_cause(run_dir, "g0", "gateway: %s", msg);
+    }
+    return rc;
+}
+
+/* lws says only that it could not listen: bind the address ourselves first
+ * to tell the operator why (in use, not an address of this machine, not
+ * allowed).  0 when it can be bound. */
+static int probe_listen(const char *host, int port, char *why, size_t n)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV},
+                    *ai = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = getaddrinfo(host, ps, &hints, &ai);
+    if (gai) {
+        snprintf(why, n, "%s:%d: cannot resolve the listen address: %s", host, port, gai_strerror(gai));
+        return RILL_E_BAD_CONFIG;
+    }
+    int rc = 0;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int e = errno;
+        const char *fmt = strchr(host, ':') ? "[%s]:%d %s" : "%s:%d %s";
+        snprintf(why, n, fmt, host, port,
+                 e == EADDRINUSE      ? "already in use"
+                 : e == EADDRNOTAVAIL ? "cannot be bound: not an address of this machine"
+                 : e == EACCES        ? "cannot be bound: permission denied (a port under 1024?)"
+                                      : strerror(e));
+        rc = RILL_E_IO;
+    }
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(ai);
+    return rc;
+}
+
 static int parse_listen(const char *listen, char *host, size_t hn, int *port)
 {
     const char *colon = strrchr(listen, ':');
@@ -548,14 +606,19 @@ int server_run(const struct rill_config *c)
     hist_init_prom(&g->m.gen_itl_us, 1000000);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {
-        rlog_error("bad listen address '%s' (want host:port)", c->listen);
         free(g);
-        return rc;
+        return startup_failed(c, rc, "bad listen address '%s' (want host:port)", c->listen);
     }
     if ((rc = limits_init(g))) {
         limits_fini(g);
         free(g);
-        return rc;
+        return startup_failed(c, rc, "cannot set up keys, origins or hosts (%s)", rill_err_name(rc));
+    }
+    char why[300];
+    if ((rc = probe_listen(g->host, g->port, why, sizeof why))) {
+        limits_fini(g);
+        free(g);
+        return startup_failed(c, rc, "%s", why);
     }
     char web_root[CFG_STR_MAX];
     http_web_root(c, web_root, sizeof web_root);
@@ -633,10 +696,9 @@ int server_run(const struct rill_config *c)
             rlog_warn("the libev event loop is not available: using poll(), which scales worse with connections");
     }
     if (!g->ctx) {
-        rlog_error("cannot listen on %s (in use, or not allowed)", c->listen);
         limits_fini(g);
         free(g);
-        return RILL_E_IO;
+        return startup_failed(c, RILL_E_IO, "cannot listen on %s (libwebsockets refused it)", c->listen);
     }
     g->vh = lws_get_vhost_by_name(g->ctx, "default");
     struct lws_context_creation_info vi;
@@ -646,18 +708,17 @@ int server_run(const struct rill_config *c)
     vi.vhost_name = "internal";
     g->vh_internal = g->vh ? lws_create_vhost(g->ctx, &vi) : NULL;
     if (!g->vh || !g->vh_internal) {
-        rlog_error("libwebsockets has no default vhost, or cannot make the internal one");
         lws_context_destroy(g->ctx);
         limits_fini(g);
         free(g);
-        return RILL_E_INTERNAL;
+        return startup_failed(c, RILL_E_INTERNAL, "libwebsockets has no default vhost, or cannot make the internal one");
     }
     if ((rc = workers_init(g))) {
         lws_context_destroy(g->ctx);
         workers_fini(g);
         limits_fini(g);
         free(g);
-        return rc;
+        return startup_failed(c, rc, "cannot set up the workers' sockets (%s)", rill_err_name(rc));
     }
     signal_ctx = g->ctx;
     struct sigaction pa = {.sa_handler = on_parent_gone};

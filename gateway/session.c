@@ -102,9 +102,14 @@ static void route(struct gw *g, struct stream *s)
             bool any = workers_ready(g) > 0;
             if (s->refusal == RILL_E_SHUTTING_DOWN)
                 session_end_stream(s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
-            else
+            else if (any || workers_can_come_back(g))
                 session_end_stream(s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
                                    any ? "every worker is busy: try again" : "no worker is ready");
+            else {
+                session_end_stream(s, RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
+                                   "no worker is ready, and none will come back (the supervisor gave up on them)");
+                s->term_final = true;
+            }
             return;
         }
         s->worker = w;
@@ -690,7 +695,8 @@ static int write_one(struct conn *c, uint64_t now)
                 if (hold_ms > 0)
                     hold(c, now + (uint64_t)(hold_ms * 1e6));
             } else if (s->term_code) {
-                conn_send_error(c, &s->cid, s->term_code, s->term_msg);
+                conn_send_error_r(c, &s->cid, s->term_code, s->term_msg,
+                                  !s->term_final && rill_err_recoverable(rill_err_wire(s->term_code)));
                 s->state = ST_DONE;
                 stream_remove(s);
             } else {

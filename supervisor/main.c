@@ -16,6 +16,7 @@
 struct extra {
     bool help;
     const char *port;
+    bool port_missing;
 };
 
 static int other_arg(int argc, char **argv, int i, void *ctx)
@@ -25,7 +26,11 @@ static int other_arg(int argc, char **argv, int i, void *ctx)
         x->help = true;
         return 1;
     }
-    if (!strcmp(argv[i], "--port") && i + 1 < argc) {
+    if (!strcmp(argv[i], "--port")) {
+        if (i + 1 >= argc) {
+            x->port_missing = true;
+            return 1;
+        }
         x->port = argv[i + 1];
         return 2;
     }
@@ -40,6 +45,10 @@ int main(int argc, char **argv)
     char why[512] = "";
     if (cfg_parse_args(&c, argc, argv, other_arg, &x, why, sizeof why)) {
         fprintf(stderr, "rill-supervisor: %s\n", why);
+        return 2;
+    }
+    if (x.port_missing) {
+        fprintf(stderr, "rill-supervisor: --port needs a value (a port number)\n");
         return 2;
     }
     if (x.help) {

@@ -1,5 +1,6 @@
 /* procs.c — see procs.h. */
 #include "procs.h"
+#include "common/rundir.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -89,13 +90,18 @@ int procs_spawn(struct proc *p, char *const argv[], char *const env_extra[], uin
     return 0;
 }
 
-bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns, bool stopping)
+bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns, bool stopping, bool forever)
 {
     p->pid = 0;
     p->last_status = status;
     procs_describe_status(status, p->last_exit, sizeof p->last_exit);
     if (stopping) {
         p->state = PROC_DOWN;
+        return false;
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == RUNDIR_EXIT_STARTUP) {
+        p->state = PROC_FAILED;
+        snprintf(p->last_exit, sizeof p->last_exit, "cannot start (exit %d)", RUNDIR_EXIT_STARTUP);
         return false;
     }
     /* A process that stayed up for a whole window starts afresh. */
@@ -106,7 +112,7 @@ bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns,
     for (uint32_t i = 0; i < p->n_restart_hist && i < PROCS_HISTORY; i++)
         if (now_ns - p->restart_ns[i] < window)
             recent++;
-    if (recent >= t->pol.restart_max) {
+    if (!forever && recent >= t->pol.restart_max) {
         p->state = PROC_FAILED;
         char why[96];
         snprintf(why, sizeof why, "%s; %u restarts within %u s: giving up", p->last_exit, recent,

@@ -4,9 +4,11 @@
  *
  * Restart policy: a process that dies is started again after a backoff that
  * doubles from restart_base_ms (capped at restart_max_ms) and resets once it
- * has stayed up for restart_window_s; more than restart_max restarts within
- * restart_window_s and the supervisor stops trying for that one (state
- * FAILED), says why in the log, and reports it on /ready and /metrics.
+ * has stayed up for restart_window_s.  Before the pipeline is first ready,
+ * more than restart_max restarts within restart_window_s, or one exit with
+ * RUNDIR_EXIT_STARTUP, and the supervisor gives up on that process (state
+ * FAILED); after, crashes are restarted for ever, and only a start-up exit
+ * gives up.  What the supervisor does then is sup.c's decision.
  */
 #ifndef RILL_PROCS_H
 #define RILL_PROCS_H
@@ -75,10 +77,14 @@ const char *proc_state_name(enum proc_state s);
 int procs_spawn(struct proc *p, char *const argv[], char *const env_extra[], uint64_t now_ns);
 
 /* A process exited with wait status `status`.  Decides what happens next:
- * BACKOFF with next_start_ns (returns true), or FAILED when it has died too
- * often (returns false, with the reason in p->last_exit).  `stopping`: the
- * supervisor is shutting down, so the process just goes DOWN (false). */
-bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns, bool stopping);
+ * BACKOFF with next_start_ns (returns true), or FAILED (returns false, with
+ * the reason in p->last_exit) when it exited with RUNDIR_EXIT_STARTUP (a
+ * cause a restart will not fix) or, unless `forever`, when it died more
+ * than restart_max times within restart_window_s.  `forever` (the pipeline
+ * has been ready): crashes are restarted with capped backoff however often
+ * they come.  `stopping`: the supervisor is shutting down, so the process
+ * just goes DOWN (false). */
+bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns, bool stopping, bool forever);
 
 /* Describe a wait status ("exit 0", "killed by signal 9"). */
 void procs_describe_status(int status, char *out, size_t n);

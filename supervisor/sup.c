@@ -49,6 +49,7 @@ struct sup {
     struct batchctl bc;
     int sigfd, psi_fd;
     bool announced, stopping, hard_stop;
+    char fatal[512];             /* why the supervisor gave up (exits non-zero), or "" */
     uint64_t started_ns, next_pressure_ns, next_stats_ns, drain_deadline_ns;
     uint32_t threads_per_worker;
     uint64_t hung_kills, pressure_msgs, set_batch_msgs;
@@ -363,6 +364,32 @@ static void on_control(struct sup *s, const struct zs_id *from, struct proto_msg
 
 /* --- exits, hangs, restarts ----------------------------------------------------------------------- */
 
+static void begin_drain(struct sup *s, uint64_t now);
+
+/* Workers that are running or will be restarted. */
+static int workers_alive(const struct sup *s)
+{
+    int n = 0;
+    for (int i = 1; i < s->t.n; i++)
+        n += s->t.p[i].state != PROC_FAILED && s->t.p[i].state != PROC_DOWN;
+    return n;
+}
+
+/* The supervisor gave up on p.  Before the pipeline was ready that is a
+ * start-up error: stop, and exit non-zero with the cause.  After, it is fatal
+ * only when nothing can serve any more (the gateway, or the last worker), so
+ * that systemd or Kubernetes can act instead of a supervisor that stays up
+ * serving nothing; otherwise the rest keep serving and the failure shows on
+ * /ready, /metrics and in the log. */
+static void give_up(struct sup *s, struct proc *p, const char *cause, uint64_t now)
+{
+    if (s->announced && p->role == PROC_WORKER && workers_alive(s) > 0)
+        return;
+    if (!s->fatal[0])
+        snprintf(s->fatal, sizeof s->fatal, "%s", cause);
+    begin_drain(s, now);
+}
+
 static void reap_children(struct sup *s, uint64_t now)
 {
     int status;
@@ -373,14 +400,20 @@ static void reap_children(struct sup *s, uint64_t now)
         if (!p)
             continue;
         bool was_ready = p->state == PROC_READY;
-        bool restart = procs_on_exit(&s->t, p, status, now, s->stopping);
-        if (s->stopping)
+        bool restart = procs_on_exit(&s->t, p, status, now, s->stopping, s->announced);
+        if (s->stopping) {
             rlog_info("%s exited (%s)", p->id, p->last_exit);
-        else if (restart)
+        } else if (restart) {
             rlog_warn("%s died (%s%s); restarting in %u ms", p->id, p->last_exit,
                       p->killed_hung ? ", killed as hung" : "", p->backoff_ms);
-        else
-            rlog_error("%s died and will not be restarted: %s", p->id, p->last_exit);
+        } else {
+            char cause[512];
+            if (!rundir_take_cause(s->run_dir, p->id, cause, sizeof cause))
+                snprintf(cause, sizeof cause, "%s %s: %s", p->id, p->ready_ns ? "kept dying" : "could not start",
+                         p->last_exit);
+            rlog_error("%s died and will not be restarted: %s", p->id, cause);
+            give_up(s, p, cause, now);
+        }
         if (p->role == PROC_WORKER)
             batchctl_forget(&s->bc, p->id);
         changed = changed || was_ready;
@@ -766,15 +799,16 @@ static void teardown(struct sup *s)
         close(s->psi_fd);
     if (s->sigfd >= 0)
         close(s->sigfd);
-    char path[PATH_MAX];
     for (size_t i = 0; rundir_supervisor_files[i]; i++)
         rundir_unlink(s->run_dir, rundir_supervisor_files[i]);
-    /* Sockets the children should have removed, if they could not. */
+    /* Sockets the children should have removed, if they could not, and
+     * causes nobody read. */
     for (int i = 0; i < s->t.n; i++) {
         char f[48];
         snprintf(f, sizeof f, "%s.sock", s->t.p[i].id);
-        path_in(s, f, path, sizeof path);
-        unlink(path);
+        rundir_unlink(s->run_dir, f);
+        snprintf(f, sizeof f, "%s.cause", s->t.p[i].id);
+        rundir_unlink(s->run_dir, f);
     }
     if (rmdir(s->run_dir) != 0 && errno != ENOENT)
         rlog_warn("run dir %s not removed: %s", s->run_dir, strerror(errno));
@@ -860,8 +894,14 @@ int sup_run(const struct rill_config *c)
     }
     rlog_info("every process stopped; cleaning up");
     teardown(s);
+    int status = 0;
+    if (s->fatal[0]) {
+        /* The one line an operator reads (rill-up, journalctl). */
+        fprintf(stderr, "rill: %s: %s\n", s->announced ? "stopped" : "cannot start", s->fatal);
+        status = 1;
+    }
     free(s->step_us);
     free(s->batch_n);
     free(s);
-    return 0;
+    return status;
 }

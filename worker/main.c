@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "common/rundir.h"
 #include "engine.h"
 #include "serve.h"
 #include "tokenizer.h"
@@ -277,7 +278,13 @@ int main(int argc, char **argv)
     rc = engine_open(&c, isatty(2), &e, why, sizeof why);
     if (rc) {
         fprintf(stderr, "rill-worker: %s: %s\n", c.model, why[0] ? why : rill_err_name(rc));
-        return rc == RILL_E_IO ? 3 : 4;
+        if (oneshot || !c.control[0])
+            return rc == RILL_E_IO ? 3 : 4;
+        /* Supervised: a restart would load the same file again. */
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(&c, run_dir, sizeof run_dir);
+        rundir_write_cause(run_dir, id, "model: %s: %s", c.model, why[0] ? why : rill_err_name(rc));
+        return RUNDIR_EXIT_STARTUP;
     }
     int status;
     if (cl.tokenize)
@@ -285,7 +292,7 @@ int main(int argc, char **argv)
     else if (cl.prompt)
         status = run_standalone(&e, &cl);
     else
-        status = serve_run(&c, &e) ? 1 : 0;
+        status = serve_run(&c, &e) ? (c.control[0] ? RUNDIR_EXIT_STARTUP : 1) : 0;
     engine_close(&e);
     return status;
 }

@@ -381,6 +381,11 @@ int serve_run(const struct rill_config *c, struct engine *e)
     int rc = setup(&sv, why, sizeof why);
     if (rc) {
         rlog_error("%s", why[0] ? why : rill_err_name(rc));
+        if (c->control[0]) {
+            char run_dir[CFG_STR_MAX];
+            cfg_run_dir(c, run_dir, sizeof run_dir);
+            rundir_write_cause(run_dir, sv.id, "%s: %s", sv.id, why[0] ? why : rill_err_name(rc));
+        }
         teardown(&sv);
         return rc;
     }

@@ -15,7 +15,8 @@
 #include "engine.h"
 
 /* Run until drained or shut down.  Returns 0, or the error that stopped the
- * set-up (already logged). */
+ * set-up (already logged and, under a supervisor, written as the run dir's
+ * w<id>.cause: see common/rundir.h). */
 int serve_run(const struct rill_config *c, struct engine *e);
 
 #endif
