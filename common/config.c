@@ -47,6 +47,15 @@ static const struct cfg_def *find(const char *key)
 
 bool cfg_is_key(const char *key) { return find(key) != NULL; }
 
+bool cfg_is_secret(const char *key) { return !strcmp(key, "api_keys"); }
+
+/* /proc/PID/cmdline reads the argv strings in place: blank them. */
+static void scrub(char *v)
+{
+    for (; *v; v++)
+        *v = '*';
+}
+
 static int parse_int(const char *s, int64_t *out)
 {
     char *end;
@@ -267,9 +276,9 @@ int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn ot
                     if (*p == '-')
                         *p = '_';
                 if (cfg_is_key(key)) {
-                    const char *val;
+                    char *val;
                     if (eq) {
-                        val = eq + 1;
+                        val = argv[i] + (eq - a) + 1;
                         i++;
                     } else if (i + 1 < argc) {
                         val = argv[i + 1];
@@ -279,6 +288,8 @@ int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn ot
                         return RILL_E_BAD_CONFIG;
                     }
                     int rc = cfg_set(c, key, val, why, why_len);
+                    if (cfg_is_secret(key))
+                        scrub(val);
                     if (rc)
                         return rc;
                     continue;
@@ -318,6 +329,8 @@ int cfg_to_args(const struct rill_config *c, char ***argv_out, int *argc_out)
         return RILL_E_NOMEM;
     int n = 0;
     for (size_t i = 0; i < N_DEFS; i++) {
+        if (cfg_is_secret(defs[i].key))
+            continue;
         char flag[128];
         snprintf(flag, sizeof flag, "--%s", defs[i].key);
         argv[n++] = strdup(flag);

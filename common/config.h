@@ -114,18 +114,25 @@ int cfg_set(struct rill_config *c, const char *key, const char *value, char *why
 /* Whether `key` is a config key. */
 bool cfg_is_key(const char *key);
 
+/* Whether `key` holds a secret (api_keys): never written into a child's
+ * arguments by cfg_to_args, and blanked in our own argv by cfg_parse_args
+ * once read, so that ps and /proc/PID/cmdline do not show it. */
+bool cfg_is_secret(const char *key);
+
 /* Parse argv: `--config FILE` is read first (wherever it appears), then every
  * `--key value` / `--key=value` is applied in order.  Arguments that are not
  * config keys are passed to `other` (may be NULL) which returns how many
  * argv entries it consumed (>= 1) or 0 if it does not know the argument
- * either, which is then an error "unknown option".  Returns 0 or
+ * either, which is then an error "unknown option".  The values of secret
+ * keys are overwritten in argv after they are read.  Returns 0 or
  * RILL_E_BAD_CONFIG / RILL_E_IO with `why`. */
 typedef int (*cfg_other_fn)(int argc, char **argv, int i, void *ctx);
 int cfg_parse_args(struct rill_config *c, int argc, char **argv, cfg_other_fn other, void *ctx,
                    char *why, size_t why_len);
 
-/* Write every key as `--key value` flags into argv-style storage (for
- * children): the supervisor passes its whole resolved config down. */
+/* Write every key but the secrets as `--key value` flags into argv-style
+ * storage (for children): the supervisor passes its whole resolved config
+ * down, and the secrets by a file (supervisor/sup.c). */
 int cfg_to_args(const struct rill_config *c, char ***argv_out, int *argc_out);
 void cfg_free_args(char **argv, int argc);
 

@@ -154,6 +154,52 @@ static void write_children(const struct sup *s)
     write_file(s, "children", buf, n);
 }
 
+/* The API keys reach the gateway in a 0600 file of the run dir, never as
+ * arguments (any local user can read a process's command line): the keys
+ * given as api_keys, then the lines of api_keys_file. */
+static int pass_secrets(struct sup *s, char *why, size_t why_len)
+{
+    const struct rill_config *c = s->c;
+    s->child.api_keys[0] = 0;
+    if (!c->api_keys[0])
+        return 0; /* api_keys_file, if any, is a path: the gateway reads it */
+    char path[PATH_MAX];
+    path_in(s, RUNDIR_SECRETS, path, sizeof path);
+    unlink(path);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
+        if (fd >= 0)
+            close(fd);
+        snprintf(why, why_len, "cannot write %s: %s", path, strerror(errno));
+        return RILL_E_IO;
+    }
+    for (const char *p = c->api_keys; *p;) {
+        size_t n = strcspn(p, ",");
+        fprintf(f, "%.*s\n", (int)n, p);
+        p += n + (p[n] == ',');
+    }
+    int rc = 0;
+    if (c->api_keys_file[0]) {
+        FILE *in = fopen(c->api_keys_file, "r");
+        if (!in) {
+            snprintf(why, why_len, "cannot read api_keys_file %s: %s", c->api_keys_file, strerror(errno));
+            rc = RILL_E_IO;
+        } else {
+            char line[1024];
+            while (fgets(line, sizeof line, in))
+                fputs(line, f);
+            fclose(in);
+        }
+    }
+    if (fclose(f) != 0 && !rc) {
+        snprintf(why, why_len, "cannot write %s", path);
+        rc = RILL_E_IO;
+    }
+    snprintf(s->child.api_keys_file, sizeof s->child.api_keys_file, "%s", path);
+    return rc;
+}
+
 /* --- talking to the children -------------------------------------------------------------- */
 
 static void send_to(struct sup *s, const struct proc *p, const struct proto_msg *m)
@@ -747,6 +793,8 @@ static int setup(struct sup *s, char *why, size_t why_len)
     snprintf(s->child.run_dir, sizeof s->child.run_dir, "%s", s->run_dir);
     snprintf(s->child.control, sizeof s->child.control, "%s", s->control_ep);
     s->child.config_file[0] = 0;
+    if ((rc = pass_secrets(s, why, why_len)))
+        return rc;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     s->threads_per_worker = c->threads_per_worker > 0  ? (uint32_t)c->threads_per_worker
                             : c->threads > 0           ? (uint32_t)c->threads

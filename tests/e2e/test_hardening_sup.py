@@ -252,3 +252,51 @@ def test_after_ready_a_worker_that_cannot_start_again_stops_the_supervisor(super
     last = [l for l in s.text().splitlines() if l.strip()][-1]
     assert last.startswith(f"rill: stopped: model: {model}: "), last
     wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+
+
+# --- item 4: secrets never on a command line ----------------------------------------------------
+
+def proc_texts(pids):
+    for pid in pids:
+        for what in ("cmdline", "environ"):
+            try:
+                yield pid, what, open(f"/proc/{pid}/{what}", "rb").read()
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("how", ["flag", "flag=", "config"])
+def test_api_keys_are_in_no_command_line_or_environment(supervised, tiny_model, tmp_path, how):
+    secret = "k-" + os.urandom(12).hex()
+    if how == "config":
+        cfg = tmp_path / "rill.ini"
+        cfg.write_text(f"[gateway]\napi_keys = other-key, {secret}\n")
+        args = ("--config", str(cfg))
+    elif how == "flag":
+        args = ("--api_keys", f"other-key,{secret}")
+    else:
+        args = (f"--api_keys=other-key,{secret}",)
+    s = supervised(tiny_model, *args, workers=1)
+    s.wait_ready()
+    pids = [s.proc.pid] + s.pids("rill-worker") + s.pids("rill-gateway")
+    assert len(pids) == 3
+    seen = [(pid, what) for pid, what, text in proc_texts(pids) if secret.encode() in text]
+    assert seen == [], f"the key is readable in {seen}"
+    # The keys work, from a 0600 file in the run dir.
+    secrets = os.path.join(s.run_dir, "secrets")
+    assert oct(os.stat(secrets).st_mode & 0o777) == "0o600"
+
+    async def with_key(key):
+        url = s.url + (f"?key={key}" if key else "")
+        async with websockets.connect(url, compression=None) as ws:
+            await ws.send(json.dumps({"type": "generate", "prompt": "x", "max_tokens": 2}))
+            while True:
+                m = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if m["type"] in ("complete", "error"):
+                    return m
+    assert asyncio.run(with_key(secret))["type"] == "complete"
+    assert asyncio.run(with_key(None))["error"]["code"] == "unauthorized"
+    assert s.stop(signal.SIGINT) == ""
+    assert s.proc.returncode == 0
+    assert not os.path.exists(secrets)
+    assert secret not in s.text()
