@@ -172,7 +172,7 @@ static const struct field heartbeat_fields[] = {
     U64(S_, preemptions),
     U64(S_, tokens_total),
     U64(S_, requests_total),
-    U8R(S_, pressure_level, PROTO_PRESSURE_EMERGENCY),
+    U8R(S_, pressure_level, PRESSURE_EMERGENCY),
     U8R(S_, state, PROTO_STATE_DRAINING),
     SPECIAL(S_, metrics, K_METRICS, 0),
     SPECIAL(S_, step_hist, K_BLOB, 0),
@@ -186,7 +186,7 @@ static const struct field set_batch_fields[] = {
 };
 
 static const struct field pressure_fields[] = {
-    U8R(struct proto_pressure_msg, level, PROTO_PRESSURE_EMERGENCY),
+    U8R(struct proto_pressure_msg, level, PRESSURE_EMERGENCY),
     STR(struct proto_pressure_msg, reason, 0),
 };
 

@@ -30,6 +30,8 @@
 #include <msgpack/sbuffer.h>
 #include <msgpack/unpack.h>
 
+#include "common/pressure_level.h"
+
 /* --- caps ------------------------------------------------------------------- */
 
 #define PROTO_MAX_MSG        (2u << 20) /* bytes of one encoded message */
@@ -83,13 +85,6 @@ enum proto_type {
 };
 
 enum proto_role { PROTO_ROLE_WORKER = 1, PROTO_ROLE_GATEWAY, PROTO_ROLE_SUPERVISOR };
-
-enum proto_pressure {
-    PROTO_PRESSURE_NORMAL = 0,
-    PROTO_PRESSURE_WARNING,
-    PROTO_PRESSURE_CRITICAL,
-    PROTO_PRESSURE_EMERGENCY
-};
 
 /* heartbeat.state: what a process says about itself */
 enum proto_state { PROTO_STATE_STARTING = 0, PROTO_STATE_READY, PROTO_STATE_DRAINING };
@@ -180,7 +175,7 @@ struct proto_heartbeat {
     uint32_t batch_cap;           /* the current cap */
     uint32_t batch_limit;         /* the supervisor's upper bound */
     uint64_t preemptions, tokens_total, requests_total;
-    uint8_t pressure_level;       /* enum proto_pressure */
+    uint8_t pressure_level;       /* enum pressure_level */
     uint8_t state;                /* enum proto_state */
     /* optional, encoded as a map name -> f64; not sent when empty */
     uint8_t n_metrics;            /* <= PROTO_MAX_METRICS */
@@ -197,7 +192,7 @@ struct proto_set_batch {
 };
 
 struct proto_pressure_msg {
-    uint8_t level;                /* enum proto_pressure */
+    uint8_t level;                /* enum pressure_level */
     char reason[PROTO_NOTE_LEN + 1];
 };
 

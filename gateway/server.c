@@ -4,6 +4,7 @@
  */
 #include "server.h"
 #include "gw.h"
+#include "wsconf.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/hash.h"
@@ -354,6 +355,9 @@ static void on_receive(struct lws *wsi, struct gw *g, struct conn *c, const void
 
 static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
+    int wsc = wsconf_callback(wsi, reason, user, in, len); /* RFC 6455 rules lws leaves to us */
+    if (wsc != WSCONF_GO_ON)
+        return wsc;
     struct lws_context *ctx = lws_get_context(wsi);
     struct gw *g = ctx ? lws_context_user(ctx) : NULL;
     const struct lws_protocols *proto = lws_get_protocol(wsi);

@@ -1,5 +1,5 @@
-/* batchctl.c — per-worker upper bound on the batch cap from memory, latency
- * and pressure.  See batchctl.h for the rules. */
+/* batchctl.c — per-worker upper bound on the batch cap from memory and
+ * pressure.  See batchctl.h for the rules. */
 #include "supervisor/batchctl.h"
 
 #include <math.h>
@@ -15,11 +15,6 @@ void batchctl_config_from(const struct rill_config *c, struct batchctl_config *o
     out->min_batch = (uint32_t)c->min_batch;
     out->max_batch = (uint32_t)c->max_batch;
     out->initial = 0;
-    out->target_ms = c->target_latency_ms;
-    out->max_ms = c->max_latency_ms;
-    out->rise_fraction = 0.8;
-    out->bad_beats = 3;
-    out->good_beats = 10;
     out->min_interval_ns = 1000000000ull;
     out->forget_ns = 60000000000ull;
     out->mem_headroom = 0.1;
@@ -30,9 +25,7 @@ void batchctl_config_from(const struct rill_config *c, struct batchctl_config *o
 int batchctl_init(struct batchctl *b, const struct batchctl_config *cfg)
 {
     memset(b, 0, sizeof *b);
-    if (cfg->min_batch == 0 || cfg->min_batch > cfg->max_batch || !(cfg->max_ms > 0) || !(cfg->target_ms > 0) ||
-        !(cfg->rise_fraction > 0 && cfg->rise_fraction <= 1) ||
-        !(cfg->mem_headroom >= 0 && cfg->mem_headroom <= 0.9) || cfg->bad_beats == 0 || cfg->good_beats == 0)
+    if (cfg->min_batch == 0 || cfg->min_batch > cfg->max_batch || !(cfg->mem_headroom >= 0 && cfg->mem_headroom <= 0.9))
         return RILL_E_BAD_CONFIG;
     b->cfg = *cfg;
     b->level = PRESSURE_NORMAL;
@@ -43,7 +36,7 @@ void batchctl_set_share(struct batchctl *b, uint64_t share_bytes) { b->share_byt
 
 const char *batchctl_why_name(enum batchctl_why why)
 {
-    static const char *const names[] = {"latency_down", "latency_up", "memory", "pressure", "recover"};
+    static const char *const names[] = {"memory", "pressure", "recover"};
     return (unsigned)why < BATCHCTL_WHY_COUNT ? names[why] : "?";
 }
 
@@ -80,23 +73,28 @@ static uint32_t clamp(const struct batchctl *b, uint64_t v)
 
 static uint64_t since(uint64_t now, uint64_t t) { return now > t ? now - t : 0; }
 
-/* +25 %, at least +1: small enough that one step cannot jump from "well under
- * target" to "over max", big enough to climb from 8 to 64 in ten steps. */
+/* +25 %, at least +1: small enough that one step cannot throw the memory
+ * back over a threshold it just left, big enough to climb from 16 to 64 in
+ * seven steps. */
 static uint64_t step_up(uint32_t bound) { return (uint64_t)bound + (bound / 4 ? bound / 4 : 1); }
 
-/* How long a too-slow batch caps rises: forget_ns doubled per strike. */
-static uint64_t hold_ns(const struct batchctl *b, const struct batchctl_worker *w)
+/* Where a worker's bound may climb to: its goal (initial), at most the
+ * memory bound less the headroom, and a step below a bound where pressure
+ * came back. */
+static uint32_t climb_top(const struct batchctl *b, struct batchctl_worker *w, bool has_mem, uint32_t mem,
+                          uint64_t now)
 {
-    uint64_t h = b->cfg.forget_ns;
-    for (uint32_t i = 0; i < w->strikes && h < UINT64_MAX / 4; i++)
-        h *= 2;
-    return h;
-}
-
-static uint64_t min3(uint64_t a, uint64_t b, uint64_t c)
-{
-    uint64_t m = a < b ? a : b;
-    return m < c ? m : c;
+    uint64_t top = b->cfg.initial ? b->cfg.initial : b->cfg.max_batch;
+    if (has_mem && (uint64_t)floor(mem * (1 - b->cfg.mem_headroom)) < top)
+        top = (uint64_t)floor(mem * (1 - b->cfg.mem_headroom));
+    if (w->pressed_at && since(now, w->pressed_ns) >= b->cfg.forget_ns)
+        w->pressed_at = 0;
+    if (w->pressed_at) {
+        uint64_t cap = w->pressed_at - (w->pressed_at / 4 ? w->pressed_at / 4 : 1);
+        if (cap < top)
+            top = cap;
+    }
+    return clamp(b, top);
 }
 
 /* The bound after the cuts for every level entered between `from` (exclusive)
@@ -156,7 +154,6 @@ static void apply(struct batchctl *b, struct batchctl_worker *w, uint32_t bound,
     snprintf(out->reason, sizeof out->reason, "%s", reason);
     w->bound = bound;
     w->last_change_ns = w->last_send_ns = now;
-    w->bad = w->good = 0; /* judge the new bound on its own heartbeats */
     b->changes[why]++;
 }
 
@@ -174,7 +171,7 @@ static struct batchctl_worker *enroll(struct batchctl *b, const char *id, uint32
         if (b->level != PRESSURE_NORMAL) {
             /* born under pressure: start cut, climb back to the initial
              * bound once it is over */
-            w->recover_to = w->bound;
+            w->recovering = true;
             w->bound = pressure_cut(b, w->bound, active, PRESSURE_NORMAL, (int)b->level);
         }
         return w;
@@ -205,85 +202,26 @@ int batchctl_heartbeat(struct batchctl *b, const struct proto_heartbeat *hb, uin
     bool has_mem = memory_bound(b, w, hb, &mem, mem_why, sizeof mem_why);
     w->mem_bound = mem;
 
-    double p99 = hb->step_p99_ms, rise_ms = c->rise_fraction * c->target_ms;
-    if (rise_ms >= c->max_ms)
-        rise_ms = c->max_ms * c->rise_fraction; /* keep a dead band when target >= max */
-    if (hb->active == 0 && !(p99 > 0)) {
-        w->bad = w->good = 0;
-    } else if (p99 > c->max_ms) {
-        w->bad++;
-        w->good = 0;
-    } else {
-        w->bad = 0;
-        w->good = p99 < rise_ms && hb->active >= w->bound ? w->good + 1 : 0;
-    }
-    if (w->too_slow && since(now, w->too_slow_ns) >= hold_ns(b, w))
-        w->too_slow = 0;
-
+    /* Step times are not read: latency is the worker's to answer. */
     bool can = !w->last_change_ns || since(now, w->last_change_ns) >= c->min_interval_ns;
-    char why[PROTO_NOTE_LEN + 1];
-    if (can && w->bad >= c->bad_beats) {
-        uint32_t eff = hb->active < w->bound ? (hb->active ? hb->active : 1) : w->bound;
-        uint32_t nb = clamp(b, eff / 2);
-        if (nb < w->bound) {
-            snprintf(why, sizeof why, "p99 step %.0f ms > max %.0f ms for %u heartbeats at %u sequences", p99,
-                     c->max_ms, w->bad, eff);
-            /* A cut while the last too-slow batch is still remembered is the
-             * same descent.  A cut soon after it was forgotten means the
-             * probe found the same wall: hold twice as long next time.  Much
-             * later, it is news: start over. */
-            if (!w->too_slow) {
-                if (w->too_slow_ns && since(now, w->too_slow_ns) < 2 * hold_ns(b, w))
-                    w->strikes = w->strikes < BATCHCTL_MAX_STRIKES ? w->strikes + 1 : BATCHCTL_MAX_STRIKES;
-                else
-                    w->strikes = 0;
-            }
-            w->too_slow = eff;
-            w->too_slow_ns = now;
-            w->recover_to = 0;
-            apply(b, w, nb, BATCHCTL_WHY_LATENCY_DOWN, why, now, out);
-        }
-    } else if (can && w->bound > mem) {
+    if (can && w->bound > mem) {
         apply(b, w, mem, BATCHCTL_WHY_MEMORY, mem_why, now, out);
     } else if (can && b->level == PRESSURE_NORMAL &&
                (!b->normal_since_ns || since(now, b->normal_since_ns) >= c->min_interval_ns)) {
-        /* rises of any kind wait a min_interval after pressure ends */
-        uint64_t top = c->max_batch;
-        if (has_mem)
-            top = (uint64_t)floor(mem * (1 - c->mem_headroom));
-        if (w->too_slow) {
-            /* a step below the batch that was too slow: a rise must not
-             * land back on it */
-            uint64_t cap = w->too_slow - (w->too_slow / 4 ? w->too_slow / 4 : 1);
-            if (cap < top)
-                top = cap;
+        /* climbs wait a min_interval after pressure ends */
+        uint32_t top = climb_top(b, w, has_mem, mem, now);
+        if (w->bound < top) {
+            uint32_t nb = step_up(w->bound) < top ? (uint32_t)step_up(w->bound) : top;
+            char why[PROTO_NOTE_LEN + 1];
+            if (w->recovering)
+                snprintf(why, sizeof why, "recovering after pressure: %u -> %u of %u", w->bound, nb, top);
+            else
+                snprintf(why, sizeof why, "climbing back: %u -> %u of %u (%s)", w->bound, nb, top,
+                         has_mem ? "memory allows it" : "no memory bound");
+            apply(b, w, nb, BATCHCTL_WHY_RECOVER, why, now, out);
         }
-        if (w->pressed_at && since(now, w->pressed_ns) >= c->forget_ns)
-            w->pressed_at = 0;
-        if (w->pressed_at) {
-            uint64_t cap = w->pressed_at - (w->pressed_at / 4 ? w->pressed_at / 4 : 1);
-            if (cap < top)
-                top = cap;
-        }
-        top = clamp(b, top);
-        if (w->recover_to > w->bound && w->bad == 0) {
-            uint32_t nb = (uint32_t)min3(step_up(w->bound), w->recover_to, top);
-            uint32_t target = w->recover_to;
-            if (nb >= w->recover_to || top <= w->bound)
-                w->recover_to = 0; /* back, or as far as memory and latency allow */
-            if (nb > w->bound) {
-                snprintf(why, sizeof why, "recovering after pressure: %u -> %u of %u", w->bound, nb, target);
-                apply(b, w, nb, BATCHCTL_WHY_RECOVER, why, now, out);
-            }
-        } else if (w->good >= c->good_beats) {
-            uint32_t nb = (uint32_t)(step_up(w->bound) < top ? step_up(w->bound) : top);
-            if (nb > w->bound) {
-                snprintf(why, sizeof why,
-                         "p99 step %.0f ms < %.0f ms (%.0f%% of target %.0f ms) at the bound %u for %u heartbeats", p99,
-                         rise_ms, c->rise_fraction * 100, c->target_ms, w->bound, w->good);
-                apply(b, w, nb, BATCHCTL_WHY_LATENCY_UP, why, now, out);
-            }
-        }
+        if (w->bound >= top)
+            w->recovering = false; /* back, or as far as memory allows */
     }
 
     if (!out->changed && hb->batch_limit != w->bound &&
@@ -321,15 +259,13 @@ int batchctl_pressure(struct batchctl *b, enum pressure_level level, uint64_t no
              * where memory runs out.  Recovery stays a step below it for a
              * while, or the bound would cycle between the cut and the
              * same wall every few seconds. */
-            bool again = w->recover_to > w->bound ||
-                         (w->episode_ns && since(now, w->episode_ns) < b->cfg.forget_ns);
+            bool again = w->recovering || (w->episode_ns && since(now, w->episode_ns) < b->cfg.forget_ns);
             if (again) {
                 w->pressed_at = w->bound;
                 w->pressed_ns = now;
             }
             w->episode_ns = now ? now : 1;
-            if (w->recover_to < w->bound)
-                w->recover_to = w->bound;
+            w->recovering = true;
         }
         uint32_t nb = pressure_cut(b, w->bound, w->active, old, (int)level);
         if (nb == w->bound)

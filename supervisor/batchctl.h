@@ -1,8 +1,13 @@
 /* batchctl.h — the supervisor's upper bound on each worker's batch cap (the
- * spec's AdaptiveBatchSizeController, host side).  The worker's own
- * controller (worker/adapt.h) moves its cap step by step under this bound;
- * the supervisor sees every worker and the machine's memory, so it decides
- * the ceiling, sent as `set_batch`.
+ * spec's AdaptiveBatchSizeController, host side): the memory bound, sent as
+ * `set_batch`.
+ *
+ * One owner per concern.  The supervisor sees the machine's memory and every
+ * worker, so it owns the memory bound; the worker owns its latency cap
+ * (worker/adapt.h) and runs at the smaller of the two.  This controller does
+ * not look at step times: a slow stretch is the worker's to answer, once
+ * (when both halved on the same slow heartbeats, one CPU-contention
+ * transient took the cap from 64 to 1 for a minute).
  *
  * Inputs: heartbeats (struct proto_heartbeat) and pressure levels, each with
  * a CLOCK_MONOTONIC time in ns given by the caller (tests script it), and
@@ -10,6 +15,8 @@
  * changed, the new bound and a reason.
  *
  * Rules, per worker, bound always within [min_batch, max_batch]:
+ *  - Goal.  Without memory trouble the bound is `initial` (max_batch by
+ *    default): where a worker starts and the most it climbs back to.
  *  - Memory.  A bound from memory: (share - base) / per_seq sequences, where
  *    base = rss_bytes - kv_bytes (everything but the KV cache: weights,
  *    buffers, and KV pages of finished sequences not yet trimmed — so it errs
@@ -20,22 +27,9 @@
  *    estimate must not lag a growing batch), and never below the configured
  *    kv_bytes_per_token x assumed_tokens (a floor for the start, when the
  *    first sequences are short).  With neither, or share 0, there is no
- *    memory bound.  A bound above the memory bound is cut to it; rises stop
+ *    memory bound.  A bound above the memory bound is cut to it; climbs stop
  *    `mem_headroom` (10 %) below it, so a memory bound that jitters by a few
  *    sequences does not move the bound up and down.
- *  - Latency.  A heartbeat is "bad" when step_p99_ms > max_ms, "good" when
- *    p99 < rise_fraction x target_ms (0.8 x 50 ms) and the worker runs at
- *    its bound (active >= bound).  Between the two is a dead band where
- *    nothing moves.  bad_beats (3) bad heartbeats in a row halve the batch
- *    that was actually running (min(bound, active) / 2), and that batch is
- *    remembered as too slow: rises stop a step (25 %) below it for
- *    forget_ns (60 s), then the bound may probe upwards again; a cut within
- *    twice that hold of the previous one doubles the next hold (up to 16x),
- *    so a latency cliff is probed ever more rarely instead of every minute.
- *    good_beats (10) good heartbeats in a row raise the bound by 25 %
- *    (at least 1): + 25 % from just under 0.8 x target lands near target.
- *    Idle heartbeats (no active sequence and no step time) are no evidence
- *    and restart both counts.
  *  - Pressure.  Entering warning halves the bound (once per entry);
  *    entering critical halves it again (normal -> critical: a quarter);
  *    entering emergency drops it to at most the worker's active sequences
@@ -44,17 +38,18 @@
  *    crossed (normal -> emergency: a quarter, then the active sequences),
  *    so a sudden spike is never treated more gently than a gradual one.
  *    These cuts are immediate.  While the level is not normal the bound
- *    never rises (cuts for latency and memory still happen).  Back at
- *    normal, no rise of any kind comes within min_interval; then the bound
- *    climbs back towards what it was before the pressure, +25 % per step,
- *    one step per min_interval, even when the worker is not saturated (so
- *    it is ready when the load returns) but not while its p99 is over max.
- *    Not at once, so a recovery cannot throw the memory straight back over
- *    the threshold.  A latency cut ends the recovery.
+ *    never rises (memory cuts still happen).
+ *  - Climbing back.  Level normal for min_interval: a bound below its goal
+ *    (initial, at most the memory bound less the headroom) rises by 25 %
+ *    (at least 1) per min_interval, whether or not the worker is saturated
+ *    (so it is ready when the load returns).  Not at once, so a recovery
+ *    cannot throw the memory straight back over the threshold (16 -> 64 in
+ *    7 s).  Pressure that comes back while the bound is still climbing, or
+ *    within forget_ns (60 s) of the last episode, marks that bound as where
+ *    memory runs out: climbs stop a step (25 %) below it for forget_ns, or
+ *    the bound would cycle between the cut and the same wall.
  *  - Pace.  Apart from the pressure cuts, a worker's bound changes at most
- *    once per min_interval_ns (1 s; 10 heartbeats), and the counts of bad and
- *    good heartbeats restart after every change, so each decision is based
- *    on heartbeats taken under the new bound.
+ *    once per min_interval_ns (1 s; 10 heartbeats).
  * A worker that reports a batch_limit other than its bound (it restarted,
  * or missed a set_batch) gets `resend`, at most once per min_interval.
  *
@@ -73,28 +68,21 @@
 struct rill_config;
 
 #define BATCHCTL_MAX_WORKERS PROTO_MAX_WORKERS
-#define BATCHCTL_MAX_STRIKES 4
 
 /* Why a bound moved, for the reason text and the /metrics counters. */
 enum batchctl_why {
-    BATCHCTL_WHY_LATENCY_DOWN = 0, /* p99 over max */
-    BATCHCTL_WHY_LATENCY_UP,       /* p99 well under target, at the bound */
-    BATCHCTL_WHY_MEMORY,           /* over the memory bound */
+    BATCHCTL_WHY_MEMORY = 0,       /* over the memory bound */
     BATCHCTL_WHY_PRESSURE,         /* entering warning / critical / emergency */
-    BATCHCTL_WHY_RECOVER,          /* climbing back after pressure */
+    BATCHCTL_WHY_RECOVER,          /* climbing back towards the goal */
     BATCHCTL_WHY_COUNT
 };
 
 struct batchctl_config {
     uint32_t min_batch, max_batch; /* worker.min_batch / max_batch */
-    uint32_t initial;             /* a new worker's bound before pressure (0: max_batch) */
-    double target_ms, max_ms;     /* worker.target_latency_ms / max_latency_ms */
-    double rise_fraction;         /* "well under target": p99 < this x target_ms (0.8) */
-    uint32_t bad_beats;           /* bad heartbeats in a row before a cut (3) */
-    uint32_t good_beats;          /* good heartbeats in a row before a rise (10) */
+    uint32_t initial;             /* a worker's goal and first bound (0: max_batch) */
     uint64_t min_interval_ns;     /* between two changes of one worker (1 s) */
-    uint64_t forget_ns;           /* how long a too-slow batch caps rises (60 s) */
-    double mem_headroom;          /* rises stop this fraction below the memory bound (0.1) */
+    uint64_t forget_ns;           /* how long a bound where pressure came back caps climbs (60 s) */
+    double mem_headroom;          /* climbs stop this fraction below the memory bound (0.1) */
     uint64_t kv_bytes_per_token;  /* 0: unknown (the model's layers x kv_dim x 2 x 4) */
     uint32_t assumed_tokens;      /* context a sequence is assumed to use (256) */
 };
@@ -107,15 +95,11 @@ struct batchctl_worker {
     uint32_t active;              /* from the last heartbeat */
     uint32_t mem_bound;           /* from the last heartbeat; max_batch when none */
     double kv_per_seq;            /* measured estimate, bytes; 0: none yet */
-    uint32_t bad, good;           /* heartbeats in a row */
     uint64_t last_change_ns, last_send_ns; /* 0: never */
-    uint32_t too_slow;            /* a batch that was too slow (0: none) */
-    uint64_t too_slow_ns;         /* when it was found (kept after forgetting) */
-    uint32_t strikes;             /* the hold is forget_ns << strikes */
-    uint32_t recover_to;          /* the bound before pressure (0: not recovering) */
+    bool recovering;              /* climbing back after pressure */
     uint64_t episode_ns;          /* when the last pressure episode began (0: never) */
     uint32_t pressed_at;          /* a bound at which pressure came back (0: none) */
-    uint64_t pressed_ns;          /* when; recovery stays below it for forget_ns */
+    uint64_t pressed_ns;          /* when; climbs stay below it for forget_ns */
 };
 
 struct batchctl {
@@ -135,18 +119,16 @@ struct batchctl_change {
     bool resend;                  /* it did not, but the worker has another limit: send it again */
     uint32_t bound, old_bound;
     enum batchctl_why why;        /* when changed */
-    char reason[PROTO_NOTE_LEN + 1]; /* "p99 step 142 ms > max 100 ms …" */
+    char reason[PROTO_NOTE_LEN + 1]; /* "pressure warning: 64 -> 32" */
 };
 
-/* Defaults above with the worker keys of the config (min/max batch and the
- * latencies); kv_bytes_per_token is left 0 for the caller who knows the
- * model. */
+/* Defaults above with the worker keys of the config (min/max batch);
+ * kv_bytes_per_token is left 0 for the caller who knows the model. */
 void batchctl_config_from(const struct rill_config *c, struct batchctl_config *out);
 
 /* Start with no workers, level normal, no memory share.  RILL_E_BAD_CONFIG
- * if min_batch is 0 or above max_batch, max_ms <= 0, target_ms <= 0,
- * rise_fraction outside (0, 1], mem_headroom outside [0, 0.9], bad_beats
- * or good_beats 0. */
+ * if min_batch is 0 or above max_batch, or mem_headroom is outside
+ * [0, 0.9]. */
 int batchctl_init(struct batchctl *b, const struct batchctl_config *cfg);
 
 /* One worker's memory share in bytes (budget minus the gateway's and the
@@ -154,8 +136,9 @@ int batchctl_init(struct batchctl *b, const struct batchctl_config *cfg);
  * bound.  Takes effect at each worker's next heartbeat. */
 void batchctl_set_share(struct batchctl *b, uint64_t share_bytes);
 
-/* A heartbeat of worker hb->id at now_ns.  A worker not seen before starts
- * at cfg.initial under the current pressure cuts.  *out tells what to do.
+/* A heartbeat of worker hb->id at now_ns (its rss, kv bytes, active
+ * sequences and batch_limit are read; its step times are not).  A worker
+ * not seen before starts at cfg.initial under the current pressure cuts.  *out tells what to do.
  * Errors: RILL_E_BAD_REQUEST (empty id), RILL_E_FULL (more than
  * BATCHCTL_MAX_WORKERS workers; forget dead ones). */
 int batchctl_heartbeat(struct batchctl *b, const struct proto_heartbeat *hb, uint64_t now_ns,
@@ -175,7 +158,7 @@ void batchctl_forget(struct batchctl *b, const char *id);
 /* A worker's state, NULL if unknown. */
 const struct batchctl_worker *batchctl_find(const struct batchctl *b, const char *id);
 
-/* "latency_down", "latency_up", "memory", "pressure", "recover": metric labels. */
+/* "memory", "pressure", "recover": metric labels. */
 const char *batchctl_why_name(enum batchctl_why why);
 
 #endif

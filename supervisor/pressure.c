@@ -15,13 +15,6 @@
 #include "config.h"
 #include "err.h"
 #include "log.h"
-#include "proto.h"
-
-_Static_assert((int)PRESSURE_NORMAL == (int)PROTO_PRESSURE_NORMAL &&
-                   (int)PRESSURE_WARNING == (int)PROTO_PRESSURE_WARNING &&
-                   (int)PRESSURE_CRITICAL == (int)PROTO_PRESSURE_CRITICAL &&
-                   (int)PRESSURE_EMERGENCY == (int)PROTO_PRESSURE_EMERGENCY,
-               "pressure levels travel as proto_pressure values");
 
 /* Every file we read is small: meminfo is ~1.5 KiB, the rest a line or two.
  * A longer file is cut here, which at worst loses keys we do not use. */
@@ -482,12 +475,6 @@ int pressure_init(struct pressure_monitor *m, const struct pressure_thresholds *
     m->th = *th;
     m->level = PRESSURE_NORMAL;
     return 0;
-}
-
-const char *pressure_level_name(int level)
-{
-    static const char *const names[] = {"normal", "warning", "critical", "emergency"};
-    return level >= 0 && level < PRESSURE_LEVELS ? names[level] : "?";
 }
 
 const char *pressure_budget_src_name(enum pressure_budget_src s)

@@ -1,7 +1,7 @@
 /* pressure.h — the supervisor's memory-pressure monitor (the spec's
  * MemoryPressureMonitor): how close the pipeline is to running out of memory,
- * as one of four levels (normal, warning, critical, emergency) that the
- * supervisor sends to every process.
+ * as one of the four levels of common/pressure_level.h (normal, warning,
+ * critical, emergency) that the supervisor sends to every process.
  *
  * Signals.  Two kinds, the higher level of the two wins:
  *  - the ratio used / budget, against pressure_warning / _critical /
@@ -53,16 +53,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct rill_config;
+#include "common/pressure_level.h"
 
-/* Same numbering as enum proto_pressure (checked in pressure.c). */
-enum pressure_level {
-    PRESSURE_NORMAL = 0,
-    PRESSURE_WARNING,
-    PRESSURE_CRITICAL,
-    PRESSURE_EMERGENCY,
-    PRESSURE_LEVELS
-};
+struct rill_config;
 
 #define PRESSURE_REASON_LEN 192
 
@@ -196,8 +189,6 @@ int pressure_init(struct pressure_monitor *m, const struct pressure_thresholds *
  * that caused it ("used 3.1 GiB of 4.0 GiB budget (78%) >= warning 75%"). */
 bool pressure_update(struct pressure_monitor *m, struct pressure_reading *r);
 
-/* "normal", "warning", "critical", "emergency" ("?" when out of range). */
-const char *pressure_level_name(int level);
 const char *pressure_budget_src_name(enum pressure_budget_src s);
 
 /* "3.1 GiB", "400 MiB", "12.0 MiB", "512 KiB", "100 B" into buf. */

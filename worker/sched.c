@@ -73,7 +73,7 @@ struct sched {
     float *logits;
     uint32_t max_rows;
     uint64_t next_order, next_arrival;
-    int pressure;
+    enum pressure_level pressure;
     bool draining;
     uint32_t mem_mb;
     /* Prefill budget model: decode-only step time and marginal cost per
@@ -266,7 +266,7 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
         rill_why(why, why_len, "the worker is draining");
         return RILL_E_SHUTTING_DOWN;
     }
-    if (s->pressure >= 3) {
+    if (s->pressure >= PRESSURE_EMERGENCY) {
         rill_why(why, why_len, "memory pressure emergency: not admitting");
         return RILL_E_OVERLOADED;
     }
@@ -576,16 +576,14 @@ static void shed_to_cap(struct sched *s, const char *why)
         rlog_info("returned %zu KiB of free KV cache to the system", freed / 1024);
 }
 
-void sched_set_pressure(struct sched *s, int level)
+void sched_set_pressure(struct sched *s, enum pressure_level level)
 {
-    if (level < 0)
-        level = 0;
-    if (level > 3)
-        level = 3;
-    if (adapt_pressure(&s->ad, level))
-        rlog_info("batch cap: %s", s->ad.reason);
+    level = pressure_level_clamp((int)level);
+    /* The cap itself follows the supervisor's bound, which comes with the
+     * level (set_batch); the latency cap only stops rising. */
+    adapt_set_pressure(&s->ad, level);
     s->pressure = level;
-    if (level >= 2)
+    if (level >= PRESSURE_CRITICAL)
         shed_to_cap(s, "memory pressure critical");
 }
 
@@ -597,7 +595,7 @@ void sched_set_limit(struct sched *s, uint32_t limit)
      * is left; running sequences keep growing their caches, so a bound
      * below them must shed them, or the worker is OOM-killed with all its
      * streams. */
-    if (s->pressure >= 2)
+    if (s->pressure >= PRESSURE_CRITICAL)
         shed_to_cap(s, "memory pressure: supervisor bound");
 }
 
@@ -618,7 +616,7 @@ void sched_stats(const struct sched *s, struct sched_stats *st)
  * allow (keeping a 1% watermark of blocks for running ones to grow into). */
 static void admit(struct sched *s)
 {
-    if (s->pressure >= 3)
+    if (s->pressure >= PRESSURE_EMERGENCY)
         return;
     uint32_t watermark = kv_blocks_total(s->kv) / 100 + 1;
     while (s->n_waiting && s->n_running < s->ad.cap) {

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "adapt.h"
+#include "common/pressure_level.h"
 #include "common/proto.h"
 #include "forward.h"
 #include "kvcache.h"
@@ -107,10 +108,14 @@ int sched_abort_all(struct sched *s, int code, const struct sched_out *out);
 /* Whether there is anything to do (running, waiting or pending cancels). */
 bool sched_busy(const struct sched *s);
 
-/* Pressure 0..3 (normal, warning, critical, emergency): lowers the cap,
- * preempts under critical, refuses admissions under emergency. */
-void sched_set_pressure(struct sched *s, int level);
-/* The supervisor's upper bound on the cap. */
+/* The memory-pressure level (out-of-range values are clamped).  The cap
+ * does not move on it — memory is the supervisor's, whose bound comes with
+ * the level (sched_set_limit) — but the latency cap stops rising while it
+ * is not normal; from critical, running sequences above the cap are
+ * preempted (now and whenever the bound falls); at emergency nothing is
+ * admitted. */
+void sched_set_pressure(struct sched *s, enum pressure_level level);
+/* The supervisor's upper bound on the cap (memory). */
 void sched_set_limit(struct sched *s, uint32_t limit);
 /* Stop admitting new requests (drain). */
 void sched_set_draining(struct sched *s, bool draining);

@@ -72,7 +72,7 @@ struct server {
     uint64_t hb_seq, next_hb_ns, last_hb_ns;
     uint64_t tokens_at_hb, prefill_at_hb;
     uint64_t rss;
-    int pressure;
+    enum pressure_level pressure;
     bool draining, stop;
     uint64_t next_fake_step_ns;
 };
@@ -198,12 +198,14 @@ static void on_control(struct server *sv, struct proto_msg *m)
         sched_set_limit(sv->e->sched, m->u.set_batch.max_batch);
         rlog_info("supervisor bound on the batch: %u (%s)", m->u.set_batch.max_batch, m->u.set_batch.reason);
         break;
-    case PROTO_PRESSURE:
-        if (m->u.pressure.level != sv->pressure)
-            rlog_info("memory pressure level %u (%s)", m->u.pressure.level, m->u.pressure.reason);
-        sv->pressure = m->u.pressure.level;
-        sched_set_pressure(sv->e->sched, m->u.pressure.level);
+    case PROTO_PRESSURE: {
+        enum pressure_level level = pressure_level_clamp(m->u.pressure.level);
+        if (level != sv->pressure)
+            rlog_info("memory pressure %s (%s)", pressure_level_name(level), m->u.pressure.reason);
+        sv->pressure = level;
+        sched_set_pressure(sv->e->sched, level);
         break;
+    }
     case PROTO_DRAIN:
         start_drain(sv, "supervisor asked");
         break;
@@ -239,7 +241,7 @@ static void heartbeat(struct server *sv, uint64_t now)
     /* Under pressure, cache blocks that sequences gave back go back to the
      * kernel now, not when the level next rises: that is what lets the
      * level fall again. */
-    if (sv->pressure >= 1)
+    if (sv->pressure != PRESSURE_NORMAL)
         kv_trim(sv->e->kv);
     struct sched_stats st;
     sched_stats(sv->e->sched, &st);

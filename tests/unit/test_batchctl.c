@@ -1,6 +1,7 @@
-/* test_batchctl.c — the supervisor's batch bound: latency rises and cuts,
- * pressure cuts and gradual recovery, the memory bound, pace and no
- * oscillation.  Deterministic: synthetic heartbeats on a scripted clock. */
+/* test_batchctl.c — the supervisor's batch bound: memory and pressure only
+ * (step latency is the worker's, worker/adapt.h), pressure cuts and gradual
+ * recovery, the memory bound, pace and no oscillation.  Deterministic:
+ * synthetic heartbeats on a scripted clock. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,8 +25,6 @@ static struct batchctl_config base_cfg(void)
 {
     struct batchctl_config c = {
         .min_batch = 1, .max_batch = 64, .initial = 0,
-        .target_ms = 50, .max_ms = 100, .rise_fraction = 0.8,
-        .bad_beats = 3, .good_beats = 10,
         .min_interval_ns = 1 * SEC, .forget_ns = 60 * SEC,
         .mem_headroom = 0.1, .kv_bytes_per_token = 0, .assumed_tokens = 256,
     };
@@ -106,7 +105,7 @@ static void sim_run(struct sim *s, const char *id, uint64_t dur, double (*lat)(u
 }
 
 static double fast(uint32_t b, uint64_t *rng) { return 20; }
-static double dead_band(uint32_t b, uint64_t *rng) { return 60; }
+static double slow(uint32_t b, uint64_t *rng) { return 500; }
 
 /* --- config ------------------------------------------------------------------------------ */
 
@@ -121,13 +120,10 @@ static void test_batchctl_init_validates_the_config(void **state)
     c.min_batch = 65;
     assert_int_equal(batchctl_init(&b, &c), RILL_E_BAD_CONFIG);
     c = base_cfg();
-    c.rise_fraction = 0;
+    c.mem_headroom = 0.95;
     assert_int_equal(batchctl_init(&b, &c), RILL_E_BAD_CONFIG);
     c = base_cfg();
-    c.max_ms = 0.0 / 0.0;
-    assert_int_equal(batchctl_init(&b, &c), RILL_E_BAD_CONFIG);
-    c = base_cfg();
-    c.bad_beats = 0;
+    c.mem_headroom = 0.0 / 0.0;
     assert_int_equal(batchctl_init(&b, &c), RILL_E_BAD_CONFIG);
 
     struct rill_config rc;
@@ -135,7 +131,6 @@ static void test_batchctl_init_validates_the_config(void **state)
     batchctl_config_from(&rc, &c);
     assert_int_equal(c.min_batch, 1);
     assert_int_equal(c.max_batch, 64);
-    assert_true(c.target_ms == 50 && c.max_ms == 100);
     assert_int_equal(batchctl_init(&b, &c), 0);
     assert_string_equal(batchctl_why_name(BATCHCTL_WHY_RECOVER), "recover");
 }
@@ -189,88 +184,50 @@ static void test_batchctl_resends_a_bound_the_worker_does_not_have(void **state)
     assert_int_equal(s.b.resends, 2);
 }
 
-/* --- latency ---------------------------------------------------------------------------- */
+/* --- latency is the worker's ------------------------------------------------------------- */
 
-static void test_batchctl_rises_under_good_latency_when_saturated(void **state)
+static void test_batchctl_slow_steps_do_not_move_the_bound(void **state)
 {
     struct sim s;
     struct batchctl_config c = base_cfg();
-    c.initial = 8;
     sim_init(&s, &c);
-    uint32_t seen[32], n = 0;
-    seen[n++] = 8;
-    for (int i = 0; i < 400 && bound_of(&s, "w0") < 64; i++) {
-        uint32_t before = bound_of(&s, "w0");
-        struct batchctl_change ch = sim_beat(&s, "w0", before, 20);
-        if (ch.changed) {
-            assert_int_equal(ch.why, BATCHCTL_WHY_LATENCY_UP);
-            assert_non_null(strstr(ch.reason, "p99 step 20 ms < 40 ms (80% of target 50 ms)"));
-            seen[n++] = ch.bound;
-        }
-    }
-    static const uint32_t want[] = {8, 10, 12, 15, 18, 22, 27, 33, 41, 51, 63, 64};
-    assert_int_equal(n, sizeof want / sizeof want[0]);
-    for (uint32_t i = 0; i < n; i++)
-        assert_int_equal(seen[i], want[i]);
-    assert_true(s.min_gap >= SEC);
-    assert_int_equal(s.b.changes[BATCHCTL_WHY_LATENCY_UP], n - 1);
-
-    /* at the configured max it stays */
-    uint32_t before = s.changes;
-    sim_run(&s, "w0", 30 * SEC, fast, NULL);
-    assert_int_equal(s.changes, before);
+    /* a minute of steps five times over the worker's max, at the bound and
+     * below it */
+    sim_run(&s, "w0", 60 * SEC, slow, NULL);
+    for (int i = 0; i < 300; i++)
+        sim_beat(&s, "w0", 3, 500);
+    assert_int_equal(s.changes, 0);
     assert_int_equal(bound_of(&s, "w0"), 64);
-}
 
-static void test_batchctl_does_not_rise_unsaturated_or_in_the_dead_band(void **state)
-{
-    struct sim s;
-    struct batchctl_config c = base_cfg();
+    /* nor do fast steps raise a bound past its goal */
     c.initial = 8;
     sim_init(&s, &c);
-    for (int i = 0; i < 600; i++)
-        sim_beat(&s, "w0", 7, 10); /* fast but below the bound */
-    for (int i = 0; i < 600; i++)
-        sim_beat(&s, "w0", 8, 45); /* at the bound, not well under target */
-    for (int i = 0; i < 600; i++)
-        sim_beat(&s, "w0", 0, 0); /* idle */
+    sim_run(&s, "w0", 60 * SEC, fast, NULL);
     assert_int_equal(s.changes, 0);
     assert_int_equal(bound_of(&s, "w0"), 8);
+    for (int w = 0; w < BATCHCTL_WHY_COUNT; w++)
+        assert_null(strstr(batchctl_why_name((enum batchctl_why)w), "latency"));
 }
 
-static void test_batchctl_halves_on_sustained_latency_over_max(void **state)
+static void test_batchctl_a_latency_transient_leaves_the_bound_at_max(void **state)
 {
+    /* What was measured: other processes take the CPU for a few seconds,
+     * p99 goes far over max, then comes back.  The supervisor used to halve
+     * its bound on the third slow heartbeat, on the same signal as the
+     * worker, and climb back 25 % per ten good heartbeats at the bound. */
     struct sim s;
     struct batchctl_config c = base_cfg();
     sim_init(&s, &c);
-    /* isolated spikes are not enough */
-    for (int i = 0; i < 300; i++)
-        sim_beat(&s, "w0", 64, i % 3 == 2 ? 60 : 150);
+    for (int i = 0; i < 30; i++)
+        sim_beat(&s, "w0", 64, 20);
+    for (int i = 0; i < 50; i++) { /* 5 s of contention: the worker's cap falls, p99 is 900 ms */
+        struct batchctl_change ch = sim_beat(&s, "w0", 8, 900);
+        assert_false(ch.changed || ch.resend);
+    }
+    for (int i = 0; i < 50; i++)
+        sim_beat(&s, "w0", 64, 20);
     assert_int_equal(s.changes, 0);
-
-    sim_beat(&s, "w0", 64, 150);
-    sim_beat(&s, "w0", 64, 150);
-    struct batchctl_change ch = sim_beat(&s, "w0", 64, 142);
-    assert_true(ch.changed);
-    assert_int_equal(ch.bound, 32);
-    assert_int_equal(ch.why, BATCHCTL_WHY_LATENCY_DOWN);
-    assert_non_null(strstr(ch.reason, "p99 step 142 ms > max 100 ms"));
-
-    /* still slow: the next halving waits for the interval and for three bad
-     * heartbeats under the new bound */
-    uint64_t cut_at = s.now - BEAT;
-    while (bound_of(&s, "w0") == 32)
-        sim_beat(&s, "w0", 32, 150);
-    assert_int_equal(bound_of(&s, "w0"), 16);
-    assert_true(s.now - BEAT - cut_at >= SEC);
-
-    /* the batch actually running is halved, not an unused bound */
-    struct sim t;
-    sim_init(&t, &c);
-    for (int i = 0; i < 3; i++)
-        ch = sim_beat(&t, "w1", 10, 300);
-    assert_true(ch.changed);
-    assert_int_equal(ch.bound, 5);
+    assert_int_equal(bound_of(&s, "w0"), 64);
 }
 
 static void test_batchctl_respects_min_and_max(void **state)
@@ -282,14 +239,6 @@ static void test_batchctl_respects_min_and_max(void **state)
     c.initial = 100; /* clamped */
     sim_init(&s, &c);
     sim_beat(&s, "w0", 12, 20);
-    assert_int_equal(bound_of(&s, "w0"), 12);
-    for (int i = 0; i < 600; i++)
-        sim_beat(&s, "w0", bound_of(&s, "w0"), 500);
-    assert_int_equal(bound_of(&s, "w0"), 2);
-    /* fast again: after the too-slow batch is forgotten (60 s) it climbs
-     * back, and stops at max */
-    for (int i = 0; i < 1200; i++)
-        sim_beat(&s, "w0", bound_of(&s, "w0"), 5);
     assert_int_equal(bound_of(&s, "w0"), 12);
 
     /* normal -> emergency: a quarter (3), at most the 12 active */
@@ -309,10 +258,9 @@ static void test_batchctl_respects_min_and_max(void **state)
     /* min_batch 1: cuts stop at 1, never 0 */
     struct sim t;
     c = base_cfg();
+    c.initial = 1;
     sim_init(&t, &c);
-    for (int i = 0; i < 600; i++)
-        sim_beat(&t, "w0", 1, 500);
-    assert_int_equal(bound_of(&t, "w0"), 1);
+    sim_beat(&t, "w0", 1, 5);
     assert_int_equal(batchctl_pressure(&t.b, PRESSURE_EMERGENCY, t.now, out, 4), 0);
     assert_int_equal(bound_of(&t, "w0"), 1);
 }
@@ -374,8 +322,8 @@ static void test_batchctl_does_not_rise_under_pressure(void **state)
     sim_run(&s, "w0", 60 * SEC, fast, NULL);
     assert_int_equal(bound_of(&s, "w0"), 8);
     assert_int_equal(s.rises, 0);
-    /* pressure over: a saturated, fast worker rises again, but not within
-     * a min_interval of the end, and by steps */
+    /* pressure over: it climbs back to its goal (16), but not within a
+     * min_interval of the end, and by steps */
     uint64_t normal_at = s.now;
     assert_int_equal(batchctl_pressure(&s.b, PRESSURE_NORMAL, s.now, out, 4), 0);
     struct batchctl_change ch;
@@ -385,13 +333,8 @@ static void test_batchctl_does_not_rise_under_pressure(void **state)
     assert_true(s.now - BEAT - normal_at >= SEC);
     assert_int_equal(ch.old_bound, 8);
     assert_int_equal(ch.bound, 10);
-
-    /* under pressure it still falls when latency says so */
-    batchctl_pressure(&s.b, PRESSURE_WARNING, s.now, out, 4);
-    uint32_t before = bound_of(&s, "w0");
-    for (int i = 0; i < 30; i++)
-        sim_beat(&s, "w0", before, 150);
-    assert_true(bound_of(&s, "w0") < before);
+    assert_int_equal(ch.why, BATCHCTL_WHY_RECOVER);
+    assert_string_equal(ch.reason, "recovering after pressure: 8 -> 10 of 16");
 }
 
 static void test_batchctl_recovers_gradually_after_pressure(void **state)
@@ -469,8 +412,10 @@ static void test_batchctl_pressure_that_comes_back_at_a_bound_keeps_recovery_bel
     assert_int_equal(s.changes, before);
 }
 
-static void test_batchctl_recovery_waits_while_latency_is_bad(void **state)
+static void test_batchctl_recovery_does_not_wait_for_latency(void **state)
 {
+    /* Slow steps after the pressure are the worker's to answer, with its own
+     * cap: the memory bound climbs back all the same. */
     struct sim s;
     struct batchctl_config c = base_cfg();
     sim_init(&s, &c);
@@ -478,11 +423,12 @@ static void test_batchctl_recovery_waits_while_latency_is_bad(void **state)
     struct batchctl_change out[4];
     batchctl_pressure(&s.b, PRESSURE_WARNING, s.now, out, 4);
     batchctl_pressure(&s.b, PRESSURE_NORMAL, s.now, out, 4);
-    /* the worker is slow at 32: no recovery, a cut instead */
-    for (int i = 0; i < 50; i++)
+    assert_int_equal(bound_of(&s, "w0"), 32);
+    for (int i = 0; i < 100; i++)
         sim_beat(&s, "w0", bound_of(&s, "w0"), 150);
-    assert_int_equal(s.rises, 0);
-    assert_true(bound_of(&s, "w0") < 32);
+    assert_int_equal(s.cuts, 0);
+    assert_int_equal(s.rises, 4); /* 40, 50, 62, 64 */
+    assert_int_equal(bound_of(&s, "w0"), 64);
 }
 
 /* --- memory ---------------------------------------------------------------------------------- */
@@ -516,7 +462,7 @@ static void test_batchctl_memory_bound_caps_it(void **state)
     const struct batchctl_worker *w = batchctl_find(&s.b, "w0");
     assert_int_equal(w->mem_bound, 25);
 
-    /* saturated and fast: latency would raise it, memory does not let it */
+    /* saturated and fast: nothing raises it past memory */
     for (int i = 0; i < 600; i++)
         mem_beat(&s, "w0", bound_of(&s, "w0"), 12 * MiB, 100 * MiB, 20);
     assert_int_equal(bound_of(&s, "w0"), 25);
@@ -570,70 +516,24 @@ static double noise(uint64_t *rng, double amp)
     return ((double)(*rng >> 11) / 9007199254740992.0 * 2 - 1) * amp;
 }
 
-/* p99 hovers at max whatever the batch: only cuts, down to the floor */
-static double hover_at_max(uint32_t b, uint64_t *rng) { return 100 + noise(rng, 5); }
-
-/* step time grows with the batch and sits at max ± 5 % around 48 sequences */
-static double linear(uint32_t b, uint64_t *rng)
+static void test_batchctl_no_oscillation_when_the_memory_bound_jitters(void **state)
 {
-    double ms = 10 + 1.875 * b;
-    return ms * (1 + noise(rng, 0.05));
-}
-
-/* fine up to 30 sequences, then a cliff where p99 hovers at max */
-static double cliff(uint32_t b, uint64_t *rng) { return b <= 30 ? b * (1 + noise(rng, 0.05)) : 100 + noise(rng, 5); }
-
-static void test_batchctl_no_oscillation_when_latency_hovers_at_the_threshold(void **state)
-{
+    /* 300 MiB for the KV cache, sequences of 12 MiB +- 3 % (24 or 25 of
+     * them fit), p99 all over the place around the worker's max: one cut to
+     * memory, then nothing for 20 minutes. */
+    struct sim s;
     struct batchctl_config c = base_cfg();
+    sim_init(&s, &c);
+    batchctl_set_share(&s.b, 400 * MiB);
     uint64_t rng = 42;
-
-    struct sim s;
-    sim_init(&s, &c);
-    sim_run(&s, "w0", 600 * SEC, hover_at_max, &rng);
+    for (int i = 0; i < 12000; i++) {
+        uint64_t per_seq = (uint64_t)(12 * MiB * (1 + noise(&rng, 0.03)));
+        mem_beat(&s, "w0", bound_of(&s, "w0"), per_seq, 100 * MiB, 100 + noise(&rng, 60));
+    }
+    print_message("  memory jitter: %u changes in 20 min, bound %u\n", s.changes, bound_of(&s, "w0"));
+    assert_true(s.changes >= 1 && s.changes <= 2);
     assert_int_equal(s.rises, 0);
-    assert_true(s.cuts <= 6);
-    print_message("  hover at max: %u cuts, bound %u\n", s.cuts, bound_of(&s, "w0"));
-
-    c.initial = 8;
-    sim_init(&s, &c);
-    sim_run(&s, "w0", 600 * SEC, linear, &rng);
-    uint32_t settled = bound_of(&s, "w0");
-    uint32_t early = s.changes;
-    sim_run(&s, "w0", 600 * SEC, linear, &rng);
-    print_message("  linear: %u changes in 10 min, then %u in 10 more, bound %u\n", early, s.changes - early,
-                  settled);
-    assert_true(early <= 12);
-    assert_int_equal(s.changes, early); /* settled for good */
-    assert_int_equal(bound_of(&s, "w0"), settled);
-    assert_true(s.min_gap >= SEC);
-
-    /* starting right at max: one cut into the dead band, then nothing */
-    c.initial = 48;
-    sim_init(&s, &c);
-    sim_run(&s, "w0", 600 * SEC, linear, &rng);
-    print_message("  linear from max: %u changes, bound %u\n", s.changes, bound_of(&s, "w0"));
-    assert_int_equal(s.changes, 1);
-
-    c.initial = 8;
-    sim_init(&s, &c);
-    sim_run(&s, "w0", 1800 * SEC, cliff, &rng);
-    print_message("  cliff: %u changes (%u cuts) in 30 min, bound %u\n", s.changes, s.cuts, bound_of(&s, "w0"));
-    /* probing the cliff gets rarer: with holds of 1, 2, 4, 8, 16 minutes at
-     * most five cuts fit in half an hour */
-    assert_true(s.cuts <= 5);
-    assert_true(s.changes <= 40);
-    assert_true(s.min_gap >= SEC);
-}
-
-static void test_batchctl_no_oscillation_in_the_dead_band(void **state)
-{
-    struct batchctl_config c = base_cfg();
-    c.initial = 20;
-    struct sim s;
-    sim_init(&s, &c);
-    sim_run(&s, "w0", 3600 * SEC, dead_band, NULL);
-    assert_int_equal(s.changes, 0);
+    assert_true(bound_of(&s, "w0") == 24 || bound_of(&s, "w0") == 25);
 }
 
 int main(void)
@@ -642,19 +542,17 @@ int main(void)
         cmocka_unit_test(test_batchctl_init_validates_the_config),
         cmocka_unit_test(test_batchctl_bad_heartbeats_are_refused),
         cmocka_unit_test(test_batchctl_resends_a_bound_the_worker_does_not_have),
-        cmocka_unit_test(test_batchctl_rises_under_good_latency_when_saturated),
-        cmocka_unit_test(test_batchctl_does_not_rise_unsaturated_or_in_the_dead_band),
-        cmocka_unit_test(test_batchctl_halves_on_sustained_latency_over_max),
+        cmocka_unit_test(test_batchctl_slow_steps_do_not_move_the_bound),
+        cmocka_unit_test(test_batchctl_a_latency_transient_leaves_the_bound_at_max),
         cmocka_unit_test(test_batchctl_respects_min_and_max),
         cmocka_unit_test(test_batchctl_halves_under_warning_and_again_under_critical),
         cmocka_unit_test(test_batchctl_does_not_rise_under_pressure),
         cmocka_unit_test(test_batchctl_recovers_gradually_after_pressure),
         cmocka_unit_test(test_batchctl_pressure_that_comes_back_at_a_bound_keeps_recovery_below_it),
-        cmocka_unit_test(test_batchctl_recovery_waits_while_latency_is_bad),
+        cmocka_unit_test(test_batchctl_recovery_does_not_wait_for_latency),
         cmocka_unit_test(test_batchctl_memory_bound_caps_it),
         cmocka_unit_test(test_batchctl_configured_kv_estimate_bounds_an_idle_worker),
-        cmocka_unit_test(test_batchctl_no_oscillation_when_latency_hovers_at_the_threshold),
-        cmocka_unit_test(test_batchctl_no_oscillation_in_the_dead_band),
+        cmocka_unit_test(test_batchctl_no_oscillation_when_the_memory_bound_jitters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,5 @@
-/* test_kern.c — kernels, thread pool, KV cache, sampler, adaptive batch
- * controller: the worker's parts that need no model file.
+/* test_kern.c — kernels, thread pool, KV cache, sampler: the worker's parts
+ * that need no model file (the batch controller has test_adapt.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "worker/adapt.h"
 #include "worker/kern.h"
 #include "worker/kvcache.h"
 #include "worker/pool.h"
@@ -453,74 +452,6 @@ static void test_sample_draws_follow_the_reference_distribution(void **state)
     sampler_free(s);
 }
 
-/* --- adaptive batch size ------------------------------------------------------------- */
-
-static void test_adapt_rises_under_good_latency_only_when_saturated(void **state)
-{
-    (void)state;
-    struct adapt a;
-    adapt_init(&a, 1, 64, 4, 50, 100);
-    for (int i = 0; i < 10; i++)
-        adapt_step(&a, 20, 2); /* fast, but the batch is not at the cap: no evidence */
-    assert_int_equal(a.cap, 4);
-    int changes = 0;
-    for (int i = 0; i < 60; i++)
-        changes += adapt_step(&a, 20, a.cap);
-    assert_true(a.cap > 10);
-    assert_true(changes > 5);
-    assert_non_null(strstr(a.reason, "under target"));
-}
-
-static void test_adapt_falls_when_slow_and_does_not_oscillate(void **state)
-{
-    (void)state;
-    struct adapt a;
-    adapt_init(&a, 1, 64, 32, 50, 100);
-    /* A step costs 3 ms per sequence: caps above 33 are too slow. */
-    uint32_t caps[400];
-    for (int i = 0; i < 400; i++) {
-        adapt_step(&a, 3.0 * a.cap, a.cap);
-        caps[i] = a.cap;
-    }
-    /* It settles: over the last 200 steps the cap changes rarely and stays
-     * where latency is under the maximum. */
-    int changes = 0;
-    for (int i = 201; i < 400; i++) {
-        changes += caps[i] != caps[i - 1];
-        assert_true(3.0 * caps[i] <= 100 + 3.0 * 2);
-    }
-    assert_true(changes <= 12);
-    adapt_init(&a, 1, 64, 40, 50, 100);
-    for (int i = 0; i < 3; i++)
-        adapt_step(&a, 150, a.cap);
-    assert_int_equal(a.cap, 30);
-    assert_non_null(strstr(a.reason, "above max"));
-}
-
-static void test_adapt_halves_under_pressure_and_respects_the_limit(void **state)
-{
-    (void)state;
-    struct adapt a;
-    adapt_init(&a, 2, 64, 32, 50, 100);
-    assert_true(adapt_pressure(&a, 1));
-    assert_int_equal(a.cap, 16);
-    assert_true(adapt_pressure(&a, 2));
-    assert_int_equal(a.cap, 8);
-    assert_false(adapt_pressure(&a, 2));
-    for (int i = 0; i < 50; i++)
-        adapt_step(&a, 5, a.cap); /* no rise under pressure */
-    assert_int_equal(a.cap, 8);
-    assert_true(adapt_pressure(&a, 0));
-    assert_int_equal(a.cap, 32); /* back to what it was, within the limit */
-    assert_true(adapt_set_limit(&a, 4));
-    assert_int_equal(a.cap, 4);
-    for (int i = 0; i < 100; i++)
-        adapt_step(&a, 5, a.cap);
-    assert_int_equal(a.cap, 4); /* the supervisor's bound holds */
-    assert_true(adapt_pressure(&a, 2));
-    assert_int_equal(a.cap, 2); /* never under min */
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,9 +465,6 @@ int main(void)
         cmocka_unit_test(test_sample_is_a_function_of_seed_and_position),
         cmocka_unit_test(test_sample_top_k_and_top_p_restrict_the_draw),
         cmocka_unit_test(test_sample_draws_follow_the_reference_distribution),
-        cmocka_unit_test(test_adapt_rises_under_good_latency_only_when_saturated),
-        cmocka_unit_test(test_adapt_falls_when_slow_and_does_not_oscillate),
-        cmocka_unit_test(test_adapt_halves_under_pressure_and_respects_the_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

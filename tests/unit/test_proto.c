@@ -436,7 +436,7 @@ static void heartbeat_example(struct proto_msg *m, unsigned n_metrics)
     h->preemptions = 2;
     h->tokens_total = 1ull << 40;
     h->requests_total = 99;
-    h->pressure_level = PROTO_PRESSURE_EMERGENCY;
+    h->pressure_level = PRESSURE_EMERGENCY;
     h->state = PROTO_STATE_DRAINING;
     h->n_metrics = (uint8_t)n_metrics;
     for (unsigned i = 0; i < n_metrics; i++) {
@@ -463,7 +463,7 @@ static void test_heartbeat_round_trips_with_and_without_metrics(void **state)
         assert_int_equal(o->batch_cap, 16);
         assert_int_equal(o->batch_limit, 64);
         assert_true(o->preemptions == 2 && o->tokens_total == 1ull << 40 && o->requests_total == 99);
-        assert_int_equal(o->pressure_level, PROTO_PRESSURE_EMERGENCY);
+        assert_int_equal(o->pressure_level, PRESSURE_EMERGENCY);
         assert_int_equal(o->state, PROTO_STATE_DRAINING);
         assert_int_equal(o->n_metrics, counts[k]);
         for (unsigned i = 0; i < counts[k]; i++) {
@@ -485,10 +485,10 @@ static void test_control_commands_round_trip(void **state)
     assert_string_equal(d.u.set_batch.reason, sb.u.set_batch.reason);
 
     struct proto_msg p = { .type = PROTO_PRESSURE };
-    p.u.pressure.level = PROTO_PRESSURE_CRITICAL;
+    p.u.pressure.level = PRESSURE_CRITICAL;
     strcpy(p.u.pressure.reason, "psi some avg10=42");
     round_trip(&p, &d);
-    assert_int_equal(d.u.pressure.level, PROTO_PRESSURE_CRITICAL);
+    assert_int_equal(d.u.pressure.level, PRESSURE_CRITICAL);
     assert_string_equal(d.u.pressure.reason, "psi some avg10=42");
 
     struct proto_msg dr = { .type = PROTO_DRAIN }, sh = { .type = PROTO_SHUTDOWN };
@@ -1251,7 +1251,7 @@ static void write_seeds(const char *dir)
             strcpy(m.u.set_batch.reason, "memory pressure");
             break;
         case PROTO_PRESSURE:
-            m.u.pressure.level = PROTO_PRESSURE_WARNING;
+            m.u.pressure.level = PRESSURE_WARNING;
             strcpy(m.u.pressure.reason, "psi");
             break;
         case PROTO_WORKERS:
