@@ -22,7 +22,7 @@ import time
 import websockets
 
 from conftest import http_get
-from test_supervisor import supervised  # noqa: F401  (the fixture)
+
 
 MAX_BATCH = 16
 CLIENTS = 20        # more than MAX_BATCH: the batch stays full, some wait

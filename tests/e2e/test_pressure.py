@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from conftest import make_model, wait_for
-from test_supervisor import Supervised
+from conftest import Supervised
 
 CG_ROOT = "/sys/fs/cgroup/memory"
 LIMIT = 300 << 20
