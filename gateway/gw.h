@@ -312,6 +312,9 @@ void telemetry_ttft(struct gw *g, uint64_t ttft_us);
 
 /* --- http (gateway/http.c) --- */
 int http_serve(struct lws *wsi, struct gw *g, const char *path);
+/* The API key a request carries (Authorization: Bearer, or ?key=) into
+ * key; false when it carries none. */
+bool http_request_key(struct lws *wsi, char *key, size_t n);
 void http_render_metrics(struct gw *g, void *prom_buf);
 
 /* --- limits (gateway/limits.c) --- */

@@ -120,6 +120,39 @@ void http_render_metrics(struct gw *g, void *pb)
     }
 }
 
+bool http_request_key(struct lws *wsi, char *key, size_t n)
+{
+    char auth[CREQ_KEY_MAX + 16] = "";
+    key[0] = 0;
+    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncasecmp(auth, "Bearer ", 7)) {
+        snprintf(key, n, "%s", auth + 7);
+    } else {
+        /* lws copies the whole "key=VALUE" argument into the buffer (and
+         * leaves the last argument there when none matches): the key is
+         * what the returned pointer points at. */
+        const char *v = lws_get_urlarg_by_name(wsi, "key=", key, (int)n);
+        if (v)
+            memmove(key, v, strlen(v) + 1);
+        else
+            key[0] = 0;
+    }
+    memset(auth, 0, sizeof auth);
+    return key[0] != 0;
+}
+
+/* /metrics names workers, rates and error counts: open on a loopback
+ * gateway (only local users reach it), with an API key otherwise when keys
+ * are configured. */
+static bool metrics_allowed(struct lws *wsi, struct gw *g)
+{
+    if (!g->n_keys || limits_is_loopback(g->host))
+        return true;
+    char key[CREQ_KEY_MAX + 16];
+    bool ok = http_request_key(wsi, key, sizeof key) && limits_key_ok(g, key);
+    memset(key, 0, sizeof key);
+    return ok;
+}
+
 int http_serve(struct lws *wsi, struct gw *g, const char *path)
 {
     char uri[128] = "";
@@ -133,6 +166,10 @@ int http_serve(struct lws *wsi, struct gw *g, const char *path)
         return respond(wsi, n && !g->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);
     }
     if (!strcmp(uri, "/metrics")) {
+        if (!metrics_allowed(wsi, g)) {
+            static const char m[] = "an API key is required for /metrics (Authorization: Bearer KEY, or ?key=KEY)\n";
+            return respond(wsi, 401, "text/plain", m, sizeof m - 1);
+        }
         struct prom_buf b;
         prom_init(&b);
         http_render_metrics(g, &b);

@@ -246,20 +246,8 @@ static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
         c->closing = true, c->rx_cap = RILL_E_FORBIDDEN_ORIGIN;
     free(origin);
     free(host);
-    char key[CREQ_KEY_MAX + 16] = "";
-    char auth[CREQ_KEY_MAX + 16] = "";
-    if (lws_hdr_copy(wsi, auth, sizeof auth, WSI_TOKEN_HTTP_AUTHORIZATION) > 0 && !strncasecmp(auth, "Bearer ", 7))
-        snprintf(key, sizeof key, "%s", auth + 7);
-    else {
-        /* lws copies the whole "key=VALUE" argument into the buffer (and
-         * leaves the last argument there when none matches): the key is
-         * what the returned pointer points at. */
-        const char *v = lws_get_urlarg_by_name(wsi, "key=", key, sizeof key);
-        if (v)
-            memmove(key, v, strlen(v) + 1);
-        else
-            key[0] = 0;
-    }
+    char key[CREQ_KEY_MAX + 16];
+    http_request_key(wsi, key, sizeof key);
     c->authed = limits_key_ok(g, key[0] ? key : NULL);
     if (key[0] && !c->authed && !c->closing)
         c->closing = true, c->rx_cap = RILL_E_UNAUTHORIZED;
@@ -268,7 +256,6 @@ static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
     else
         snprintf(c->bucket_key, sizeof c->bucket_key, "ip:%s", c->ip);
     memset(key, 0, sizeof key);
-    memset(auth, 0, sizeof auth);
     return 0;
 }
 

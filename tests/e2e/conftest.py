@@ -86,7 +86,7 @@ def http_get(port, path):
 class Pipeline:
     """Workers and a gateway started standalone (no supervisor)."""
 
-    def __init__(self, model, workers=1, gateway_args=(), worker_args=(), threads=1):
+    def __init__(self, model, workers=1, gateway_args=(), worker_args=(), threads=1, host="127.0.0.1"):
         self.instance = "t" + uuid.uuid4().hex[:8]
         self.run_dir = tempfile.mkdtemp(prefix="rill-e2e-")
         self.port = free_port()
@@ -101,7 +101,7 @@ class Pipeline:
             self.worker_procs.append(self._start_worker(k, threads, worker_args))
             endpoints.append(f"ipc://{self.run_dir}/w{k}.sock@{ring_name(self.instance, k)}")
         self.gateway = self._spawn("gateway", [binary("rill-gateway"), *self.common,
-                                               "--listen", f"127.0.0.1:{self.port}",
+                                               "--listen", f"{host}:{self.port}",
                                                "--worker_list", ",".join(endpoints), *gateway_args])
         wait_for(lambda: self._ready(workers), what="gateway ready")
 

@@ -288,3 +288,22 @@ def test_telemetry_without_keys_is_open(gw):
 def test_metrics_is_open_on_loopback(keyed):
     status, body, _ = conftest.http_get(keyed.port, "/metrics")
     assert status == 200 and "rill_gateway_requests_total" in body
+
+
+def test_metrics_needs_the_key_off_loopback(pipelines, tiny_model):
+    import http.client
+    p = pipelines(tiny_model, gateway_args=["--api_keys", "k-right"], host="0.0.0.0")
+    port = p.port
+
+    def get(headers=None, path="/metrics"):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    status, body = get()
+    assert status == 401 and "API key" in body
+    assert get({"Authorization": "Bearer k-wrong"})[0] == 401
+    status, body = get({"Authorization": "Bearer k-right"})
+    assert status == 200 and "rill_gateway_requests_total" in body
+    assert get(path="/metrics?key=k-right")[0] == 200
+    assert get(path="/health")[0] == 200

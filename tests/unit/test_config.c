@@ -130,10 +130,31 @@ static void test_config_round_trips_through_child_arguments(void **state)
     assert_int_equal(cfg_parse_args(&b, argc + 1, full, NULL, NULL, why, sizeof why), 0);
     assert_int_equal(b.max_batch, 12);
     assert_true(b.sampling_rate == 0.25);
-    assert_string_equal(b.api_keys, "k1,k2");
+    /* Secrets never travel as arguments (the supervisor passes a file). */
+    for (int i = 0; i < argc; i++)
+        assert_null(strstr(argv[i], "k1"));
+    assert_string_equal(b.api_keys, "");
+    snprintf(b.api_keys, sizeof b.api_keys, "%s", a.api_keys);
     assert_memory_equal(&a, &b, offsetof(struct rill_config, config_file));
     free(full);
     cfg_free_args(argv, argc);
+}
+
+static void test_config_secret_flags_are_blanked_in_argv(void **state)
+{
+    (void)state;
+    struct rill_config c;
+    cfg_defaults(&c);
+    char a0[] = "rill", a1[] = "--api_keys", a2[] = "sekrit,other", a3[] = "--api_keys=sekrit2", a4[] = "--max_batch",
+         a5[] = "8";
+    char *argv[] = {a0, a1, a2, a3, a4, a5, NULL};
+    char why[256];
+    assert_int_equal(cfg_parse_args(&c, 6, argv, NULL, NULL, why, sizeof why), 0);
+    assert_string_equal(c.api_keys, "sekrit2");
+    assert_string_equal(a2, "************");
+    assert_string_equal(a3, "--api_keys=*******");
+    assert_string_equal(a5, "8"); /* not a secret: untouched */
+    assert_int_equal(c.max_batch, 8);
 }
 
 int main(void)
@@ -144,6 +165,7 @@ int main(void)
         cmocka_unit_test(test_config_file_errors_name_the_key),
         cmocka_unit_test(test_config_flags_override_the_file_wherever_they_stand),
         cmocka_unit_test(test_config_round_trips_through_child_arguments),
+        cmocka_unit_test(test_config_secret_flags_are_blanked_in_argv),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
