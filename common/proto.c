@@ -30,7 +30,7 @@
 
 static const char *const type_names[PROTO_TYPE_COUNT] = {
     [PROTO_SUBMIT] = "submit",       [PROTO_CANCEL] = "cancel",
-    [PROTO_ACCEPTED] = "accepted",   [PROTO_REJECTED] = "rejected",
+    [PROTO_ACCEPTED] = "accepted",   [PROTO_REJECTED] = "rejected",   [PROTO_STATS] = "stats",
     [PROTO_HELLO] = "hello",         [PROTO_HEARTBEAT] = "heartbeat",
     [PROTO_SET_BATCH] = "set_batch", [PROTO_PRESSURE] = "pressure",
     [PROTO_DRAIN] = "drain",         [PROTO_SHUTDOWN] = "shutdown",
@@ -76,7 +76,7 @@ const char *proto_finish_name(enum proto_finish f)
 enum kind {
     K_U64, K_U32, K_U8, K_I32, K_F32, K_BOOL, K_STR, K_ROLE,
     /* fields with their own code */
-    K_PROMPT, K_TOKENS, K_STOP, K_METRICS, K_WORKERS, K_BLOB,
+    K_PROMPT, K_TOKENS, K_STOP, K_METRICS, K_WORKERS, K_BLOB, K_TEXT,
 };
 
 #define F_REQ      1u /* required */
@@ -190,6 +190,11 @@ static const struct field pressure_fields[] = {
     STR(struct proto_pressure_msg, reason, 0),
 };
 
+static const struct field stats_fields[] = {
+    SPECIAL(struct proto_stats, prom, K_TEXT, F_REQ),
+    SPECIAL(struct proto_stats, json, K_TEXT, F_REQ),
+};
+
 static const struct field workers_fields[] = {
     SPECIAL(struct proto_workers, workers, K_WORKERS, F_REQ),
 };
@@ -222,6 +227,7 @@ static const struct table tables[PROTO_TYPE_COUNT] = {
     [PROTO_DRAIN] = { NULL, 0 },
     [PROTO_SHUTDOWN] = { NULL, 0 },
     [PROTO_WORKERS] = TABLE(workers_fields),
+    [PROTO_STATS] = TABLE(stats_fields),
 };
 static const struct table worker_info_table = TABLE(worker_info_fields);
 
@@ -450,6 +456,24 @@ static int dec_special(struct ctx *c, const struct field *f, const msgpack_objec
             return fail(c, key, RILL_E_TOO_LARGE, "too many bytes");
         memcpy(b->data, o->via.bin.ptr, o->via.bin.size);
         b->len = (uint16_t)o->via.bin.size;
+        return 0;
+    }
+    case K_TEXT: {
+        struct proto_text *t = (struct proto_text *)((char *)base + f->off);
+        if (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR)
+            return fail(c, key, RILL_E_BAD_REQUEST, "expected bytes or a string");
+        uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.str.size;
+        const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.str.ptr;
+        if (n > PROTO_MAX_TEXT)
+            return fail(c, key, RILL_E_TOO_LARGE, "text too long");
+        char *dst = malloc((size_t)n + 1);
+        if (!dst)
+            return fail(c, key, RILL_E_NOMEM, "out of memory");
+        memcpy(dst, p, n);
+        dst[n] = '\0';
+        free((void *)t->p); /* a repeated key: the last one wins */
+        t->p = dst;
+        t->len = n;
         return 0;
     }
     case K_PROMPT: {
@@ -709,8 +733,8 @@ int proto_decode(const void *buf, size_t len, struct proto_msg *out, char *why, 
 out:
     msgpack_unpacked_destroy(&up);
     if (rc) {
-        if (out->type == PROTO_SUBMIT)
-            submit_free(&out->u.submit);
+        out->owned_ = true; /* whatever was allocated before the error */
+        proto_msg_free(out);
         memset(out, 0, sizeof *out);
     } else {
         out->owned_ = true;
@@ -724,6 +748,11 @@ void proto_msg_free(struct proto_msg *m)
         return;
     if (m->type == PROTO_SUBMIT)
         submit_free(&m->u.submit);
+    if (m->type == PROTO_STATS) {
+        free((void *)m->u.stats.prom.p);
+        free((void *)m->u.stats.json.p);
+        memset(&m->u.stats, 0, sizeof m->u.stats);
+    }
     m->owned_ = false;
 }
 
@@ -790,6 +819,17 @@ static int enc_special(struct ctx *c, struct enc *e, const struct field *f, cons
             return fail(c, key, RILL_E_TOO_LARGE, "too many bytes");
         e->err |= msgpack_pack_bin(&e->pk, b->len);
         e->err |= msgpack_pack_bin_body(&e->pk, b->data, b->len);
+        return 0;
+    }
+    case K_TEXT: {
+        const struct proto_text *t = (const struct proto_text *)((const char *)base + f->off);
+        if (t->len > PROTO_MAX_TEXT)
+            return fail(c, key, RILL_E_TOO_LARGE, "text too long");
+        if (t->len && !t->p)
+            return fail(c, key, RILL_E_BAD_REQUEST, "NULL text");
+        e->err |= msgpack_pack_bin(&e->pk, t->len);
+        if (t->len)
+            e->err |= msgpack_pack_bin_body(&e->pk, t->p, t->len);
         return 0;
     }
     case K_PROMPT: {

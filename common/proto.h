@@ -81,6 +81,7 @@ enum proto_type {
     PROTO_DRAIN,
     PROTO_SHUTDOWN,
     PROTO_WORKERS,
+    PROTO_STATS,
     PROTO_TYPE_COUNT
 };
 
@@ -209,6 +210,23 @@ struct proto_workers {
     struct proto_worker_info workers[PROTO_MAX_WORKERS];
 };
 
+/* A piece of text of any length up to PROTO_MAX_TEXT.  After proto_decode()
+ * `p` is heap memory owned by the message, with a NUL after the last byte;
+ * to encode, point it at your bytes. */
+struct proto_text {
+    const char *p;
+    uint32_t len;
+};
+#define PROTO_MAX_TEXT (768u << 10)
+
+/* The supervisor's figures for the gateway, twice a second: its own and the
+ * workers' metrics as Prometheus text (appended to the gateway's /metrics)
+ * and as JSON (the telemetry stream's "supervisor" object). */
+struct proto_stats {
+    struct proto_text prom;
+    struct proto_text json;
+};
+
 /* One message.  drain and shutdown carry no fields.  About 23 KiB (the
  * workers list is inline), fine on a stack. */
 struct proto_msg {
@@ -223,6 +241,7 @@ struct proto_msg {
         struct proto_set_batch set_batch;
         struct proto_pressure_msg pressure;
         struct proto_workers workers;
+        struct proto_stats stats;
     } u;
     /* Set by proto_decode() only: the message owns its heap buffers.  A
      * message you build yourself (zeroed) has it false, so proto_msg_free()

@@ -11,8 +11,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-const char *const rundir_supervisor_files[] = {"control.sock", "supervisor.pid", "children", "supervisor.prom",
-                                               "supervisor.json", RUNDIR_SECRETS, NULL};
+const char *const rundir_supervisor_files[] = {"control.sock", "supervisor.pid", "children", RUNDIR_SECRETS, NULL};
 
 void rundir_unlink(const char *run_dir, const char *name)
 {

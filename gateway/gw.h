@@ -232,6 +232,10 @@ struct gw {
     lws_sorted_usec_list_t hold_sul;
     bool hold_sul_armed;
     uint64_t hb_seq, next_hb_ns;
+    /* the supervisor's latest figures (its stats message), owned copies */
+    char *sup_prom, *sup_json;
+    size_t sup_prom_len, sup_json_len;
+    uint64_t sup_stats_ns;       /* when they came */
     uint64_t started_ns;
 };
 

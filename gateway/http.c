@@ -104,20 +104,9 @@ void http_render_metrics(struct gw *g, void *pb)
     prom_gauge(b, "rill_gateway_uptime_seconds", "Seconds since the gateway started.",
                (double)(clock_ns() - g->started_ns) / 1e9);
     /* Under a supervisor: its own and the workers' figures (from their
-     * heartbeats), which it rewrites in the run dir twice a second. */
-    if (g->c->control[0]) {
-        char run_dir[CFG_STR_MAX], path[CFG_STR_MAX + 32];
-        cfg_run_dir(g->c, run_dir, sizeof run_dir);
-        snprintf(path, sizeof path, "%s/supervisor.prom", run_dir);
-        FILE *f = fopen(path, "r");
-        if (f) {
-            char chunk[4096];
-            size_t n;
-            while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-                prom_printf(b, "%.*s", (int)n, chunk);
-            fclose(f);
-        }
-    }
+     * heartbeats), which it sends twice a second. */
+    if (g->sup_prom_len)
+        prom_printf(b, "%.*s", (int)g->sup_prom_len, g->sup_prom);
 }
 
 bool http_request_key(struct lws *wsi, char *key, size_t n)

@@ -97,21 +97,14 @@ static void percentiles(struct jsonw *w, const char *key, const struct hist *h)
     jsonw_obj_end(w);
 }
 
-/* The supervisor's supervisor.json, raw, when there is one and it is fresh
- * enough to be worth showing.  Returns its length (0: none). */
-static size_t supervisor_json(const struct gw *g, char *buf, size_t cap)
+/* The supervisor's latest JSON (its stats message), when it is fresh enough
+ * to be worth showing.  Returns its length (0: none). */
+static size_t supervisor_json(const struct gw *g, const char **out)
 {
-    if (!g->c->control[0])
+    if (!g->sup_json_len || clock_ns() - g->sup_stats_ns > 5000000000ull)
         return 0;
-    char run_dir[CFG_STR_MAX], path[CFG_STR_MAX + 32];
-    cfg_run_dir(g->c, run_dir, sizeof run_dir);
-    snprintf(path, sizeof path, "%s/supervisor.json", run_dir);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, cap, f);
-    fclose(f);
-    return n == cap ? 0 : n; /* truncated: leave it out rather than send broken JSON */
+    *out = g->sup_json;
+    return g->sup_json_len;
 }
 
 /* Start the next one-second window of the snapshot's rates and percentiles. */
@@ -141,13 +134,12 @@ void telemetry_tick(struct gw *g, uint64_t now)
     if (secs < 0.001)
         secs = 0.001;
     const struct gw_metrics *m = &g->m, *p = &t->prev;
-    size_t cap = 64 * 1024;
-    char *buf = malloc(cap), *sup = malloc(48 * 1024);
-    if (!buf || !sup) {
-        free(buf);
-        free(sup);
+    const char *sup = NULL;
+    size_t sl = supervisor_json(g, &sup);
+    size_t cap = 64 * 1024 + sl;
+    char *buf = malloc(cap);
+    if (!buf)
         return;
-    }
     struct jsonw w;
     jsonw_init(&w, buf, cap);
     jsonw_obj_begin(&w);
@@ -180,13 +172,11 @@ void telemetry_tick(struct gw *g, uint64_t now)
     jsonw_obj_end(&w);
     jsonw_key_int(&w, "workers_ready", workers_ready(g));
     jsonw_obj_end(&w);
-    size_t sl = supervisor_json(g, sup, 48 * 1024);
     if (sl) {
         jsonw_key(&w, "supervisor");
         jsonw_raw(&w, sup, sl);
     }
     jsonw_obj_end(&w);
-    free(sup);
     if (jsonw_ok(&w)) {
         for (struct conn *c = t->subs, *next; c; c = next) {
             next = c->sub_next; /* conn_queue may close a slow subscriber */

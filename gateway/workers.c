@@ -230,6 +230,18 @@ static void on_control_msg(struct gw *g, struct proto_msg *m)
     case PROTO_DRAIN:
         gw_begin_drain(g, "the supervisor asked");
         break;
+    case PROTO_STATS: {
+        /* Take the decoded buffers over: no copy. */
+        free(g->sup_prom);
+        free(g->sup_json);
+        g->sup_prom = (char *)m->u.stats.prom.p;
+        g->sup_prom_len = m->u.stats.prom.len;
+        g->sup_json = (char *)m->u.stats.json.p;
+        g->sup_json_len = m->u.stats.json.len;
+        m->u.stats.prom.p = m->u.stats.json.p = NULL;
+        g->sup_stats_ns = clock_ns();
+        break;
+    }
     case PROTO_SHUTDOWN:
         g->shutting_down = true;
         g->stop = true;
@@ -455,4 +467,7 @@ void workers_fini(struct gw *g)
     }
     zs_close(&g->control);
     zs_ctx_term(&g->zctx);
+    free(g->sup_prom);
+    free(g->sup_json);
+    g->sup_prom = g->sup_json = NULL;
 }

@@ -637,15 +637,21 @@ static void write_stats(struct sup *s, uint64_t now)
         prom_histogram_bounds(&b, "rill_worker_batch_size", i == 1 ? "Sequences a decode step advanced." : NULL, lab,
                               &s->batch_n[i], batch_le, sizeof batch_le / sizeof batch_le[0], 1);
     }
-    if (!b.oom)
-        write_file(s, "supervisor.prom", b.p, b.len);
-    prom_free(&b);
+    /* Both go to the gateway over the control plane: nothing on its event
+     * loop reads a file. */
+    struct proto_msg m = {.type = PROTO_STATS};
+    if (!b.oom && b.len <= PROTO_MAX_TEXT) {
+        m.u.stats.prom.p = b.p;
+        m.u.stats.prom.len = (uint32_t)b.len;
+    }
 
     /* The same, as JSON, for the dashboard. */
     size_t cap = 4096 + (size_t)s->t.n * 1024;
     char *buf = malloc(cap);
-    if (!buf)
+    if (!buf) {
+        prom_free(&b);
         return;
+    }
     struct jsonw w;
     jsonw_init(&w, buf, cap);
     jsonw_obj_begin(&w);
@@ -690,8 +696,14 @@ static void write_stats(struct sup *s, uint64_t now)
     }
     jsonw_arr_end(&w);
     jsonw_obj_end(&w);
-    if (jsonw_ok(&w))
-        write_file(s, "supervisor.json", buf, jsonw_len(&w));
+    if (jsonw_ok(&w)) {
+        m.u.stats.json.p = buf;
+        m.u.stats.json.len = (uint32_t)jsonw_len(&w);
+    }
+    const struct proc *g = &s->t.p[0];
+    if (g->state == PROC_READY || g->state == PROC_DRAINING)
+        send_to(s, g, &m);
+    prom_free(&b);
     free(buf);
 }
 

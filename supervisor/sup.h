@@ -4,10 +4,10 @@
  *
  * Files in the run dir (mode 0700): control.sock (the control ROUTER),
  * supervisor.pid, children (pids, for a successor to clean up after a
- * kill -9), supervisor.prom (the supervisor's and workers' metrics in
- * Prometheus text, which the gateway appends to its /metrics) and
- * supervisor.json (the same for the dashboard), both rewritten atomically
- * twice a second.
+ * kill -9) and secrets (the API keys for the gateway, mode 0600).  Twice a
+ * second it sends the gateway a `stats` message: its own and the workers'
+ * metrics as Prometheus text (appended to the gateway's /metrics) and as
+ * JSON (for the telemetry stream and the dashboard).
  *
  * stdout carries exactly one line, "rill ready at http://HOST:PORT/", once
  * every process has said hello; logs go to stderr (or log_file).  Under
