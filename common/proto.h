@@ -301,6 +301,10 @@ void proto_msg_free(struct proto_msg *m);
 
 /* The ring record kind of a token record (ring_reserve's `kind`). */
 #define PROTO_TOK_KIND         1
+/* A ring record that holds a whole message (msgpack, as on the planes):
+ * a request's accepted / rejected travel in its worker's ring with its
+ * tokens, so the gateway sees the request's life as one ordered sequence. */
+#define PROTO_MSG_KIND         2
 #define PROTO_TOK_VERSION      1
 #define PROTO_MAX_TOKEN_TEXT   512
 #define PROTO_TOK_HDR          52u /* bytes before the alternatives */

@@ -65,7 +65,6 @@ struct stream {
     int refusal;                 /* the last refusal's code (0: none) */
     struct proto_submit submit;  /* kept until accepted, to re-route (owns prompt) */
     enum stream_state state;
-    bool accepted_sent;
     bool timestamps;             /* token items carry gen_us */
     /* tokens received, not yet framed (encoded items for the client) */
     struct obuf pending;

@@ -296,10 +296,7 @@ static void mark_accepted(struct stream *s)
     s->state = ST_RUNNING;
     struct gw *g = s->conn->gw;
     conn_send_accepted(s->conn, &s->cid, s->worker >= 0 ? g->workers[s->worker].id : "?");
-    /* No more re-routing: the prompt is the worker's now. */
-    free((void *)s->submit.prompt);
-    s->submit.prompt = NULL;
-    s->submit.prompt_len = 0;
+    /* The prompt stays with the stream: what it needs to run again. */
 }
 
 void session_on_worker_reply(struct gw *g, int worker, struct proto_msg *m)
@@ -392,7 +389,11 @@ void session_on_token(struct gw *g, const struct proto_token *t, uint64_t now_ns
     if (!s || s->term)
         return; /* abandoned by its client, or already ended */
     struct conn *c = s->conn;
-    mark_accepted(s);
+    /* The worker's ring carries the request's accepted ahead of its tokens. */
+    if (s->state != ST_RUNNING) {
+        rlog_warn("request %llu: a token before its accepted: dropped", (unsigned long long)t->req_id);
+        return;
+    }
     if (t->token_id >= 0) {
         if (t->position != s->next_pos)
             rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)t->req_id, t->position,

@@ -293,6 +293,17 @@ void workers_poll_rings(struct gw *g)
         uint32_t len, kind;
         int rc;
         while ((rc = ring_next(w->ring, &d, &len, &kind)) == 0) {
+            if (kind == PROTO_MSG_KIND) {
+                struct proto_msg m;
+                char why[160];
+                if (proto_decode(d, len, &m, why, sizeof why) != 0) {
+                    rlog_warn("worker %s: bad message record: %s", w->id, why);
+                    continue;
+                }
+                session_on_worker_reply(g, w->idx, &m);
+                proto_msg_free(&m);
+                continue;
+            }
             struct proto_token t;
             if (kind != PROTO_TOK_KIND || proto_token_decode(d, len, &t) != 0) {
                 rlog_warn("worker %s: bad token record (%u bytes)", w->id, len);
@@ -350,11 +361,9 @@ int workers_send(struct gw *g, int worker, const struct proto_msg *m)
     struct gw_worker *w = &g->workers[worker];
     if (!w->up || !w->dealer)
         return RILL_E_PEER_DEAD;
-    int rc = plane_send(w->dealer, NULL, m);
-    /* Sending can swallow the ZMQ_FD edge of a reply: look now. */
-    if (w->zwsi && zs_readable(w->dealer))
-        workers_on_zmq(g, w->zwsi);
-    return rc;
+    /* Answers come back in the worker's ring, never on this socket: sending
+     * never calls back into the stream layer. */
+    return plane_send(w->dealer, NULL, m);
 }
 
 static void send_heartbeat(struct gw *g)

@@ -114,11 +114,24 @@ static size_t step_need(const struct server *sv)
 
 /* --- messages --------------------------------------------------------------------------- */
 
+/* A request's answer (accepted, rejected) goes into the ring, ahead of its
+ * tokens: one ordered channel to the gateway, never a race between a reply
+ * on the request socket and tokens in the ring. */
 static void reply(struct server *sv, const struct zs_id *to, const struct proto_msg *m)
 {
-    int rc = plane_send(sv->router, to, m);
-    if (rc)
-        rlog_warn("cannot answer the gateway: %s", rill_err_name(rc));
+    (void)to;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    char why[160] = "";
+    int rc = proto_encode(m, &sb, why, sizeof why);
+    if (!rc)
+        rc = ring_push(sv->ring, sb.data, (uint32_t)sb.size, PROTO_MSG_KIND, 1000);
+    msgpack_sbuffer_destroy(&sb);
+    if (rc) {
+        rlog_warn("cannot answer the gateway: %s%s%s", rill_err_name(rc), why[0] ? ": " : "", why);
+        return;
+    }
+    ring_publish(sv->ring);
 }
 
 static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64_t req_id)
