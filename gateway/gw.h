@@ -27,11 +27,8 @@
 #include "common/ring.h"
 #include "common/zsock.h"
 #include "request.h"
+#include "transport.h"
 
-#define GW_MAX_WORKERS PROTO_MAX_WORKERS
-/* The protocol of the ZeroMQ descriptors adopted into the loop (on the
- * internal vhost, which does not listen). */
-#define GW_INTERNAL_PROTOCOL "rill-zmq"
 
 struct gw;
 struct conn;
@@ -123,27 +120,6 @@ struct conn {
     struct conn *sub_prev, *sub_next;
 };
 
-struct gw_worker {
-    int idx;
-    bool in_use;
-    char id[PROTO_ID_LEN + 1];
-    char ring_name[PROTO_RING_LEN + 1];
-    char endpoint[PROTO_ENDPOINT_LEN + 1];
-    uint64_t epoch;
-    bool up;                     /* ring open and dealer connected */
-    bool draining;               /* finishing its requests: routes nothing new */
-    bool failed;                 /* the supervisor gave up on it: it will not come back */
-    struct ring *ring;
-    void *dealer;
-    struct lws *zwsi;            /* the dealer's ZMQ_FD, adopted into lws */
-    pthread_t reader;
-    bool reader_running;
-    _Atomic bool reader_stop;
-    _Atomic bool pending;        /* reader -> service: new records */
-    _Atomic bool dead;           /* reader -> service: producer died */
-    uint32_t inflight;           /* streams routed here */
-    uint64_t last_retry_ns;
-};
 
 /* Token bucket per API key (or per IP when there are no keys). */
 struct bucket {
@@ -183,17 +159,10 @@ struct gw {
     const struct rill_config *c;
     struct lws_context *ctx;
     struct lws_vhost *vh;
-    struct lws_vhost *vh_internal; /* does not listen: the adopted ZeroMQ fds */
     struct creq_limits lim;
     char host[128];
     int port;
-    /* workers */
-    void *zctx;
-    void *control;               /* DEALER to the supervisor, or NULL */
-    struct lws *control_wsi;
-    struct gw_worker workers[GW_MAX_WORKERS];
-    int n_workers;
-    bool standalone;
+    struct transport tp;         /* the workers and the supervisor (transport.h) */
     bool shutting_down;          /* refuse new generations */
     uint64_t drain_deadline_ns;  /* while draining: stop by then at the latest */
     volatile bool stop;          /* leave the service loop */
@@ -230,7 +199,6 @@ struct gw {
     struct conn *dirty, *dirty_tail;
     lws_sorted_usec_list_t hold_sul;
     bool hold_sul_armed;
-    uint64_t hb_seq, next_hb_ns;
     /* the supervisor's latest figures (its stats message), owned copies */
     char *sup_prom, *sup_json;
     size_t sup_prom_len, sup_json_len;
@@ -283,22 +251,6 @@ void session_release_holds(struct gw *g);
  * socket has room and nothing is buffered (one send, no epoll round trip),
  * else through lws's writable callback. */
 void session_flush_writes(struct gw *g);
-
-/* --- workers (gateway/workers.c) --- */
-int workers_init(struct gw *g);
-void workers_fini(struct gw *g);
-/* Drain every ring that has news (service thread). */
-void workers_poll_rings(struct gw *g);
-/* Drain a worker's dealer / the control socket (service thread). */
-void workers_on_zmq(struct gw *g, struct lws *wsi);
-/* Least-loaded ready worker not in `exclude`, or -1. */
-int workers_pick(struct gw *g, uint64_t exclude);
-int workers_send(struct gw *g, int worker, const struct proto_msg *m);
-int workers_ready(const struct gw *g);
-/* Whether a worker may still become ready (false once the supervisor has
- * given up on every one): decides if no_worker is recoverable. */
-bool workers_can_come_back(const struct gw *g);
-void workers_tick(struct gw *g, uint64_t now_ns);
 
 /* --- telemetry (gateway/telemetry.c) --- */
 void telemetry_init(struct gw *g);

@@ -85,7 +85,7 @@ void http_render_metrics(struct gw *g, void *pb)
                  (double)m->slow_closed);
     prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)g->n_conns);
     prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)g->map_used);
-    prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)workers_ready(g));
+    prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)transport_ready(&g->tp));
     prom_family(b, "rill_gateway_errors_total", "counter", "Errors sent to clients, by code.");
     for (int i = 0; i < RILL_ERR_COUNT; i++) {
         if (!rill_err_is_wire(-(i + 1)))
@@ -149,7 +149,7 @@ int http_serve(struct lws *wsi, struct gw *g, const char *path)
     if (!strcmp(uri, "/health"))
         return respond(wsi, 200, "text/plain", "ok\n", 3);
     if (!strcmp(uri, "/ready")) {
-        int n = workers_ready(g);
+        int n = transport_ready(&g->tp);
         char body[96];
         int len = snprintf(body, sizeof body, "%s: %d worker%s ready\n", n ? "ready" : "not ready", n, n == 1 ? "" : "s");
         return respond(wsi, n && !g->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);

@@ -398,10 +398,10 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     }
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         if (proto && proto->id == PROTO_ID_JSON)
-            workers_poll_rings(g);
+            transport_poll_rings(&g->tp);
         return 0;
     case LWS_CALLBACK_RAW_RX_FILE:
-        workers_on_zmq(g, wsi);
+        transport_on_fd(&g->tp, wsi);
         return 0;
     default:
         break;
@@ -432,7 +432,7 @@ static const struct lws_protocols protocols[3] = {
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 static const struct lws_protocols internal_protocols[] = {
-    {GW_INTERNAL_PROTOCOL, gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
+    {TRANSPORT_LWS_PROTOCOL, gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* permessage-deflate, offered with small windows: the default window and
@@ -482,7 +482,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         }
         return;
     }
-    workers_tick(t->g, now);
+    transport_tick(&t->g->tp, now);
     telemetry_tick(t->g, now);
     limits_prune(t->g, now);
     /* After a burst, give the allocator's free memory back to the system
@@ -572,6 +572,56 @@ static int parse_listen(const char *listen, char *host, size_t hn, int *port)
     }
     *port = (int)p;
     return 0;
+}
+
+/* --- the transport's callbacks: the layers above it ------------------------------------- */
+
+static void on_worker_msg(void *ctx, int worker, struct proto_msg *m) { session_on_worker_reply(ctx, worker, m); }
+
+static void on_worker_token(void *ctx, const struct proto_token *t, uint64_t now_ns)
+{
+    session_on_token(ctx, t, now_ns);
+}
+
+static void on_batch_end(void *ctx) { session_flush_writes(ctx); }
+
+static void on_worker_down(void *ctx, int worker) { session_worker_lost(ctx, worker); }
+
+static void on_control_msg(void *ctx, struct proto_msg *m)
+{
+    struct gw *g = ctx;
+    switch (m->type) {
+    case PROTO_DRAIN:
+        gw_begin_drain(g, "the supervisor asked");
+        break;
+    case PROTO_SHUTDOWN:
+        g->shutting_down = true;
+        g->stop = true;
+        lws_cancel_service(g->ctx);
+        break;
+    case PROTO_STATS:
+        /* Take the decoded buffers over: no copy. */
+        free(g->sup_prom);
+        free(g->sup_json);
+        g->sup_prom = (char *)m->u.stats.prom.p;
+        g->sup_prom_len = m->u.stats.prom.len;
+        g->sup_json = (char *)m->u.stats.json.p;
+        g->sup_json_len = m->u.stats.json.len;
+        m->u.stats.prom.p = m->u.stats.json.p = NULL;
+        g->sup_stats_ns = clock_ns();
+        break;
+    default:
+        break;
+    }
+}
+
+static void fill_heartbeat(void *ctx, struct proto_heartbeat *h)
+{
+    const struct gw *g = ctx;
+    h->active = (uint32_t)g->map_used;
+    h->tokens_total = g->m.tokens;
+    h->requests_total = g->m.requests;
+    h->state = g->shutting_down ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
 }
 
 int server_run(const struct rill_config *c)
@@ -697,16 +747,18 @@ int server_run(const struct rill_config *c)
     vi.port = CONTEXT_PORT_NO_LISTEN;
     vi.protocols = internal_protocols;
     vi.vhost_name = "internal";
-    g->vh_internal = g->vh ? lws_create_vhost(g->ctx, &vi) : NULL;
-    if (!g->vh || !g->vh_internal) {
+    struct lws_vhost *vh_internal = g->vh ? lws_create_vhost(g->ctx, &vi) : NULL;
+    if (!g->vh || !vh_internal) {
         lws_context_destroy(g->ctx);
         limits_fini(g);
         free(g);
         return startup_failed(c, RILL_E_INTERNAL, "libwebsockets has no default vhost, or cannot make the internal one");
     }
-    if ((rc = workers_init(g))) {
+    const struct transport_cb cb = {g, on_worker_msg, on_worker_token, on_batch_end, on_worker_down,
+                                    on_control_msg, fill_heartbeat};
+    if ((rc = transport_init(&g->tp, c, g->ctx, vh_internal, (uint32_t)(g->next_req_id >> 32), &cb))) {
         lws_context_destroy(g->ctx);
-        workers_fini(g);
+        transport_fini(&g->tp);
         limits_fini(g);
         free(g);
         return startup_failed(c, rc, "cannot set up the workers' sockets (%s)", rill_err_name(rc));
@@ -737,7 +789,9 @@ int server_run(const struct rill_config *c)
     lws_sul_cancel(&g->hold_sul);
     signal_ctx = NULL;
     lws_context_destroy(g->ctx);
-    workers_fini(g);
+    transport_fini(&g->tp);
+    free(g->sup_prom);
+    free(g->sup_json);
     limits_fini(g);
     free(g->map);
     free(g);

@@ -56,8 +56,7 @@ static void stream_remove(struct stream *s)
     struct conn *c = s->conn;
     struct gw *g = c->gw;
     gw_map_del(g, s->req_id);
-    if (s->worker >= 0 && g->workers[s->worker].inflight)
-        g->workers[s->worker].inflight--;
+    transport_inflight(&g->tp, s->worker, -1);
     for (struct stream **pp = &c->streams; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -77,7 +76,7 @@ static void send_cancel(struct stream *s)
         return;
     struct proto_msg m = {.type = PROTO_CANCEL};
     m.u.cancel.id = s->req_id;
-    workers_send(s->conn->gw, s->worker, &m);
+    transport_send(&s->conn->gw->tp, s->worker, &m);
 }
 
 void session_end_stream(struct stream *s, int code, int finish, const char *msg)
@@ -97,12 +96,12 @@ void session_end_stream(struct stream *s, int code, int finish, const char *msg)
 static void route(struct gw *g, struct stream *s)
 {
     for (;;) {
-        int w = workers_pick(g, s->tried);
+        int w = transport_pick(&g->tp, s->tried);
         if (w < 0) {
-            bool any = workers_ready(g) > 0;
+            bool any = transport_ready(&g->tp) > 0;
             if (s->refusal == RILL_E_SHUTTING_DOWN)
                 session_end_stream(s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
-            else if (any || workers_can_come_back(g))
+            else if (any || transport_can_come_back(&g->tp))
                 session_end_stream(s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
                                    any ? "every worker is busy: try again" : "no worker is ready");
             else {
@@ -116,14 +115,15 @@ static void route(struct gw *g, struct stream *s)
         s->tried |= 1ull << w;
         struct proto_msg m = {.type = PROTO_SUBMIT};
         m.u.submit = s->submit;
-        int rc = workers_send(g, w, &m);
-        rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s, g->workers[w].id,
+        int rc = transport_send(&g->tp, w, &m);
+        rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s,
+                   transport_worker_id(&g->tp, w),
                    rill_err_name(rc));
         if (rc == 0) {
-            g->workers[w].inflight++;
+            transport_inflight(&g->tp, w, +1);
             return;
         }
-        rlog_warn("cannot send request to worker %s: %s", g->workers[w].id, rill_err_name(rc));
+        rlog_warn("cannot send request to worker %s: %s", transport_worker_id(&g->tp, w), rill_err_name(rc));
         s->worker = -1;
     }
 }
@@ -295,7 +295,7 @@ static void mark_accepted(struct stream *s)
         return;
     s->state = ST_RUNNING;
     struct gw *g = s->conn->gw;
-    conn_send_accepted(s->conn, &s->cid, s->worker >= 0 ? g->workers[s->worker].id : "?");
+    conn_send_accepted(s->conn, &s->cid, transport_worker_id(&g->tp, s->worker));
     /* The prompt stays with the stream: what it needs to run again. */
 }
 
@@ -313,8 +313,7 @@ void session_on_worker_reply(struct gw *g, int worker, struct proto_msg *m)
     if (!s || s->worker != worker || s->state != ST_SUBMITTED)
         return;
     int code = m->u.rejected.code;
-    if (g->workers[worker].inflight)
-        g->workers[worker].inflight--;
+    transport_inflight(&g->tp, worker, -1);
     s->worker = -1;
     if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
         s->refusal = code;

@@ -170,7 +170,7 @@ void telemetry_tick(struct gw *g, uint64_t now)
         if (m->errors[i])
             jsonw_key_uint(&w, rill_err_name(-(i + 1)), m->errors[i]);
     jsonw_obj_end(&w);
-    jsonw_key_int(&w, "workers_ready", workers_ready(g));
+    jsonw_key_int(&w, "workers_ready", transport_ready(&g->tp));
     jsonw_obj_end(&w);
     if (sl) {
         jsonw_key(&w, "supervisor");

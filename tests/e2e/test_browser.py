@@ -311,7 +311,10 @@ def test_page_reconnects_when_the_gateway_comes_back(browser, pipelines, small_m
               what="a generation after the reconnect")
     assert page.text("#live-tokens") == "5"
     assert page.js("document.getElementById('error').hidden")
-    assert page.errors() == []
+    # The browser logs each reconnect attempt that found the gateway down
+    # (how many depends on timing); nothing else may be logged.
+    refused = "failed: Error in connection establishment: net::ERR_CONNECTION_REFUSED"
+    assert [e for e in page.errors() if refused not in e] == []
 
 
 # The client against a scripted socket: what the gateway sends only now and

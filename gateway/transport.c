@@ -1,18 +1,11 @@
-/* workers.c — the gateway's view of the workers: for each, its token ring
- * (read by the service thread, watched by a reader thread that sleeps on the
- * ring's futex) and a ZeroMQ DEALER to its request socket, whose ZMQ_FD is
- * adopted into the lws loop (as a dup(): lws closes what it adopts).
- *
- * Workers come from the supervisor's `workers` messages, or, without a
- * supervisor, from worker_list ("endpoint@ring,..."), re-opened when a
- * worker comes back with a new ring epoch.
+/* transport.c — see transport.h.
  *
  * Why a reader thread per ring and not an adopted fd: a futex has no fd.
  * The thread costs nothing while the ring is quiet (it sleeps in the kernel)
  * and wakes the service loop with lws_cancel_service() at most once per
  * batch of records (the `pending` flag dedups wake-ups).
  */
-#include "gw.h"
+#include "transport.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -26,33 +19,33 @@
 #define READER_TICK_MS 100
 
 struct reader_arg {
-    struct gw *g;
-    struct gw_worker *w;
+    struct transport *t;
+    struct transport_worker *w;
 };
 
-static void notify(struct gw *g, struct gw_worker *w)
+static void notify(struct transport *t, struct transport_worker *w)
 {
     if (!atomic_exchange(&w->pending, true))
-        lws_cancel_service(g->ctx);
+        lws_cancel_service(t->ctx);
 }
 
 static void *reader_main(void *a)
 {
     struct reader_arg *ra = a;
-    struct gw *g = ra->g;
-    struct gw_worker *w = ra->w;
+    struct transport *t = ra->t;
+    struct transport_worker *w = ra->w;
     free(ra);
     uint64_t seen = ring_write_index(w->ring);
-    notify(g, w); /* anything published before we started */
+    notify(t, w); /* anything published before we started */
     while (!atomic_load(&w->reader_stop)) {
         ring_wait(w->ring, seen, READER_TICK_MS);
         uint64_t idx = ring_write_index(w->ring);
         if (idx != seen) {
             seen = idx;
-            notify(g, w);
+            notify(t, w);
         } else if (!ring_producer_alive(w->ring)) {
             atomic_store(&w->dead, true);
-            notify(g, w);
+            notify(t, w);
             break;
         }
     }
@@ -61,7 +54,7 @@ static void *reader_main(void *a)
 
 /* --- one worker --------------------------------------------------------------------------- */
 
-static void worker_down(struct gw *g, struct gw_worker *w, const char *why)
+static void worker_down(struct transport *t, struct transport_worker *w, const char *why)
 {
     if (!w->up)
         return;
@@ -73,8 +66,8 @@ static void worker_down(struct gw *g, struct gw_worker *w, const char *why)
         w->reader_running = false;
     }
     /* Whatever the worker published before it went is still good. */
-    workers_poll_rings(g);
-    session_worker_lost(g, w->idx);
+    transport_poll_rings(t);
+    t->cb.on_worker_down(t->cb.ctx, w->idx);
     if (w->zwsi) {
         lws_set_opaque_user_data(w->zwsi, NULL);
         lws_set_timeout(w->zwsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
@@ -87,7 +80,7 @@ static void worker_down(struct gw *g, struct gw_worker *w, const char *why)
     rlog_warn("worker %s is down: %s", w->id, why);
 }
 
-static int adopt_fd(struct gw *g, void *sock, void *user, struct lws **out)
+static int adopt_fd(struct transport *t, void *sock, void *user, struct lws **out)
 {
     int fd;
     if (zs_fd(sock, &fd))
@@ -96,7 +89,7 @@ static int adopt_fd(struct gw *g, void *sock, void *user, struct lws **out)
     u.filefd = dup(fd);
     if (u.filefd < 0)
         return RILL_E_IO;
-    struct lws *wsi = lws_adopt_descriptor_vhost(g->vh_internal, LWS_ADOPT_RAW_FILE_DESC, u, GW_INTERNAL_PROTOCOL, NULL);
+    struct lws *wsi = lws_adopt_descriptor_vhost(t->vh, LWS_ADOPT_RAW_FILE_DESC, u, TRANSPORT_LWS_PROTOCOL, NULL);
     if (!wsi)
         return RILL_E_IO; /* lws closed the dup */
     lws_set_opaque_user_data(wsi, user);
@@ -104,7 +97,7 @@ static int adopt_fd(struct gw *g, void *sock, void *user, struct lws **out)
     return 0;
 }
 
-static int worker_up(struct gw *g, struct gw_worker *w)
+static int worker_up(struct transport *t, struct transport_worker *w)
 {
     char why[160] = "";
     int rc = ring_open(w->ring_name, &w->ring, why, sizeof why);
@@ -120,8 +113,8 @@ static int worker_up(struct gw *g, struct gw_worker *w)
     w->epoch = ring_epoch(w->ring);
     struct zs_id id;
     zs_id_from_str(&id, "g0");
-    if ((rc = zs_dealer(g->zctx, &id, false, &w->dealer)) || (rc = zs_connect(w->dealer, w->endpoint)) ||
-        (rc = adopt_fd(g, w->dealer, w, &w->zwsi))) {
+    if ((rc = zs_dealer(t->zctx, &id, false, &w->dealer)) || (rc = zs_connect(w->dealer, w->endpoint)) ||
+        (rc = adopt_fd(t, w->dealer, w, &w->zwsi))) {
         rlog_error("worker %s: cannot connect to %s: %s", w->id, w->endpoint, rill_err_name(rc));
         zs_close(&w->dealer);
         ring_close(w->ring, false);
@@ -133,7 +126,7 @@ static int worker_up(struct gw *g, struct gw_worker *w)
     atomic_store(&w->pending, false);
     struct reader_arg *ra = malloc(sizeof *ra);
     if (ra) {
-        ra->g = g;
+        ra->t = t;
         ra->w = w;
     }
     if (!ra || pthread_create(&w->reader, NULL, reader_main, ra) != 0) {
@@ -152,27 +145,27 @@ static int worker_up(struct gw *g, struct gw_worker *w)
     /* Say who we are: a cancel of id <epoch:0> (never a real request) lets
      * the worker drop what a previous gateway process left running. */
     struct proto_msg hi = {.type = PROTO_CANCEL};
-    hi.u.cancel.id = g->next_req_id & 0xffffffff00000000ull;
+    hi.u.cancel.id = (uint64_t)t->req_epoch << 32;
     plane_send(w->dealer, NULL, &hi);
     rlog_info("worker %s is up: %s, ring %s (epoch %016llx)", w->id, w->endpoint, w->ring_name,
               (unsigned long long)w->epoch);
     return 0;
 }
 
-static struct gw_worker *worker_slot(struct gw *g, const char *id)
+static struct transport_worker *worker_slot(struct transport *t, const char *id)
 {
-    for (int i = 0; i < g->n_workers; i++)
-        if (g->workers[i].in_use && !strcmp(g->workers[i].id, id))
-            return &g->workers[i];
-    for (int i = 0; i < GW_MAX_WORKERS; i++)
-        if (!g->workers[i].in_use) {
-            struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++)
+        if (t->workers[i].in_use && !strcmp(t->workers[i].id, id))
+            return &t->workers[i];
+    for (int i = 0; i < TRANSPORT_MAX_WORKERS; i++)
+        if (!t->workers[i].in_use) {
+            struct transport_worker *w = &t->workers[i];
             memset(w, 0, sizeof *w);
             w->idx = i;
             w->in_use = true;
             snprintf(w->id, sizeof w->id, "%s", id);
-            if (i >= g->n_workers)
-                g->n_workers = i + 1;
+            if (i >= t->n_workers)
+                t->n_workers = i + 1;
             return w;
         }
     return NULL;
@@ -180,12 +173,12 @@ static struct gw_worker *worker_slot(struct gw *g, const char *id)
 
 /* --- the supervisor's view ------------------------------------------------------------------------ */
 
-static void send_heartbeat(struct gw *g);
+static void send_heartbeat(struct transport *t);
 
-static void on_workers_msg(struct gw *g, const struct proto_workers *ws)
+static void on_workers_msg(struct transport *t, const struct proto_workers *ws)
 {
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++) {
+        struct transport_worker *w = &t->workers[i];
         if (!w->in_use)
             continue;
         /* A draining worker is alive and finishing what it runs: its ring
@@ -205,47 +198,32 @@ static void on_workers_msg(struct gw *g, const struct proto_workers *ws)
             if (!strcmp(ws->workers[k].id, w->id) && ws->workers[k].state == PROTO_WSTATE_FAILED)
                 w->failed = true;
         if (w->up && !listed_ready && !listed_draining)
-            worker_down(g, w, "the supervisor no longer lists it as ready");
+            worker_down(t, w, "the supervisor no longer lists it as ready");
     }
     for (int k = 0; k < ws->n_workers; k++) {
         const struct proto_worker_info *in = &ws->workers[k];
         if (in->state != PROTO_WSTATE_READY)
             continue;
-        struct gw_worker *w = worker_slot(g, in->id);
+        struct transport_worker *w = worker_slot(t, in->id);
         if (!w || w->up)
             continue;
         snprintf(w->ring_name, sizeof w->ring_name, "%s", in->ring);
         snprintf(w->endpoint, sizeof w->endpoint, "%s", in->endpoint);
-        worker_up(g, w);
+        worker_up(t, w);
     }
-    send_heartbeat(g); /* the supervisor learns at once what we can route to */
+    send_heartbeat(t); /* the supervisor learns at once what we can route to */
 }
 
-static void on_control_msg(struct gw *g, struct proto_msg *m)
+static void on_control_msg(struct transport *t, struct proto_msg *m)
 {
     switch (m->type) {
     case PROTO_WORKERS:
-        on_workers_msg(g, &m->u.workers);
+        on_workers_msg(t, &m->u.workers);
         break;
     case PROTO_DRAIN:
-        gw_begin_drain(g, "the supervisor asked");
-        break;
-    case PROTO_STATS: {
-        /* Take the decoded buffers over: no copy. */
-        free(g->sup_prom);
-        free(g->sup_json);
-        g->sup_prom = (char *)m->u.stats.prom.p;
-        g->sup_prom_len = m->u.stats.prom.len;
-        g->sup_json = (char *)m->u.stats.json.p;
-        g->sup_json_len = m->u.stats.json.len;
-        m->u.stats.prom.p = m->u.stats.json.p = NULL;
-        g->sup_stats_ns = clock_ns();
-        break;
-    }
     case PROTO_SHUTDOWN:
-        g->shutting_down = true;
-        g->stop = true;
-        lws_cancel_service(g->ctx);
+    case PROTO_STATS:
+        t->cb.on_control(t->cb.ctx, m);
         break;
     default:
         break;
@@ -254,11 +232,11 @@ static void on_control_msg(struct gw *g, struct proto_msg *m)
 
 /* --- service-thread entry points ------------------------------------------------------------------ */
 
-void workers_on_zmq(struct gw *g, struct lws *wsi)
+void transport_on_fd(struct transport *t, struct lws *wsi)
 {
-    struct gw_worker *w = lws_get_opaque_user_data(wsi);
-    void *sock = w ? w->dealer : g->control;
-    if (!sock || (wsi != g->control_wsi && !w))
+    struct transport_worker *w = lws_get_opaque_user_data(wsi);
+    void *sock = w ? w->dealer : t->control;
+    if (!sock || (wsi != t->control_wsi && !w))
         return;
     struct proto_msg m;
     char why[200];
@@ -272,20 +250,20 @@ void workers_on_zmq(struct gw *g, struct lws *wsi)
             continue;
         }
         if (w)
-            session_on_worker_reply(g, w->idx, &m);
+            t->cb.on_msg(t->cb.ctx, w->idx, &m); /* (workers answer in their rings: not expected) */
         else
-            on_control_msg(g, &m);
+            on_control_msg(t, &m);
         proto_msg_free(&m);
         if (w && !w->up)
             break;
     }
 }
 
-void workers_poll_rings(struct gw *g)
+void transport_poll_rings(struct transport *t)
 {
     uint64_t now = clock_ns();
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++) {
+        struct transport_worker *w = &t->workers[i];
         if (!w->in_use || !w->ring)
             continue;
         atomic_store(&w->pending, false);
@@ -300,16 +278,16 @@ void workers_poll_rings(struct gw *g)
                     rlog_warn("worker %s: bad message record: %s", w->id, why);
                     continue;
                 }
-                session_on_worker_reply(g, w->idx, &m);
+                t->cb.on_msg(t->cb.ctx, w->idx, &m);
                 proto_msg_free(&m);
                 continue;
             }
-            struct proto_token t;
-            if (kind != PROTO_TOK_KIND || proto_token_decode(d, len, &t) != 0) {
+            struct proto_token tok;
+            if (kind != PROTO_TOK_KIND || proto_token_decode(d, len, &tok) != 0) {
                 rlog_warn("worker %s: bad token record (%u bytes)", w->id, len);
                 continue;
             }
-            session_on_token(g, &t, now);
+            t->cb.on_token(t->cb.ctx, &tok, now);
         }
         ring_release(w->ring);
         if (rc == RILL_E_BAD_FORMAT) {
@@ -317,48 +295,48 @@ void workers_poll_rings(struct gw *g)
             atomic_store(&w->dead, true);
         }
     }
-    session_flush_writes(g);
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    t->cb.on_batch_end(t->cb.ctx);
+    for (int i = 0; i < t->n_workers; i++) {
+        struct transport_worker *w = &t->workers[i];
         if (w->in_use && w->up && atomic_load(&w->dead))
-            worker_down(g, w, "its token ring's producer died");
+            worker_down(t, w, "its token ring's producer died");
     }
 }
 
-int workers_pick(struct gw *g, uint64_t exclude)
+int transport_pick(const struct transport *t, uint64_t exclude)
 {
     int best = -1;
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++) {
+        const struct transport_worker *w = &t->workers[i];
         if (!w->in_use || !w->up || w->draining || (exclude >> i & 1))
             continue;
-        if (best < 0 || w->inflight < g->workers[best].inflight)
+        if (best < 0 || w->inflight < t->workers[best].inflight)
             best = i;
     }
     return best;
 }
 
-int workers_ready(const struct gw *g)
+int transport_ready(const struct transport *t)
 {
     int n = 0;
-    for (int i = 0; i < g->n_workers; i++)
-        n += g->workers[i].in_use && g->workers[i].up && !g->workers[i].draining;
+    for (int i = 0; i < t->n_workers; i++)
+        n += t->workers[i].in_use && t->workers[i].up && !t->workers[i].draining;
     return n;
 }
 
-bool workers_can_come_back(const struct gw *g)
+bool transport_can_come_back(const struct transport *t)
 {
-    if (g->standalone || !g->control)
+    if (t->standalone || !t->control)
         return true; /* nobody tells us otherwise: a worker may start any time */
-    for (int i = 0; i < g->n_workers; i++)
-        if (g->workers[i].in_use && !g->workers[i].failed)
+    for (int i = 0; i < t->n_workers; i++)
+        if (t->workers[i].in_use && !t->workers[i].failed)
             return true;
-    return g->n_workers == 0;
+    return t->n_workers == 0;
 }
 
-int workers_send(struct gw *g, int worker, const struct proto_msg *m)
+int transport_send(struct transport *t, int worker, const struct proto_msg *m)
 {
-    struct gw_worker *w = &g->workers[worker];
+    struct transport_worker *w = &t->workers[worker];
     if (!w->up || !w->dealer)
         return RILL_E_PEER_DEAD;
     /* Answers come back in the worker's ring, never on this socket: sending
@@ -366,56 +344,59 @@ int workers_send(struct gw *g, int worker, const struct proto_msg *m)
     return plane_send(w->dealer, NULL, m);
 }
 
-static void send_heartbeat(struct gw *g)
+static void send_heartbeat(struct transport *t)
 {
     struct proto_msg m = {.type = PROTO_HEARTBEAT};
     struct proto_heartbeat *h = &m.u.heartbeat;
     snprintf(h->id, sizeof h->id, "g0");
-    h->seq = ++g->hb_seq;
-    h->active = (uint32_t)g->map_used;
-    h->tokens_total = g->m.tokens;
-    h->requests_total = g->m.requests;
-    h->state = g->shutting_down ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+    h->seq = ++t->hb_seq;
+    t->cb.fill_heartbeat(t->cb.ctx, h);
     /* How many workers this gateway can route to: the supervisor says
      * "ready" only once the gateway has them all, not when they said hello. */
     h->n_metrics = 1;
-    snprintf(h->metrics[0].name, sizeof h->metrics[0].name, "workers_ready");
-    h->metrics[0].value = workers_ready(g);
-    plane_send(g->control, NULL, &m);
-    if (g->control_wsi && zs_readable(g->control))
-        workers_on_zmq(g, g->control_wsi);
+    snprintf(h->metrics[0].name, sizeof h->metrics[0].name, "transport_ready");
+    h->metrics[0].value = transport_ready(t);
+    plane_send(t->control, NULL, &m);
+    if (t->control_wsi && zs_readable(t->control))
+        transport_on_fd(t, t->control_wsi);
 }
 
-void workers_tick(struct gw *g, uint64_t now_ns)
+void transport_tick(struct transport *t, uint64_t now_ns)
 {
-    if (g->control && now_ns >= g->next_hb_ns) {
-        send_heartbeat(g);
-        g->next_hb_ns = now_ns + 100000000ull;
+    if (t->control && now_ns >= t->next_hb_ns) {
+        send_heartbeat(t);
+        t->next_hb_ns = now_ns + 100000000ull;
     }
-    if (!g->standalone)
+    if (!t->standalone)
         return;
     /* Without a supervisor: bring workers up as their rings appear, and
      * again when a restarted worker publishes a new epoch. */
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++) {
+        struct transport_worker *w = &t->workers[i];
         if (!w->in_use || w->up || now_ns - w->last_retry_ns < 500000000ull)
             continue;
         w->last_retry_ns = now_ns;
-        worker_up(g, w);
+        worker_up(t, w);
     }
 }
 
-int workers_init(struct gw *g)
+int transport_init(struct transport *t, const struct rill_config *c, struct lws_context *ctx, struct lws_vhost *vh,
+                   uint32_t req_epoch, const struct transport_cb *cb)
 {
-    const struct rill_config *c = g->c;
-    int rc = zs_ctx_new(&g->zctx);
+    memset(t, 0, sizeof *t);
+    t->c = c;
+    t->ctx = ctx;
+    t->vh = vh;
+    t->req_epoch = req_epoch;
+    t->cb = *cb;
+    int rc = zs_ctx_new(&t->zctx);
     if (rc)
         return rc;
     if (c->control[0]) {
         struct zs_id id;
         zs_id_from_str(&id, "g0");
-        if ((rc = zs_dealer(g->zctx, &id, false, &g->control)) || (rc = zs_connect(g->control, c->control)) ||
-            (rc = adopt_fd(g, g->control, NULL, &g->control_wsi))) {
+        if ((rc = zs_dealer(t->zctx, &id, false, &t->control)) || (rc = zs_connect(t->control, c->control)) ||
+            (rc = adopt_fd(t, t->control, NULL, &t->control_wsi))) {
             rlog_error("cannot connect to the supervisor at %s", c->control);
             return rc;
         }
@@ -424,11 +405,11 @@ int workers_init(struct gw *g)
         snprintf(m.u.hello.id, sizeof m.u.hello.id, "g0");
         m.u.hello.pid = (int32_t)getpid();
         snprintf(m.u.hello.endpoint, sizeof m.u.hello.endpoint, "%s", c->listen);
-        plane_send(g->control, NULL, &m);
+        plane_send(t->control, NULL, &m);
         return 0;
     }
     /* Standalone: endpoint@ring, comma-separated. */
-    g->standalone = true;
+    t->standalone = true;
     const char *p = c->worker_list;
     int n = 0;
     while (*p) {
@@ -448,7 +429,7 @@ int workers_init(struct gw *g)
         *at = 0;
         char id[16];
         snprintf(id, sizeof id, "w%d", n++);
-        struct gw_worker *w = worker_slot(g, id);
+        struct transport_worker *w = worker_slot(t, id);
         if (!w)
             return RILL_E_BAD_CONFIG;
         snprintf(w->endpoint, sizeof w->endpoint, "%s", item);
@@ -460,10 +441,10 @@ int workers_init(struct gw *g)
     return 0;
 }
 
-void workers_fini(struct gw *g)
+void transport_fini(struct transport *t)
 {
-    for (int i = 0; i < g->n_workers; i++) {
-        struct gw_worker *w = &g->workers[i];
+    for (int i = 0; i < t->n_workers; i++) {
+        struct transport_worker *w = &t->workers[i];
         if (w->reader_running) {
             atomic_store(&w->reader_stop, true);
             ring_wake_consumer(w->ring);
@@ -474,9 +455,24 @@ void workers_fini(struct gw *g)
         ring_close(w->ring, false);
         w->ring = NULL;
     }
-    zs_close(&g->control);
-    zs_ctx_term(&g->zctx);
-    free(g->sup_prom);
-    free(g->sup_json);
-    g->sup_prom = g->sup_json = NULL;
+    zs_close(&t->control);
+    zs_ctx_term(&t->zctx);
+}
+
+const char *transport_worker_id(const struct transport *t, int worker)
+{
+    return worker >= 0 && worker < t->n_workers ? t->workers[worker].id : "?";
+}
+
+void transport_inflight(struct transport *t, int worker, int delta)
+{
+    if (worker < 0 || worker >= t->n_workers)
+        return;
+    struct transport_worker *w = &t->workers[worker];
+    if (delta > 0)
+        w->inflight += (uint32_t)delta;
+    else if (w->inflight >= (uint32_t)-delta)
+        w->inflight -= (uint32_t)-delta;
+    else
+        w->inflight = 0;
 }
