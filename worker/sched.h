@@ -3,17 +3,23 @@
  *
  * Requests wait in a queue (priority, then arrival), join the running set
  * between steps while the batch cap and the KV cache allow, and leave when
- * they finish.  A step is one forward pass over:
- *   - one row per running sequence that has all but its last token cached
- *     (decoding), and
- *   - a chunk of prompt rows of sequences still prefilling, within a token
- *     budget that keeps the step near the target latency while others
- *     decode (the whole prefill_chunk when nothing decodes), so a long prompt
- *     never stalls running streams.
- * Each finished row that ends its sequence's known tokens yields logits, the
- * sampler picks a token, the detokenizer turns it into text, and one token
- * record per sequence goes to the emitter; the step ends with one flush (one
- * ring publish).
+ * they finish.  A step has three parts:
+ *   plan    who runs: cancelled sequences end (their LAST record goes
+ *           out) and finished ones leave, waiting ones are admitted, the
+ *           newest are preempted when the cache is short (below); then the
+ *           rows: first one per running sequence that has all but its last
+ *           token cached (decoding), then chunks of the prompts still
+ *           prefilling, in admission order, within a token budget that
+ *           keeps the step near the target latency while others decode (the
+ *           whole prefill_chunk when nothing decodes), so a long prompt
+ *           never stalls running streams;
+ *   run     one forward pass over all of those rows;
+ *   commit  each row that ends its sequence's known tokens yields logits,
+ *           the sampler picks a token, the detokenizer turns it into text
+ *           (held back while it may begin a stop string), and one token
+ *           record per sequence goes to the emitter; the step ends with one
+ *           flush (one ring publish); what finished or was cancelled
+ *           meanwhile leaves at once.
  *
  * Memory: KV blocks are reserved as sequences grow.  When none are left, or
  * under critical pressure, the newest running sequences are preempted: their
@@ -93,8 +99,10 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
  * RILL_E_NOT_FOUND for an id that is not (or no longer) here. */
 int sched_cancel(struct sched *s, uint64_t id);
 
-/* Run one step if there is work.  Returns the number of rows run (0 when
- * idle), or a negative error from the forward pass or the emitter. */
+/* Run one step (plan, run, commit) if there is work.  Returns the number of
+ * rows run (0 when none could run: idle, everything waiting for memory, or
+ * fake_phases' other phase), or a negative error from the forward pass or
+ * the emitter.  A call that succeeds flushes exactly once. */
 int sched_step(struct sched *s, const struct sched_out *out);
 
 /* Cancel every request whose id has (id & mask) == value (the requests of
