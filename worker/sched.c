@@ -1,6 +1,7 @@
 /* sched.c — see sched.h. */
 #include "sched.h"
 #include "kern.h"
+#include "prompt.h"
 #include "sample.h"
 #include "tokenizer.h"
 #include "common/clock.h"
@@ -260,7 +261,8 @@ static uint16_t text_take(struct seq *q, uint32_t avail, char *out)
 
 static bool finite_in(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
 
-int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
+int sched_check(const struct sched *s, const struct proto_submit *req, uint32_t elsewhere, char *why,
+                size_t why_len)
 {
     if (s->draining) {
         rill_why(why, why_len, "the worker is draining");
@@ -270,8 +272,8 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
         rill_why(why, why_len, "memory pressure emergency: not admitting");
         return RILL_E_OVERLOADED;
     }
-    if (s->n_waiting >= s->cfg.max_queue) {
-        rill_why(why, why_len, "queue full (%u waiting)", s->n_waiting);
+    if (s->n_waiting + elsewhere >= s->cfg.max_queue) {
+        rill_why(why, why_len, "queue full (%u waiting)", s->n_waiting + elsewhere);
         return RILL_E_OVERLOADED;
     }
     if (find(s, req->id)) {
@@ -287,73 +289,52 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
         rill_why(why, why_len, "max_tokens must be at least 1");
         return RILL_E_BAD_REQUEST;
     }
-    struct seq *q = calloc(1, sizeof *q);
-    if (!q)
-        return RILL_E_NOMEM;
-    const struct tok *tk = s->m->tok;
+    return 0;
+}
+
+/* What only the tokens can tell: whether the prompt is empty, whether skip
+ * fits what was carried, and whether prompt + output fit the context and
+ * the cache. */
+static int check_tokens(const struct sched *s, const struct proto_submit *req, uint32_t n_tokens, char *why,
+                        size_t why_len)
+{
     uint32_t ctx = s->cfg.max_ctx;
-    /* Tokenize into a buffer of the context's size: more does not fit anyway. */
-    size_t cap = (size_t)ctx + 1, n = 0;
-    q->tokens = malloc(cap * sizeof *q->tokens);
-    q->cap_tokens = (uint32_t)cap;
-    int rc = q->tokens ? 0 : RILL_E_NOMEM;
-    if (!rc && (req->prompt_len || !req->n_prompt_tokens)) {
-        rc = tok_encode(tk, req->prompt ? req->prompt : "", req->prompt_len, tok_add_bos(tk), q->tokens, cap, &n);
-        if (rc == RILL_E_TOO_LARGE) {
-            rill_why(why, why_len, "prompt is %zu tokens, the context is %u", n, ctx);
-            rc = RILL_E_CONTEXT_LENGTH;
-        }
-    }
-    q->n_tokens = (uint32_t)n;
-    for (uint32_t i = 0; !rc && i < req->n_prompt_tokens; i++) {
-        int32_t t = req->prompt_tokens[i];
-        if (t < 0 || (uint32_t)t >= s->m->cfg.vocab) {
-            rill_why(why, why_len, "prompt_tokens[%u] = %d is not a token of this model", i, t);
-            rc = RILL_E_BAD_REQUEST;
-        } else if (q->n_tokens >= ctx) {
-            rill_why(why, why_len, "prompt is over %u tokens, the context is %u", q->n_tokens, ctx);
-            rc = RILL_E_CONTEXT_LENGTH;
-        } else {
-            rc = push_token(q, t);
-        }
-    }
-    if (!rc && q->n_tokens == 0) {
+    if (n_tokens == 0) {
         rill_why(why, why_len, "empty prompt (and the model adds no BOS)");
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    if (!rc && req->skip > req->n_prompt_tokens) {
+    if (req->skip > req->n_prompt_tokens) {
         rill_why(why, why_len, "skip %u is more than the %u tokens carried", req->skip, req->n_prompt_tokens);
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    if (!rc && req->skip >= req->max_tokens) {
+    if (req->skip >= req->max_tokens) {
         rill_why(why, why_len, "skip %u leaves nothing of max_tokens %u", req->skip, req->max_tokens);
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    uint32_t n_prompt = q->n_tokens - req->skip;
-    if (!rc && n_prompt >= ctx) {
+    uint32_t n_prompt = n_tokens - req->skip;
+    if (n_prompt >= ctx) {
         rill_why(why, why_len, "prompt is %u tokens, the context is %u", n_prompt, ctx);
-        rc = RILL_E_CONTEXT_LENGTH;
+        return RILL_E_CONTEXT_LENGTH;
     }
-    if (!rc && (uint64_t)n_prompt + req->max_tokens > ctx) {
+    if ((uint64_t)n_prompt + req->max_tokens > ctx) {
         rill_why(why, why_len, "prompt (%u tokens) + max_tokens (%u) is beyond the context (%u)", n_prompt,
-                req->max_tokens, ctx);
-        rc = RILL_E_MAX_TOKENS;
+                 req->max_tokens, ctx);
+        return RILL_E_MAX_TOKENS;
     }
-    if (!rc && kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
+    if (kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
         rill_why(why, why_len, "prompt + max_tokens (%u) needs more KV cache than the worker has",
-                n_prompt + req->max_tokens);
-        rc = RILL_E_MEMORY_LIMIT;
+                 n_prompt + req->max_tokens);
+        return RILL_E_MEMORY_LIMIT;
     }
-    if (!rc)
-        rc = grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1);
-    if (rc) {
-        free(q->tokens);
-        free(q);
-        return rc;
-    }
+    return 0;
+}
+
+/* The request's settings, copied into its new sequence. */
+static void seq_init(struct seq *q, const struct proto_submit *req, uint64_t now_ns)
+{
     q->id = req->id;
     q->state = SEQ_WAITING;
-    q->n_prompt = n_prompt;
+    q->n_prompt = q->n_tokens - req->skip;
     q->n_out = req->skip;
     q->skip = req->skip;
     q->max_tokens = req->max_tokens;
@@ -380,17 +361,42 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
             break;
         }
     }
+    q->t_submit = q->t_last = now_ns;
+}
+
+/* A resumed request replays its delivered tokens through the text state,
+ * so that a character or a stop string split across the resume point
+ * comes out as it would have. */
+static void replay_delivered(const struct sched *s, struct seq *q)
+{
     tok_stream_init(&q->ts);
-    /* A resumed request replays its delivered tokens through the text state,
-     * so that a character or a stop string split across the resume point
-     * comes out as it would have. */
-    for (uint32_t i = n_prompt; i < q->n_tokens; i++) {
+    for (uint32_t i = q->n_prompt; i < q->n_tokens; i++) {
         bool stopped;
         uint32_t avail = text_push(s, q, q->tokens[i], &stopped);
         memmove(q->pend, q->pend + avail, q->n_pend - avail);
         q->n_pend -= avail;
     }
-    q->t_submit = q->t_last = now_ns;
+}
+
+int sched_submit_prompt(struct sched *s, const struct proto_submit *req, struct prompt *p, uint64_t now_ns,
+                        char *why, size_t why_len)
+{
+    int rc = sched_check(s, req, 0, why, why_len);
+    if (!rc)
+        rc = check_tokens(s, req, p->n, why, why_len);
+    if (!rc)
+        rc = grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1);
+    struct seq *q = rc ? NULL : calloc(1, sizeof *q);
+    if (!q) {
+        prompt_free(p);
+        return rc ? rc : RILL_E_NOMEM;
+    }
+    q->tokens = p->tokens;
+    q->n_tokens = p->n;
+    q->cap_tokens = p->cap;
+    *p = (struct prompt){0};
+    seq_init(q, req, now_ns);
+    replay_delivered(s, q);
     q->arrival = s->next_arrival++;
     /* Priority first (higher sooner), then arrival. */
     uint32_t at = s->n_waiting;
@@ -401,6 +407,20 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
     s->n_waiting++;
     s->st.requests++;
     return 0;
+}
+
+int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
+{
+    int rc = sched_check(s, req, 0, why, why_len);
+    if (rc)
+        return rc;
+    struct prompt p;
+    rc = prompt_tokenize(s->m->tok, s->cfg.max_ctx, req, &p, why, why_len);
+    if (rc) {
+        prompt_free(&p);
+        return rc;
+    }
+    return sched_submit_prompt(s, req, &p, now_ns, why, why_len);
 }
 
 int sched_cancel(struct sched *s, uint64_t id)
