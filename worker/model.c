@@ -1,6 +1,7 @@
 /* model.c — see model.h. */
 #include "worker/model.h"
 #include "worker/gguf.h"
+#include "worker/quant.h"
 #include "worker/tokenizer.h"
 #include "clock.h"
 #include "err.h"
@@ -19,33 +20,20 @@
 
 size_t wtype_row_bytes(enum wtype t, uint32_t cols)
 {
-    switch (t) {
-    case WT_F32: return (size_t)cols * 4;
-    case WT_F16: return (size_t)cols * 2;
-    case WT_Q8_0: return (size_t)(cols / Q8_0_BLOCK) * sizeof(struct q8_0_block);
-    }
-    return 0;
+    uint32_t bs = quant_block(t);
+    return bs ? (size_t)(cols / bs) * quant_block_bytes(t) : 0;
 }
 
 const char *wtype_name(enum wtype t)
 {
-    switch (t) {
-    case WT_F32: return "f32";
-    case WT_F16: return "f16";
-    case WT_Q8_0: return "q8_0";
-    }
-    return "?";
+    const char *n = quant_supported(t) ? gguf_ttype_name(t) : NULL;
+    return n ? n : "?";
 }
 
 int wtype_from_name(const char *name)
 {
-    if (strcmp(name, "f32") == 0)
-        return WT_F32;
-    if (strcmp(name, "f16") == 0)
-        return WT_F16;
-    if (strcmp(name, "q8_0") == 0)
-        return WT_Q8_0;
-    return -1;
+    int t = gguf_ttype_from_name(name);
+    return t >= 0 && quant_supported((enum wtype)t) ? t : -1;
 }
 
 float f16_to_f32(uint16_t h)
@@ -110,27 +98,7 @@ uint16_t f32_to_f16(float f)
 
 void wmat_row_f32(const struct wmat *w, uint32_t r, float *out)
 {
-    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-    switch (w->type) {
-    case WT_F32:
-        memcpy(out, row, (size_t)w->cols * 4);
-        break;
-    case WT_F16: {
-        const uint16_t *h = (const uint16_t *)row;
-        for (uint32_t i = 0; i < w->cols; i++)
-            out[i] = f16_to_f32(h[i]);
-        break;
-    }
-    case WT_Q8_0: {
-        const struct q8_0_block *b = (const struct q8_0_block *)row;
-        for (uint32_t k = 0; k < w->cols / Q8_0_BLOCK; k++) {
-            float d = f16_to_f32(b[k].d);
-            for (int j = 0; j < Q8_0_BLOCK; j++)
-                out[k * Q8_0_BLOCK + j] = d * (float)b[k].qs[j];
-        }
-        break;
-    }
-    }
+    quant_dequant(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, w->cols);
 }
 
 /* ---- loading ------------------------------------------------------------- */

@@ -589,7 +589,11 @@ static void test_wtype_names_and_row_sizes(void **state)
     assert_string_equal(wtype_name(WT_Q8_0), "q8_0");
     assert_int_equal(wtype_from_name("q8_0"), WT_Q8_0);
     assert_int_equal(wtype_from_name("f16"), WT_F16);
-    assert_int_equal(wtype_from_name("q4_0"), -1);
+    assert_int_equal(wtype_from_name("q4_0"), WT_Q4_0);
+    assert_int_equal(wtype_from_name("q4_K"), WT_Q4_K);
+    assert_int_equal(wtype_from_name("bf16"), WT_BF16);
+    assert_string_equal(wtype_name(WT_Q6_K), "q6_K");
+    assert_int_equal(wtype_from_name("iq4_nl"), -1); /* known to ggml, not computed by rill */
     assert_int_equal(wtype_row_bytes(WT_F32, 288), 1152);
     assert_int_equal(wtype_row_bytes(WT_F16, 288), 576);
     assert_int_equal(wtype_row_bytes(WT_Q8_0, 288), 9 * 34);
