@@ -26,6 +26,9 @@
 static const enum wtype block_types[] = {WT_Q4_0, WT_Q4_1, WT_Q5_0, WT_Q5_1, WT_Q8_0,
                                          WT_Q2_K, WT_Q3_K, WT_Q4_K, WT_Q5_K, WT_Q6_K};
 #define N_BLOCK_TYPES (sizeof block_types / sizeof block_types[0])
+static const enum wtype int_types[] = {WT_Q4_0, WT_Q4_1, WT_Q5_0, WT_Q5_1, WT_Q2_K,
+                                       WT_Q3_K, WT_Q4_K, WT_Q5_K, WT_Q6_K};
+#define N_INT_TYPES (sizeof int_types / sizeof int_types[0])
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
 static uint64_t next_u64(void)
@@ -484,6 +487,273 @@ static void test_quantizers_round_trip_within_each_formats_step(void **state)
     free(q);
 }
 
+/* ---- dot-product kernels ------------------------------------------------------------------- */
+
+/* A rows x cols matrix of type t.  Rows cycle through three kinds: real
+ * quantized data (quant_quantize of floats with groups of different
+ * ranges), random bytes with moderate random half scales (every code
+ * pattern), and every code byte 0xff (the largest codes, d = 1, scale bytes
+ * 0xff) — the largest integer sums the lanes see. */
+static void make_qmatrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t cols)
+{
+    w->type = t;
+    w->rows = rows;
+    w->cols = cols;
+    w->row_bytes = wtype_row_bytes(t, cols);
+    uint8_t *data = malloc(w->row_bytes * rows);
+    float *x = malloc(cols * sizeof *x);
+    uint32_t bs = quant_block(t), bb = quant_block_bytes(t);
+    int off[2], nh = half_fields(t, off);
+    for (uint32_t r = 0; r < rows; r++) {
+        uint8_t *row = data + (size_t)r * w->row_bytes;
+        if (r % 3 == 0) {
+            for (uint32_t k = 0; k < cols; k++)
+                x[k] = (float)(frand() * (0.5 + (k / 32) % 4));
+            quant_quantize(t, x, row, cols);
+            continue;
+        }
+        for (uint32_t b = 0; b < cols / bs; b++) {
+            uint8_t *blk = row + (size_t)b * bb;
+            if (r % 3 == 1) {
+                for (uint32_t k = 0; k < bb; k++)
+                    blk[k] = (uint8_t)next_u64();
+                for (int h = 0; h < nh; h++)
+                    put_half_bits(blk + off[h], f32_to_f16((float)(frand() * 0.05)));
+            } else {
+                memset(blk, 0xff, bb);
+                for (int h = 0; h < nh; h++)
+                    put_half_bits(blk + off[h], 0x3c00);
+            }
+        }
+    }
+    w->data = data;
+    free(x);
+}
+
+/* Activation rows: random, one at the extremes (+-1: every code +-127),
+ * one all zero, one with a tiny block. */
+static float *make_acts(uint32_t B, uint32_t K)
+{
+    float *x = malloc(sizeof(float) * B * K);
+    for (uint32_t b = 0; b < B; b++)
+        for (uint32_t k = 0; k < K; k++) {
+            float v = (float)frand();
+            if (b % 5 == 1)
+                v = k % 3 ? 1.0f : -1.0f;
+            else if (b % 5 == 2)
+                v = 0;
+            else if (b % 5 == 3 && k < 32)
+                v *= 1e-38f;
+            x[(size_t)b * K + k] = v;
+        }
+    return x;
+}
+
+/* Each kernel against dequantize-then-multiply in double:
+ *   - with the activations as the kernel quantized them, to float rounding
+ *     (the integer sums are exact; a few float roundings per block remain);
+ *   - with the original activations, within what quantizing them can cost:
+ *     sum |w| * d_x / 2 over the row (each x moves by at most half a step). */
+static void test_int_kernels_agree_with_dequantize_then_multiply_in_double(void **state)
+{
+    (void)state;
+    for (int isa = 0; isa < 2; isa++) {
+        if (isa == 1 && kern_isa() != KERN_AVX2)
+            break; /* nothing more to check on this CPU */
+        enum kern_isa old = kern_set_isa(isa ? KERN_AVX2 : KERN_SCALAR);
+        for (size_t ti = 0; ti < N_INT_TYPES; ti++) {
+            enum wtype t = int_types[ti];
+            uint32_t N = 29, K = quant_block(t) == 32 ? 320 : 768, B = 7;
+            struct wmat w;
+            make_qmatrix(&w, t, N, K);
+            float *x = make_acts(B, K), *y = malloc(sizeof(float) * B * N);
+            float *wr = malloc(sizeof(float) * K);
+            struct kmat km;
+            assert_int_equal(kern_pack(&w, &km), 0);
+            kern_matmul(&km, x, K, B, y, N, 0, N);
+            struct quant_act a = {0};
+            assert_int_equal(quant_act_quantize(&a, quant_act_kind(t), false, x, K, B, K), 0);
+            uint32_t abs_ = quant_block(t);
+            double worst_tight = 0, worst_loose = 0;
+            for (uint32_t n = 0; n < N; n++) {
+                wmat_row_f32(&w, n, wr);
+                for (uint32_t b = 0; b < B; b++) {
+                    double ref_q = 0, ref_x = 0, mag = 0, qerr = 0;
+                    for (uint32_t k0 = 0; k0 < K; k0 += abs_) {
+                        double dx = a.d[((size_t)b * K + k0) / abs_], wmax = 0;
+                        for (uint32_t k = k0; k < k0 + abs_; k++)
+                            wmax = fmax(wmax, fabs(wr[k]));
+                        for (uint32_t k = k0; k < k0 + abs_; k++) {
+                            double xq = dx * a.q[(size_t)b * K + k], xv = x[(size_t)b * K + k];
+                            ref_q += (double)wr[k] * xq;
+                            ref_x += (double)wr[k] * xv;
+                            mag += (fabs(wr[k]) + wmax) * fabs(xq);
+                            qerr += fabs(wr[k]) * dx * 0.5;
+                        }
+                    }
+                    double got = y[(size_t)b * N + n];
+                    double tight = 2e-7 * mag + 1e-30, loose = qerr * (1 + 1e-6) + tight;
+                    if (fabs(got - ref_q) > tight || fabs(got - ref_x) > loose)
+                        fail_msg("%s (%s) row %u act %u: %.9g; dequantized in double %.9g (tolerance %.3g), "
+                                 "with the original activations %.9g (tolerance %.3g)",
+                                 wtype_name(t), kern_isa_name(kern_isa()), n, b, got, ref_q, tight, ref_x, loose);
+                    if (mag > 0)
+                        worst_tight = fmax(worst_tight, fabs(got - ref_q) / mag);
+                    if (qerr > 0)
+                        worst_loose = fmax(worst_loose, fabs(got - ref_x) / qerr);
+                }
+            }
+            print_message("  %-5s %-6s |y - double| / sum|w a|: %.2e; |y - w.x| / (sum |w| d_x / 2): %.2f\n",
+                          wtype_name(t), kern_isa_name(kern_isa()), worst_tight, worst_loose);
+            quant_act_free(&a);
+            kern_unpack_free(&km);
+            free((void *)w.data);
+            free(x);
+            free(y);
+            free(wr);
+        }
+        kern_set_isa(old);
+    }
+}
+
+/* Activation quantization: AVX2 and scalar give the same codes and scales. */
+static void test_activation_quantization_is_the_same_in_avx2_and_scalar(void **state)
+{
+    (void)state;
+    if (kern_isa() != KERN_AVX2)
+        skip();
+    uint32_t B = 11, K = 1024;
+    float *x = make_acts(B, K);
+    x[5] = 3e38f; /* a huge value */
+    /* Row 4: every block's max is 127 (so x * 127 / max is x) and the other
+     * values are halves: ties, which both must round to even. */
+    for (uint32_t k = 0; k < K; k++)
+        x[(size_t)4 * K + k] = k % 32 == 7 ? 127.0f : (float)((int)(k % 200) - 100) + 0.5f;
+    for (int kind = QACT_32; kind <= QACT_256; kind++) {
+        struct quant_act s = {0}, v = {0};
+        assert_int_equal(quant_act_quantize(&s, (enum qact_kind)kind, false, x, K, B, K), 0);
+        assert_int_equal(quant_act_quantize(&v, (enum qact_kind)kind, true, x, K, B, K), 0);
+        uint32_t bs = kind == QACT_32 ? 32 : 256;
+        assert_memory_equal(s.q, v.q, (size_t)B * K);
+        assert_memory_equal(s.d, v.d, sizeof(float) * B * K / bs);
+        if (kind == QACT_32)
+            assert_memory_equal(s.s, v.s, sizeof(float) * B * K / 32);
+        else
+            assert_memory_equal(s.bsum, v.bsum, sizeof(int16_t) * B * K / 16);
+        for (size_t i = 0; i < (size_t)B * K; i++)
+            assert_true(s.q[i] >= -127 && s.q[i] <= 127);
+        /* a block of +-1: codes +-127 and d = 1/127 */
+        assert_int_equal(s.q[(size_t)1 * K + 1], 127);
+        assert_int_equal(s.q[(size_t)1 * K + 0], -127);
+        assert_true(s.d[K / bs] == 1.0f / 127.0f);
+        assert_int_equal(s.q[(size_t)4 * K + 0], -100); /* -99.5 */
+        assert_int_equal(s.q[(size_t)4 * K + 1], -98);  /* -98.5 */
+        quant_act_free(&s);
+        quant_act_free(&v);
+    }
+    free(x);
+}
+
+/* The property the worker leans on: an element does not depend on the batch
+ * size, the row range, the tile, the instruction set or whether the input
+ * was prepared for several matrices at once. */
+static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void **state)
+{
+    (void)state;
+    for (size_t ti = 0; ti < N_INT_TYPES; ti++) {
+        enum wtype t = int_types[ti];
+        uint32_t N = 41, K = quant_block(t) == 32 ? 416 : 512, B = 23;
+        struct wmat w;
+        make_qmatrix(&w, t, N, K);
+        float *x = make_acts(B, K);
+        float *full = malloc(sizeof(float) * B * N), *part = malloc(sizeof(float) * B * N);
+        struct kmat km;
+        assert_int_equal(kern_pack(&w, &km), 0);
+        kern_matmul(&km, x, K, B, full, N, 0, N);
+        for (uint32_t b = 0; b < B; b++)
+            kern_matmul(&km, x + (size_t)b * K, K, 1, part + (size_t)b * N, N, 0, N);
+        if (memcmp(full, part, sizeof(float) * B * N))
+            fail_msg("%s: one row at a time differs from the batch of %u", wtype_name(t), B);
+        memset(part, 0, sizeof(float) * B * N);
+        for (uint32_t b = 0; b < B; b += 6) {
+            uint32_t nb = B - b < 6 ? B - b : 6;
+            for (uint32_t n0 = 0; n0 < N; n0 += 8)
+                kern_matmul(&km, x + (size_t)b * K, K, nb, part + (size_t)b * N, N, n0, n0 + 8 < N ? n0 + 8 : N);
+        }
+        if (memcmp(full, part, sizeof(float) * B * N))
+            fail_msg("%s: batches of 6 over row ranges of 8 differ", wtype_name(t));
+        /* Prepared once for two matrices (one of them F32), as forward.c does. */
+        struct wmat wf = {.type = WT_F32, .rows = 8, .cols = K, .row_bytes = (size_t)K * 4};
+        float *fw = calloc((size_t)8 * K, sizeof(float));
+        wf.data = fw;
+        struct kmat kf;
+        assert_int_equal(kern_pack(&wf, &kf), 0);
+        const struct kmat *ms[2] = {&kf, &km};
+        struct kern_act act = {0};
+        assert_int_equal(kern_act_reserve(&act, B, K), 0);
+        assert_int_equal(kern_act_prepare(&act, x, K, B, K, ms, 2), 0);
+        memset(part, 0, sizeof(float) * B * N);
+        kern_matmul_act(&km, &act, part, N, 0, 20);
+        kern_matmul_act(&km, &act, part, N, 20, N);
+        if (memcmp(full, part, sizeof(float) * B * N))
+            fail_msg("%s: prepared input differs", wtype_name(t));
+        if (kern_isa() == KERN_AVX2) {
+            enum kern_isa old = kern_set_isa(KERN_SCALAR);
+            memset(part, 0, sizeof(float) * B * N);
+            kern_matmul(&km, x, K, B, part, N, 0, N);
+            kern_set_isa(old);
+            for (size_t i = 0; i < (size_t)B * N; i++)
+                if (memcmp(&full[i], &part[i], sizeof(float)))
+                    fail_msg("%s: scalar %.9g, AVX2 %.9g at row %zu, act %zu", wtype_name(t), (double)part[i],
+                             (double)full[i], i % N, i / N);
+        }
+        kern_act_free(&act);
+        kern_unpack_free(&kf);
+        free(fw);
+        kern_unpack_free(&km);
+        free((void *)w.data);
+        free(x);
+        free(full);
+        free(part);
+    }
+}
+
+/* BF16 joins the float kernels: the same bits in AVX2 and scalar, and the
+ * exact products of its (exact) floats. */
+static void test_bf16_matmul_matches_scalar_and_double(void **state)
+{
+    (void)state;
+    uint32_t N = 21, K = 800, B = 9;
+    struct wmat w = {.type = WT_BF16, .rows = N, .cols = K, .row_bytes = (size_t)K * 2};
+    uint16_t *d = malloc((size_t)N * K * 2);
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        d[i] = quant_f32_to_bf16((float)frand());
+    w.data = d;
+    float *x = make_acts(B, K), *y = malloc(sizeof(float) * B * N), *ys = malloc(sizeof(float) * B * N);
+    struct kmat km;
+    assert_int_equal(kern_pack(&w, &km), 0);
+    kern_matmul(&km, x, K, B, y, N, 0, N);
+    enum kern_isa old = kern_set_isa(KERN_SCALAR);
+    kern_matmul(&km, x, K, B, ys, N, 0, N);
+    kern_set_isa(old);
+    assert_memory_equal(y, ys, sizeof(float) * B * N);
+    for (uint32_t n = 0; n < N; n++)
+        for (uint32_t b = 0; b < B; b++) {
+            double ref = 0, mag = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                double p = (double)quant_bf16_to_f32(d[(size_t)n * K + k]) * x[(size_t)b * K + k];
+                ref += p;
+                mag += fabs(p);
+            }
+            assert_true(fabs(y[(size_t)b * N + n] - ref) <= 1e-6 * mag + 1e-30);
+        }
+    kern_unpack_free(&km);
+    free(d);
+    free(x);
+    free(y);
+    free(ys);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -491,6 +761,10 @@ int main(void)
         cmocka_unit_test(test_dequantizers_give_known_values_for_the_largest_and_smallest_codes),
         cmocka_unit_test(test_dequantizers_match_the_reference_bit_for_bit),
         cmocka_unit_test(test_quantizers_round_trip_within_each_formats_step),
+        cmocka_unit_test(test_int_kernels_agree_with_dequantize_then_multiply_in_double),
+        cmocka_unit_test(test_activation_quantization_is_the_same_in_avx2_and_scalar),
+        cmocka_unit_test(test_int_kernels_are_bit_identical_across_batch_tiles_and_isa),
+        cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
