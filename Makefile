@@ -191,3 +191,5 @@ clean:
 $(B)/tests/test_model: $(B)/rill-mkmodel
 $(B)/tests/test_forward: $(B)/rill-mkmodel
 $(B)/tests/test_sched: $(B)/rill-mkmodel
+$(B)/tests/test_intake: $(B)/rill-mkmodel
+$(B)/tests/test_serve: $(B)/rill-mkmodel
