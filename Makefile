@@ -162,6 +162,13 @@ bench-telemetry: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	tools/bench-telemetry.sh $(B)
 
+# What maximum-size prompts arriving do to 8 running streams: their
+# inter-token p99 with and without them, into $(B)/bench/longprompt.json.
+.PHONY: bench-longprompt
+bench-longprompt: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	tools/bench-longprompt.sh $(B)
+
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
 # $(B)/bench-baseline/ (outside git: figures belong to a machine), and
