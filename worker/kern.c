@@ -484,12 +484,11 @@ void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, f
 
 int kern_act_reserve(struct kern_act *a, uint32_t B, uint32_t K)
 {
-    int rc = 0;
-    if (K % 32 == 0)
-        rc = quant_act_reserve(&a->q32, QACT_32, B, K);
-    if (!rc && K % QK_K == 0)
-        rc = quant_act_reserve(&a->q256, QACT_256, B, K);
-    return rc;
+    /* Room is by elements: rounding K up to whole blocks of both kinds
+     * leaves room for every narrower input too. */
+    uint32_t k = (K + QK_K - 1) / QK_K * QK_K;
+    int rc = quant_act_reserve(&a->q32, QACT_32, B, k);
+    return rc ? rc : quant_act_reserve(&a->q256, QACT_256, B, k);
 }
 
 int kern_act_prepare(struct kern_act *a, const float *x, size_t ldx, uint32_t B, uint32_t K,

@@ -113,7 +113,7 @@ struct loader {
         const float **dst;
     } *pending;                /* norm vectors to convert to F32 */
     size_t n_pending;
-    uint64_t elems_by_type[3]; /* f32, f16, q8_0: to name the model's dtype */
+    uint64_t elems_by_type[WT_COUNT]; /* to name the model's dtype */
 };
 
 static int req_u32(struct loader *L, const char *key, uint32_t *out)
@@ -248,9 +248,10 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
     const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
     if (!t)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
-    if (t->type != WT_F32 && t->type != WT_F16 && t->type != WT_Q8_0)
+    if (!quant_supported((enum wtype)t->type))
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "tensor '%s' has type %s, which rill does not support (supported: f32, f16, q8_0)",
+                    "tensor '%s' has type %s, which rill does not support (supported: f32, f16, bf16, "
+                    "q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)",
                     name, gguf_ttype_name(t->type));
     uint64_t want[GGUF_MAX_DIMS] = {cols, rows ? rows : 1, 1, 1};
     if (memcmp(t->ne, want, sizeof want) != 0) {
@@ -266,14 +267,15 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
                     c->ffn_dim);
     }
     /* The format's alignment is the file's choice (even 1 is legal); the
-     * forward pass reads floats and halves in place, so it needs theirs. */
-    size_t need = t->type == WT_F32 ? 4 : 2;
+     * forward pass reads floats and halves in place, so it needs theirs
+     * (block types are read byte by byte). */
+    size_t need = t->type == WT_F32 ? 4 : t->type == WT_F16 || t->type == WT_BF16 ? 2 : 1;
     if ((uintptr_t)t->data % need)
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' data is not %zu-byte aligned (general.alignment %" PRIu32 ")",
                     name, need, gguf_alignment(L->g));
     L->m->cfg.n_params += t->n_elems;
-    L->elems_by_type[t->type == WT_F32 ? 0 : t->type == WT_F16 ? 1 : 2] += t->n_elems;
+    L->elems_by_type[t->type] += t->n_elems;
     *out = t;
     return 0;
 }
@@ -379,10 +381,10 @@ static int bind_weights(struct loader *L)
         return rc;
 
     int best = 0;
-    for (int i = 1; i < 3; i++)
+    for (int i = 1; i < WT_COUNT; i++)
         if (L->elems_by_type[i] > L->elems_by_type[best])
             best = i;
-    c->dtype = best == 0 ? WT_F32 : best == 1 ? WT_F16 : WT_Q8_0;
+    c->dtype = (enum wtype)best;
     return convert_vecs(L);
 }
 
