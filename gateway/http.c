@@ -4,6 +4,7 @@
  * for the pages come over the WebSocket (telemetry.c).
  */
 #include "gw.h"
+#include "httppath.h"
 #include "server.h"
 #include "common/clock.h"
 #include "common/err.h"
@@ -122,17 +123,18 @@ void http_render_metrics(struct gw *g, void *pb)
 
 int http_serve(struct lws *wsi, struct gw *g, const char *path)
 {
-    char uri[128] = "";
+    char uri[HTTPPATH_URI_MAX] = "";
     lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-    if (!strcmp(uri, "/health"))
+    enum httppath_ep ep = httppath_route(uri);
+    if (ep == HTTPPATH_HEALTH)
         return respond(wsi, 200, "text/plain", "ok\n", 3);
-    if (!strcmp(uri, "/ready")) {
+    if (ep == HTTPPATH_READY) {
         int n = workers_ready(g);
         char body[96];
         int len = snprintf(body, sizeof body, "%s: %d worker%s ready\n", n ? "ready" : "not ready", n, n == 1 ? "" : "s");
         return respond(wsi, n && !g->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);
     }
-    if (!strcmp(uri, "/metrics")) {
+    if (ep == HTTPPATH_METRICS) {
         struct prom_buf b;
         prom_init(&b);
         http_render_metrics(g, &b);
