@@ -760,6 +760,32 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
     }
 }
 
+/* The 6-bit scales of q4_K / q5_K (k4_scales) as bytes sc0-7, mn0-7 of a
+ * register, with 32-bit word arithmetic instead of byte by byte. */
+AVX2_TARGET static ALWAYS_INLINE __m128i k4_scales_vec(const uint8_t *s)
+{
+    uint32_t w[3];
+    memcpy(w, s, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    uint32_t sc_lo = w[0] & m6, mn_lo = w[1] & m6;
+    uint32_t sc_hi = (w[2] & m4) | ((w[0] >> 6) & m2) << 4;
+    uint32_t mn_hi = ((w[2] >> 4) & m4) | ((w[1] >> 6) & m2) << 4;
+    return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
+}
+
+/* The sixteen q3_K scales (k3_scales, minus 32) as the bytes of a register. */
+AVX2_TARGET static ALWAYS_INLINE __m128i k3_scales_vec(const uint8_t *s)
+{
+    uint32_t w[3];
+    memcpy(w, s, 12);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    uint32_t a0 = (w[0] & m4) | ((w[2] >> 0) & m2) << 4;
+    uint32_t a1 = (w[1] & m4) | ((w[2] >> 2) & m2) << 4;
+    uint32_t a2 = ((w[0] >> 4) & m4) | ((w[2] >> 4) & m2) << 4;
+    uint32_t a3 = ((w[1] >> 4) & m4) | ((w[2] >> 6) & m2) << 4;
+    return _mm_sub_epi8(_mm_set_epi32((int)a3, (int)a2, (int)a1, (int)a0), _mm_set1_epi8(32));
+}
+
 /* The shuffle that spreads the int16 scale of chunk k (of eight, one scale
  * per 32 weights) over all sixteen int16 lanes. */
 AVX2_TARGET static ALWAYS_INLINE __m256i scale_ctl32(int k)
@@ -807,9 +833,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
             L[c] = _mm256_setzero_si256();
         float d, dmin = 0;
         if (t == WT_Q4_K || t == WT_Q5_K) {
-            uint8_t sm[16];
-            k4_scales(blk + 4, sm, sm + 8);
-            __m256i ms = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm)); /* sc0-7 | mn0-7 */
+            __m256i ms = _mm256_cvtepu8_epi16(k4_scales_vec(blk + 4)); /* sc0-7 | mn0-7 */
             __m256i scx = _mm256_permute4x64_epi64(ms, 0x44);
             __m128i m8 = _mm256_extracti128_si256(ms, 1);
             mn16 = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
@@ -845,9 +869,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
                 d = half_avx2(blk + 80);
                 dmin = half_avx2(blk + 82);
             } else if (t == WT_Q3_K) {
-                int8_t s[16];
-                k3_scales(blk + 96, s);
-                sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)s));
+                sc16 = _mm256_cvtepi8_epi16(k3_scales_vec(blk + 96));
                 d = half_avx2(blk + 108);
             } else {
                 sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
