@@ -31,6 +31,10 @@
 #   GOAL=1.5        with/without inter-token p99 the run should stay under
 #   QUIET_WAIT=10   seconds to wait before each run for the machine to be
 #                   quiet (other processes under 15% of a core)
+#   MAX_OTHER=25    a run during which other processes took more than this
+#                   (% of a core; the long-prompt client counts, ~2%) is
+#                   repeated (up to 2 more tries), and kept, flagged noisy,
+#                   if no quiet try comes
 #   OUT_NAME=longprompt
 #   WORKER_ARGS / GATEWAY_ARGS: extra flags for the worker / gateway.
 set -euo pipefail
@@ -48,6 +52,7 @@ STREAMS=${STREAMS:-8}
 THREADS=${THREADS:-0}
 GOAL=${GOAL:-1.5}
 QUIET_WAIT=${QUIET_WAIT:-10}
+MAX_OTHER=${MAX_OTHER:-25}
 OUT_NAME=${OUT_NAME:-longprompt}
 WORKER_ARGS=${WORKER_ARGS:-}
 GATEWAY_ARGS=${GATEWAY_ARGS:-}
@@ -178,10 +183,25 @@ run_one() {
     [ -s "$f" ] && echo "$f"
 }
 
+other_cpu() { "$PY" -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["system"]["other_cpu_pct"]))' "$1"; }
+
+# A run, again while other processes took more than MAX_OTHER of it.
+run_quiet() {
+    local f other try
+    for try in 1 2 3; do
+        f=$(run_one "$1" "$2") || return 1
+        other=$(other_cpu "$f")
+        echo "bench-longprompt: $1 run $2: other processes took $other% of a core" >&2
+        ((other <= MAX_OTHER)) && break
+        [ $try = 3 ] && echo "bench-longprompt: kept as noisy" >&2
+    done
+    echo "$f"
+}
+
 RAW_WITHOUT=() RAW_WITH=() LONG_RAW=()
 for r in $(seq "$RUNS"); do
-    f=$(run_one without "$r") && RAW_WITHOUT+=("$f")
-    f=$(run_one with "$r") && RAW_WITH+=("$f")
+    f=$(run_quiet without "$r") && RAW_WITHOUT+=("$f")
+    f=$(run_quiet with "$r") && RAW_WITH+=("$f")
     [ -s "$OUT/$OUT_NAME-with-$r-prompts.json" ] && LONG_RAW+=("$OUT/$OUT_NAME-with-$r-prompts.json")
     echo "bench-longprompt: run $r/$RUNS done" >&2
 done
@@ -189,11 +209,12 @@ kill -0 "$WPID" 2>/dev/null || { echo "bench-longprompt: the worker died" >&2; e
 grep -h "tokenizing\|error" "$RUN/worker.log" | tail -n 3 >&2 || true
 
 "$PY" - "$OUT/$OUT_NAME.json" "$B" "$STREAMS" "$MAX_TOKENS" "$PAUSE_MS" "$PROMPT_BYTES" "$GOAL" "$THREADS" \
-    "${#RAW_WITHOUT[@]}" "${RAW_WITHOUT[@]}" "${RAW_WITH[@]}" -- "${LONG_RAW[@]}" <<'EOF'
+    "$MAX_OTHER" "${#RAW_WITHOUT[@]}" "${RAW_WITHOUT[@]}" "${RAW_WITH[@]}" -- "${LONG_RAW[@]}" <<'EOF'
 import json, os, statistics, sys
 
-out, build, streams, max_tokens, pause_ms, prompt_bytes, goal, threads, n_without = sys.argv[1:10]
-rest = sys.argv[10:]
+out, build, streams, max_tokens, pause_ms, prompt_bytes, goal, threads, max_other, n_without = sys.argv[1:11]
+max_other = float(max_other)
+rest = sys.argv[11:]
 sep = rest.index("--")
 n_without = int(n_without)
 without_paths, with_paths, long_paths = rest[:n_without], rest[n_without:sep], rest[sep + 1:]
@@ -215,6 +236,7 @@ def row(rs):
         "tokens_per_s": med([r["tokens_per_s"] for r in rs]),
         "worker_cpu_pct": med([r.get("worker", {}).get("cpu_pct") for r in rs]),
         "other_cpu_pct": med([r.get("system", {}).get("other_cpu_pct") for r in rs]),
+        "noisy_runs": sum(1 for r in rs if r.get("system", {}).get("other_cpu_pct", 0) > max_other),
     }
 
 w0, w1 = row(without), row(with_)
@@ -234,6 +256,7 @@ result = {
                      "their_client_window_s": win, "answers": codes},
     "setup": {"streams": int(streams), "max_tokens": int(max_tokens), "model": "24M f32 (rill-mkmodel)",
               "worker_threads": int(threads), "cores": os.cpu_count(), "build": build,
+              "max_other_cpu_pct": max_other,
               "note": "inter-token times are the client's; worker, gateway and both clients share the cores "
                       "(other_cpu_pct counts the long-prompt client too)"},
     "runs": {"without": without, "with": with_, "long_prompt_clients": longs},
@@ -246,8 +269,11 @@ print(f"long prompts ({int(prompt_bytes) // 1024} KiB, one every answer + {pause
 print(f"{'':>8} {'runs':>4} {'itl p50':>8} {'itl p99':>8} {'tokens/s':>9} {'other cpu%':>10}  p99 of each run")
 for name, r in (("without", w0), ("with", w1)):
     each = " ".join(f"{x:.1f}" for x in r["itl_p99_ms_each"])
-    print(f"{name:>8} {r['runs']:>4} {r['itl_p50_ms'] or 0:>8.2f} {r['itl_p99_ms'] or 0:>8.2f} "
+    mark = "*" if r["noisy_runs"] else " "
+    print(f"{name:>7}{mark} {r['runs']:>4} {r['itl_p50_ms'] or 0:>8.2f} {r['itl_p99_ms'] or 0:>8.2f} "
           f"{r['tokens_per_s'] or 0:>9.0f} {r['other_cpu_pct'] or 0:>10.1f}  {each}")
+if w0["noisy_runs"] or w1["noisy_runs"]:
+    print(f"* some runs had other processes above {max_other:.0f}% of a core (see runs[][].system)")
 print(f"long prompts sent per run: {sent}; answers: {codes}")
 print(f"inter-token p99 with / without: {ratio} (goal <= {goal})")
 print(f"wrote {out}")
