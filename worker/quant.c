@@ -696,8 +696,9 @@ AVX2_TARGET static inline float half_avx2(const uint8_t *p)
  * elements 0-15, high nibbles 16-31. */
 AVX2_TARGET static ALWAYS_INLINE __m256i nibbles32(const uint8_t *qs)
 {
-    __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+    /* the 16 bytes in both halves, the high half shifted down a nibble */
+    __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(15));
 }
 
 /* Byte e is 0xff where bit e of the 32 bits at p is set. */
