@@ -125,22 +125,58 @@ check-tsan:
 	@$(MAKE) --no-print-directory B=build/tsan SAN=tsan $(TSAN_TESTS)
 	RILL_STRESS_RECORDS=2000000 tools/run-unit.sh build/tsan $(TSAN_TESTS)
 
-# Bounded libFuzzer runs of the decoders of untrusted bytes: the msgpack
-# messages (and token records) and the GGUF reader.
-FUZZ_SECONDS ?= 20
-FUZZ_CC := clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fuzzer,address,undefined
-fuzz: $(B)/rill-mkmodel
-	@mkdir -p build/fuzz/corpus-proto build/fuzz/corpus-gguf build/fuzz/seeds-gguf
-	@# A small real model as the GGUF seed (made, never committed).
-	@test -f build/fuzz/seeds-gguf/small.gguf || $(B)/rill-mkmodel --dim 32 --layers 1 --heads 2 --ffn 32 \
-	    --vocab 400 --out build/fuzz/seeds-gguf/small.gguf 2>/dev/null
-	$(FUZZ_CC) tests/fuzz/fuzz_proto.c common/proto.c common/err.c -lmsgpackc -o build/fuzz/fuzz_proto
-	$(FUZZ_CC) tests/fuzz/fuzz_gguf.c worker/gguf.c worker/model.c worker/tokenizer.c common/err.c \
-	    common/log.c common/jsonw.c common/utf8.c -lpcre2-8 -lm -o build/fuzz/fuzz_gguf
-	build/fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	    -rss_limit_mb=512 build/fuzz/corpus-proto tests/fuzz/seeds
-	build/fuzz/fuzz_gguf -max_total_time=$(FUZZ_SECONDS) -max_len=131072 \
-	    -rss_limit_mb=1024 build/fuzz/corpus-gguf build/fuzz/seeds-gguf
+# Bounded libFuzzer runs (ASan+UBSan) of every parser of untrusted bytes:
+#   proto    the internal msgpack messages and token records (common/proto.c)
+#   request  what clients send, JSON and msgpack (gateway/request.c)
+#   http     the request path's endpoint, the Origin and API-key checks
+#            (gateway/httppath.c, gateway/limits.c)
+#   gguf     the GGUF reader (worker/gguf.c)
+# One after the other, each for FUZZ_SECONDS (FUZZ_S for short), from its
+# kept corpus (tests/fuzz/seeds for proto, tests/fuzz/seeds-<name> for the
+# others) and what earlier runs found (build/fuzz/corpus-<name>); each prints
+# one line: executions, executions per second, coverage, corpus, peak RSS.
+# A finding (a failed check, a sanitizer report, a leak, a hang, more than
+# -rss_limit_mb) fails the run and leaves its input in build/fuzz/logs.
+#   make fuzz FUZZ_S=600     ten minutes per target
+# Only the parser under test (FUZZ_SRC_<name>) is compiled for the fuzzer;
+# what it calls besides comes from the part libraries.
+FUZZ_S       ?= 20
+FUZZ_SECONDS ?= $(FUZZ_S)
+FUZZ_B       := build/fuzz
+FUZZ_CC      := clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined
+FUZZ_HDRS    := $(wildcard common/*.h gateway/*.h worker/*.h)
+FUZZ_LINK    := $(LIB_GATEWAY) $(LIB_WORKER) $(LIB_COMMON)
+FUZZ_SRC_proto   := tests/fuzz/fuzz_proto.c common/proto.c
+FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/request.c common/proto.c
+FUZZ_SRC_http    := tests/fuzz/fuzz_http.c gateway/httppath.c gateway/limits.c
+FUZZ_SRC_gguf    := tests/fuzz/fuzz_gguf.c worker/gguf.c
+FUZZ_NAMES := proto request http gguf
+FUZZ_BINS  := $(patsubst %,$(FUZZ_B)/fuzz_%,$(FUZZ_NAMES))
+# The flags every run shares; -timeout: an input that takes 10 s is a hang.
+FUZZ_RUN = tests/fuzz/run.sh $(1) $(FUZZ_B)/fuzz_$(1) $(FUZZ_SECONDS) $(FUZZ_B)/logs -timeout=10
+
+define FUZZ_BIN_RULE
+$(FUZZ_B)/fuzz_$(1): $(FUZZ_SRC_$(1)) $(FUZZ_HDRS) $(FUZZ_LINK)
+	@mkdir -p $$(@D)
+	$(FUZZ_CC) $(FUZZ_SRC_$(1)) $(FUZZ_LINK) -pthread -Wl,--as-needed $(LDLIBS) -o $$@
+endef
+$(foreach n,$(FUZZ_NAMES),$(eval $(call FUZZ_BIN_RULE,$(n))))
+
+fuzz: $(FUZZ_BINS) $(B)/rill-mkmodel
+	@mkdir -p $(patsubst %,$(FUZZ_B)/corpus-%,$(FUZZ_NAMES)) $(FUZZ_B)/models-gguf
+	@# Small real models as GGUF seeds (made, never committed), each under -max_len.
+	@test -f $(FUZZ_B)/models-gguf/spm_q8_tied.gguf || $(B)/rill-mkmodel --dim 32 --layers 1 --heads 2 \
+	    --ffn 32 --ctx 64 --vocab 330 --dtype q8_0 --tied --out $(FUZZ_B)/models-gguf/spm_q8_tied.gguf 2>/dev/null
+	@test -f $(FUZZ_B)/models-gguf/gpt2_f16.gguf || $(B)/rill-mkmodel --dim 32 --layers 1 --heads 2 \
+	    --ffn 32 --ctx 64 --vocab 280 --dtype f16 --tokenizer gpt2 --out $(FUZZ_B)/models-gguf/gpt2_f16.gguf 2>/dev/null
+	@$(call FUZZ_RUN,proto) -max_len=4096 -rss_limit_mb=512 $(FUZZ_B)/corpus-proto tests/fuzz/seeds
+	@$(call FUZZ_RUN,request) -max_len=4096 -rss_limit_mb=512 -dict=tests/fuzz/request.dict \
+	    $(FUZZ_B)/corpus-request tests/fuzz/seeds-request
+	@$(call FUZZ_RUN,http) -max_len=2048 -rss_limit_mb=512 -dict=tests/fuzz/http.dict \
+	    $(FUZZ_B)/corpus-http tests/fuzz/seeds-http
+	@$(call FUZZ_RUN,gguf) -max_len=65536 -rss_limit_mb=1024 $(FUZZ_B)/corpus-gguf tests/fuzz/seeds-gguf \
+	    $(FUZZ_B)/models-gguf
 
 # --- benchmarks ----------------------------------------------------------------
 bench: bench-ring bench-engine bench-fanout bench-telemetry
@@ -161,6 +197,13 @@ bench-fanout: $(BINS) $(B)/rill-bench
 bench-telemetry: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	tools/bench-telemetry.sh $(B)
+
+# What maximum-size prompts arriving do to 8 running streams: their
+# inter-token p99 with and without them, into $(B)/bench/longprompt.json.
+.PHONY: bench-longprompt
+bench-longprompt: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	tools/bench-longprompt.sh $(B)
 
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
@@ -191,3 +234,5 @@ clean:
 $(B)/tests/test_model: $(B)/rill-mkmodel
 $(B)/tests/test_forward: $(B)/rill-mkmodel
 $(B)/tests/test_sched: $(B)/rill-mkmodel
+$(B)/tests/test_intake: $(B)/rill-mkmodel
+$(B)/tests/test_serve: $(B)/rill-mkmodel

@@ -24,6 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The most a client's id takes in a JSON frame: every byte a \u00XX escape,
+ * and the quotes.  Frame buffers that hold an id are sized from it. */
+#define ID_JSON_MAX (6 * CREQ_ID_MAX + 2)
+
 /* --- buffers ---------------------------------------------------------------------- */
 
 int obuf_reserve(struct obuf *b, size_t more)
@@ -174,7 +178,7 @@ void conn_send_error_r(struct conn *c, const struct creq_id *id, int code, const
         else
             msgpack_pack_false(&pk);
     } else {
-        char buf[1024];
+        char buf[ID_JSON_MAX + 1024];
         struct jsonw w;
         jsonw_init(&w, buf, sizeof buf);
         jsonw_obj_begin(&w);
@@ -210,7 +214,7 @@ void conn_send_accepted(struct conn *c, const struct creq_id *id, const char *wo
         mp_key(&pk, "worker");
         mp_key(&pk, worker);
     } else {
-        char buf[256];
+        char buf[ID_JSON_MAX + 256];
         struct jsonw w;
         jsonw_init(&w, buf, sizeof buf);
         jsonw_obj_begin(&w);
@@ -352,7 +356,7 @@ int stream_tokens_frame(struct stream *s, struct obuf *out)
             msgpack_pack_array(&pk, s->n_pending);
         rc = obuf_put(out, obuf_data(&s->pending), s->pending.len);
     } else {
-        char pre[160];
+        char pre[ID_JSON_MAX + 64];
         struct jsonw w;
         jsonw_init(&w, pre, sizeof pre);
         jsonw_obj_begin(&w);
@@ -459,7 +463,7 @@ int stream_terminal_frame(struct stream *s, struct obuf *out)
         msgpack_pack_uint32(&pk, u.batch);
         return 0;
     }
-    char buf[1024];
+    char buf[ID_JSON_MAX + 1024];
     struct jsonw w;
     jsonw_init(&w, buf, sizeof buf);
     jsonw_obj_begin(&w);

@@ -4,6 +4,7 @@
  * for the pages come over the WebSocket (telemetry.c).
  */
 #include "gw.h"
+#include "httppath.h"
 #include "server.h"
 #include "common/clock.h"
 #include "common/err.h"
@@ -144,17 +145,18 @@ static bool metrics_allowed(struct lws *wsi, struct gw *g)
 
 int http_serve(struct lws *wsi, struct gw *g, const char *path)
 {
-    char uri[128] = "";
+    char uri[HTTPPATH_URI_MAX] = "";
     lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-    if (!strcmp(uri, "/health"))
+    enum httppath_ep ep = httppath_route(uri);
+    if (ep == HTTPPATH_HEALTH)
         return respond(wsi, 200, "text/plain", "ok\n", 3);
-    if (!strcmp(uri, "/ready")) {
+    if (ep == HTTPPATH_READY) {
         int n = transport_ready(&g->tp);
         char body[96];
         int len = snprintf(body, sizeof body, "%s: %d worker%s ready\n", n ? "ready" : "not ready", n, n == 1 ? "" : "s");
         return respond(wsi, n && !g->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);
     }
-    if (!strcmp(uri, "/metrics")) {
+    if (ep == HTTPPATH_METRICS) {
         if (!metrics_allowed(wsi, g)) {
             static const char m[] = "an API key is required for /metrics (Authorization: Bearer KEY, or ?key=KEY)\n";
             return respond(wsi, 401, "text/plain", m, sizeof m - 1);

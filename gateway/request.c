@@ -39,11 +39,12 @@ static cJSON *from_msgpack(const msgpack_object *o, int depth)
         char *s = malloc((size_t)n + 1);
         if (!s)
             return NULL;
-        memcpy(s, p, n);
+        if (n) /* msgpack-c may give an empty string a NULL ptr */
+            memcpy(s, p, n);
         s[n] = 0;
         cJSON *j = cJSON_CreateString(s);
         free(s);
-        if (j && memchr(p, 0, n))
+        if (j && n && memchr(p, 0, n))
             j->valueint = -1; /* mark: holds a NUL (rejected by the string checks) */
         return j;
     }
@@ -68,7 +69,8 @@ static cJSON *from_msgpack(const msgpack_object *o, int depth)
                 return NULL;
             }
             char key[65];
-            memcpy(key, k->via.str.ptr, k->via.str.size);
+            if (k->via.str.size)
+                memcpy(key, k->via.str.ptr, k->via.str.size);
             key[k->via.str.size] = 0;
             cJSON *v = from_msgpack(&o->via.map.ptr[i].val, depth + 1);
             if (!v) {

@@ -3,13 +3,16 @@
  * gateway, no ring, no processes except in the worker comparison.
  *
  *   rill-bench-engine [--models-dir DIR] [--json FILE] [--threads N] [--quick]
- *                     [--models 24M,134M] [--dtypes f32,f16,q8_0] [--batches 1,8,32,64]
+ *                     [--models 24M,134M] [--dtypes f32,f16,q8_0,...] [--batches 1,8,32,64]
  *                     [--runs N] [--run-seconds S] [--compare-batches 8,32] [--no-compare]
  *                     [--mkmodel PATH]
  *
  * For every model (24M: dim 288, 6 layers, 6 heads, ffn 768, vocab 32000;
  * 134M: dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000; made by
- * rill-mkmodel into --models-dir when missing) in every dtype:
+ * rill-mkmodel into --models-dir when missing) in every dtype (f32, f16,
+ * q8_0, q6_K, q5_K_M, q4_K_M and q4_0 by default; bf16 and pure q4_K on
+ * request; the quantized ones as llama-quantize mixes them, so that they
+ * compare with llama.cpp's files of the same names):
  *   - decode tokens/s at 1, 8, 32 and 64 concurrent sequences with
  *     32-token prompts (batch 1 is the single-stream figure): the sequences
  *     are prefilled, two steps warm up, then --runs windows of pure decode
@@ -58,7 +61,8 @@
 #define MIN_STEPS   3
 
 static const char *const shape_names[] = {"24M", "134M"};
-static const char *const dtype_names[] = {"f32", "f16", "q8_0"};
+static const char *const dtype_names[] = {"f32", "f16", "q8_0", "q6_K", "q5_K_M", "q4_K_M", "q4_0", "bf16", "q4_K"};
+#define N_DTYPES 9
 
 struct target {
     const char *model, *dtype;
@@ -75,7 +79,7 @@ struct opts {
     const char *models_dir, *json, *mkmodel;
     int threads;
     bool quick, compare;
-    bool model_on[2], dtype_on[3];
+    bool model_on[2], dtype_on[N_DTYPES];
     uint32_t batches[MAX_BATCHES], n_batches;
     uint32_t cmp_batches[MAX_BATCHES], n_cmp;
     int runs;
@@ -229,7 +233,9 @@ static int ensure_model(const struct opts *o, const char *shape, const char *dty
         return RILL_E_IO;
     }
     char cmd[PATH_MAX * 3];
-    snprintf(cmd, sizeof cmd, "'%s' --shape %s --dtype %s --seed 1 --out '%s'", o->mkmodel, shape, dtype, path);
+    /* llama-quantize's mixes (q4_0: q6_K output), except q4_K: every matrix */
+    snprintf(cmd, sizeof cmd, "'%s' --shape %s --%s %s --seed 1 --out '%s'", o->mkmodel, shape,
+             strcmp(dtype, "q4_K") ? "mix" : "dtype", dtype, path);
     fprintf(stderr, "making %s\n", path);
     if (system(cmd) != 0) {
         fprintf(stderr, "rill-bench-engine: failed: %s\n", cmd);
@@ -248,7 +254,9 @@ struct cost {
 
 static double packed_row_bytes(enum wtype t, uint32_t cols)
 {
-    return t == WT_F32 ? 4.0 * cols : t == WT_F16 ? 2.0 * cols : 36.0 * cols / 32; /* Q8_0: float scale + 32 int8 */
+    /* Q8_0 is packed with a float scale per 32 int8; the other block types
+     * stay as in the file. */
+    return t == WT_Q8_0 ? 36.0 * cols / 32 : (double)wtype_row_bytes(t, cols);
 }
 
 static struct cost model_cost(const struct model *m)
@@ -701,7 +709,7 @@ static void usage(FILE *f)
             "  --threads N             compute threads of the one-worker figures (default: every core)\n"
             "  --quick                 smoke run: batches 1,8, 2 short runs, compare at 8\n"
             "  --models LIST           24M,134M (default both)\n"
-            "  --dtypes LIST           f32,f16,q8_0 (default all)\n"
+            "  --dtypes LIST           f32,f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0 (the default), bf16, q4_K\n"
             "  --batches LIST          concurrent sequences (default 1,8,32,64)\n"
             "  --runs N                timed windows per figure, the median is reported (default 5)\n"
             "  --run-seconds S         length of one decode window (default 0.4)\n"
@@ -715,7 +723,7 @@ int main(int argc, char **argv)
     char mk[PATH_MAX];
     default_mkmodel(mk, sizeof mk);
     struct opts o = {.models_dir = "build/bench-models", .mkmodel = mk, .threads = 0, .compare = true,
-                     .model_on = {true, true}, .dtype_on = {true, true, true},
+                     .model_on = {true, true}, .dtype_on = {true, true, true, true, true, true, true},
                      .batches = {1, 8, 32, 64}, .n_batches = 4, .cmp_batches = {8, 32}, .n_cmp = 2,
                      .runs = 5, .run_s = 0.4};
     bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false;
@@ -742,8 +750,8 @@ int main(int argc, char **argv)
             }
             break;
         case O_DTYPES:
-            if (!parse_names(optarg, dtype_names, 3, o.dtype_on)) {
-                fprintf(stderr, "rill-bench-engine: --dtypes takes f32,f16,q8_0\n");
+            if (!parse_names(optarg, dtype_names, N_DTYPES, o.dtype_on)) {
+                fprintf(stderr, "rill-bench-engine: --dtypes takes f32,f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0,bf16,q4_K\n");
                 return 2;
             }
             break;
@@ -811,13 +819,13 @@ int main(int argc, char **argv)
            "%d-token prompts, prefill of %d tokens%s\n",
            threads, ncpu, kern_isa_name(kern_isa()), o.runs, o.run_s, PROMPT, PREFILL, o.quick ? " [quick]" : "");
 
-    struct row *rows = calloc(2 * 3 * MAX_BATCHES, sizeof *rows);
+    struct row *rows = calloc(2 * N_DTYPES * MAX_BATCHES, sizeof *rows);
     int n_rows = 0, failures = 0;
     uint64_t t_start = clock_ns();
     for (int si = 0; si < 2; si++) {
         if (!o.model_on[si])
             continue;
-        for (int di = 0; di < 3; di++) {
+        for (int di = 0; di < N_DTYPES; di++) {
             if (!o.dtype_on[di])
                 continue;
             const char *shape = shape_names[si], *dtype = dtype_names[di];

@@ -9,8 +9,15 @@
  * weights in every dtype, so an f32 and a q8_0 file of one seed differ only by
  * quantization.
  *
+ * Weight types: --dtype TYPE writes every matrix in TYPE (f32, f16, bf16, q4_0,
+ * q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K); --mix NAME (or
+ * --dtype NAME for the names with _S/_M/_L) chooses each tensor's type the
+ * way llama-quantize does for that file type (see mix_type()), so files mix
+ * types as downloaded ones do.  Norm vectors are always f32.
+ *
  *   rill-mkmodel --shape 24M --dtype f32 --out models/default.gguf
  *   rill-mkmodel --shape tiny --dtype q8_0 --tokenizer gpt2 --out /tmp/t.gguf
+ *   rill-mkmodel --shape 134M --dtype q4_K_M --out /tmp/q4km.gguf
  */
 #include <errno.h>
 #include <getopt.h>
@@ -29,6 +36,7 @@
 #include "tools/lib/bpe.h"
 #include "worker/gguf.h"
 #include "worker/model.h"
+#include "worker/quant.h"
 
 struct shape {
     const char *name;
@@ -41,10 +49,27 @@ static const struct shape shapes[] = {
     {"tiny", 64, 2, 4, 2, 128, 512},
 };
 
+/* llama-quantize's file types (general.file_type) that rill can make. */
+struct mix {
+    const char *name;
+    enum wtype base;
+    uint32_t file_type;
+};
+
+static const struct mix mixes[] = {
+    {"f32", WT_F32, 0},      {"f16", WT_F16, 1},       {"bf16", WT_BF16, 32},    {"q8_0", WT_Q8_0, 7},
+    {"q4_0", WT_Q4_0, 2},    {"q4_1", WT_Q4_1, 3},     {"q5_0", WT_Q5_0, 8},     {"q5_1", WT_Q5_1, 9},
+    {"q2_K", WT_Q2_K, 10},   {"q3_K_S", WT_Q3_K, 11},  {"q3_K_M", WT_Q3_K, 12},  {"q3_K_L", WT_Q3_K, 13},
+    {"q4_K_S", WT_Q4_K, 14}, {"q4_K_M", WT_Q4_K, 15},  {"q5_K_S", WT_Q5_K, 16},  {"q5_K_M", WT_Q5_K, 17},
+    {"q6_K", WT_Q6_K, 18},
+};
+#define N_MIXES (sizeof mixes / sizeof mixes[0])
+
 struct opts {
     struct shape s;
     uint32_t ctx;
-    enum wtype dtype;
+    enum wtype dtype;           /* every matrix (when mix is NULL) */
+    const struct mix *mix;      /* or per tensor, like llama-quantize */
     enum tok_kind tok;
     uint64_t seed;
     bool tied;
@@ -89,12 +114,78 @@ static float rng_uniform(struct rng *r, float a)
 
 /* ---- the model ------------------------------------------------------------ */
 
+/* What a tensor is, for choosing its type. */
+enum role { R_EMBD, R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_OUT, R_NORM };
+
 struct tensor {
     char name[64];
     uint32_t n_dims;
     uint64_t ne[2];
     bool norm;
+    enum role role;
+    uint32_t layer;
+    enum wtype type;
 };
+
+/* llama-quantize's "use more bits" layers: the first and last eighth, and
+ * every third layer in between. */
+static bool more_bits(uint32_t i, uint32_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* The type llama-quantize (llama_tensor_get_type, for the llama
+ * architecture without an importance matrix) gives a tensor in file type m:
+ * the output matrix (token_embd when tied) is q6_K; attn_v, ffn_down and
+ * attn_output get more bits in some mixes and layers; a K type on rows that
+ * are not whole 256-blocks falls back to q5_0 / q5_1 / q8_0 (llama.cpp uses
+ * iq4_nl for q2_K and q3_K, which rill does not compute: q4_0 here). */
+static enum wtype mix_type(const struct mix *m, const struct tensor *t, uint32_t n_layers, uint32_t n_gqa,
+                           bool tied)
+{
+    enum wtype base = m->base, ty = base;
+    const char *n = m->name;
+    uint32_t i = t->layer;
+    bool quantized = base != WT_F32 && base != WT_F16 && base != WT_BF16;
+    if (!quantized)
+        return base;
+    if (t->role == R_OUT || (tied && t->role == R_EMBD)) {
+        ty = base == WT_Q8_0 ? WT_Q8_0 : WT_Q6_K;
+        if (t->ne[0] % QK_K)
+            ty = WT_Q8_0;
+        return ty;
+    }
+    if (t->role == R_V) {
+        if (!strcmp(n, "q2_K"))
+            ty = n_gqa >= 4 ? WT_Q4_K : WT_Q3_K;
+        else if (!strcmp(n, "q3_K_M"))
+            ty = i < 2 ? WT_Q5_K : WT_Q4_K;
+        else if (!strcmp(n, "q3_K_L"))
+            ty = WT_Q5_K;
+        else if ((!strcmp(n, "q4_K_M") || !strcmp(n, "q5_K_M")) && more_bits(i, n_layers))
+            ty = WT_Q6_K;
+        else if (!strcmp(n, "q4_K_S") && i < 4)
+            ty = WT_Q5_K;
+    } else if (t->role == R_DOWN) {
+        if (!strcmp(n, "q2_K"))
+            ty = WT_Q3_K;
+        else if (!strcmp(n, "q3_K_M"))
+            ty = i < n_layers / 16 ? WT_Q5_K : WT_Q4_K;
+        else if (!strcmp(n, "q3_K_L"))
+            ty = WT_Q5_K;
+        else if ((!strcmp(n, "q4_K_M") || !strcmp(n, "q5_K_M")) && more_bits(i, n_layers))
+            ty = WT_Q6_K;
+        else if (!strcmp(n, "q4_K_S") && i < n_layers / 8)
+            ty = WT_Q5_K;
+    } else if (t->role == R_O) {
+        if (!strcmp(n, "q2_K"))
+            ty = WT_Q3_K;
+        else if (!strcmp(n, "q3_K_M"))
+            ty = WT_Q4_K;
+        else if (!strcmp(n, "q3_K_L"))
+            ty = WT_Q5_K;
+    }
+    if (t->ne[0] % QK_K && quant_block(ty) == QK_K)
+        ty = ty == WT_Q4_K ? WT_Q5_0 : ty == WT_Q5_K ? WT_Q5_1 : ty == WT_Q6_K ? WT_Q8_0 : WT_Q4_0;
+    return ty;
+}
 
 static int list_tensors(const struct opts *o, struct tensor **out, size_t *n_out)
 {
@@ -104,28 +195,40 @@ static int list_tensors(const struct opts *o, struct tensor **out, size_t *n_out
     if (!t)
         return RILL_E_NOMEM;
     uint32_t hd = s->dim / s->heads, q = s->heads * hd, kv = s->kv_heads * hd;
-#define MAT(nm, cols, rows) (t[n] = (struct tensor){"", 2, {cols, rows}, false}, snprintf(t[n].name, 64, "%s", nm), n++)
-#define VEC(nm, len) (t[n] = (struct tensor){"", 1, {len, 1}, true}, snprintf(t[n].name, 64, "%s", nm), n++)
-    MAT("token_embd.weight", s->dim, s->vocab);
+#define MAT(nm, cols, rows, r, l)                                                                   \
+    (t[n] = (struct tensor){"", 2, {cols, rows}, false, r, l, WT_F32}, snprintf(t[n].name, 64, "%s", nm), n++)
+#define VEC(nm, len, l) (t[n] = (struct tensor){"", 1, {len, 1}, true, R_NORM, l, WT_F32}, snprintf(t[n].name, 64, "%s", nm), n++)
+    MAT("token_embd.weight", s->dim, s->vocab, R_EMBD, 0);
     for (uint32_t l = 0; l < s->layers; l++) {
         char nm[64];
 #define L(x) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." x ".weight", l), nm)
-        VEC(L("attn_norm"), s->dim);
-        MAT(L("attn_q"), s->dim, q);
-        MAT(L("attn_k"), s->dim, kv);
-        MAT(L("attn_v"), s->dim, kv);
-        MAT(L("attn_output"), q, s->dim);
-        VEC(L("ffn_norm"), s->dim);
-        MAT(L("ffn_gate"), s->dim, s->ffn);
-        MAT(L("ffn_up"), s->dim, s->ffn);
-        MAT(L("ffn_down"), s->ffn, s->dim);
+        VEC(L("attn_norm"), s->dim, l);
+        MAT(L("attn_q"), s->dim, q, R_Q, l);
+        MAT(L("attn_k"), s->dim, kv, R_K, l);
+        MAT(L("attn_v"), s->dim, kv, R_V, l);
+        MAT(L("attn_output"), q, s->dim, R_O, l);
+        VEC(L("ffn_norm"), s->dim, l);
+        MAT(L("ffn_gate"), s->dim, s->ffn, R_GATE, l);
+        MAT(L("ffn_up"), s->dim, s->ffn, R_UP, l);
+        MAT(L("ffn_down"), s->ffn, s->dim, R_DOWN, l);
 #undef L
     }
-    VEC("output_norm.weight", s->dim);
+    VEC("output_norm.weight", s->dim, 0);
     if (!o->tied)
-        MAT("output.weight", s->dim, s->vocab);
+        MAT("output.weight", s->dim, s->vocab, R_OUT, 0);
 #undef MAT
 #undef VEC
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].norm)
+            continue;
+        t[i].type = o->mix ? mix_type(o->mix, &t[i], s->layers, s->heads / s->kv_heads, o->tied) : o->dtype;
+        if (t[i].ne[0] % quant_block(t[i].type)) {
+            fprintf(stderr, "rill-mkmodel: %s has rows of %" PRIu64 ", not whole %s blocks of %" PRIu32 "\n",
+                    t[i].name, t[i].ne[0], wtype_name(t[i].type), quant_block(t[i].type));
+            free(t);
+            return RILL_E_BAD_REQUEST;
+        }
+    }
     *out = t;
     *n_out = n;
     return 0;
@@ -168,12 +271,19 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
         free(t);
         return rc;
     }
-    /* llama.cpp's general.file_type: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0. */
-    uint32_t file_type = o->dtype == WT_F32 ? 0 : o->dtype == WT_F16 ? 1 : 7;
+    /* llama.cpp's general.file_type: that of the mix, or of the pure type
+     * (the _S mix for a K type). */
+    uint32_t file_type = o->mix ? o->mix->file_type : 0;
+    for (size_t i = 0; !o->mix && i < N_MIXES; i++)
+        if (mixes[i].base == o->dtype) {
+            file_type = mixes[i].file_type;
+            break;
+        }
     gguf_w_kv_str(w, "general.architecture", "llama");
     gguf_w_kv_str(w, "general.name", o->name);
     gguf_w_kv_u32(w, "general.file_type", file_type);
-    if (o->dtype == WT_Q8_0)
+    enum wtype base = o->mix ? o->mix->base : o->dtype;
+    if (base != WT_F32 && base != WT_F16 && base != WT_BF16)
         gguf_w_kv_u32(w, "general.quantization_version", 2);
     gguf_w_kv_u64(w, "rill.mkmodel.seed", o->seed);
     gguf_w_kv_u32(w, "llama.context_length", o->ctx);
@@ -189,10 +299,9 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
     write_tokenizer(w, v);
 
     /* Norm vectors stay F32 whatever the dtype, as llama.cpp does. */
-    uint32_t wt = o->dtype == WT_F32 ? GGUF_T_F32 : o->dtype == WT_F16 ? GGUF_T_F16 : GGUF_T_Q8_0;
     *n_params = 0;
     for (size_t i = 0; i < n_t; i++) {
-        gguf_w_add_tensor(w, t[i].name, t[i].norm ? GGUF_T_F32 : wt, t[i].n_dims, t[i].ne);
+        gguf_w_add_tensor(w, t[i].name, t[i].type, t[i].n_dims, t[i].ne);
         *n_params += t[i].ne[0] * t[i].ne[1];
     }
 
@@ -200,7 +309,10 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
      * whatever the model size. */
     enum { CHUNK = 1 << 20 };
     float *buf = malloc(CHUNK * sizeof *buf);
-    if (!buf) {
+    uint8_t *qbuf = malloc(CHUNK * sizeof(float)); /* every type's blocks are smaller than floats */
+    if (!buf || !qbuf) {
+        free(buf);
+        free(qbuf);
         gguf_w_abort(w);
         free(t);
         return RILL_E_NOMEM;
@@ -216,10 +328,19 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
             size_t n = (size_t)(nr * cols);
             for (size_t k = 0; k < n; k++)
                 buf[k] = t[i].norm ? 1.0f : rng_uniform(&r, a);
-            rc = gguf_w_data_f32(w, buf, n);
+            /* The writer encodes the float types and q8_0 (as before); the
+             * other block types are quantized here. */
+            enum wtype ty = t[i].type;
+            if (ty == WT_F32 || ty == WT_F16 || ty == WT_BF16 || ty == WT_Q8_0) {
+                rc = gguf_w_data_f32(w, buf, n);
+            } else {
+                quant_quantize(ty, buf, qbuf, n);
+                rc = gguf_w_data(w, qbuf, wtype_row_bytes(ty, (uint32_t)cols) * nr);
+            }
         }
     }
     free(buf);
+    free(qbuf);
     free(t);
     if (rc) {
         gguf_w_abort(w);
@@ -296,7 +417,12 @@ static void usage(FILE *f)
             "  --shape 24M|134M|tiny   preset (default 24M); the flags below override it\n"
             "  --dim N --layers N --heads N --kv-heads N --ffn N --vocab N\n"
             "  --ctx N                 context length (default 2048)\n"
-            "  --dtype f32|f16|q8_0    weight type (default f32; norms are always f32)\n"
+            "  --dtype TYPE            every matrix in TYPE: f32 (default), f16, bf16, q8_0, q4_0, q4_1,\n"
+            "                          q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K (norms are always f32);\n"
+            "                          or a mix name below\n"
+            "  --mix NAME              each tensor's type as llama-quantize chooses it for file type\n"
+            "                          NAME: q2_K, q3_K_S, q3_K_M, q3_K_L, q4_K_S, q4_K_M, q5_K_S, q5_K_M,\n"
+            "                          q6_K, q4_0, q4_1, q5_0, q5_1, q8_0, f16, bf16, f32\n"
             "  --tokenizer spm|gpt2    tokenizer kind (default spm)\n"
             "  --corpus PATH           text to learn the tokenizer from (default tools/data/corpus.txt)\n"
             "  --seed N                weights seed (default 1)\n"
@@ -318,18 +444,19 @@ static bool parse_u32(const char *s, uint32_t *out)
 int main(int argc, char **argv)
 {
     struct opts o = {.s = shapes[0], .ctx = 2048, .dtype = WT_F32, .tok = TOK_SPM, .seed = 1};
+    const char *dtype_name = "f32";
     uint32_t over[7] = {0}; /* dim layers heads kv-heads ffn vocab ctx, 0 = not given */
     char name_buf[64];
     bool kv_given = false;
     enum { O_DIM = 256, O_LAYERS, O_HEADS, O_KV, O_FFN, O_VOCAB, O_CTX, O_DTYPE, O_TOK, O_SEED,
-           O_TIED, O_CORPUS, O_OUT, O_SHAPE, O_NAME, O_HELP };
+           O_TIED, O_CORPUS, O_OUT, O_SHAPE, O_NAME, O_HELP, O_MIX };
     static const struct option lo[] = {
         {"shape", 1, 0, O_SHAPE}, {"dim", 1, 0, O_DIM},       {"layers", 1, 0, O_LAYERS},
         {"heads", 1, 0, O_HEADS}, {"kv-heads", 1, 0, O_KV},   {"ffn", 1, 0, O_FFN},
         {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX},       {"dtype", 1, 0, O_DTYPE},
         {"tokenizer", 1, 0, O_TOK}, {"seed", 1, 0, O_SEED},   {"tied", 0, 0, O_TIED},
         {"corpus", 1, 0, O_CORPUS}, {"out", 1, 0, O_OUT},     {"name", 1, 0, O_NAME},
-        {"help", 0, 0, O_HELP},   {0, 0, 0, 0},
+        {"help", 0, 0, O_HELP},   {"mix", 1, 0, O_MIX},       {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -353,13 +480,21 @@ int main(int argc, char **argv)
             }
             kv_given |= c == O_KV;
             break;
-        case O_DTYPE: {
-            int t = wtype_from_name(optarg);
-            if (t < 0) {
-                fprintf(stderr, "rill-mkmodel: unknown dtype '%s' (f32, f16, q8_0)\n", optarg);
+        case O_DTYPE:
+        case O_MIX: {
+            int t = c == O_DTYPE ? wtype_from_name(optarg) : -1;
+            const struct mix *m = NULL;
+            for (size_t i = 0; t < 0 && i < N_MIXES; i++)
+                if (!strcasecmp(mixes[i].name, optarg))
+                    m = &mixes[i];
+            if (t < 0 && !m) {
+                fprintf(stderr, "rill-mkmodel: unknown %s '%s' (see --help)\n", c == O_DTYPE ? "dtype" : "mix",
+                        optarg);
                 return 2;
             }
-            o.dtype = (enum wtype)t;
+            o.mix = m;
+            o.dtype = t >= 0 ? (enum wtype)t : m->base;
+            dtype_name = optarg;
             break;
         }
         case O_TOK:
@@ -408,8 +543,6 @@ int main(int argc, char **argv)
         bad = "--heads must be a multiple of --kv-heads";
     else if ((s->dim / s->heads) % 2)
         bad = "the head dimension (dim / heads) must be even";
-    else if (o.dtype == WT_Q8_0 && (s->dim % 32 || s->ffn % 32))
-        bad = "q8_0 needs --dim and --ffn to be multiples of 32";
     else if (s->vocab > INT32_MAX)
         bad = "--vocab is too large";
     if (bad) {
@@ -464,7 +597,7 @@ int main(int argc, char **argv)
             " heads (%" PRIu32 " kv), ffn %" PRIu32 ", vocab %" PRIu32 " (%s), ctx %" PRIu32
             ", %s%s, %.2fM params, %.1f MB; tokenizer %.2f s, weights %.2f s, total %.2f s\n",
             o.out, o.name, s->dim, s->layers, s->heads, s->kv_heads, s->ffn, s->vocab,
-            o.tok == TOK_SPM ? "spm" : "gpt2", o.ctx, wtype_name(o.dtype), o.tied ? ", tied" : "",
+            o.tok == TOK_SPM ? "spm" : "gpt2", o.ctx, dtype_name, o.tied ? ", tied" : "",
             (double)n_params / 1e6, (double)bytes / 1e6, tok_ms / 1e3, w_ms / 1e3,
             clock_ms_since(t0) / 1e3);
     return 0;

@@ -34,6 +34,7 @@ struct fwd {
     uint32_t dim, kv_dim, q_dim, hd, ffn;
     enum fwd_matmul mode;
     uint32_t blas_min_rows;
+    struct kern_act act; /* the input of the current matrix products */
     void (*progress)(void *ctx);
     void *progress_ctx;
 
@@ -110,7 +111,8 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
             rc = kern_pack(src[i], dst[i]);
             if (rc == RILL_E_UNSUPPORTED)
                 rill_why(why, why_len, "unsupported shape: layer %u has a %s matrix with %u columns (need a multiple "
-                        "of %u)", l, wtype_name(src[i]->type), src[i]->cols, src[i]->type == WT_Q8_0 ? 32 : 8);
+                        "of %u)", l, wtype_name(src[i]->type), src[i]->cols,
+                        quant_block(src[i]->type) > 8 ? quant_block(src[i]->type) : 8);
             else if (!rc)
                 release_source(src[i]);
         }
@@ -140,6 +142,12 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     uint32_t half = c->rope_dim / 2;
     f->rope_cos = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
     f->rope_sin = alloc_floats(f, (size_t)max_ctx * (half ? half : 1));
+    uint32_t widest = f->dim > f->q_dim ? f->dim : f->q_dim;
+    widest = widest > f->ffn ? widest : f->ffn;
+    if (kern_act_reserve(&f->act, max_rows, widest)) {
+        fwd_free(f);
+        return RILL_E_NOMEM;
+    }
     if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->tmp || !f->hb || !f->hb2 || !f->xs ||
         !f->scores || !f->blockptr || !f->rope_cos || !f->rope_sin) {
         fwd_free(f);
@@ -169,6 +177,7 @@ void fwd_free(struct fwd *f)
     }
     free(f->L);
     free(f->blockptr);
+    kern_act_free(&f->act);
     kern_unpack_free(&f->output);
     float *bufs[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->tmp, f->hb, f->hb2, f->xs, f->scores,
                      f->rope_cos, f->rope_sin};
@@ -206,6 +215,7 @@ struct mm_out {
 
 struct mm_job {
     const struct fwd *f;
+    const struct kern_act *act;
     const float *x;
     uint32_t ldx, B, chunk;
     uint32_t n_out;
@@ -228,16 +238,20 @@ static void mm_task(void *ctx, uint32_t task, uint32_t thread)
                     0.0f, o->y + n0, (int)o->ldy);
         return;
     }
-    kern_matmul(o->w, j->x, j->ldx, j->B, o->y, o->ldy, n0, n1);
+    kern_matmul_act(o->w, j->act, o->y, o->ldy, n0, n1);
 }
 
 /* y_i = x W_i^T for up to three matrices sharing the input x [B][ldx]. */
-static void matmul(const struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint32_t n_out,
+static void matmul(struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint32_t n_out,
                    const struct kmat *w0, float *y0, uint32_t ldy0, const struct kmat *w1, float *y1, uint32_t ldy1,
                    const struct kmat *w2, float *y2, uint32_t ldy2)
 {
-    struct mm_job j = {.f = f, .x = x, .ldx = ldx, .B = B, .n_out = n_out};
+    struct mm_job j = {.f = f, .act = &f->act, .x = x, .ldx = ldx, .B = B, .n_out = n_out};
     const struct kmat *ws[3] = {w0, w1, w2};
+    /* Quantized once here for every task of every matrix that needs it;
+     * the room was reserved at creation, so this cannot fail. */
+    if (kern_act_prepare(&f->act, x, ldx, B, w0->cols, ws, n_out))
+        abort();
     float *ys[3] = {y0, y1, y2};
     uint32_t ldys[3] = {ldy0, ldy1, ldy2};
     uint32_t total_rows = 0;

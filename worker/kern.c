@@ -10,6 +10,7 @@
  */
 #include "kern.h"
 
+#include <assert.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <sys/mman.h>
 
 #include "common/err.h"
+#include "quant.h"
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
@@ -62,12 +64,13 @@ static inline float weight_at(const struct wmat *w, const void *row, uint32_t k)
     switch (w->type) {
     case WT_F32: return ((const float *)row)[k];
     case WT_F16: return f16_to_f32(((const uint16_t *)row)[k]);
+    case WT_BF16: return quant_bf16_to_f32(((const uint16_t *)row)[k]);
     case WT_Q8_0: {
         const struct q8_0_block *b = (const struct q8_0_block *)row + k / Q8_0_BLOCK;
         return (float)b->qs[k % Q8_0_BLOCK] * f16_to_f32(b->d);
     }
+    default: return 0; /* the integer types never come here (quant_matmul) */
     }
-    return 0;
 }
 
 static void matmul_scalar(const struct wmat *w, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
@@ -111,17 +114,22 @@ AVX2_TARGET static inline float hsum256(__m256 v)
 
 #define Q8_GROUP_BLOCK (KERN_GROUP * sizeof(float) + KERN_GROUP * Q8_0_BLOCK) /* 144 bytes */
 
+static bool is_int_type(enum wtype t) { return quant_act_kind(t) != QACT_NONE; }
+
 int kern_pack(const struct wmat *w, struct kmat *out)
 {
     memset(out, 0, sizeof *out);
-    if (w->cols % (w->type == WT_Q8_0 ? Q8_0_BLOCK : 8u) || w->rows == 0)
+    uint32_t bs = quant_block(w->type);
+    if (!bs || w->cols % (bs > 8 ? bs : 8u) || w->rows == 0)
         return RILL_E_UNSUPPORTED;
     out->src = w;
     out->type = w->type;
     out->rows = w->rows;
     out->cols = w->cols;
     out->groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP;
-    if (w->type == WT_Q8_0)
+    if (is_int_type(w->type))
+        out->group_bytes = KERN_GROUP * w->row_bytes;
+    else if (w->type == WT_Q8_0)
         out->group_bytes = (size_t)(w->cols / Q8_0_BLOCK) * Q8_GROUP_BLOCK;
     else
         out->group_bytes = (size_t)KERN_GROUP * w->cols * (w->type == WT_F32 ? 4 : 2);
@@ -141,7 +149,9 @@ int kern_pack(const struct wmat *w, struct kmat *out)
             if (row >= w->rows)
                 continue; /* stays zero */
             const unsigned char *src = (const unsigned char *)w->data + (size_t)row * w->row_bytes;
-            if (w->type == WT_Q8_0) {
+            if (is_int_type(w->type)) {
+                memcpy(gp + r * w->row_bytes, src, w->row_bytes); /* the file's layout, row after row */
+            } else if (w->type == WT_Q8_0) {
                 const struct q8_0_block *blk = (const struct q8_0_block *)src;
                 for (uint32_t b = 0; b < w->cols / Q8_0_BLOCK; b++) {
                     unsigned char *bp = gp + b * Q8_GROUP_BLOCK;
@@ -173,6 +183,10 @@ AVX2_TARGET static inline __m256 load_slice(enum wtype t, const unsigned char *g
 {
     if (t == WT_F32)
         return _mm256_load_ps((const float *)gp + ((size_t)s * KERN_GROUP + (uint32_t)r) * 8);
+    if (t == WT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)gp + ((size_t)s * KERN_GROUP + (uint32_t)r) * 8))),
+            16));
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)gp + ((size_t)s * KERN_GROUP + (uint32_t)r) * 8)));
 }
 
@@ -247,6 +261,9 @@ DEFINE_TILE(WT_F32, f32, 3)
 DEFINE_TILE(WT_F16, f16, 1)
 DEFINE_TILE(WT_F16, f16, 2)
 DEFINE_TILE(WT_F16, f16, 3)
+DEFINE_TILE(WT_BF16, bf16, 1)
+DEFINE_TILE(WT_BF16, bf16, 2)
+DEFINE_TILE(WT_BF16, bf16, 3)
 DEFINE_Q8_TILE(1)
 DEFINE_Q8_TILE(2)
 
@@ -259,6 +276,7 @@ struct tile_set {
 
 static const struct tile_set tiles_f32 = {3, tile_f32_1, tile_f32_2, tile_f32_3};
 static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_2, tile_f16_3};
+static const struct tile_set tiles_bf16 = {3, tile_bf16_1, tile_bf16_2, tile_bf16_3};
 static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
 
 /* --- batched F16 / Q8_0: convert a block once, reuse it for every batch tile ------ */
@@ -304,10 +322,11 @@ DEFINE_BLOCK_TILE(3)
 AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t k0, uint32_t ns, float *buf)
 {
     const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;
-    if (m->type == WT_F16) {
+    if (m->type == WT_F16 || m->type == WT_BF16) {
         for (uint32_t s = 0; s < ns; s++)
             for (int r = 0; r < KERN_GROUP; r++)
-                _mm256_store_ps(buf + ((size_t)s * KERN_GROUP + (size_t)r) * 8, load_slice(WT_F16, gp, k0 / 8 + s, r));
+                _mm256_store_ps(buf + ((size_t)s * KERN_GROUP + (size_t)r) * 8,
+                                load_slice(m->type, gp, k0 / 8 + s, r));
         return;
     }
     for (uint32_t s = 0; s < ns; s += 4) {
@@ -390,7 +409,10 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
         matmul_converted(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
         return;
     }
-    const struct tile_set *ts = m->type == WT_F32 ? &tiles_f32 : m->type == WT_F16 ? &tiles_f16 : &tiles_q8;
+    const struct tile_set *ts = m->type == WT_F32    ? &tiles_f32
+                                : m->type == WT_F16  ? &tiles_f16
+                                : m->type == WT_BF16 ? &tiles_bf16
+                                                     : &tiles_q8;
     uint32_t g0 = n0 / KERN_GROUP, g1 = (n1 + KERN_GROUP - 1) / KERN_GROUP;
     for (uint32_t g = g0; g < g1; g++) {
         uint32_t nr = n1 - g * KERN_GROUP < KERN_GROUP ? n1 - g * KERN_GROUP : KERN_GROUP;
@@ -416,6 +438,28 @@ AVX2_TARGET static float dot_avx2(const float *a, const float *b, uint32_t n)
 
 /* --- dispatch ------------------------------------------------------------------------ */
 
+static void matmul_float(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
+                         uint32_t n0, uint32_t n1)
+{
+    if (kern_isa() == KERN_AVX2)
+        matmul_avx2(m, x, ldx, B, y, ldy, n0, n1);
+    else
+        matmul_scalar(m->src, x, ldx, B, y, ldy, n0, n1);
+}
+
+/* This thread's activations for kern_matmul() of the integer types, freed
+ * with the thread like the accumulators. */
+static _Thread_local struct quant_act *tl_act;
+static pthread_key_t act_key;
+static pthread_once_t act_once = PTHREAD_ONCE_INIT;
+
+static void act_free(void *p)
+{
+    quant_act_free(p);
+    free(p);
+}
+static void act_key_make(void) { pthread_key_create(&act_key, act_free); }
+
 void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy, uint32_t n0,
                  uint32_t n1)
 {
@@ -423,10 +467,73 @@ void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, f
         n1 = m->rows;
     if (n0 >= n1 || B == 0)
         return;
-    if (kern_isa() == KERN_AVX2)
-        matmul_avx2(m, x, ldx, B, y, ldy, n0, n1);
-    else
-        matmul_scalar(m->src, x, ldx, B, y, ldy, n0, n1);
+    if (!is_int_type(m->type)) {
+        matmul_float(m, x, ldx, B, y, ldy, n0, n1);
+        return;
+    }
+    if (!tl_act) {
+        if (!(tl_act = calloc(1, sizeof *tl_act)))
+            abort(); /* a few dozen bytes */
+        pthread_once(&act_once, act_key_make);
+        pthread_setspecific(act_key, tl_act);
+    }
+    if (quant_act_quantize(tl_act, quant_act_kind(m->type), kern_isa() == KERN_AVX2, x, ldx, B, m->cols))
+        abort(); /* out of memory for B x K bytes: as the accumulators, nothing to fall back to */
+    quant_matmul(m->type, kern_isa() == KERN_AVX2, m->data, m->src->row_bytes, n0, n1, tl_act, y, ldy);
+}
+
+int kern_act_reserve(struct kern_act *a, uint32_t B, uint32_t K)
+{
+    /* Room is by elements: rounding K up to whole blocks of both kinds
+     * leaves room for every narrower input too. */
+    uint32_t k = (K + QK_K - 1) / QK_K * QK_K;
+    int rc = quant_act_reserve(&a->q32, QACT_32, B, k);
+    return rc ? rc : quant_act_reserve(&a->q256, QACT_256, B, k);
+}
+
+int kern_act_prepare(struct kern_act *a, const float *x, size_t ldx, uint32_t B, uint32_t K,
+                     const struct kmat *const *ms, uint32_t n)
+{
+    a->x = x;
+    a->ldx = ldx;
+    a->B = B;
+    a->K = K;
+    a->has32 = a->has256 = false;
+    bool avx2 = kern_isa() == KERN_AVX2;
+    for (uint32_t i = 0; i < n; i++) {
+        enum qact_kind k = quant_act_kind(ms[i]->type);
+        bool *has = k == QACT_32 ? &a->has32 : &a->has256;
+        if (k == QACT_NONE || *has)
+            continue;
+        int rc = quant_act_quantize(k == QACT_32 ? &a->q32 : &a->q256, k, avx2, x, ldx, B, K);
+        if (rc)
+            return rc;
+        *has = true;
+    }
+    return 0;
+}
+
+void kern_act_free(struct kern_act *a)
+{
+    quant_act_free(&a->q32);
+    quant_act_free(&a->q256);
+    memset(a, 0, sizeof *a);
+}
+
+void kern_matmul_act(const struct kmat *m, const struct kern_act *a, float *y, size_t ldy, uint32_t n0, uint32_t n1)
+{
+    if (n1 > m->rows)
+        n1 = m->rows;
+    if (n0 >= n1 || a->B == 0)
+        return;
+    enum qact_kind k = quant_act_kind(m->type);
+    if (k == QACT_NONE) {
+        matmul_float(m, a->x, a->ldx, a->B, y, ldy, n0, n1);
+        return;
+    }
+    assert(k == QACT_32 ? a->has32 : a->has256);
+    quant_matmul(m->type, kern_isa() == KERN_AVX2, m->data, m->src->row_bytes, n0, n1, k == QACT_32 ? &a->q32 : &a->q256,
+                 y, ldy);
 }
 
 float kern_dot(const float *a, const float *b, uint32_t n)
@@ -577,9 +684,4 @@ void kern_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float 
         out[i] = x[i] * scale * w[i];
 }
 
-void kern_row(const struct wmat *w, uint32_t r, float *out)
-{
-    const void *row = (const char *)w->data + (size_t)r * w->row_bytes;
-    for (uint32_t k = 0; k < w->cols; k++)
-        out[k] = weight_at(w, row, k);
-}
+void kern_row(const struct wmat *w, uint32_t r, float *out) { wmat_row_f32(w, r, out); }

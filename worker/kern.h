@@ -1,5 +1,5 @@
-/* kern.h — the worker's numeric kernels: matrix products over F32, F16 and
- * Q8_0 weights, dot products, norms.
+/* kern.h — the worker's numeric kernels: matrix products over every weight
+ * type rill loads, dot products, norms.
  *
  * Batch invariance is the rule here: every output element of kern_matmul()
  * is accumulated in one fixed order — eight lanes, lane j summing the
@@ -10,6 +10,13 @@
  * batch of 64, prefilled in one chunk or in many, or recomputed after a
  * preemption; and a seeded stream is the same wherever it runs.  The scalar
  * path emulates the AVX2 one exactly (fmaf per lane, same reduction).
+ *
+ * F32, F16, BF16 and Q8_0 weights are multiplied as floats, in that order.
+ * The other block types (Q4_0 ... Q6_K) multiply their integer codes with
+ * activations quantized to int8 per block (quant.h), as llama.cpp does: a
+ * row's activations are quantized the same way whatever else is in the
+ * batch, and the integer sums are exact, so the same invariance holds; the
+ * float steps after them have a fixed order of their own (quant.h).
  *
  * Weights are packed at load time into groups of KERN_GROUP rows whose
  * eight-weight slices are interleaved, so that a tile reads one sequential
@@ -23,6 +30,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "quant.h"
 
 #define KERN_GROUP 4
 
@@ -38,7 +46,10 @@ const char *kern_isa_name(enum kern_isa isa);
  * rows (rows past `rows` are zero):
  *   F32, F16: for each slice s of 8 columns: 4 rows x 8 weights;
  *   Q8_0:     for each block b of 32 columns: 4 float scales, then
- *             4 rows x 32 int8.
+ *             4 rows x 32 int8;
+ *   BF16:     as F16;
+ *   the integer types (quant_act_kind() != QACT_NONE): the file's rows, one
+ *             after the other (a row is read whole against each activation).
  * `src` keeps the unpacked matrix (the scalar path and OpenBLAS read it). */
 struct kmat {
     const struct wmat *src;
@@ -49,8 +60,8 @@ struct kmat {
     size_t bytes;
 };
 
-/* Pack w (cols % 8 == 0; Q8_0: % 32).  RILL_E_UNSUPPORTED for a shape the
- * kernels cannot take, RILL_E_NOMEM. */
+/* Pack w (cols % 8 == 0, and whole blocks).  RILL_E_UNSUPPORTED for a type
+ * or shape the kernels cannot take, RILL_E_NOMEM. */
 int kern_pack(const struct wmat *w, struct kmat *out);
 void kern_unpack_free(struct kmat *m);
 
@@ -59,6 +70,28 @@ void kern_unpack_free(struct kmat *m);
  * must not overlap. */
 void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
                  uint32_t n0, uint32_t n1);
+
+/* The input of matrix products, prepared once for every matrix that reads
+ * it: the floats, and their int8 quantization for the integer types. */
+struct kern_act {
+    const float *x;
+    size_t ldx;
+    uint32_t B, K;
+    struct quant_act q32, q256;
+    bool has32, has256;
+};
+
+/* Room for B rows of K (so that preparing never allocates on the hot
+ * path); RILL_E_NOMEM. */
+int kern_act_reserve(struct kern_act *a, uint32_t B, uint32_t K);
+/* Prepare x [B][ldx] (K columns) for the n matrices ms (borrowed until the
+ * next prepare); RILL_E_NOMEM. */
+int kern_act_prepare(struct kern_act *a, const float *x, size_t ldx, uint32_t B, uint32_t K,
+                     const struct kmat *const *ms, uint32_t n);
+void kern_act_free(struct kern_act *a);
+/* kern_matmul() of prepared input: m must be one of those it was prepared
+ * for.  The same bits as kern_matmul(m, a->x, ...). */
+void kern_matmul_act(const struct kmat *m, const struct kern_act *a, float *y, size_t ldy, uint32_t n0, uint32_t n1);
 
 /* Dot product of n floats (n % 8 == 0), in the same fixed order. */
 float kern_dot(const float *a, const float *b, uint32_t n);

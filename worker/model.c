@@ -1,6 +1,7 @@
 /* model.c — see model.h. */
 #include "worker/model.h"
 #include "worker/gguf.h"
+#include "worker/quant.h"
 #include "worker/tokenizer.h"
 #include "clock.h"
 #include "err.h"
@@ -19,33 +20,20 @@
 
 size_t wtype_row_bytes(enum wtype t, uint32_t cols)
 {
-    switch (t) {
-    case WT_F32: return (size_t)cols * 4;
-    case WT_F16: return (size_t)cols * 2;
-    case WT_Q8_0: return (size_t)(cols / Q8_0_BLOCK) * sizeof(struct q8_0_block);
-    }
-    return 0;
+    uint32_t bs = quant_block(t);
+    return bs ? (size_t)(cols / bs) * quant_block_bytes(t) : 0;
 }
 
 const char *wtype_name(enum wtype t)
 {
-    switch (t) {
-    case WT_F32: return "f32";
-    case WT_F16: return "f16";
-    case WT_Q8_0: return "q8_0";
-    }
-    return "?";
+    const char *n = quant_supported(t) ? gguf_ttype_name(t) : NULL;
+    return n ? n : "?";
 }
 
 int wtype_from_name(const char *name)
 {
-    if (strcmp(name, "f32") == 0)
-        return WT_F32;
-    if (strcmp(name, "f16") == 0)
-        return WT_F16;
-    if (strcmp(name, "q8_0") == 0)
-        return WT_Q8_0;
-    return -1;
+    int t = gguf_ttype_from_name(name);
+    return t >= 0 && quant_supported((enum wtype)t) ? t : -1;
 }
 
 float f16_to_f32(uint16_t h)
@@ -110,27 +98,7 @@ uint16_t f32_to_f16(float f)
 
 void wmat_row_f32(const struct wmat *w, uint32_t r, float *out)
 {
-    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
-    switch (w->type) {
-    case WT_F32:
-        memcpy(out, row, (size_t)w->cols * 4);
-        break;
-    case WT_F16: {
-        const uint16_t *h = (const uint16_t *)row;
-        for (uint32_t i = 0; i < w->cols; i++)
-            out[i] = f16_to_f32(h[i]);
-        break;
-    }
-    case WT_Q8_0: {
-        const struct q8_0_block *b = (const struct q8_0_block *)row;
-        for (uint32_t k = 0; k < w->cols / Q8_0_BLOCK; k++) {
-            float d = f16_to_f32(b[k].d);
-            for (int j = 0; j < Q8_0_BLOCK; j++)
-                out[k * Q8_0_BLOCK + j] = d * (float)b[k].qs[j];
-        }
-        break;
-    }
-    }
+    quant_dequant(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, w->cols);
 }
 
 /* ---- loading ------------------------------------------------------------- */
@@ -145,7 +113,7 @@ struct loader {
         const float **dst;
     } *pending;                /* norm vectors to convert to F32 */
     size_t n_pending;
-    uint64_t elems_by_type[3]; /* f32, f16, q8_0: to name the model's dtype */
+    uint64_t elems_by_type[WT_COUNT]; /* to name the model's dtype */
 };
 
 static int req_u32(struct loader *L, const char *key, uint32_t *out)
@@ -280,9 +248,10 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
     const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
     if (!t)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
-    if (t->type != WT_F32 && t->type != WT_F16 && t->type != WT_Q8_0)
+    if (!quant_supported((enum wtype)t->type))
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "tensor '%s' has type %s, which rill does not support (supported: f32, f16, q8_0)",
+                    "tensor '%s' has type %s, which rill does not support (supported: f32, f16, bf16, "
+                    "q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)",
                     name, gguf_ttype_name(t->type));
     uint64_t want[GGUF_MAX_DIMS] = {cols, rows ? rows : 1, 1, 1};
     if (memcmp(t->ne, want, sizeof want) != 0) {
@@ -298,14 +267,15 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
                     c->ffn_dim);
     }
     /* The format's alignment is the file's choice (even 1 is legal); the
-     * forward pass reads floats and halves in place, so it needs theirs. */
-    size_t need = t->type == WT_F32 ? 4 : 2;
+     * forward pass reads floats and halves in place, so it needs theirs
+     * (block types are read byte by byte). */
+    size_t need = t->type == WT_F32 ? 4 : t->type == WT_F16 || t->type == WT_BF16 ? 2 : 1;
     if ((uintptr_t)t->data % need)
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' data is not %zu-byte aligned (general.alignment %" PRIu32 ")",
                     name, need, gguf_alignment(L->g));
     L->m->cfg.n_params += t->n_elems;
-    L->elems_by_type[t->type == WT_F32 ? 0 : t->type == WT_F16 ? 1 : 2] += t->n_elems;
+    L->elems_by_type[t->type] += t->n_elems;
     *out = t;
     return 0;
 }
@@ -411,10 +381,10 @@ static int bind_weights(struct loader *L)
         return rc;
 
     int best = 0;
-    for (int i = 1; i < 3; i++)
+    for (int i = 1; i < WT_COUNT; i++)
         if (L->elems_by_type[i] > L->elems_by_type[best])
             best = i;
-    c->dtype = best == 0 ? WT_F32 : best == 1 ? WT_F16 : WT_Q8_0;
+    c->dtype = (enum wtype)best;
     return convert_vecs(L);
 }
 

@@ -5,7 +5,9 @@
  * vectors) are converted to F32 in buffers the model owns.
  *
  * Supported: general.architecture = "llama" (Llama 2/3, TinyLlama, SmolLM,
- * Mistral-style grouped-query attention), tensor types F32, F16 and Q8_0.
+ * Mistral-style grouped-query attention), tensor types F32, F16, BF16, Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (quant.h), mixed
+ * freely within a file.
  * RoPE is the "normal" llama.cpp style (rotating adjacent pairs 2i, 2i+1),
  * which is what GGUF llama files are converted for.
  */
@@ -16,15 +18,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* GGUF tensor type ids. */
-enum wtype { WT_F32 = 0, WT_F16 = 1, WT_Q8_0 = 8 };
+/* GGUF tensor type ids (ggml's numbering) of the types rill computes with. */
+enum wtype {
+    WT_F32 = 0, WT_F16 = 1, WT_Q4_0 = 2, WT_Q4_1 = 3, WT_Q5_0 = 6, WT_Q5_1 = 7, WT_Q8_0 = 8,
+    WT_Q2_K = 10, WT_Q3_K = 11, WT_Q4_K = 12, WT_Q5_K = 13, WT_Q6_K = 14, WT_BF16 = 30
+};
+#define WT_COUNT 31 /* ids are below this */
 
 #define Q8_0_BLOCK 32
 struct q8_0_block { uint16_t d; int8_t qs[Q8_0_BLOCK]; }; /* d: IEEE half scale; 34 bytes */
 
 /* A weight matrix of `rows` outputs by `cols` inputs, row-major: row r is the
  * `cols` weights of output r, `row_bytes` apart (GGUF ne[0] = cols,
- * ne[1] = rows).  Q8_0 needs cols % 32 == 0. */
+ * ne[1] = rows).  Block types need cols to be whole blocks (32 or 256). */
 struct wmat {
     const void *data;
     enum wtype type;
@@ -86,10 +92,10 @@ struct model {
 int model_load(const char *path, bool progress, struct model **out, char *why, size_t why_len);
 void model_free(struct model *m);
 
-/* Bytes of one row of `cols` weights of type t (Q8_0: cols/32 blocks). */
+/* Bytes of one row of `cols` weights of type t (block types: whole blocks). */
 size_t wtype_row_bytes(enum wtype t, uint32_t cols);
-const char *wtype_name(enum wtype t);   /* "f32", "f16", "q8_0" */
-int wtype_from_name(const char *name);  /* -1 if unknown */
+const char *wtype_name(enum wtype t);   /* ggml's names: "f32", "bf16", "q8_0", "q4_K", ... */
+int wtype_from_name(const char *name);  /* -1 unless a type rill computes with */
 
 /* Write row `r` of w, dequantized, into out[cols]. */
 void wmat_row_f32(const struct wmat *w, uint32_t r, float *out);

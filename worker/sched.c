@@ -1,6 +1,7 @@
 /* sched.c — see sched.h. */
 #include "sched.h"
 #include "kern.h"
+#include "prompt.h"
 #include "sample.h"
 #include "tokenizer.h"
 #include "common/clock.h"
@@ -260,7 +261,8 @@ static uint16_t text_take(struct seq *q, uint32_t avail, char *out)
 
 static bool finite_in(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
 
-int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
+int sched_check(const struct sched *s, const struct proto_submit *req, uint32_t elsewhere, char *why,
+                size_t why_len)
 {
     if (s->draining) {
         rill_why(why, why_len, "the worker is draining");
@@ -270,8 +272,8 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
         rill_why(why, why_len, "memory pressure emergency: not admitting");
         return RILL_E_OVERLOADED;
     }
-    if (s->n_waiting >= s->cfg.max_queue) {
-        rill_why(why, why_len, "queue full (%u waiting)", s->n_waiting);
+    if (s->n_waiting + elsewhere >= s->cfg.max_queue) {
+        rill_why(why, why_len, "queue full (%u waiting)", s->n_waiting + elsewhere);
         return RILL_E_OVERLOADED;
     }
     if (find(s, req->id)) {
@@ -287,73 +289,52 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
         rill_why(why, why_len, "max_tokens must be at least 1");
         return RILL_E_BAD_REQUEST;
     }
-    struct seq *q = calloc(1, sizeof *q);
-    if (!q)
-        return RILL_E_NOMEM;
-    const struct tok *tk = s->m->tok;
+    return 0;
+}
+
+/* What only the tokens can tell: whether the prompt is empty, whether skip
+ * fits what was carried, and whether prompt + output fit the context and
+ * the cache. */
+static int check_tokens(const struct sched *s, const struct proto_submit *req, uint32_t n_tokens, char *why,
+                        size_t why_len)
+{
     uint32_t ctx = s->cfg.max_ctx;
-    /* Tokenize into a buffer of the context's size: more does not fit anyway. */
-    size_t cap = (size_t)ctx + 1, n = 0;
-    q->tokens = malloc(cap * sizeof *q->tokens);
-    q->cap_tokens = (uint32_t)cap;
-    int rc = q->tokens ? 0 : RILL_E_NOMEM;
-    if (!rc && (req->prompt_len || !req->n_prompt_tokens)) {
-        rc = tok_encode(tk, req->prompt ? req->prompt : "", req->prompt_len, tok_add_bos(tk), q->tokens, cap, &n);
-        if (rc == RILL_E_TOO_LARGE) {
-            rill_why(why, why_len, "prompt is %zu tokens, the context is %u", n, ctx);
-            rc = RILL_E_CONTEXT_LENGTH;
-        }
-    }
-    q->n_tokens = (uint32_t)n;
-    for (uint32_t i = 0; !rc && i < req->n_prompt_tokens; i++) {
-        int32_t t = req->prompt_tokens[i];
-        if (t < 0 || (uint32_t)t >= s->m->cfg.vocab) {
-            rill_why(why, why_len, "prompt_tokens[%u] = %d is not a token of this model", i, t);
-            rc = RILL_E_BAD_REQUEST;
-        } else if (q->n_tokens >= ctx) {
-            rill_why(why, why_len, "prompt is over %u tokens, the context is %u", q->n_tokens, ctx);
-            rc = RILL_E_CONTEXT_LENGTH;
-        } else {
-            rc = push_token(q, t);
-        }
-    }
-    if (!rc && q->n_tokens == 0) {
+    if (n_tokens == 0) {
         rill_why(why, why_len, "empty prompt (and the model adds no BOS)");
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    if (!rc && req->skip > req->n_prompt_tokens) {
+    if (req->skip > req->n_prompt_tokens) {
         rill_why(why, why_len, "skip %u is more than the %u tokens carried", req->skip, req->n_prompt_tokens);
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    if (!rc && req->skip >= req->max_tokens) {
+    if (req->skip >= req->max_tokens) {
         rill_why(why, why_len, "skip %u leaves nothing of max_tokens %u", req->skip, req->max_tokens);
-        rc = RILL_E_BAD_REQUEST;
+        return RILL_E_BAD_REQUEST;
     }
-    uint32_t n_prompt = q->n_tokens - req->skip;
-    if (!rc && n_prompt >= ctx) {
+    uint32_t n_prompt = n_tokens - req->skip;
+    if (n_prompt >= ctx) {
         rill_why(why, why_len, "prompt is %u tokens, the context is %u", n_prompt, ctx);
-        rc = RILL_E_CONTEXT_LENGTH;
+        return RILL_E_CONTEXT_LENGTH;
     }
-    if (!rc && (uint64_t)n_prompt + req->max_tokens > ctx) {
+    if ((uint64_t)n_prompt + req->max_tokens > ctx) {
         rill_why(why, why_len, "prompt (%u tokens) + max_tokens (%u) is beyond the context (%u)", n_prompt,
-                req->max_tokens, ctx);
-        rc = RILL_E_MAX_TOKENS;
+                 req->max_tokens, ctx);
+        return RILL_E_MAX_TOKENS;
     }
-    if (!rc && kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
+    if (kv_blocks_for(s->kv, n_prompt + req->max_tokens) > kv_blocks_total(s->kv)) {
         rill_why(why, why_len, "prompt + max_tokens (%u) needs more KV cache than the worker has",
-                n_prompt + req->max_tokens);
-        rc = RILL_E_MEMORY_LIMIT;
+                 n_prompt + req->max_tokens);
+        return RILL_E_MEMORY_LIMIT;
     }
-    if (!rc)
-        rc = grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1);
-    if (rc) {
-        free(q->tokens);
-        free(q);
-        return rc;
-    }
+    return 0;
+}
+
+/* The request's settings, copied into its new sequence. */
+static void seq_init(struct seq *q, const struct proto_submit *req, uint64_t now_ns)
+{
     q->id = req->id;
     q->state = SEQ_WAITING;
-    q->n_prompt = n_prompt;
+    q->n_prompt = q->n_tokens - req->skip;
     q->n_out = req->skip;
     q->skip = req->skip;
     q->max_tokens = req->max_tokens;
@@ -380,17 +361,42 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
             break;
         }
     }
+    q->t_submit = q->t_last = now_ns;
+}
+
+/* A resumed request replays its delivered tokens through the text state,
+ * so that a character or a stop string split across the resume point
+ * comes out as it would have. */
+static void replay_delivered(const struct sched *s, struct seq *q)
+{
     tok_stream_init(&q->ts);
-    /* A resumed request replays its delivered tokens through the text state,
-     * so that a character or a stop string split across the resume point
-     * comes out as it would have. */
-    for (uint32_t i = n_prompt; i < q->n_tokens; i++) {
+    for (uint32_t i = q->n_prompt; i < q->n_tokens; i++) {
         bool stopped;
         uint32_t avail = text_push(s, q, q->tokens[i], &stopped);
         memmove(q->pend, q->pend + avail, q->n_pend - avail);
         q->n_pend -= avail;
     }
-    q->t_submit = q->t_last = now_ns;
+}
+
+int sched_submit_prompt(struct sched *s, const struct proto_submit *req, struct prompt *p, uint64_t now_ns,
+                        char *why, size_t why_len)
+{
+    int rc = sched_check(s, req, 0, why, why_len);
+    if (!rc)
+        rc = check_tokens(s, req, p->n, why, why_len);
+    if (!rc)
+        rc = grow(&s->waiting, &s->cap_waiting, s->n_waiting + 1);
+    struct seq *q = rc ? NULL : calloc(1, sizeof *q);
+    if (!q) {
+        prompt_free(p);
+        return rc ? rc : RILL_E_NOMEM;
+    }
+    q->tokens = p->tokens;
+    q->n_tokens = p->n;
+    q->cap_tokens = p->cap;
+    *p = (struct prompt){0};
+    seq_init(q, req, now_ns);
+    replay_delivered(s, q);
     q->arrival = s->next_arrival++;
     /* Priority first (higher sooner), then arrival. */
     uint32_t at = s->n_waiting;
@@ -401,6 +407,20 @@ int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_n
     s->n_waiting++;
     s->st.requests++;
     return 0;
+}
+
+int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len)
+{
+    int rc = sched_check(s, req, 0, why, why_len);
+    if (rc)
+        return rc;
+    struct prompt p;
+    rc = prompt_tokenize(s->m->tok, s->cfg.max_ctx, req, &p, why, why_len);
+    if (rc) {
+        prompt_free(&p);
+        return rc;
+    }
+    return sched_submit_prompt(s, req, &p, now_ns, why, why_len);
 }
 
 int sched_cancel(struct sched *s, uint64_t id)
@@ -656,7 +676,140 @@ static uint32_t prefill_budget(const struct sched *s, uint32_t decode_rows)
     return (uint32_t)b;
 }
 
-/* --- the step ---------------------------------------------------------------------------- */
+/* --- the step: plan, run, commit ------------------------------------------------------------
+ *
+ * As vLLM's V1 engine loop reads: plan() decides who runs (admission,
+ * preemption, decode rows, prefill chunks), run() is the forward pass over
+ * all of those rows, commit() turns logits into tokens, text and records.
+ * Only plan() moves sequences between the queue and the running set; only
+ * commit() changes what a client sees. */
+
+/* What plan() chose.  The rows are s->rows (s->row_owner[r] is row r's
+ * sequence); s->row_seq[0..n_logits) are the sequences sampled this step. */
+struct plan {
+    uint32_t n;             /* rows */
+    uint32_t n_logits;      /* sequences whose next token this step gives */
+    uint32_t decode_rows;   /* one per decoding sequence */
+    uint32_t prefill_rows;  /* prompt rows */
+    uint32_t other_phase;   /* fake_phases: decoding sequences left to another step */
+};
+
+static void plan_row(struct sched *s, struct plan *p, struct seq *q, uint32_t pos, bool sampled)
+{
+    s->row_owner[p->n] = q;
+    s->rows[p->n++] = (struct fwd_row){q->tokens[pos], pos, &q->kv, sampled ? (int32_t)p->n_logits : -1};
+    if (sampled)
+        s->row_seq[p->n_logits++] = q;
+}
+
+/* Decode rows need at most one new block each; the newest sequences give
+ * theirs up until those fit (they are recomputed later, exactly). */
+static void make_room_for_decode(struct sched *s)
+{
+    for (;;) {
+        uint32_t need = 0;
+        for (uint32_t i = 0; i < s->n_running; i++) {
+            struct seq *q = s->running[i];
+            if (q->n_tokens - q->n_cached == 1)
+                need += kv_blocks_for(s->kv, q->n_tokens) - q->kv.n_blocks;
+        }
+        if (need <= kv_blocks_free(s->kv) || !preempt_newest(s, "KV cache full"))
+            return;
+    }
+}
+
+/* A row for every sequence with all but its last token cached.  These come
+ * before any prompt row: a running stream advances every step, and what is
+ * left of the step's time goes to prefill. */
+static void plan_decode(struct sched *s, struct plan *p)
+{
+    uint32_t phases = s->cfg.fake_tokens && s->cfg.fake_phases > 1 ? s->cfg.fake_phases : 1;
+    uint32_t phase = s->fake_phase;
+    s->fake_phase = (phase + 1) % phases;
+    for (uint32_t i = 0; i < s->n_running; i++) {
+        struct seq *q = s->running[i];
+        if (q->n_tokens - q->n_cached != 1)
+            continue;
+        if (q->id % phases != phase) {
+            p->other_phase++;
+            continue;
+        }
+        if (kv_reserve(s->kv, &q->kv, q->n_tokens) != 0)
+            continue; /* only if preemption could not help; try next step */
+        plan_row(s, p, q, q->n_tokens - 1, true);
+        p->decode_rows++;
+    }
+}
+
+/* How many prompt rows of q this step takes: what is left of its prompt,
+ * within the budget, the rows and the cache blocks there are (0: none). */
+static uint32_t prefill_chunk_rows(struct sched *s, const struct plan *p, const struct seq *q, uint32_t budget)
+{
+    uint32_t left = q->n_tokens - q->n_cached;
+    uint32_t c = left < budget ? left : budget;
+    if (c > s->max_rows - p->n)
+        c = s->max_rows - p->n;
+    uint32_t room = (q->kv.n_blocks + kv_blocks_free(s->kv)) * kv_block_tokens(s->kv) - q->n_cached;
+    return c < room ? c : room;
+}
+
+/* Chunks of the prompts still prefilling, in running order: the sequence
+ * admitted first gets to its first token first, rather than every prompt
+ * crawling along together.  A chunk that ends its prompt is sampled. */
+static void plan_prefill(struct sched *s, struct plan *p)
+{
+    uint32_t budget = prefill_budget(s, p->decode_rows);
+    for (uint32_t i = 0; i < s->n_running && budget > 0 && p->n < s->max_rows; i++) {
+        struct seq *q = s->running[i];
+        if (q->n_tokens - q->n_cached <= 1)
+            continue;
+        uint32_t c = prefill_chunk_rows(s, p, q, budget);
+        if (c == 0 || kv_reserve(s->kv, &q->kv, q->n_cached + c) != 0)
+            continue;
+        for (uint32_t k = 0; k < c; k++) {
+            uint32_t pos = q->n_cached + k;
+            plan_row(s, p, q, pos, pos == q->n_tokens - 1);
+        }
+        budget -= c;
+        p->prefill_rows += c;
+    }
+}
+
+/* Who runs this step.  False when no row does: nothing is running, or what
+ * is belongs to another phase, or everything is stuck on memory (then the
+ * newest sequence is preempted, so that the next step can go on). */
+static bool step_plan(struct sched *s, struct plan *p)
+{
+    *p = (struct plan){0};
+    admit(s);
+    if (!s->n_running)
+        return false;
+    make_room_for_decode(s);
+    plan_decode(s, p);
+    plan_prefill(s, p);
+    if (p->n == 0 && !p->other_phase && s->n_running > 1)
+        preempt_newest(s, "no KV blocks for any row");
+    return p->n > 0;
+}
+
+/* The forward pass over every planned row (none in fake mode); after it
+ * every row's K/V is in the cache. */
+static int step_run(struct sched *s, const struct plan *p)
+{
+    if (!s->cfg.fake_tokens) {
+        int rc = fwd_run(s->f, s->rows, p->n, s->logits);
+        if (rc) {
+            rlog_error("forward pass failed: %s", rill_err_name(rc));
+            return rc;
+        }
+    }
+    for (uint32_t r = 0; r < p->n; r++) {
+        struct seq *q = s->row_owner[r];
+        if (s->rows[r].pos + 1 > q->n_cached)
+            q->n_cached = s->rows[r].pos + 1;
+    }
+    return 0;
+}
 
 /* Fake mode: the next token without the model (fan-out benchmark). */
 static int32_t fake_token(const struct sched *s, const struct seq *q)
@@ -674,164 +827,107 @@ static void sample_task(void *ctx, uint32_t j, uint32_t thread)
                 q->n_out, q->top_logprobs, &s->results[j]);
 }
 
+/* The text q may send now that `token` was generated, and in *flags why it
+ * ends (0: it goes on).  An end of generation or the length limit sends
+ * everything held; a stop string cuts the text before it. */
+static uint32_t token_text(const struct sched *s, struct seq *q, int32_t token, uint32_t *flags)
+{
+    *flags = 0;
+    if (tok_is_eog(s->m->tok, token)) {
+        *flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_EOS);
+        return text_finish(q);
+    }
+    bool stopped;
+    uint32_t avail = text_push(s, q, token, &stopped);
+    if (stopped) {
+        *flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_STOP);
+    } else if (q->n_out >= q->max_tokens || q->n_tokens >= s->cfg.max_ctx) {
+        *flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_LENGTH);
+        avail = text_finish(q);
+    }
+    return avail;
+}
+
+/* Sampled row j: its token joins the sequence and leaves as one record. */
+static int commit_row(struct sched *s, const struct sched_out *out, uint32_t j, uint64_t now, uint16_t batch)
+{
+    struct seq *q = s->row_seq[j];
+    struct sample_result sr = {0};
+    if (s->cfg.fake_tokens)
+        sr.token = fake_token(s, q);
+    else
+        sr = s->results[j];
+    if (push_token(q, sr.token) != 0)
+        return RILL_E_NOMEM;
+    q->n_out++;
+    uint32_t flags;
+    uint32_t avail = token_text(s, q, sr.token, &flags);
+    char text[PROTO_MAX_TOKEN_TEXT];
+    uint16_t tl = text_take(q, avail, text);
+    int rc = emit(s, out, q, sr.token, sr.logprob, &sr, flags, 0, tl, text, now, batch);
+    if (rc)
+        return rc;
+    s->st.tokens++;
+    if (flags & PROTO_TOK_LAST)
+        finish_seq(s, q);
+    return 0;
+}
+
+/* Sampling, stop strings, records: everything a client sees of the step,
+ * published with one flush.  *now is the records' time. */
+static int step_commit(struct sched *s, const struct plan *p, const struct sched_out *out, uint64_t *now)
+{
+    /* Sampling on every thread: each row's draw depends only on its own
+     * sequence, and one row takes ~0.1 ms at a 32000-token vocabulary. */
+    if (!s->cfg.fake_tokens)
+        pool_run(fwd_pool(s->f), sample_task, s, p->n_logits);
+    *now = clock_ns();
+    uint16_t batch = (uint16_t)(p->decode_rows > UINT16_MAX ? UINT16_MAX : p->decode_rows);
+    int rc = 0;
+    for (uint32_t j = 0; j < p->n_logits && !rc; j++)
+        rc = commit_row(s, out, j, *now, batch);
+    out->flush(out->ctx);
+    return rc;
+}
+
+/* Learn the prefill cost model from the step's time, and let the batch
+ * controller see decode-only steps (a prefill chunk says nothing about how
+ * the batch size costs). */
+static void step_account(struct sched *s, const struct plan *p, uint64_t t0)
+{
+    double ms = (double)(clock_ns() - t0) / 1e6;
+    if (p->prefill_rows == 0 && p->decode_rows)
+        s->decode_ms = s->decode_ms > 0 ? 0.8 * s->decode_ms + 0.2 * ms : ms;
+    else if (p->prefill_rows >= 8) {
+        double marginal = (ms - (p->decode_rows ? s->decode_ms : 0)) / p->prefill_rows;
+        if (marginal > 0)
+            s->prefill_row_ms = s->prefill_row_ms > 0 ? 0.8 * s->prefill_row_ms + 0.2 * marginal : marginal;
+    }
+    if (p->decode_rows && !p->prefill_rows && adapt_step(&s->ad, ms, p->decode_rows))
+        rlog_info("batch cap: %s", s->ad.reason);
+    s->st.steps++;
+    s->st.prefill_tokens += p->prefill_rows;
+    s->st.last_step_ms = ms;
+    s->st.last_batch = p->decode_rows;
+    s->st.last_rows = p->n;
+}
+
 int sched_step(struct sched *s, const struct sched_out *out)
 {
     uint64_t t0 = clock_ns();
     int rc = reap(s, out, t0);
     if (rc)
         return rc;
-    admit(s);
-    if (!s->n_running) {
+    struct plan p;
+    if (!step_plan(s, &p)) {
         out->flush(out->ctx);
         return 0;
     }
-
-    /* Decode rows need at most one new block each; make room by preempting
-     * the newest sequences until they fit. */
-    for (;;) {
-        uint32_t need = 0;
-        for (uint32_t i = 0; i < s->n_running; i++) {
-            struct seq *q = s->running[i];
-            if (q->n_tokens - q->n_cached == 1)
-                need += kv_blocks_for(s->kv, q->n_tokens) - q->kv.n_blocks;
-        }
-        if (need <= kv_blocks_free(s->kv) || !preempt_newest(s, "KV cache full"))
-            break;
-    }
-
-    uint32_t n = 0, n_logits = 0, decode_rows = 0, prefill_rows = 0, other_phase = 0;
-    uint32_t phases = s->cfg.fake_tokens && s->cfg.fake_phases > 1 ? s->cfg.fake_phases : 1;
-    uint32_t phase = s->fake_phase;
-    s->fake_phase = (phase + 1) % phases;
-    for (uint32_t i = 0; i < s->n_running; i++) {
-        struct seq *q = s->running[i];
-        if (q->n_tokens - q->n_cached != 1)
-            continue;
-        if (q->id % phases != phase) {
-            other_phase++;
-            continue;
-        }
-        if (kv_reserve(s->kv, &q->kv, q->n_tokens) != 0)
-            continue; /* only if preemption could not help; try next step */
-        s->rows[n] = (struct fwd_row){q->tokens[q->n_tokens - 1], q->n_tokens - 1, &q->kv, (int32_t)n_logits};
-        s->row_owner[n] = q;
-        s->row_seq[n_logits++] = q;
-        n++;
-        decode_rows++;
-    }
-    uint32_t budget = prefill_budget(s, decode_rows);
-    for (uint32_t i = 0; i < s->n_running && budget > 0 && n < s->max_rows; i++) {
-        struct seq *q = s->running[i];
-        uint32_t left = q->n_tokens - q->n_cached;
-        if (left <= 1)
-            continue;
-        uint32_t c = left < budget ? left : budget;
-        if (c > s->max_rows - n)
-            c = s->max_rows - n;
-        /* Shrink the chunk to the blocks there are. */
-        uint32_t bt = kv_block_tokens(s->kv);
-        uint32_t room = (q->kv.n_blocks + kv_blocks_free(s->kv)) * bt - q->n_cached;
-        if (c > room)
-            c = room;
-        if (c == 0 || kv_reserve(s->kv, &q->kv, q->n_cached + c) != 0)
-            continue;
-        for (uint32_t k = 0; k < c; k++) {
-            uint32_t pos = q->n_cached + k;
-            bool last = pos == q->n_tokens - 1;
-            s->row_owner[n] = q;
-            s->rows[n++] = (struct fwd_row){q->tokens[pos], pos, &q->kv, last ? (int32_t)n_logits : -1};
-        }
-        if (q->n_cached + c == q->n_tokens)
-            s->row_seq[n_logits++] = q;
-        budget -= c;
-        prefill_rows += c;
-    }
-    if (n == 0 && other_phase) {
-        out->flush(out->ctx); /* fake_phases: this phase has no sequence running */
-        return 0;
-    }
-    if (n == 0) {
-        /* Everything is stuck on memory: free the newest and try again. */
-        if (s->n_running > 1)
-            preempt_newest(s, "no KV blocks for any row");
-        out->flush(out->ctx);
-        return 0;
-    }
-
-    if (!s->cfg.fake_tokens) {
-        rc = fwd_run(s->f, s->rows, n, s->logits);
-        if (rc) {
-            rlog_error("forward pass failed: %s", rill_err_name(rc));
-            return rc;
-        }
-    }
-    /* Advance the cache counters: every row's K/V is now stored. */
-    for (uint32_t r = 0; r < n; r++) {
-        struct seq *q = s->row_owner[r];
-        if (s->rows[r].pos + 1 > q->n_cached)
-            q->n_cached = s->rows[r].pos + 1;
-    }
-
-    /* Sampling on every thread: each row's draw depends only on its own
-     * sequence, and one row takes ~0.1 ms at a 32000-token vocabulary. */
-    if (!s->cfg.fake_tokens)
-        pool_run(fwd_pool(s->f), sample_task, s, n_logits);
-    uint64_t now = clock_ns();
-    uint16_t batch = (uint16_t)(decode_rows > UINT16_MAX ? UINT16_MAX : decode_rows);
-    for (uint32_t j = 0; j < n_logits; j++) {
-        struct seq *q = s->row_seq[j];
-        struct sample_result sr = {0};
-        if (s->cfg.fake_tokens)
-            sr.token = fake_token(s, q);
-        else
-            sr = s->results[j];
-        if (push_token(q, sr.token) != 0) {
-            rc = RILL_E_NOMEM;
-            break;
-        }
-        q->n_out++;
-        uint32_t flags = 0;
-        bool stopped = false;
-        uint32_t avail;
-        if (tok_is_eog(s->m->tok, sr.token)) {
-            avail = text_finish(q);
-            flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_EOS);
-        } else {
-            avail = text_push(s, q, sr.token, &stopped);
-            if (stopped) {
-                flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_STOP);
-            } else if (q->n_out >= q->max_tokens || q->n_tokens >= s->cfg.max_ctx) {
-                avail = text_finish(q);
-                flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_LENGTH);
-            }
-        }
-        char text[PROTO_MAX_TOKEN_TEXT];
-        uint16_t tl = text_take(q, avail, text);
-        rc = emit(s, out, q, sr.token, sr.logprob, &sr, flags, 0, tl, text, now, batch);
-        if (rc)
-            break;
-        s->st.tokens++;
-        if (flags & PROTO_TOK_LAST)
-            finish_seq(s, q);
-    }
-    out->flush(out->ctx);
-
-    /* Learn the cost model and let the controller see the step. */
-    double ms = (double)(clock_ns() - t0) / 1e6;
-    if (prefill_rows == 0 && decode_rows)
-        s->decode_ms = s->decode_ms > 0 ? 0.8 * s->decode_ms + 0.2 * ms : ms;
-    else if (prefill_rows >= 8) {
-        double marginal = (ms - (decode_rows ? s->decode_ms : 0)) / prefill_rows;
-        if (marginal > 0)
-            s->prefill_row_ms = s->prefill_row_ms > 0 ? 0.8 * s->prefill_row_ms + 0.2 * marginal : marginal;
-    }
-    if (decode_rows && !prefill_rows && adapt_step(&s->ad, ms, decode_rows))
-        rlog_info("batch cap: %s", s->ad.reason);
-    s->st.steps++;
-    s->st.prefill_tokens += prefill_rows;
-    s->st.last_step_ms = ms;
-    s->st.last_batch = decode_rows;
-    s->st.last_rows = n;
+    if ((rc = step_run(s, &p)))
+        return rc;
+    uint64_t now;
+    rc = step_commit(s, &p, out, &now);
+    step_account(s, &p, t0);
     int rr = reap(s, out, now);
-    return rc ? rc : rr ? rr : (int)n;
+    return rc ? rc : rr ? rr : (int)p.n;
 }

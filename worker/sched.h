@@ -3,17 +3,23 @@
  *
  * Requests wait in a queue (priority, then arrival), join the running set
  * between steps while the batch cap and the KV cache allow, and leave when
- * they finish.  A step is one forward pass over:
- *   - one row per running sequence that has all but its last token cached
- *     (decoding), and
- *   - a chunk of prompt rows of sequences still prefilling, within a token
- *     budget that keeps the step near the target latency while others
- *     decode (the whole prefill_chunk when nothing decodes), so a long prompt
- *     never stalls running streams.
- * Each finished row that ends its sequence's known tokens yields logits, the
- * sampler picks a token, the detokenizer turns it into text, and one token
- * record per sequence goes to the emitter; the step ends with one flush (one
- * ring publish).
+ * they finish.  A step has three parts:
+ *   plan    who runs: cancelled sequences end (their LAST record goes
+ *           out) and finished ones leave, waiting ones are admitted, the
+ *           newest are preempted when the cache is short (below); then the
+ *           rows: first one per running sequence that has all but its last
+ *           token cached (decoding), then chunks of the prompts still
+ *           prefilling, in admission order, within a token budget that
+ *           keeps the step near the target latency while others decode (the
+ *           whole prefill_chunk when nothing decodes), so a long prompt
+ *           never stalls running streams;
+ *   run     one forward pass over all of those rows;
+ *   commit  each row that ends its sequence's known tokens yields logits,
+ *           the sampler picks a token, the detokenizer turns it into text
+ *           (held back while it may begin a stop string), and one token
+ *           record per sequence goes to the emitter; the step ends with one
+ *           flush (one ring publish); what finished or was cancelled
+ *           meanwhile leaves at once.
  *
  * Memory: KV blocks are reserved as sequences grow.  When none are left, or
  * under critical pressure, the newest running sequences are preempted: their
@@ -37,6 +43,7 @@
 #include "forward.h"
 #include "kvcache.h"
 #include "model.h"
+#include "prompt.h"
 
 struct sched_config {
     uint32_t max_batch;        /* upper bound of the cap */
@@ -79,22 +86,45 @@ int sched_create(const struct model *m, struct fwd *f, struct kv *kv, const stru
                  struct sched **out);
 void sched_free(struct sched *s);
 
-/* Queue a request.  Tokenizes the prompt (and appends prompt_tokens).
+/* Queue a request.  Tokenizes the prompt (and appends prompt_tokens) on the
+ * caller's thread: sched_check + prompt_tokenize + sched_submit_prompt.
  * Returns 0, or: RILL_E_DUPLICATE_ID (id in use), RILL_E_BAD_REQUEST (empty
  * prompt, a token id out of range, skip beyond the tokens, bad sampling
  * values), RILL_E_CONTEXT_LENGTH (prompt does not fit the context),
  * RILL_E_MAX_TOKENS (prompt + max_tokens beyond the context),
- * RILL_E_OVERLOADED (queue full or emergency pressure), RILL_E_SHUTTING_DOWN
- * (draining), RILL_E_NOMEM.  `why` says more. */
+ * RILL_E_MEMORY_LIMIT (more KV cache than there is), RILL_E_OVERLOADED
+ * (queue full or emergency pressure), RILL_E_SHUTTING_DOWN (draining),
+ * RILL_E_NOMEM.  `why` says more. */
 int sched_submit(struct sched *s, const struct proto_submit *req, uint64_t now_ns, char *why, size_t why_len);
+
+/* The same in two halves, for a caller that tokenizes elsewhere (the worker
+ * loop: a long prompt takes ~100 ms to tokenize, which running streams must
+ * not wait for).
+ *
+ * sched_check: what can be refused before tokenizing (draining, pressure,
+ * queue full counting `elsewhere` requests the caller holds as waiting,
+ * duplicate id among the requests here, sampling values, max_tokens).
+ * Cheap; the errors are sched_submit's.
+ *
+ * sched_submit_prompt: queue req with its tokens *p (from prompt_tokenize),
+ * taking them over in every case (*p is empty after).  Checks again what
+ * sched_check checks (the state may have changed meanwhile), then what
+ * needs the tokens.  now_ns is when the request arrived: its first token's
+ * latency counts from there.  Errors: sched_submit's. */
+int sched_check(const struct sched *s, const struct proto_submit *req, uint32_t elsewhere, char *why,
+                size_t why_len);
+int sched_submit_prompt(struct sched *s, const struct proto_submit *req, struct prompt *p, uint64_t now_ns,
+                        char *why, size_t why_len);
 
 /* Cancel: the sequence is freed before the next step and a LAST record
  * (finish cancelled) is emitted.  Idempotent while it is alive;
  * RILL_E_NOT_FOUND for an id that is not (or no longer) here. */
 int sched_cancel(struct sched *s, uint64_t id);
 
-/* Run one step if there is work.  Returns the number of rows run (0 when
- * idle), or a negative error from the forward pass or the emitter. */
+/* Run one step (plan, run, commit) if there is work.  Returns the number of
+ * rows run (0 when none could run: idle, everything waiting for memory, or
+ * fake_phases' other phase), or a negative error from the forward pass or
+ * the emitter.  A call that succeeds flushes exactly once. */
 int sched_step(struct sched *s, const struct sched_out *out);
 
 /* Cancel every request whose id has (id & mask) == value (the requests of

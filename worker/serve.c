@@ -1,14 +1,19 @@
 /* serve.c — see serve.h.
  *
- * One thread runs everything: ZeroMQ messages are read between steps (a step
+ * One thread runs the loop: ZeroMQ messages are read between steps (a step
  * takes tens of milliseconds at most, so a cancel is seen before the next
  * one), each step's records go into the ring with one publish, and a
- * heartbeat leaves every heartbeat_ms.  Before a step the loop makes sure the
+ * heartbeat leaves every heartbeat_ms.  New requests are tokenized on the
+ * intake's thread (intake.h), not here: a long prompt would hold up every
+ * running stream for as long as it takes.  A request is answered (accepted
+ * or rejected) when it comes back tokenized, or at once when it can be
+ * refused without its tokens.  Before a step the loop makes sure the
  * ring has room for everything the step can write, so the step itself never
  * blocks on a slow gateway; while the ring is full the worker only keeps up
  * its heartbeats and messages (backpressure).
  */
 #include "serve.h"
+#include "intake.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/hist.h"
@@ -51,6 +56,12 @@ static void on_signal(int sig)
  * requests of its predecessor have nobody to go to, so they are cancelled. */
 #define MAX_PEERS 16
 
+/* A step waits for the prompts that came just before it (admit_tokenized)
+ * when the intake holds no more than ADMIT_WAIT_BYTES of them (~1 ms of
+ * tokenizing), and never longer than ADMIT_WAIT_NS. */
+#define ADMIT_WAIT_BYTES 2048u
+#define ADMIT_WAIT_NS    2000000ull
+
 struct peer_epoch {
     struct zs_id id;
     uint32_t epoch;
@@ -61,6 +72,8 @@ struct server {
     struct peer_epoch peers[MAX_PEERS];
     int n_peers;
     struct engine *e;
+    struct intake *intake;       /* requests being tokenized */
+    bool fresh;                  /* a request went to the intake since the last step */
     struct ring *ring;
     char ring_name[RING_NAME_MAX];
     char id[PROTO_ID_LEN + 1];
@@ -152,7 +165,8 @@ static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64
     }
     if (sv->peers[i].epoch == epoch)
         return;
-    uint32_t n = sched_cancel_matching(sv->e->sched, 0xffffffff00000000ull, (uint64_t)sv->peers[i].epoch << 32);
+    uint64_t mask = 0xffffffff00000000ull, old = (uint64_t)sv->peers[i].epoch << 32;
+    uint32_t n = sched_cancel_matching(sv->e->sched, mask, old) + intake_cancel_matching(sv->intake, mask, old);
     if (n) {
         char name[ZS_ID_STR_MAX];
         rlog_info("gateway %s restarted: cancelled %u request(s) of its predecessor", zs_id_str(from, name, sizeof name),
@@ -161,34 +175,101 @@ static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64
     sv->peers[i].epoch = epoch;
 }
 
+static void reply_rejected(struct server *sv, const struct zs_id *to, uint64_t id, int code, const char *why)
+{
+    struct proto_msg r = {.type = PROTO_REJECTED};
+    r.u.rejected.id = id;
+    r.u.rejected.code = code;
+    snprintf(r.u.rejected.message, sizeof r.u.rejected.message, "%s", why && why[0] ? why : rill_err_name(code));
+    rlog_debug("rejected request %llu: %s", (unsigned long long)id, r.u.rejected.message);
+    reply(sv, to, &r);
+}
+
+/* A new request: what can be refused without its tokens is refused now;
+ * the rest goes to the intake, and is answered when it comes back. */
+static void on_submit(struct server *sv, const struct zs_id *from, struct proto_submit *req)
+{
+    char why[256] = "";
+    int rc = sched_check(sv->e->sched, req, intake_count(sv->intake), why, sizeof why);
+    if (!rc && intake_has(sv->intake, req->id)) {
+        rill_why(why, sizeof why, "request id %llu is already in use", (unsigned long long)req->id);
+        rc = RILL_E_DUPLICATE_ID;
+    }
+    if (!rc)
+        rc = intake_push(sv->intake, req, from, clock_ns());
+    if (rc)
+        reply_rejected(sv, from, req->id, rc, why);
+    else
+        sv->fresh = true;
+}
+
+/* A tokenized request joins the scheduler's queue, or is refused. */
+static void admit(struct server *sv, struct intake_job *j)
+{
+    char why[256] = "";
+    int rc = j->rc;
+    if (rc)
+        snprintf(why, sizeof why, "%s", j->why);
+    else
+        rc = sched_submit_prompt(sv->e->sched, &j->req, &j->prompt, j->t_arrive, why, sizeof why);
+    if (rc) {
+        reply_rejected(sv, &j->reply_to, j->req.id, rc, why);
+    } else {
+        struct sched_stats st;
+        sched_stats(sv->e->sched, &st);
+        struct proto_msg r = {.type = PROTO_ACCEPTED};
+        r.u.accepted.id = j->req.id;
+        r.u.accepted.queue_position = st.waiting;
+        reply(sv, &j->reply_to, &r);
+        /* Cancelled while it was tokenized: it ends as a cancel that
+         * came just after it was accepted would end it. */
+        if (j->cancelled)
+            sched_cancel(sv->e->sched, j->req.id);
+    }
+    intake_job_free(j);
+}
+
+/* Tokenized requests join the scheduler's queue, in the order they came.
+ * Until `deadline` the loop waits for the intake: a request that has just
+ * come with a short prompt is tokenized in well under a millisecond, and so
+ * still joins the coming step, as when the loop tokenized it itself; a long
+ * one joins a later step. */
+static void admit_tokenized(struct server *sv, uint64_t deadline)
+{
+    for (;;) {
+        struct intake_job *j;
+        while ((j = intake_pop(sv->intake)))
+            admit(sv, j);
+        uint64_t now = clock_ns();
+        if (!intake_count(sv->intake) || now >= deadline ||
+            !intake_wait(sv->intake, (uint32_t)((deadline - now) / 1000)))
+            return;
+    }
+}
+
+/* Stopping: nothing in the intake will run here; another worker may take it. */
+static void reject_intake(struct server *sv)
+{
+    intake_stop(sv->intake, RILL_E_SHUTTING_DOWN);
+    struct intake_job *j;
+    while ((j = intake_pop(sv->intake))) {
+        reply_rejected(sv, &j->reply_to, j->req.id, RILL_E_SHUTTING_DOWN, "the worker is shutting down");
+        intake_job_free(j);
+    }
+}
+
 static void on_request(struct server *sv, const struct zs_id *from, struct proto_msg *m)
 {
-    struct proto_msg r = {0};
-    char why[256] = "";
     if (m->type == PROTO_SUBMIT || m->type == PROTO_CANCEL)
         check_peer_epoch(sv, from, m->type == PROTO_SUBMIT ? m->u.submit.id : m->u.cancel.id);
     switch (m->type) {
-    case PROTO_SUBMIT: {
-        int rc = sched_submit(sv->e->sched, &m->u.submit, clock_ns(), why, sizeof why);
-        if (rc == 0) {
-            struct sched_stats st;
-            sched_stats(sv->e->sched, &st);
-            r.type = PROTO_ACCEPTED;
-            r.u.accepted.id = m->u.submit.id;
-            r.u.accepted.queue_position = st.waiting;
-        } else {
-            r.type = PROTO_REJECTED;
-            r.u.rejected.id = m->u.submit.id;
-            r.u.rejected.code = rc;
-            snprintf(r.u.rejected.message, sizeof r.u.rejected.message, "%s", why[0] ? why : rill_err_name(rc));
-            rlog_debug("rejected request %llu: %s", (unsigned long long)m->u.submit.id, r.u.rejected.message);
-        }
-        reply(sv, from, &r);
+    case PROTO_SUBMIT:
+        on_submit(sv, from, &m->u.submit);
         break;
-    }
     case PROTO_CANCEL:
         /* Idempotent: an unknown id (already finished) needs no answer. */
-        sched_cancel(sv->e->sched, m->u.cancel.id);
+        if (sched_cancel(sv->e->sched, m->u.cancel.id) == RILL_E_NOT_FOUND)
+            intake_cancel(sv->intake, m->u.cancel.id);
         break;
     default:
         rlog_warn("unexpected %s message on the request socket", proto_type_name(m->type));
@@ -366,11 +447,16 @@ static int setup(struct server *sv, char *why, size_t why_len)
     }
     hist_init_prom(&sv->step_us, 1000000);
     hist_init(&sv->batch_n);
-    return 0;
+    rc = intake_create(sv->e->model->tok, sv->e->max_ctx, &sv->intake);
+    if (rc)
+        snprintf(why, why_len, "cannot start the tokenizer thread: %s", rill_err_name(rc));
+    return rc;
 }
 
 static void teardown(struct server *sv)
 {
+    intake_free(sv->intake);
+    sv->intake = NULL;
     zs_close(&sv->control);
     zs_close(&sv->router);
     zs_ctx_term(&sv->zctx);
@@ -441,6 +527,7 @@ int serve_run(const struct rill_config *c, struct engine *e)
         struct zs_poll p;
         zs_poll_init(&p);
         zs_poll_add(&p, sv.router, -1, ZMQ_POLLIN);
+        zs_poll_add(&p, NULL, intake_fd(sv.intake), ZMQ_POLLIN);
         if (sv.control)
             zs_poll_add(&p, sv.control, -1, ZMQ_POLLIN);
         zs_poll_wait(&p, timeout);
@@ -477,6 +564,9 @@ int serve_run(const struct rill_config *c, struct engine *e)
         }
         if (sv.stop)
             break;
+        bool wait = sv.fresh && intake_bytes(sv.intake) <= ADMIT_WAIT_BYTES;
+        admit_tokenized(&sv, wait ? clock_ns() + ADMIT_WAIT_NS : 0);
+        sv.fresh = false;
 
         now = clock_ns();
         if (sched_busy(e->sched) && (!c->fake_tokens || now >= sv.next_fake_step_ns) &&
@@ -504,11 +594,12 @@ int serve_run(const struct rill_config *c, struct engine *e)
         now = clock_ns();
         if (now >= sv.next_hb_ns)
             heartbeat(&sv, now);
-        if (sv.draining && !sched_busy(e->sched)) {
+        if (sv.draining && !sched_busy(e->sched) && !intake_count(sv.intake)) {
             rlog_info("drained: every request finished");
             break;
         }
     }
+    reject_intake(&sv);
     if (sched_busy(e->sched))
         sched_abort_all(e->sched, RILL_E_SHUTTING_DOWN, &out);
     fwd_set_progress(e->fwd, NULL, NULL);

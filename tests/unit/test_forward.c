@@ -15,7 +15,11 @@
  *   each in f32, f16 and q8_0; and for the reference test also
  *   odd      --dim 96 --layers 3 --heads 3 --kv-heads 3 --ffn 160 --vocab 509 --tied (f32):
  *            plain multi-head attention, tied output, a vocabulary that is
- *            not a multiple of the kernels' row groups.
+ *            not a multiple of the kernels' row groups;
+ *   and one model of every other weight type (quantized ones compute with
+ *   int8 activations), --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512
+ *   --vocab 512, plus mixed files (q4_K_M; q5_K_M tied; q4_K_M on rows of
+ *   96, where K types fall back to q5_0/q8_0), for their own exactness test.
  *
  * Golden file: tests/data/golden-tiny.txt holds the greedy tokens of the tiny
  * f32 model (seed 7) after a fixed prompt of token ids.  When the change is
@@ -69,6 +73,17 @@ static const struct mspec models[] = {
 #define N_MODELS (sizeof models / sizeof models[0])
 static const struct mspec odd_model = {
     "odd-f32", "--dim 96 --layers 3 --heads 3 --kv-heads 3 --ffn 160 --vocab 509 --tied --dtype f32"};
+#define QSHAPE "--dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 "
+static const struct mspec qmodels[] = {
+    {"qt-bf16", QSHAPE "--dtype bf16"},     {"qt-q4_0", QSHAPE "--dtype q4_0"},
+    {"qt-q4_1", QSHAPE "--dtype q4_1"},     {"qt-q5_0", QSHAPE "--dtype q5_0"},
+    {"qt-q5_1", QSHAPE "--dtype q5_1"},     {"qt-q2_K", QSHAPE "--dtype q2_K"},
+    {"qt-q3_K", QSHAPE "--dtype q3_K"},     {"qt-q4_K", QSHAPE "--dtype q4_K"},
+    {"qt-q5_K", QSHAPE "--dtype q5_K"},     {"qt-q6_K", QSHAPE "--dtype q6_K"},
+    {"qt-q4_K_M", QSHAPE "--dtype q4_K_M"}, {"qt-q5_K_M-tied", QSHAPE "--dtype q5_K_M --tied"},
+    {"qt-q4_K_M-96", "--dim 96 --layers 2 --heads 3 --kv-heads 3 --ffn 256 --vocab 509 --tied --dtype q4_K_M"},
+};
+#define N_QMODELS (sizeof qmodels / sizeof qmodels[0])
 
 static const char *tpath(const char *name)
 {
@@ -113,6 +128,9 @@ static int setup(void **state)
         return -1;
     for (size_t i = 0; i < N_MODELS; i++)
         if (make_model(&models[i], corpus))
+            return -1;
+    for (size_t i = 0; i < N_QMODELS; i++)
+        if (make_model(&qmodels[i], corpus))
             return -1;
     return make_model(&odd_model, corpus);
 }
@@ -823,6 +841,91 @@ static void test_greedy_argmax_matches_the_reference_on_a_long_run(void **state)
     }
 }
 
+
+/* ---- every weight type ------------------------------------------------------------------------ */
+
+#define NQ_SEQ 3
+static const uint32_t qseq_len[NQ_SEQ] = {21, 30, 17};
+
+/* A schedule of the NQ_SEQ sequences against their logits decoded alone. */
+static void check_q_schedule(struct rig *r, int32_t *const *tok, float *const *alone, const uint32_t *start,
+                             const uint32_t *chunk, bool all_logits, const char *what, const char *model)
+{
+    float *out[NQ_SEQ];
+    for (uint32_t s = 0; s < NQ_SEQ; s++)
+        out[s] = calloc((size_t)qseq_len[s] * r->V, sizeof(float));
+    struct sched_spec sp = {NQ_SEQ, (const int32_t *const *)tok, qseq_len, start, chunk, all_logits};
+    run_schedule(r, &sp, out);
+    for (uint32_t s = 0; s < NQ_SEQ; s++) {
+        for (uint32_t p = 0; p < qseq_len[s]; p++)
+            if (all_logits || (p + 1) % chunk[s] == 0 || p == qseq_len[s] - 1)
+                assert_same_logits(alone[s] + (size_t)p * r->V, out[s] + (size_t)p * r->V, r->V, what, model, s,
+                                   p);
+        free(out[s]);
+    }
+}
+
+/* Each type's model (and the mixed ones): a sequence's logits are the same
+ * bits decoded alone (1 thread), in a batch of staggered joins mixed with
+ * prefill chunks (2 threads), prefilled in chunks, and with the scalar
+ * kernels — so its stream is the same alone or in a batch.  And the pass
+ * computes the model: against the double reference (float activations,
+ * the same dequantized weights), within what int8 activations cost —
+ * measured 2-4e-2 of the largest logit (1.5-3e-2 RMS) on these random
+ * models, as llama.cpp's int8 activations cost; bf16, computed in floats,
+ * ~1e-6.  A wrong tensor, type or layout is O(1). */
+static void test_every_weight_type_gives_the_same_logits_alone_batched_chunked_threaded_and_scalar(void **state)
+{
+    (void)state;
+    for (size_t mi = 0; mi < N_QMODELS; mi++) {
+        const char *name = qmodels[mi].name;
+        struct rig r;
+        rig_open(&r, name, 1, 8);
+        int32_t *tok[NQ_SEQ];
+        float *alone[NQ_SEQ];
+        for (uint32_t s = 0; s < NQ_SEQ; s++) {
+            tok[s] = seq_tokens(s + 20, qseq_len[s], r.V);
+            alone[s] = decode_alone(&r, tok[s], qseq_len[s]);
+        }
+        /* the reference, on sequence 0 */
+        struct ref R;
+        ref_init(&R, r.m, qseq_len[0]);
+        double *ref = malloc(r.V * sizeof(double)), worst = 0;
+        for (uint32_t p = 0; p < qseq_len[0]; p++) {
+            ref_forward(&R, tok[0][p], p, ref);
+            double scale = 0;
+            for (uint32_t i = 0; i < r.V; i++)
+                scale = fmax(scale, fabs(ref[i]));
+            for (uint32_t i = 0; i < r.V; i++)
+                worst = fmax(worst, fabs(alone[0][(size_t)p * r.V + i] - ref[i]) / scale);
+        }
+        print_message("  %-15s worst |fast - reference| / max|logit|: %.2e\n", name, worst);
+        if (worst > (r.m->cfg.dtype == WT_BF16 ? REF_TOL : 0.08))
+            fail_msg("%s: the forward pass is %.3g of the largest logit away from the reference", name, worst);
+        free(ref);
+        ref_free(&R);
+        rig_close(&r);
+
+        rig_open(&r, name, 2, 64);
+        uint32_t start[NQ_SEQ] = {0, 1, 2}, c1[NQ_SEQ] = {1, 5, 1}, zero[NQ_SEQ] = {0}, c2[NQ_SEQ] = {7, 1, 3};
+        check_q_schedule(&r, tok, alone, start, c1, true, "staggered batch with a prefill, 2 threads", name);
+        check_q_schedule(&r, tok, alone, zero, c2, false, "chunked prefills, last-row logits", name);
+        rig_close(&r);
+        if (kern_isa() == KERN_AVX2) {
+            rig_open(&r, name, 1, 64);
+            kern_set_isa(KERN_SCALAR);
+            uint32_t c3[NQ_SEQ] = {1, 3, 1};
+            check_q_schedule(&r, tok, alone, start, c3, true, "scalar kernels vs AVX2", name);
+            kern_set_isa(KERN_AVX2);
+            rig_close(&r);
+        }
+        for (uint32_t s = 0; s < NQ_SEQ; s++) {
+            free(tok[s]);
+            free(alone[s]);
+        }
+    }
+}
+
 /* ---- golden ---------------------------------------------------------------------------- */
 
 #define GOLDEN_GEN 64
@@ -950,6 +1053,7 @@ int main(void)
         cmocka_unit_test(test_fast_forward_agrees_with_a_plain_double_reference),
         cmocka_unit_test(test_greedy_argmax_matches_the_reference_on_a_long_run),
         cmocka_unit_test(test_greedy_generation_matches_the_golden_file),
+        cmocka_unit_test(test_every_weight_type_gives_the_same_logits_alone_batched_chunked_threaded_and_scalar),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

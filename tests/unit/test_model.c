@@ -106,7 +106,7 @@ struct spec {
     const char *skip_key;     /* leave this metadata out */
     const char *odd_tensor;   /* give this tensor the shape odd_ne */
     uint64_t odd_ne[2];
-    const char *q4_tensor;    /* write this tensor as q4_0 */
+    const char *iq_tensor;    /* write this tensor as iq4_nl (a type rill does not compute) */
     uint32_t kv_heads_meta;   /* metadata head_count_kv if nonzero */
     int drop_tokens;          /* write this many fewer tokens */
 };
@@ -191,8 +191,8 @@ static void write_model(const char *path, const struct spec *sp)
             t[i].ne[0] = sp->odd_ne[0];
             t[i].ne[1] = sp->odd_ne[1];
         }
-        if (sp->q4_tensor && strcmp(t[i].name, sp->q4_tensor) == 0)
-            types[i] = GGUF_T_Q4_0;
+        if (sp->iq_tensor && strcmp(t[i].name, sp->iq_tensor) == 0)
+            types[i] = GGUF_T_IQ4_NL;
         if (sp->skip_tensor && strcmp(t[i].name, sp->skip_tensor) == 0)
             types[i] = UINT32_MAX;
         else
@@ -202,8 +202,8 @@ static void write_model(const char *path, const struct spec *sp)
         if (types[i] == UINT32_MAX)
             continue;
         uint64_t count = t[i].ne[0] * (t[i].n_dims > 1 ? t[i].ne[1] : 1);
-        if (types[i] == GGUF_T_Q4_0) {
-            size_t nb = (size_t)gguf_ttype_bytes(GGUF_T_Q4_0, count);
+        if (types[i] == GGUF_T_IQ4_NL) {
+            size_t nb = (size_t)gguf_ttype_bytes(GGUF_T_IQ4_NL, count);
             uint8_t *z = calloc(nb, 1);
             gguf_w_data(w, z, nb);
             free(z);
@@ -251,9 +251,10 @@ static void check_rows(const struct wmat *w, const char *name)
                 amax = fmaxf(amax, fabsf(weight(name, (uint64_t)r * w->cols + j)));
             for (uint32_t j = b; j < b + 32 && j < w->cols; j++) {
                 float x = weight(name, (uint64_t)r * w->cols + j);
-                float tol = w->type == WT_F32   ? 0.0f
-                            : w->type == WT_F16 ? fmaxf(fabsf(x) * 0x1p-11f, 0x1p-25f)
-                                                : amax / 127.0f * 0.5f + amax * 0x1p-10f;
+                float tol = w->type == WT_F32    ? 0.0f
+                            : w->type == WT_F16  ? fmaxf(fabsf(x) * 0x1p-11f, 0x1p-25f)
+                            : w->type == WT_BF16 ? fabsf(x) * 0x1p-8f
+                                                 : amax / 127.0f * 0.5f + amax * 0x1p-10f;
                 if (fabsf(row[j] - x) > tol)
                     fail_msg("%s row %u col %u: %g, original %g (tolerance %g)", name, r, j,
                              (double)row[j], (double)x, (double)tol);
@@ -355,6 +356,12 @@ static void test_model_q8_0_rows_match_the_f32_originals_within_quantization_err
 {
     (void)state;
     load_and_check(GGUF_T_Q8_0);
+}
+
+static void test_model_loads_bf16_weights_within_bf16_rounding(void **state)
+{
+    (void)state;
+    load_and_check(GGUF_T_BF16);
 }
 
 static void test_model_converts_f16_norm_vectors_to_f32(void **state)
@@ -476,10 +483,10 @@ static void test_model_rejects_an_unsupported_tensor_type_by_name(void **state)
 {
     (void)state;
     struct spec sp = good(GGUF_T_F32);
-    sp.q4_tensor = "blk.1.attn_q.weight";
+    sp.iq_tensor = "blk.1.attn_q.weight";
     expect_load_error(&sp, RILL_E_UNSUPPORTED,
-                      "tensor 'blk.1.attn_q.weight' has type q4_0, which rill does not support "
-                      "(supported: f32, f16, q8_0)");
+                      "tensor 'blk.1.attn_q.weight' has type iq4_nl, which rill does not support "
+                      "(supported: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_K, q3_K, q4_K, q5_K, q6_K)");
 }
 
 static void test_model_rejects_missing_metadata_and_tokenizer_mismatch(void **state)
@@ -589,7 +596,11 @@ static void test_wtype_names_and_row_sizes(void **state)
     assert_string_equal(wtype_name(WT_Q8_0), "q8_0");
     assert_int_equal(wtype_from_name("q8_0"), WT_Q8_0);
     assert_int_equal(wtype_from_name("f16"), WT_F16);
-    assert_int_equal(wtype_from_name("q4_0"), -1);
+    assert_int_equal(wtype_from_name("q4_0"), WT_Q4_0);
+    assert_int_equal(wtype_from_name("q4_K"), WT_Q4_K);
+    assert_int_equal(wtype_from_name("bf16"), WT_BF16);
+    assert_string_equal(wtype_name(WT_Q6_K), "q6_K");
+    assert_int_equal(wtype_from_name("iq4_nl"), -1); /* known to ggml, not computed by rill */
     assert_int_equal(wtype_row_bytes(WT_F32, 288), 1152);
     assert_int_equal(wtype_row_bytes(WT_F16, 288), 576);
     assert_int_equal(wtype_row_bytes(WT_Q8_0, 288), 9 * 34);
@@ -692,12 +703,164 @@ static void test_model_made_by_rill_mkmodel_loads_in_every_dtype(void **state)
     model_free(t);
 }
 
+/* Every matrix of m, in layer order (token_embd, per layer q k v o gate up
+ * down, output) with its name. */
+static int model_mats(const struct model *m, const struct wmat **mats, char names[][48])
+{
+    int n = 0;
+    mats[n] = &m->tok_embd;
+    snprintf(names[n++], 48, "token_embd");
+    static const char *const nm[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        const struct wmat *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) {
+            mats[n] = w[i];
+            snprintf(names[n++], 48, "blk.%u.%s", l, nm[i]);
+        }
+    }
+    mats[n] = &m->output;
+    snprintf(names[n++], 48, "output");
+    return n;
+}
+
+static struct model *load_made(const char *bin, const char *corpus_path, const char *args, const char *name)
+{
+    char cmd[1024], out[128];
+    snprintf(out, sizeof out, "%s", tpath(name));
+    snprintf(cmd, sizeof cmd, "%s %s --seed 7 --corpus %s --out %s 2>%s/mk.log", bin, args, corpus_path, out, tmpdir);
+    if (system(cmd) != 0) {
+        snprintf(cmd, sizeof cmd, "cat %s/mk.log >&2", tmpdir);
+        int rc = system(cmd);
+        (void)rc;
+        fail_msg("rill-mkmodel %s failed", args);
+    }
+    struct model *m;
+    char why[512] = "";
+    int rc = model_load(out, false, &m, why, sizeof why);
+    if (rc)
+        fail_msg("loading %s: %s: %s", name, rill_err_name(rc), why);
+    return m;
+}
+
+/* rill-mkmodel writes every type; each loads with the type it was written
+ * in, and its rows are the f32 model's (same seed) within the type's
+ * quantization error.  The mixes give each tensor llama-quantize's type,
+ * tied or not, and fall back from K types where rows are not whole
+ * 256-blocks. */
+static void test_model_made_by_rill_mkmodel_loads_in_every_type_and_mix(void **state)
+{
+    (void)state;
+    char bin[512];
+    snprintf(bin, sizeof bin, "%s/rill-mkmodel", tu_build_dir());
+    if (access(bin, X_OK) != 0)
+        fail_msg("%s not found: build it first (make %s)", bin, bin);
+    char corpus_path[128];
+    snprintf(corpus_path, sizeof corpus_path, "%s", tpath("corpus.txt"));
+    FILE *f = fopen(corpus_path, "w");
+    fputs(corpus, f);
+    tu_made_up_words(f);
+    fclose(f);
+    const char *shape = "--dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 512";
+    char args[256];
+    snprintf(args, sizeof args, "%s --dtype f32", shape);
+    struct model *ref = load_made(bin, corpus_path, args, "all-f32");
+    const struct wmat *rm[64], *qm[64];
+    char names[64][48];
+    int nm = model_mats(ref, rm, names);
+    static const struct {
+        const char *name;
+        double rms; /* bound on the RMS error relative to the weights' RMS */
+    } types[] = {{"f16", 0.001}, {"bf16", 0.005}, {"q8_0", 0.01}, {"q6_K", 0.03}, {"q5_K", 0.05},
+                 {"q5_1", 0.05},  {"q5_0", 0.06},  {"q4_K", 0.1},  {"q4_1", 0.1},  {"q4_0", 0.12},
+                 {"q3_K", 0.2},   {"q2_K", 0.4}};
+    float *a = malloc(512 * sizeof *a), *b = malloc(512 * sizeof *b);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        snprintf(args, sizeof args, "%s --dtype %s", shape, types[ti].name);
+        char file[32];
+        snprintf(file, sizeof file, "all-%s", types[ti].name);
+        struct model *m = load_made(bin, corpus_path, args, file);
+        enum wtype t = (enum wtype)wtype_from_name(types[ti].name);
+        assert_int_equal(m->cfg.dtype, t);
+        assert_int_equal(model_mats(m, qm, names), nm);
+        for (int i = 0; i < nm; i++) {
+            if ((int)qm[i]->type != (int)t)
+                fail_msg("%s: %s has type %s", types[ti].name, names[i], wtype_name(qm[i]->type));
+            double se = 0, sx = 0;
+            for (uint32_t r = 0; r < qm[i]->rows; r++) {
+                wmat_row_f32(rm[i], r, a);
+                wmat_row_f32(qm[i], r, b);
+                for (uint32_t k = 0; k < qm[i]->cols; k++) {
+                    se += ((double)a[k] - b[k]) * ((double)a[k] - b[k]);
+                    sx += (double)a[k] * a[k];
+                }
+            }
+            if (sqrt(se / sx) > types[ti].rms)
+                fail_msg("%s: %s differs from the f32 weights by %.4f (RMS, relative), more than %.4f",
+                         types[ti].name, names[i], sqrt(se / sx), types[ti].rms);
+        }
+        model_free(m);
+    }
+    free(a);
+    free(b);
+    model_free(ref);
+
+    /* q4_K_M over 8 layers: attn_v and ffn_down are q6_K in layers 0, 3, 6
+     * and 7 (the first and last eighth, and (i - 1) % 3 == 2), the output
+     * q6_K, everything else (token_embd too) q4_K. */
+    snprintf(args, sizeof args, "--dim 256 --layers 8 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 --dtype q4_K_M");
+    struct model *m = load_made(bin, corpus_path, args, "q4_K_M");
+    assert_int_equal(m->cfg.dtype, WT_Q4_K);
+    assert_false(m->tied_output);
+    nm = model_mats(m, qm, names);
+    for (int i = 0; i < nm; i++) {
+        unsigned l = 0;
+        bool six = !strcmp(names[i], "output");
+        if (sscanf(names[i], "blk.%u.", &l) == 1 && (strstr(names[i], "attn_v") || strstr(names[i], "ffn_down")))
+            six = l == 0 || l == 3 || l == 6 || l == 7;
+        if (qm[i]->type != (six ? WT_Q6_K : WT_Q4_K))
+            fail_msg("q4_K_M: %s has type %s", names[i], wtype_name(qm[i]->type));
+    }
+    model_free(m);
+    /* Tied: token_embd is the output matrix, so it is the q6_K one. */
+    snprintf(args, sizeof args, "--dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 --dtype q5_K_M --tied");
+    m = load_made(bin, corpus_path, args, "q5_K_M-tied");
+    assert_true(m->tied_output);
+    assert_int_equal(m->tok_embd.type, WT_Q6_K);
+    assert_ptr_equal(m->output.data, m->tok_embd.data);
+    assert_int_equal(m->layers[1].wq.type, WT_Q5_K);
+    assert_int_equal(m->layers[0].w_down.type, WT_Q5_K); /* of 2 layers, the last has more bits */
+    assert_int_equal(m->layers[1].w_down.type, WT_Q6_K);
+    model_free(m);
+    /* Rows of 96: no K type fits; q5_1 where q5_K was meant, q8_0 where
+     * q6_K was; ffn_down's rows of 256 keep their K types.  And q4_0's mix:
+     * the output q6_K (rows of 256 here). */
+    snprintf(args, sizeof args, "--dim 96 --layers 2 --heads 3 --kv-heads 3 --ffn 256 --vocab 509 --mix q5_K_M");
+    m = load_made(bin, corpus_path, args, "q5_K_M-96");
+    assert_int_equal(m->tok_embd.type, WT_Q5_1);
+    assert_int_equal(m->layers[1].wq.type, WT_Q5_1);
+    assert_int_equal(m->layers[0].wv.type, WT_Q5_1);
+    assert_int_equal(m->layers[1].wv.type, WT_Q8_0);
+    assert_int_equal(m->layers[0].w_down.type, WT_Q5_K);
+    assert_int_equal(m->layers[1].w_down.type, WT_Q6_K);
+    assert_int_equal(m->output.type, WT_Q8_0);
+    model_free(m);
+    snprintf(args, sizeof args, "--dim 256 --layers 2 --heads 4 --ffn 512 --vocab 512 --mix q4_0");
+    m = load_made(bin, corpus_path, args, "q4_0-mix");
+    assert_int_equal(m->cfg.dtype, WT_Q4_0);
+    assert_int_equal(m->output.type, WT_Q6_K);
+    assert_int_equal(m->tok_embd.type, WT_Q4_0);
+    assert_int_equal(m->layers[1].w_down.type, WT_Q4_0);
+    model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_loads_f32_weights_in_place),
         cmocka_unit_test(test_model_loads_f16_weights_within_half_rounding),
         cmocka_unit_test(test_model_q8_0_rows_match_the_f32_originals_within_quantization_error),
+        cmocka_unit_test(test_model_loads_bf16_weights_within_bf16_rounding),
         cmocka_unit_test(test_model_converts_f16_norm_vectors_to_f32),
         cmocka_unit_test(test_model_without_output_weight_ties_it_to_token_embd),
         cmocka_unit_test(test_model_reads_a_gpt2_tokenizer_with_merges),
@@ -711,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_f32_to_f16_rounds_to_nearest_even_everywhere),
         cmocka_unit_test(test_wtype_names_and_row_sizes),
         cmocka_unit_test(test_model_made_by_rill_mkmodel_loads_in_every_dtype),
+        cmocka_unit_test(test_model_made_by_rill_mkmodel_loads_in_every_type_and_mix),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

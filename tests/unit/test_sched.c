@@ -1,5 +1,6 @@
-/* test_sched.c — the scheduler through its API: sched_submit, sched_step,
- * sched_cancel, with the records of a struct sched_out collected in memory.
+/* test_sched.c — the scheduler through its API: sched_submit (whole, or in
+ * its two halves around prompt_tokenize), sched_step, sched_cancel, with the
+ * records of a struct sched_out collected in memory.
  *
  * What a client relies on: a request ends exactly once, for the reason it
  * should (length, eos, stop, cancelled), its records are numbered 0..n-1
@@ -31,6 +32,7 @@
 #include "common/proto.h"
 #include "worker/engine.h"
 #include "worker/gguf.h"
+#include "worker/prompt.h"
 #include "worker/sched.h"
 #include "worker/tokenizer.h"
 #include "testutil.h"
@@ -1156,6 +1158,76 @@ static void test_bad_requests_are_rejected_by_code(void **state)
     rig_close(&r);
 }
 
+/* ---- submit in two halves (the worker loop tokenizes off its thread) ------------------------------ */
+
+/* sched_check, prompt_tokenize, sched_submit_prompt: what serve does with
+ * the intake in between.  Returns sched_submit_prompt's result (or the
+ * first half's error). */
+static int submit_halves(struct rig *r, const struct proto_submit *q, uint32_t elsewhere, bool drain_between)
+{
+    char why[256] = "";
+    int rc = sched_check(r->s, q, elsewhere, why, sizeof why);
+    if (rc)
+        return rc;
+    struct prompt p;
+    rc = prompt_tokenize(r->e.model->tok, r->e.max_ctx, q, &p, why, sizeof why);
+    if (rc) {
+        prompt_free(&p);
+        return rc;
+    }
+    if (drain_between)
+        sched_set_draining(r->s, true);
+    rc = sched_submit_prompt(r->s, q, &p, 0, why, sizeof why);
+    assert_null(p.tokens); /* taken over, also on an error */
+    if (drain_between)
+        sched_set_draining(r->s, false);
+    return rc;
+}
+
+static void test_a_request_tokenized_elsewhere_runs_as_if_submitted_whole(void **state)
+{
+    (void)state;
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.context = 128});
+    /* The same request twice (same seed), once each way: the same tokens. */
+    struct proto_submit a = sampled(1, prompts[1], 24, 99), b = sampled(2, prompts[1], 24, 99);
+    submit_ok(&r, &a);
+    assert_int_equal(submit_halves(&r, &b, 0, false), 0);
+    drive(&r);
+    struct outcome oa, ob;
+    gather(&r, 1, 0, &oa);
+    gather(&r, 2, 0, &ob);
+    assert_same_tokens(&oa, &ob, "tokenized elsewhere");
+    assert_int_equal(oa.text_len, ob.text_len);
+    assert_memory_equal(oa.text, ob.text, oa.text_len);
+    outcome_free(&oa);
+    outcome_free(&ob);
+
+    /* The errors are sched_submit's, from the half that can tell. */
+    struct proto_submit q = req(3, "hi", 4);
+    submit_ok(&r, &q);
+    assert_int_equal(submit_halves(&r, &q, 0, false), RILL_E_DUPLICATE_ID);
+    char longp[2048] = "";
+    for (int i = 0; i < 60; i++)
+        strcat(longp, "the quick brown fox ");
+    q = req(4, longp, 1);
+    assert_int_equal(submit_halves(&r, &q, 0, false), RILL_E_CONTEXT_LENGTH);
+    q = req(5, "hi", 127);
+    assert_int_equal(submit_halves(&r, &q, 0, false), RILL_E_MAX_TOKENS);
+    /* Requests held elsewhere count toward the queue (1024 here). */
+    q = req(6, "hi", 4);
+    char why[256];
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    assert_int_equal(sched_check(r.s, &q, 1023 - st.waiting, why, sizeof why), 0);
+    assert_int_equal(sched_check(r.s, &q, 1024 - st.waiting, why, sizeof why), RILL_E_OVERLOADED);
+    /* The state may change while a prompt is tokenized: queueing checks again. */
+    assert_int_equal(submit_halves(&r, &q, 0, true), RILL_E_SHUTTING_DOWN);
+    assert_int_equal(submit_halves(&r, &q, 1, false), 0);
+    drive(&r);
+    rig_close(&r);
+}
+
 /* ---- positions ------------------------------------------------------------------------------------- */
 
 static void test_positions_run_from_zero_with_first_and_last_flags(void **state)
@@ -1255,6 +1327,7 @@ int main(void)
         cmocka_unit_test(test_cancel_of_a_waiting_request_emits_first_and_last),
         cmocka_unit_test(test_cancel_sends_the_held_back_text),
         cmocka_unit_test(test_bad_requests_are_rejected_by_code),
+        cmocka_unit_test(test_a_request_tokenized_elsewhere_runs_as_if_submitted_whole),
         cmocka_unit_test(test_positions_run_from_zero_with_first_and_last_flags),
         cmocka_unit_test(test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step),
     };
