@@ -106,6 +106,8 @@ static void fuzz_limits(const char *origin, const char *host, const char *origin
     memset(&g.keys, 0, offsetof(struct gw, m) - offsetof(struct gw, keys));
     snprintf(c.allowed_origins, sizeof c.allowed_origins, "%s", origins);
     snprintf(c.api_keys, sizeof c.api_keys, "%s", keys);
+    /* The Host check takes its list from the same line (allowed_hosts). */
+    snprintf(c.allowed_hosts, sizeof c.allowed_hosts, "%s", origins);
     g.c = &c;
     int rc = limits_init(&g);
     CHECK(rc == 0, "limits_init: %d", rc);
@@ -136,6 +138,15 @@ static void fuzz_limits(const char *origin, const char *host, const char *origin
         key_listed = key_listed || !strcmp(g.keys[i], key);
     CHECK(limits_key_ok(&g, key) == (!g.n_keys || key_listed), "key '%s' with %zu keys", key, g.n_keys);
     CHECK(limits_key_ok(&g, NULL) == !g.n_keys, "no key with %zu keys", g.n_keys);
+    /* Host: any when nothing is listed or "*" is; a listed name itself is
+     * always allowed; no Host is never allowed when there is a list. */
+    bool host_ok = limits_host_ok(&g, host);
+    if (!g.n_hosts || g.any_host)
+        CHECK(host_ok, "host '%s' refused with no list", host);
+    else if (!host[0])
+        CHECK(!host_ok, "an empty Host allowed by '%s'", origins);
+    for (size_t i = 0; i < g.n_hosts; i++)
+        CHECK(limits_host_ok(&g, g.hosts[i]), "listed host '%s' refused", g.hosts[i]);
     limits_fini(&g);
 }
 
