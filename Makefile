@@ -6,7 +6,7 @@
 #   make                 release build in build/
 #   make test            deps + build + unit tests + end-to-end tests
 #   make check           the tests again under ASan+UBSan, the ring under TSan,
-#                        and a bounded libFuzzer run of the message decoder
+#                        and a bounded libFuzzer run of every network-facing parser
 #   make bench           every benchmark (bench-ring, bench-engine, bench-fanout)
 #   make run             deps + build + default model + the whole pipeline
 

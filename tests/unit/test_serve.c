@@ -258,22 +258,26 @@ static void pump(struct rig *r, struct seen *s, int n, int ms)
 {
     uint64_t end = clock_ns() + (uint64_t)ms * 1000000;
     while (clock_ns() < end && !answered(s, n)) {
-        struct proto_msg m;
-        char why[256];
-        while (plane_recv(r->dealer, NULL, &m, why, sizeof why) == 0) {
-            for (int i = 0; i < n; i++) {
-                if (m.type == PROTO_ACCEPTED && m.u.accepted.id == s[i].id)
-                    s[i].replied = 1, s[i].t_reply = clock_ns();
-                if (m.type == PROTO_REJECTED && m.u.rejected.id == s[i].id)
-                    s[i].replied = -1, s[i].code = m.u.rejected.code, s[i].t_reply = clock_ns();
-            }
-            proto_msg_free(&m);
-        }
         const void *data;
         uint32_t len, kind;
         bool any = false;
         while (ring_next(r->ring, &data, &len, &kind) == 0) {
             any = true;
+            /* Answers travel in the ring, ahead of the request's tokens. */
+            if (kind == PROTO_MSG_KIND) {
+                struct proto_msg m;
+                char why[256];
+                if (proto_decode(data, len, &m, why, sizeof why) != 0)
+                    continue;
+                for (int i = 0; i < n; i++) {
+                    if (m.type == PROTO_ACCEPTED && m.u.accepted.id == s[i].id)
+                        s[i].replied = 1, s[i].t_reply = clock_ns();
+                    if (m.type == PROTO_REJECTED && m.u.rejected.id == s[i].id)
+                        s[i].replied = -1, s[i].code = m.u.rejected.code, s[i].t_reply = clock_ns();
+                }
+                proto_msg_free(&m);
+                continue;
+            }
             struct proto_token t;
             if (kind != PROTO_TOK_KIND || proto_token_decode(data, len, &t) < 0)
                 continue;
