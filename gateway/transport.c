@@ -354,7 +354,7 @@ static void send_heartbeat(struct transport *t)
     /* How many workers this gateway can route to: the supervisor says
      * "ready" only once the gateway has them all, not when they said hello. */
     h->n_metrics = 1;
-    snprintf(h->metrics[0].name, sizeof h->metrics[0].name, "transport_ready");
+    snprintf(h->metrics[0].name, sizeof h->metrics[0].name, "workers_ready");
     h->metrics[0].value = transport_ready(t);
     plane_send(t->control, NULL, &m);
     if (t->control_wsi && zs_readable(t->control))
