@@ -220,7 +220,10 @@ class Supervised:
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=e, preexec_fn=preexec)
         self.url = f"ws://127.0.0.1:{self.port}/stream"
 
-    def wait_ready(self, timeout=30):
+    def wait_ready(self, timeout=60):
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"no ready line within {timeout} s; log: {self.text()[-3000:]}"
         line = self.proc.stdout.readline()
         assert line == f"rill ready at http://127.0.0.1:{self.port}/\n", f"stdout said {line!r}; log: {self.text()}"
         return line
