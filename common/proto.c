@@ -442,6 +442,28 @@ static int dec_str(struct ctx *c, const char *key, const msgpack_object *o, char
 static int dec_map(struct ctx *c, const struct table *t, const msgpack_object *o, void *base,
                    bool top);
 
+/* A bin or str of at most `max` bytes into heap memory with a NUL after it
+ * (str and bin share the layout of via.str / via.bin). */
+static int dec_bytes(struct ctx *c, const char *key, const msgpack_object *o, uint32_t max, const char *too_long,
+                     char **out, uint32_t *out_len)
+{
+    if (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR)
+        return fail(c, key, RILL_E_BAD_REQUEST, "expected bytes or a string");
+    uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.str.size;
+    const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.str.ptr;
+    if (n > max)
+        return fail(c, key, RILL_E_TOO_LARGE, too_long);
+    char *dst = malloc((size_t)n + 1);
+    if (!dst)
+        return fail(c, key, RILL_E_NOMEM, "out of memory");
+    if (n)
+        memcpy(dst, p, n);
+    dst[n] = '\0';
+    *out = dst;
+    *out_len = n;
+    return 0;
+}
+
 static int dec_special(struct ctx *c, const struct field *f, const msgpack_object *o, void *base)
 {
     const char *key = f->key;
@@ -460,17 +482,10 @@ static int dec_special(struct ctx *c, const struct field *f, const msgpack_objec
     }
     case K_TEXT: {
         struct proto_text *t = (struct proto_text *)((char *)base + f->off);
-        if (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR)
-            return fail(c, key, RILL_E_BAD_REQUEST, "expected bytes or a string");
-        uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.str.size;
-        const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.str.ptr;
-        if (n > PROTO_MAX_TEXT)
-            return fail(c, key, RILL_E_TOO_LARGE, "text too long");
-        char *dst = malloc((size_t)n + 1);
-        if (!dst)
-            return fail(c, key, RILL_E_NOMEM, "out of memory");
-        memcpy(dst, p, n);
-        dst[n] = '\0';
+        char *dst;
+        uint32_t n;
+        if ((rc = dec_bytes(c, key, o, PROTO_MAX_TEXT, "text too long", &dst, &n)))
+            return rc;
         free((void *)t->p); /* a repeated key: the last one wins */
         t->p = dst;
         t->len = n;
@@ -478,18 +493,11 @@ static int dec_special(struct ctx *c, const struct field *f, const msgpack_objec
     }
     case K_PROMPT: {
         struct proto_submit *s = base;
-        if (o->type != MSGPACK_OBJECT_BIN && o->type != MSGPACK_OBJECT_STR)
-            return fail(c, key, RILL_E_BAD_REQUEST, "expected bytes or a string");
-        /* str and bin share the layout of via.str / via.bin */
-        uint32_t n = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.size : o->via.str.size;
-        const char *p = o->type == MSGPACK_OBJECT_BIN ? o->via.bin.ptr : o->via.str.ptr;
-        if (n > PROTO_MAX_PROMPT)
-            return fail(c, key, RILL_E_TOO_LARGE, "prompt too long");
-        char *dst = malloc((size_t)n + 1);
-        if (!dst)
-            return fail(c, key, RILL_E_NOMEM, "out of memory");
-        memcpy(dst, p, n);
-        dst[n] = '\0';
+        char *dst;
+        uint32_t n;
+        if ((rc = dec_bytes(c, key, o, PROTO_MAX_PROMPT, "prompt too long", &dst, &n)))
+            return rc;
+        free((void *)s->prompt);
         s->prompt = dst;
         s->prompt_len = n;
         return 0;
