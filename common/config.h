@@ -34,7 +34,6 @@
     X(STR,  gateway, web_root,         "",               0, 0,      "directory of the web pages; default gateway/web next to the binaries") \
     X(SIZE, gateway, max_message_bytes, "1M",            256, 67108864, "largest WebSocket message a client may send") \
     X(SIZE, gateway, max_prompt_bytes, "256K",           1, 1048576, "largest prompt in bytes") \
-    X(INT,  gateway, max_prompt_tokens, "0",             0, 1048576, "largest prompt in tokens (0: the model's context)") \
     X(INT,  gateway, max_tokens_limit, "4096",           1, 1048576, "largest max_tokens a request may ask for") \
     X(INT,  gateway, max_streams_per_conn, "16",         1, 4096,   "generations one connection may run at once") \
     X(INT,  gateway, max_conns_per_ip, "1024",           1, 1000000, "connections from one IP address") \

@@ -14,6 +14,7 @@
  * coalescing several tokens costs a memcpy, not a re-encode.
  */
 #include "gw.h"
+#include "common/procstat.h"
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/log.h"
@@ -404,7 +405,7 @@ static void summarize(struct stream *s, struct summary *u)
     if (n) {
         u->avg_ms = s->lat_sum_ms / s->n_tokens;
         qsort(s->lat_ms, n, sizeof *s->lat_ms, cmp_float);
-        u->p95_ms = s->lat_ms[(uint32_t)ceil(0.95 * n) - 1];
+        u->p95_ms = s->lat_ms[procstat_rank(n, 0.95)];
         u->avg_tps = s->lat_sum_ms > 0 ? s->n_tokens * 1000.0 / s->lat_sum_ms : 0;
     }
     u->e2e_tps = u->duration_s > 0 ? s->n_tokens / u->duration_s : 0;

@@ -16,6 +16,7 @@
 #include "common/jsonw.h"
 #include "common/log.h"
 #include "common/plane.h"
+#include "common/procstat.h"
 #include "common/prom.h"
 #include "common/ring.h"
 #include "common/rundir.h"
@@ -497,19 +498,6 @@ static void check_timeouts(struct sup *s, uint64_t now)
 
 /* --- memory pressure ---------------------------------------------------------------------------- */
 
-static uint64_t pid_rss(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    unsigned long size, rss;
-    int n = fscanf(f, "%lu %lu", &size, &rss);
-    fclose(f);
-    return n == 2 ? (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
-}
-
 static void sample_pressure(struct sup *s, uint64_t now)
 {
     struct pressure_reading r;
@@ -521,12 +509,12 @@ static void sample_pressure(struct sup *s, uint64_t now)
             continue;
         /* The heartbeat's figure when fresh; /proc otherwise (a starting
          * worker has no heartbeat but may already hold its model). */
-        uint64_t rss = p->have_hb ? p->hb.rss_bytes : pid_rss(p->pid);
+        uint64_t rss = p->have_hb ? p->hb.rss_bytes : procstat_rss(p->pid);
         r.workers_rss += rss;
         r.workers_kv += p->have_hb ? p->hb.kv_bytes : 0;
         workers++;
     }
-    r.others_rss = pid_rss(getpid()) + (s->t.p[0].pid ? pid_rss(s->t.p[0].pid) : 0);
+    r.others_rss = procstat_rss(getpid()) + (s->t.p[0].pid ? procstat_rss(s->t.p[0].pid) : 0);
     pressure_account(&r, (uint64_t)s->c->memory_budget_bytes);
     if (workers && r.budget > r.others_rss)
         batchctl_set_share(&s->bc, (r.budget - r.others_rss) / (uint64_t)(s->t.n - 1));

@@ -1,5 +1,6 @@
 /* engine.c — see engine.h. */
 #include "engine.h"
+#include "common/procstat.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -21,16 +22,7 @@ size_t engine_kv_bytes(const struct rill_config *c, const struct model_config *m
     return want < quarter ? want : quarter;
 }
 
-uint64_t engine_rss_bytes(void)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return 0;
-    unsigned long size, rss;
-    int n = fscanf(f, "%lu %lu", &size, &rss);
-    fclose(f);
-    return n == 2 ? (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
-}
+uint64_t engine_rss_bytes(void) { return procstat_rss(0); }
 
 int engine_open(const struct rill_config *c, bool progress, struct engine *e, char *why, size_t why_len)
 {

@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "common/procstat.h"
 #include "common/rundir.h"
 #include "engine.h"
 #include "serve.h"
@@ -202,7 +203,7 @@ static int run_standalone(struct engine *e, struct cli *cl)
     double total_ms = clock_ms_since(t0);
     uint32_t k = sa->n < 65536 ? sa->n : 65536;
     qsort(sa->lat, k, sizeof sa->lat[0], cmp_double);
-    double p95 = k ? sa->lat[(size_t)(0.95 * (k - 1))] : 0;
+    double p95 = k ? sa->lat[procstat_rank(k, 0.95)] : 0;
     double decode_ms = sa->sum_ms - sa->first_ms;
     double tps = sa->n > 1 && decode_ms > 0 ? (sa->n - 1) * 1000.0 / decode_ms : 0;
     if (cl->json) {
