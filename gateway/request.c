@@ -2,6 +2,7 @@
 #include "request.h"
 #include "common/err.h"
 #include "common/jsonw.h"
+#include "common/sampling.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -95,17 +96,19 @@ static bool is_int(const cJSON *j, double lo, double hi)
 
 static bool has_nul(const cJSON *j) { return j->valueint == -1; }
 
-static int get_number(const cJSON *obj, const char *key, double lo, double hi, double *out, bool *present,
-                      char *msg, size_t n)
+/* A number parameter, checked against the one table of limits. */
+static int get_param(const cJSON *obj, enum sampling_param sp, double *out, bool *present, char *msg, size_t n)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, key);
+    const struct sampling_range *r = &sampling_ranges[sp];
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(obj, r->name);
     *present = j != NULL;
     if (!j)
         return 0;
     if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble))
-        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected a number", key);
-    if (j->valuedouble < lo || j->valuedouble > hi)
-        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: %g is out of range [%g, %g]", key, j->valuedouble, lo, hi);
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected a number", r->name);
+    if (!sampling_ok(sp, j->valuedouble))
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: %g is out of range [%g, %g]", r->name,
+                         j->valuedouble, r->lo, r->hi);
     *out = j->valuedouble;
     return 0;
 }
@@ -154,31 +157,31 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
     double v;
     bool have;
     int rc;
-    if ((rc = get_number(p, "temperature", 0, 10, &v, &have, msg, n)))
+    if ((rc = get_param(p, SAMPLING_TEMPERATURE, &v, &have, msg, n)))
         return rc;
     if (have)
         r->temperature = (float)v;
-    if ((rc = get_number(p, "top_p", 0, 1, &v, &have, msg, n)))
+    if ((rc = get_param(p, SAMPLING_TOP_P, &v, &have, msg, n)))
         return rc;
     if (have)
         r->top_p = (float)v;
-    if ((rc = get_number(p, "min_p", 0, 1, &v, &have, msg, n)))
+    if ((rc = get_param(p, SAMPLING_MIN_P, &v, &have, msg, n)))
         return rc;
     if (have)
         r->min_p = (float)v;
-    if ((rc = get_number(p, "repetition_penalty", 0.01, 10, &v, &have, msg, n)))
+    if ((rc = get_param(p, SAMPLING_REPETITION_PENALTY, &v, &have, msg, n)))
         return rc;
     if (have)
         r->repetition_penalty = (float)v;
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(p, "top_k");
     if (j) {
-        if (!is_int(j, 0, 1e9))
+        if (!cJSON_IsNumber(j) || !sampling_ok(SAMPLING_TOP_K, j->valuedouble))
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.top_k: expected a non-negative integer");
         r->top_k = (uint32_t)j->valuedouble;
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "top_logprobs");
     if (j) {
-        if (!is_int(j, 0, PROTO_MAX_TOP))
+        if (!cJSON_IsNumber(j) || !sampling_ok(SAMPLING_TOP_LOGPROBS, j->valuedouble))
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
         r->top_logprobs = (uint32_t)j->valuedouble;
     }

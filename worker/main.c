@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "common/sampling.h"
 #include "common/procstat.h"
 #include "common/rundir.h"
 #include "engine.h"
@@ -69,16 +70,19 @@ static int cli_arg(int argc, char **argv, int i, void *ctx)
         dst;                                                                     \
         return 2;                                                                \
     }
+/* The sampling flags take the same limits as the gateway (common/sampling.h). */
+#define NUM_P(flag, sp, dst) NUM(flag, sampling_ranges[sp].lo, sampling_ranges[sp].hi, dst)
     NUM("-n", 1, 1e7, cl->n = (long)d)
     NUM("--max-tokens", 1, 1e7, cl->n = (long)d)
-    NUM("--temperature", 0, 100, cl->req.temperature = (float)d)
-    NUM("--top-p", 0, 1, cl->req.top_p = (float)d)
-    NUM("--top-k", 0, 1e9, cl->req.top_k = (uint32_t)d)
-    NUM("--min-p", 0, 1, cl->req.min_p = (float)d)
-    NUM("--repeat-penalty", 0, 100, cl->req.repetition_penalty = (float)d)
-    NUM("--top-logprobs", 0, 20, cl->req.top_logprobs = (uint32_t)d)
+    NUM_P("--temperature", SAMPLING_TEMPERATURE, cl->req.temperature = (float)d)
+    NUM_P("--top-p", SAMPLING_TOP_P, cl->req.top_p = (float)d)
+    NUM_P("--top-k", SAMPLING_TOP_K, cl->req.top_k = (uint32_t)d)
+    NUM_P("--min-p", SAMPLING_MIN_P, cl->req.min_p = (float)d)
+    NUM_P("--repeat-penalty", SAMPLING_REPETITION_PENALTY, cl->req.repetition_penalty = (float)d)
+    NUM_P("--top-logprobs", SAMPLING_TOP_LOGPROBS, cl->req.top_logprobs = (uint32_t)d)
     NUM("--seed", 0, 1.8e19, (cl->req.seed = strtoull(v, NULL, 10), cl->has_seed = true))
 #undef NUM
+#undef NUM_P
     if (!strcmp(a, "--stop")) {
         if (cl->req.n_stop >= PROTO_MAX_STOP || strlen(v) == 0 || strlen(v) > PROTO_STOP_LEN) {
             fprintf(stderr, "rill-worker: at most %d stop strings of 1..%d bytes\n", PROTO_MAX_STOP, PROTO_STOP_LEN);

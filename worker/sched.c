@@ -1,5 +1,6 @@
 /* sched.c — see sched.h. */
 #include "sched.h"
+#include "common/sampling.h"
 #include "kern.h"
 #include "prompt.h"
 #include "sample.h"
@@ -259,7 +260,6 @@ static uint16_t text_take(struct seq *q, uint32_t avail, char *out)
 
 /* --- submit and cancel ---------------------------------------------------------------- */
 
-static bool finite_in(float v, float lo, float hi) { return isfinite(v) && v >= lo && v <= hi; }
 
 int sched_check(const struct sched *s, const struct proto_submit *req, uint32_t elsewhere, char *why,
                 size_t why_len)
@@ -280,11 +280,9 @@ int sched_check(const struct sched *s, const struct proto_submit *req, uint32_t 
         rill_why(why, why_len, "request id %llu is already in use", (unsigned long long)req->id);
         return RILL_E_DUPLICATE_ID;
     }
-    if (!finite_in(req->temperature, 0, 100) || !finite_in(req->top_p, 0, 1) || !finite_in(req->min_p, 0, 1) ||
-        !finite_in(req->repetition_penalty, 0, 100) || req->top_logprobs > SAMPLE_MAX_TOP) {
-        rill_why(why, why_len, "sampling parameter out of range");
-        return RILL_E_BAD_REQUEST;
-    }
+    int rc = sampling_check(req, why, why_len);
+    if (rc)
+        return rc;
     if (req->max_tokens == 0) {
         rill_why(why, why_len, "max_tokens must be at least 1");
         return RILL_E_BAD_REQUEST;

@@ -10,6 +10,7 @@
 
 #include "common/err.h"
 #include "common/jsonw.h"
+#include "common/sampling.h"
 
 static void test_err_names_round_trip_and_are_unique(void **state)
 {
@@ -100,6 +101,34 @@ static void test_jsonw_replaces_invalid_utf8_and_reports_overflow(void **state)
     assert_int_equal(utf8_valid_prefix("\xed\xa0\x80", 3), 0); /* a surrogate is not UTF-8 */
 }
 
+/* One table of limits: the worker's admission refuses exactly what the
+ * gateway's parser refuses (the worker took temperatures up to 100). */
+static void test_sampling_limits_are_one_table(void **state)
+{
+    (void)state;
+    struct proto_submit s = {.temperature = 0.8f, .top_p = 0.95f, .min_p = 0.05f, .repetition_penalty = 1.0f,
+                             .top_k = 40, .top_logprobs = 0, .max_tokens = 1};
+    char why[128];
+    assert_int_equal(sampling_check(&s, why, sizeof why), 0);
+    s.temperature = 10.0f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), 0);
+    s.temperature = 11.0f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    assert_non_null(strstr(why, "temperature"));
+    s.temperature = 1.0f;
+    s.repetition_penalty = 50.0f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    assert_non_null(strstr(why, "repetition_penalty"));
+    s.repetition_penalty = 1.0f;
+    s.top_logprobs = PROTO_MAX_TOP + 1;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    s.top_logprobs = PROTO_MAX_TOP;
+    s.top_p = NAN;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    assert_false(sampling_ok(SAMPLING_TOP_K, 1.5));
+    assert_true(sampling_ok(SAMPLING_TOP_K, 7));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -107,6 +136,7 @@ int main(void)
         cmocka_unit_test(test_err_recoverable_flags_and_wire_mapping),
         cmocka_unit_test(test_jsonw_writes_nested_values_that_cjson_reads_back),
         cmocka_unit_test(test_jsonw_replaces_invalid_utf8_and_reports_overflow),
+        cmocka_unit_test(test_sampling_limits_are_one_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
