@@ -35,6 +35,7 @@
 #include "hash.h"
 #include "tools/lib/bpe.h"
 #include "worker/gguf.h"
+#include "tools/lib/ggufw.h"
 #include "worker/model.h"
 #include "worker/quant.h"
 

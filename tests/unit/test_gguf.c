@@ -22,6 +22,7 @@
 
 #include "common/err.h"
 #include "worker/gguf.h"
+#include "tools/lib/ggufw.h"
 #include "worker/model.h"
 
 /* ---- helpers ------------------------------------------------------------- */

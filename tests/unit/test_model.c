@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "tools/lib/bpe.h"
 #include "worker/gguf.h"
+#include "tools/lib/ggufw.h"
 #include "worker/model.h"
 #include "worker/tokenizer.h"
 #include "testutil.h"

@@ -32,6 +32,7 @@
 #include "common/proto.h"
 #include "worker/engine.h"
 #include "worker/gguf.h"
+#include "tools/lib/ggufw.h"
 #include "worker/prompt.h"
 #include "worker/sched.h"
 #include "worker/tokenizer.h"
