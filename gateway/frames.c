@@ -1,22 +1,9 @@
-/* frames.c — what the gateway sends, in both protocols.
- *
- *   {"type":"accepted","id":X,"worker":"w0"}
- *   {"type":"token","id":X,"token":{"id":8204,"text":" quantum","position":12,
- *     "latency_ms":38.5,"logprob":-0.52[,"top_logprobs":[{"id":..,"logprob":..}]]}}
- *   {"type":"tokens","id":X,"tokens":[{...},{...}]}     several coalesced
- *   {"type":"complete","id":X,"finish_reason":"length","summary":{...}}
- *   {"type":"error","id"?:X,"error":{"code":"..","message":"..","recoverable":b}}
- *   {"type":"hello","server":"rill",...}
- * rill.msgpack.v1 frames are the same maps in msgpack.
- *
- * Token items are encoded once, when the record arrives, into the stream's
- * pending buffer; a frame is then the items with a prefix and a suffix, so
- * coalescing several tokens costs a memcpy, not a re-encode.
- */
-#include "gw.h"
-#include "common/procstat.h"
+/* frames.c — see frames.h.  Token items are encoded once, when the record
+ * arrives; a frame is then the items with a prefix and a suffix. */
+#include "frames.h"
 #include "common/err.h"
 #include "common/jsonw.h"
+#include "common/tokjson.h"
 #include "common/log.h"
 
 #include <math.h>
@@ -28,38 +15,6 @@
 /* The most a client's id takes in a JSON frame: every byte a \u00XX escape,
  * and the quotes.  Frame buffers that hold an id are sized from it. */
 #define ID_JSON_MAX (6 * CREQ_ID_MAX + 2)
-
-/* --- buffers ---------------------------------------------------------------------- */
-
-int obuf_reserve(struct obuf *b, size_t more)
-{
-    if (b->p && b->cap - b->len >= more)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap - b->len < more)
-        cap *= 2;
-    unsigned char *p = realloc(b->p, LWS_PRE + cap);
-    if (!p)
-        return RILL_E_NOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int obuf_put(struct obuf *b, const void *data, size_t n)
-{
-    if (obuf_reserve(b, n))
-        return RILL_E_NOMEM;
-    memcpy(b->p + LWS_PRE + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
-void obuf_free(struct obuf *b)
-{
-    free(b->p);
-    memset(b, 0, sizeof *b);
-}
 
 static int mp_write(void *data, const char *buf, size_t len)
 {
@@ -112,54 +67,14 @@ static void mp_id(msgpack_packer *pk, const struct creq_id *id)
         mp_str(pk, id->s, strlen(id->s));
 }
 
-/* --- queue ------------------------------------------------------------------------- */
-
-void frame_free(struct frame *f)
-{
-    obuf_free(&f->buf);
-    free(f);
-}
-
-int conn_queue(struct conn *c, struct obuf *body, bool force)
-{
-    size_t bound = (size_t)c->gw->c->client_buffer_bytes;
-    if (!force && c->queued_bytes + body->len > bound) {
-        obuf_free(body);
-        session_fail_slow(c);
-        return RILL_E_SLOW_CONSUMER;
-    }
-    struct frame *f = calloc(1, sizeof *f);
-    if (!f) {
-        obuf_free(body);
-        return RILL_E_NOMEM;
-    }
-    f->buf = *body;
-    f->binary = c->msgpack;
-    memset(body, 0, sizeof *body);
-    if (c->q_tail)
-        c->q_tail->next = f;
-    else
-        c->q_head = f;
-    c->q_tail = f;
-    c->queued_bytes += f->buf.len;
-    lws_callback_on_writable(c->wsi);
-    return 0;
-}
-
 /* --- small messages ---------------------------------------------------------------------- */
 
-void conn_send_error(struct conn *c, const struct creq_id *id, int code, const char *msg)
-{
-    conn_send_error_r(c, id, code, msg, rill_err_recoverable(rill_err_wire(code)));
-}
-
-void conn_send_error_r(struct conn *c, const struct creq_id *id, int code, const char *msg, bool recoverable)
+int frames_error(struct obuf *out, bool msgpack, const struct creq_id *id, int code, const char *msg, bool recoverable)
 {
     int wire = rill_err_wire(code);
-    struct obuf b = {0};
-    if (c->msgpack) {
+    if (msgpack) {
         msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, mp_write);
+        msgpack_packer_init(&pk, out, mp_write);
         msgpack_pack_map(&pk, id && id->present ? 3 : 2);
         mp_key(&pk, "type");
         mp_key(&pk, "error");
@@ -195,18 +110,16 @@ void conn_send_error_r(struct conn *c, const struct creq_id *id, int code, const
         jsonw_key_bool(&w, "recoverable", recoverable);
         jsonw_obj_end(&w);
         jsonw_obj_end(&w);
-        obuf_put(&b, buf, jsonw_len(&w));
+        return obuf_put(out, buf, jsonw_len(&w));
     }
-    c->gw->m.errors[rill_err_index(wire)]++;
-    conn_queue(c, &b, true);
+    return 0;
 }
 
-void conn_send_accepted(struct conn *c, const struct creq_id *id, const char *worker)
+int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, const char *worker)
 {
-    struct obuf b = {0};
-    if (c->msgpack) {
+    if (msgpack) {
         msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, mp_write);
+        msgpack_packer_init(&pk, out, mp_write);
         msgpack_pack_map(&pk, 3);
         mp_key(&pk, "type");
         mp_key(&pk, "accepted");
@@ -224,19 +137,17 @@ void conn_send_accepted(struct conn *c, const struct creq_id *id, const char *wo
         creq_id_json(&w, id);
         jsonw_key_str(&w, "worker", worker);
         jsonw_obj_end(&w);
-        obuf_put(&b, buf, jsonw_len(&w));
+        return obuf_put(out, buf, jsonw_len(&w));
     }
-    conn_queue(c, &b, true);
+    return 0;
 }
 
-void conn_send_hello(struct conn *c)
+int frames_hello(struct obuf *out, bool msgpack, const struct frames_hello *h)
 {
-    const struct rill_config *cf = c->gw->c;
-    struct obuf b = {0};
-    const char *proto = c->msgpack ? "rill.msgpack.v1" : "rill.json.v1";
-    if (c->msgpack) {
+    const char *proto = msgpack ? "rill.msgpack.v1" : "rill.json.v1";
+    if (msgpack) {
         msgpack_packer pk;
-        msgpack_packer_init(&pk, &b, mp_write);
+        msgpack_packer_init(&pk, out, mp_write);
         msgpack_pack_map(&pk, 6);
         mp_key(&pk, "type");
         mp_key(&pk, "hello");
@@ -245,14 +156,14 @@ void conn_send_hello(struct conn *c)
         mp_key(&pk, "protocol");
         mp_key(&pk, proto);
         mp_key(&pk, "authenticated");
-        if (c->authed)
+        if (h->authenticated)
             msgpack_pack_true(&pk);
         else
             msgpack_pack_false(&pk);
         mp_key(&pk, "max_tokens_limit");
-        msgpack_pack_uint32(&pk, (uint32_t)cf->max_tokens_limit);
+        msgpack_pack_uint32(&pk, h->max_tokens_limit);
         mp_key(&pk, "max_streams");
-        msgpack_pack_uint32(&pk, (uint32_t)cf->max_streams_per_conn);
+        msgpack_pack_uint32(&pk, h->max_streams);
     } else {
         char buf[512];
         struct jsonw w;
@@ -261,25 +172,24 @@ void conn_send_hello(struct conn *c)
         jsonw_key_str(&w, "type", "hello");
         jsonw_key_str(&w, "server", "rill");
         jsonw_key_str(&w, "protocol", proto);
-        jsonw_key_bool(&w, "authenticated", c->authed);
-        jsonw_key_uint(&w, "max_tokens_limit", (uint64_t)cf->max_tokens_limit);
-        jsonw_key_uint(&w, "max_streams", (uint64_t)cf->max_streams_per_conn);
+        jsonw_key_bool(&w, "authenticated", h->authenticated);
+        jsonw_key_uint(&w, "max_tokens_limit", h->max_tokens_limit);
+        jsonw_key_uint(&w, "max_streams", h->max_streams);
         jsonw_obj_end(&w);
-        obuf_put(&b, buf, jsonw_len(&w));
+        return obuf_put(out, buf, jsonw_len(&w));
     }
-    conn_queue(c, &b, true);
+    return 0;
 }
 
 /* --- tokens ---------------------------------------------------------------------------------- */
 
-int stream_add_token(struct stream *s, const struct proto_token *t)
+int frames_token_item(struct obuf *b, bool msgpack, bool first, bool timestamps, const struct proto_token *t)
 {
-    struct obuf *b = &s->pending;
     double lat_ms = t->latency_us / 1000.0;
-    if (s->conn->msgpack) {
+    if (msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, b, mp_write);
-        msgpack_pack_map(&pk, 5 + (t->n_top ? 1 : 0) + (s->timestamps ? 1 : 0));
+        msgpack_pack_map(&pk, 5 + (t->n_top ? 1 : 0) + (timestamps ? 1 : 0));
         mp_key(&pk, "id");
         msgpack_pack_int32(&pk, t->token_id);
         mp_key(&pk, "text");
@@ -290,7 +200,7 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
         msgpack_pack_double(&pk, lat_ms);
         mp_key(&pk, "logprob");
         msgpack_pack_float(&pk, t->logprob);
-        if (s->timestamps) {
+        if (timestamps) {
             mp_key(&pk, "gen_us");
             msgpack_pack_uint64(&pk, t->t_gen_ns / 1000);
         }
@@ -310,52 +220,34 @@ int stream_add_token(struct stream *s, const struct proto_token *t)
         char buf[4096];
         struct jsonw w;
         jsonw_init(&w, buf, sizeof buf);
-        if (s->n_pending)
+        if (!first)
             jsonw_raw(&w, ",", 1);
         jsonw_obj_begin(&w);
-        jsonw_key_int(&w, "id", t->token_id);
-        jsonw_key(&w, "text");
-        jsonw_strn(&w, t->text, t->text_len);
-        jsonw_key_uint(&w, "position", t->position);
-        jsonw_key_double(&w, "latency_ms", lat_ms, 3);
-        jsonw_key_double(&w, "logprob", t->logprob, 5);
-        if (s->timestamps)
-            jsonw_key_uint(&w, "gen_us", t->t_gen_ns / 1000);
-        if (t->n_top) {
-            jsonw_key(&w, "top_logprobs");
-            jsonw_arr_begin(&w);
-            for (unsigned i = 0; i < t->n_top; i++) {
-                jsonw_obj_begin(&w);
-                jsonw_key_int(&w, "id", t->top[i].token_id);
-                jsonw_key_double(&w, "logprob", t->top[i].logprob, 5);
-                jsonw_obj_end(&w);
-            }
-            jsonw_arr_end(&w);
-        }
+        const struct tokjson_opts o = {.logprob_digits = 5, .gen_us = timestamps};
+        tokjson_fields(&w, t, &o);
         jsonw_obj_end(&w);
         if (obuf_put(b, buf, jsonw_len(&w)))
             return RILL_E_NOMEM;
     }
-    s->n_pending++;
     return 0;
 }
 
-int stream_tokens_frame(struct stream *s, struct obuf *out)
+int frames_tokens(struct obuf *out, bool msgpack, const struct creq_id *id, const struct obuf *items, uint32_t n)
 {
-    bool many = s->n_pending > 1;
+    bool many = n > 1;
     int rc = 0;
-    if (s->conn->msgpack) {
+    if (msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, out, mp_write);
         msgpack_pack_map(&pk, 3);
         mp_key(&pk, "type");
         mp_key(&pk, many ? "tokens" : "token");
         mp_key(&pk, "id");
-        mp_id(&pk, &s->cid);
+        mp_id(&pk, id);
         mp_key(&pk, many ? "tokens" : "token");
         if (many)
-            msgpack_pack_array(&pk, s->n_pending);
-        rc = obuf_put(out, obuf_data(&s->pending), s->pending.len);
+            msgpack_pack_array(&pk, n);
+        rc = obuf_put(out, obuf_data(items), items->len);
     } else {
         char pre[ID_JSON_MAX + 64];
         struct jsonw w;
@@ -363,79 +255,33 @@ int stream_tokens_frame(struct stream *s, struct obuf *out)
         jsonw_obj_begin(&w);
         jsonw_key_str(&w, "type", many ? "tokens" : "token");
         jsonw_key(&w, "id");
-        creq_id_json(&w, &s->cid);
+        creq_id_json(&w, id);
         jsonw_key(&w, many ? "tokens" : "token");
         rc = obuf_put(out, pre, jsonw_len(&w));
         if (!rc && many)
             rc = obuf_put(out, "[", 1);
         if (!rc)
-            rc = obuf_put(out, obuf_data(&s->pending), s->pending.len);
+            rc = obuf_put(out, obuf_data(items), items->len);
         if (!rc)
             rc = obuf_put(out, many ? "]}" : "}", many ? 2 : 1);
     }
-    s->conn->gw->m.coalesced_tokens += s->n_pending > 1 ? s->n_pending - 1 : 0;
-    s->conn->queued_bytes -= s->pending.len < s->conn->queued_bytes ? s->pending.len : s->conn->queued_bytes;
-    s->pending.len = 0;
-    s->n_pending = 0;
     return rc;
 }
 
 /* --- the end of a stream --------------------------------------------------------------------- */
 
-static int cmp_float(const void *a, const void *b)
+int frames_complete(struct obuf *out, bool msgpack, const struct creq_id *id, const char *finish,
+                    const struct stream_summary *s)
 {
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-struct summary {
-    uint32_t total_tokens;
-    double duration_s, ttft_ms, avg_ms, p95_ms, avg_tps, e2e_tps;
-    uint32_t max_mem_mb, errors, batch;
-};
-
-static void summarize(struct stream *s, struct summary *u)
-{
-    memset(u, 0, sizeof *u);
-    u->total_tokens = s->n_tokens;
-    uint64_t end = s->t_last_ns ? s->t_last_ns : s->t_submit_ns;
-    u->duration_s = (double)(end - s->t_submit_ns) / 1e9;
-    u->ttft_ms = s->t_first_ns ? (double)(s->t_first_ns - s->t_submit_ns) / 1e6 : 0;
-    uint32_t n = s->n_tokens < s->lat_cap ? s->n_tokens : s->lat_cap;
-    if (n) {
-        u->avg_ms = s->lat_sum_ms / s->n_tokens;
-        qsort(s->lat_ms, n, sizeof *s->lat_ms, cmp_float);
-        u->p95_ms = s->lat_ms[procstat_rank(n, 0.95)];
-        u->avg_tps = s->lat_sum_ms > 0 ? s->n_tokens * 1000.0 / s->lat_sum_ms : 0;
-    }
-    u->e2e_tps = u->duration_s > 0 ? s->n_tokens / u->duration_s : 0;
-    u->max_mem_mb = s->max_mem_mb;
-    u->errors = s->term_code ? 1 : 0;
-    uint32_t best = 0;
-    for (int i = 0; i < 8; i++)
-        if (s->batch_cnt[i] > best) {
-            best = s->batch_cnt[i];
-            u->batch = s->batch_val[i];
-        }
-}
-
-int stream_terminal_frame(struct stream *s, struct obuf *out)
-{
-    struct conn *c = s->conn;
-    struct summary u;
-    summarize(s, &u);
-    const char *finish = proto_finish_name((enum proto_finish)s->finish);
-    rlog_info("request %s done (%s): %u tokens in %.3f s, first after %.1f ms, token latency avg %.1f p95 %.1f ms, "
-              "%.1f tokens/s, batch %u, max memory %u MB", s->cid.s, finish, u.total_tokens, u.duration_s, u.ttft_ms,
-              u.avg_ms, u.p95_ms, u.e2e_tps, u.batch, u.max_mem_mb);
-    if (c->msgpack) {
+    struct stream_summary u = *s;
+    if (msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, out, mp_write);
         msgpack_pack_map(&pk, 4);
         mp_key(&pk, "type");
         mp_key(&pk, "complete");
         mp_key(&pk, "id");
-        mp_id(&pk, &s->cid);
+        mp_id(&pk, id);
         mp_key(&pk, "finish_reason");
         mp_key(&pk, finish);
         mp_key(&pk, "summary");
@@ -470,7 +316,7 @@ int stream_terminal_frame(struct stream *s, struct obuf *out)
     jsonw_obj_begin(&w);
     jsonw_key_str(&w, "type", "complete");
     jsonw_key(&w, "id");
-    creq_id_json(&w, &s->cid);
+    creq_id_json(&w, id);
     jsonw_key_str(&w, "finish_reason", finish);
     jsonw_key(&w, "summary");
     jsonw_obj_begin(&w);

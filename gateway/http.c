@@ -1,11 +1,7 @@
-/* http.c — the gateway's HTTP endpoints: /health (the process is alive),
- * /ready (at least one worker can take requests), /metrics (Prometheus
- * text).  Static pages come from the file mount (server.c); live figures
- * for the pages come over the WebSocket (telemetry.c).
- */
-#include "gw.h"
+/* http.c — see http.h. */
+#include "http.h"
 #include "httppath.h"
-#include "server.h"
+#include "request.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/jsonw.h"
@@ -49,6 +45,20 @@ void http_web_root(const struct rill_config *c, char *out, size_t n)
     snprintf(out, n, "gateway/web");
 }
 
+char *http_header_dup(struct lws *wsi, enum lws_token_indexes h, bool *present)
+{
+    int n = lws_hdr_total_length(wsi, h);
+    *present = n > 0;
+    if (n <= 0 || n > 65536)
+        return NULL;
+    char *v = malloc((size_t)n + 1);
+    if (v && lws_hdr_copy(wsi, v, n + 1, h) < 0) {
+        free(v);
+        v = NULL;
+    }
+    return v;
+}
+
 static int respond(struct lws *wsi, unsigned status, const char *type, const char *body, size_t len)
 {
     unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
@@ -68,10 +78,9 @@ static int respond(struct lws *wsi, unsigned status, const char *type, const cha
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-void http_render_metrics(struct gw *g, void *pb)
+static void render_metrics(const struct http_view *v, struct prom_buf *b)
 {
-    struct prom_buf *b = pb;
-    const struct gw_metrics *m = &g->m;
+    const struct metrics *m = v->m;
     prom_counter(b, "rill_gateway_requests_total", "Generations requested by clients.", (double)m->requests);
     prom_counter(b, "rill_gateway_requests_completed_total", "Generations that ended with complete.",
                  (double)m->requests_ok);
@@ -84,9 +93,9 @@ void http_render_metrics(struct gw *g, void *pb)
     prom_counter(b, "rill_gateway_connections_total", "WebSocket connections accepted.", (double)m->connections_total);
     prom_counter(b, "rill_gateway_slow_consumers_total", "Connections closed as slow consumers.",
                  (double)m->slow_closed);
-    prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)g->n_conns);
-    prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)g->map_used);
-    prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)transport_ready(&g->tp));
+    prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)v->connections);
+    prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)v->active_streams);
+    prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)v->workers_ready);
     prom_family(b, "rill_gateway_errors_total", "counter", "Errors sent to clients, by code.");
     for (int i = 0; i < RILL_ERR_COUNT; i++) {
         if (!rill_err_is_wire(-(i + 1)))
@@ -103,11 +112,11 @@ void http_render_metrics(struct gw *g, void *pb)
     prom_histogram(b, "rill_gateway_inter_token_seconds", "Time between consecutive tokens of a generation.",
                    NULL, &m->gen_itl_us, 1e6);
     prom_gauge(b, "rill_gateway_uptime_seconds", "Seconds since the gateway started.",
-               (double)(clock_ns() - g->started_ns) / 1e9);
+               (double)(clock_ns() - v->started_ns) / 1e9);
     /* Under a supervisor: its own and the workers' figures (from their
      * heartbeats), which it sends twice a second. */
-    if (g->sup_prom_len)
-        prom_printf(b, "%.*s", (int)g->sup_prom_len, g->sup_prom);
+    if (v->sup_prom_len)
+        prom_printf(b, "%.*s", (int)v->sup_prom_len, v->sup_prom);
 }
 
 bool http_request_key(struct lws *wsi, char *key, size_t n)
@@ -133,17 +142,17 @@ bool http_request_key(struct lws *wsi, char *key, size_t n)
 /* /metrics names workers, rates and error counts: open on a loopback
  * gateway (only local users reach it), with an API key otherwise when keys
  * are configured. */
-static bool metrics_allowed(struct lws *wsi, struct gw *g)
+static bool metrics_allowed(struct lws *wsi, const struct http_view *v)
 {
-    if (!g->n_keys || limits_is_loopback(g->host))
+    if (!v->lim->n_keys || limits_is_loopback(v->lim->host))
         return true;
     char key[CREQ_KEY_MAX + 16];
-    bool ok = http_request_key(wsi, key, sizeof key) && limits_key_ok(g, key);
+    bool ok = http_request_key(wsi, key, sizeof key) && limits_key_ok(v->lim, key);
     memset(key, 0, sizeof key);
     return ok;
 }
 
-int http_serve(struct lws *wsi, struct gw *g, const char *path)
+int http_serve(struct lws *wsi, const struct http_view *v)
 {
     char uri[HTTPPATH_URI_MAX] = "";
     lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
@@ -151,24 +160,23 @@ int http_serve(struct lws *wsi, struct gw *g, const char *path)
     if (ep == HTTPPATH_HEALTH)
         return respond(wsi, 200, "text/plain", "ok\n", 3);
     if (ep == HTTPPATH_READY) {
-        int n = transport_ready(&g->tp);
+        int n = v->workers_ready;
         char body[96];
         int len = snprintf(body, sizeof body, "%s: %d worker%s ready\n", n ? "ready" : "not ready", n, n == 1 ? "" : "s");
-        return respond(wsi, n && !g->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);
+        return respond(wsi, n && !v->shutting_down ? 200 : 503, "text/plain", body, (size_t)len);
     }
     if (ep == HTTPPATH_METRICS) {
-        if (!metrics_allowed(wsi, g)) {
+        if (!metrics_allowed(wsi, v)) {
             static const char m[] = "an API key is required for /metrics (Authorization: Bearer KEY, or ?key=KEY)\n";
             return respond(wsi, 401, "text/plain", m, sizeof m - 1);
         }
         struct prom_buf b;
         prom_init(&b);
-        http_render_metrics(g, &b);
+        render_metrics(v, &b);
         int rc = b.oom ? respond(wsi, 500, "text/plain", "out of memory\n", 14)
                        : respond(wsi, 200, "text/plain; version=0.0.4; charset=utf-8", b.p, b.len);
         prom_free(&b);
         return rc;
     }
-    (void)path;
     return respond(wsi, 404, "text/plain", "not found\n", 10);
 }

@@ -1,8 +1,5 @@
-/* limits.c — who may connect and how much: API keys (compared in constant
- * time, never logged), allowed origins, connections per IP, requests per
- * second per key (token bucket).
- */
-#include "gw.h"
+/* limits.c — see limits.h. */
+#include "limits.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/hash.h"
@@ -41,10 +38,13 @@ static int split_list(const char *s, char ***out, size_t *n)
     return 0;
 }
 
-int limits_init(struct gw *g)
+int limits_init(struct limits *l, const struct rill_config *c, const char *host, int port)
 {
-    const struct rill_config *c = g->c;
-    int rc = split_list(c->api_keys, &g->keys, &g->n_keys);
+    memset(l, 0, sizeof *l);
+    l->c = c;
+    l->host = host;
+    l->port = port;
+    int rc = split_list(c->api_keys, &l->keys, &l->n_keys);
     if (!rc && c->api_keys_file[0]) {
         FILE *f = fopen(c->api_keys_file, "r");
         if (!f) {
@@ -54,49 +54,49 @@ int limits_init(struct gw *g)
         char line[1024];
         while (!rc && fgets(line, sizeof line, f)) {
             line[strcspn(line, "\r\n#")] = 0;
-            rc = split_list(line, &g->keys, &g->n_keys);
+            rc = split_list(line, &l->keys, &l->n_keys);
         }
         fclose(f);
     }
     if (!rc)
-        rc = split_list(c->allowed_origins, &g->origins, &g->n_origins);
+        rc = split_list(c->allowed_origins, &l->origins, &l->n_origins);
     if (!rc)
-        rc = split_list(c->allowed_hosts, &g->hosts, &g->n_hosts);
+        rc = split_list(c->allowed_hosts, &l->hosts, &l->n_hosts);
     /* By default a loopback gateway answers only to loopback names: a page
      * on any domain that resolves to 127.0.0.1 (DNS rebinding) would
      * otherwise reach it with its own name in Host.  Bound elsewhere, the
      * names it is reached by are the operator's to list. */
-    if (!rc && !g->n_hosts && limits_is_loopback(g->host)) {
+    if (!rc && !l->n_hosts && limits_is_loopback(l->host)) {
         static const char *const local[] = {"localhost", "127.0.0.1", "[::1]"};
         for (size_t i = 0; !rc && i < sizeof local / sizeof local[0]; i++)
-            rc = split_list(local[i], &g->hosts, &g->n_hosts);
+            rc = split_list(local[i], &l->hosts, &l->n_hosts);
     }
-    for (size_t i = 0; i < g->n_hosts; i++)
-        if (!strcmp(g->hosts[i], "*"))
-            g->any_host = true;
-    for (size_t i = 0; i < g->n_origins; i++)
-        if (!strcmp(g->origins[i], "*"))
-            g->any_origin = true;
-    if (g->n_keys)
-        rlog_info("API keys required (%zu configured)", g->n_keys);
+    for (size_t i = 0; i < l->n_hosts; i++)
+        if (!strcmp(l->hosts[i], "*"))
+            l->any_host = true;
+    for (size_t i = 0; i < l->n_origins; i++)
+        if (!strcmp(l->origins[i], "*"))
+            l->any_origin = true;
+    if (l->n_keys)
+        rlog_info("API keys required (%zu configured)", l->n_keys);
     return rc;
 }
 
-void limits_fini(struct gw *g)
+void limits_fini(struct limits *l)
 {
-    for (size_t i = 0; i < g->n_keys; i++) {
-        memset(g->keys[i], 0, strlen(g->keys[i]));
-        free(g->keys[i]);
+    for (size_t i = 0; i < l->n_keys; i++) {
+        memset(l->keys[i], 0, strlen(l->keys[i]));
+        free(l->keys[i]);
     }
-    free(g->keys);
-    for (size_t i = 0; i < g->n_origins; i++)
-        free(g->origins[i]);
-    free(g->origins);
-    for (size_t i = 0; i < g->n_hosts; i++)
-        free(g->hosts[i]);
-    free(g->hosts);
-    free(g->buckets);
-    free(g->ips);
+    free(l->keys);
+    for (size_t i = 0; i < l->n_origins; i++)
+        free(l->origins[i]);
+    free(l->origins);
+    for (size_t i = 0; i < l->n_hosts; i++)
+        free(l->hosts[i]);
+    free(l->hosts);
+    free(l->buckets);
+    free(l->ips);
 }
 
 /* Equal in time that depends only on the longer length, not on where the
@@ -110,15 +110,15 @@ static bool ct_equal(const char *a, const char *b)
     return d == 0;
 }
 
-bool limits_key_ok(const struct gw *g, const char *key)
+bool limits_key_ok(const struct limits *l, const char *key)
 {
-    if (!g->n_keys)
+    if (!l->n_keys)
         return true;
     if (!key)
         return false;
     bool ok = false;
-    for (size_t i = 0; i < g->n_keys; i++)
-        ok |= ct_equal(key, g->keys[i]); /* no early exit: every key is compared */
+    for (size_t i = 0; i < l->n_keys; i++)
+        ok |= ct_equal(key, l->keys[i]); /* no early exit: every key is compared */
     return ok;
 }
 
@@ -127,13 +127,13 @@ void limits_key_name(const char *key, char *out, size_t n)
     snprintf(out, n, "key:%016llx", (unsigned long long)hash_bytes(key, strlen(key)));
 }
 
-bool limits_origin_ok(const struct gw *g, const char *origin, const char *host)
+bool limits_origin_ok(const struct limits *l, const char *origin, const char *host)
 {
-    if (!origin || !origin[0] || g->any_origin)
+    if (!origin || !origin[0] || l->any_origin)
         return true; /* not a browser, or anyone allowed */
-    if (g->n_origins) {
-        for (size_t i = 0; i < g->n_origins; i++)
-            if (!strcasecmp(origin, g->origins[i]))
+    if (l->n_origins) {
+        for (size_t i = 0; i < l->n_origins; i++)
+            if (!strcasecmp(origin, l->origins[i]))
                 return true;
         return false;
     }
@@ -153,9 +153,9 @@ bool limits_is_loopback(const char *host)
 /* Host is "name", "name:port", "[v6]" or "[v6]:port".  An allowed entry
  * without a port matches the name with no port or this gateway's port; one
  * with a port matches exactly. */
-bool limits_host_ok(const struct gw *g, const char *host)
+bool limits_host_ok(const struct limits *l, const char *host)
 {
-    if (g->any_host || !g->n_hosts)
+    if (l->any_host || !l->n_hosts)
         return true;
     if (!host || !host[0])
         return false;
@@ -164,10 +164,10 @@ bool limits_host_ok(const struct gw *g, const char *host)
     if (colon && (host[0] != '[' || colon > strchr(host, ']')))
         name_len = (size_t)(colon - host);
     char port[16];
-    snprintf(port, sizeof port, "%d", g->port);
+    snprintf(port, sizeof port, "%d", l->port);
     bool port_ok = name_len == len || !strcmp(host + name_len + 1, port);
-    for (size_t i = 0; i < g->n_hosts; i++) {
-        const char *a = g->hosts[i];
+    for (size_t i = 0; i < l->n_hosts; i++) {
+        const char *a = l->hosts[i];
         if (!strcasecmp(a, host))
             return true;
         if (port_ok && strlen(a) == name_len && !strncasecmp(a, host, name_len))
@@ -176,73 +176,73 @@ bool limits_host_ok(const struct gw *g, const char *host)
     return false;
 }
 
-bool limits_ip_acquire(struct gw *g, const char *ip)
+bool limits_ip_acquire(struct limits *l, const char *ip)
 {
-    const struct rill_config *c = g->c;
-    if (g->n_conns >= (uint32_t)c->max_connections)
+    const struct rill_config *c = l->c;
+    if (l->n_conns >= (uint32_t)c->max_connections)
         return false;
     size_t i;
-    for (i = 0; i < g->n_ips; i++)
-        if (!strcmp(g->ips[i].ip, ip))
+    for (i = 0; i < l->n_ips; i++)
+        if (!strcmp(l->ips[i].ip, ip))
             break;
-    if (i == g->n_ips) {
-        if (g->n_ips == g->cap_ips) {
-            size_t cap = g->cap_ips ? g->cap_ips * 2 : 16;
-            struct ip_count *a = realloc(g->ips, cap * sizeof *a);
+    if (i == l->n_ips) {
+        if (l->n_ips == l->cap_ips) {
+            size_t cap = l->cap_ips ? l->cap_ips * 2 : 16;
+            struct limits_ip *a = realloc(l->ips, cap * sizeof *a);
             if (!a)
                 return false;
-            g->ips = a;
-            g->cap_ips = cap;
+            l->ips = a;
+            l->cap_ips = cap;
         }
-        snprintf(g->ips[i].ip, sizeof g->ips[i].ip, "%s", ip);
-        g->ips[i].n = 0;
-        g->n_ips++;
+        snprintf(l->ips[i].ip, sizeof l->ips[i].ip, "%s", ip);
+        l->ips[i].n = 0;
+        l->n_ips++;
     }
-    if (g->ips[i].n >= (uint32_t)c->max_conns_per_ip)
+    if (l->ips[i].n >= (uint32_t)c->max_conns_per_ip)
         return false;
-    g->ips[i].n++;
-    g->n_conns++;
+    l->ips[i].n++;
+    l->n_conns++;
     return true;
 }
 
-void limits_ip_release(struct gw *g, const char *ip)
+void limits_ip_release(struct limits *l, const char *ip)
 {
-    for (size_t i = 0; i < g->n_ips; i++)
-        if (!strcmp(g->ips[i].ip, ip)) {
-            if (g->ips[i].n)
-                g->ips[i].n--;
-            if (!g->ips[i].n)
-                g->ips[i] = g->ips[--g->n_ips];
+    for (size_t i = 0; i < l->n_ips; i++)
+        if (!strcmp(l->ips[i].ip, ip)) {
+            if (l->ips[i].n)
+                l->ips[i].n--;
+            if (!l->ips[i].n)
+                l->ips[i] = l->ips[--l->n_ips];
             break;
         }
-    if (g->n_conns)
-        g->n_conns--;
+    if (l->n_conns)
+        l->n_conns--;
 }
 
-bool limits_rate_ok(struct gw *g, const char *key, uint64_t now_ns)
+bool limits_rate_ok(struct limits *l, const char *key, uint64_t now_ns)
 {
-    double rate = g->c->rate_limit_rps, burst = g->c->rate_limit_burst;
+    double rate = l->c->rate_limit_rps, burst = l->c->rate_limit_burst;
     if (rate <= 0)
         return true;
     size_t i;
-    for (i = 0; i < g->n_buckets; i++)
-        if (!strcmp(g->buckets[i].key, key))
+    for (i = 0; i < l->n_buckets; i++)
+        if (!strcmp(l->buckets[i].key, key))
             break;
-    if (i == g->n_buckets) {
-        if (g->n_buckets == g->cap_buckets) {
-            size_t cap = g->cap_buckets ? g->cap_buckets * 2 : 16;
-            struct bucket *a = realloc(g->buckets, cap * sizeof *a);
+    if (i == l->n_buckets) {
+        if (l->n_buckets == l->cap_buckets) {
+            size_t cap = l->cap_buckets ? l->cap_buckets * 2 : 16;
+            struct limits_bucket *a = realloc(l->buckets, cap * sizeof *a);
             if (!a)
                 return false;
-            g->buckets = a;
-            g->cap_buckets = cap;
+            l->buckets = a;
+            l->cap_buckets = cap;
         }
-        snprintf(g->buckets[i].key, sizeof g->buckets[i].key, "%s", key);
-        g->buckets[i].tokens = burst;
-        g->buckets[i].t_ns = now_ns;
-        g->n_buckets++;
+        snprintf(l->buckets[i].key, sizeof l->buckets[i].key, "%s", key);
+        l->buckets[i].tokens = burst;
+        l->buckets[i].t_ns = now_ns;
+        l->n_buckets++;
     }
-    struct bucket *b = &g->buckets[i];
+    struct limits_bucket *b = &l->buckets[i];
     b->tokens += (double)(now_ns - b->t_ns) / 1e9 * rate;
     if (b->tokens > burst)
         b->tokens = burst;
@@ -253,13 +253,13 @@ bool limits_rate_ok(struct gw *g, const char *key, uint64_t now_ns)
     return true;
 }
 
-void limits_prune(struct gw *g, uint64_t now_ns)
+void limits_prune(struct limits *l, uint64_t now_ns)
 {
-    double rate = g->c->rate_limit_rps, burst = g->c->rate_limit_burst;
-    for (size_t i = 0; i < g->n_buckets;) {
-        const struct bucket *b = &g->buckets[i];
+    double rate = l->c->rate_limit_rps, burst = l->c->rate_limit_burst;
+    for (size_t i = 0; i < l->n_buckets;) {
+        const struct limits_bucket *b = &l->buckets[i];
         if (rate <= 0 || b->tokens + (double)(now_ns - b->t_ns) / 1e9 * rate >= burst)
-            g->buckets[i] = g->buckets[--g->n_buckets];
+            l->buckets[i] = l->buckets[--l->n_buckets];
         else
             i++;
     }

@@ -1,13 +1,29 @@
-/* server.c — the libwebsockets side of the gateway: one port for HTTP and
- * WebSocket, the callback that dispatches lws events to the session,
- * workers and http parts, the request-id map, and the service loop.
+/* server.c — the gateway process: one lws context serving HTTP and
+ * WebSocket on one port, and the wiring of its layers (bottom to top):
+ *
+ *   transport  ring readers, ZeroMQ dealers, the control plane (transport.h)
+ *   stream     each generation's life (stream.h)
+ *   writer     frames to a client, direct or from lws's writable callback (writer.h)
+ *   frames     the protocol encoders (frames.h)
+ *   session    a client connection and its messages (session.h)
+ *   http       /health, /ready, /metrics (http.h); limits, telemetry
+ *
+ * This file owns every part (struct server), routes lws events to them, runs
+ * the tick (signals, drain, telemetry, rate-limit pruning), and tears all
+ * down in one place.
  */
 #include "server.h"
-#include "gw.h"
+#include "http.h"
+#include "limits.h"
+#include "metrics.h"
+#include "session.h"
+#include "stream.h"
+#include "telemetry.h"
+#include "transport.h"
+#include "writer.h"
 #include "wsconf.h"
 #include "common/clock.h"
 #include "common/err.h"
-#include "common/hash.h"
 #include "common/log.h"
 #include "common/rundir.h"
 
@@ -22,6 +38,35 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
+
+struct server {
+    const struct rill_config *c;
+    struct lws_context *ctx;
+    struct lws_vhost *vh;
+    char host[128];
+    int port;
+    struct metrics m;
+    struct limits limits;
+    struct transport tp;
+    struct stream_table streams;
+    struct writer_set writers;
+    struct telemetry tel;
+    struct session ss;
+    bool limits_up, transport_up;
+    uint64_t drain_deadline_ns;  /* while draining: stop by then at the latest */
+    volatile bool stop;          /* leave the service loop */
+    bool evlib;                  /* lws runs libev (epoll) rather than poll() */
+    bool destroying;             /* the context is being destroyed from its tick */
+    int signals_handled;
+    uint64_t stop_at_ns;         /* drained: stop once the last frames had time to go */
+    uint64_t last_trim_ns;       /* malloc_trim after bursts */
+    bool busy_since_trim;
+    /* the supervisor's latest figures (its stats message), owned copies */
+    char *sup_prom, *sup_json;
+    size_t sup_prom_len, sup_json_len;
+    uint64_t sup_stats_ns;
+    uint64_t started_ns;
+};
 
 enum { PROTO_ID_JSON = 0, PROTO_ID_MSGPACK = 1, PROTO_ID_ZMQ = 2 };
 
@@ -58,101 +103,11 @@ static void on_signal(int sig)
         lws_cancel_service(signal_ctx);
 }
 
-/* --- request-id map: open addressing, linear probing, tombstones -------------------------- */
-
-#define TOMB ((struct stream *)1)
-
-static uint32_t slot_of(uint64_t id, uint32_t cap)
-{
-    return (uint32_t)hash_u64(id) & (cap - 1);
-}
-
-/* Rebuild the table: twice the size when it is filling up with live
- * entries, the same size when it is mostly tombstones. */
-static int map_grow(struct gw *g)
-{
-    uint32_t cap = !g->map_cap ? 1024 : (g->map_used + 1) * 4 > g->map_cap ? g->map_cap * 2 : g->map_cap;
-    struct stream **m = calloc(cap, sizeof *m);
-    if (!m)
-        return RILL_E_NOMEM;
-    for (uint32_t i = 0; i < g->map_cap; i++) {
-        struct stream *s = g->map[i];
-        if (!s || s == TOMB)
-            continue;
-        uint32_t k = slot_of(s->req_id, cap);
-        while (m[k])
-            k = (k + 1) & (cap - 1);
-        m[k] = s;
-    }
-    free(g->map);
-    g->map = m;
-    g->map_cap = cap;
-    g->map_tombs = 0;
-    return 0;
-}
-
-int gw_map_put(struct gw *g, struct stream *s)
-{
-    /* At most half full, tombstones included, so probes stay short. */
-    if ((g->map_used + g->map_tombs + 1) * 2 > g->map_cap && map_grow(g))
-        return RILL_E_NOMEM;
-    uint32_t k = slot_of(s->req_id, g->map_cap);
-    while (g->map[k] && g->map[k] != TOMB)
-        k = (k + 1) & (g->map_cap - 1);
-    if (g->map[k] == TOMB)
-        g->map_tombs--;
-    g->map[k] = s;
-    g->map_used++;
-    return 0;
-}
-
-struct stream *gw_map_get(const struct gw *g, uint64_t id)
-{
-    if (!g->map_cap)
-        return NULL;
-    uint32_t k = slot_of(id, g->map_cap);
-    for (uint32_t n = 0; n < g->map_cap && g->map[k]; n++, k = (k + 1) & (g->map_cap - 1))
-        if (g->map[k] != TOMB && g->map[k]->req_id == id)
-            return g->map[k];
-    return NULL;
-}
-
-void gw_map_del(struct gw *g, uint64_t id)
-{
-    if (!g->map_cap)
-        return;
-    uint32_t k = slot_of(id, g->map_cap);
-    for (uint32_t n = 0; n < g->map_cap && g->map[k]; n++, k = (k + 1) & (g->map_cap - 1))
-        if (g->map[k] != TOMB && g->map[k]->req_id == id) {
-            g->map[k] = TOMB;
-            g->map_used--;
-            g->map_tombs++;
-            return;
-        }
-}
-
 /* --- connection set-up ------------------------------------------------------------------------ */
-
-/* A header's whole value (malloc'd; NULL when absent or too long to be
- * honest: lws itself caps the header block).  A fixed buffer would leave a
- * longer value unread, and an unread Origin looked like no Origin at all. */
-static char *header_dup(struct lws *wsi, enum lws_token_indexes h, bool *present)
-{
-    int n = lws_hdr_total_length(wsi, h);
-    *present = n > 0;
-    if (n <= 0 || n > 65536)
-        return NULL;
-    char *v = malloc((size_t)n + 1);
-    if (v && lws_hdr_copy(wsi, v, n + 1, h) < 0) {
-        free(v);
-        v = NULL;
-    }
-    return v;
-}
 
 /* Refuse an HTTP request (or upgrade) with `status` and a one-line reason.
  * Returns what the lws callback should return. */
-static int refuse_http(struct lws *wsi, struct gw *g, unsigned status, const char *why)
+static int refuse_http(struct lws *wsi, struct server *g, unsigned status, const char *why)
 {
     rlog_debug("refused an HTTP request with %u: %s", status, why);
     g->m.http_refused++;
@@ -162,11 +117,11 @@ static int refuse_http(struct lws *wsi, struct gw *g, unsigned status, const cha
 
 /* Every HTTP request and upgrade goes through here first: a Host this
  * gateway does not answer to (DNS rebinding) gets 403 with a reason. */
-static bool host_refused(struct lws *wsi, struct gw *g, char *why, size_t n)
+static bool host_refused(struct lws *wsi, struct server *g, char *why, size_t n)
 {
     bool present;
-    char *host = header_dup(wsi, WSI_TOKEN_HOST, &present);
-    bool ok = limits_host_ok(g, host);
+    char *host = http_header_dup(wsi, WSI_TOKEN_HOST, &present);
+    bool ok = limits_host_ok(&g->limits, host);
     if (!ok)
         snprintf(why, n, "%s: this server answers only to the host names in allowed_hosts",
                  present ? "Host header not allowed" : "Host header missing");
@@ -174,7 +129,7 @@ static bool host_refused(struct lws *wsi, struct gw *g, char *why, size_t n)
     return !ok;
 }
 
-static int on_filter_http(struct lws *wsi, struct gw *g)
+static int on_filter_http(struct lws *wsi, struct server *g)
 {
     char why[160];
     if (host_refused(wsi, g, why, sizeof why)) {
@@ -195,13 +150,13 @@ static bool is_client_protocol(const char *name, size_t n)
 /* RFC 6455 4.2.2: the server picks one of the subprotocols a client offers,
  * or answers without one.  lws drops the TCP connection when it knows none
  * of them, which tells a client nothing: answer 400 saying what we speak. */
-static int on_confirm_upgrade(struct lws *wsi, struct gw *g)
+static int on_confirm_upgrade(struct lws *wsi, struct server *g)
 {
     char why[200];
     if (host_refused(wsi, g, why, sizeof why))
         return refuse_http(wsi, g, HTTP_STATUS_FORBIDDEN, why);
     bool present;
-    char *offer = header_dup(wsi, WSI_TOKEN_PROTOCOL, &present);
+    char *offer = http_header_dup(wsi, WSI_TOKEN_PROTOCOL, &present);
     if (!present)
         return 0; /* none offered: rill.json.v1 */
     bool ok = false;
@@ -221,132 +176,43 @@ static int on_confirm_upgrade(struct lws *wsi, struct gw *g)
                        "unsupported WebSocket subprotocol: this server speaks rill.json.v1 and rill.msgpack.v1");
 }
 
-/* Read what the handshake says (headers are only there now) into the conn. */
-static int on_handshake(struct lws *wsi, struct gw *g, struct conn *c)
+/* The supervisor's JSON figures, when fresh enough to show. */
+static const char *fresh_sup_json(const struct server *g, size_t *len)
 {
-    char uri[256] = "";
-    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
-    if (strcmp(uri, g->c->ws_path) != 0)
-        return -1; /* not our WebSocket path */
-    memset(c, 0, sizeof *c);
-    c->gw = g;
-    lws_get_peer_simple(wsi, c->ip, sizeof c->ip);
-    /* lws accepts permessage-deflate whenever a client offers it; the
-     * extension may need writable callbacks of its own, so such connections
-     * are only written from the callback. */
-    char ext[256] = "";
-    lws_hdr_copy(wsi, ext, sizeof ext, WSI_TOKEN_EXTENSIONS);
-    c->deflate = strstr(ext, "permessage-deflate") != NULL;
-    bool has_origin, has_host;
-    char *origin = header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin);
-    char *host = header_dup(wsi, WSI_TOKEN_HOST, &has_host);
-    /* Remember the verdicts: the errors are sent once established.  An
-     * Origin that is present but could not be read is not "no Origin". */
-    if ((has_origin && !origin) || !limits_origin_ok(g, origin, host))
-        c->closing = true, c->rx_cap = RILL_E_FORBIDDEN_ORIGIN;
-    free(origin);
-    free(host);
-    char key[CREQ_KEY_MAX + 16];
-    http_request_key(wsi, key, sizeof key);
-    c->authed = limits_key_ok(g, key[0] ? key : NULL);
-    if (key[0] && !c->authed && !c->closing)
-        c->closing = true, c->rx_cap = RILL_E_UNAUTHORIZED;
-    if (key[0] && c->authed)
-        limits_key_name(key, c->bucket_key, sizeof c->bucket_key);
-    else
-        snprintf(c->bucket_key, sizeof c->bucket_key, "ip:%s", c->ip);
-    memset(key, 0, sizeof key);
-    return 0;
+    if (!g->sup_json_len || clock_ns() - g->sup_stats_ns > 5000000000ull)
+        return NULL;
+    *len = g->sup_json_len;
+    return g->sup_json;
 }
 
-static void on_established(struct lws *wsi, struct gw *g, struct conn *c, bool msgpack)
+static void http_view_of(const struct server *g, struct http_view *v)
 {
-    c->wsi = wsi;
-    c->msgpack = msgpack;
-    c->gw = g;
-    g->m.connections_total++;
-    rlog_debug("connection from %s (%s)", c->ip, msgpack ? "rill.msgpack.v1" : "rill.json.v1");
-    /* Bound the kernel's send buffer too: autotuned, it grows to tcp_wmem's
-     * maximum (4 MiB by default) for a client that stopped reading, so the
-     * gateway would only see the client as slow — and hold its memory —
-     * long after client_buffer_bytes.  The kernel doubles the value. */
-    int fd = lws_get_socket_fd(wsi);
-    int sndbuf = (int)g->c->client_buffer_bytes;
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
-    int verdict = c->closing ? (int)c->rx_cap : 0;
-    c->closing = false;
-    c->rx_cap = 0;
-    if (!verdict && !limits_ip_acquire(g, c->ip))
-        verdict = RILL_E_TOO_MANY_CONNS;
-    else if (!verdict)
-        c->counted_ip = true;
-    if (verdict) {
-        const char *why = verdict == RILL_E_FORBIDDEN_ORIGIN ? "this Origin is not allowed"
-                          : verdict == RILL_E_UNAUTHORIZED    ? "invalid API key"
-                                                              : "too many connections from this address";
-        conn_send_error(c, NULL, verdict, why);
-        c->closing = true;
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, 5);
-    }
+    *v = (struct http_view){.m = &g->m,
+                            .lim = &g->limits,
+                            .workers_ready = transport_ready(&g->tp),
+                            .connections = g->limits.n_conns,
+                            .active_streams = stream_table_active(&g->streams),
+                            .shutting_down = g->ss.shutting_down,
+                            .sup_prom = g->sup_prom,
+                            .sup_prom_len = g->sup_prom_len,
+                            .started_ns = g->started_ns};
 }
 
-static void on_receive(struct lws *wsi, struct gw *g, struct conn *c, const void *in, size_t len)
+static void gauges_of(const struct server *g, struct telemetry_gauges *t)
 {
-    size_t cap = (size_t)g->c->max_message_bytes;
-    bool first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
-    if (first) {
-        c->rx_len = 0;
-        c->rx_discard = false;
-    }
-    if (!c->rx_discard && c->rx_len + len > cap) {
-        c->rx_discard = true;
-        char m[96];
-        snprintf(m, sizeof m, "message over %zu bytes", cap);
-        conn_send_error(c, NULL, RILL_E_TOO_LARGE, m);
-    }
-    if (!c->rx_discard) {
-        if (c->rx_len + len > c->rx_cap) {
-            size_t ncap = c->rx_cap ? c->rx_cap : 1024;
-            while (ncap < c->rx_len + len)
-                ncap *= 2;
-            unsigned char *p = realloc(c->rx, ncap);
-            if (!p) {
-                c->rx_discard = true;
-                conn_send_error(c, NULL, RILL_E_INTERNAL, "out of memory");
-            } else {
-                c->rx = p;
-                c->rx_cap = ncap;
-            }
-        }
-        /* lws hands over empty fragments as (NULL, 0): memcpy from NULL is
-         * undefined even for no bytes (UBSan stops the gateway on it). */
-        if (!c->rx_discard && len) {
-            memcpy(c->rx + c->rx_len, in, len);
-            c->rx_len += len;
-        }
-    }
-    if (!final)
-        return;
-    bool binary = lws_frame_is_binary(wsi);
-    if (!c->rx_discard)
-        session_on_message(c, c->rx, c->rx_len, binary);
-    c->rx_len = 0;
-    /* A big message's buffer is not kept for an idle connection. */
-    if (c->rx_cap > 16384) {
-        free(c->rx);
-        c->rx = NULL;
-        c->rx_cap = 0;
-    }
+    *t = (struct telemetry_gauges){.active_streams = stream_table_active(&g->streams),
+                                   .connections = g->limits.n_conns,
+                                   .workers_ready = transport_ready(&g->tp)};
+    t->supervisor_json = fresh_sup_json(g, &t->supervisor_json_len);
 }
 
-static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+static int on_lws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
     int wsc = wsconf_callback(wsi, reason, user, in, len); /* RFC 6455 rules lws leaves to us */
     if (wsc != WSCONF_GO_ON)
         return wsc;
     struct lws_context *ctx = lws_get_context(wsi);
-    struct gw *g = ctx ? lws_context_user(ctx) : NULL;
+    struct server *g = ctx ? lws_context_user(ctx) : NULL;
     const struct lws_protocols *proto = lws_get_protocol(wsi);
     struct conn *c = user;
     if (!g)
@@ -361,13 +227,12 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
          * internal vhost never listens). */
         if (!c || !proto || (proto->id != PROTO_ID_JSON && proto->id != PROTO_ID_MSGPACK))
             return -1;
-        return on_handshake(wsi, g, c);
+        return session_handshake(&g->ss, c, wsi);
     case LWS_CALLBACK_ESTABLISHED:
-        on_established(wsi, g, c, proto && proto->id == PROTO_ID_MSGPACK);
+        session_established(c, wsi, proto && proto->id == PROTO_ID_MSGPACK);
         return 0;
     case LWS_CALLBACK_RECEIVE:
-        if (!c->closing)
-            on_receive(wsi, g, c, in, len);
+        session_receive(c, in, len);
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE: {
         int rc = session_writable(c);
@@ -376,16 +241,19 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
         return rc;
     }
     case LWS_CALLBACK_CLOSED:
-        session_close_conn(c);
+        session_closed(c);
         return 0;
-    case LWS_CALLBACK_HTTP:
-        return http_serve(wsi, g, in);
+    case LWS_CALLBACK_HTTP: {
+        struct http_view v;
+        http_view_of(g, &v);
+        return http_serve(wsi, &v);
+    }
     case LWS_CALLBACK_ADD_HEADERS: {
         /* CORS for the static pages: only for explicitly allowed origins. */
         struct lws_process_html_args *args = in;
         bool has_origin;
-        char *origin = g->n_origins ? header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin) : NULL;
-        if (origin && limits_origin_ok(g, origin, NULL)) {
+        char *origin = g->limits.n_origins ? http_header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin) : NULL;
+        if (origin && limits_origin_ok(&g->limits, origin, NULL)) {
             unsigned char *p = (unsigned char *)args->p, *end = p + args->max_len;
             if (!lws_add_http_header_by_name(wsi, (const unsigned char *)"access-control-allow-origin:",
                                              (const unsigned char *)origin, (int)strlen(origin), &p, end)) {
@@ -409,12 +277,13 @@ static int gw_callback(struct lws *wsi, enum lws_callback_reasons reason, void *
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
-void gw_begin_drain(struct gw *g, const char *why)
+/* Refuse new generations, finish the running ones, then stop. */
+static void begin_drain(struct server *g, const char *why)
 {
-    if (g->shutting_down)
+    if (g->ss.shutting_down)
         return;
     rlog_info("draining (%s): refusing new generations, finishing running ones", why);
-    g->shutting_down = true;
+    g->ss.shutting_down = true;
     g->drain_deadline_ns = clock_ns() + (uint64_t)g->c->drain_timeout_s * 1000000000ull;
     lws_cancel_service(g->ctx);
 }
@@ -427,12 +296,12 @@ void gw_begin_drain(struct gw *g, const char *why)
  * A client that could select it got a connection without per-connection
  * state and crashed the gateway before any key check. */
 static const struct lws_protocols protocols[3] = {
-    {"rill.json.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_JSON, NULL, 0},
-    {"rill.msgpack.v1", gw_callback, sizeof(struct conn), 4096, PROTO_ID_MSGPACK, NULL, 0},
+    {"rill.json.v1", on_lws, sizeof(struct conn), 4096, PROTO_ID_JSON, NULL, 0},
+    {"rill.msgpack.v1", on_lws, sizeof(struct conn), 4096, PROTO_ID_MSGPACK, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 static const struct lws_protocols internal_protocols[] = {
-    {TRANSPORT_LWS_PROTOCOL, gw_callback, 0, 0, PROTO_ID_ZMQ, NULL, 0},
+    {TRANSPORT_LWS_PROTOCOL, on_lws, 0, 0, PROTO_ID_ZMQ, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 /* permessage-deflate, offered with small windows: the default window and
@@ -445,26 +314,26 @@ static const struct lws_extension extensions[] = {
 
 struct tick {
     lws_sorted_usec_list_t sul;
-    struct gw *g;
+    struct server *g;
 };
 
 /* Signals, drains and shutdowns, decided in the loop (with libev the whole
  * loop runs inside one lws_service() call, so there is no outer loop to
  * look at flags between calls). */
-static void check_stop(struct gw *g, uint64_t now)
+static void check_stop(struct server *g, uint64_t now)
 {
-    if (parent_gone && !g->shutting_down)
-        gw_begin_drain(g, "the supervisor is gone");
+    if (parent_gone && !g->ss.shutting_down)
+        begin_drain(g, "the supervisor is gone");
     if (signals_seen > g->signals_handled) {
         g->signals_handled = signals_seen;
         if (g->signals_handled == 1) {
-            gw_begin_drain(g, "signal");
+            begin_drain(g, "signal");
         } else {
             rlog_info("second signal: stopping now");
             g->stop = true;
         }
     }
-    if (g->shutting_down && !g->stop_at_ns && (g->map_used == 0 || now > g->drain_deadline_ns))
+    if (g->ss.shutting_down && !g->stop_at_ns && (stream_table_active(&g->streams) == 0 || now > g->drain_deadline_ns))
         g->stop_at_ns = now + 200000000ull; /* let the last frames go out */
     if (g->stop_at_ns && now >= g->stop_at_ns)
         g->stop = true;
@@ -478,21 +347,24 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     if (t->g->stop) {
         if (t->g->evlib && !t->g->destroying) {
             t->g->destroying = true;
+            writer_set_stop(&t->g->writers);
             lws_context_destroy(t->g->ctx); /* ends the libev loop; finished after it returns */
         }
         return;
     }
     transport_tick(&t->g->tp, now);
-    telemetry_tick(t->g, now);
-    limits_prune(t->g, now);
+    struct telemetry_gauges tg;
+    gauges_of(t->g, &tg);
+    telemetry_tick(&t->g->tel, now, &tg);
+    limits_prune(&t->g->limits, now);
     /* After a burst, give the allocator's free memory back to the system
      * once the gateway is idle (at most once a second). */
-    if (t->g->map_used == 0 && t->g->busy_since_trim && now - t->g->last_trim_ns > 1000000000ull) {
+    if (stream_table_active(&t->g->streams) == 0 && t->g->busy_since_trim && now - t->g->last_trim_ns > 1000000000ull) {
         malloc_trim(0);
         t->g->last_trim_ns = now;
         t->g->busy_since_trim = false;
     }
-    if (t->g->map_used)
+    if (stream_table_active(&t->g->streams))
         t->g->busy_since_trim = true;
     lws_sul_schedule(t->g->ctx, 0, &t->sul, on_tick, 50 * LWS_US_PER_MS);
 }
@@ -576,26 +448,39 @@ static int parse_listen(const char *listen, char *host, size_t hn, int *port)
 
 /* --- the transport's callbacks: the layers above it ------------------------------------- */
 
-static void on_worker_msg(void *ctx, int worker, struct proto_msg *m) { session_on_worker_reply(ctx, worker, m); }
+static void on_worker_msg(void *ctx, int worker, struct proto_msg *m)
+{
+    struct server *g = ctx;
+    stream_on_msg(&g->streams, worker, m);
+}
 
 static void on_worker_token(void *ctx, const struct proto_token *t, uint64_t now_ns)
 {
-    session_on_token(ctx, t, now_ns);
+    struct server *g = ctx;
+    stream_on_token(&g->streams, t, now_ns);
 }
 
-static void on_batch_end(void *ctx) { session_flush_writes(ctx); }
+static void on_batch_end(void *ctx)
+{
+    struct server *g = ctx;
+    writer_flush(&g->writers);
+}
 
-static void on_worker_down(void *ctx, int worker) { session_worker_lost(ctx, worker); }
+static void on_worker_down(void *ctx, int worker)
+{
+    struct server *g = ctx;
+    stream_worker_lost(&g->streams, worker);
+}
 
 static void on_control_msg(void *ctx, struct proto_msg *m)
 {
-    struct gw *g = ctx;
+    struct server *g = ctx;
     switch (m->type) {
     case PROTO_DRAIN:
-        gw_begin_drain(g, "the supervisor asked");
+        begin_drain(g, "the supervisor asked");
         break;
     case PROTO_SHUTDOWN:
-        g->shutting_down = true;
+        g->ss.shutting_down = true;
         g->stop = true;
         lws_cancel_service(g->ctx);
         break;
@@ -617,16 +502,34 @@ static void on_control_msg(void *ctx, struct proto_msg *m)
 
 static void fill_heartbeat(void *ctx, struct proto_heartbeat *h)
 {
-    const struct gw *g = ctx;
-    h->active = (uint32_t)g->map_used;
+    const struct server *g = ctx;
+    h->active = stream_table_active(&g->streams);
     h->tokens_total = g->m.tokens;
     h->requests_total = g->m.requests;
-    h->state = g->shutting_down ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+    h->state = g->ss.shutting_down ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+}
+
+/* The one teardown, for every stage set-up reached. */
+static void server_free(struct server *g)
+{
+    if (g->ctx) {
+        writer_set_stop(&g->writers);
+        lws_context_destroy(g->ctx); /* closes every connection: their streams go too */
+    }
+    if (g->transport_up)
+        transport_fini(&g->tp);
+    stream_table_fini(&g->streams);
+    telemetry_fini(&g->tel);
+    if (g->limits_up)
+        limits_fini(&g->limits);
+    free(g->sup_prom);
+    free(g->sup_json);
+    free(g);
 }
 
 int server_run(const struct rill_config *c)
 {
-    struct gw *g = calloc(1, sizeof *g);
+    struct server *g = calloc(1, sizeof *g);
     if (!g)
         return RILL_E_NOMEM;
     g->c = c;
@@ -637,28 +540,27 @@ int server_run(const struct rill_config *c)
     uint32_t epoch = 0;
     if (getrandom(&epoch, sizeof epoch, 0) != sizeof epoch || !epoch)
         epoch = (uint32_t)(clock_ns() ^ (uint64_t)getpid() << 16) | 1;
-    g->next_req_id = (uint64_t)epoch << 32;
-    telemetry_init(g);
-    g->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
-    g->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
-    g->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;
     hist_init_prom(&g->m.ttft_us, 1000000);
     hist_init_prom(&g->m.itl_us, 1000000);
     hist_init_prom(&g->m.gen_itl_us, 1000000);
+    telemetry_init(&g->tel, c, &g->m, epoch);
+    struct stream_events ev;
+    session_stream_events(&g->ss, &ev);
+    stream_table_init(&g->streams, &g->tp, epoch, &ev);
+    session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {
-        free(g);
+        server_free(g);
         return startup_failed(c, rc, "bad listen address '%s' (want host:port)", c->listen);
     }
-    if ((rc = limits_init(g))) {
-        limits_fini(g);
-        free(g);
+    g->limits_up = true;
+    if ((rc = limits_init(&g->limits, c, g->host, g->port))) {
+        server_free(g);
         return startup_failed(c, rc, "cannot set up keys, origins or hosts (%s)", rill_err_name(rc));
     }
     char why[300];
     if ((rc = probe_listen(g->host, g->port, why, sizeof why))) {
-        limits_fini(g);
-        free(g);
+        server_free(g);
         return startup_failed(c, rc, "%s", why);
     }
     char web_root[CFG_STR_MAX];
@@ -737,10 +639,13 @@ int server_run(const struct rill_config *c)
             rlog_warn("the libev event loop is not available: using poll(), which scales worse with connections");
     }
     if (!g->ctx) {
-        limits_fini(g);
-        free(g);
+        server_free(g);
         return startup_failed(c, RILL_E_IO, "cannot listen on %s (libwebsockets refused it)", c->listen);
     }
+    struct writer_cb wcb;
+    session_writer_cb(&g->ss, &wcb);
+    writer_set_init(&g->writers, g->ctx, &g->m, (size_t)c->client_buffer_bytes, c->direct_write,
+                    (double)c->coalesce_max_ms, &wcb);
     g->vh = lws_get_vhost_by_name(g->ctx, "default");
     struct lws_context_creation_info vi;
     memset(&vi, 0, sizeof vi);
@@ -749,18 +654,14 @@ int server_run(const struct rill_config *c)
     vi.vhost_name = "internal";
     struct lws_vhost *vh_internal = g->vh ? lws_create_vhost(g->ctx, &vi) : NULL;
     if (!g->vh || !vh_internal) {
-        lws_context_destroy(g->ctx);
-        limits_fini(g);
-        free(g);
+        server_free(g);
         return startup_failed(c, RILL_E_INTERNAL, "libwebsockets has no default vhost, or cannot make the internal one");
     }
     const struct transport_cb cb = {g, on_worker_msg, on_worker_token, on_batch_end, on_worker_down,
                                     on_control_msg, fill_heartbeat};
-    if ((rc = transport_init(&g->tp, c, g->ctx, vh_internal, (uint32_t)(g->next_req_id >> 32), &cb))) {
-        lws_context_destroy(g->ctx);
-        transport_fini(&g->tp);
-        limits_fini(g);
-        free(g);
+    g->transport_up = true;
+    if ((rc = transport_init(&g->tp, c, g->ctx, vh_internal, epoch, &cb))) {
+        server_free(g);
         return startup_failed(c, rc, "cannot set up the workers' sockets (%s)", rill_err_name(rc));
     }
     signal_ctx = g->ctx;
@@ -782,19 +683,10 @@ int server_run(const struct rill_config *c)
     while (!g->stop || (g->evlib && !g->destroying))
         if (lws_service(g->ctx, 0) < 0 || g->destroying)
             break;
-    if (!g->destroying) {
+    if (!g->destroying)
         lws_sul_cancel(&tick.sul);
-        lws_sul_cancel(&g->hold_sul);
-    }
-    lws_sul_cancel(&g->hold_sul);
     signal_ctx = NULL;
-    lws_context_destroy(g->ctx);
-    transport_fini(&g->tp);
-    free(g->sup_prom);
-    free(g->sup_json);
-    limits_fini(g);
-    free(g->map);
-    free(g);
+    server_free(g);
     /* Under a supervisor that died first, the last child out cleans up. */
     if (c->control[0]) {
         char run_dir[CFG_STR_MAX];

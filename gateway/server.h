@@ -9,8 +9,4 @@
 /* Returns 0 after a clean stop, or the error that stopped the set-up (logged). */
 int server_run(const struct rill_config *c);
 
-/* The directory of the web pages: web_root, or gateway/web next to the
- * binaries (build/../gateway/web). */
-void http_web_root(const struct rill_config *c, char *out, size_t n);
-
 #endif

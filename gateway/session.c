@@ -1,62 +1,68 @@
-/* session.c — one client connection and its generations.
- *
- * A generation's messages reach its client in this order: accepted, token
- * frames in position order, then complete or error — and every accepted
- * generation ends with one of those two (cancelled ones with a complete whose
- * finish_reason is "cancelled").
- *
- * Writing: lws allows one lws_write() per writable callback.  A connection
- * first writes its queued frames (accepted, errors, hello), then the streams'
- * pending tokens round robin, one stream per frame, so no generation starves
- * another; a stream's terminal frame goes out only once its tokens have.
- *
- * Network adaptation: tokens that arrive while a client cannot take them pile
- * up in the stream's pending buffer and leave as one "tokens" frame.  When the
- * client's round trip is long (the kernel's smoothed RTT from TCP_INFO, not an
- * application ping, whose echo would include this loop's own delays) or its
- * backlog is large, the connection also holds token frames for a short window
- * (rtt/4, at most coalesce_max_ms) to send fewer, bigger frames.  Held
- * connections sit in one list that a single gateway timer sweeps.  Past client_buffer_bytes of queued output the
- * client gets slow_consumer and is closed; its generations are cancelled.
- */
-#include "gw.h"
+/* session.c — see session.h. */
+#include "session.h"
+#include "frames.h"
+#include "http.h"
 #include "common/clock.h"
 #include "common/err.h"
-#include "common/jsonw.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
-/* --- streams -------------------------------------------------------------------------- */
+static struct conn *conn_of(struct writer *w) { return (struct conn *)w; }
 
-void stream_free(struct stream *s)
+/* --- small frames --------------------------------------------------------------------------- */
+
+static void send_error_r(struct conn *c, const struct creq_id *id, int code, const char *msg, bool recoverable)
 {
-    obuf_free(&s->pending);
-    free(s->pend_gen_ns);
-    free((void *)s->submit.prompt);
-    free(s->lat_ms);
-    free(s);
+    struct obuf b = {0};
+    if (frames_error(&b, c->msgpack, id, code, msg, recoverable) == 0) {
+        c->ss->m->errors[rill_err_index(rill_err_wire(code))]++;
+        writer_queue(&c->w, &b, true);
+    }
+    obuf_free(&b);
 }
+
+static void send_error(struct conn *c, const struct creq_id *id, int code, const char *msg)
+{
+    send_error_r(c, id, code, msg, rill_err_recoverable(rill_err_wire(code)));
+}
+
+/* Tell the client why, then close once that has gone out. */
+static void close_with(struct conn *c, const struct creq_id *id, int code, const char *msg)
+{
+    send_error(c, id, code, msg);
+    c->w.closing = true;
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
+}
+
+static void send_hello(struct conn *c)
+{
+    const struct rill_config *cf = c->ss->c;
+    struct frames_hello h = {c->authed, (uint32_t)cf->max_tokens_limit, (uint32_t)cf->max_streams_per_conn};
+    struct obuf b = {0};
+    if (frames_hello(&b, c->msgpack, &h) == 0)
+        writer_queue(&c->w, &b, true);
+    obuf_free(&b);
+}
+
+/* --- the connection's streams ------------------------------------------------------------------ */
 
 static struct stream *find_stream(struct conn *c, const struct creq_id *id)
 {
     for (struct stream *s = c->streams; s; s = s->next)
-        if (s->state != ST_DONE && !strcmp(s->cid.s, id->s) && s->cid.is_num == id->is_num)
+        if (s->state != STREAM_DONE && !strcmp(s->cid.s, id->s) && s->cid.is_num == id->is_num)
             return s;
     return NULL;
 }
 
-/* Take the stream out of everything and free it. */
-static void stream_remove(struct stream *s)
+/* Unlink s from its connection and release it. */
+static void drop_stream(struct conn *c, struct stream *s)
 {
-    struct conn *c = s->conn;
-    struct gw *g = c->gw;
-    gw_map_del(g, s->req_id);
-    transport_inflight(&g->tp, s->worker, -1);
     for (struct stream **pp = &c->streams; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -65,94 +71,204 @@ static void stream_remove(struct stream *s)
     if (c->rr == s)
         c->rr = s->next;
     c->n_streams--;
-    size_t pend = s->pending.len;
-    c->queued_bytes -= pend < c->queued_bytes ? pend : c->queued_bytes;
-    stream_free(s);
+    writer_account(&c->w, -(long)s->out.pending.len);
+    stream_release(c->ss->streams, s);
 }
 
-static void send_cancel(struct stream *s)
+static void drop_streams(struct conn *c)
 {
-    if (s->worker < 0 || s->state == ST_DONE)
+    while (c->streams)
+        drop_stream(c, c->streams);
+}
+
+/* The client cannot keep up: drop what it could not take, tell it why, stop
+ * its generations. */
+static void fail_slow(struct conn *c)
+{
+    if (c->w.closing)
         return;
-    struct proto_msg m = {.type = PROTO_CANCEL};
-    m.u.cancel.id = s->req_id;
-    transport_send(&s->conn->gw->tp, s->worker, &m);
+    rlog_info("client %s is too slow (%zu bytes queued): closing it", c->ip, c->w.queued_bytes);
+    c->ss->m->slow_closed++;
+    writer_drop_queue(&c->w);
+    drop_streams(c);
+    c->w.queued_bytes = 0;
+    close_with(c, NULL, RILL_E_SLOW_CONSUMER, "the client did not read its stream fast enough");
 }
 
-void session_end_stream(struct stream *s, int code, int finish, const char *msg)
+/* --- stream events -------------------------------------------------------------------------------- */
+
+static void on_accepted(void *ctx, struct stream *s)
 {
-    if (s->term)
-        return;
-    s->term = true;
-    s->term_code = code;
-    s->finish = finish;
-    snprintf(s->term_msg, sizeof s->term_msg, "%s", msg ? msg : "");
-    s->t_last_ns = s->t_last_ns ? s->t_last_ns : clock_ns();
-    lws_callback_on_writable(s->conn->wsi);
+    struct session *ss = ctx;
+    struct conn *c = s->owner;
+    struct obuf b = {0};
+    if (frames_accepted(&b, c->msgpack, &s->cid, transport_worker_id(ss->tp, s->worker)) == 0)
+        writer_queue(&c->w, &b, true);
+    obuf_free(&b);
 }
 
-/* Route (or re-route) a stream to the least-loaded worker that has not
- * refused it.  On failure the stream ends with an error. */
-static void route(struct gw *g, struct stream *s)
+static int on_token(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns)
 {
-    for (;;) {
-        int w = transport_pick(&g->tp, s->tried);
-        if (w < 0) {
-            bool any = transport_ready(&g->tp) > 0;
-            if (s->refusal == RILL_E_SHUTTING_DOWN)
-                session_end_stream(s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
-            else if (any || transport_can_come_back(&g->tp))
-                session_end_stream(s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
-                                   any ? "every worker is busy: try again" : "no worker is ready");
-            else {
-                session_end_stream(s, RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
-                                   "no worker is ready, and none will come back (the supervisor gave up on them)");
-                s->term_final = true;
-            }
-            return;
-        }
-        s->worker = w;
-        s->tried |= 1ull << w;
-        struct proto_msg m = {.type = PROTO_SUBMIT};
-        m.u.submit = s->submit;
-        int rc = transport_send(&g->tp, w, &m);
-        rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s,
-                   transport_worker_id(&g->tp, w),
-                   rill_err_name(rc));
-        if (rc == 0) {
-            transport_inflight(&g->tp, w, +1);
-            return;
-        }
-        rlog_warn("cannot send request to worker %s: %s", transport_worker_id(&g->tp, w), rill_err_name(rc));
-        s->worker = -1;
+    struct session *ss = ctx;
+    struct conn *c = s->owner;
+    struct stream_out *o = &s->out;
+    size_t before = o->pending.len;
+    if (frames_token_item(&o->pending, c->msgpack, o->n_pending == 0, o->timestamps, t)) {
+        stream_end(ss->streams, s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
+        return -1;
     }
+    o->n_pending++;
+    if (o->n_pending > o->pend_cap) {
+        uint32_t cap = o->pend_cap ? o->pend_cap * 2 : 8;
+        uint64_t *a = realloc(o->pend_gen_ns, cap * sizeof *a);
+        if (a) {
+            o->pend_gen_ns = a;
+            o->pend_cap = cap;
+        }
+    }
+    if (o->n_pending <= o->pend_cap)
+        o->pend_gen_ns[o->n_pending - 1] = t->t_gen_ns;
+    ss->m->tokens++;
+    if (s->n_tokens == 1)
+        telemetry_ttft(ss->tel, (now_ns - s->t_submit_ns) / 1000);
+    if (telemetry_sample(ss->tel))
+        telemetry_token(ss->tel, t->latency_us);
+    if (!writer_account(&c->w, (long)(o->pending.len - before))) {
+        fail_slow(c);
+        return -1;
+    }
+    writer_want(&c->w, now_ns);
+    return 0;
 }
 
-/* --- messages from the client ------------------------------------------------------------- */
-
-static void close_with(struct conn *c, const struct creq_id *id, int code, const char *msg)
+static void on_ended(void *ctx, struct stream *s)
 {
-    conn_send_error(c, id, code, msg);
-    c->closing = true;
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
+    struct session *ss = ctx;
+    struct conn *c = s->owner;
+    if (!s->term_code)
+        ss->m->requests_ok++;
+    /* The end goes out after the stream's pending tokens. */
+    writer_wake(&c->w);
 }
+
+void session_stream_events(struct session *ss, struct stream_events *ev)
+{
+    *ev = (struct stream_events){ss, on_accepted, on_token, on_ended};
+}
+
+/* --- writing ----------------------------------------------------------------------------------- */
+
+/* The next stream after the round-robin point (wrapping) with something to
+ * send: tokens (when allowed) or, once its tokens are out, its end. */
+static struct stream *next_ready(struct conn *c, bool tokens_allowed)
+{
+    struct stream *start = c->rr ? c->rr : c->streams;
+    if (!start)
+        return NULL;
+    struct stream *s = start;
+    do {
+        if ((tokens_allowed && s->out.n_pending) || (s->state == STREAM_DONE && !s->out.n_pending))
+            return s;
+        s = s->next ? s->next : c->streams;
+    } while (s != start);
+    return NULL;
+}
+
+static int write_tokens(struct conn *c, struct stream *s, uint64_t now)
+{
+    struct session *ss = c->ss;
+    struct stream_out *o = &s->out;
+    uint32_t n = o->n_pending < o->pend_cap ? o->n_pending : o->pend_cap;
+    struct obuf b = {0};
+    int rc = frames_tokens(&b, c->msgpack, &s->cid, &o->pending, o->n_pending);
+    ss->m->coalesced_tokens += o->n_pending > 1 ? o->n_pending - 1 : 0;
+    writer_account(&c->w, -(long)o->pending.len);
+    o->pending.len = 0;
+    o->n_pending = 0;
+    rc = rc || writer_send(&c->w, &b);
+    obuf_free(&b);
+    if (rc)
+        return -1;
+    /* Delivery: from the worker's ring publish to this frame's write. */
+    uint64_t t_write = clock_ns();
+    for (uint32_t i = 0; i < n; i++)
+        if (t_write > o->pend_gen_ns[i] && telemetry_sample(ss->tel))
+            telemetry_delivery(ss->tel, (t_write - o->pend_gen_ns[i]) / 1000);
+    writer_coalesce(&c->w, now);
+    return 0;
+}
+
+static int write_end(struct conn *c, struct stream *s)
+{
+    int rc = 0;
+    if (s->term_code) {
+        send_error_r(c, &s->cid, s->term_code, s->term_msg, stream_recoverable(s));
+    } else {
+        struct stream_summary u;
+        stream_summary(s, &u);
+        const char *finish = proto_finish_name((enum proto_finish)s->finish);
+        rlog_info("request %s done (%s): %u tokens in %.3f s, first after %.1f ms, token latency avg %.1f p95 %.1f "
+                  "ms, %.1f tokens/s, batch %u, max memory %u MB",
+                  s->cid.s, finish, u.total_tokens, u.duration_s, u.ttft_ms, u.avg_ms, u.p95_ms, u.e2e_tps, u.batch,
+                  u.max_mem_mb);
+        struct obuf b = {0};
+        rc = frames_complete(&b, c->msgpack, &s->cid, finish, &u) || writer_send(&c->w, &b);
+        obuf_free(&b);
+    }
+    drop_stream(c, s);
+    return rc ? -1 : 0;
+}
+
+static int pull(void *ctx, struct writer *w, uint64_t now, bool tokens_allowed)
+{
+    (void)ctx;
+    struct conn *c = conn_of(w);
+    struct stream *s = next_ready(c, tokens_allowed);
+    if (!s)
+        return 0;
+    c->rr = s->next;
+    int rc = s->out.n_pending ? write_tokens(c, s, now) : write_end(c, s);
+    return rc < 0 ? -1 : 1;
+}
+
+static bool has_more(void *ctx, struct writer *w, bool tokens_allowed)
+{
+    (void)ctx;
+    return next_ready(conn_of(w), tokens_allowed) != NULL;
+}
+
+static void on_slow(void *ctx, struct writer *w)
+{
+    (void)ctx;
+    fail_slow(conn_of(w));
+}
+
+void session_writer_cb(struct session *ss, struct writer_cb *cb)
+{
+    *cb = (struct writer_cb){ss, pull, has_more, on_slow};
+}
+
+int session_writable(struct conn *c) { return writer_writable(&c->w); }
+
+/* --- messages from the client ----------------------------------------------------------------- */
 
 static void handle_generate(struct conn *c, struct creq *r)
 {
-    struct gw *g = c->gw;
-    const struct rill_config *cf = g->c;
+    struct session *ss = c->ss;
+    const struct rill_config *cf = ss->c;
     if (!c->authed) {
-        close_with(c, &r->id, RILL_E_UNAUTHORIZED, "an API key is required (Authorization: Bearer, ?key=, or hello.key)");
+        close_with(c, &r->id, RILL_E_UNAUTHORIZED,
+                   "an API key is required (Authorization: Bearer, ?key=, or hello.key)");
         return;
     }
-    if (g->shutting_down) {
-        conn_send_error(c, &r->id, RILL_E_SHUTTING_DOWN, "the server is shutting down");
+    if (ss->shutting_down) {
+        send_error(c, &r->id, RILL_E_SHUTTING_DOWN, "the server is shutting down");
         return;
     }
     if (c->n_streams >= (uint32_t)cf->max_streams_per_conn) {
         char m[96];
         snprintf(m, sizeof m, "at most %lld generations at once on one connection", (long long)cf->max_streams_per_conn);
-        conn_send_error(c, &r->id, RILL_E_TOO_MANY_STREAMS, m);
+        send_error(c, &r->id, RILL_E_TOO_MANY_STREAMS, m);
         return;
     }
     if (!r->id.present) {
@@ -163,99 +279,85 @@ static void handle_generate(struct conn *c, struct creq *r)
             snprintf(r->id.s, sizeof r->id.s, "gen-%llu", (unsigned long long)++c->next_auto_id);
         while (find_stream(c, &r->id));
     } else if (find_stream(c, &r->id)) {
-        conn_send_error(c, &r->id, RILL_E_DUPLICATE_ID, "a generation with this id is still running");
+        send_error(c, &r->id, RILL_E_DUPLICATE_ID, "a generation with this id is still running");
         return;
     }
     uint64_t now = clock_ns();
-    if (!limits_rate_ok(g, c->bucket_key, now)) {
-        conn_send_error(c, &r->id, RILL_E_RATE_LIMITED, "too many requests: slow down");
+    if (!limits_rate_ok(ss->limits, c->bucket_key, now)) {
+        send_error(c, &r->id, RILL_E_RATE_LIMITED, "too many requests: slow down");
         return;
     }
-    struct stream *s = calloc(1, sizeof *s);
+    struct proto_submit p = {0};
+    p.prompt = r->prompt;
+    p.prompt_len = r->prompt_len;
+    p.max_tokens = r->max_tokens;
+    p.temperature = r->temperature;
+    p.top_p = r->top_p;
+    p.top_k = r->top_k;
+    p.min_p = r->min_p;
+    p.repetition_penalty = r->repetition_penalty;
+    p.seed = r->seed;
+    p.has_seed = r->has_seed;
+    p.n_stop = r->n_stop;
+    memcpy(p.stop, r->stop, sizeof p.stop);
+    p.top_logprobs = r->top_logprobs;
+    struct stream *s = stream_new(ss->streams, c, &r->id, &p, now);
     if (!s) {
-        conn_send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
+        send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
         return;
     }
-    s->conn = c;
-    s->cid = r->id;
-    s->worker = -1;
-    s->req_id = ++g->next_req_id;
-    s->t_submit_ns = now;
-    s->timestamps = r->timestamps;
-    struct proto_submit *p = &s->submit;
-    p->id = s->req_id;
-    p->prompt = r->prompt;   /* the stream owns it now */
-    p->prompt_len = r->prompt_len;
-    r->prompt = NULL;
-    p->max_tokens = r->max_tokens;
-    p->temperature = r->temperature;
-    p->top_p = r->top_p;
-    p->top_k = r->top_k;
-    p->min_p = r->min_p;
-    p->repetition_penalty = r->repetition_penalty;
-    p->seed = r->seed;
-    p->has_seed = r->has_seed;
-    p->n_stop = r->n_stop;
-    memcpy(p->stop, r->stop, sizeof p->stop);
-    p->top_logprobs = r->top_logprobs;
-    if (gw_map_put(g, s)) {
-        stream_free(s);
-        conn_send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
-        return;
-    }
+    r->prompt = NULL; /* the stream owns it now */
+    s->out.timestamps = r->timestamps;
     s->next = c->streams;
     c->streams = s;
     c->n_streams++;
-    g->m.requests++;
-    route(g, s);
+    ss->m->requests++;
+    stream_start(ss->streams, s);
 }
 
 static void handle_cancel(struct conn *c, const struct creq *r)
 {
     if (!r->id.present) {
         for (struct stream *s = c->streams; s; s = s->next)
-            if (!s->term)
-                send_cancel(s);
+            stream_cancel(c->ss->streams, s);
         return;
     }
     struct stream *s = find_stream(c, &r->id);
     if (!s) {
-        conn_send_error(c, &r->id, RILL_E_NOT_FOUND, "no running generation has this id");
+        send_error(c, &r->id, RILL_E_NOT_FOUND, "no running generation has this id");
         return;
     }
-    /* Idempotent: the worker ignores a second cancel of the same request. */
-    if (!s->term)
-        send_cancel(s);
+    stream_cancel(c->ss->streams, s);
 }
 
-void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bool binary)
+static void on_message(struct conn *c, const unsigned char *buf, size_t len, bool binary)
 {
-    struct gw *g = c->gw;
-    if (c->closing)
+    struct session *ss = c->ss;
+    if (c->w.closing)
         return;
-    g->m.bytes_in += len;
+    ss->m->bytes_in += len;
     if (!binary && utf8_valid_prefix((const char *)buf, len) != len) {
-        conn_send_error(c, NULL, RILL_E_BAD_REQUEST, "text frame is not valid UTF-8");
+        send_error(c, NULL, RILL_E_BAD_REQUEST, "text frame is not valid UTF-8");
         return;
     }
     if (binary != c->msgpack) {
-        conn_send_error(c, NULL, RILL_E_BAD_REQUEST,
-                        binary ? "binary frame on rill.json.v1: send JSON text frames"
-                               : "text frame on rill.msgpack.v1: send msgpack binary frames");
+        send_error(c, NULL, RILL_E_BAD_REQUEST,
+                   binary ? "binary frame on rill.json.v1: send JSON text frames"
+                          : "text frame on rill.msgpack.v1: send msgpack binary frames");
         return;
     }
     struct creq r;
     char msg[256];
-    int rc = creq_parse(buf, len, binary, &g->lim, &r, msg, sizeof msg);
+    int rc = creq_parse(buf, len, binary, &ss->lim, &r, msg, sizeof msg);
     rlog_debug("message from %s: %zu bytes, %s", c->ip, len, rc ? msg : "ok");
     if (rc) {
-        conn_send_error(c, &r.id, rc, msg);
+        send_error(c, &r.id, rc, msg);
         return;
     }
     switch (r.type) {
     case CREQ_HELLO:
         if (r.has_key) {
-            if (!limits_key_ok(g, r.key)) {
+            if (!limits_key_ok(ss->limits, r.key)) {
                 close_with(c, NULL, RILL_E_UNAUTHORIZED, "invalid API key");
                 break;
             }
@@ -264,7 +366,7 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
         }
         if (r.client[0])
             rlog_debug("client %s says hello from %s", r.client, c->ip);
-        conn_send_hello(c);
+        send_hello(c);
         break;
     case CREQ_GENERATE:
         handle_generate(c, &r);
@@ -277,9 +379,11 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
         if (!c->authed)
             close_with(c, NULL, RILL_E_UNAUTHORIZED, "an API key is required for telemetry");
         else if (c->msgpack)
-            conn_send_error(c, NULL, RILL_E_BAD_REQUEST, "telemetry is sent on rill.json.v1 connections");
+            send_error(c, NULL, RILL_E_BAD_REQUEST, "telemetry is sent on rill.json.v1 connections");
+        else if (telemetry_subscribe(ss->tel, &c->w, r.telemetry))
+            send_error(c, NULL, RILL_E_INTERNAL, "out of memory");
         else
-            telemetry_subscribe(c, r.telemetry);
+            c->subscribed = r.telemetry;
         break;
     default:
         break;
@@ -287,427 +391,157 @@ void session_on_message(struct conn *c, const unsigned char *buf, size_t len, bo
     creq_free(&r);
 }
 
-/* --- messages from workers ------------------------------------------------------------------- */
-
-static void mark_accepted(struct stream *s)
+void session_receive(struct conn *c, const void *in, size_t len)
 {
-    if (s->state != ST_SUBMITTED)
+    if (c->w.closing)
         return;
-    s->state = ST_RUNNING;
-    struct gw *g = s->conn->gw;
-    conn_send_accepted(s->conn, &s->cid, transport_worker_id(&g->tp, s->worker));
-    /* The prompt stays with the stream: what it needs to run again. */
+    size_t cap = (size_t)c->ss->c->max_message_bytes;
+    bool first = lws_is_first_fragment(c->wsi), final = lws_is_final_fragment(c->wsi);
+    if (first) {
+        c->rx_len = 0;
+        c->rx_discard = false;
+    }
+    if (!c->rx_discard && c->rx_len + len > cap) {
+        c->rx_discard = true;
+        char m[96];
+        snprintf(m, sizeof m, "message over %zu bytes", cap);
+        send_error(c, NULL, RILL_E_TOO_LARGE, m);
+    }
+    if (!c->rx_discard) {
+        if (c->rx_len + len > c->rx_cap) {
+            size_t ncap = c->rx_cap ? c->rx_cap : 1024;
+            while (ncap < c->rx_len + len)
+                ncap *= 2;
+            unsigned char *p = realloc(c->rx, ncap);
+            if (!p) {
+                c->rx_discard = true;
+                send_error(c, NULL, RILL_E_INTERNAL, "out of memory");
+            } else {
+                c->rx = p;
+                c->rx_cap = ncap;
+            }
+        }
+        /* lws hands over empty fragments as (NULL, 0): memcpy from NULL is
+         * undefined even for no bytes (UBSan stops the gateway on it). */
+        if (!c->rx_discard && len) {
+            memcpy(c->rx + c->rx_len, in, len);
+            c->rx_len += len;
+        }
+    }
+    if (!final)
+        return;
+    bool binary = lws_frame_is_binary(c->wsi);
+    if (!c->rx_discard)
+        on_message(c, c->rx, c->rx_len, binary);
+    c->rx_len = 0;
+    /* A big message's buffer is not kept for an idle connection. */
+    if (c->rx_cap > 16384) {
+        free(c->rx);
+        c->rx = NULL;
+        c->rx_cap = 0;
+    }
 }
 
-void session_on_worker_reply(struct gw *g, int worker, struct proto_msg *m)
+/* --- the connection's life ------------------------------------------------------------------- */
+
+void session_init(struct session *ss, const struct rill_config *c, struct limits *limits,
+                  struct stream_table *streams, struct writer_set *writers, struct telemetry *tel,
+                  struct metrics *m, struct transport *tp)
 {
-    if (m->type == PROTO_ACCEPTED) {
-        struct stream *s = gw_map_get(g, m->u.accepted.id);
-        if (s && s->worker == worker)
-            mark_accepted(s);
-        return;
-    }
-    if (m->type != PROTO_REJECTED)
-        return;
-    struct stream *s = gw_map_get(g, m->u.rejected.id);
-    if (!s || s->worker != worker || s->state != ST_SUBMITTED)
-        return;
-    int code = m->u.rejected.code;
-    transport_inflight(&g->tp, worker, -1);
-    s->worker = -1;
-    if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
-        s->refusal = code;
-        route(g, s); /* another worker may have room */
-        return;
-    }
-    session_end_stream(s, code, PROTO_FINISH_ERROR, m->u.rejected.message);
+    memset(ss, 0, sizeof *ss);
+    ss->c = c;
+    ss->limits = limits;
+    ss->streams = streams;
+    ss->writers = writers;
+    ss->tel = tel;
+    ss->m = m;
+    ss->tp = tp;
+    ss->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
+    ss->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
+    ss->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;
 }
 
-/* A connection has new tokens to write.  Writing them straight after the
- * ring batch, rather than asking lws for a writable callback, saves two
- * epoll_ctl calls and a trip through the event loop per frame: at a thousand
- * streams that is a fifth of the gateway's time.  Connections are written in
- * the order their first token arrived. */
-static void want_write(struct conn *c)
+int session_handshake(struct session *ss, struct conn *c, struct lws *wsi)
 {
-    struct gw *g = c->gw;
-    if (!g->c->direct_write || c->deflate || c->closing) {
-        lws_callback_on_writable(c->wsi);
-        return;
-    }
-    if (c->dirty)
-        return;
-    c->dirty = true;
-    c->dirty_next = NULL;
-    if (g->dirty_tail)
-        g->dirty_tail->dirty_next = c;
+    char uri[256] = "";
+    lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    if (strcmp(uri, ss->c->ws_path) != 0)
+        return -1; /* not our WebSocket path */
+    memset(c, 0, sizeof *c);
+    c->ss = ss;
+    lws_get_peer_simple(wsi, c->ip, sizeof c->ip);
+    /* lws accepts permessage-deflate whenever a client offers it; the
+     * extension may need writable callbacks of its own, so such connections
+     * are only written from the callback. */
+    char ext[256] = "";
+    lws_hdr_copy(wsi, ext, sizeof ext, WSI_TOKEN_EXTENSIONS);
+    c->w.deflate = strstr(ext, "permessage-deflate") != NULL;
+    bool has_origin, has_host;
+    char *origin = http_header_dup(wsi, WSI_TOKEN_ORIGIN, &has_origin);
+    char *host = http_header_dup(wsi, WSI_TOKEN_HOST, &has_host);
+    /* Remember the verdicts: the errors are sent once established.  An
+     * Origin that is present but could not be read is not "no Origin". */
+    if ((has_origin && !origin) || !limits_origin_ok(ss->limits, origin, host))
+        c->verdict = RILL_E_FORBIDDEN_ORIGIN;
+    free(origin);
+    free(host);
+    char key[CREQ_KEY_MAX + 16];
+    http_request_key(wsi, key, sizeof key);
+    c->authed = limits_key_ok(ss->limits, key[0] ? key : NULL);
+    if (key[0] && !c->authed && !c->verdict)
+        c->verdict = RILL_E_UNAUTHORIZED;
+    if (key[0] && c->authed)
+        limits_key_name(key, c->bucket_key, sizeof c->bucket_key);
     else
-        g->dirty = c;
-    g->dirty_tail = c;
+        snprintf(c->bucket_key, sizeof c->bucket_key, "ip:%s", c->ip);
+    memset(key, 0, sizeof key);
+    return 0;
 }
 
-static void undirty(struct conn *c)
+void session_established(struct conn *c, struct lws *wsi, bool msgpack)
 {
-    if (!c->dirty)
-        return;
-    struct gw *g = c->gw;
-    struct conn *prev = NULL;
-    for (struct conn *x = g->dirty; x; prev = x, x = x->dirty_next)
-        if (x == c) {
-            if (prev)
-                prev->dirty_next = c->dirty_next;
-            else
-                g->dirty = c->dirty_next;
-            if (g->dirty_tail == c)
-                g->dirty_tail = prev;
-            break;
-        }
-    c->dirty = false;
-    c->dirty_next = NULL;
-}
-
-void session_flush_writes(struct gw *g)
-{
-    while (g->dirty) {
-        struct conn *c = g->dirty;
-        undirty(c);
-        /* lws holds the rest of a partial send and flushes it from its own
-         * writable callback; a frame written now would overtake it. */
-        if (c->closing || lws_partial_buffered(c->wsi)) {
-            lws_callback_on_writable(c->wsi);
-            continue;
-        }
-        if (session_writable(c) < 0)
-            lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    struct session *ss = c->ss;
+    assert(ss);
+    bool deflate = c->w.deflate;
+    c->wsi = wsi;
+    c->msgpack = msgpack;
+    c->established = true;
+    writer_open(&c->w, ss->writers, wsi, msgpack, deflate);
+    ss->m->connections_total++;
+    rlog_debug("connection from %s (%s)", c->ip, msgpack ? "rill.msgpack.v1" : "rill.json.v1");
+    /* Bound the kernel's send buffer too: autotuned, it grows to tcp_wmem's
+     * maximum (4 MiB by default) for a client that stopped reading, so the
+     * gateway would only see the client as slow — and hold its memory —
+     * long after client_buffer_bytes.  The kernel doubles the value. */
+    int fd = lws_get_socket_fd(wsi);
+    int sndbuf = (int)ss->c->client_buffer_bytes;
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    int verdict = c->verdict;
+    if (!verdict && !limits_ip_acquire(ss->limits, c->ip))
+        verdict = RILL_E_TOO_MANY_CONNS;
+    else if (!verdict)
+        c->counted_ip = true;
+    if (verdict) {
+        const char *why = verdict == RILL_E_FORBIDDEN_ORIGIN ? "this Origin is not allowed"
+                          : verdict == RILL_E_UNAUTHORIZED    ? "invalid API key"
+                                                              : "too many connections from this address";
+        close_with(c, NULL, verdict, why);
     }
 }
 
-void session_on_token(struct gw *g, const struct proto_token *t, uint64_t now_ns)
+void session_closed(struct conn *c)
 {
-    struct stream *s = gw_map_get(g, t->req_id);
-    if (!s || s->term)
-        return; /* abandoned by its client, or already ended */
-    struct conn *c = s->conn;
-    /* The worker's ring carries the request's accepted ahead of its tokens. */
-    if (s->state != ST_RUNNING) {
-        rlog_warn("request %llu: a token before its accepted: dropped", (unsigned long long)t->req_id);
-        return;
-    }
-    if (t->token_id >= 0) {
-        if (t->position != s->next_pos)
-            rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)t->req_id, t->position,
-                      s->next_pos);
-        s->next_pos = t->position + 1;
-        size_t before = s->pending.len;
-        if (stream_add_token(s, t)) {
-            session_end_stream(s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
-            return;
-        }
-        c->queued_bytes += s->pending.len - before;
-        if (s->n_pending > s->pend_cap) {
-            uint32_t cap = s->pend_cap ? s->pend_cap * 2 : 8;
-            uint64_t *a = realloc(s->pend_gen_ns, cap * sizeof *a);
-            if (a) {
-                s->pend_gen_ns = a;
-                s->pend_cap = cap;
-            }
-        }
-        if (s->n_pending <= s->pend_cap)
-            s->pend_gen_ns[s->n_pending - 1] = t->t_gen_ns;
-        if (!s->t_first_ns)
-            s->t_first_ns = now_ns;
-        s->t_last_ns = now_ns;
-        double ms = t->latency_us / 1000.0;
-        if (s->n_tokens >= s->lat_cap) {
-            uint32_t cap = s->lat_cap ? s->lat_cap * 2 : 64;
-            float *a = realloc(s->lat_ms, cap * sizeof *a);
-            if (a) {
-                s->lat_ms = a;
-                s->lat_cap = cap;
-            }
-        }
-        if (s->n_tokens < s->lat_cap)
-            s->lat_ms[s->n_tokens] = (float)ms;
-        s->lat_sum_ms += ms;
-        s->n_tokens++;
-        if (t->mem_mb > s->max_mem_mb)
-            s->max_mem_mb = t->mem_mb;
-        for (int i = 0; i < 8; i++) {
-            if (s->batch_cnt[i] == 0 || s->batch_val[i] == t->batch) {
-                s->batch_val[i] = t->batch;
-                s->batch_cnt[i]++;
-                break;
-            }
-        }
-        g->m.tokens++;
-        if (s->n_tokens == 1)
-            telemetry_ttft(g, (now_ns - s->t_submit_ns) / 1000);
-        if (telemetry_sample(g))
-            telemetry_token(g, t->latency_us);
-        if (c->queued_bytes > (size_t)g->c->client_buffer_bytes) {
-            session_fail_slow(c);
-            return;
-        }
-    }
-    if (t->flags & PROTO_TOK_LAST) {
-        int finish = proto_tok_finish(t->flags);
-        if (t->flags & PROTO_TOK_ERROR)
-            session_end_stream(s, t->error, finish, rill_err_name(t->error));
-        else
-            session_end_stream(s, 0, finish, NULL);
-        g->m.requests_ok += !(t->flags & PROTO_TOK_ERROR);
-    }
-    if (!c->hold_until_ns || now_ns >= c->hold_until_ns)
-        want_write(c);
-}
-
-void session_worker_lost(struct gw *g, int worker)
-{
-    for (uint32_t i = 0; i < g->map_cap; i++) {
-        struct stream *s = g->map[i];
-        if (s && s != (struct stream *)1 && s->worker == worker && !s->term)
-            session_end_stream(s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR,
-                               "the worker running this generation stopped; resubmit it");
-    }
-}
-
-static void unhold(struct conn *c);
-
-/* --- the connection ------------------------------------------------------------------------- */
-
-void session_fail_slow(struct conn *c)
-{
-    if (c->closing)
-        return;
-    struct gw *g = c->gw;
-    rlog_info("client %s is too slow (%zu bytes queued): closing it", c->ip, c->queued_bytes);
-    g->m.slow_closed++;
-    /* Drop what it could not take; tell it why; stop its generations. */
-    for (struct frame *f = c->q_head, *n; f; f = n) {
-        n = f->next;
-        frame_free(f);
-    }
-    c->q_head = c->q_tail = NULL;
-    c->queued_bytes = 0;
-    while (c->streams) {
-        send_cancel(c->streams);
-        stream_remove(c->streams);
-    }
-    close_with(c, NULL, RILL_E_SLOW_CONSUMER, "the client did not read its stream fast enough");
-}
-
-void session_close_conn(struct conn *c)
-{
-    if (c->gw) {
-        telemetry_subscribe(c, false);
-        unhold(c);
-        undirty(c);
-    }
-    while (c->streams) {
-        send_cancel(c->streams);
-        stream_remove(c->streams);
-    }
-    for (struct frame *f = c->q_head, *n; f; f = n) {
-        n = f->next;
-        frame_free(f);
-    }
-    c->q_head = c->q_tail = NULL;
+    if (!c->ss)
+        return; /* refused before the handshake was read */
+    if (c->subscribed)
+        telemetry_subscribe(c->ss->tel, &c->w, false);
+    drop_streams(c);
+    writer_close(&c->w);
     free(c->rx);
     c->rx = NULL;
     if (c->counted_ip) {
-        limits_ip_release(c->gw, c->ip);
+        limits_ip_release(c->ss->limits, c->ip);
         c->counted_ip = false;
     }
-}
-
-static int write_buf(struct conn *c, struct obuf *b)
-{
-    int n = lws_write(c->wsi, obuf_data(b), b->len, c->msgpack ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-    if (n < (int)b->len)
-        return -1;
-    c->gw->m.frames++;
-    c->gw->m.bytes_out += b->len;
-    return 0;
-}
-
-/* Next stream after `from` (wrapping) that has something to send. */
-static struct stream *next_ready(struct conn *c, bool tokens_allowed)
-{
-    struct stream *start = c->rr ? c->rr : c->streams;
-    if (!start)
-        return NULL;
-    struct stream *s = start;
-    do {
-        if ((tokens_allowed && s->n_pending) || (s->term && !s->n_pending))
-            return s;
-        s = s->next ? s->next : c->streams;
-    } while (s != start);
-    return NULL;
-}
-
-/* --- holds: one list, one timer ----------------------------------------------------- */
-
-#define HOLD_TICK_US 2000
-
-/* The kernel's smoothed round trip to the client, read at most once a
- * second (one getsockopt). */
-static double conn_rtt_ms(struct conn *c, uint64_t now)
-{
-    if (now - c->rtt_checked_ns > 1000000000ull) {
-        c->rtt_checked_ns = now;
-        struct tcp_info ti;
-        socklen_t len = sizeof ti;
-        int fd = lws_get_socket_fd(c->wsi);
-        if (fd >= 0 && getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
-            c->rtt_us = ti.tcpi_rtt;
-    }
-    return c->rtt_us / 1000.0;
-}
-
-static void unhold(struct conn *c)
-{
-    if (!c->held)
-        return;
-    struct gw *g = c->gw;
-    if (c->held_prev)
-        c->held_prev->held_next = c->held_next;
-    else
-        g->held = c->held_next;
-    if (c->held_next)
-        c->held_next->held_prev = c->held_prev;
-    c->held_prev = c->held_next = NULL;
-    c->held = false;
-    c->hold_until_ns = 0;
-}
-
-static void on_hold_tick(lws_sorted_usec_list_t *sul)
-{
-    struct gw *g = lws_container_of(sul, struct gw, hold_sul);
-    g->hold_sul_armed = false;
-    session_release_holds(g);
-}
-
-void session_release_holds(struct gw *g)
-{
-    uint64_t now = clock_ns();
-    for (struct conn *c = g->held, *next; c; c = next) {
-        next = c->held_next;
-        if (now >= c->hold_until_ns) {
-            unhold(c);
-            want_write(c);
-        }
-    }
-    session_flush_writes(g);
-    if (g->held && !g->hold_sul_armed && !g->destroying) {
-        g->hold_sul_armed = true;
-        lws_sul_schedule(g->ctx, 0, &g->hold_sul, on_hold_tick, HOLD_TICK_US);
-    }
-}
-
-static void hold(struct conn *c, uint64_t until)
-{
-    struct gw *g = c->gw;
-    c->hold_until_ns = until;
-    if (!c->held) {
-        c->held = true;
-        c->held_prev = NULL;
-        c->held_next = g->held;
-        if (g->held)
-            g->held->held_prev = c;
-        g->held = c;
-    }
-    if (!g->hold_sul_armed) {
-        g->hold_sul_armed = true;
-        lws_sul_schedule(g->ctx, 0, &g->hold_sul, on_hold_tick, HOLD_TICK_US);
-    }
-}
-
-/* One frame: a queued one first, else the next stream's tokens or its end.
- * Returns 1 if it wrote one, 0 if there was nothing to write, -1 to close. */
-static int write_one(struct conn *c, uint64_t now);
-
-int session_writable(struct conn *c)
-{
-    /* Several frames while the socket takes them: one frame per callback
-     * cannot keep up with many streams on one connection, and a client that
-     * reads fine would look slow.  lws_send_pipe_choked() says when the
-     * kernel buffer is full (or lws holds a partial write). */
-    uint64_t now = clock_ns();
-    bool more = false;
-    for (int i = 0; i < 64; i++) {
-        int rc = write_one(c, now);
-        if (rc < 0)
-            return -1;
-        /* poll() only when there is more to write: most connections have
-         * one frame, and the check is a syscall. */
-        more = c->q_head || next_ready(c, now >= c->hold_until_ns);
-        if (rc == 0 || !more || lws_send_pipe_choked(c->wsi))
-            break;
-    }
-    if (more)
-        lws_callback_on_writable(c->wsi);
-    else if (c->closing)
-        return -1;
-    return 0;
-}
-
-static int write_one(struct conn *c, uint64_t now)
-{
-    struct gw *g = c->gw;
-    int wrote = 0;
-    if (c->q_head) {
-        wrote = 1;
-        struct frame *f = c->q_head;
-        c->q_head = f->next;
-        if (!c->q_head)
-            c->q_tail = NULL;
-        c->queued_bytes -= f->buf.len < c->queued_bytes ? f->buf.len : c->queued_bytes;
-        int rc = write_buf(c, &f->buf);
-        frame_free(f);
-        if (rc)
-            return -1;
-    } else {
-        bool tokens_allowed = now >= c->hold_until_ns;
-        struct stream *s = next_ready(c, tokens_allowed);
-        if (s) {
-            wrote = 1;
-            c->rr = s->next;
-            struct obuf b = {0};
-            if (s->n_pending) {
-                uint32_t n = s->n_pending < s->pend_cap ? s->n_pending : s->pend_cap;
-                int rc = stream_tokens_frame(s, &b) || write_buf(c, &b);
-                obuf_free(&b);
-                if (rc)
-                    return -1;
-                /* Delivery: from the worker's ring publish to this frame's write. */
-                uint64_t t_write = clock_ns();
-                for (uint32_t i = 0; i < n; i++)
-                    if (t_write > s->pend_gen_ns[i] && telemetry_sample(g))
-                        telemetry_delivery(g, (t_write - s->pend_gen_ns[i]) / 1000);
-                /* Coalesce on a slow path: a long round trip or a backlog. */
-                double hold_ms = 0, rtt_ms = conn_rtt_ms(c, now);
-                if (rtt_ms > 20)
-                    hold_ms = rtt_ms / 4;
-                if (c->queued_bytes > (size_t)g->c->client_buffer_bytes / 4)
-                    hold_ms = hold_ms > 10 ? hold_ms : 10;
-                if (hold_ms > (double)g->c->coalesce_max_ms)
-                    hold_ms = (double)g->c->coalesce_max_ms;
-                if (hold_ms > 0)
-                    hold(c, now + (uint64_t)(hold_ms * 1e6));
-            } else if (s->term_code) {
-                conn_send_error_r(c, &s->cid, s->term_code, s->term_msg,
-                                  !s->term_final && rill_err_recoverable(rill_err_wire(s->term_code)));
-                s->state = ST_DONE;
-                stream_remove(s);
-            } else {
-                int rc = stream_terminal_frame(s, &b) || write_buf(c, &b);
-                obuf_free(&b);
-                s->state = ST_DONE;
-                stream_remove(s);
-                if (rc)
-                    return -1;
-            }
-        }
-    }
-    return wrote;
 }

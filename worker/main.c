@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/err.h"
 #include "common/jsonw.h"
+#include "common/tokjson.h"
 #include "common/log.h"
 #include "common/sampling.h"
 #include "common/procstat.h"
@@ -113,6 +114,12 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* An alternative's text in the --json lines. */
+static bool top_piece(const void *ctx, int32_t id, const char **bytes, size_t *len)
+{
+    return tok_piece(ctx, id, bytes, len) == 0;
+}
+
 static int print_token(void *ctx, const struct proto_token *t)
 {
     struct standalone *sa = ctx;
@@ -140,29 +147,8 @@ static int print_token(void *ctx, const struct proto_token *t)
     struct jsonw w;
     jsonw_init(&w, buf, sizeof buf);
     jsonw_obj_begin(&w);
-    jsonw_key_uint(&w, "position", t->position);
-    jsonw_key_int(&w, "id", t->token_id);
-    jsonw_key(&w, "text");
-    jsonw_strn(&w, t->text, t->text_len);
-    jsonw_key_double(&w, "logprob", t->logprob, 6);
-    jsonw_key_double(&w, "latency_ms", ms, 3);
-    if (t->n_top) {
-        jsonw_key(&w, "top_logprobs");
-        jsonw_arr_begin(&w);
-        for (unsigned i = 0; i < t->n_top; i++) {
-            jsonw_obj_begin(&w);
-            jsonw_key_int(&w, "id", t->top[i].token_id);
-            const char *p;
-            size_t pl;
-            if (tok_piece(sa->tok, t->top[i].token_id, &p, &pl) == 0) {
-                jsonw_key(&w, "text");
-                jsonw_strn(&w, p, pl);
-            }
-            jsonw_key_double(&w, "logprob", t->top[i].logprob, 6);
-            jsonw_obj_end(&w);
-        }
-        jsonw_arr_end(&w);
-    }
+    const struct tokjson_opts o = {.logprob_digits = 6, .piece = top_piece, .piece_ctx = sa->tok};
+    tokjson_fields(&w, t, &o);
     if (t->flags & PROTO_TOK_LAST)
         jsonw_key_str(&w, "finish", proto_finish_name(proto_tok_finish(t->flags)));
     jsonw_obj_end(&w);

@@ -1,0 +1,333 @@
+/* stream.c — see stream.h. */
+#include "stream.h"
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/procstat.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- the table: open addressing, linear probing, tombstones ------------------------------- */
+
+#define TOMB ((struct stream *)1)
+
+static uint32_t slot_of(uint64_t id, uint32_t cap) { return (uint32_t)hash_u64(id) & (cap - 1); }
+
+/* Rebuild: twice the size when filling up with live entries, the same size
+ * when it is mostly tombstones. */
+static int map_grow(struct stream_table *t)
+{
+    uint32_t cap = !t->cap ? 1024 : (t->used + 1) * 4 > t->cap ? t->cap * 2 : t->cap;
+    struct stream **m = calloc(cap, sizeof *m);
+    if (!m)
+        return RILL_E_NOMEM;
+    for (uint32_t i = 0; i < t->cap; i++) {
+        struct stream *s = t->map[i];
+        if (!s || s == TOMB)
+            continue;
+        uint32_t k = slot_of(s->req_id, cap);
+        while (m[k])
+            k = (k + 1) & (cap - 1);
+        m[k] = s;
+    }
+    free(t->map);
+    t->map = m;
+    t->cap = cap;
+    t->tombs = 0;
+    return 0;
+}
+
+static int map_put(struct stream_table *t, struct stream *s)
+{
+    /* At most half full, tombstones included, so probes stay short. */
+    if ((t->used + t->tombs + 1) * 2 > t->cap && map_grow(t))
+        return RILL_E_NOMEM;
+    uint32_t k = slot_of(s->req_id, t->cap);
+    while (t->map[k] && t->map[k] != TOMB)
+        k = (k + 1) & (t->cap - 1);
+    if (t->map[k] == TOMB)
+        t->tombs--;
+    t->map[k] = s;
+    t->used++;
+    return 0;
+}
+
+static struct stream *map_get(const struct stream_table *t, uint64_t id)
+{
+    if (!t->cap)
+        return NULL;
+    uint32_t k = slot_of(id, t->cap);
+    for (uint32_t n = 0; n < t->cap && t->map[k]; n++, k = (k + 1) & (t->cap - 1))
+        if (t->map[k] != TOMB && t->map[k]->req_id == id)
+            return t->map[k];
+    return NULL;
+}
+
+static void map_del(struct stream_table *t, uint64_t id)
+{
+    if (!t->cap)
+        return;
+    uint32_t k = slot_of(id, t->cap);
+    for (uint32_t n = 0; n < t->cap && t->map[k]; n++, k = (k + 1) & (t->cap - 1))
+        if (t->map[k] != TOMB && t->map[k]->req_id == id) {
+            t->map[k] = TOMB;
+            t->used--;
+            t->tombs++;
+            return;
+        }
+}
+
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, const struct stream_events *ev)
+{
+    memset(t, 0, sizeof *t);
+    t->tp = tp;
+    t->ev = *ev;
+    t->next_req_id = (uint64_t)epoch << 32;
+}
+
+void stream_table_fini(struct stream_table *t)
+{
+    free(t->map);
+    t->map = NULL;
+    t->cap = t->used = t->tombs = 0;
+}
+
+/* --- life ------------------------------------------------------------------------------------- */
+
+struct stream *stream_new(struct stream_table *t, void *owner, const struct creq_id *cid,
+                          struct proto_submit *submit, uint64_t now_ns)
+{
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->owner = owner;
+    s->cid = *cid;
+    s->worker = -1;
+    s->state = STREAM_QUEUED;
+    s->req_id = ++t->next_req_id;
+    s->t_submit_ns = now_ns;
+    s->submit = *submit;
+    s->submit.id = s->req_id;
+    if (map_put(t, s)) {
+        free(s);
+        return NULL;
+    }
+    submit->prompt = NULL; /* the stream owns it now */
+    return s;
+}
+
+/* s ends: what its worker or the routing decided. */
+static void conclude(struct stream_table *t, struct stream *s, int code, int finish, const char *msg)
+{
+    if (s->state == STREAM_DONE)
+        return;
+    s->state = STREAM_DONE;
+    s->term_code = code;
+    s->finish = finish;
+    snprintf(s->term_msg, sizeof s->term_msg, "%s", msg ? msg : "");
+    s->t_last_ns = s->t_last_ns ? s->t_last_ns : clock_ns();
+    t->ev.ended(t->ev.ctx, s);
+}
+
+/* The gateway ends s (its client cannot take it): the worker stops too. */
+void stream_end(struct stream_table *t, struct stream *s, int code, int finish, const char *msg)
+{
+    stream_cancel(t, s);
+    conclude(t, s, code, finish, msg);
+}
+
+bool stream_recoverable(const struct stream *s)
+{
+    return !s->term_final && rill_err_recoverable(rill_err_wire(s->term_code));
+}
+
+void stream_start(struct stream_table *t, struct stream *s)
+{
+    assert(s->state == STREAM_QUEUED && s->worker < 0);
+    for (;;) {
+        int w = transport_pick(t->tp, s->tried);
+        if (w < 0) {
+            bool any = transport_ready(t->tp) > 0;
+            if (s->refusal == RILL_E_SHUTTING_DOWN) {
+                conclude(t, s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
+            } else if (any || transport_can_come_back(t->tp)) {
+                conclude(t, s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
+                           any ? "every worker is busy: try again" : "no worker is ready");
+            } else {
+                s->term_final = true;
+                conclude(t, s, RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
+                           "no worker is ready, and none will come back (the supervisor gave up on them)");
+            }
+            return;
+        }
+        s->worker = w;
+        s->tried |= 1ull << w;
+        struct proto_msg m = {.type = PROTO_SUBMIT};
+        m.u.submit = s->submit;
+        int rc = transport_send(t->tp, w, &m);
+        rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s,
+                   transport_worker_id(t->tp, w), rill_err_name(rc));
+        if (rc == 0) {
+            transport_inflight(t->tp, w, +1);
+            return;
+        }
+        rlog_warn("cannot send request to worker %s: %s", transport_worker_id(t->tp, w), rill_err_name(rc));
+        s->worker = -1;
+    }
+}
+
+void stream_cancel(struct stream_table *t, struct stream *s)
+{
+    /* The worker ignores a second cancel of the same request. */
+    if (s->worker < 0 || s->state == STREAM_DONE)
+        return;
+    struct proto_msg m = {.type = PROTO_CANCEL};
+    m.u.cancel.id = s->req_id;
+    transport_send(t->tp, s->worker, &m);
+}
+
+void stream_release(struct stream_table *t, struct stream *s)
+{
+    stream_cancel(t, s);
+    map_del(t, s->req_id);
+    if (s->worker >= 0)
+        transport_inflight(t->tp, s->worker, -1);
+    obuf_free(&s->out.pending);
+    free(s->out.pend_gen_ns);
+    free((void *)s->submit.prompt);
+    free(s->lat_ms);
+    free(s);
+}
+
+/* --- records ---------------------------------------------------------------------------------- */
+
+void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m)
+{
+    if (m->type == PROTO_ACCEPTED) {
+        struct stream *s = map_get(t, m->u.accepted.id);
+        if (s && s->worker == worker && s->state == STREAM_QUEUED) {
+            s->state = STREAM_ACCEPTED;
+            t->ev.accepted(t->ev.ctx, s);
+        }
+        return;
+    }
+    if (m->type != PROTO_REJECTED)
+        return;
+    struct stream *s = map_get(t, m->u.rejected.id);
+    if (!s || s->worker != worker || s->state != STREAM_QUEUED)
+        return;
+    int code = m->u.rejected.code;
+    transport_inflight(t->tp, worker, -1);
+    s->worker = -1;
+    if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
+        s->refusal = code;
+        stream_start(t, s); /* another worker may have room */
+        return;
+    }
+    conclude(t, s, code, PROTO_FINISH_ERROR, m->u.rejected.message);
+}
+
+/* The figures the summary needs, per token. */
+static void note_token(struct stream *s, const struct proto_token *tk, uint64_t now_ns)
+{
+    if (!s->t_first_ns)
+        s->t_first_ns = now_ns;
+    s->t_last_ns = now_ns;
+    double ms = tk->latency_us / 1000.0;
+    if (s->n_tokens >= s->lat_cap) {
+        uint32_t cap = s->lat_cap ? s->lat_cap * 2 : 64;
+        float *a = realloc(s->lat_ms, cap * sizeof *a);
+        if (a) {
+            s->lat_ms = a;
+            s->lat_cap = cap;
+        }
+    }
+    if (s->n_tokens < s->lat_cap)
+        s->lat_ms[s->n_tokens] = (float)ms;
+    s->lat_sum_ms += ms;
+    s->n_tokens++;
+    if (tk->mem_mb > s->max_mem_mb)
+        s->max_mem_mb = tk->mem_mb;
+    for (int i = 0; i < 8; i++)
+        if (s->batch_cnt[i] == 0 || s->batch_val[i] == tk->batch) {
+            s->batch_val[i] = tk->batch;
+            s->batch_cnt[i]++;
+            break;
+        }
+}
+
+void stream_on_token(struct stream_table *t, const struct proto_token *tk, uint64_t now_ns)
+{
+    struct stream *s = map_get(t, tk->req_id);
+    if (!s || s->state == STREAM_DONE)
+        return; /* abandoned by its client, or already ended */
+    if (s->state == STREAM_QUEUED) {
+        /* The ring carries a request's accepted ahead of its tokens: a token
+         * first is a worker's bug, not a race. */
+        rlog_warn("request %llu: a token before its accepted: dropped", (unsigned long long)tk->req_id);
+        return;
+    }
+    if (tk->token_id >= 0) {
+        if (tk->position != s->next_pos)
+            rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)tk->req_id, tk->position,
+                      s->next_pos);
+        s->next_pos = tk->position + 1;
+        s->state = STREAM_STREAMING;
+        note_token(s, tk, now_ns);
+        if (t->ev.token(t->ev.ctx, s, tk, now_ns))
+            return;
+    }
+    if (tk->flags & PROTO_TOK_LAST) {
+        if (tk->flags & PROTO_TOK_ERROR)
+            conclude(t, s, tk->error, proto_tok_finish(tk->flags), rill_err_name(tk->error));
+        else
+            conclude(t, s, 0, proto_tok_finish(tk->flags), NULL);
+    }
+}
+
+void stream_worker_lost(struct stream_table *t, int worker)
+{
+    for (uint32_t i = 0; i < t->cap; i++) {
+        struct stream *s = t->map[i];
+        if (s && s != TOMB && s->worker == worker && s->state != STREAM_DONE)
+            conclude(t, s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR,
+                       "the worker running this generation stopped; resubmit it");
+    }
+}
+
+/* --- the summary ------------------------------------------------------------------------------ */
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+void stream_summary(struct stream *s, struct stream_summary *u)
+{
+    memset(u, 0, sizeof *u);
+    u->total_tokens = s->n_tokens;
+    uint64_t end = s->t_last_ns ? s->t_last_ns : s->t_submit_ns;
+    u->duration_s = (double)(end - s->t_submit_ns) / 1e9;
+    u->ttft_ms = s->t_first_ns ? (double)(s->t_first_ns - s->t_submit_ns) / 1e6 : 0;
+    uint32_t n = s->n_tokens < s->lat_cap ? s->n_tokens : s->lat_cap;
+    if (n) {
+        u->avg_ms = s->lat_sum_ms / s->n_tokens;
+        qsort(s->lat_ms, n, sizeof *s->lat_ms, cmp_float);
+        u->p95_ms = s->lat_ms[procstat_rank(n, 0.95)];
+        u->avg_tps = s->lat_sum_ms > 0 ? s->n_tokens * 1000.0 / s->lat_sum_ms : 0;
+    }
+    u->e2e_tps = u->duration_s > 0 ? s->n_tokens / u->duration_s : 0;
+    u->max_mem_mb = s->max_mem_mb;
+    u->errors = s->term_code ? 1 : 0;
+    uint32_t best = 0;
+    for (int i = 0; i < 8; i++)
+        if (s->batch_cnt[i] > best) {
+            best = s->batch_cnt[i];
+            u->batch = s->batch_val[i];
+        }
+}

@@ -1,0 +1,135 @@
+/* stream.h — each generation's life in the gateway, as one state machine:
+ *
+ *   QUEUED ──accepted──▶ ACCEPTED ──first token──▶ STREAMING ──┐
+ *     │  ╲                  │                          │        │
+ *     │   rejected: route   └──────────────┬───────────┘        │
+ *     │   to another worker                ▼                    ▼
+ *     └──────────no worker / refused────▶ DONE ◀──last token / error / lost
+ *
+ * A stream keeps what running it again needs: the submit message (prompt,
+ * parameters, seed) and the next position the client expects.  This layer is
+ * the one place that decides how a generation ends and what the client is
+ * told about it (code, message, finish reason); the session layer above
+ * only encodes and writes what it is given, through the events below.
+ *
+ * Every record of a request arrives in order on its worker's ring
+ * (accepted or rejected, tokens, the last one); a record for an id not in
+ * the table (a stream its client abandoned) is dropped.
+ *
+ * Threads: the lws service thread only.
+ */
+#ifndef RILL_STREAM_H
+#define RILL_STREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/proto.h"
+#include "obuf.h"
+#include "request.h"
+#include "transport.h"
+
+enum stream_state { STREAM_QUEUED, STREAM_ACCEPTED, STREAM_STREAMING, STREAM_DONE };
+
+/* Output state kept with the stream for the session layer: token items
+ * encoded but not yet framed. */
+struct stream_out {
+    bool timestamps;             /* token items carry gen_us */
+    struct obuf pending;
+    uint32_t n_pending;
+    uint64_t *pend_gen_ns;       /* ring publish time of each pending token */
+    uint32_t pend_cap;
+};
+
+struct stream {
+    struct stream *next;         /* in the owner's list (the session's) */
+    void *owner;                 /* the session's connection */
+    uint64_t req_id;             /* the gateway's id, unique in this process */
+    struct creq_id cid;          /* the client's id */
+    enum stream_state state;
+    int worker;                  /* transport index, -1 while unrouted */
+    uint64_t tried;              /* workers that refused it (bit per index) */
+    int refusal;                 /* the last refusal's code (0: none) */
+    struct proto_submit submit;  /* what running it again needs (owns prompt) */
+    uint32_t next_pos;           /* the next position the client expects */
+    /* the end, once DONE */
+    int term_code;               /* 0: complete */
+    bool term_final;             /* not recoverable, whatever its code says */
+    int finish;                  /* enum proto_finish */
+    char term_msg[160];
+    /* for the summary */
+    uint64_t t_submit_ns, t_first_ns, t_last_ns;
+    uint32_t n_tokens;
+    float *lat_ms;               /* per token, as the worker measured */
+    uint32_t lat_cap;
+    double lat_sum_ms;
+    uint32_t max_mem_mb;
+    uint16_t batch_val[8];       /* most common batch size: a small tally */
+    uint32_t batch_cnt[8];
+    struct stream_out out;
+};
+
+/* What the owner is told.  Each runs on the service thread, from inside a
+ * stream_* call. */
+struct stream_events {
+    void *ctx;
+    /* The worker took s: tell the client. */
+    void (*accepted)(void *ctx, struct stream *s);
+    /* A token for the client (in position order).  Nonzero: the owner could
+     * not take it (it has ended s or its connection). */
+    int (*token)(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns);
+    /* s is DONE: send its end once its tokens are out, then stream_release(). */
+    void (*ended)(void *ctx, struct stream *s);
+};
+
+struct stream_table {
+    struct transport *tp;
+    struct stream_events ev;
+    struct stream **map;         /* by req_id: open addressing, linear probing */
+    uint32_t cap, used, tombs;
+    uint64_t next_req_id;
+};
+
+/* Request ids are <epoch:32><counter:32>, the epoch random per process, so a
+ * restarted gateway never takes over its predecessor's requests. */
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, const struct stream_events *ev);
+/* Frees the map; the streams belong to their owners. */
+void stream_table_fini(struct stream_table *t);
+/* Streams not yet released. */
+static inline uint32_t stream_table_active(const struct stream_table *t) { return t->used; }
+
+/* A new QUEUED stream for `owner` with the client's id and the request
+ * (its prompt is taken over: *submit's prompt is set to NULL).  It is in the
+ * table but not yet routed: link it into the owner's list, then
+ * stream_start().  NULL when out of memory (submit unchanged). */
+struct stream *stream_new(struct stream_table *t, void *owner, const struct creq_id *cid,
+                          struct proto_submit *submit, uint64_t now_ns);
+/* Route s to the least-loaded worker that has not refused it; when none
+ * can take it, s ends (the ended event) with the reason. */
+void stream_start(struct stream_table *t, struct stream *s);
+/* The client asked to stop s: the worker finishes it with "cancelled".
+ * Idempotent; nothing for a stream that has ended. */
+void stream_cancel(struct stream_table *t, struct stream *s);
+/* End s now with code (0: complete), finish reason and message. */
+void stream_end(struct stream_table *t, struct stream *s, int code, int finish, const char *msg);
+/* Whether the client may retry s's error. */
+bool stream_recoverable(const struct stream *s);
+/* Take s out of the table and free it (cancelling it at its worker if it
+ * has not ended): after its end was sent, or when its owner goes away. */
+void stream_release(struct stream_table *t, struct stream *s);
+
+/* Records from the transport. */
+void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m);
+void stream_on_token(struct stream_table *t, const struct proto_token *t_, uint64_t now_ns);
+/* The worker stopped: its running streams end with worker_lost. */
+void stream_worker_lost(struct stream_table *t, int worker);
+
+struct stream_summary {
+    uint32_t total_tokens;
+    double duration_s, ttft_ms, avg_ms, p95_ms, avg_tps, e2e_tps;
+    uint32_t max_mem_mb, errors, batch;
+};
+/* The figures of a finished stream (sorts its latencies). */
+void stream_summary(struct stream *s, struct stream_summary *u);
+
+#endif
