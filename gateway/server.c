@@ -544,9 +544,7 @@ int server_run(const struct rill_config *c)
     hist_init_prom(&g->m.itl_us, 1000000);
     hist_init_prom(&g->m.gen_itl_us, 1000000);
     telemetry_init(&g->tel, c, &g->m, epoch);
-    struct stream_events ev;
-    session_stream_events(&g->ss, &ev);
-    stream_table_init(&g->streams, &g->tp, epoch, &ev);
+    stream_table_init(&g->streams, &g->tp, epoch);
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {

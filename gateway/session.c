@@ -151,10 +151,6 @@ static void on_ended(void *ctx, struct stream *s)
     writer_wake(&c->w);
 }
 
-void session_stream_events(struct session *ss, struct stream_events *ev)
-{
-    *ev = (struct stream_events){ss, on_accepted, on_token, on_ended};
-}
 
 /* --- writing ----------------------------------------------------------------------------------- */
 
@@ -301,7 +297,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     p.n_stop = r->n_stop;
     memcpy(p.stop, r->stop, sizeof p.stop);
     p.top_logprobs = r->top_logprobs;
-    struct stream *s = stream_new(ss->streams, c, &r->id, &p, now);
+    struct stream *s = stream_new(ss->streams, c, &ss->ev, &r->id, &p, now);
     if (!s) {
         send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
         return;
@@ -459,6 +455,7 @@ void session_init(struct session *ss, const struct rill_config *c, struct limits
     ss->lim.max_message_bytes = (uint32_t)c->max_message_bytes;
     ss->lim.max_prompt_bytes = (uint32_t)c->max_prompt_bytes;
     ss->lim.max_tokens_limit = (uint32_t)c->max_tokens_limit;
+    ss->ev = (struct stream_events){ss, on_accepted, on_token, on_ended};
 }
 
 int session_handshake(struct session *ss, struct conn *c, struct lws *wsi)

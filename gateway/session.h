@@ -42,6 +42,7 @@ struct session {
     struct metrics *m;
     struct transport *tp;
     bool shutting_down;          /* refuse new generations */
+    struct stream_events ev;     /* the sessions' stream events */
 };
 
 /* One connection (lws's per-session user data, zeroed by lws). */
@@ -69,8 +70,7 @@ struct conn {
 void session_init(struct session *ss, const struct rill_config *c, struct limits *limits,
                   struct stream_table *streams, struct writer_set *writers, struct telemetry *tel,
                   struct metrics *m, struct transport *tp);
-/* The callbacks the stream layer and the writers call into. */
-void session_stream_events(struct session *ss, struct stream_events *ev);
+/* The callbacks the writers call into. */
 void session_writer_cb(struct session *ss, struct writer_cb *cb);
 
 /* The handshake (FILTER_PROTOCOL_CONNECTION): headers are only there now.

@@ -81,11 +81,10 @@ static void map_del(struct stream_table *t, uint64_t id)
         }
 }
 
-void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, const struct stream_events *ev)
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch)
 {
     memset(t, 0, sizeof *t);
     t->tp = tp;
-    t->ev = *ev;
     t->next_req_id = (uint64_t)epoch << 32;
 }
 
@@ -98,13 +97,14 @@ void stream_table_fini(struct stream_table *t)
 
 /* --- life ------------------------------------------------------------------------------------- */
 
-struct stream *stream_new(struct stream_table *t, void *owner, const struct creq_id *cid,
+struct stream *stream_new(struct stream_table *t, void *owner, const struct stream_events *ev, const struct creq_id *cid,
                           struct proto_submit *submit, uint64_t now_ns)
 {
     struct stream *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->owner = owner;
+    s->ev = ev;
     s->cid = *cid;
     s->worker = -1;
     s->state = STREAM_QUEUED;
@@ -130,7 +130,7 @@ static void conclude(struct stream_table *t, struct stream *s, int code, int fin
     s->finish = finish;
     snprintf(s->term_msg, sizeof s->term_msg, "%s", msg ? msg : "");
     s->t_last_ns = s->t_last_ns ? s->t_last_ns : clock_ns();
-    t->ev.ended(t->ev.ctx, s);
+    s->ev->ended(s->ev->ctx, s);
 }
 
 /* The gateway ends s (its client cannot take it): the worker stops too. */
@@ -211,7 +211,7 @@ void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m
         struct stream *s = map_get(t, m->u.accepted.id);
         if (s && s->worker == worker && s->state == STREAM_QUEUED) {
             s->state = STREAM_ACCEPTED;
-            t->ev.accepted(t->ev.ctx, s);
+            s->ev->accepted(s->ev->ctx, s);
         }
         return;
     }
@@ -278,7 +278,7 @@ void stream_on_token(struct stream_table *t, const struct proto_token *tk, uint6
         s->next_pos = tk->position + 1;
         s->state = STREAM_STREAMING;
         note_token(s, tk, now_ns);
-        if (t->ev.token(t->ev.ctx, s, tk, now_ns))
+        if (s->ev->token(s->ev->ctx, s, tk, now_ns))
             return;
     }
     if (tk->flags & PROTO_TOK_LAST) {

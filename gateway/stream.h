@@ -42,8 +42,9 @@ struct stream_out {
 };
 
 struct stream {
-    struct stream *next;         /* in the owner's list (the session's) */
-    void *owner;                 /* the session's connection */
+    struct stream *next;         /* in the owner's list */
+    void *owner;                 /* a WebSocket connection, an HTTP request, … */
+    const struct stream_events *ev;  /* what the owner is told */
     uint64_t req_id;             /* the gateway's id, unique in this process */
     struct creq_id cid;          /* the client's id */
     enum stream_state state;
@@ -70,7 +71,8 @@ struct stream {
 };
 
 /* What the owner is told.  Each runs on the service thread, from inside a
- * stream_* call. */
+ * stream_* call.  Owners of different kinds (the WebSocket session, the
+ * HTTP API) give their own. */
 struct stream_events {
     void *ctx;
     /* The worker took s: tell the client. */
@@ -84,7 +86,6 @@ struct stream_events {
 
 struct stream_table {
     struct transport *tp;
-    struct stream_events ev;
     struct stream **map;         /* by req_id: open addressing, linear probing */
     uint32_t cap, used, tombs;
     uint64_t next_req_id;
@@ -92,17 +93,18 @@ struct stream_table {
 
 /* Request ids are <epoch:32><counter:32>, the epoch random per process, so a
  * restarted gateway never takes over its predecessor's requests. */
-void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, const struct stream_events *ev);
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch);
 /* Frees the map; the streams belong to their owners. */
 void stream_table_fini(struct stream_table *t);
 /* Streams not yet released. */
 static inline uint32_t stream_table_active(const struct stream_table *t) { return t->used; }
 
-/* A new QUEUED stream for `owner` with the client's id and the request
- * (its prompt is taken over: *submit's prompt is set to NULL).  It is in the
+/* A new QUEUED stream for `owner`, told through `ev` (which must outlive
+ * it), with the client's id and the request (its prompt is taken over:
+ * *submit's prompt is set to NULL).  It is in the
  * table but not yet routed: link it into the owner's list, then
  * stream_start().  NULL when out of memory (submit unchanged). */
-struct stream *stream_new(struct stream_table *t, void *owner, const struct creq_id *cid,
+struct stream *stream_new(struct stream_table *t, void *owner, const struct stream_events *ev, const struct creq_id *cid,
                           struct proto_submit *submit, uint64_t now_ns);
 /* Route s to the least-loaded worker that has not refused it; when none
  * can take it, s ends (the ended event) with the reason. */
