@@ -3,6 +3,7 @@
 #include "worker/gguf.h"
 #include "worker/quant.h"
 #include "worker/tokenizer.h"
+#include "worker/vocab.h"
 #include "clock.h"
 #include "err.h"
 #include "log.h"
@@ -605,173 +606,18 @@ static int bind_weights(struct loader *L)
 
 /* ---- tokenizer from metadata ------------------------------------------------ */
 
-static int opt_id(struct loader *L, const char *key, int32_t *out)
-{
-    uint32_t v;
-    int rc = opt_u32(L, key, &v, UINT32_MAX);
-    if (rc)
-        return rc;
-    if (v == UINT32_MAX) {
-        *out = -1;
-        return 0;
-    }
-    if (v > INT32_MAX)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' = %" PRIu32 " is out of range",
-                    key, v);
-    *out = (int32_t)v;
-    return 0;
-}
-
-static int opt_bool(struct loader *L, const char *key, bool *out, bool dflt)
-{
-    int rc = gguf_get_bool(L->g, key, out, L->why, L->why_len);
-    if (rc == RILL_E_NOT_FOUND) {
-        *out = dflt;
-        return 0;
-    }
-    return rc;
-}
-
-/* An array of `n` elements, or NULL when absent; wrong element kind or count
- * is an error. */
-static int opt_arr(struct loader *L, const char *key, bool want_str, bool want_float, uint64_t n,
-                   const struct gguf_kv **out)
-{
-    *out = gguf_find(L->g, key);
-    const struct gguf_kv *kv = *out;
-    if (!kv)
-        return 0;
-    bool ok = kv->type == GGUF_ARR;
-    if (ok) {
-        enum gguf_vtype t = kv->v.arr.type;
-        ok = want_str ? t == GGUF_STR
-           : want_float ? (t == GGUF_F32 || t == GGUF_F64)
-           : (t != GGUF_STR && t != GGUF_F32 && t != GGUF_F64 && t != GGUF_BOOL);
-    }
-    if (!ok)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is not an array of %s", key,
-                    want_str ? "strings" : want_float ? "floats" : "integers");
-    if (n != UINT64_MAX && kv->v.arr.n != n)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "metadata '%s' has %" PRIu64 " entries, expected %" PRIu64 " (one per token)", key,
-                    kv->v.arr.n, n);
-    return 0;
-}
-
-static int strs_of(const struct gguf_kv *kv, const char ***strs, uint32_t **lens)
-{
-    uint64_t n = kv->v.arr.n;
-    *strs = malloc((n ? n : 1) * sizeof **strs);
-    *lens = malloc((n ? n : 1) * sizeof **lens);
-    if (!*strs || !*lens)
-        return RILL_E_NOMEM;
-    for (uint64_t i = 0; i < n; i++) {
-        struct gguf_str s = gguf_arr_str(kv, i);
-        if (s.len > UINT32_MAX)
-            return RILL_E_BAD_FORMAT;
-        (*strs)[i] = s.s;
-        (*lens)[i] = (uint32_t)s.len;
-    }
-    return 0;
-}
-
+/* vocab_load reads the tokenizer.* keys (the same code loads a
+ * vocabulary-only GGUF); here it must also fit the embedding. */
 static int load_tokenizer(struct loader *L)
 {
-    struct model *m = L->m;
-    struct tok_vocab v = {0};
-    struct gguf_str kind;
-    int rc = gguf_get_str(L->g, "tokenizer.ggml.model", &kind, L->why, L->why_len);
-    if (rc == RILL_E_NOT_FOUND)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "missing metadata 'tokenizer.ggml.model' (the file has no tokenizer)");
+    int rc = vocab_load(L->g, &L->m->tok, L->why, L->why_len);
     if (rc)
         return rc;
-    if (gguf_str_eq(kind, "llama")) {
-        v.kind = TOK_SPM;
-    } else if (gguf_str_eq(kind, "gpt2")) {
-        v.kind = TOK_GPT2;
-    } else {
-        char k[32];
-        copy_shown(kind, k, sizeof k);
-        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "tokenizer '%s' is not supported (supported: llama, gpt2)", k);
-    }
-
-    const struct gguf_kv *tokens, *scores, *types, *merges;
-    if ((rc = opt_arr(L, "tokenizer.ggml.tokens", true, false, UINT64_MAX, &tokens)))
-        return rc;
-    if (!tokens)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'tokenizer.ggml.tokens'");
-    if (tokens->v.arr.n != m->cfg.vocab)
+    if (tok_n_vocab(L->m->tok) != L->m->cfg.vocab)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "tokenizer.ggml.tokens has %" PRIu64 " tokens but token_embd.weight has %" PRIu32
-                    " rows",
-                    tokens->v.arr.n, m->cfg.vocab);
-    uint64_t n = tokens->v.arr.n;
-    if ((rc = opt_arr(L, "tokenizer.ggml.scores", false, true, n, &scores)) ||
-        (rc = opt_arr(L, "tokenizer.ggml.token_type", false, false, n, &types)) ||
-        (rc = opt_arr(L, "tokenizer.ggml.merges", true, false, UINT64_MAX, &merges)))
-        return rc;
-    v.n = (uint32_t)n;
-    if ((rc = opt_id(L, "tokenizer.ggml.bos_token_id", &v.bos)) ||
-        (rc = opt_id(L, "tokenizer.ggml.eos_token_id", &v.eos)) ||
-        (rc = opt_id(L, "tokenizer.ggml.unknown_token_id", &v.unk)) ||
-        (rc = opt_id(L, "tokenizer.ggml.padding_token_id", &v.pad)) ||
-        (rc = opt_id(L, "tokenizer.ggml.eot_token_id", &v.eot)) ||
-        /* llama.cpp's defaults: SentencePiece models add BOS and a space
-         * prefix unless they say otherwise; byte-level BPE ones do neither. */
-        (rc = opt_bool(L, "tokenizer.ggml.add_bos_token", &v.add_bos, v.kind == TOK_SPM)) ||
-        (rc = opt_bool(L, "tokenizer.ggml.add_space_prefix", &v.add_space_prefix, v.kind == TOK_SPM)))
-        return rc;
-    char pre[64];
-    rc = gguf_get_str_buf(L->g, "tokenizer.ggml.pre", pre, sizeof pre, L->why, L->why_len);
-    if (rc && rc != RILL_E_NOT_FOUND)
-        return rc;
-    v.pre = rc == 0 ? pre : NULL;
-
-    const char **tok_s = NULL, **merge_s = NULL;
-    uint32_t *tok_l = NULL, *merge_l = NULL;
-    float *sc = NULL;
-    int32_t *ty = NULL;
-    rc = strs_of(tokens, &tok_s, &tok_l);
-    if (!rc && merges)
-        rc = strs_of(merges, &merge_s, &merge_l);
-    if (!rc && scores && !(sc = malloc(n * sizeof *sc)))
-        rc = RILL_E_NOMEM;
-    if (!rc && types && !(ty = malloc(n * sizeof *ty)))
-        rc = RILL_E_NOMEM;
-    if (rc) {
-        rill_fail(L->why, L->why_len, rc, rc == RILL_E_NOMEM ? "out of memory for the vocabulary"
-                                                       : "a token of 4 GB or more");
-        goto out;
-    }
-    for (uint64_t i = 0; sc && i < n; i++)
-        sc[i] = gguf_arr_f32(scores, i);
-    for (uint64_t i = 0; ty && i < n; i++) {
-        int64_t x = gguf_arr_i64(types, i);
-        ty[i] = x < INT32_MIN || x > INT32_MAX ? 0 : (int32_t)x;
-    }
-    v.tokens = tok_s;
-    v.token_lens = tok_l;
-    v.scores = sc;
-    v.types = ty;
-    if (merges) {
-        v.n_merges = (uint32_t)(merges->v.arr.n > UINT32_MAX ? UINT32_MAX : merges->v.arr.n);
-        v.merges = merge_s;
-        v.merge_lens = merge_l;
-    }
-    char twhy[256] = "";
-    rc = tok_create(&v, &m->tok, twhy, sizeof twhy);
-    if (rc)
-        rill_fail(L->why, L->why_len, rc, "tokenizer: %s", twhy);
-out:
-    free(tok_s);
-    free(tok_l);
-    free(merge_s);
-    free(merge_l);
-    free(sc);
-    free(ty);
-    return rc;
+                    "tokenizer.ggml.tokens has %" PRIu32 " tokens but token_embd.weight has %" PRIu32 " rows",
+                    tok_n_vocab(L->m->tok), L->m->cfg.vocab);
+    return 0;
 }
 
 /* ---- touching the weights ------------------------------------------------------- */
