@@ -81,6 +81,7 @@ enum kind {
 
 #define F_REQ      1u /* required */
 #define F_NONEMPTY 2u /* a string that may not be "" */
+#define F_DTRUE    4u /* an optional K_BOOL that is true when absent */
 
 struct field {
     const char *key;
@@ -101,6 +102,7 @@ struct field {
 #define I32(S, m, fl, l, h) FLD(S, m, K_I32, fl, l, h)
 #define F32(S, m)        FLD(S, m, K_F32, F_REQ, 0, 0)
 #define BOOL(S, m)       FLD(S, m, K_BOOL, F_REQ, 0, 0)
+#define BOOL_DTRUE(S, m) FLD(S, m, K_BOOL, F_DTRUE, 0, 0)
 #define STR(S, m, fl)    FLD(S, m, K_STR, F_REQ | (fl), 0, sizeof(((S *)0)->m) - 1)
 #define SPECIAL(S, m, k, fl) FLD(S, m, k, fl, 0, 0)
 
@@ -121,6 +123,7 @@ static const struct field submit_fields[] = {
     U32(S_, skip),
     U32R(S_, top_logprobs, PROTO_MAX_TOP),
     I32(S_, priority, 0, INT32_MIN, INT32_MAX),
+    BOOL_DTRUE(S_, parse_special),
 };
 #undef S_
 
@@ -663,9 +666,12 @@ static int dec_map(struct ctx *c, const struct table *t, const msgpack_object *o
             break;
         }
     }
-    for (unsigned j = 0; j < t->n; j++)
+    for (unsigned j = 0; j < t->n; j++) {
         if ((t->f[j].flags & F_REQ) && !(seen & (1ull << j)))
             return fail(c, t->f[j].key, RILL_E_BAD_REQUEST, "missing");
+        if ((t->f[j].flags & F_DTRUE) && !(seen & (1ull << j)))
+            *(bool *)((char *)base + t->f[j].off) = true;
+    }
     return 0;
 }
 

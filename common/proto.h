@@ -122,6 +122,11 @@ struct proto_submit {
     uint32_t skip;                /* first output position to emit */
     uint32_t top_logprobs;        /* 0..PROTO_MAX_TOP */
     int32_t priority;             /* optional, default 0 */
+    /* Control-token text in the prompt ("<|im_start|>", "<s>") becomes the
+     * control token (llama.cpp's parse_special).  Optional on the wire, true
+     * when absent; false for untrusted text.  A zeroed struct says false:
+     * set it when you build a submit. */
+    bool parse_special;
 };
 
 struct proto_cancel {

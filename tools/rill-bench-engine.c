@@ -39,6 +39,7 @@
 #include "worker/kern.h"
 #include "worker/model.h"
 #include "worker/sched.h"
+#include "tools/lib/machlim.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -304,8 +305,10 @@ static int open_engine(const char *path, int threads, uint32_t max_batch, struct
 
 static int submit_n(struct engine *e, uint64_t id0, uint32_t n, uint32_t prompt_len, uint32_t max_tokens)
 {
-    int32_t toks[PREFILL];
+    int32_t toks[1024]; /* the longest prompt here: --vs-llama's 512 */
     uint32_t V = e->model->cfg.vocab;
+    if (prompt_len > sizeof toks / sizeof *toks)
+        return RILL_E_TOO_LARGE;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t x = (id0 + i) * 0x9e3779b97f4a7c15ull;
         for (uint32_t k = 0; k < prompt_len; k++) {
@@ -698,6 +701,400 @@ static int write_json(const char *path, const struct row *rows, int n, const str
     return rc;
 }
 
+/* ---- against llama.cpp: pp512 and tg128 as llama-bench, ANCHORS' ratios ------------------------------
+ *
+ * --vs-llama measures what /work/shared/ANCHORS.md measured for llama.cpp
+ * (llama-bench -t 2 -p 512 -n 128): pp512 is one step of a 512-token prompt
+ * (logits of the last row only), tg128 is 128 one-token decode steps from an
+ * empty context.  Because machines differ, the comparison is by ratios
+ * measured in the same sitting (tools/lib/machlim.h): decode GB/s of weights
+ * (every matrix once a token, the untied token table not counted) over the
+ * read bandwidth, and prefill GFLOP/s (2 per layer-matrix weight) over the
+ * FP32 FMA peak.  Repetitions alternate between the files (one pass over all
+ * of them per repetition), so that a slow minute of the shared machine
+ * spreads over every figure instead of sinking one. */
+
+struct anchor {
+    const char *shape, *dtype;
+    double mib, pp, tg, dec_ratio, pf_ratio; /* llama.cpp, ANCHORS.md */
+};
+
+static const struct anchor anchors[] = {
+    {"small-134m", "f16", 209, 632, 100.8, 0.69, 0.48},   {"small-134m", "q8_0", 111, 603, 159.0, 0.58, 0.46},
+    {"small-134m", "q6_K", 86, 467, 212.5, 0.60, 0.35},   {"small-134m", "q5_K_M", 77, 360, 171.8, 0.43, 0.27},
+    {"small-134m", "q4_K_M", 68, 356, 188.4, 0.42, 0.27}, {"small-134m", "q4_0", 65, 690, 214.2, 0.45, 0.52},
+    {"llama3-1b", "f16", 2357, 74, 13.7, 1.06, 0.64},     {"llama3-1b", "q8_0", 1252, 71, 16.5, 0.67, 0.62},
+    {"llama3-1b", "q6_K", 967, 42, 24.9, 0.79, 0.36},     {"llama3-1b", "q5_K_M", 862, 41, 22.2, 0.63, 0.36},
+    {"llama3-1b", "q4_K_M", 763, 53, 23.0, 0.57, 0.46},   {"llama3-1b", "q4_0", 728, 87, 30.2, 0.72, 0.76},
+};
+#define N_ANCHORS (int)(sizeof anchors / sizeof *anchors)
+/* ANCHORS' machine: 32 GB/s read, 224 GFLOP/s FP32 FMA (2 cores). */
+#define ANCHOR_BW   32.0
+#define ANCHOR_PEAK 224.0
+
+static const char *const vs_shapes[] = {"small-134m", "llama3-1b"};
+static const char *const vs_dtypes[] = {"f16", "q8_0", "q6_K", "q5_K_M", "q4_K_M", "q4_0"};
+#define VS_SHAPES 2
+#define VS_DTYPES 6
+#define VS_PP 512
+#define VS_TG 128
+#define VS_MAX_REPS 16
+
+struct vs_opts {
+    bool shape_on[VS_SHAPES], dtype_on[VS_DTYPES];
+    int reps;
+    const char *json, *table;
+};
+
+/* A text whose BPE allows llama3-1b's 128256 tokens (the kept corpus allows
+ * about 80000): pseudo-random words.  The content does not matter for speed. */
+static int vs_corpus(const char *dir, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/random-words.txt", dir);
+    if (access(path, R_OK) == 0)
+        return 0;
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return RILL_E_IO;
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (int w = 0; w < 400000; w++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        int len = 2 + (int)(x % 7);
+        for (int i = 0; i < len; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            fputc('a' + (int)(x % 26), f);
+        }
+        fputc(' ', f);
+    }
+    return fclose(f) ? RILL_E_IO : 0;
+}
+
+static int vs_model(const struct opts *o, const char *shape, const char *dtype, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/%s-%s.gguf", o->models_dir, shape, dtype);
+    if (access(path, R_OK) == 0)
+        return 0;
+    if (mkdir(o->models_dir, 0755) != 0 && errno != EEXIST)
+        return RILL_E_IO;
+    char cmd[PATH_MAX * 4], corpus[PATH_MAX];
+    if (!strcmp(shape, "small-134m")) {
+        snprintf(cmd, sizeof cmd, "'%s' --shape 134M --mix %s --seed 1 --out '%s'", o->mkmodel, dtype, path);
+    } else {
+        int rc = vs_corpus(o->models_dir, corpus, sizeof corpus);
+        if (rc)
+            return rc;
+        snprintf(cmd, sizeof cmd,
+                 "'%s' --dim 2048 --layers 16 --heads 32 --kv-heads 8 --ffn 8192 --vocab 128256 --tied --ctx 4096 "
+                 "--corpus '%s' --mix %s --seed 1 --out '%s'",
+                 o->mkmodel, corpus, dtype, path);
+    }
+    fprintf(stderr, "making %s\n", path);
+    return system(cmd) == 0 ? 0 : RILL_E_IO;
+}
+
+static int vs_open(const char *path, int threads, struct engine *e)
+{
+    struct rill_config c;
+    cfg_defaults(&c);
+    char why[512] = "", v[64];
+    int rc = cfg_set(&c, "model", path, why, sizeof why);
+    snprintf(v, sizeof v, "%d", threads);
+    rc = rc ? rc : cfg_set(&c, "threads", v, why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "max_batch", "1", why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "context", "1024", why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "prefill_chunk", "512", why, sizeof why);
+    /* one step of 512 prompt rows, however long it takes */
+    rc = rc ? rc : cfg_set(&c, "max_step_ms", "60000", why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "target_latency_ms", "60000", why, sizeof why);
+    rc = rc ? rc : cfg_set(&c, "max_latency_ms", "60000", why, sizeof why);
+    rc = rc ? rc : engine_open(&c, false, e, why, sizeof why);
+    if (rc)
+        fprintf(stderr, "rill-bench-engine: %s: %s: %s\n", path, rill_err_name(rc), why);
+    return rc;
+}
+
+/* Run the request submitted last to its end; the seconds of its steps with
+ * prompt rows and of its decode steps after the first, and how many of each
+ * rows there were. */
+struct vs_steps {
+    double pf_s, dec_s;
+    uint32_t pf_rows, pf_steps, dec_steps;
+};
+
+static int vs_run(struct engine *e, struct vs_steps *r)
+{
+    memset(r, 0, sizeof *r);
+    bool first_decode = true;
+    while (sched_busy(e->sched)) {
+        uint64_t t0 = clock_ns();
+        int n = sched_step(e->sched, &noop_out);
+        double dt = (double)(clock_ns() - t0) / 1e9;
+        if (n < 0)
+            return n;
+        struct sched_stats st;
+        sched_stats(e->sched, &st);
+        if (st.last_rows > st.last_batch) {
+            r->pf_s += dt;
+            r->pf_rows += st.last_rows - st.last_batch;
+            r->pf_steps++;
+        } else if (st.last_batch) {
+            if (first_decode) /* the 1-token prompt's own step */
+                first_decode = false;
+            else
+                r->dec_s += dt, r->dec_steps++;
+        }
+    }
+    return 0;
+}
+
+static uint64_t vs_next_id = 900000;
+
+/* pp512: one 512-token prompt, max 1 token; tg128: a 1-token prompt, then
+ * VS_TG decode steps (a sequence that ends early, at EOS, is continued by a
+ * new one until VS_TG steps were timed). */
+static int vs_pp(struct engine *e, double *rate, uint32_t *steps)
+{
+    int rc = submit_n(e, vs_next_id++, 1, VS_PP, 1);
+    struct vs_steps r;
+    rc = rc ? rc : vs_run(e, &r);
+    if (rc)
+        return rc;
+    *rate = r.pf_rows == VS_PP && r.pf_s > 0 ? VS_PP / r.pf_s : NAN;
+    *steps = r.pf_steps;
+    return 0;
+}
+
+static int vs_tg(struct engine *e, double *rate)
+{
+    double t = 0;
+    uint32_t n = 0;
+    for (int guard = 0; n < VS_TG && guard < 20; guard++) {
+        int rc = submit_n(e, vs_next_id++, 1, 1, VS_TG - n + 1);
+        struct vs_steps r;
+        rc = rc ? rc : vs_run(e, &r);
+        if (rc)
+            return rc;
+        t += r.dec_s;
+        n += r.dec_steps;
+    }
+    *rate = n >= VS_TG && t > 0 ? n / t : NAN;
+    return 0;
+}
+
+/* Bytes of weights a token reads (ANCHORS' count: every matrix once, the
+ * file's bytes, the untied token table left out) and the layer matrices'
+ * weights (prefill's FLOPs are twice that a token). */
+static void vs_cost(const struct model *m, double *bytes, double *params)
+{
+    *bytes = 0;
+    *params = 0;
+    for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        const struct wmat *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) {
+            *bytes += (double)ws[i]->rows * (double)wtype_row_bytes(ws[i]->type, ws[i]->cols);
+            *params += (double)ws[i]->rows * ws[i]->cols;
+        }
+    }
+    *bytes += (double)m->output.rows * (double)wtype_row_bytes(m->output.type, m->output.cols);
+}
+
+struct vs_row {
+    const struct anchor *a;
+    char path[PATH_MAX];
+    double bytes, params;
+    double pp[VS_MAX_REPS], tg[VS_MAX_REPS], pp_others[VS_MAX_REPS], tg_others[VS_MAX_REPS];
+    int n;
+    uint32_t pp_steps;
+    bool failed;
+    /* medians and ratios */
+    double pp_med, tg_med, dec_gbs, pf_gflops, dec_ratio, pf_ratio, vs_dec, vs_pf;
+};
+
+/* Wait (up to 10 s) for other processes to use under a quarter of a core. */
+static double vs_quiet(void)
+{
+    double b = NAN;
+    for (int i = 0; i < 20; i++) {
+        b = machlim_busy(0.5);
+        if (!(b > 0.25))
+            break;
+    }
+    return b;
+}
+
+static int vs_main(const struct opts *o, const struct vs_opts *v, uint32_t threads)
+{
+    struct vs_row *rows = calloc(N_ANCHORS, sizeof *rows);
+    if (!rows)
+        return 1;
+    int n = 0, failures = 0;
+    for (int si = 0; si < VS_SHAPES; si++)
+        for (int di = 0; di < VS_DTYPES; di++) {
+            if (!v->shape_on[si] || !v->dtype_on[di])
+                continue;
+            for (int k = 0; k < N_ANCHORS; k++)
+                if (!strcmp(anchors[k].shape, vs_shapes[si]) && !strcmp(anchors[k].dtype, vs_dtypes[di]))
+                    rows[n].a = &anchors[k];
+            if (vs_model(o, vs_shapes[si], vs_dtypes[di], rows[n].path, sizeof rows[n].path)) {
+                fprintf(stderr, "rill-bench-engine: cannot make %s %s\n", vs_shapes[si], vs_dtypes[di]);
+                failures++;
+                continue;
+            }
+            n++;
+        }
+    struct machlim ml[VS_MAX_REPS];
+    double bw[VS_MAX_REPS], pk[VS_MAX_REPS], p2[VS_MAX_REPS];
+    uint64_t t_start = clock_ns();
+    printf("rill-bench-engine --vs-llama: %u threads, kernels %s, %d repetitions alternated over %d files\n",
+           threads, kern_isa_name(kern_isa()), v->reps, n);
+    for (int r = 0; r < v->reps; r++) {
+        vs_quiet();
+        if (machlim_measure((int)threads, &ml[r])) {
+            fprintf(stderr, "rill-bench-engine: cannot measure the machine\n");
+            free(rows);
+            return 1;
+        }
+        bw[r] = ml[r].read_gbs, pk[r] = ml[r].peak, p2[r] = ml[r].peak_avx2;
+        printf("rep %d: read %.1f GB/s, FMA peak %.0f GFLOP/s (avx2 %.0f), others %.2f cores\n", r + 1,
+               ml[r].read_gbs, ml[r].peak, ml[r].peak_avx2, ml[r].others);
+        for (int i = 0; i < n; i++) {
+            struct vs_row *w = &rows[i];
+            if (w->failed)
+                continue;
+            struct engine e;
+            if (vs_open(w->path, (int)threads, &e)) {
+                w->failed = true;
+                failures++;
+                continue;
+            }
+            vs_cost(e.model, &w->bytes, &w->params);
+            /* warm-up: a short prompt teaches the scheduler a prompt row's
+             * cost (so that the 512 go in one step), and a few decode steps */
+            int rc = submit_n(&e, vs_next_id++, 1, 64, 4);
+            struct vs_steps ws;
+            rc = rc ? rc : vs_run(&e, &ws);
+            vs_quiet();
+            struct cpu_sample c0 = cpu_sample();
+            rc = rc ? rc : vs_pp(&e, &w->pp[w->n], &w->pp_steps);
+            struct cpu_sample c1 = cpu_sample();
+            vs_quiet();
+            struct cpu_sample c2 = cpu_sample();
+            rc = rc ? rc : vs_tg(&e, &w->tg[w->n]);
+            struct cpu_sample c3 = cpu_sample();
+            engine_close(&e);
+            if (rc) {
+                fprintf(stderr, "rill-bench-engine: %s %s: %s\n", w->a->shape, w->a->dtype, rill_err_name(rc));
+                w->failed = true;
+                failures++;
+                continue;
+            }
+            w->pp_others[w->n] = others_cores(c0, c1);
+            w->tg_others[w->n] = others_cores(c2, c3);
+            printf("  %-10s %-6s pp512 %7.1f tok/s (%u step%s, others %.2f)  tg128 %6.1f tok/s (others %.2f)\n",
+                   w->a->shape, w->a->dtype, w->pp[w->n], w->pp_steps, w->pp_steps == 1 ? "" : "s",
+                   w->pp_others[w->n], w->tg[w->n], w->tg_others[w->n]);
+            fflush(stdout);
+            w->n++;
+        }
+    }
+    double BW = median(bw, v->reps), PK = median(pk, v->reps), P2 = median(p2, v->reps);
+    double others_all[2 * VS_MAX_REPS * N_ANCHORS];
+    int n_oth = 0;
+    /* the table: markdown, also written to --vs-table */
+    char *tab = NULL;
+    size_t tab_len = 0;
+    FILE *t = open_memstream(&tab, &tab_len);
+    if (!t) {
+        free(rows);
+        return 1;
+    }
+    fprintf(t,
+            "Machine (median of %d passes, same sitting): read bandwidth %.1f GB/s, FP32 FMA peak %.0f GFLOP/s "
+            "(AVX2 %.0f). ANCHORS' machine: %.0f GB/s, %.0f GFLOP/s. %u threads, kernels %s.\n\n",
+            v->reps, BW, PK, P2, ANCHOR_BW, ANCHOR_PEAK, threads, kern_isa_name(kern_isa()));
+    fprintf(t, "| shape | type | MiB/token | pp512 tok/s [range] | tg128 tok/s [range] | decode GB/s ÷ BW | "
+               "llama.cpp | rill÷llama (decode) | prefill GFLOP/s ÷ peak | llama.cpp | rill÷llama (prefill) | "
+               "(÷ AVX2 peak) |\n");
+    fprintf(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (int i = 0; i < n; i++) {
+        struct vs_row *w = &rows[i];
+        if (!w->n)
+            continue;
+        w->pp_med = median(w->pp, w->n);
+        w->tg_med = median(w->tg, w->n);
+        w->dec_gbs = w->tg_med * w->bytes / 1e9;
+        w->pf_gflops = 2 * w->params * w->pp_med / 1e9;
+        w->dec_ratio = w->dec_gbs / BW;
+        w->pf_ratio = w->pf_gflops / PK;
+        w->vs_dec = w->dec_ratio / w->a->dec_ratio;
+        w->vs_pf = w->pf_ratio / w->a->pf_ratio;
+        for (int k = 0; k < w->n; k++) {
+            others_all[n_oth++] = w->pp_others[k];
+            others_all[n_oth++] = w->tg_others[k];
+        }
+        fprintf(t, "| %s | %s | %.0f | %.1f [%.1f–%.1f] | %.1f [%.1f–%.1f] | %.2f | %.2f | %.2f | %.3f | %.2f | %.2f | %.2f |\n",
+                w->a->shape, w->a->dtype, w->bytes / 1048576.0, w->pp_med, vmin(w->pp, w->n), vmax(w->pp, w->n),
+                w->tg_med, vmin(w->tg, w->n), vmax(w->tg, w->n), w->dec_ratio, w->a->dec_ratio, w->vs_dec,
+                w->pf_ratio, w->a->pf_ratio, w->vs_pf, w->pf_gflops / P2 / w->a->pf_ratio);
+    }
+    double omed = NAN, omax = NAN;
+    if (n_oth) {
+        omax = vmax(others_all, n_oth);
+        qsort(others_all, (size_t)n_oth, sizeof *others_all, cmp_double);
+        omed = others_all[n_oth / 2];
+    }
+    fprintf(t, "\nrill÷llama is rill's ratio over llama.cpp's (ANCHORS.md, where the FMA peak was the same with "
+               "AVX2 and AVX-512); the last column divides by this machine's AVX2 peak instead, for CPUs whose "
+               "AVX-512 FMA is twice as wide.\n");
+    fprintf(t, "\nOther processes during the measurements: median %.2f, max %.2f cores (of %ld). %.0f s in all.\n",
+            omed, omax, sysconf(_SC_NPROCESSORS_ONLN), (double)(clock_ns() - t_start) / 1e9);
+    fclose(t);
+    printf("\n%s", tab);
+    if (v->table) {
+        FILE *f = fopen(v->table, "w");
+        if (!f || fputs(tab, f) == EOF)
+            failures++;
+        if (f)
+            fclose(f);
+    }
+    free(tab);
+    if (v->json) {
+        FILE *f = fopen(v->json, "w");
+        if (!f) {
+            failures++;
+        } else {
+            fprintf(f, "{\"threads\": %u, \"kernels\": \"%s\", \"read_gb_per_s\": %.2f, \"fma_peak_gflop_per_s\": %.1f, "
+                       "\"fma_peak_avx2\": %.1f, \"other_processes_cores_median\": %.2f, "
+                       "\"other_processes_cores_max\": %.2f, \"rows\": [",
+                    threads, kern_isa_name(kern_isa()), BW, PK, P2, omed, omax);
+            bool first = true;
+            for (int i = 0; i < n; i++) {
+                struct vs_row *w = &rows[i];
+                if (!w->n)
+                    continue;
+                fprintf(f, "%s\n {\"shape\": \"%s\", \"dtype\": \"%s\", \"mib_per_token\": %.1f, \"reps\": %d, "
+                           "\"pp512_tokens_per_s\": %.2f, \"pp512_min\": %.2f, \"pp512_max\": %.2f, \"pp512_steps\": %u, "
+                           "\"tg128_tokens_per_s\": %.2f, \"tg128_min\": %.2f, \"tg128_max\": %.2f, "
+                           "\"decode_gb_per_s\": %.2f, \"decode_over_bandwidth\": %.3f, "
+                           "\"prefill_gflop_per_s\": %.1f, \"prefill_over_peak\": %.4f, "
+                           "\"llama_decode_over_bandwidth\": %.2f, \"llama_prefill_over_peak\": %.2f, "
+                           "\"vs_llama_decode\": %.3f, \"vs_llama_prefill\": %.3f}",
+                        first ? "" : ",", w->a->shape, w->a->dtype, w->bytes / 1048576.0, w->n, w->pp_med,
+                        vmin(w->pp, w->n), vmax(w->pp, w->n), w->pp_steps, w->tg_med, vmin(w->tg, w->n),
+                        vmax(w->tg, w->n), w->dec_gbs, w->dec_ratio, w->pf_gflops, w->pf_ratio, w->a->dec_ratio,
+                        w->a->pf_ratio, w->vs_dec, w->vs_pf);
+                first = false;
+            }
+            fprintf(f, "\n]}\n");
+            if (fclose(f))
+                failures++;
+        }
+    }
+    free(rows);
+    return failures ? 1 : 0;
+}
+
 /* ---- main ----------------------------------------------------------------------------------------- */
 
 static void usage(FILE *f)
@@ -715,7 +1112,13 @@ static void usage(FILE *f)
             "  --run-seconds S         length of one decode window (default 0.4)\n"
             "  --compare-batches LIST  sequences for 1 worker x 2 threads vs 2 workers x 1 thread (default 8,32)\n"
             "  --no-compare            skip that comparison\n"
-            "  --mkmodel PATH          rill-mkmodel to make missing models (default: next to this binary)\n");
+            "  --mkmodel PATH          rill-mkmodel to make missing models (default: next to this binary)\n"
+            "  --vs-llama              instead: pp512 and tg128 as llama-bench, against ANCHORS.md's llama.cpp\n"
+            "                          ratios (decode / read bandwidth, prefill / FMA peak, measured here too)\n"
+            "  --vs-shapes LIST        small-134m,llama3-1b (default both)\n"
+            "  --vs-dtypes LIST        f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0 (default all)\n"
+            "  --reps N                --vs-llama repetitions, alternated over the files (default 3)\n"
+            "  --vs-json FILE, --vs-table FILE  where --vs-llama writes its JSON and markdown table\n");
 }
 
 int main(int argc, char **argv)
@@ -726,15 +1129,18 @@ int main(int argc, char **argv)
                      .model_on = {true, true}, .dtype_on = {true, true, true, true, true, true, true},
                      .batches = {1, 8, 32, 64}, .n_batches = 4, .cmp_batches = {8, 32}, .n_cmp = 2,
                      .runs = 5, .run_s = 0.4};
-    bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false;
+    bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false, vs = false;
+    struct vs_opts vo = {.shape_on = {true, true}, .dtype_on = {true, true, true, true, true, true}, .reps = 3};
     enum { O_DIR = 256, O_JSON, O_THREADS, O_QUICK, O_MODELS, O_DTYPES, O_BATCHES, O_RUNS, O_RUNS_S, O_CMP,
-           O_NOCMP, O_MK, O_HELP };
+           O_NOCMP, O_MK, O_HELP, O_VS, O_VS_SHAPES, O_VS_DTYPES, O_REPS, O_VS_JSON, O_VS_TABLE };
     static const struct option lo[] = {
         {"models-dir", 1, 0, O_DIR}, {"json", 1, 0, O_JSON},       {"threads", 1, 0, O_THREADS},
         {"quick", 0, 0, O_QUICK},    {"models", 1, 0, O_MODELS},   {"dtypes", 1, 0, O_DTYPES},
         {"batches", 1, 0, O_BATCHES}, {"runs", 1, 0, O_RUNS},      {"run-seconds", 1, 0, O_RUNS_S},
         {"compare-batches", 1, 0, O_CMP}, {"no-compare", 0, 0, O_NOCMP}, {"mkmodel", 1, 0, O_MK},
-        {"help", 0, 0, O_HELP},      {0, 0, 0, 0},
+        {"help", 0, 0, O_HELP},      {"vs-llama", 0, 0, O_VS},     {"vs-shapes", 1, 0, O_VS_SHAPES},
+        {"vs-dtypes", 1, 0, O_VS_DTYPES}, {"reps", 1, 0, O_REPS},  {"vs-json", 1, 0, O_VS_JSON},
+        {"vs-table", 1, 0, O_VS_TABLE}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -788,6 +1194,28 @@ int main(int argc, char **argv)
         case O_NOCMP: o.compare = false; break;
         case O_MK: o.mkmodel = optarg; break;
         case O_HELP: usage(stdout); return 0;
+        case O_VS: vs = true; break;
+        case O_VS_SHAPES:
+            if (!parse_names(optarg, vs_shapes, VS_SHAPES, vo.shape_on)) {
+                fprintf(stderr, "rill-bench-engine: --vs-shapes takes small-134m,llama3-1b\n");
+                return 2;
+            }
+            break;
+        case O_VS_DTYPES:
+            if (!parse_names(optarg, vs_dtypes, VS_DTYPES, vo.dtype_on)) {
+                fprintf(stderr, "rill-bench-engine: --vs-dtypes takes f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0\n");
+                return 2;
+            }
+            break;
+        case O_REPS:
+            vo.reps = atoi(optarg);
+            if (vo.reps < 1 || vo.reps > VS_MAX_REPS) {
+                fprintf(stderr, "rill-bench-engine: --reps takes 1..%d\n", VS_MAX_REPS);
+                return 2;
+            }
+            break;
+        case O_VS_JSON: vo.json = optarg; break;
+        case O_VS_TABLE: vo.table = optarg; break;
         default: usage(stderr); return 2;
         }
     }
@@ -812,6 +1240,8 @@ int main(int argc, char **argv)
     rlog_init("bench", NULL, RLOG_WARN, false, 2);
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     uint32_t threads = o.threads > 0 ? (uint32_t)o.threads : (uint32_t)(ncpu > 0 ? ncpu : 1);
+    if (vs)
+        return vs_main(&o, &vo, threads);
     uint32_t max_batch = 1;
     for (uint32_t i = 0; i < o.n_batches; i++)
         max_batch = o.batches[i] > max_batch ? o.batches[i] : max_batch;

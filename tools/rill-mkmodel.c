@@ -1,5 +1,6 @@
-/* rill-mkmodel — write a GGUF Llama model with deterministic random weights
- * and a real BPE tokenizer learned from a text.
+/* rill-mkmodel — write a GGUF Llama-family model with deterministic random
+ * weights and a real BPE tokenizer learned from a text (or copied from a real
+ * model's vocabulary file).
  *
  * The weights are random but not arbitrary: each matrix is uniform with
  * standard deviation 1/sqrt(fan_in) (fan_in = its row length), norm weights
@@ -18,6 +19,20 @@
  *   rill-mkmodel --shape 24M --dtype f32 --out models/default.gguf
  *   rill-mkmodel --shape tiny --dtype q8_0 --tokenizer gpt2 --out /tmp/t.gguf
  *   rill-mkmodel --shape 134M --dtype q4_K_M --out /tmp/q4km.gguf
+ *
+ * Architectures (--arch), each with llama.cpp's key and tensor names:
+ *   llama     optionally with --rope-freqs (Llama 3.1's rope_freqs.weight,
+ *             computed as llama.cpp's converter does from factor 8, low/high
+ *             frequency factors 1 and 4 and --rope-orig-ctx) and
+ *             --rope-scale F (linear RoPE scaling);
+ *   mistral3  the llama layout under mistral3.* keys;
+ *   qwen2     q/k/v biases (random, std ~0.3);
+ *   qwen3     per-head q/k norm weights (random in [0.5, 1.5)); --head-dim
+ *             may differ from dim / heads (written as attention.key_length).
+ * --vocab-from FILE copies every tokenizer.* key of a GGUF file (e.g. llama.cpp's
+ * ggml-vocab-qwen2.gguf), and the vocabulary size with it:
+ *   rill-mkmodel --arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --tied \
+ *       --rope-base 1000000 --vocab-from ggml-vocab-qwen2.gguf --dtype q5_K_M --out /tmp/q2.gguf
  */
 #include <errno.h>
 #include <getopt.h>
@@ -66,8 +81,17 @@ static const struct mix mixes[] = {
 };
 #define N_MIXES (sizeof mixes / sizeof mixes[0])
 
+enum arch { A_LLAMA, A_MISTRAL3, A_QWEN2, A_QWEN3 };
+static const char *const arch_names[] = {"llama", "mistral3", "qwen2", "qwen3"};
+
 struct opts {
     struct shape s;
+    enum arch arch;
+    uint32_t head_dim;          /* 0: dim / heads */
+    float rope_base, rope_scale; /* rope_scale 0: no scaling keys */
+    bool rope_freqs;
+    uint32_t rope_orig_ctx;
+    const char *vocab_from;
     uint32_t ctx;
     enum wtype dtype;           /* every matrix (when mix is NULL) */
     const struct mix *mix;      /* or per tensor, like llama-quantize */
@@ -115,8 +139,8 @@ static float rng_uniform(struct rng *r, float a)
 
 /* ---- the model ------------------------------------------------------------ */
 
-/* What a tensor is, for choosing its type. */
-enum role { R_EMBD, R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_OUT, R_NORM };
+/* What a tensor is, for choosing its type (and a vector's values). */
+enum role { R_EMBD, R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_OUT, R_NORM, R_QK_NORM, R_BIAS, R_ROPE_FREQS };
 
 struct tensor {
     char name[64];
@@ -191,30 +215,41 @@ static enum wtype mix_type(const struct mix *m, const struct tensor *t, uint32_t
 static int list_tensors(const struct opts *o, struct tensor **out, size_t *n_out)
 {
     const struct shape *s = &o->s;
-    size_t n = 0, cap = 3 + 9 * (size_t)s->layers;
+    size_t n = 0, cap = 4 + 14 * (size_t)s->layers;
     struct tensor *t = calloc(cap, sizeof *t);
     if (!t)
         return RILL_E_NOMEM;
-    uint32_t hd = s->dim / s->heads, q = s->heads * hd, kv = s->kv_heads * hd;
+    uint32_t hd = o->head_dim ? o->head_dim : s->dim / s->heads, q = s->heads * hd, kv = s->kv_heads * hd;
 #define MAT(nm, cols, rows, r, l)                                                                   \
     (t[n] = (struct tensor){"", 2, {cols, rows}, false, r, l, WT_F32}, snprintf(t[n].name, 64, "%s", nm), n++)
-#define VEC(nm, len, l) (t[n] = (struct tensor){"", 1, {len, 1}, true, R_NORM, l, WT_F32}, snprintf(t[n].name, 64, "%s", nm), n++)
+#define VEC(nm, len, r, l) (t[n] = (struct tensor){"", 1, {len, 1}, true, r, l, WT_F32}, snprintf(t[n].name, 64, "%s", nm), n++)
+    if (o->rope_freqs)
+        VEC("rope_freqs.weight", hd / 2, R_ROPE_FREQS, 0);
     MAT("token_embd.weight", s->dim, s->vocab, R_EMBD, 0);
     for (uint32_t l = 0; l < s->layers; l++) {
         char nm[64];
-#define L(x) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." x ".weight", l), nm)
-        VEC(L("attn_norm"), s->dim, l);
-        MAT(L("attn_q"), s->dim, q, R_Q, l);
-        MAT(L("attn_k"), s->dim, kv, R_K, l);
-        MAT(L("attn_v"), s->dim, kv, R_V, l);
-        MAT(L("attn_output"), q, s->dim, R_O, l);
-        VEC(L("ffn_norm"), s->dim, l);
-        MAT(L("ffn_gate"), s->dim, s->ffn, R_GATE, l);
-        MAT(L("ffn_up"), s->dim, s->ffn, R_UP, l);
-        MAT(L("ffn_down"), s->ffn, s->dim, R_DOWN, l);
+#define L(x) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." x, l), nm)
+        VEC(L("attn_norm.weight"), s->dim, R_NORM, l);
+        MAT(L("attn_q.weight"), s->dim, q, R_Q, l);
+        MAT(L("attn_k.weight"), s->dim, kv, R_K, l);
+        MAT(L("attn_v.weight"), s->dim, kv, R_V, l);
+        if (o->arch == A_QWEN2) {
+            VEC(L("attn_q.bias"), q, R_BIAS, l);
+            VEC(L("attn_k.bias"), kv, R_BIAS, l);
+            VEC(L("attn_v.bias"), kv, R_BIAS, l);
+        }
+        if (o->arch == A_QWEN3) {
+            VEC(L("attn_q_norm.weight"), hd, R_QK_NORM, l);
+            VEC(L("attn_k_norm.weight"), hd, R_QK_NORM, l);
+        }
+        MAT(L("attn_output.weight"), q, s->dim, R_O, l);
+        VEC(L("ffn_norm.weight"), s->dim, R_NORM, l);
+        MAT(L("ffn_gate.weight"), s->dim, s->ffn, R_GATE, l);
+        MAT(L("ffn_up.weight"), s->dim, s->ffn, R_UP, l);
+        MAT(L("ffn_down.weight"), s->ffn, s->dim, R_DOWN, l);
 #undef L
     }
-    VEC("output_norm.weight", s->dim, 0);
+    VEC("output_norm.weight", s->dim, R_NORM, 0);
     if (!o->tied)
         MAT("output.weight", s->dim, s->vocab, R_OUT, 0);
 #undef MAT
@@ -258,8 +293,81 @@ static int write_tokenizer(struct gguf_writer *w, const struct bpe_vocab *v)
     return gguf_w_kv_bool(w, "tokenizer.ggml.add_space_prefix", spm);
 }
 
-static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t *n_params,
-                       uint64_t *bytes, char *why, size_t why_len)
+/* Every tokenizer.* key of `src`, as it is there. */
+static int copy_tokenizer(struct gguf_writer *w, const struct gguf *src)
+{
+    int rc = 0;
+    for (uint64_t i = 0; i < gguf_n_kv(src) && rc == 0; i++) {
+        const struct gguf_kv *kv = gguf_kv_at(src, i);
+        if (kv->key.len < 10 || memcmp(kv->key.s, "tokenizer.", 10) != 0)
+            continue;
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(kv->key.len < 255 ? kv->key.len : 255), kv->key.s);
+        switch (kv->type) {
+        case GGUF_U8: rc = gguf_w_kv_u8(w, key, (uint8_t)kv->v.u); break;
+        case GGUF_I8: rc = gguf_w_kv_i8(w, key, (int8_t)kv->v.i); break;
+        case GGUF_U16: rc = gguf_w_kv_u16(w, key, (uint16_t)kv->v.u); break;
+        case GGUF_I16: rc = gguf_w_kv_i16(w, key, (int16_t)kv->v.i); break;
+        case GGUF_U32: rc = gguf_w_kv_u32(w, key, (uint32_t)kv->v.u); break;
+        case GGUF_I32: rc = gguf_w_kv_i32(w, key, (int32_t)kv->v.i); break;
+        case GGUF_U64: rc = gguf_w_kv_u64(w, key, kv->v.u); break;
+        case GGUF_I64: rc = gguf_w_kv_i64(w, key, kv->v.i); break;
+        case GGUF_F32: rc = gguf_w_kv_f32(w, key, (float)kv->v.f); break;
+        case GGUF_F64: rc = gguf_w_kv_f64(w, key, kv->v.f); break;
+        case GGUF_BOOL: rc = gguf_w_kv_bool(w, key, kv->v.b); break;
+        case GGUF_STR: rc = gguf_w_kv_strn(w, key, kv->v.str.s, kv->v.str.len); break;
+        case GGUF_ARR:
+            if (kv->v.arr.type != GGUF_STR) {
+                rc = gguf_w_kv_arr(w, key, kv->v.arr.type, kv->v.arr.data, kv->v.arr.n);
+                break;
+            }
+            {
+                uint64_t n = kv->v.arr.n;
+                const char **strs = malloc((n ? n : 1) * sizeof *strs);
+                uint32_t *lens = malloc((n ? n : 1) * sizeof *lens);
+                if (!strs || !lens) {
+                    free(strs);
+                    free(lens);
+                    return RILL_E_NOMEM;
+                }
+                for (uint64_t k = 0; k < n; k++) {
+                    struct gguf_str e = gguf_arr_str(kv, k);
+                    strs[k] = e.s;
+                    lens[k] = (uint32_t)e.len;
+                }
+                rc = gguf_w_kv_arr_str(w, key, strs, lens, n);
+                free(strs);
+                free(lens);
+            }
+            break;
+        default: rc = RILL_E_BAD_FORMAT; break;
+        }
+    }
+    return rc;
+}
+
+/* Llama 3.1's RoPE frequency divisors, the way llama.cpp's converter makes
+ * rope_freqs.weight from rope_scaling {factor 8, low_freq_factor 1,
+ * high_freq_factor 4, original_max_position_embeddings}: 1 for short
+ * wavelengths, the factor for long ones, a smooth blend between. */
+static void llama3_rope_freqs(const struct opts *o, uint32_t hd, float *out)
+{
+    const double factor = 8, low = 1, high = 4, orig = o->rope_orig_ctx;
+    for (uint32_t i = 0; i < hd / 2; i++) {
+        double freq = pow((double)o->rope_base, -2.0 * i / hd), wavelen = 2 * M_PI / freq;
+        if (wavelen < orig / high) {
+            out[i] = 1.0f;
+        } else if (wavelen > orig / low) {
+            out[i] = (float)factor;
+        } else {
+            double smooth = (orig / wavelen - low) / (high - low);
+            out[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+        }
+    }
+}
+
+static int write_model(const struct opts *o, const struct bpe_vocab *v, const struct gguf *vocab_src,
+                       uint64_t *n_params, uint64_t *bytes, char *why, size_t why_len)
 {
     const struct shape *s = &o->s;
     struct tensor *t;
@@ -280,24 +388,48 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
             file_type = mixes[i].file_type;
             break;
         }
-    gguf_w_kv_str(w, "general.architecture", "llama");
+    const char *arch = arch_names[o->arch];
+    uint32_t hd = o->head_dim ? o->head_dim : s->dim / s->heads;
+    char key[96];
+#define AK(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
+    gguf_w_kv_str(w, "general.architecture", arch);
     gguf_w_kv_str(w, "general.name", o->name);
     gguf_w_kv_u32(w, "general.file_type", file_type);
     enum wtype base = o->mix ? o->mix->base : o->dtype;
     if (base != WT_F32 && base != WT_F16 && base != WT_BF16)
         gguf_w_kv_u32(w, "general.quantization_version", 2);
     gguf_w_kv_u64(w, "rill.mkmodel.seed", o->seed);
-    gguf_w_kv_u32(w, "llama.context_length", o->ctx);
-    gguf_w_kv_u32(w, "llama.embedding_length", s->dim);
-    gguf_w_kv_u32(w, "llama.block_count", s->layers);
-    gguf_w_kv_u32(w, "llama.feed_forward_length", s->ffn);
-    gguf_w_kv_u32(w, "llama.rope.dimension_count", s->dim / s->heads);
-    gguf_w_kv_u32(w, "llama.attention.head_count", s->heads);
-    gguf_w_kv_u32(w, "llama.attention.head_count_kv", s->kv_heads);
-    gguf_w_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gguf_w_kv_f32(w, "llama.rope.freq_base", 10000.0f);
-    gguf_w_kv_u32(w, "llama.vocab_size", s->vocab);
-    write_tokenizer(w, v);
+    gguf_w_kv_u32(w, AK("context_length"), o->ctx);
+    gguf_w_kv_u32(w, AK("embedding_length"), s->dim);
+    gguf_w_kv_u32(w, AK("block_count"), s->layers);
+    gguf_w_kv_u32(w, AK("feed_forward_length"), s->ffn);
+    gguf_w_kv_u32(w, AK("rope.dimension_count"), hd);
+    gguf_w_kv_u32(w, AK("attention.head_count"), s->heads);
+    gguf_w_kv_u32(w, AK("attention.head_count_kv"), s->kv_heads);
+    /* Qwen3's converter always writes the head size; others when it is
+     * not dim / heads. */
+    if (o->arch == A_QWEN3 || hd != s->dim / s->heads) {
+        gguf_w_kv_u32(w, AK("attention.key_length"), hd);
+        gguf_w_kv_u32(w, AK("attention.value_length"), hd);
+    }
+    gguf_w_kv_f32(w, AK("attention.layer_norm_rms_epsilon"), o->arch == A_QWEN2 || o->arch == A_QWEN3 ? 1e-6f : 1e-5f);
+    gguf_w_kv_f32(w, AK("rope.freq_base"), o->rope_base);
+    if (o->rope_scale > 0) {
+        gguf_w_kv_str(w, AK("rope.scaling.type"), "linear");
+        gguf_w_kv_f32(w, AK("rope.scaling.factor"), o->rope_scale);
+    }
+    gguf_w_kv_u32(w, AK("vocab_size"), s->vocab);
+#undef AK
+    if (vocab_src)
+        rc = copy_tokenizer(w, vocab_src);
+    else
+        write_tokenizer(w, v);
+    if (rc) {
+        gguf_w_abort(w);
+        free(t);
+        snprintf(why, why_len, "copying the tokenizer keys failed");
+        return rc;
+    }
 
     /* Norm vectors stay F32 whatever the dtype, as llama.cpp does. */
     *n_params = 0;
@@ -327,8 +459,13 @@ static int write_model(const struct opts *o, const struct bpe_vocab *v, uint64_t
         for (uint64_t r0 = 0; r0 < rows && rc == 0; r0 += rows_per) {
             uint64_t nr = rows - r0 < rows_per ? rows - r0 : rows_per;
             size_t n = (size_t)(nr * cols);
-            for (size_t k = 0; k < n; k++)
-                buf[k] = t[i].norm ? 1.0f : rng_uniform(&r, a);
+            if (t[i].role == R_ROPE_FREQS)
+                llama3_rope_freqs(o, hd, buf);
+            for (size_t k = 0; k < n && t[i].role != R_ROPE_FREQS; k++)
+                buf[k] = t[i].role == R_NORM ? 1.0f
+                       : t[i].role == R_QK_NORM ? 1.0f + rng_uniform(&r, 0.5f)
+                       : t[i].role == R_BIAS ? rng_uniform(&r, 0.5f)
+                       : rng_uniform(&r, a);
             /* The writer encodes the float types and q8_0 (as before); the
              * other block types are quantized here. */
             enum wtype ty = t[i].type;
@@ -428,7 +565,15 @@ static void usage(FILE *f)
             "  --corpus PATH           text to learn the tokenizer from (default tools/data/corpus.txt)\n"
             "  --seed N                weights seed (default 1)\n"
             "  --tied                  no output.weight: the output shares token_embd\n"
-            "  --name NAME             general.name (default rill-<shape>)\n");
+            "  --name NAME             general.name (default rill-<shape>)\n"
+            "  --arch A                llama (default), mistral3, qwen2 (q/k/v biases), qwen3 (q/k norms)\n"
+            "  --head-dim N            head size when it is not dim / heads (written as key_length)\n"
+            "  --rope-base F           rope.freq_base (default 10000)\n"
+            "  --rope-freqs            llama: Llama 3.1's rope_freqs.weight (factor 8, low 1, high 4)\n"
+            "  --rope-orig-ctx N       the original context those factors are computed for (default 8192)\n"
+            "  --rope-scale F          linear RoPE scaling by F (rope.scaling.type linear)\n"
+            "  --vocab-from FILE       copy every tokenizer.* key from a GGUF file (vocab size from it;\n"
+            "                          no corpus is read)\n");
 }
 
 static bool parse_u32(const char *s, uint32_t *out)
@@ -444,20 +589,25 @@ static bool parse_u32(const char *s, uint32_t *out)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.s = shapes[0], .ctx = 2048, .dtype = WT_F32, .tok = TOK_SPM, .seed = 1};
+    struct opts o = {.s = shapes[0], .ctx = 2048, .dtype = WT_F32, .tok = TOK_SPM, .seed = 1,
+                     .rope_base = 10000.0f, .rope_orig_ctx = 8192};
     const char *dtype_name = "f32";
     uint32_t over[7] = {0}; /* dim layers heads kv-heads ffn vocab ctx, 0 = not given */
     char name_buf[64];
     bool kv_given = false;
     enum { O_DIM = 256, O_LAYERS, O_HEADS, O_KV, O_FFN, O_VOCAB, O_CTX, O_DTYPE, O_TOK, O_SEED,
-           O_TIED, O_CORPUS, O_OUT, O_SHAPE, O_NAME, O_HELP, O_MIX };
+           O_TIED, O_CORPUS, O_OUT, O_SHAPE, O_NAME, O_HELP, O_MIX, O_ARCH, O_HEAD_DIM, O_ROPE_BASE,
+           O_ROPE_FREQS, O_ROPE_ORIG, O_ROPE_SCALE, O_VOCAB_FROM };
     static const struct option lo[] = {
         {"shape", 1, 0, O_SHAPE}, {"dim", 1, 0, O_DIM},       {"layers", 1, 0, O_LAYERS},
         {"heads", 1, 0, O_HEADS}, {"kv-heads", 1, 0, O_KV},   {"ffn", 1, 0, O_FFN},
         {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX},       {"dtype", 1, 0, O_DTYPE},
         {"tokenizer", 1, 0, O_TOK}, {"seed", 1, 0, O_SEED},   {"tied", 0, 0, O_TIED},
         {"corpus", 1, 0, O_CORPUS}, {"out", 1, 0, O_OUT},     {"name", 1, 0, O_NAME},
-        {"help", 0, 0, O_HELP},   {"mix", 1, 0, O_MIX},       {0, 0, 0, 0},
+        {"help", 0, 0, O_HELP},   {"mix", 1, 0, O_MIX},       {"arch", 1, 0, O_ARCH},
+        {"head-dim", 1, 0, O_HEAD_DIM}, {"rope-base", 1, 0, O_ROPE_BASE}, {"rope-freqs", 0, 0, O_ROPE_FREQS},
+        {"rope-orig-ctx", 1, 0, O_ROPE_ORIG}, {"rope-scale", 1, 0, O_ROPE_SCALE},
+        {"vocab-from", 1, 0, O_VOCAB_FROM}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -518,6 +668,39 @@ int main(int argc, char **argv)
             }
             break;
         }
+        case O_ARCH: {
+            size_t i = 0;
+            while (i < sizeof arch_names / sizeof *arch_names && strcmp(arch_names[i], optarg) != 0)
+                i++;
+            if (i == sizeof arch_names / sizeof *arch_names) {
+                fprintf(stderr, "rill-mkmodel: unknown --arch '%s' (llama, mistral3, qwen2, qwen3)\n", optarg);
+                return 2;
+            }
+            o.arch = (enum arch)i;
+            break;
+        }
+        case O_HEAD_DIM:
+        case O_ROPE_ORIG:
+            if (!parse_u32(optarg, c == O_HEAD_DIM ? &o.head_dim : &o.rope_orig_ctx)) {
+                fprintf(stderr, "rill-mkmodel: --%s needs a positive integer, not '%s'\n",
+                        c == O_HEAD_DIM ? "head-dim" : "rope-orig-ctx", optarg);
+                return 2;
+            }
+            break;
+        case O_ROPE_BASE:
+        case O_ROPE_SCALE: {
+            char *end;
+            double d = strtod(optarg, &end);
+            if (end == optarg || *end || !(d > 0) || !isfinite(d)) {
+                fprintf(stderr, "rill-mkmodel: --%s needs a positive number, not '%s'\n",
+                        c == O_ROPE_BASE ? "rope-base" : "rope-scale", optarg);
+                return 2;
+            }
+            *(c == O_ROPE_BASE ? &o.rope_base : &o.rope_scale) = (float)d;
+            break;
+        }
+        case O_ROPE_FREQS: o.rope_freqs = true; break;
+        case O_VOCAB_FROM: o.vocab_from = optarg; break;
         case O_TIED: o.tied = true; break;
         case O_CORPUS: o.corpus = optarg; break;
         case O_OUT: o.out = optarg; break;
@@ -538,14 +721,18 @@ int main(int argc, char **argv)
         o.s.kv_heads = o.s.heads;
     const struct shape *s = &o.s;
     const char *bad = NULL;
-    if (s->dim % s->heads)
-        bad = "--dim must be a multiple of --heads";
+    if (s->dim % s->heads && !o.head_dim)
+        bad = "--dim must be a multiple of --heads (or give --head-dim)";
     else if (s->heads % s->kv_heads)
         bad = "--heads must be a multiple of --kv-heads";
-    else if ((s->dim / s->heads) % 2)
-        bad = "the head dimension (dim / heads) must be even";
+    else if ((o.head_dim ? o.head_dim : s->dim / s->heads) % 2)
+        bad = "the head dimension (--head-dim, or dim / heads) must be even";
     else if (s->vocab > INT32_MAX)
         bad = "--vocab is too large";
+    else if (o.rope_freqs && o.arch != A_LLAMA && o.arch != A_MISTRAL3)
+        bad = "--rope-freqs is a llama (and mistral3) tensor";
+    else if (o.vocab_from && over[5])
+        bad = "--vocab and --vocab-from exclude each other (the vocabulary file sets the size)";
     if (bad) {
         fprintf(stderr, "rill-mkmodel: %s\n", bad);
         return 2;
@@ -562,31 +749,52 @@ int main(int argc, char **argv)
     }
 
     uint64_t t0 = clock_ns();
-    char corpus_path[PATH_MAX + 64];
-    if (!o.corpus && !(o.corpus = find_corpus(corpus_path, sizeof corpus_path))) {
-        fprintf(stderr, "rill-mkmodel: no corpus: tools/data/corpus.txt not found (give --corpus PATH)\n");
-        return 1;
-    }
-    size_t len;
-    char *text = read_file(o.corpus, &len);
-    if (!text) {
-        fprintf(stderr, "rill-mkmodel: cannot read %s: %s\n", o.corpus, strerror(errno));
-        return 1;
-    }
     char why[512] = "";
-    struct bpe_vocab v;
-    int rc = bpe_train(text, len, o.tok, s->vocab, &v, why, sizeof why);
-    free(text);
-    if (rc) {
-        fprintf(stderr, "rill-mkmodel: learning the tokenizer from %s: %s (%s)\n", o.corpus, why,
-                rill_err_name(rc));
-        return 1;
+    struct bpe_vocab v = {0};
+    struct gguf *vsrc = NULL;
+    int rc;
+    if (o.vocab_from) {
+        /* The tokenizer of a real model: its size is the model's vocabulary. */
+        if ((rc = gguf_open(o.vocab_from, &vsrc, why, sizeof why))) {
+            fprintf(stderr, "rill-mkmodel: --vocab-from %s: %s (%s)\n", o.vocab_from, why, rill_err_name(rc));
+            return 1;
+        }
+        const struct gguf_kv *toks = gguf_find(vsrc, "tokenizer.ggml.tokens");
+        if (!toks || toks->type != GGUF_ARR || toks->v.arr.type != GGUF_STR || toks->v.arr.n == 0 ||
+            toks->v.arr.n > INT32_MAX) {
+            fprintf(stderr, "rill-mkmodel: --vocab-from %s: no tokenizer.ggml.tokens array\n", o.vocab_from);
+            gguf_close(vsrc);
+            return 1;
+        }
+        o.s.vocab = (uint32_t)toks->v.arr.n;
+    } else {
+        char corpus_path[PATH_MAX + 64];
+        if (!o.corpus && !(o.corpus = find_corpus(corpus_path, sizeof corpus_path))) {
+            fprintf(stderr, "rill-mkmodel: no corpus: tools/data/corpus.txt not found (give --corpus PATH)\n");
+            return 1;
+        }
+        size_t len;
+        char *text = read_file(o.corpus, &len);
+        if (!text) {
+            fprintf(stderr, "rill-mkmodel: cannot read %s: %s\n", o.corpus, strerror(errno));
+            return 1;
+        }
+        rc = bpe_train(text, len, o.tok, s->vocab, &v, why, sizeof why);
+        free(text);
+        if (rc) {
+            fprintf(stderr, "rill-mkmodel: learning the tokenizer from %s: %s (%s)\n", o.corpus, why,
+                    rill_err_name(rc));
+            return 1;
+        }
     }
     double tok_ms = clock_ms_since(t0);
 
     uint64_t t1 = clock_ns(), n_params = 0, bytes = 0;
-    rc = write_model(&o, &v, &n_params, &bytes, why, sizeof why);
-    bpe_vocab_free(&v);
+    rc = write_model(&o, &v, vsrc, &n_params, &bytes, why, sizeof why);
+    if (vsrc)
+        gguf_close(vsrc);
+    else
+        bpe_vocab_free(&v);
     if (rc) {
         fprintf(stderr, "rill-mkmodel: writing %s: %s (%s)\n", o.out, why[0] ? why : "failed",
                 rill_err_name(rc));
@@ -594,11 +802,11 @@ int main(int argc, char **argv)
     }
     double w_ms = clock_ms_since(t1);
     fprintf(stderr,
-            "rill-mkmodel: wrote %s: llama '%s', dim %" PRIu32 ", %" PRIu32 " layers, %" PRIu32
+            "rill-mkmodel: wrote %s: %s '%s', dim %" PRIu32 ", %" PRIu32 " layers, %" PRIu32
             " heads (%" PRIu32 " kv), ffn %" PRIu32 ", vocab %" PRIu32 " (%s), ctx %" PRIu32
             ", %s%s, %.2fM params, %.1f MB; tokenizer %.2f s, weights %.2f s, total %.2f s\n",
-            o.out, o.name, s->dim, s->layers, s->heads, s->kv_heads, s->ffn, s->vocab,
-            o.tok == TOK_SPM ? "spm" : "gpt2", o.ctx, dtype_name, o.tied ? ", tied" : "",
+            o.out, arch_names[o.arch], o.name, s->dim, s->layers, s->heads, s->kv_heads, s->ffn, s->vocab,
+            o.vocab_from ? o.vocab_from : o.tok == TOK_SPM ? "spm" : "gpt2", o.ctx, dtype_name, o.tied ? ", tied" : "",
             (double)n_params / 1e6, (double)bytes / 1e6, tok_ms / 1e3, w_ms / 1e3,
             clock_ms_since(t0) / 1e3);
     return 0;

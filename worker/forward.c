@@ -153,10 +153,14 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
         fwd_free(f);
         return RILL_E_NOMEM;
     }
-    /* theta_i = pos * base^(-2i/rope_dim), computed in double once. */
+    /* theta_i = pos * scale * base^(-2i/rope_dim) / rope_freqs[i], computed
+     * in double once: linear scaling (scale = 1/factor) and Llama 3.1's
+     * per-dimension divisors, as ggml_rope_ext applies them. */
     for (uint32_t p = 0; p < max_ctx; p++)
         for (uint32_t i = 0; i < half; i++) {
-            double freq = pow((double)c->rope_base, -2.0 * i / (double)c->rope_dim);
+            double freq = (double)c->rope_freq_scale * pow((double)c->rope_base, -2.0 * i / (double)c->rope_dim);
+            if (m->rope_freqs)
+                freq /= (double)m->rope_freqs[i];
             double a = p * freq;
             f->rope_cos[(size_t)p * half + i] = (float)cos(a);
             f->rope_sin[(size_t)p * half + i] = (float)sin(a);
@@ -326,19 +330,35 @@ static void silu_task(void *ctx, uint32_t task, uint32_t thread)
     }
 }
 
-/* Rotate adjacent pairs (2i, 2i+1) of the first rope_dim dims of each head. */
+/* Rotate pairs of the first rope_dim dims of each head by theta_i: adjacent
+ * pairs (2i, 2i+1) in NORM style, (i, i + rope_dim/2) in NEOX style. */
 static void rope(const struct fwd *f, float *vec, uint32_t n_heads, uint32_t pos)
 {
     uint32_t half = f->m->cfg.rope_dim / 2;
+    uint32_t stride = f->m->cfg.rope_style == ROPE_NEOX ? 1 : 2, off = f->m->cfg.rope_style == ROPE_NEOX ? half : 1;
     const float *cs = f->rope_cos + (size_t)pos * half, *sn = f->rope_sin + (size_t)pos * half;
     for (uint32_t h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * f->hd;
         for (uint32_t i = 0; i < half; i++) {
-            float x0 = v[2 * i], x1 = v[2 * i + 1];
-            v[2 * i] = x0 * cs[i] - x1 * sn[i];
-            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+            float *a = v + (size_t)i * stride, *b = a + off;
+            float x0 = *a, x1 = *b;
+            *a = x0 * cs[i] - x1 * sn[i];
+            *b = x0 * sn[i] + x1 * cs[i];
         }
     }
+}
+
+static void add_bias(float *x, const float *b, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        x[i] += b[i];
+}
+
+/* Qwen3's q/k norm: each head's vector RMS-normed with its own weights. */
+static void head_norm(const struct fwd *f, float *vec, uint32_t n_heads, const float *w)
+{
+    for (uint32_t h = 0; h < n_heads; h++)
+        kern_rmsnorm(vec + (size_t)h * f->hd, vec + (size_t)h * f->hd, w, f->hd, f->m->cfg.norm_eps);
 }
 
 /* --- the pass ------------------------------------------------------------------------------ */
@@ -373,6 +393,16 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         matmul(f, f->xb, dim, n, 3, &P->wq, f->q, f->q_dim, &P->wk, f->k, f->kv_dim, &P->wv, f->v, f->kv_dim);
         for (uint32_t r = 0; r < n; r++) {
             float *q = f->q + (size_t)r * f->q_dim, *k = f->k + (size_t)r * f->kv_dim;
+            if (L->bq)
+                add_bias(q, L->bq, f->q_dim);
+            if (L->bk)
+                add_bias(k, L->bk, f->kv_dim);
+            if (L->bv)
+                add_bias(f->v + (size_t)r * f->kv_dim, L->bv, f->kv_dim);
+            if (L->q_norm)
+                head_norm(f, q, c->n_heads, L->q_norm);
+            if (L->k_norm)
+                head_norm(f, k, c->n_kv_heads, L->k_norm);
             rope(f, q, c->n_heads, rows[r].pos);
             rope(f, k, c->n_kv_heads, rows[r].pos);
             memcpy(kv_k(f->kv, rows[r].kv, l, rows[r].pos), k, f->kv_dim * sizeof(float));
@@ -381,6 +411,8 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
         struct att_job aj = {f, rows, l};
         pool_run(f->pool, att_task, &aj, n * c->n_heads);
         MATMUL1(f, f->att, f->q_dim, n, &P->wo, f->tmp, dim);
+        for (uint32_t r = 0; L->bo && r < n; r++)
+            add_bias(f->tmp + (size_t)r * dim, L->bo, dim);
         for (size_t i = 0; i < (size_t)n * dim; i++)
             f->x[i] += f->tmp[i];
 

@@ -25,28 +25,40 @@
 
 static enum kern_isa isa_in_use = (enum kern_isa)-1;
 
+static bool cpu_has(enum kern_isa isa)
+{
+    __builtin_cpu_init();
+    bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (isa == KERN_AVX2)
+        return avx2;
+    if (isa == KERN_AVX512)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    return isa == KERN_SCALAR;
+}
+
 enum kern_isa kern_isa(void)
 {
-    if (isa_in_use == (enum kern_isa)-1) {
-        __builtin_cpu_init();
-        isa_in_use = (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c"))
-                         ? KERN_AVX2
-                         : KERN_SCALAR;
-    }
+    if (isa_in_use == (enum kern_isa)-1)
+        isa_in_use = cpu_has(KERN_AVX512) ? KERN_AVX512 : cpu_has(KERN_AVX2) ? KERN_AVX2 : KERN_SCALAR;
     return isa_in_use;
 }
+
+bool kern_isa_supported(enum kern_isa isa) { return cpu_has(isa); }
 
 enum kern_isa kern_set_isa(enum kern_isa isa)
 {
     enum kern_isa old = kern_isa();
-    if (isa == KERN_AVX2 && old != KERN_AVX2 && !__builtin_cpu_supports("avx2"))
+    if (!cpu_has(isa))
         return old;
     isa_in_use = isa;
     return old;
 }
 
-const char *kern_isa_name(enum kern_isa isa) { return isa == KERN_AVX2 ? "avx2" : "scalar"; }
+const char *kern_isa_name(enum kern_isa isa)
+{
+    return isa == KERN_AVX512 ? "avx512" : isa == KERN_AVX2 ? "avx2" : "scalar";
+}
 
 /* --- scalar: the reference order, lane by lane -------------------------------- */
 
@@ -281,13 +293,12 @@ static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
 
 /* --- batched F16 / Q8_0: convert a block once, reuse it for every batch tile ------ */
 
-/* Columns per block: 4 rows x 128 weights converted to floats (2 KiB) stay
- * in L1 while every batch tile runs over them; F16 and Q8_0 weights are
- * converted once per step instead of once per pair of batch rows.  The
- * accumulators of a (group, batch tile) stay in memory between blocks; each
+/* A block of columns of a few groups, converted to floats, stays in L1
+ * while every batch tile runs over it; F16 and Q8_0 weights are converted
+ * once per pass of activation rows instead of once per pair of batch rows.
+ * The accumulators of a (group, batch tile) stay in memory between blocks; each
  * lane still sums its products in increasing k with the same arithmetic,
  * so the result is bit for bit that of the direct tiles. */
-#define KBLK 512
 
 #define DEFINE_BLOCK_TILE(C)                                                                             \
     AVX2_TARGET __attribute__((noinline)) static void btile_##C(const float *w, uint32_t ns, const float *x, \
@@ -352,49 +363,93 @@ AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t
     }
 }
 
-/* Per-thread scratch: the accumulators grow to the largest batch seen, and
- * are freed when their thread ends (a key's destructor: pools come and go). */
-static _Thread_local float *tl_acc;
-static _Thread_local size_t tl_acc_cap;
-static _Thread_local float tl_wbuf[KBLK * KERN_GROUP] __attribute__((aligned(64)));
-static pthread_key_t acc_key;
-static pthread_once_t acc_once = PTHREAD_ONCE_INIT;
+/* AVX-512 block tiles: rows r and r+1 of the group share a register (the
+ * pack puts their slices side by side), the activations' eight floats are
+ * in both halves; each lane does the AVX2 tile's FMA, so the bits are the
+ * same, with half the instructions. */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 
-static void acc_free(void *p) { free(p); }
-static void acc_key_make(void) { pthread_key_create(&acc_key, acc_free); }
+#define DEFINE_BLOCK_TILE512(C)                                                                          \
+    AVX512_TARGET __attribute__((noinline)) static void btile512_##C(const float *w, uint32_t ns,         \
+                                                                     const float *x, size_t ldx, float *acc) \
+    {                                                                                                    \
+        __m512 a[2][C];                                                                                  \
+        _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                          \
+                a[h][c] = _mm512_load_ps(acc + ((size_t)c * KERN_GROUP + 2 * (size_t)h) * 8);            \
+        for (uint32_t s = 0; s < ns; s++) {                                                              \
+            __m512 w0 = _mm512_load_ps(w + (size_t)s * KERN_GROUP * 8);                                  \
+            __m512 w1 = _mm512_load_ps(w + (size_t)s * KERN_GROUP * 8 + 16);                             \
+            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + (size_t)c * ldx + (size_t)s * 8)); \
+                a[0][c] = _mm512_fmadd_ps(w0, xv, a[0][c]);                                              \
+                a[1][c] = _mm512_fmadd_ps(w1, xv, a[1][c]);                                              \
+            }                                                                                            \
+        }                                                                                                \
+        _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                          \
+                _mm512_store_ps(acc + ((size_t)c * KERN_GROUP + 2 * (size_t)h) * 8, a[h][c]);            \
+    }
+
+DEFINE_BLOCK_TILE512(1)
+DEFINE_BLOCK_TILE512(2)
+DEFINE_BLOCK_TILE512(3)
+DEFINE_BLOCK_TILE512(4)
+DEFINE_BLOCK_TILE512(5)
+DEFINE_BLOCK_TILE512(6)
+
+typedef void (*btile_fn)(const float *w, uint32_t ns, const float *x, size_t ldx, float *acc);
+static const btile_fn btiles512[7] = {NULL, btile512_1, btile512_2, btile512_3, btile512_4, btile512_5, btile512_6};
+static const btile_fn btiles256[4] = {NULL, btile_1, btile_2, btile_3};
+
+/* The blocking of the converted path: CB columns of CG groups are converted
+ * at a time (CG * 4 rows x CB floats = 16 KiB, in L1), and run against CP
+ * activation rows (their accumulators, CG * CP * 128 bytes, in L1/L2) before
+ * the next columns; so an activation tile is read from cache once for CG
+ * groups instead of once for each, and no row's activations are read from
+ * farther than L2 more than once per CG groups. */
+#define CB 256
+#define CG 4
+#define CP 64
+
+/* Per-thread scratch, freed when its thread ends (a key's destructor: pools
+ * come and go). */
+static _Thread_local float tl_acc[CG * CP * KERN_GROUP * 8] __attribute__((aligned(64)));
+static _Thread_local float tl_wbuf[CG * CB * KERN_GROUP] __attribute__((aligned(64)));
 
 AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
                                          size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
-    size_t need = (size_t)B * KERN_GROUP * 8;
-    if (need > tl_acc_cap) {
-        free(tl_acc);
-        tl_acc = aligned_alloc(64, need * sizeof(float));
-        tl_acc_cap = tl_acc ? need : 0;
-        if (!tl_acc)
-            abort(); /* 128 bytes per batch row: nothing sensible to fall back to */
-        pthread_once(&acc_once, acc_key_make);
-        pthread_setspecific(acc_key, tl_acc);
-    }
-    float *acc = tl_acc;
+    bool wide = kern_isa() >= KERN_AVX512;
+    const btile_fn *bt = wide ? btiles512 : btiles256;
+    uint32_t C = wide ? 6 : 3;
     uint32_t K = m->cols;
-    for (uint32_t g = g0; g < g1; g++) {
-        memset(acc, 0, need * sizeof(float));
-        for (uint32_t k0 = 0; k0 < K; k0 += KBLK) {
-            uint32_t ns = (K - k0 < KBLK ? K - k0 : KBLK) / 8;
-            block_weights(m, g, k0, ns, tl_wbuf);
-            uint32_t b = 0;
-            for (; b + 3 <= B; b += 3)
-                btile_3(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
-            if (B - b == 2)
-                btile_2(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
-            else if (B - b == 1)
-                btile_1(tl_wbuf, ns, x + (size_t)b * ldx + k0, ldx, acc + (size_t)b * KERN_GROUP * 8);
+    const size_t gacc = (size_t)CP * KERN_GROUP * 8; /* one group's accumulators */
+    for (uint32_t gb = g0; gb < g1; gb += CG) {
+        uint32_t ng = g1 - gb < CG ? g1 - gb : CG;
+        for (uint32_t p0 = 0; p0 < B; p0 += CP) {
+            uint32_t np = B - p0 < CP ? B - p0 : CP;
+            memset(tl_acc, 0, sizeof tl_acc);
+            for (uint32_t k0 = 0; k0 < K; k0 += CB) {
+                uint32_t ns = (K - k0 < CB ? K - k0 : CB) / 8;
+                for (uint32_t gi = 0; gi < ng; gi++)
+                    block_weights(m, gb + gi, k0, ns, tl_wbuf + (size_t)gi * CB * KERN_GROUP);
+                for (uint32_t b = 0; b < np; b += C) {
+                    uint32_t c = np - b < C ? np - b : C;
+                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                    for (uint32_t gi = 0; gi < ng; gi++)
+                        bt[c](tl_wbuf + (size_t)gi * CB * KERN_GROUP, ns, xb, ldx,
+                              tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
+                }
+            }
+            for (uint32_t gi = 0; gi < ng; gi++) {
+                uint32_t n = (gb + gi) * KERN_GROUP, nr = n1 - n < KERN_GROUP ? n1 - n : KERN_GROUP;
+                for (uint32_t b = 0; b < np; b++)
+                    for (uint32_t r = 0; r < nr; r++)
+                        y[(size_t)(p0 + b) * ldy + n + r] =
+                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+            }
         }
-        uint32_t n = g * KERN_GROUP, nr = n1 - n < KERN_GROUP ? n1 - n : KERN_GROUP;
-        for (uint32_t b = 0; b < B; b++)
-            for (uint32_t r = 0; r < nr; r++)
-                y[(size_t)b * ldy + n + r] = hsum256(_mm256_load_ps(acc + ((size_t)b * KERN_GROUP + r) * 8));
     }
 }
 
@@ -441,7 +496,7 @@ AVX2_TARGET static float dot_avx2(const float *a, const float *b, uint32_t n)
 static void matmul_float(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
                          uint32_t n0, uint32_t n1)
 {
-    if (kern_isa() == KERN_AVX2)
+    if (kern_isa() >= KERN_AVX2)
         matmul_avx2(m, x, ldx, B, y, ldy, n0, n1);
     else
         matmul_scalar(m->src, x, ldx, B, y, ldy, n0, n1);
@@ -477,9 +532,9 @@ void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, f
         pthread_once(&act_once, act_key_make);
         pthread_setspecific(act_key, tl_act);
     }
-    if (quant_act_quantize(tl_act, quant_act_kind(m->type), kern_isa() == KERN_AVX2, x, ldx, B, m->cols))
+    if (quant_act_quantize(tl_act, quant_act_kind(m->type), kern_isa() >= KERN_AVX2, x, ldx, B, m->cols))
         abort(); /* out of memory for B x K bytes: as the accumulators, nothing to fall back to */
-    quant_matmul(m->type, kern_isa() == KERN_AVX2, m->data, m->src->row_bytes, n0, n1, tl_act, y, ldy);
+    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, n0, n1, tl_act, y, ldy);
 }
 
 int kern_act_reserve(struct kern_act *a, uint32_t B, uint32_t K)
@@ -499,7 +554,7 @@ int kern_act_prepare(struct kern_act *a, const float *x, size_t ldx, uint32_t B,
     a->B = B;
     a->K = K;
     a->has32 = a->has256 = false;
-    bool avx2 = kern_isa() == KERN_AVX2;
+    bool avx2 = kern_isa() >= KERN_AVX2;
     for (uint32_t i = 0; i < n; i++) {
         enum qact_kind k = quant_act_kind(ms[i]->type);
         bool *has = k == QACT_32 ? &a->has32 : &a->has256;
@@ -532,13 +587,13 @@ void kern_matmul_act(const struct kmat *m, const struct kern_act *a, float *y, s
         return;
     }
     assert(k == QACT_32 ? a->has32 : a->has256);
-    quant_matmul(m->type, kern_isa() == KERN_AVX2, m->data, m->src->row_bytes, n0, n1, k == QACT_32 ? &a->q32 : &a->q256,
+    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, n0, n1, k == QACT_32 ? &a->q32 : &a->q256,
                  y, ldy);
 }
 
 float kern_dot(const float *a, const float *b, uint32_t n)
 {
-    return kern_isa() == KERN_AVX2 ? dot_avx2(a, b, n) : dot_scalar(a, b, n);
+    return kern_isa() >= KERN_AVX2 ? dot_avx2(a, b, n) : dot_scalar(a, b, n);
 }
 
 AVX2_TARGET static void axpy_avx2(float a, const float *x, float *y, uint32_t n)
@@ -553,7 +608,7 @@ AVX2_TARGET static void axpy_avx2(float a, const float *x, float *y, uint32_t n)
 
 void kern_axpy(float a, const float *x, float *y, uint32_t n)
 {
-    if (kern_isa() == KERN_AVX2) {
+    if (kern_isa() >= KERN_AVX2) {
         axpy_avx2(a, x, y, n);
         return;
     }
@@ -670,7 +725,7 @@ AVX2_TARGET static void attention_avx2(const float *q, uint32_t hd, const float 
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
                     size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out)
 {
-    if (kern_isa() == KERN_AVX2)
+    if (kern_isa() >= KERN_AVX2)
         attention_avx2(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
     else
         attention_scalar(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);

@@ -26,6 +26,7 @@
 #ifndef RILL_KERN_H
 #define RILL_KERN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,11 +35,19 @@
 
 #define KERN_GROUP 4
 
-enum kern_isa { KERN_SCALAR = 0, KERN_AVX2 = 1 };
+/* Ordered: each includes the one before.  KERN_AVX512 runs the AVX2 code
+ * where it has no 512-bit kernel of its own; its own kernels keep two rows
+ * (of activations or of weights) in the two halves of a register, each half
+ * doing what an AVX2 register does, so every path gives the same bits. */
+enum kern_isa { KERN_SCALAR = 0, KERN_AVX2 = 1, KERN_AVX512 = 2 };
 
-/* The instruction set in use: AVX2+FMA+F16C when the CPU has them. */
+/* The instruction set in use: AVX-512 F/BW/DQ/VL when the CPU has them,
+ * else AVX2+FMA+F16C, else scalar. */
 enum kern_isa kern_isa(void);
-/* Force one (tests compare them); returns the previous one. */
+/* Whether this CPU can run isa. */
+bool kern_isa_supported(enum kern_isa isa);
+/* Force one (tests compare them; ignored if the CPU lacks it); returns the
+ * previous one. */
 enum kern_isa kern_set_isa(enum kern_isa isa);
 const char *kern_isa_name(enum kern_isa isa);
 

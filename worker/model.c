@@ -3,10 +3,12 @@
 #include "worker/gguf.h"
 #include "worker/quant.h"
 #include "worker/tokenizer.h"
+#include "worker/vocab.h"
 #include "clock.h"
 #include "err.h"
 #include "log.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -111,10 +113,23 @@ struct loader {
     struct {
         const struct gguf_tensor *t;
         const float **dst;
-    } *pending;                /* norm vectors to convert to F32 */
+        uint32_t len;
+    } *pending;                /* norm and bias vectors to convert to F32 */
     size_t n_pending;
+    bool *used;                /* per tensor of the file: bound to the model */
     uint64_t elems_by_type[WT_COUNT]; /* to name the model's dtype */
+    char keys[4][96];          /* akey()'s results, used a few at a time */
+    unsigned next_key;
 };
+
+/* "<arch>.<suffix>": the architecture's name of a metadata key.  The result
+ * lives until four more calls. */
+static const char *akey(struct loader *L, const char *suffix)
+{
+    char *k = L->keys[L->next_key++ % 4];
+    snprintf(k, sizeof L->keys[0], "%s.%s", L->m->cfg.arch, suffix);
+    return k;
+}
 
 static int req_u32(struct loader *L, const char *key, uint32_t *out)
 {
@@ -156,6 +171,141 @@ static void copy_shown(struct gguf_str s, char *buf, size_t cap)
     buf[n] = 0;
 }
 
+static const struct {
+    const char *name;
+    enum model_arch id;
+    enum rope_style rope;
+} archs[] = {
+    {"llama", ARCH_LLAMA, ROPE_NORM},
+    {"mistral3", ARCH_MISTRAL3, ROPE_NORM},
+    {"qwen2", ARCH_QWEN2, ROPE_NEOX},
+    {"qwen3", ARCH_QWEN3, ROPE_NEOX},
+};
+#define N_ARCHS (sizeof archs / sizeof archs[0])
+
+/* The "<arch>." keys rill knows.  Every other one is refused: a key we do
+ * not know may change the math (llama.cpp grows new ones with new models),
+ * and a model that loads but computes something else is worse than one that
+ * does not load.  KEY_NEUTRAL keys are accepted only at the value that turns
+ * their feature off. */
+enum key_use { KEY_READ, KEY_NEUTRAL, KEY_REFUSED };
+static const struct {
+    const char *suffix;
+    enum key_use use;
+    double neutral;
+    const char *what;
+} key_rules[] = {
+    {"context_length", KEY_READ, 0, NULL},
+    {"embedding_length", KEY_READ, 0, NULL},
+    {"block_count", KEY_READ, 0, NULL},
+    {"feed_forward_length", KEY_READ, 0, NULL},
+    {"attention.head_count", KEY_READ, 0, NULL},
+    {"attention.head_count_kv", KEY_READ, 0, NULL},
+    {"attention.key_length", KEY_READ, 0, NULL},
+    {"attention.value_length", KEY_READ, 0, NULL},
+    {"attention.layer_norm_rms_epsilon", KEY_READ, 0, NULL},
+    {"rope.freq_base", KEY_READ, 0, NULL},
+    {"rope.dimension_count", KEY_READ, 0, NULL},
+    {"rope.scaling.type", KEY_READ, 0, NULL},
+    {"rope.scaling.factor", KEY_READ, 0, NULL},
+    {"rope.scale_linear", KEY_READ, 0, NULL},
+    /* Informational: the training context of a scaled model (used by
+     * yarn, which is refused by type) and whether it was fine-tuned. */
+    {"rope.scaling.original_context_length", KEY_READ, 0, NULL},
+    {"rope.scaling.finetuned", KEY_READ, 0, NULL},
+    {"vocab_size", KEY_READ, 0, NULL},
+    {"expert_count", KEY_NEUTRAL, 0, "mixture of experts"},
+    {"expert_used_count", KEY_NEUTRAL, 0, "mixture of experts"},
+    {"attention.sliding_window", KEY_NEUTRAL, 0, "sliding-window attention"},
+    {"attn_logit_softcapping", KEY_NEUTRAL, 0, "attention logit softcapping"},
+    {"final_logit_softcapping", KEY_NEUTRAL, 0, "final logit softcapping"},
+    {"attention.temperature_scale", KEY_NEUTRAL, 0, "attention temperature scaling"},
+    {"rope.scaling.attn_factor", KEY_NEUTRAL, 1, "a RoPE attention factor"},
+    {"attention.clamp_kqv", KEY_NEUTRAL, 0, "q/k/v clamping"},
+    {"attention.scale", KEY_NEUTRAL, 0, "a custom attention scale"},
+    {"logit_scale", KEY_NEUTRAL, 1, "logit scaling"},
+    {"embedding_scale", KEY_NEUTRAL, 1, "embedding scaling"},
+    {"residual_scale", KEY_NEUTRAL, 1, "residual scaling"},
+    {"rope.scaling.yarn_beta_fast", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.scaling.yarn_beta_slow", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.scaling.yarn_log_multiplier", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.scaling.yarn_ext_factor", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"attention.layer_norm_epsilon", KEY_REFUSED, 0, "LayerNorm (not RMSNorm)"},
+    {"attention.sliding_window_pattern", KEY_REFUSED, 0, "sliding-window attention"},
+    {"rope.dimension_sections", KEY_REFUSED, 0, "multi-section RoPE"},
+    {"use_parallel_residual", KEY_REFUSED, 0, "a parallel residual"},
+};
+
+static bool kv_number(const struct gguf_kv *kv, double *out)
+{
+    switch (kv->type) {
+    case GGUF_U8: case GGUF_U16: case GGUF_U32: case GGUF_U64: *out = (double)kv->v.u; return true;
+    case GGUF_I8: case GGUF_I16: case GGUF_I32: case GGUF_I64: *out = (double)kv->v.i; return true;
+    case GGUF_F32: case GGUF_F64: *out = kv->v.f; return true;
+    case GGUF_BOOL: *out = kv->v.b; return true;
+    default: return false;
+    }
+}
+
+static int check_keys(struct loader *L)
+{
+    const char *arch = L->m->cfg.arch;
+    size_t alen = strlen(arch);
+    for (uint64_t i = 0; i < gguf_n_kv(L->g); i++) {
+        const struct gguf_kv *kv = gguf_kv_at(L->g, i);
+        if (kv->key.len <= alen || memcmp(kv->key.s, arch, alen) != 0 || kv->key.s[alen] != '.')
+            continue;
+        char key[128];
+        copy_shown(kv->key, key, sizeof key);
+        const char *suffix = key + alen + 1;
+        size_t r = 0;
+        while (r < sizeof key_rules / sizeof key_rules[0] && strcmp(key_rules[r].suffix, suffix) != 0)
+            r++;
+        if (r == sizeof key_rules / sizeof key_rules[0])
+            return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+                        "metadata '%s' is not implemented by rill (it may change the model's math)", key);
+        double v;
+        if (key_rules[r].use == KEY_REFUSED ||
+            (key_rules[r].use == KEY_NEUTRAL && (!kv_number(kv, &v) || v != key_rules[r].neutral)))
+            return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+                        "metadata '%s': %s is not implemented by rill", key, key_rules[r].what);
+    }
+    return 0;
+}
+
+/* linear: positions divided by the factor (theta scaled by 1/factor), as
+ * llama.cpp does; the type defaults to linear when only a factor is given,
+ * and "none" ignores the factor. */
+static int read_rope_scaling(struct loader *L)
+{
+    struct model_config *c = &L->m->cfg;
+    char type[32];
+    const char *tkey = akey(L, "rope.scaling.type");
+    int rc = gguf_get_str_buf(L->g, tkey, type, sizeof type, L->why, L->why_len);
+    if (rc == RILL_E_NOT_FOUND)
+        snprintf(type, sizeof type, "linear");
+    else if (rc)
+        return rc;
+    float factor;
+    if ((rc = opt_f32(L, akey(L, "rope.scaling.factor"), &factor, 0)))
+        return rc;
+    if (factor == 0 && (rc = opt_f32(L, akey(L, "rope.scale_linear"), &factor, 0)))
+        return rc;
+    c->rope_freq_scale = 1.0f;
+    if (strcmp(type, "none") == 0)
+        return 0;
+    if (strcmp(type, "linear") != 0)
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+                    "metadata '%s' = '%s': %s RoPE scaling is not implemented by rill (supported: none, linear)",
+                    tkey, type, type);
+    if (factor == 0)
+        return 0;
+    if (!(factor > 0) || !isfinite(factor))
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "bad RoPE scaling factor %g", (double)factor);
+    c->rope_freq_scale = 1.0f / factor;
+    return 0;
+}
+
 static int read_config(struct loader *L)
 {
     struct model_config *c = &L->m->cfg;
@@ -167,62 +317,69 @@ static int read_config(struct loader *L)
     if (rc)
         return rc;
     copy_shown(arch, c->arch, sizeof c->arch);
-    if (!gguf_str_eq(arch, "llama"))
+    size_t a = 0;
+    while (a < N_ARCHS && !gguf_str_eq(arch, archs[a].name))
+        a++;
+    if (a == N_ARCHS)
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "architecture '%s' is not supported (supported: llama)", c->arch);
+                    "architecture '%s' is not supported (supported: llama, mistral3, qwen2, qwen3)", c->arch);
+    c->arch_id = archs[a].id;
+    c->rope_style = archs[a].rope;
     struct gguf_str name;
     if (gguf_get_str(L->g, "general.name", &name, NULL, 0) == 0)
         copy_shown(name, c->name, sizeof c->name);
-
-    if ((rc = req_u32(L, "llama.embedding_length", &c->dim)) ||
-        (rc = req_u32(L, "llama.block_count", &c->n_layers)) ||
-        (rc = req_u32(L, "llama.attention.head_count", &c->n_heads)) ||
-        (rc = req_u32(L, "llama.feed_forward_length", &c->ffn_dim)) ||
-        (rc = req_u32(L, "llama.context_length", &c->ctx)) ||
-        (rc = opt_u32(L, "llama.attention.head_count_kv", &c->n_kv_heads, c->n_heads)) ||
-        (rc = opt_f32(L, "llama.rope.freq_base", &c->rope_base, 10000.0f)) ||
-        (rc = opt_f32(L, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps, 1e-5f)))
+    if ((rc = check_keys(L)))
         return rc;
-    if (c->dim % c->n_heads)
+
+    if ((rc = req_u32(L, akey(L, "embedding_length"), &c->dim)) ||
+        (rc = req_u32(L, akey(L, "block_count"), &c->n_layers)) ||
+        (rc = req_u32(L, akey(L, "attention.head_count"), &c->n_heads)) ||
+        (rc = req_u32(L, akey(L, "feed_forward_length"), &c->ffn_dim)) ||
+        (rc = req_u32(L, akey(L, "context_length"), &c->ctx)) ||
+        (rc = opt_u32(L, akey(L, "attention.head_count_kv"), &c->n_kv_heads, c->n_heads)) ||
+        (rc = opt_f32(L, akey(L, "rope.freq_base"), &c->rope_base, 10000.0f)) ||
+        (rc = opt_f32(L, akey(L, "attention.layer_norm_rms_epsilon"), &c->norm_eps, 1e-5f)) ||
+        (rc = read_rope_scaling(L)))
+        return rc;
+    /* The head size is key_length when the file gives it (qwen3's is not
+     * dim / heads), else dim / heads; values must be as wide as keys. */
+    uint32_t key_len, val_len;
+    if ((rc = opt_u32(L, akey(L, "attention.key_length"), &key_len, 0)))
+        return rc;
+    if (key_len == 0 && c->dim % c->n_heads)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "llama.embedding_length %" PRIu32 " is not a multiple of head_count %" PRIu32,
-                    c->dim, c->n_heads);
-    c->head_dim = c->dim / c->n_heads;
-    if ((rc = opt_u32(L, "llama.rope.dimension_count", &c->rope_dim, c->head_dim)))
+                    "%s.embedding_length %" PRIu32 " is not a multiple of head_count %" PRIu32
+                    " (and there is no attention.key_length)",
+                    c->arch, c->dim, c->n_heads);
+    c->head_dim = key_len ? key_len : c->dim / c->n_heads;
+    if ((rc = opt_u32(L, akey(L, "attention.value_length"), &val_len, c->head_dim)))
+        return rc;
+    if (val_len != c->head_dim)
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+                    "%s.attention.value_length = %" PRIu32 " differs from the key length %" PRIu32
+                    ", which rill does not support",
+                    c->arch, val_len, c->head_dim);
+    if ((rc = opt_u32(L, akey(L, "rope.dimension_count"), &c->rope_dim, c->head_dim)))
         return rc;
     if (c->n_kv_heads == 0 || c->n_heads % c->n_kv_heads)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "llama.attention.head_count %" PRIu32
-                    " is not a multiple of head_count_kv %" PRIu32,
-                    c->n_heads, c->n_kv_heads);
+                    "%s.attention.head_count %" PRIu32 " is not a multiple of head_count_kv %" PRIu32,
+                    c->arch, c->n_heads, c->n_kv_heads);
     if (c->head_dim % 2 || c->rope_dim % 2 || c->rope_dim == 0 || c->rope_dim > c->head_dim)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "rope dimension %" PRIu32 " does not fit head dimension %" PRIu32
                     " (both must be even, rope <= head)",
                     c->rope_dim, c->head_dim);
-    /* Files whose head size is not dim / n_heads say so with key_length. */
-    static const char *const head_keys[] = {"llama.attention.key_length",
-                                            "llama.attention.value_length"};
-    for (int i = 0; i < 2; i++) {
-        uint32_t v;
-        if ((rc = opt_u32(L, head_keys[i], &v, c->head_dim)))
-            return rc;
-        if (v != c->head_dim)
-            return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                        "%s = %" PRIu32 " differs from embedding_length / head_count = %" PRIu32
-                        ", which rill does not support",
-                        head_keys[i], v, c->head_dim);
-    }
     if (!(c->rope_base > 0) || !isfinite(c->rope_base) || !(c->norm_eps >= 0) || !isfinite(c->norm_eps))
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "bad llama.rope.freq_base %g or layer_norm_rms_epsilon %g",
-                    (double)c->rope_base, (double)c->norm_eps);
+                    "bad %s.rope.freq_base %g or layer_norm_rms_epsilon %g",
+                    c->arch, (double)c->rope_base, (double)c->norm_eps);
     /* Each layer has nine tensors: a block count beyond that is a lie, and
      * must not size an allocation. */
     if ((uint64_t)c->n_layers * 9 > gguf_n_tensors(L->g))
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "llama.block_count = %" PRIu32 " but the file has only %" PRIu64 " tensors",
-                    c->n_layers, gguf_n_tensors(L->g));
+                    "%s.block_count = %" PRIu32 " but the file has only %" PRIu64 " tensors",
+                    c->arch, c->n_layers, gguf_n_tensors(L->g));
     return 0;
 }
 
@@ -240,14 +397,11 @@ static void fmt_shape(char *buf, size_t cap, const uint64_t *ne, uint32_t n_dims
     }
 }
 
-/* Find tensor `name`, check its type and that its shape is [cols, rows]
- * (rows == 0: a vector of cols). */
-static int find_checked(struct loader *L, const char *name, uint64_t cols, uint64_t rows,
-                        const struct gguf_tensor **out)
+/* Check tensor t's type and that its shape is [cols, rows] (rows == 0: a
+ * vector of cols), and mark it used. */
+static int check_tensor(struct loader *L, const char *name, const struct gguf_tensor *t, uint64_t cols,
+                        uint64_t rows)
 {
-    const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
-    if (!t)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
     if (!quant_supported((enum wtype)t->type))
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' has type %s, which rill does not support (supported: f32, f16, bf16, "
@@ -274,15 +428,29 @@ static int find_checked(struct loader *L, const char *name, uint64_t cols, uint6
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
                     "tensor '%s' data is not %zu-byte aligned (general.alignment %" PRIu32 ")",
                     name, need, gguf_alignment(L->g));
-    L->m->cfg.n_params += t->n_elems;
-    L->elems_by_type[t->type] += t->n_elems;
-    *out = t;
+    size_t idx = (size_t)(t - gguf_tensor_at(L->g, 0));
+    assert(idx < gguf_n_tensors(L->g));
+    if (!L->used[idx]) {
+        L->used[idx] = true;
+        L->m->cfg.n_params += t->n_elems;
+        L->elems_by_type[t->type] += t->n_elems;
+    }
     return 0;
+}
+
+static int find_checked(struct loader *L, const char *name, uint64_t cols, uint64_t rows,
+                        const struct gguf_tensor **out)
+{
+    const struct gguf_tensor *t = gguf_find_tensor(L->g, name);
+    if (!t)
+        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing tensor '%s'", name);
+    *out = t;
+    return check_tensor(L, name, t, cols, rows);
 }
 
 static int bind_mat(struct loader *L, const char *name, uint64_t cols, uint64_t rows, struct wmat *w)
 {
-    const struct gguf_tensor *t;
+    const struct gguf_tensor *t = NULL;
     int rc = find_checked(L, name, cols, rows, &t);
     if (rc)
         return rc;
@@ -296,14 +464,18 @@ static int bind_mat(struct loader *L, const char *name, uint64_t cols, uint64_t 
     return 0;
 }
 
-/* A norm vector of `dim` floats: in place when the file has it as F32;
- * otherwise noted, and converted by convert_vecs() once every tensor has
- * been checked (so that the buffer is sized by tensors that really exist,
- * never by metadata alone). */
-static int bind_vec(struct loader *L, const char *name, uint32_t dim, const float **out)
+/* A vector of `len` floats (a norm or a bias): in place when the file has
+ * it as F32; otherwise noted, and converted by convert_vecs() once every
+ * tensor has been checked (so that the buffer is sized by tensors that
+ * really exist, never by metadata alone).  Absent and !required: *out is
+ * NULL. */
+static int bind_vec(struct loader *L, const char *name, uint32_t len, bool required, const float **out)
 {
-    const struct gguf_tensor *t;
-    int rc = find_checked(L, name, dim, 0, &t);
+    const struct gguf_tensor *t = NULL;
+    *out = NULL;
+    if (!required && !gguf_find_tensor(L->g, name))
+        return 0;
+    int rc = find_checked(L, name, len, 0, &t);
     if (rc)
         return rc;
     if (t->type == WT_F32) {
@@ -312,28 +484,37 @@ static int bind_vec(struct loader *L, const char *name, uint32_t dim, const floa
     }
     L->pending[L->n_pending].t = t;
     L->pending[L->n_pending].dst = out;
+    L->pending[L->n_pending].len = len;
     L->n_pending++;
     return 0;
 }
 
 static int convert_vecs(struct loader *L)
 {
-    uint32_t dim = L->m->cfg.dim;
-    if (L->n_pending == 0)
+    size_t total = 0;
+    for (size_t i = 0; i < L->n_pending; i++)
+        total += L->pending[i].len;
+    if (total == 0)
         return 0;
-    float *v = malloc(L->n_pending * dim * sizeof *v);
+    float *v = malloc(total * sizeof *v);
     if (!v)
         return rill_fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
     L->m->owned = v;
-    for (size_t i = 0; i < L->n_pending; i++, v += dim) {
+    for (size_t i = 0; i < L->n_pending; i++) {
         const struct gguf_tensor *t = L->pending[i].t;
-        struct wmat w = {.data = t->data, .type = (enum wtype)t->type, .rows = 1, .cols = dim,
-                         .row_bytes = wtype_row_bytes((enum wtype)t->type, dim)};
+        uint32_t len = L->pending[i].len;
+        struct wmat w = {.data = t->data, .type = (enum wtype)t->type, .rows = 1, .cols = len,
+                         .row_bytes = wtype_row_bytes((enum wtype)t->type, len)};
         wmat_row_f32(&w, 0, v);
         *L->pending[i].dst = v;
+        v += len;
     }
     return 0;
 }
+
+/* Per layer at most: two norms, four biases, two q/k norms; and the output
+ * norm and rope_freqs. */
+#define VECS_PER_LAYER 8
 
 static int bind_weights(struct loader *L)
 {
@@ -350,213 +531,93 @@ static int bind_weights(struct loader *L)
 
     /* n_layers was checked against the tensor count: these are small. */
     m->layers = calloc(c->n_layers, sizeof *m->layers);
-    L->pending = calloc(2 * (size_t)c->n_layers + 1, sizeof *L->pending);
-    if (!m->layers || !L->pending)
+    L->pending = calloc(VECS_PER_LAYER * (size_t)c->n_layers + 2, sizeof *L->pending);
+    L->used = calloc(gguf_n_tensors(L->g) + 1, sizeof *L->used);
+    if (!m->layers || !L->pending || !L->used)
         return rill_fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
     uint64_t q_dim = (uint64_t)c->n_heads * c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * c->head_dim;
+    bool llama_like = c->arch_id == ARCH_LLAMA || c->arch_id == ARCH_MISTRAL3;
+    bool qwen2 = c->arch_id == ARCH_QWEN2, qwen3 = c->arch_id == ARCH_QWEN3;
     if ((rc = bind_mat(L, "token_embd.weight", c->dim, c->vocab, &m->tok_embd)))
         return rc;
     for (uint32_t l = 0; l < c->n_layers; l++) {
         struct layer_weights *lw = &m->layers[l];
         char nm[64];
-#define NAME(s) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." s ".weight", l), nm)
-        if ((rc = bind_vec(L, NAME("attn_norm"), c->dim, &lw->attn_norm)) ||
-            (rc = bind_mat(L, NAME("attn_q"), c->dim, q_dim, &lw->wq)) ||
-            (rc = bind_mat(L, NAME("attn_k"), c->dim, kv_dim, &lw->wk)) ||
-            (rc = bind_mat(L, NAME("attn_v"), c->dim, kv_dim, &lw->wv)) ||
-            (rc = bind_mat(L, NAME("attn_output"), q_dim, c->dim, &lw->wo)) ||
-            (rc = bind_vec(L, NAME("ffn_norm"), c->dim, &lw->ffn_norm)) ||
-            (rc = bind_mat(L, NAME("ffn_gate"), c->dim, c->ffn_dim, &lw->w_gate)) ||
-            (rc = bind_mat(L, NAME("ffn_up"), c->dim, c->ffn_dim, &lw->w_up)) ||
-            (rc = bind_mat(L, NAME("ffn_down"), c->ffn_dim, c->dim, &lw->w_down)))
+#define NAME(s) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." s, l), nm)
+        if ((rc = bind_vec(L, NAME("attn_norm.weight"), c->dim, true, &lw->attn_norm)) ||
+            (rc = bind_mat(L, NAME("attn_q.weight"), c->dim, q_dim, &lw->wq)) ||
+            (rc = bind_mat(L, NAME("attn_k.weight"), c->dim, kv_dim, &lw->wk)) ||
+            (rc = bind_mat(L, NAME("attn_v.weight"), c->dim, kv_dim, &lw->wv)) ||
+            (rc = bind_mat(L, NAME("attn_output.weight"), q_dim, c->dim, &lw->wo)) ||
+            (rc = bind_vec(L, NAME("ffn_norm.weight"), c->dim, true, &lw->ffn_norm)) ||
+            (rc = bind_mat(L, NAME("ffn_gate.weight"), c->dim, c->ffn_dim, &lw->w_gate)) ||
+            (rc = bind_mat(L, NAME("ffn_up.weight"), c->dim, c->ffn_dim, &lw->w_up)) ||
+            (rc = bind_mat(L, NAME("ffn_down.weight"), c->ffn_dim, c->dim, &lw->w_down)))
+            return rc;
+        /* llama.cpp: llama's attention biases are optional, qwen2 has
+         * q/k/v biases always (and no o bias), qwen3 none. */
+        if ((llama_like || qwen2) &&
+            ((rc = bind_vec(L, NAME("attn_q.bias"), (uint32_t)q_dim, qwen2, &lw->bq)) ||
+             (rc = bind_vec(L, NAME("attn_k.bias"), (uint32_t)kv_dim, qwen2, &lw->bk)) ||
+             (rc = bind_vec(L, NAME("attn_v.bias"), (uint32_t)kv_dim, qwen2, &lw->bv))))
+            return rc;
+        if (llama_like && (rc = bind_vec(L, NAME("attn_output.bias"), c->dim, false, &lw->bo)))
+            return rc;
+        if (qwen3 && ((rc = bind_vec(L, NAME("attn_q_norm.weight"), c->head_dim, true, &lw->q_norm)) ||
+                      (rc = bind_vec(L, NAME("attn_k_norm.weight"), c->head_dim, true, &lw->k_norm))))
             return rc;
 #undef NAME
     }
-    if ((rc = bind_vec(L, "output_norm.weight", c->dim, &m->out_norm)))
+    if ((rc = bind_vec(L, "output_norm.weight", c->dim, true, &m->out_norm)))
+        return rc;
+    if (llama_like && (rc = bind_vec(L, "rope_freqs.weight", c->rope_dim / 2, false, &m->rope_freqs)))
         return rc;
     m->tied_output = gguf_find_tensor(L->g, "output.weight") == NULL;
     if (m->tied_output)
         m->output = m->tok_embd;
     else if ((rc = bind_mat(L, "output.weight", c->dim, c->vocab, &m->output)))
         return rc;
+    /* A tensor we did not bind is part of a model we would not compute. */
+    for (uint64_t i = 0; i < gguf_n_tensors(L->g); i++) {
+        if (L->used[i])
+            continue;
+        char tn[96];
+        copy_shown(gguf_tensor_at(L->g, i)->name, tn, sizeof tn);
+        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
+                    "tensor '%s' is not used by architecture '%s' in rill (it would be ignored, "
+                    "computing another model)",
+                    tn, c->arch);
+    }
 
     int best = 0;
     for (int i = 1; i < WT_COUNT; i++)
         if (L->elems_by_type[i] > L->elems_by_type[best])
             best = i;
     c->dtype = (enum wtype)best;
-    return convert_vecs(L);
+    if ((rc = convert_vecs(L)))
+        return rc;
+    /* Divisors of RoPE frequencies: must be positive and finite. */
+    for (uint32_t i = 0; m->rope_freqs && i < c->rope_dim / 2; i++)
+        if (!(m->rope_freqs[i] > 0) || !isfinite(m->rope_freqs[i]))
+            return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "rope_freqs.weight[%" PRIu32 "] = %g", i,
+                        (double)m->rope_freqs[i]);
+    return 0;
 }
 
 /* ---- tokenizer from metadata ------------------------------------------------ */
 
-static int opt_id(struct loader *L, const char *key, int32_t *out)
-{
-    uint32_t v;
-    int rc = opt_u32(L, key, &v, UINT32_MAX);
-    if (rc)
-        return rc;
-    if (v == UINT32_MAX) {
-        *out = -1;
-        return 0;
-    }
-    if (v > INT32_MAX)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' = %" PRIu32 " is out of range",
-                    key, v);
-    *out = (int32_t)v;
-    return 0;
-}
-
-static int opt_bool(struct loader *L, const char *key, bool *out, bool dflt)
-{
-    int rc = gguf_get_bool(L->g, key, out, L->why, L->why_len);
-    if (rc == RILL_E_NOT_FOUND) {
-        *out = dflt;
-        return 0;
-    }
-    return rc;
-}
-
-/* An array of `n` elements, or NULL when absent; wrong element kind or count
- * is an error. */
-static int opt_arr(struct loader *L, const char *key, bool want_str, bool want_float, uint64_t n,
-                   const struct gguf_kv **out)
-{
-    *out = gguf_find(L->g, key);
-    const struct gguf_kv *kv = *out;
-    if (!kv)
-        return 0;
-    bool ok = kv->type == GGUF_ARR;
-    if (ok) {
-        enum gguf_vtype t = kv->v.arr.type;
-        ok = want_str ? t == GGUF_STR
-           : want_float ? (t == GGUF_F32 || t == GGUF_F64)
-           : (t != GGUF_STR && t != GGUF_F32 && t != GGUF_F64 && t != GGUF_BOOL);
-    }
-    if (!ok)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "metadata '%s' is not an array of %s", key,
-                    want_str ? "strings" : want_float ? "floats" : "integers");
-    if (n != UINT64_MAX && kv->v.arr.n != n)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "metadata '%s' has %" PRIu64 " entries, expected %" PRIu64 " (one per token)", key,
-                    kv->v.arr.n, n);
-    return 0;
-}
-
-static int strs_of(const struct gguf_kv *kv, const char ***strs, uint32_t **lens)
-{
-    uint64_t n = kv->v.arr.n;
-    *strs = malloc((n ? n : 1) * sizeof **strs);
-    *lens = malloc((n ? n : 1) * sizeof **lens);
-    if (!*strs || !*lens)
-        return RILL_E_NOMEM;
-    for (uint64_t i = 0; i < n; i++) {
-        struct gguf_str s = gguf_arr_str(kv, i);
-        if (s.len > UINT32_MAX)
-            return RILL_E_BAD_FORMAT;
-        (*strs)[i] = s.s;
-        (*lens)[i] = (uint32_t)s.len;
-    }
-    return 0;
-}
-
+/* vocab_load reads the tokenizer.* keys (the same code loads a
+ * vocabulary-only GGUF); here it must also fit the embedding. */
 static int load_tokenizer(struct loader *L)
 {
-    struct model *m = L->m;
-    struct tok_vocab v = {0};
-    struct gguf_str kind;
-    int rc = gguf_get_str(L->g, "tokenizer.ggml.model", &kind, L->why, L->why_len);
-    if (rc == RILL_E_NOT_FOUND)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "missing metadata 'tokenizer.ggml.model' (the file has no tokenizer)");
+    int rc = vocab_load(L->g, &L->m->tok, L->why, L->why_len);
     if (rc)
         return rc;
-    if (gguf_str_eq(kind, "llama")) {
-        v.kind = TOK_SPM;
-    } else if (gguf_str_eq(kind, "gpt2")) {
-        v.kind = TOK_GPT2;
-    } else {
-        char k[32];
-        copy_shown(kind, k, sizeof k);
-        return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "tokenizer '%s' is not supported (supported: llama, gpt2)", k);
-    }
-
-    const struct gguf_kv *tokens, *scores, *types, *merges;
-    if ((rc = opt_arr(L, "tokenizer.ggml.tokens", true, false, UINT64_MAX, &tokens)))
-        return rc;
-    if (!tokens)
-        return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT, "missing metadata 'tokenizer.ggml.tokens'");
-    if (tokens->v.arr.n != m->cfg.vocab)
+    if (tok_n_vocab(L->m->tok) != L->m->cfg.vocab)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
-                    "tokenizer.ggml.tokens has %" PRIu64 " tokens but token_embd.weight has %" PRIu32
-                    " rows",
-                    tokens->v.arr.n, m->cfg.vocab);
-    uint64_t n = tokens->v.arr.n;
-    if ((rc = opt_arr(L, "tokenizer.ggml.scores", false, true, n, &scores)) ||
-        (rc = opt_arr(L, "tokenizer.ggml.token_type", false, false, n, &types)) ||
-        (rc = opt_arr(L, "tokenizer.ggml.merges", true, false, UINT64_MAX, &merges)))
-        return rc;
-    v.n = (uint32_t)n;
-    if ((rc = opt_id(L, "tokenizer.ggml.bos_token_id", &v.bos)) ||
-        (rc = opt_id(L, "tokenizer.ggml.eos_token_id", &v.eos)) ||
-        (rc = opt_id(L, "tokenizer.ggml.unknown_token_id", &v.unk)) ||
-        (rc = opt_id(L, "tokenizer.ggml.padding_token_id", &v.pad)) ||
-        (rc = opt_id(L, "tokenizer.ggml.eot_token_id", &v.eot)) ||
-        /* llama.cpp's defaults: SentencePiece models add BOS and a space
-         * prefix unless they say otherwise; byte-level BPE ones do neither. */
-        (rc = opt_bool(L, "tokenizer.ggml.add_bos_token", &v.add_bos, v.kind == TOK_SPM)) ||
-        (rc = opt_bool(L, "tokenizer.ggml.add_space_prefix", &v.add_space_prefix, v.kind == TOK_SPM)))
-        return rc;
-    char pre[64];
-    rc = gguf_get_str_buf(L->g, "tokenizer.ggml.pre", pre, sizeof pre, L->why, L->why_len);
-    if (rc && rc != RILL_E_NOT_FOUND)
-        return rc;
-    v.pre = rc == 0 ? pre : NULL;
-
-    const char **tok_s = NULL, **merge_s = NULL;
-    uint32_t *tok_l = NULL, *merge_l = NULL;
-    float *sc = NULL;
-    int32_t *ty = NULL;
-    rc = strs_of(tokens, &tok_s, &tok_l);
-    if (!rc && merges)
-        rc = strs_of(merges, &merge_s, &merge_l);
-    if (!rc && scores && !(sc = malloc(n * sizeof *sc)))
-        rc = RILL_E_NOMEM;
-    if (!rc && types && !(ty = malloc(n * sizeof *ty)))
-        rc = RILL_E_NOMEM;
-    if (rc) {
-        rill_fail(L->why, L->why_len, rc, rc == RILL_E_NOMEM ? "out of memory for the vocabulary"
-                                                       : "a token of 4 GB or more");
-        goto out;
-    }
-    for (uint64_t i = 0; sc && i < n; i++)
-        sc[i] = gguf_arr_f32(scores, i);
-    for (uint64_t i = 0; ty && i < n; i++) {
-        int64_t x = gguf_arr_i64(types, i);
-        ty[i] = x < INT32_MIN || x > INT32_MAX ? 0 : (int32_t)x;
-    }
-    v.tokens = tok_s;
-    v.token_lens = tok_l;
-    v.scores = sc;
-    v.types = ty;
-    if (merges) {
-        v.n_merges = (uint32_t)(merges->v.arr.n > UINT32_MAX ? UINT32_MAX : merges->v.arr.n);
-        v.merges = merge_s;
-        v.merge_lens = merge_l;
-    }
-    char twhy[256] = "";
-    rc = tok_create(&v, &m->tok, twhy, sizeof twhy);
-    if (rc)
-        rill_fail(L->why, L->why_len, rc, "tokenizer: %s", twhy);
-out:
-    free(tok_s);
-    free(tok_l);
-    free(merge_s);
-    free(merge_l);
-    free(sc);
-    free(ty);
-    return rc;
+                    "tokenizer.ggml.tokens has %" PRIu32 " tokens but token_embd.weight has %" PRIu32 " rows",
+                    tok_n_vocab(L->m->tok), L->m->cfg.vocab);
+    return 0;
 }
 
 /* ---- touching the weights ------------------------------------------------------- */
@@ -614,20 +675,24 @@ int model_load(const char *path, bool progress, struct model **out, char *why, s
     if ((rc = read_config(&L)) || (rc = bind_weights(&L)) || (rc = load_tokenizer(&L)))
         goto err;
     free(L.pending);
+    free(L.used);
     touch_pages(m, progress);
     m->load_ms = clock_ms_since(t0);
 
     const struct model_config *c = &m->cfg;
     rlog_info("model %s: %s '%s', %" PRIu32 " layers, dim %" PRIu32 ", heads %" PRIu32 "/%" PRIu32
-              " (kv), ffn %" PRIu32 ", vocab %" PRIu32 ", ctx %" PRIu32 ", %.1fM params, %s%s, "
-              "%.1f MB, loaded in %.0f ms",
-              path, c->arch, c->name, c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->ffn_dim,
-              c->vocab, c->ctx, (double)c->n_params / 1e6, wtype_name(c->dtype),
+              " (kv) of %" PRIu32 ", ffn %" PRIu32 ", vocab %" PRIu32 ", ctx %" PRIu32 ", rope %s%s%s, "
+              "%.1fM params, %s%s, %.1f MB, loaded in %.0f ms",
+              path, c->arch, c->name, c->n_layers, c->dim, c->n_heads, c->n_kv_heads, c->head_dim, c->ffn_dim,
+              c->vocab, c->ctx, c->rope_style == ROPE_NEOX ? "neox" : "norm",
+              m->rope_freqs ? " with rope_freqs" : "", c->rope_freq_scale != 1.0f ? " linear-scaled" : "",
+              (double)c->n_params / 1e6, wtype_name(c->dtype),
               m->tied_output ? ", tied output" : "", (double)m->file_bytes / 1e6, m->load_ms);
     *out = m;
     return 0;
 err:
     free(L.pending);
+    free(L.used);
     model_free(m);
     return rc;
 }

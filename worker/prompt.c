@@ -16,7 +16,11 @@ int prompt_tokenize(const struct tok *tk, uint32_t max_ctx, const struct proto_s
         return RILL_E_NOMEM;
     int rc = 0;
     if (req->prompt_len || !req->n_prompt_tokens) {
-        rc = tok_encode(tk, req->prompt ? req->prompt : "", req->prompt_len, tok_add_bos(tk), p->tokens, cap, &n);
+        /* as llama.cpp's server: BOS/EOS as the vocabulary says, and
+         * control-token text parsed unless the request says the text is
+         * untrusted */
+        unsigned flags = TOK_ENC_ADD_SPECIAL | (req->parse_special ? TOK_ENC_PARSE_SPECIAL : 0);
+        rc = tok_encode_ex(tk, req->prompt ? req->prompt : "", req->prompt_len, flags, p->tokens, cap, &n);
         if (rc == RILL_E_TOO_LARGE) {
             rill_why(why, why_len, "prompt is %zu tokens, the context is %u", n, max_ctx);
             return RILL_E_CONTEXT_LENGTH;

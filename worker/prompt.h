@@ -1,6 +1,7 @@
 /* prompt.h — a request's prompt as token ids: its text tokenized (with BOS
- * when the model adds one), then the prompt_tokens it carries, checked
- * against the context.
+ * when the model adds one; control-token text such as "<|im_start|>" becomes
+ * the control token when req->parse_special), then the prompt_tokens it
+ * carries, checked against the context.
  *
  * A pure function of the tokenizer and the request: it may run on any
  * thread (the intake runs it off the loop, sched_submit on the caller's).

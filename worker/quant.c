@@ -988,22 +988,324 @@ static const rows_fn *avx2_fns(enum wtype t)
     }
 }
 
-void quant_matmul(enum wtype t, bool avx2, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
+/* ---- the integer kernels: AVX-512 ----------------------------------------------------------------
+ *
+ * Two activation rows in one 512-bit register: row b in the low half, b+1 in
+ * the high half, the weights' codes and scales the same in both.  Every
+ * 32-bit lane then does exactly what the AVX2 kernel's lane does for its row
+ * (the integer sums are exact, the float steps the same operations in the
+ * same order), so the results are the AVX2 kernels' bits; only the number
+ * of instructions halves, on cores whose 512-bit units are full width. */
+
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define MAXP 4 /* pairs of activation rows computed together */
+
+AVX512_TARGET static ALWAYS_INLINE __m512i pair_load(const void *lo, const void *hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
+                              _mm256_loadu_si256((const __m256i *)hi), 1);
+}
+
+AVX512_TARGET static ALWAYS_INLINE __m512 pair_set(float lo, float hi)
+{
+    return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
+}
+
+AVX512_TARGET static ALWAYS_INLINE __m512i dup256(__m256i v) { return _mm512_broadcast_i64x4(v); }
+
+AVX512_TARGET static ALWAYS_INLINE void store_pair(__m512 acc, float *y0, float *y1)
+{
+    *y0 = hsum8(_mm512_castps512_ps256(acc));
+    *y1 = hsum8(_mm512_extractf32x8_ps(acc, 1));
+}
+
+/* rows32() for 2P activation rows. */
+AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int P, const uint8_t *row,
+                                                  const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
+                                                  uint32_t n)
+{
+    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
+    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
+    const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b0 * K;
+    const float *ad = a->d + (size_t)b0 * nb, *as = a->s + (size_t)b0 * nb;
+    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    __m512 acc[MAXP];
+    float macc[2 * MAXP];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+        acc[p] = _mm512_setzero_ps();
+        macc[2 * p] = macc[2 * p + 1] = 0;
+    }
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * bb;
+        float dw = half_avx2(blk);
+        __m256i w = nibbles32(blk + qs_off);
+        if (t == WT_Q5_0)
+            w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
+        else if (t == WT_Q5_1)
+            w = _mm256_or_si256(w, _mm256_and_si256(bits32(blk + 4), _mm256_set1_epi8(0x10)));
+        else if (t == WT_Q4_0)
+            w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+        __m512i aw = dup256(is_signed ? _mm256_abs_epi8(w) : w);
+        /* AVX2's sign(a, w): a negated where w < 0 (where w == 0 its |w| is
+         * 0, so the product is 0 either way) */
+        __mmask64 neg = is_signed ? _mm512_movepi8_mask(dup256(w)) : 0;
+        __m512 dwv = _mm512_set1_ps(dw);
+#pragma GCC unroll 4
+        for (int p = 0; p < P; p++) {
+            const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
+            __m512i av = pair_load(a0, a0 + K);
+            if (is_signed)
+                av = _mm512_mask_sub_epi8(av, neg, zero, av);
+            __m512i L = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, av), ones);
+            __m512 D = _mm512_mul_ps(dwv, pair_set(ad[(size_t)(2 * p) * nb + i], ad[(size_t)(2 * p + 1) * nb + i]));
+            acc[p] = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc[p]);
+            if (has_min) {
+                float m = half_avx2(blk + 2);
+                macc[2 * p] = fmaf(m, as[(size_t)(2 * p) * nb + i], macc[2 * p]);
+                macc[2 * p + 1] = fmaf(m, as[(size_t)(2 * p + 1) * nb + i], macc[2 * p + 1]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+        float *y0 = y + (size_t)(b0 + 2 * (uint32_t)p) * ldy + n, *y1 = y0 + ldy;
+        store_pair(acc[p], y0, y1);
+        if (has_min) {
+            *y0 += macc[2 * p];
+            *y1 += macc[2 * p + 1];
+        }
+    }
+}
+
+/* rows256() for 2P activation rows. */
+AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int P, const uint8_t *row,
+                                                   const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
+                                                   uint32_t n)
+{
+    const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
+    uint32_t K = a->K, nb = K / QK_K;
+    const int8_t *aq = a->q + (size_t)b0 * K;
+    const float *ad = a->d + (size_t)b0 * nb;
+    const int16_t *abs16 = a->bsum + (size_t)b0 * nb * 16;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    __m512 acc[MAXP];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++)
+        acc[p] = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * bb;
+        const int8_t *ai = aq + (size_t)i * QK_K;
+        __m512i L[MAXP];
+        __m256i sc16 = _mm256_setzero_si256(), mn16 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int p = 0; p < P; p++)
+            L[p] = _mm512_setzero_si512();
+        float d, dmin = 0;
+        if (t == WT_Q4_K || t == WT_Q5_K) {
+            __m256i ms = _mm256_cvtepu8_epi16(k4_scales_vec(blk + 4));
+            __m256i scx = _mm256_permute4x64_epi64(ms, 0x44);
+            __m128i m8 = _mm256_extracti128_si256(ms, 1);
+            mn16 = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+            d = half_avx2(blk);
+            dmin = half_avx2(blk + 2);
+            const uint8_t *qs = blk + (t == WT_Q5_K ? 48 : 16);
+            __m256i h = t == WT_Q5_K ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+                __m256i u0 = _mm256_and_si256(q, m4), u1 = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                if (t == WT_Q5_K) {
+                    u0 = _mm256_or_si256(u0, _mm256_and_si256(_mm256_slli_epi16(h, 4), _mm256_set1_epi8(0x10)));
+                    u1 = _mm256_or_si256(u1, _mm256_and_si256(_mm256_slli_epi16(h, 3), _mm256_set1_epi8(0x10)));
+                    h = _mm256_srli_epi16(h, 2);
+                }
+                __m512i U0 = dup256(u0), U1 = dup256(u1);
+                __m512i S0 = dup256(_mm256_shuffle_epi8(scx, scale_ctl32(2 * j)));
+                __m512i S1 = dup256(_mm256_shuffle_epi8(scx, scale_ctl32(2 * j + 1)));
+#pragma GCC unroll 4
+                for (int p = 0; p < P; p++) {
+                    const int8_t *ac = ai + (size_t)(2 * p) * K + 64 * j;
+                    L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U0, pair_load(ac, ac + K)), S0));
+                    L[p] = _mm512_add_epi32(
+                        L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U1, pair_load(ac + 32, ac + K + 32)), S1));
+                }
+            }
+        } else {
+            if (t == WT_Q2_K) {
+                __m128i sv = _mm_loadu_si128((const __m128i *)blk);
+                sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sv, _mm_set1_epi8(15)));
+                mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv, 4), _mm_set1_epi8(15)));
+                d = half_avx2(blk + 80);
+                dmin = half_avx2(blk + 82);
+            } else if (t == WT_Q3_K) {
+                sc16 = _mm256_cvtepi8_epi16(k3_scales_vec(blk + 96));
+                d = half_avx2(blk + 108);
+            } else {
+                sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+                d = half_avx2(blk + 208);
+            }
+            __m256i hm = t == WT_Q3_K ? _mm256_loadu_si256((const __m256i *)blk) : _mm256_setzero_si256();
+#pragma GCC unroll 2
+            for (int n2 = 0; n2 < 2; n2++) {
+                __m256i scx = _mm256_permute4x64_epi64(sc16, n2 ? 0xee : 0x44);
+                __m256i u[4];
+                if (t == WT_Q6_K) {
+                    const uint8_t *ql = blk + 64 * n2;
+                    __m256i qa = _mm256_loadu_si256((const __m256i *)ql);
+                    __m256i qb = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                    __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * n2));
+                    const __m256i m30 = _mm256_set1_epi8(0x30);
+                    u[0] = _mm256_or_si256(_mm256_and_si256(qa, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+                    u[1] = _mm256_or_si256(_mm256_and_si256(qb, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+                    u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4), _mm256_and_si256(qh, m30));
+                    u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+                } else {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(blk + (t == WT_Q2_K ? 16 : 32) + 32 * n2));
+                    u[0] = _mm256_and_si256(q, m3);
+                    u[1] = _mm256_and_si256(_mm256_srli_epi16(q, 2), m3);
+                    u[2] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m3);
+                    u[3] = _mm256_and_si256(_mm256_srli_epi16(q, 6), m3);
+                    if (t == WT_Q3_K) {
+                        const __m256i b2 = _mm256_set1_epi8(4);
+                        u[0] = _mm256_or_si256(u[0], _mm256_and_si256(_mm256_slli_epi16(hm, 2), b2));
+                        u[1] = _mm256_or_si256(u[1], _mm256_and_si256(_mm256_slli_epi16(hm, 1), b2));
+                        u[2] = _mm256_or_si256(u[2], _mm256_and_si256(hm, b2));
+                        u[3] = _mm256_or_si256(u[3], _mm256_and_si256(_mm256_srli_epi16(hm, 1), b2));
+                        hm = _mm256_srli_epi16(hm, 4);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int jj = 0; jj < 4; jj++) {
+                    __m512i U = dup256(u[jj]), S = dup256(_mm256_shuffle_epi8(scx, scale_ctl16(jj)));
+#pragma GCC unroll 4
+                    for (int p = 0; p < P; p++) {
+                        const int8_t *ac = ai + (size_t)(2 * p) * K + 128 * n2 + 32 * jj;
+                        L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U, pair_load(ac, ac + K)), S));
+                    }
+                }
+            }
+        }
+        __m512i SC = dup256(sc16), MN = dup256(mn16);
+        __m512 dv = _mm512_set1_ps(d), dmv = _mm512_set1_ps(dmin);
+#pragma GCC unroll 4
+        for (int p = 0; p < P; p++) {
+            size_t r0 = (size_t)(2 * p), r1 = r0 + 1;
+            __m512i bsum = pair_load(abs16 + (r0 * nb + i) * 16, abs16 + (r1 * nb + i) * 16);
+            if (t == WT_Q3_K || t == WT_Q6_K) {
+                __m512i O = _mm512_madd_epi16(SC, bsum);
+                L[p] = _mm512_sub_epi32(L[p], _mm512_slli_epi32(O, t == WT_Q6_K ? 5 : 2));
+            }
+            __m512 dx = pair_set(ad[r0 * nb + i], ad[r1 * nb + i]);
+            acc[p] = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(L[p]), acc[p]);
+            if (t == WT_Q2_K || t == WT_Q4_K || t == WT_Q5_K)
+                acc[p] = _mm512_fnmadd_ps(_mm512_mul_ps(dmv, dx), _mm512_cvtepi32_ps(_mm512_madd_epi16(MN, bsum)),
+                                          acc[p]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+        float *y0 = y + (size_t)(b0 + 2 * (uint32_t)p) * ldy + n;
+        store_pair(acc[p], y0, y0 + ldy);
+    }
+}
+
+#define ROWS2_FNS(NAME, BODY, T)                                                                               \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_1(const uint8_t *row, const struct quant_act *a, \
+                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
+    {                                                                                                          \
+        BODY(T, 1, row, a, b0, y, ldy, n);                                                                     \
+    }                                                                                                          \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_2(const uint8_t *row, const struct quant_act *a, \
+                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
+    {                                                                                                          \
+        BODY(T, 2, row, a, b0, y, ldy, n);                                                                     \
+    }                                                                                                          \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_4(const uint8_t *row, const struct quant_act *a, \
+                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
+    {                                                                                                          \
+        BODY(T, 4, row, a, b0, y, ldy, n);                                                                     \
+    }                                                                                                          \
+    static const rows_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
+
+ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
+ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
+ROWS2_FNS(q5_0, rows32_x2, WT_Q5_0)
+ROWS2_FNS(q5_1, rows32_x2, WT_Q5_1)
+ROWS2_FNS(q2_k, rows256_x2, WT_Q2_K)
+ROWS2_FNS(q3_k, rows256_x2, WT_Q3_K)
+ROWS2_FNS(q4_k, rows256_x2, WT_Q4_K)
+ROWS2_FNS(q5_k, rows256_x2, WT_Q5_K)
+ROWS2_FNS(q6_k, rows256_x2, WT_Q6_K)
+
+/* 2, 4 and 8 activation rows at once */
+static const rows_fn *avx512_fns(enum wtype t)
+{
+    switch (t) {
+    case WT_Q4_0: return q4_0_x2_fns;
+    case WT_Q4_1: return q4_1_x2_fns;
+    case WT_Q5_0: return q5_0_x2_fns;
+    case WT_Q5_1: return q5_1_x2_fns;
+    case WT_Q2_K: return q2_k_x2_fns;
+    case WT_Q3_K: return q3_k_x2_fns;
+    case WT_Q4_K: return q4_k_x2_fns;
+    case WT_Q5_K: return q5_k_x2_fns;
+    case WT_Q6_K: return q6_k_x2_fns;
+    default: return NULL;
+    }
+}
+
+/* Activation rows of one pass (their int8 codes stay in L2 while a block of
+ * weight rows runs over them) and weight rows of one block (they stay in
+ * L1/L2 while every pass reads them).  Without the passes, a 512-row prompt
+ * of an 8192-wide matrix streamed 4 MiB of codes from L3 for every weight
+ * row. */
+#define ACT_PASS_BYTES (192u << 10)
+#define W_BLOCK_BYTES  (32u << 10)
+
+void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy)
 {
-    const rows_fn *fns = avx2 ? avx2_fns(t) : NULL;
-    for (uint32_t n = n0; n < n1; n++) {
-        const uint8_t *row = (const uint8_t *)w + (size_t)n * row_bytes;
-        if (!fns) {
+    const rows_fn *fns = isa >= QUANT_AVX2 ? avx2_fns(t) : NULL;
+    const rows_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
+    if (!fns) {
+        for (uint32_t n = n0; n < n1; n++)
             for (uint32_t b = 0; b < a->B; b++)
-                y[(size_t)b * ldy + n] = dot_row_scalar(t, row, a, b);
-            continue;
-        }
-        /* The row stays in L1 while every activation row reads it, MAXC at
-         * a time; the tile only decides which rows share its unpacking. */
-        for (uint32_t b0 = 0; b0 < a->B; b0 += MAXC) {
-            uint32_t c = a->B - b0 < MAXC ? a->B - b0 : MAXC;
-            fns[c](row, a, b0, y, ldy, n);
+                y[(size_t)b * ldy + n] = dot_row_scalar(t, (const uint8_t *)w + (size_t)n * row_bytes, a, b);
+        return;
+    }
+    uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)(W_BLOCK_BYTES / row_bytes);
+    pass = pass < 8 ? 8 : pass / 8 * 8;
+    wblk = wblk < 1 ? 1 : wblk;
+    for (uint32_t nb0 = n0; nb0 < n1; nb0 += wblk) {
+        uint32_t nb1 = n1 - nb0 < wblk ? n1 : nb0 + wblk;
+        for (uint32_t p0 = 0; p0 < a->B; p0 += pass) {
+            uint32_t p1 = a->B - p0 < pass ? a->B : p0 + pass;
+            for (uint32_t n = nb0; n < nb1; n++) {
+                const uint8_t *row = (const uint8_t *)w + (size_t)n * row_bytes;
+                /* The tile only decides which rows share the row's
+                 * unpacking, never how an element is computed. */
+                uint32_t b0 = p0;
+                if (fns2) {
+                    for (; p1 - b0 >= 8; b0 += 8)
+                        fns2[2](row, a, b0, y, ldy, n);
+                    if (p1 - b0 >= 4) {
+                        fns2[1](row, a, b0, y, ldy, n);
+                        b0 += 4;
+                    }
+                    if (p1 - b0 >= 2) {
+                        fns2[0](row, a, b0, y, ldy, n);
+                        b0 += 2;
+                    }
+                }
+                for (; b0 < p1; b0 += MAXC) {
+                    uint32_t c = p1 - b0 < MAXC ? p1 - b0 : MAXC;
+                    fns[c](row, a, b0, y, ldy, n);
+                }
+            }
         }
     }
 }

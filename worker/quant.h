@@ -110,11 +110,17 @@ int quant_act_quantize(struct quant_act *a, enum qact_kind kind, bool avx2, cons
 int quant_act_reserve(struct quant_act *a, enum qact_kind kind, uint32_t B, uint32_t K);
 void quant_act_free(struct quant_act *a);
 
+/* Instruction sets of quant_matmul() (the values of kern.h's enum kern_isa). */
+#define QUANT_SCALAR 0
+#define QUANT_AVX2   1
+#define QUANT_AVX512 2 /* AVX-512 F/BW/DQ/VL: two activation rows per register */
+
 /* y[b * ldy + n] = row n of w (type t, `row_bytes` apart, a->K columns) dotted
  * with activation row b, for n in [n0, n1) and b < a->B.  t must have
- * quant_act_kind(t) == a->kind.  `avx2`: the AVX2 kernels (the caller checked
- * the CPU); same bits as the scalar ones. */
-void quant_matmul(enum wtype t, bool avx2, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
+ * quant_act_kind(t) == a->kind.  `isa`: QUANT_SCALAR, QUANT_AVX2 or
+ * QUANT_AVX512 (the caller checked the CPU); every one gives the scalar
+ * kernels' bits. */
+void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy);
 
 #endif

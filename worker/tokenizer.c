@@ -27,6 +27,7 @@
 
 #include "common/hash.h"
 #include "common/utf8.h"
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +38,7 @@
 
 #include "err.h"
 
-#define TOK_MAX_RE 4
+#define TOK_MAX_RE 5
 
 struct span {
     uint32_t off, len;
@@ -81,8 +82,23 @@ struct tok {
     int n_re;
     bool ignore_merges;
 
+    /* Tokens whose text is cut out of a prompt before the pre-tokenizer and
+     * BPE (llama.cpp's tokenizer_st_partition): CONTROL and UNKNOWN ones when
+     * special text is parsed, USER_DEFINED ones always.  Longest text first
+     * (ties by id); by_first[b]..by_first[b+1] index, into sp_first, those
+     * whose text starts with byte b. */
+    int32_t *special;
+    uint32_t n_special;
+    uint32_t *sp_first;
+    uint32_t by_first[257];
+
+    uint8_t *strip; /* per token TOK_LSTRIP | TOK_RSTRIP, or NULL */
+
+    int32_t *eog; /* more end-of-generation ids than eos and eot */
+    uint32_t n_eog;
+
     int32_t bos, eos, unk, pad, eot;
-    bool add_bos, add_space_prefix;
+    bool add_bos, add_eos, add_space_prefix;
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -250,6 +266,12 @@ static const struct pre_def {
     {{"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", NULL},
      false, {"\\p{N}", RE_GPT2}},
     {{"qwen2", "stablelm2", "deepseek-r1-qwen", NULL}, false, {RE_QWEN2}},
+    /* [CJK Unified Ideographs, U+0800..U+4E00, Hangul syllables and more]: as
+     * llama.cpp writes it, overlapping ranges and all */
+    {{"deepseek-coder", NULL}, false,
+     {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+",
+      "[\xe4\xb8\x80-\xe9\xbe\xa5\xe0\xa0\x80-\xe4\xb8\x80\xea\xb0\x80-\xed\x9f\xbf]+",
+      "\\p{N}"}},
     {{"falcon", NULL}, false,
      {"[\\p{P}\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]"}},
     {{"default", NULL}, false,
@@ -263,6 +285,61 @@ static const struct pre_def *pre_find(const char *name)
             if (strcmp(pre_defs[i].names[k], name) == 0)
                 return &pre_defs[i];
     return NULL;
+}
+
+/* ---- special tokens in text ------------------------------------------------------ */
+
+/* Whether a token's text is cut out of a prompt: always (user-defined), only
+ * when special text is parsed (control, unknown), or never. */
+static bool cut_always(uint8_t ty) { return ty == TOK_T_USER; }
+static bool cut_special(uint8_t ty) { return ty == TOK_T_CONTROL || ty == TOK_T_UNKNOWN; }
+
+struct sp_key {
+    uint32_t len;
+    int32_t id;
+};
+
+static int sp_key_cmp(const void *a, const void *b)
+{
+    const struct sp_key *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len > y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int build_specials(struct tok *t)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < t->n; i++)
+        if (t->str[i].len && (cut_always(t->type[i]) || cut_special(t->type[i])))
+            n++;
+    struct sp_key *k = malloc((n ? n : 1) * sizeof *k);
+    t->special = malloc((n ? n : 1) * sizeof *t->special);
+    t->sp_first = malloc((n ? n : 1) * sizeof *t->sp_first);
+    if (!k || !t->special || !t->sp_first) {
+        free(k);
+        return RILL_E_NOMEM;
+    }
+    n = 0;
+    for (uint32_t i = 0; i < t->n; i++)
+        if (t->str[i].len && (cut_always(t->type[i]) || cut_special(t->type[i])))
+            k[n++] = (struct sp_key){t->str[i].len, (int32_t)i};
+    qsort(k, n, sizeof *k, sp_key_cmp);
+    for (uint32_t i = 0; i < n; i++)
+        t->special[i] = k[i].id;
+    t->n_special = n;
+    free(k);
+    /* bucket by first byte (a counting sort keeps the length order) */
+    memset(t->by_first, 0, sizeof t->by_first);
+    for (uint32_t i = 0; i < n; i++)
+        t->by_first[(uint8_t)t->text[t->str[t->special[i]].off] + 1]++;
+    for (int b = 0; b < 256; b++)
+        t->by_first[b + 1] += t->by_first[b];
+    uint32_t fill[256];
+    memcpy(fill, t->by_first, sizeof fill);
+    for (uint32_t i = 0; i < n; i++)
+        t->sp_first[fill[(uint8_t)t->text[t->str[t->special[i]].off]]++] = i;
+    return 0;
 }
 
 /* ---- create / free ------------------------------------------------------------ */
@@ -282,6 +359,10 @@ void tok_free(struct tok *t)
     free(t->smap);
     free(t->join);
     free(t->mmap);
+    free(t->special);
+    free(t->sp_first);
+    free(t->eog);
+    free(t->strip);
     free(t);
 }
 
@@ -483,6 +564,7 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
     t->n = v->n;
     t->bos = v->bos, t->eos = v->eos, t->unk = v->unk, t->pad = v->pad, t->eot = v->eot;
     t->add_bos = v->add_bos;
+    t->add_eos = v->add_eos;
     t->add_space_prefix = v->add_space_prefix;
 
     size_t total = 0;
@@ -608,6 +690,34 @@ int tok_create(const struct tok_vocab *v, struct tok **out, char *why, size_t wh
         t->piece[i] = (struct span){(uint32_t)off, (uint32_t)l};
         off += l;
     }
+    if ((rc = build_specials(t)) < 0)
+        goto err;
+    rc = RILL_E_NOMEM;
+    if (v->strip) {
+        if (!(t->strip = malloc(v->n)))
+            goto err;
+        memcpy(t->strip, v->strip, v->n);
+    }
+    if (v->n_eog) {
+        if (!v->eog) {
+            rill_why(why, why_len, "%u end-of-generation ids announced but none given", v->n_eog);
+            rc = RILL_E_BAD_FORMAT;
+            goto err;
+        }
+        rc = RILL_E_NOMEM;
+        if (!(t->eog = malloc(v->n_eog * sizeof *t->eog)))
+            goto err;
+        for (uint32_t i = 0; i < v->n_eog; i++) {
+            if (v->eog[i] < 0 || v->eog[i] >= (int32_t)v->n) {
+                rill_why(why, why_len, "end-of-generation id %d is outside the vocabulary of %u",
+                         v->eog[i], v->n);
+                rc = RILL_E_BAD_FORMAT;
+                goto err;
+            }
+            t->eog[i] = v->eog[i];
+        }
+        t->n_eog = v->n_eog;
+    }
     *out = t;
     return 0;
 err:
@@ -621,10 +731,18 @@ uint32_t tok_n_vocab(const struct tok *t) { return t->n; }
 int32_t tok_bos(const struct tok *t) { return t->bos; }
 int32_t tok_eos(const struct tok *t) { return t->eos; }
 bool tok_add_bos(const struct tok *t) { return t->add_bos; }
+bool tok_add_eos(const struct tok *t) { return t->add_eos; }
 
 bool tok_is_eog(const struct tok *t, int32_t id)
 {
-    return id >= 0 && (id == t->eos || id == t->eot);
+    if (id < 0)
+        return false;
+    if (id == t->eos || id == t->eot)
+        return true;
+    for (uint32_t i = 0; i < t->n_eog; i++)
+        if (t->eog[i] == id)
+            return true;
+    return false;
 }
 
 int tok_piece(const struct tok *t, int32_t id, const char **bytes, size_t *len)
@@ -808,7 +926,10 @@ static inline void emit(struct emit *o, int32_t id)
     o->n++;
 }
 
-static int spm_encode(const struct tok *t, const char *text, size_t len, struct emit *o)
+/* `prefix`: start the text with "▁" (llama.cpp does at the start of the
+ * text and after each special token, when the vocabulary adds a space
+ * prefix). */
+static int spm_encode(const struct tok *t, const char *text, size_t len, bool prefix, struct emit *o)
 {
     if (len == 0)
         return 0; /* llama.cpp adds no space prefix to an empty text */
@@ -822,7 +943,7 @@ static int spm_encode(const struct tok *t, const char *text, size_t len, struct 
         return RILL_E_NOMEM;
     }
     size_t bl = 0;
-    if (t->add_space_prefix) {
+    if (prefix) {
         memcpy(buf, "\xe2\x96\x81", 3);
         bl = 3;
     }
@@ -959,8 +1080,132 @@ static int gpt2_encode(const struct tok *t, const char *text, size_t len, struct
     return rc;
 }
 
-int tok_encode(const struct tok *t, const char *text, size_t len, bool add_bos,
-               int32_t *ids, size_t cap, size_t *n_out)
+/* A piece of the text: bytes to tokenize (id < 0) or a special token. */
+struct frag {
+    uint32_t off, len;
+    int32_t id;
+};
+
+struct frags {
+    struct frag *f;
+    size_t n, cap;
+};
+
+static bool frags_push(struct frags *v, uint32_t off, uint32_t len, int32_t id)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? 2 * v->cap : 16;
+        struct frag *f = realloc(v->f, cap * sizeof *f);
+        if (!f)
+            return false;
+        v->f = f, v->cap = cap;
+    }
+    v->f[v->n++] = (struct frag){off, len, id};
+    return true;
+}
+
+static bool cut_now(const struct tok *t, int32_t id, bool parse_special)
+{
+    return cut_always(t->type[id]) || (parse_special && cut_special(t->type[id]));
+}
+
+/* Cut special tokens out of text[0, len) as llama.cpp's tokenizer_st_partition
+ * does: each token in turn, longest first, splits every text fragment left at
+ * each of its occurrences (leftmost first, not overlapping), so a longer
+ * token wins over a shorter one it overlaps.  One scan first finds which
+ * tokens occur at all; only those make a pass, so plain text costs one scan. */
+static int partition(const struct tok *t, const char *text, size_t len, bool parse_special, struct frags *out)
+{
+    uint8_t *present = NULL;
+    int rc = RILL_E_NOMEM;
+    struct frags tmp = {0};
+    out->n = 0;
+    if (!frags_push(out, 0, (uint32_t)len, -1))
+        return RILL_E_NOMEM;
+    for (size_t i = 0; i < len; i++) {
+        uint8_t b = (uint8_t)text[i];
+        for (uint32_t j = t->by_first[b]; j < t->by_first[b + 1]; j++) {
+            uint32_t k = t->sp_first[j];
+            int32_t id = t->special[k];
+            const struct span *sp = &t->str[id];
+            if (sp->len > len - i || (present && present[k]) || !cut_now(t, id, parse_special) ||
+                memcmp(text + i, t->text + sp->off, sp->len) != 0)
+                continue;
+            if (!present && !(present = calloc(t->n_special, 1)))
+                return RILL_E_NOMEM;
+            present[k] = 1;
+        }
+    }
+    for (uint32_t k = 0; present && k < t->n_special; k++) {
+        if (!present[k])
+            continue;
+        const struct span *sp = &t->str[t->special[k]];
+        const char *needle = t->text + sp->off;
+        tmp.n = 0;
+        for (size_t i = 0; i < out->n; i++) {
+            struct frag f = out->f[i];
+            if (f.id >= 0) {
+                if (!frags_push(&tmp, f.off, f.len, f.id))
+                    goto done;
+                continue;
+            }
+            uint32_t at = f.off, end = f.off + f.len;
+            uint8_t strip = t->strip ? t->strip[t->special[k]] : 0;
+            const char *m;
+            while (end - at >= sp->len && (m = memmem(text + at, end - at, needle, sp->len))) {
+                uint32_t mo = (uint32_t)(m - text), le = mo;
+                /* lstrip / rstrip: the token eats the whitespace beside it */
+                while ((strip & TOK_LSTRIP) && le > at && isspace((uint8_t)text[le - 1]))
+                    le--;
+                if ((le > at && !frags_push(&tmp, at, le - at, -1)) ||
+                    !frags_push(&tmp, mo, sp->len, t->special[k]))
+                    goto done;
+                at = mo + sp->len;
+                while ((strip & TOK_RSTRIP) && at < end && isspace((uint8_t)text[at]))
+                    at++;
+            }
+            if (at < end && !frags_push(&tmp, at, end - at, -1))
+                goto done;
+        }
+        struct frags swap = *out;
+        *out = tmp;
+        tmp = swap;
+    }
+    rc = 0;
+done:
+    free(present);
+    free(tmp.f);
+    return rc;
+}
+
+/* The text's tokens, special ones cut out first; SentencePiece text after a
+ * special token gets the space prefix again, as at the start (llama.cpp's
+ * is_prev_special). */
+static int encode_text(const struct tok *t, const char *text, size_t len, bool parse_special, struct emit *o)
+{
+    if (len == 0)
+        return 0;
+    struct frags fr = {0};
+    int rc = partition(t, text, len, parse_special, &fr);
+    bool prev_special = true;
+    for (size_t i = 0; rc == 0 && i < fr.n; i++) {
+        const struct frag *f = &fr.f[i];
+        if (f->id >= 0) {
+            emit(o, f->id);
+            prev_special = true;
+        } else if (t->kind == TOK_SPM) {
+            rc = spm_encode(t, text + f->off, f->len, t->add_space_prefix && prev_special, o);
+            prev_special = false;
+        } else {
+            rc = gpt2_encode(t, text + f->off, f->len, o);
+        }
+    }
+    free(fr.f);
+    return rc;
+}
+
+static int encode(const struct tok *t, const char *text, size_t len, bool bos, bool eos, bool parse_special,
+                  int32_t *ids, size_t cap, size_t *n_out)
 {
     struct emit o = {.ids = ids, .cap = ids ? cap : 0, .n = 0};
     *n_out = 0;
@@ -968,13 +1213,29 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool add_bos,
         return RILL_E_BAD_REQUEST;
     if (len > UINT32_MAX / 4)
         return RILL_E_TOO_LARGE;
-    if (add_bos && t->bos >= 0)
+    if (bos && t->bos >= 0)
         emit(&o, t->bos);
-    int rc = t->kind == TOK_SPM ? spm_encode(t, text, len, &o) : gpt2_encode(t, text, len, &o);
+    int rc = encode_text(t, text, len, parse_special, &o);
     if (rc < 0)
         return rc;
+    if (eos && t->eos >= 0)
+        emit(&o, t->eos);
     *n_out = o.n;
     return o.n > cap ? RILL_E_TOO_LARGE : 0;
+}
+
+int tok_encode(const struct tok *t, const char *text, size_t len, bool add_bos,
+               int32_t *ids, size_t cap, size_t *n_out)
+{
+    return encode(t, text, len, add_bos, false, false, ids, cap, n_out);
+}
+
+int tok_encode_ex(const struct tok *t, const char *text, size_t len, unsigned flags,
+                  int32_t *ids, size_t cap, size_t *n_out)
+{
+    bool special = flags & TOK_ENC_ADD_SPECIAL;
+    return encode(t, text, len, special && t->add_bos, special && t->add_eos,
+                  flags & TOK_ENC_PARSE_SPECIAL, ids, cap, n_out);
 }
 
 /* ---- decoding ------------------------------------------------------------------- */

@@ -37,10 +37,20 @@ struct tok_vocab {
     const uint32_t *merge_lens;
     int32_t bos, eos, unk, pad;      /* -1 when absent */
     int32_t eot;                     /* extra end-of-generation id (e.g. <|eot_id|>), -1 if none */
+    const int32_t *eog;              /* n_eog more end-of-generation ids (may be NULL) */
+    const uint8_t *strip;            /* n flags TOK_LSTRIP|TOK_RSTRIP (may be NULL: none) */
+    uint32_t n_eog;
     bool add_bos;                    /* prepend BOS when encoding a prompt */
+    bool add_eos;                    /* append EOS when encoding a prompt */
     bool add_space_prefix;           /* SPM: prepend "▁" to the text (default true) */
     const char *pre;                 /* GPT-2 pre-tokenizer name ("gpt2", "llama-bpe", "smollm", …); NULL = "gpt2" */
 };
+
+/* Special tokens that, cut out of a prompt, take the whitespace before
+ * (LSTRIP) or after (RSTRIP) them along (Hugging Face's added-token flags;
+ * llama.cpp sets them for Phi-3). */
+#define TOK_LSTRIP 1u
+#define TOK_RSTRIP 2u
 
 struct tok;
 
@@ -55,16 +65,31 @@ uint32_t tok_n_vocab(const struct tok *t);
 int32_t tok_bos(const struct tok *t);
 int32_t tok_eos(const struct tok *t);
 bool tok_add_bos(const struct tok *t);
-/* Whether generating `id` ends the generation (EOS, EOT, …). */
+bool tok_add_eos(const struct tok *t);
+/* Whether generating `id` ends the generation: EOS, EOT and the vocabulary's
+ * `eog` ids (vocab_load fills those as llama.cpp derives them). */
 bool tok_is_eog(const struct tok *t, int32_t id);
 
 /* Encode `len` bytes of text (any bytes; invalid UTF-8 is encoded through the
- * byte fallback or byte-level tokens, never rejected).  Special tokens written
- * in the text ("<s>") are NOT recognized: user text cannot inject control
- * tokens.  BOS is prepended when add_bos.  Writes at most `cap` ids; *n_out is
- * the total count, and RILL_E_TOO_LARGE is returned when it exceeds `cap`. */
+ * byte fallback or byte-level tokens, never rejected), as llama.cpp's
+ * llama_tokenize(add_special = false, parse_special = false): control tokens
+ * written in the text ("<s>", "<|im_start|>") are NOT recognized, so the text
+ * cannot inject them; user-defined tokens (Qwen's "<think>") are, as in
+ * llama.cpp and Hugging Face.  BOS is prepended when add_bos.  Writes at most
+ * `cap` ids; *n_out is the total count, and RILL_E_TOO_LARGE is returned when
+ * it exceeds `cap`. */
 int tok_encode(const struct tok *t, const char *text, size_t len, bool add_bos,
                int32_t *ids, size_t cap, size_t *n_out);
+
+/* tok_encode_ex flags. */
+#define TOK_ENC_ADD_SPECIAL   1u /* BOS / EOS as the vocabulary's add_bos / add_eos say */
+#define TOK_ENC_PARSE_SPECIAL 2u /* control-token text ("<|im_start|>") becomes that token */
+
+/* tok_encode with llama.cpp's two switches (llama_tokenize's add_special and
+ * parse_special).  A prompt from a chat template wants both; text from an
+ * untrusted source wants PARSE_SPECIAL off.  Same errors as tok_encode. */
+int tok_encode_ex(const struct tok *t, const char *text, size_t len, unsigned flags,
+                  int32_t *ids, size_t cap, size_t *n_out);
 
 /* The raw bytes a token stands for ("▁the" -> " the", "<0x0A>" -> "\n",
  * GPT-2 "Ġthe" -> " the"); control tokens have no bytes.  The pointer is owned

@@ -64,17 +64,24 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
 {
     (void)state;
     enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
-    for (int ti = 0; ti < 3; ti++) {
-        uint32_t N = 37, K = 96, B = 9;
+    /* every instruction set, B = 1 (the direct tiles) and 9 (the converting
+     * ones) */
+    for (int ti = 0; ti < 3 * 3 * 2; ti++) {
+        enum kern_isa isa = (enum kern_isa)(ti / 6 % 3);
+        if (!kern_isa_supported(isa))
+            continue;
+        uint32_t N = 37, K = 96, B = ti % 2 ? 9 : 1;
         struct wmat w;
         float *ex;
-        make_matrix(&w, types[ti], N, K, &ex);
+        make_matrix(&w, types[ti / 2 % 3], N, K, &ex);
         float *x = malloc(sizeof(float) * B * K), *y = malloc(sizeof(float) * B * N);
         for (uint32_t i = 0; i < B * K; i++)
             x[i] = (float)frand();
         struct kmat km;
         assert_int_equal(kern_pack(&w, &km), 0);
+        enum kern_isa old = kern_set_isa(isa);
         kern_matmul(&km, x, K, B, y, N, 0, N);
+        kern_set_isa(old);
         for (uint32_t b = 0; b < B; b++)
             for (uint32_t n = 0; n < N; n++) {
                 double ref = 0, mag = 0;
@@ -83,7 +90,8 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
                     mag += fabs((double)ex[(size_t)n * K + k] * x[(size_t)b * K + k]);
                 }
                 if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-7)
-                    fail_msg("%s y[%u][%u] = %g, want %g", wtype_name(types[ti]), b, n, y[(size_t)b * N + n], ref);
+                    fail_msg("%s (%s) y[%u][%u] = %g, want %g", wtype_name(types[ti / 2 % 3]), kern_isa_name(isa), b, n,
+                             y[(size_t)b * N + n], ref);
             }
         kern_unpack_free(&km);
         free((void *)w.data);
@@ -99,9 +107,11 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
 {
     (void)state;
     enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
-    /* K = 800: the converting kernels' column blocks, a whole one and a part. */
-    for (int ti = 0; ti < 6; ti++) {
-        uint32_t N = 53, K = ti < 3 ? 128 : 800, B = 23;
+    /* K = 800: the converting kernels' column blocks, whole ones and a part;
+     * B = 71: more than one pass of activation rows, 53 rows: several blocks
+     * of groups and a partial group. */
+    for (int ti = 0; ti < 9; ti++) {
+        uint32_t N = 53, K = ti < 3 ? 128 : 800, B = ti < 6 ? 23 : 71;
         struct wmat w;
         float *ex;
         make_matrix(&w, types[ti % 3], N, K, &ex);
@@ -123,11 +133,17 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
                 kern_matmul(&km, x + (size_t)b * K, K, nb, part + (size_t)b * N, N, n0, n0 + 8 < N ? n0 + 8 : N);
         }
         assert_memory_equal(full, part, sizeof(float) * B * N);
-        enum kern_isa old = kern_set_isa(KERN_SCALAR);
-        memset(part, 0, sizeof(float) * B * N);
-        kern_matmul(&km, x, K, B, part, N, 0, N);
-        kern_set_isa(old);
-        assert_memory_equal(full, part, sizeof(float) * B * N);
+        for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+            if (!kern_isa_supported((enum kern_isa)isa))
+                continue;
+            enum kern_isa old = kern_set_isa((enum kern_isa)isa);
+            memset(part, 0, sizeof(float) * B * N);
+            kern_matmul(&km, x, K, B, part, N, 0, N);
+            kern_set_isa(old);
+            if (memcmp(full, part, sizeof(float) * B * N))
+                fail_msg("%s, %u rows: %s differs from %s", wtype_name(types[ti % 3]), B,
+                         kern_isa_name((enum kern_isa)isa), kern_isa_name(old));
+        }
         kern_unpack_free(&km);
         free((void *)w.data);
         free(ex);

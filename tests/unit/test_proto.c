@@ -331,6 +331,41 @@ static void test_submit_round_trips_at_max_sizes(void **state)
     free(toks);
 }
 
+static void v_false(msgpack_packer *pk) { msgpack_pack_false(pk); }
+
+/* parse_special is optional and true when absent (older senders); an explicit
+ * false survives a round trip; a non-boolean is refused. */
+static void test_submit_parse_special_defaults_to_true(void **state)
+{
+    msgpack_sbuffer sb;
+    struct proto_msg d;
+    msgpack_sbuffer_init(&sb);
+    pack_submit(&sb, NULL, NULL);
+    assert_int_equal(proto_decode(sb.data, sb.size, &d, NULL, 0), 0);
+    assert_true(d.u.submit.parse_special);
+    proto_msg_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+
+    msgpack_sbuffer_init(&sb);
+    pack_submit(&sb, "parse_special", v_false);
+    assert_int_equal(proto_decode(sb.data, sb.size, &d, NULL, 0), 0);
+    assert_false(d.u.submit.parse_special);
+    proto_msg_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+
+    assert_int_equal(submit_with("parse_special", v_int_bool, NULL, 0), RILL_E_BAD_REQUEST);
+
+    struct proto_msg m = { .type = PROTO_SUBMIT };
+    m.u.submit.parse_special = false;
+    round_trip(&m, &d);
+    assert_false(d.u.submit.parse_special);
+    proto_msg_free(&d);
+    m.u.submit.parse_special = true;
+    round_trip(&m, &d);
+    assert_true(d.u.submit.parse_special);
+    proto_msg_free(&d);
+}
+
 static void test_submit_round_trips_empty(void **state)
 {
     struct proto_msg m = { .type = PROTO_SUBMIT }, d;
@@ -1297,6 +1332,7 @@ int main(void)
         cmocka_unit_test(test_type_names_map_both_ways),
         cmocka_unit_test(test_submit_round_trips_at_max_sizes),
         cmocka_unit_test(test_submit_round_trips_empty),
+        cmocka_unit_test(test_submit_parse_special_defaults_to_true),
         cmocka_unit_test(test_request_replies_round_trip),
         cmocka_unit_test(test_hello_round_trips_for_every_role),
         cmocka_unit_test(test_heartbeat_round_trips_with_and_without_metrics),

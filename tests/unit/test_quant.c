@@ -557,10 +557,10 @@ static float *make_acts(uint32_t B, uint32_t K)
 static void test_int_kernels_agree_with_dequantize_then_multiply_in_double(void **state)
 {
     (void)state;
-    for (int isa = 0; isa < 2; isa++) {
-        if (isa == 1 && kern_isa() != KERN_AVX2)
-            break; /* nothing more to check on this CPU */
-        enum kern_isa old = kern_set_isa(isa ? KERN_AVX2 : KERN_SCALAR);
+    for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+        if (!kern_isa_supported((enum kern_isa)isa))
+            continue; /* nothing to check on this CPU */
+        enum kern_isa old = kern_set_isa((enum kern_isa)isa);
         for (size_t ti = 0; ti < N_INT_TYPES; ti++) {
             enum wtype t = int_types[ti];
             uint32_t N = 29, K = quant_block(t) == 32 ? 320 : 768, B = 7;
@@ -620,7 +620,7 @@ static void test_int_kernels_agree_with_dequantize_then_multiply_in_double(void 
 static void test_activation_quantization_is_the_same_in_avx2_and_scalar(void **state)
 {
     (void)state;
-    if (kern_isa() != KERN_AVX2)
+    if (!kern_isa_supported(KERN_AVX2))
         skip();
     uint32_t B = 11, K = 1024;
     float *x = make_acts(B, K);
@@ -697,15 +697,18 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
         kern_matmul_act(&km, &act, part, N, 20, N);
         if (memcmp(full, part, sizeof(float) * B * N))
             fail_msg("%s: prepared input differs", wtype_name(t));
-        if (kern_isa() == KERN_AVX2) {
-            enum kern_isa old = kern_set_isa(KERN_SCALAR);
+        /* B = 23 takes every tile: AVX-512's 8, 4 and 2 rows, AVX2's 1. */
+        for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+            if (!kern_isa_supported((enum kern_isa)isa) || (enum kern_isa)isa == kern_isa())
+                continue;
+            enum kern_isa old = kern_set_isa((enum kern_isa)isa);
             memset(part, 0, sizeof(float) * B * N);
             kern_matmul(&km, x, K, B, part, N, 0, N);
             kern_set_isa(old);
             for (size_t i = 0; i < (size_t)B * N; i++)
                 if (memcmp(&full[i], &part[i], sizeof(float)))
-                    fail_msg("%s: scalar %.9g, AVX2 %.9g at row %zu, act %zu", wtype_name(t), (double)part[i],
-                             (double)full[i], i % N, i / N);
+                    fail_msg("%s: %s %.9g, %s %.9g at row %zu, act %zu", wtype_name(t), kern_isa_name((enum kern_isa)isa),
+                             (double)part[i], kern_isa_name(old), (double)full[i], i % N, i / N);
         }
         kern_act_free(&act);
         kern_unpack_free(&kf);
@@ -715,6 +718,48 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
         free(x);
         free(full);
         free(part);
+    }
+}
+
+/* A long prompt over a wide matrix is computed in passes of activation rows
+ * and blocks of weight rows (so the codes stay in cache); an element must not
+ * depend on which pass or block it fell in: 53 rows of 4096 columns cross a
+ * pass boundary, compared with one row at a time, in every instruction set. */
+static void test_int_kernels_give_the_same_bits_across_cache_passes(void **state)
+{
+    (void)state;
+    const enum wtype ts[] = {WT_Q4_0, WT_Q4_K, WT_Q6_K};
+    for (size_t ti = 0; ti < sizeof ts / sizeof *ts; ti++) {
+        enum wtype t = ts[ti];
+        uint32_t N = 70, K = 4096, B = 53;
+        struct wmat w;
+        make_qmatrix(&w, t, N, K);
+        float *x = make_acts(B, K);
+        float *full = malloc(sizeof(float) * B * N), *one = malloc(sizeof(float) * B * N);
+        struct kmat km;
+        assert_int_equal(kern_pack(&w, &km), 0);
+        enum kern_isa old = kern_isa();
+        kern_set_isa(KERN_SCALAR);
+        for (uint32_t b = 0; b < B; b++)
+            kern_matmul(&km, x + (size_t)b * K, K, 1, one + (size_t)b * N, N, 0, N);
+        for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+            if (!kern_isa_supported((enum kern_isa)isa))
+                continue;
+            kern_set_isa((enum kern_isa)isa);
+            memset(full, 0, sizeof(float) * B * N);
+            kern_matmul(&km, x, K, B, full, N, 0, N);
+            for (size_t i = 0; i < (size_t)B * N; i++)
+                if (memcmp(&full[i], &one[i], sizeof(float)))
+                    fail_msg("%s %s: batch of %u %.9g, one row at a time (scalar) %.9g at row %zu, act %zu",
+                             wtype_name(t), kern_isa_name((enum kern_isa)isa), B, (double)full[i], (double)one[i],
+                             i % N, i / N);
+        }
+        kern_set_isa(old);
+        kern_unpack_free(&km);
+        free((void *)w.data);
+        free(x);
+        free(full);
+        free(one);
     }
 }
 
@@ -764,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_int_kernels_agree_with_dequantize_then_multiply_in_double),
         cmocka_unit_test(test_activation_quantization_is_the_same_in_avx2_and_scalar),
         cmocka_unit_test(test_int_kernels_are_bit_identical_across_batch_tiles_and_isa),
+        cmocka_unit_test(test_int_kernels_give_the_same_bits_across_cache_passes),
         cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
