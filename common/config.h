@@ -48,6 +48,7 @@
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
     X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "seconds an idle WebSocket may be silent before it is pinged (and 3x that before it is dropped)") \
+    X(INT,  gateway, failover_timeout_s, "30",         0, 3600,   "how long a generation whose worker died waits for a worker to run it again before it ends with worker_lost") \
     X(STR,  gateway, worker_list,      "",               0, 0,      "standalone: comma-separated workers as endpoint@ring (without a supervisor)") \
     X(STR,  worker, model,             "models/default.gguf", 0, 0, "GGUF model file") \
     X(INT,  worker, threads,           "0",              0, 256,    "compute threads (0: every core)") \

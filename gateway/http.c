@@ -93,6 +93,9 @@ static void render_metrics(const struct http_view *v, struct prom_buf *b)
     prom_counter(b, "rill_gateway_connections_total", "WebSocket connections accepted.", (double)m->connections_total);
     prom_counter(b, "rill_gateway_slow_consumers_total", "Connections closed as slow consumers.",
                  (double)m->slow_closed);
+    prom_counter(b, "rill_gateway_failovers_total",
+                 "Generations run again on another (or the restarted) worker after theirs stopped.",
+                 (double)v->failovers);
     prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)v->connections);
     prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)v->active_streams);
     prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)v->workers_ready);

@@ -192,6 +192,7 @@ static void http_view_of(const struct server *g, struct http_view *v)
                             .workers_ready = transport_ready(&g->tp),
                             .connections = g->limits.n_conns,
                             .active_streams = stream_table_active(&g->streams),
+                            .failovers = g->streams.failovers,
                             .shutting_down = g->ss.shutting_down,
                             .sup_prom = g->sup_prom,
                             .sup_prom_len = g->sup_prom_len,
@@ -353,6 +354,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         return;
     }
     transport_tick(&t->g->tp, now);
+    stream_table_tick(&t->g->streams, now);
     struct telemetry_gauges tg;
     gauges_of(t->g, &tg);
     telemetry_tick(&t->g->tel, now, &tg);
@@ -454,10 +456,10 @@ static void on_worker_msg(void *ctx, int worker, struct proto_msg *m)
     stream_on_msg(&g->streams, worker, m);
 }
 
-static void on_worker_token(void *ctx, const struct proto_token *t, uint64_t now_ns)
+static void on_worker_token(void *ctx, int worker, const struct proto_token *t, uint64_t now_ns)
 {
     struct server *g = ctx;
-    stream_on_token(&g->streams, t, now_ns);
+    stream_on_token(&g->streams, worker, t, now_ns);
 }
 
 static void on_batch_end(void *ctx)
@@ -544,7 +546,7 @@ int server_run(const struct rill_config *c)
     hist_init_prom(&g->m.itl_us, 1000000);
     hist_init_prom(&g->m.gen_itl_us, 1000000);
     telemetry_init(&g->tel, c, &g->m, epoch);
-    stream_table_init(&g->streams, &g->tp, epoch);
+    stream_table_init(&g->streams, &g->tp, epoch, (uint64_t)c->failover_timeout_s * 1000000000ull);
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {

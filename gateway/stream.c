@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* --- the table: open addressing, linear probing, tombstones ------------------------------- */
 
@@ -81,10 +82,11 @@ static void map_del(struct stream_table *t, uint64_t id)
         }
 }
 
-void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch)
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, uint64_t failover_timeout_ns)
 {
     memset(t, 0, sizeof *t);
     t->tp = tp;
+    t->failover_timeout_ns = failover_timeout_ns;
     t->next_req_id = (uint64_t)epoch << 32;
 }
 
@@ -112,6 +114,13 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
     s->t_submit_ns = now_ns;
     s->submit = *submit;
     s->submit.id = s->req_id;
+    /* Every request has a seed, so that running it again gives the same
+     * tokens: the client's, or one drawn here and kept. */
+    if (!s->submit.has_seed) {
+        if (getrandom(&s->submit.seed, sizeof s->submit.seed, 0) != sizeof s->submit.seed)
+            s->submit.seed = hash_u64(now_ns ^ s->req_id);
+        s->submit.has_seed = true;
+    }
     if (map_put(t, s)) {
         free(s);
         return NULL;
@@ -125,6 +134,10 @@ static void conclude(struct stream_table *t, struct stream *s, int code, int fin
 {
     if (s->state == STREAM_DONE)
         return;
+    if (s->waiting_since_ns) {
+        s->waiting_since_ns = 0;
+        t->waiting--;
+    }
     s->state = STREAM_DONE;
     s->term_code = code;
     s->finish = finish;
@@ -145,27 +158,43 @@ bool stream_recoverable(const struct stream *s)
     return !s->term_final && rill_err_recoverable(rill_err_wire(s->term_code));
 }
 
-void stream_start(struct stream_table *t, struct stream *s)
+/* Send s to the least-loaded worker that has not refused it.  When none
+ * can take it: a stream failing over waits (may_wait) while a worker is
+ * ready or can come back; any other ends with the reason. */
+static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, bool may_wait)
 {
-    assert(s->state == STREAM_QUEUED && s->worker < 0);
     for (;;) {
         int w = transport_pick(t->tp, s->tried);
         if (w < 0) {
-            bool any = transport_ready(t->tp) > 0;
-            if (s->refusal == RILL_E_SHUTTING_DOWN) {
+            bool any = transport_ready(t->tp) > 0, back = transport_can_come_back(t->tp);
+            if (may_wait && s->refusal != RILL_E_SHUTTING_DOWN && (any || back) && t->failover_timeout_ns) {
+                if (!s->waiting_since_ns) {
+                    s->waiting_since_ns = now_ns;
+                    t->waiting++;
+                }
+            } else if (s->failovers) {
+                s->term_final = !any && !back;
+                conclude(t, s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR,
+                         "the worker running this generation stopped, and no worker can take it over");
+            } else if (s->refusal == RILL_E_SHUTTING_DOWN) {
                 conclude(t, s, RILL_E_SHUTTING_DOWN, PROTO_FINISH_ERROR, "the workers are shutting down");
-            } else if (any || transport_can_come_back(t->tp)) {
+            } else if (any || back) {
                 conclude(t, s, any ? RILL_E_OVERLOADED : RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
-                           any ? "every worker is busy: try again" : "no worker is ready");
+                         any ? "every worker is busy: try again" : "no worker is ready");
             } else {
                 s->term_final = true;
                 conclude(t, s, RILL_E_NO_WORKER, PROTO_FINISH_ERROR,
-                           "no worker is ready, and none will come back (the supervisor gave up on them)");
+                         "no worker is ready, and none will come back (the supervisor gave up on them)");
             }
             return;
         }
         s->worker = w;
         s->tried |= 1ull << w;
+        if (s->failovers) { /* the tokens delivered so far are the rest of the prompt */
+            s->submit.prompt_tokens = s->ids;
+            s->submit.n_prompt_tokens = s->next_pos;
+            s->submit.skip = s->next_pos;
+        }
         struct proto_msg m = {.type = PROTO_SUBMIT};
         m.u.submit = s->submit;
         int rc = transport_send(t->tp, w, &m);
@@ -173,10 +202,63 @@ void stream_start(struct stream_table *t, struct stream *s)
                    transport_worker_id(t->tp, w), rill_err_name(rc));
         if (rc == 0) {
             transport_inflight(t->tp, w, +1);
+            s->awaiting_reply = true;
+            if (s->waiting_since_ns) {
+                s->waiting_since_ns = 0;
+                t->waiting--;
+            }
             return;
         }
         rlog_warn("cannot send request to worker %s: %s", transport_worker_id(t->tp, w), rill_err_name(rc));
         s->worker = -1;
+    }
+}
+
+void stream_start(struct stream_table *t, struct stream *s)
+{
+    assert(s->state == STREAM_QUEUED && s->worker < 0);
+    route(t, s, clock_ns(), false);
+}
+
+/* s's worker is gone: run it again elsewhere from what was delivered. */
+static void failover(struct stream_table *t, struct stream *s, uint64_t now_ns)
+{
+    if (s->worker >= 0)
+        transport_inflight(t->tp, s->worker, -1);
+    s->worker = -1;
+    s->awaiting_reply = false;
+    s->tried = 0;
+    s->refusal = 0;
+    if (s->next_pos >= s->submit.max_tokens) { /* all delivered but the end */
+        conclude(t, s, 0, PROTO_FINISH_LENGTH, NULL);
+        return;
+    }
+    s->failovers++;
+    t->failovers++;
+    rlog_info("request %llu (%s): its worker stopped; running it again from position %u", (unsigned long long)s->req_id,
+              s->cid.s, s->next_pos);
+    route(t, s, now_ns, true);
+}
+
+void stream_table_tick(struct stream_table *t, uint64_t now_ns)
+{
+    if (!t->waiting)
+        return;
+    for (uint32_t i = 0; i < t->cap && t->waiting; i++) {
+        struct stream *s = t->map[i];
+        if (!s || s == TOMB || !s->waiting_since_ns)
+            continue;
+        if (now_ns - s->waiting_since_ns > t->failover_timeout_ns) {
+            char m[160];
+            snprintf(m, sizeof m,
+                     "the worker running this generation stopped, and no worker took it over within "
+                     "failover_timeout_s (%llu s)",
+                     (unsigned long long)(t->failover_timeout_ns / 1000000000ull));
+            conclude(t, s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR, m);
+            continue;
+        }
+        s->tried = 0;
+        route(t, s, now_ns, true);
     }
 }
 
@@ -193,6 +275,8 @@ void stream_cancel(struct stream_table *t, struct stream *s)
 void stream_release(struct stream_table *t, struct stream *s)
 {
     stream_cancel(t, s);
+    if (s->waiting_since_ns)
+        t->waiting--;
     map_del(t, s->req_id);
     if (s->worker >= 0)
         transport_inflight(t->tp, s->worker, -1);
@@ -200,6 +284,7 @@ void stream_release(struct stream_table *t, struct stream *s)
     free(s->out.pend_gen_ns);
     free((void *)s->submit.prompt);
     free(s->lat_ms);
+    free(s->ids);
     free(s);
 }
 
@@ -218,14 +303,15 @@ void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m
     if (m->type != PROTO_REJECTED)
         return;
     struct stream *s = map_get(t, m->u.rejected.id);
-    if (!s || s->worker != worker || s->state != STREAM_QUEUED)
+    if (!s || s->worker != worker || !s->awaiting_reply)
         return;
+    s->awaiting_reply = false;
     int code = m->u.rejected.code;
     transport_inflight(t->tp, worker, -1);
     s->worker = -1;
     if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
         s->refusal = code;
-        stream_start(t, s); /* another worker may have room */
+        route(t, s, clock_ns(), s->failovers > 0); /* another worker may have room */
         return;
     }
     conclude(t, s, code, PROTO_FINISH_ERROR, m->u.rejected.message);
@@ -260,11 +346,28 @@ static void note_token(struct stream *s, const struct proto_token *tk, uint64_t 
         }
 }
 
-void stream_on_token(struct stream_table *t, const struct proto_token *tk, uint64_t now_ns)
+/* Keep the id of the token at position pos (for running it again). */
+static int keep_id(struct stream *s, uint32_t pos, int32_t id)
+{
+    if (pos >= s->ids_cap) {
+        uint32_t cap = s->ids_cap ? s->ids_cap * 2 : 64;
+        while (cap <= pos)
+            cap *= 2;
+        int32_t *a = realloc(s->ids, cap * sizeof *a);
+        if (!a)
+            return RILL_E_NOMEM;
+        s->ids = a;
+        s->ids_cap = cap;
+    }
+    s->ids[pos] = id;
+    return 0;
+}
+
+void stream_on_token(struct stream_table *t, int worker, const struct proto_token *tk, uint64_t now_ns)
 {
     struct stream *s = map_get(t, tk->req_id);
-    if (!s || s->state == STREAM_DONE)
-        return; /* abandoned by its client, or already ended */
+    if (!s || s->state == STREAM_DONE || s->worker != worker)
+        return; /* abandoned by its client, ended, or from a worker it left */
     if (s->state == STREAM_QUEUED) {
         /* The ring carries a request's accepted ahead of its tokens: a token
          * first is a worker's bug, not a race. */
@@ -272,9 +375,15 @@ void stream_on_token(struct stream_table *t, const struct proto_token *tk, uint6
         return;
     }
     if (tk->token_id >= 0) {
+        if (tk->position < s->next_pos)
+            return; /* delivered already (cannot happen with one record stream per worker) */
         if (tk->position != s->next_pos)
             rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)tk->req_id, tk->position,
                       s->next_pos);
+        if (keep_id(s, tk->position, tk->token_id)) {
+            stream_end(t, s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
+            return;
+        }
         s->next_pos = tk->position + 1;
         s->state = STREAM_STREAMING;
         note_token(s, tk, now_ns);
@@ -291,11 +400,11 @@ void stream_on_token(struct stream_table *t, const struct proto_token *tk, uint6
 
 void stream_worker_lost(struct stream_table *t, int worker)
 {
+    uint64_t now = clock_ns();
     for (uint32_t i = 0; i < t->cap; i++) {
         struct stream *s = t->map[i];
         if (s && s != TOMB && s->worker == worker && s->state != STREAM_DONE)
-            conclude(t, s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR,
-                       "the worker running this generation stopped; resubmit it");
+            failover(t, s, now);
     }
 }
 

@@ -7,7 +7,15 @@
  *     └──────────no worker / refused────▶ DONE ◀──last token / error / lost
  *
  * A stream keeps what running it again needs: the submit message (prompt,
- * parameters, seed) and the next position the client expects.  This layer is
+ * parameters, and a seed: the client's or one drawn here) and the ids of
+ * the tokens delivered.  When its worker dies, the stream is submitted
+ * again — to a live worker, or to the restarted one within
+ * failover_timeout_s — with those ids as prefill and `skip` = their count;
+ * the kernels are batch-invariant and the sampler's randomness is a
+ * function of (seed, position), so the new worker goes on with exactly the
+ * tokens the old one would have given.  The client sees no error, no gap
+ * and no duplicate: only records of the stream's current worker count, and
+ * a position already delivered is dropped.  This layer is
  * the one place that decides how a generation ends and what the client is
  * told about it (code, message, finish reason); the session layer above
  * only encodes and writes what it is given, through the events below.
@@ -51,8 +59,13 @@ struct stream {
     int worker;                  /* transport index, -1 while unrouted */
     uint64_t tried;              /* workers that refused it (bit per index) */
     int refusal;                 /* the last refusal's code (0: none) */
+    bool awaiting_reply;         /* submitted; its accepted/rejected has not come */
     struct proto_submit submit;  /* what running it again needs (owns prompt) */
     uint32_t next_pos;           /* the next position the client expects */
+    int32_t *ids;                /* ids[0 .. next_pos): the tokens delivered */
+    uint32_t ids_cap;
+    uint32_t failovers;          /* times it was submitted again */
+    uint64_t waiting_since_ns;   /* failing over with no worker to take it (0: not) */
     /* the end, once DONE */
     int term_code;               /* 0: complete */
     bool term_final;             /* not recoverable, whatever its code says */
@@ -86,6 +99,9 @@ struct stream_events {
 
 struct stream_table {
     struct transport *tp;
+    uint64_t failover_timeout_ns;
+    uint32_t waiting;            /* streams failing over that no worker took yet */
+    uint64_t failovers;          /* for /metrics */
     struct stream **map;         /* by req_id: open addressing, linear probing */
     uint32_t cap, used, tombs;
     uint64_t next_req_id;
@@ -93,7 +109,9 @@ struct stream_table {
 
 /* Request ids are <epoch:32><counter:32>, the epoch random per process, so a
  * restarted gateway never takes over its predecessor's requests. */
-void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch);
+void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, uint64_t failover_timeout_ns);
+/* Retry the streams that wait for a worker; end those waiting too long. */
+void stream_table_tick(struct stream_table *t, uint64_t now_ns);
 /* Frees the map; the streams belong to their owners. */
 void stream_table_fini(struct stream_table *t);
 /* Streams not yet released. */
@@ -122,8 +140,9 @@ void stream_release(struct stream_table *t, struct stream *s);
 
 /* Records from the transport. */
 void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m);
-void stream_on_token(struct stream_table *t, const struct proto_token *t_, uint64_t now_ns);
-/* The worker stopped: its running streams end with worker_lost. */
+void stream_on_token(struct stream_table *t, int worker, const struct proto_token *t_, uint64_t now_ns);
+/* The worker stopped: its streams fail over to another worker (or wait
+ * for one). */
 void stream_worker_lost(struct stream_table *t, int worker);
 
 struct stream_summary {

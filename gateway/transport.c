@@ -287,7 +287,7 @@ void transport_poll_rings(struct transport *t)
                 rlog_warn("worker %s: bad token record (%u bytes)", w->id, len);
                 continue;
             }
-            t->cb.on_token(t->cb.ctx, &tok, now);
+            t->cb.on_token(t->cb.ctx, w->idx, &tok, now);
         }
         ring_release(w->ring);
         if (rc == RILL_E_BAD_FORMAT) {

@@ -43,7 +43,7 @@ struct transport_cb {
      * with its tokens; the callee may keep what it takes out of m. */
     void (*on_msg)(void *ctx, int worker, struct proto_msg *m);
     /* A token record from a worker's ring. */
-    void (*on_token)(void *ctx, const struct proto_token *t, uint64_t now_ns);
+    void (*on_token)(void *ctx, int worker, const struct proto_token *t, uint64_t now_ns);
     /* The end of one pass over the rings (write what it gave clients). */
     void (*on_batch_end)(void *ctx);
     /* A worker went down (ring producer died, or the supervisor stopped
