@@ -49,6 +49,9 @@
     X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "seconds an idle WebSocket may be silent before it is pinged (and 3x that before it is dropped)") \
     X(INT,  gateway, failover_timeout_s, "30",         0, 3600,   "how long a generation whose worker died waits for a worker to run it again before it ends with worker_lost") \
+    X(INT,  gateway, resume_window_s,  "60",             0, 86400,  "how long a generation outlives its client's connection (running, then kept with its tokens) so that a resume can pick it up; 0: a dropped connection cancels its generations") \
+    X(SIZE, gateway, resume_log_bytes, "256K",           0, 1073741824, "tokens kept per generation for resumes (older ones are dropped first)") \
+    X(SIZE, gateway, resume_log_total_bytes, "256M",     0, 1099511627776, "tokens kept for resumes in all; past it a generation's oldest ones are dropped") \
     X(STR,  gateway, worker_list,      "",               0, 0,      "standalone: comma-separated workers as endpoint@ring (without a supervisor)") \
     X(STR,  worker, model,             "models/default.gguf", 0, 0, "GGUF model file") \
     X(INT,  worker, threads,           "0",              0, 256,    "compute threads (0: every core)") \

@@ -46,7 +46,7 @@ int rill_err_from_name(const char *name)
 bool rill_err_is_wire(int code)
 {
     int i = rill_err_index(code);
-    return i >= 0 && i <= RILL__IDX_INTERNAL;
+    return i >= 0 && i <= RILL__IDX_RESUME_FAILED; /* the last wire code */
 }
 
 int rill_err_wire(int code)

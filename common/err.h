@@ -38,6 +38,7 @@
     X(DUPLICATE_ID,       "duplicate_id",            false)                    \
     X(NO_WORKER,          "no_worker",               true)                     \
     X(INTERNAL,           "internal",                true)                     \
+    X(RESUME_FAILED,      "resume_failed",           false)                    \
     /* local codes: never sent as such */                                      \
     X(NOMEM,              "out_of_memory",           true)                     \
     X(IO,                 "io_error",                true)                     \

@@ -115,18 +115,23 @@ int frames_error(struct obuf *out, bool msgpack, const struct creq_id *id, int c
     return 0;
 }
 
-int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, const char *worker)
+int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, const char *worker,
+                    const char *resume_token)
 {
     if (msgpack) {
         msgpack_packer pk;
         msgpack_packer_init(&pk, out, mp_write);
-        msgpack_pack_map(&pk, 3);
+        msgpack_pack_map(&pk, 3 + (resume_token ? 1 : 0));
         mp_key(&pk, "type");
         mp_key(&pk, "accepted");
         mp_key(&pk, "id");
         mp_id(&pk, id);
         mp_key(&pk, "worker");
         mp_key(&pk, worker);
+        if (resume_token) {
+            mp_key(&pk, "resume_token");
+            mp_key(&pk, resume_token);
+        }
     } else {
         char buf[ID_JSON_MAX + 256];
         struct jsonw w;
@@ -136,10 +141,38 @@ int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, co
         jsonw_key(&w, "id");
         creq_id_json(&w, id);
         jsonw_key_str(&w, "worker", worker);
+        if (resume_token)
+            jsonw_key_str(&w, "resume_token", resume_token);
         jsonw_obj_end(&w);
         return obuf_put(out, buf, jsonw_len(&w));
     }
     return 0;
+}
+
+int frames_resumed(struct obuf *out, bool msgpack, const struct creq_id *id, uint32_t from)
+{
+    if (msgpack) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, out, mp_write);
+        msgpack_pack_map(&pk, 3);
+        mp_key(&pk, "type");
+        mp_key(&pk, "resumed");
+        mp_key(&pk, "id");
+        mp_id(&pk, id);
+        mp_key(&pk, "from");
+        msgpack_pack_uint32(&pk, from);
+        return 0;
+    }
+    char buf[ID_JSON_MAX + 128];
+    struct jsonw w;
+    jsonw_init(&w, buf, sizeof buf);
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "type", "resumed");
+    jsonw_key(&w, "id");
+    creq_id_json(&w, id);
+    jsonw_key_uint(&w, "from", from);
+    jsonw_obj_end(&w);
+    return obuf_put(out, buf, jsonw_len(&w));
 }
 
 int frames_hello(struct obuf *out, bool msgpack, const struct frames_hello *h)

@@ -2,7 +2,8 @@
  * (rill.json.v1 text, rill.msgpack.v1 the same maps in msgpack):
  *
  *   {"type":"hello","server":"rill","protocol":..,"authenticated":b,..}
- *   {"type":"accepted","id":X,"worker":"w0"}
+ *   {"type":"accepted","id":X,"worker":"w0","resume_token":"…"}
+ *   {"type":"resumed","id":X,"from":17}
  *   {"type":"token","id":X,"token":{"id":8204,"text":" quantum","position":12,
  *     "latency_ms":38.5,"logprob":-0.52[,"gen_us":..][,"top_logprobs":[..]]}}
  *   {"type":"tokens","id":X,"tokens":[{...},{...}]}     several coalesced
@@ -31,7 +32,9 @@ struct frames_hello {
 };
 
 int frames_hello(struct obuf *out, bool msgpack, const struct frames_hello *h);
-int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, const char *worker);
+int frames_accepted(struct obuf *out, bool msgpack, const struct creq_id *id, const char *worker,
+                    const char *resume_token);
+int frames_resumed(struct obuf *out, bool msgpack, const struct creq_id *id, uint32_t from);
 /* `code` is any rill error; the frame carries its wire code. */
 int frames_error(struct obuf *out, bool msgpack, const struct creq_id *id, int code, const char *msg,
                  bool recoverable);

@@ -294,6 +294,22 @@ static int parse_hello(const cJSON *root, struct creq *r, char *msg, size_t n)
     return 0;
 }
 
+static int parse_resume(const cJSON *root, struct creq *r, char *msg, size_t n)
+{
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(root, "resume_token");
+    if (!cJSON_IsString(k) || has_nul(k) || !k->valuestring[0] || strlen(k->valuestring) > CREQ_TOKEN_MAX)
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "resume_token: expected the string from accepted");
+    snprintf(r->resume_token, sizeof r->resume_token, "%s", k->valuestring);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(root, "from");
+    if (f && !cJSON_IsNull(f)) {
+        if (!cJSON_IsNumber(f) || f->valuedouble < 0 || f->valuedouble > 4294967295.0 ||
+            f->valuedouble != (double)(uint32_t)f->valuedouble)
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "from: expected a position (an integer >= 0)");
+        r->from = (uint32_t)f->valuedouble;
+    }
+    return 0;
+}
+
 /* Where a NUL would enter a JSON text, or 0: 1 for a raw 0x00 byte (never
  * valid JSON, and cJSON would cut its string there), 2 for a \u0000 escape
  * inside a string (cJSON decodes it into a NUL that cuts the C string).  A
@@ -403,9 +419,12 @@ int creq_parse(const void *buf, size_t len, bool binary, const struct creq_limit
             rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "telemetry: expected true or false");
         else
             out->telemetry = cJSON_IsTrue(tel);
+    } else if (!strcmp(t->valuestring, "resume")) {
+        out->type = CREQ_RESUME;
+        rc = parse_resume(root, out, msg, msg_len);
     } else {
         rc = rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
-                 "type: unknown message type '%.32s' (generate, cancel, hello, subscribe)", t->valuestring);
+                 "type: unknown message type '%.32s' (generate, cancel, hello, subscribe, resume)", t->valuestring);
     }
 out:
     cJSON_Delete(root);

@@ -36,10 +36,11 @@
 #define CREQ_ID_MAX     64   /* bytes of a client's id */
 #define CREQ_KEY_MAX    256
 #define CREQ_CLIENT_MAX 128
+#define CREQ_TOKEN_MAX  64   /* bytes of a resume token */
 
 /* Sampling defaults when a request says nothing: proto.h's PROTO_DEFAULT_*. */
 
-enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO, CREQ_SUBSCRIBE };
+enum creq_type { CREQ_NONE = 0, CREQ_GENERATE, CREQ_CANCEL, CREQ_HELLO, CREQ_SUBSCRIBE, CREQ_RESUME };
 
 /* A client's id as it was sent: a string, or an integer echoed as a number. */
 struct creq_id {
@@ -75,6 +76,9 @@ struct creq {
     char client[CREQ_CLIENT_MAX + 1]; /* client.name, for the log */
     /* subscribe */
     bool telemetry;
+    /* resume */
+    char resume_token[CREQ_TOKEN_MAX + 1];
+    uint32_t from;              /* the first position the client wants */
 };
 
 /* Parse one message.  `binary` says which protocol framed it (msgpack when

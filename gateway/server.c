@@ -547,6 +547,8 @@ int server_run(const struct rill_config *c)
     hist_init_prom(&g->m.gen_itl_us, 1000000);
     telemetry_init(&g->tel, c, &g->m, epoch);
     stream_table_init(&g->streams, &g->tp, epoch, (uint64_t)c->failover_timeout_s * 1000000000ull);
+    stream_table_resume(&g->streams, (uint64_t)c->resume_window_s * 1000000000ull, (size_t)c->resume_log_bytes,
+                        (size_t)c->resume_log_total_bytes);
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {

@@ -60,8 +60,8 @@ static struct stream *find_stream(struct conn *c, const struct creq_id *id)
     return NULL;
 }
 
-/* Unlink s from its connection and release it. */
-static void drop_stream(struct conn *c, struct stream *s)
+/* Take s out of its connection (its unsent tokens with it). */
+static void unlink_stream(struct conn *c, struct stream *s)
 {
     for (struct stream **pp = &c->streams; *pp; pp = &(*pp)->next)
         if (*pp == s) {
@@ -72,6 +72,15 @@ static void drop_stream(struct conn *c, struct stream *s)
         c->rr = s->next;
     c->n_streams--;
     writer_account(&c->w, -(long)s->out.pending.len);
+    s->out.pending.len = 0;
+    s->out.n_pending = 0;
+    s->next = NULL;
+}
+
+/* Unlink s from its connection and release it. */
+static void drop_stream(struct conn *c, struct stream *s)
+{
+    unlink_stream(c, s);
     stream_release(c->ss->streams, s);
 }
 
@@ -102,7 +111,10 @@ static void on_accepted(void *ctx, struct stream *s)
     struct session *ss = ctx;
     struct conn *c = s->owner;
     struct obuf b = {0};
-    if (frames_accepted(&b, c->msgpack, &s->cid, transport_worker_id(ss->tp, s->worker)) == 0)
+    char token[STREAM_TOKEN_LEN];
+    stream_resume_token(s, token);
+    if (frames_accepted(&b, c->msgpack, &s->cid, transport_worker_id(ss->tp, s->worker),
+                        ss->streams->resume_window_ns ? token : NULL) == 0)
         writer_queue(&c->w, &b, true);
     obuf_free(&b);
 }
@@ -188,7 +200,7 @@ static int write_tokens(struct conn *c, struct stream *s, uint64_t now)
     /* Delivery: from the worker's ring publish to this frame's write. */
     uint64_t t_write = clock_ns();
     for (uint32_t i = 0; i < n; i++)
-        if (t_write > o->pend_gen_ns[i] && telemetry_sample(ss->tel))
+        if (o->pend_gen_ns[i] && t_write > o->pend_gen_ns[i] && telemetry_sample(ss->tel))
             telemetry_delivery(ss->tel, (t_write - o->pend_gen_ns[i]) / 1000);
     writer_coalesce(&c->w, now);
     return 0;
@@ -211,7 +223,8 @@ static int write_end(struct conn *c, struct stream *s)
         rc = frames_complete(&b, c->msgpack, &s->cid, finish, &u) || writer_send(&c->w, &b);
         obuf_free(&b);
     }
-    drop_stream(c, s);
+    unlink_stream(c, s);
+    stream_retire(c->ss->streams, s, clock_ns()); /* a resume may still ask for its end */
     return rc ? -1 : 0;
 }
 
@@ -304,6 +317,8 @@ static void handle_generate(struct conn *c, struct creq *r)
     }
     r->prompt = NULL; /* the stream owns it now */
     s->out.timestamps = r->timestamps;
+    if (ss->limits->n_keys) /* only the same key may resume it */
+        snprintf(s->key_name, sizeof s->key_name, "%s", c->bucket_key);
     s->next = c->streams;
     c->streams = s;
     c->n_streams++;
@@ -324,6 +339,102 @@ static void handle_cancel(struct conn *c, const struct creq *r)
         return;
     }
     stream_cancel(c->ss->streams, s);
+}
+
+/* Queue the logged tokens of s from position `from` as if they had just
+ * come.  false: the client is too slow for them (failed). */
+static bool replay(struct conn *c, struct stream *s, uint32_t from)
+{
+    struct stream_out *o = &s->out;
+    for (uint32_t pos = from; pos < s->next_pos; pos++) {
+        struct proto_token tk;
+        if (stream_log_get(s, pos, &tk))
+            break; /* checked before: cannot happen */
+        size_t before = o->pending.len;
+        if (frames_token_item(&o->pending, c->msgpack, o->n_pending == 0, o->timestamps, &tk))
+            return false;
+        o->n_pending++;
+        if (!writer_account(&c->w, (long)(o->pending.len - before))) {
+            fail_slow(c);
+            return false;
+        }
+    }
+    /* Delivery times are not measured for replayed tokens (0). */
+    if (o->n_pending > o->pend_cap) {
+        uint64_t *a = realloc(o->pend_gen_ns, o->n_pending * sizeof *a);
+        if (!a)
+            return true;
+        o->pend_gen_ns = a;
+        o->pend_cap = o->n_pending;
+    }
+    memset(o->pend_gen_ns, 0, o->n_pending * sizeof *o->pend_gen_ns);
+    return true;
+}
+
+static void handle_resume(struct conn *c, struct creq *r)
+{
+    struct session *ss = c->ss;
+    if (!c->authed) {
+        close_with(c, &r->id, RILL_E_UNAUTHORIZED,
+                   "an API key is required (Authorization: Bearer, ?key=, or hello.key)");
+        return;
+    }
+    struct stream *s = stream_by_token(ss->streams, r->resume_token, ss->limits->n_keys ? c->bucket_key : "");
+    if (!s) {
+        send_error(c, &r->id, RILL_E_RESUME_FAILED,
+                   "no generation has this resume token (it ended more than resume_window_s ago, or never existed)");
+        return;
+    }
+    if (!r->id.present) {
+        r->id = s->cid;
+    }
+    struct stream *same = find_stream(c, &r->id);
+    if (same && same != s) {
+        send_error(c, &r->id, RILL_E_DUPLICATE_ID, "a generation with this id is still running");
+        return;
+    }
+    if (r->from > s->next_pos) {
+        char m[128];
+        snprintf(m, sizeof m, "from %u is beyond the %u tokens generated so far", r->from, s->next_pos);
+        send_error(c, &r->id, RILL_E_BAD_REQUEST, m);
+        return;
+    }
+    if (r->from < s->next_pos && r->from < s->log_first) {
+        char m[160];
+        snprintf(m, sizeof m, "the tokens from position %u are no longer kept (kept: from %u on)", r->from,
+                 s->log_first);
+        send_error(c, &r->id, RILL_E_RESUME_FAILED, m);
+        return;
+    }
+    if (!s->detached_ns) {
+        /* Its old connection is still open (half-open, or this one): the
+         * new one takes over. */
+        struct conn *old = s->owner;
+        if (s->ev != &ss->ev) {
+            send_error(c, &r->id, RILL_E_RESUME_FAILED, "this generation is served on another interface");
+            return;
+        }
+        unlink_stream(old, s);
+        stream_detach(ss->streams, s, clock_ns());
+    }
+    if (c->n_streams >= (uint32_t)ss->c->max_streams_per_conn) {
+        send_error(c, &r->id, RILL_E_TOO_MANY_STREAMS, "too many generations on this connection to resume one more");
+        return;
+    }
+    stream_attach(ss->streams, s, c, &ss->ev);
+    s->cid = r->id;
+    s->next = c->streams;
+    c->streams = s;
+    c->n_streams++;
+    rlog_info("request %llu resumed as %s from position %u", (unsigned long long)s->req_id, s->cid.s, r->from);
+    struct obuf b = {0};
+    if (frames_resumed(&b, c->msgpack, &s->cid, r->from) == 0)
+        writer_queue(&c->w, &b, true);
+    obuf_free(&b);
+    if (!replay(c, s, r->from))
+        return;
+    writer_want(&c->w, clock_ns());
+    writer_wake(&c->w);
 }
 
 static void on_message(struct conn *c, const unsigned char *buf, size_t len, bool binary)
@@ -369,6 +480,9 @@ static void on_message(struct conn *c, const unsigned char *buf, size_t len, boo
         break;
     case CREQ_CANCEL:
         handle_cancel(c, &r);
+        break;
+    case CREQ_RESUME:
+        handle_resume(c, &r);
         break;
     case CREQ_SUBSCRIBE:
         /* Telemetry names workers, rates and errors: with keys on, a key. */
@@ -533,7 +647,14 @@ void session_closed(struct conn *c)
         return; /* refused before the handshake was read */
     if (c->subscribed)
         telemetry_subscribe(c->ss->tel, &c->w, false);
-    drop_streams(c);
+    /* A dropped connection does not end its generations: they run on for
+     * resume_window_s, for a resume on another connection. */
+    uint64_t now = clock_ns();
+    while (c->streams) {
+        struct stream *s = c->streams;
+        unlink_stream(c, s);
+        stream_detach(c->ss->streams, s, now);
+    }
     writer_close(&c->w);
     free(c->rx);
     c->rx = NULL;

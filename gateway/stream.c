@@ -121,6 +121,13 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
             s->submit.seed = hash_u64(now_ns ^ s->req_id);
         s->submit.has_seed = true;
     }
+    unsigned char r[16];
+    if (getrandom(r, sizeof r, 0) != sizeof r) {
+        free(s);
+        return NULL; /* no unguessable token without the kernel's randomness */
+    }
+    for (int i = 0; i < 16; i++)
+        snprintf(s->secret + 2 * i, 3, "%02x", r[i]);
     if (map_put(t, s)) {
         free(s);
         return NULL;
@@ -240,8 +247,25 @@ static void failover(struct stream_table *t, struct stream *s, uint64_t now_ns)
     route(t, s, now_ns, true);
 }
 
+/* Release the detached streams whose window has passed (once a second). */
+static void sweep_detached(struct stream_table *t, uint64_t now_ns)
+{
+    if (!t->detached || now_ns < t->next_sweep_ns)
+        return;
+    t->next_sweep_ns = now_ns + 1000000000ull;
+    for (uint32_t i = 0; i < t->cap && t->detached; i++) {
+        struct stream *s = t->map[i];
+        if (s && s != TOMB && s->detached_ns && now_ns - s->detached_ns > t->resume_window_ns) {
+            rlog_debug("request %llu: nobody resumed it within resume_window_s: %s", (unsigned long long)s->req_id,
+                       s->state == STREAM_DONE ? "dropped" : "cancelled");
+            stream_release(t, s); /* cancels it at its worker if it still runs */
+        }
+    }
+}
+
 void stream_table_tick(struct stream_table *t, uint64_t now_ns)
 {
+    sweep_detached(t, now_ns);
     if (!t->waiting)
         return;
     for (uint32_t i = 0; i < t->cap && t->waiting; i++) {
@@ -277,6 +301,13 @@ void stream_release(struct stream_table *t, struct stream *s)
     stream_cancel(t, s);
     if (s->waiting_since_ns)
         t->waiting--;
+    if (s->detached_ns)
+        t->detached--;
+    if (s->retired)
+        t->retired--;
+    t->log_total -= s->log_len;
+    free(s->log);
+    free(s->log_off);
     map_del(t, s->req_id);
     if (s->worker >= 0)
         transport_inflight(t->tp, s->worker, -1);
@@ -346,6 +377,168 @@ static void note_token(struct stream *s, const struct proto_token *tk, uint64_t 
         }
 }
 
+/* Drop the older half of s's log. */
+static void log_drop_front(struct stream_table *t, struct stream *s)
+{
+    uint32_t k = s->log_n / 2 ? s->log_n / 2 : s->log_n;
+    size_t cut = k < s->log_n ? s->log_off[k] : s->log_len;
+    memmove(s->log, s->log + cut, s->log_len - cut);
+    s->log_len -= cut;
+    t->log_total -= cut;
+    for (uint32_t i = k; i < s->log_n; i++)
+        s->log_off[i - k] = s->log_off[i] - (uint32_t)cut;
+    s->log_n -= k;
+    s->log_first += k;
+}
+
+/* Keep token record tk in s's log, for resumes (within the caps: the
+ * oldest go first). */
+static int log_append(struct stream_table *t, struct stream *s, const struct proto_token *tk)
+{
+    if (!t->resume_window_ns)
+        return 0;
+    size_t need = proto_token_size(tk->n_top, tk->text_len);
+    if (s->log_n == 0)
+        s->log_first = tk->position;
+    while (s->log_n && (s->log_len + need > t->log_cap || t->log_total + need > t->log_total_cap))
+        log_drop_front(t, s);
+    if (need > t->log_cap || t->log_total + need > t->log_total_cap) {
+        s->log_first = tk->position + 1; /* nothing kept: resumes from here on only */
+        return 0;
+    }
+    if (s->log_n == 0)
+        s->log_first = tk->position;
+    if (s->log_len + need > s->log_cap) {
+        size_t cap = s->log_cap ? s->log_cap * 2 : 1024;
+        while (cap < s->log_len + need)
+            cap *= 2;
+        unsigned char *a = realloc(s->log, cap);
+        if (!a)
+            return RILL_E_NOMEM;
+        s->log = a;
+        s->log_cap = cap;
+    }
+    if (s->log_n == s->log_off_cap) {
+        uint32_t cap = s->log_off_cap ? s->log_off_cap * 2 : 64;
+        uint32_t *a = realloc(s->log_off, cap * sizeof *a);
+        if (!a)
+            return RILL_E_NOMEM;
+        s->log_off = a;
+        s->log_off_cap = cap;
+    }
+    int n = proto_token_encode(s->log + s->log_len, s->log_cap - s->log_len, tk);
+    if (n < 0)
+        return n;
+    s->log_off[s->log_n++] = (uint32_t)s->log_len;
+    s->log_len += (size_t)n;
+    t->log_total += (size_t)n;
+    return 0;
+}
+
+int stream_log_get(const struct stream *s, uint32_t pos, struct proto_token *tk)
+{
+    if (pos < s->log_first || pos - s->log_first >= s->log_n)
+        return RILL_E_NOT_FOUND;
+    uint32_t i = pos - s->log_first;
+    size_t end = i + 1 < s->log_n ? s->log_off[i + 1] : s->log_len;
+    return proto_token_decode(s->log + s->log_off[i], end - s->log_off[i], tk) ? RILL_E_BAD_FORMAT : 0;
+}
+
+/* --- resume ------------------------------------------------------------------------------ */
+
+void stream_table_resume(struct stream_table *t, uint64_t window_ns, size_t log_cap, size_t log_total_cap)
+{
+    t->resume_window_ns = window_ns;
+    t->log_cap = log_cap;
+    t->log_total_cap = log_total_cap;
+}
+
+void stream_resume_token(const struct stream *s, char out[STREAM_TOKEN_LEN])
+{
+    snprintf(out, STREAM_TOKEN_LEN, "%016llx.%s", (unsigned long long)s->req_id, s->secret);
+}
+
+/* Equal in time that does not depend on where they differ. */
+static bool same_secret(const char *a, const char *b)
+{
+    unsigned char d = 0;
+    for (int i = 0; i < 32; i++)
+        d |= (unsigned char)(a[i] ^ b[i]);
+    return d == 0;
+}
+
+struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name)
+{
+    if (strlen(token) != STREAM_TOKEN_LEN - 1 || token[16] != '.')
+        return NULL;
+    char hex[17];
+    memcpy(hex, token, 16);
+    hex[16] = 0;
+    char *end;
+    uint64_t id = strtoull(hex, &end, 16);
+    if (*end)
+        return NULL;
+    struct stream *s = map_get(t, id);
+    if (!s || !same_secret(s->secret, token + 17))
+        return NULL;
+    if (strcmp(s->key_name, key_name ? key_name : ""))
+        return NULL;
+    return s;
+}
+
+static void no_accepted(void *ctx, struct stream *s) { (void)ctx, (void)s; }
+static int no_token(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns)
+{
+    (void)ctx, (void)s, (void)t, (void)now_ns;
+    return 0;
+}
+static void no_ended(void *ctx, struct stream *s) { (void)ctx, (void)s; }
+
+/* What a stream without an owner tells: nothing (its log keeps the tokens). */
+static const struct stream_events detached_events = {NULL, no_accepted, no_token, no_ended};
+
+void stream_detach(struct stream_table *t, struct stream *s, uint64_t now_ns)
+{
+    if (!t->resume_window_ns) {
+        stream_release(t, s);
+        return;
+    }
+    s->owner = NULL;
+    s->ev = &detached_events;
+    s->next = NULL;
+    obuf_free(&s->out.pending);
+    s->out.n_pending = 0;
+    if (!s->detached_ns)
+        t->detached++;
+    s->detached_ns = now_ns ? now_ns : 1;
+}
+
+void stream_retire(struct stream_table *t, struct stream *s, uint64_t now_ns)
+{
+    assert(s->state == STREAM_DONE);
+    if (!t->resume_window_ns) {
+        stream_release(t, s);
+        return;
+    }
+    if (!s->retired)
+        t->retired++;
+    s->retired = true;
+    stream_detach(t, s, now_ns);
+}
+
+void stream_attach(struct stream_table *t, struct stream *s, void *owner, const struct stream_events *ev)
+{
+    assert(s->detached_ns);
+    s->detached_ns = 0;
+    t->detached--;
+    if (s->retired)
+        t->retired--;
+    s->retired = false;
+    s->owner = owner;
+    s->ev = ev;
+    t->resumes++;
+}
+
 /* Keep the id of the token at position pos (for running it again). */
 static int keep_id(struct stream *s, uint32_t pos, int32_t id)
 {
@@ -380,7 +573,7 @@ void stream_on_token(struct stream_table *t, int worker, const struct proto_toke
         if (tk->position != s->next_pos)
             rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)tk->req_id, tk->position,
                       s->next_pos);
-        if (keep_id(s, tk->position, tk->token_id)) {
+        if (keep_id(s, tk->position, tk->token_id) || log_append(t, s, tk)) {
             stream_end(t, s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
             return;
         }

@@ -20,6 +20,12 @@
  * told about it (code, message, finish reason); the session layer above
  * only encodes and writes what it is given, through the events below.
  *
+ * Resume: a stream outlives its client's connection by resume_window_s
+ * (detached: still running, or finished and kept), with a log of its token
+ * records, so that a client can take it up again on any connection with
+ * its resume token (an unguessable secret, bound to the API key's name) and
+ * the position to go on from.
+ *
  * Every record of a request arrives in order on its worker's ring
  * (accepted or rejected, tokens, the last one); a record for an id not in
  * the table (a stream its client abandoned) is dropped.
@@ -66,6 +72,15 @@ struct stream {
     uint32_t ids_cap;
     uint32_t failovers;          /* times it was submitted again */
     uint64_t waiting_since_ns;   /* failing over with no worker to take it (0: not) */
+    /* resume */
+    char secret[33];             /* hex; the resume token is "<req_id hex>.<secret>" */
+    char key_name[72];           /* the API key's name it is bound to ("" : none) */
+    uint64_t detached_ns;        /* no owner since (0: attached) */
+    bool retired;                /* its end was sent; kept only for resumes */
+    unsigned char *log;          /* encoded token records of positions [log_first, next_pos) */
+    size_t log_len, log_cap;
+    uint32_t *log_off;           /* offset of each record in log */
+    uint32_t log_first, log_n, log_off_cap;
     /* the end, once DONE */
     int term_code;               /* 0: complete */
     bool term_final;             /* not recoverable, whatever its code says */
@@ -102,6 +117,10 @@ struct stream_table {
     uint64_t failover_timeout_ns;
     uint32_t waiting;            /* streams failing over that no worker took yet */
     uint64_t failovers;          /* for /metrics */
+    uint64_t resume_window_ns;   /* 0: a stream dies with its connection */
+    size_t log_cap, log_total_cap, log_total;
+    uint32_t detached, retired;
+    uint64_t resumes, next_sweep_ns;
     struct stream **map;         /* by req_id: open addressing, linear probing */
     uint32_t cap, used, tombs;
     uint64_t next_req_id;
@@ -114,8 +133,10 @@ void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t ep
 void stream_table_tick(struct stream_table *t, uint64_t now_ns);
 /* Frees the map; the streams belong to their owners. */
 void stream_table_fini(struct stream_table *t);
-/* Streams not yet released. */
-static inline uint32_t stream_table_active(const struct stream_table *t) { return t->used; }
+/* Resume settings (0 window: no resume). */
+void stream_table_resume(struct stream_table *t, uint64_t window_ns, size_t log_cap, size_t log_total_cap);
+/* Streams that have not ended and been sent (retired ones are only kept). */
+static inline uint32_t stream_table_active(const struct stream_table *t) { return t->used - t->retired; }
 
 /* A new QUEUED stream for `owner`, told through `ev` (which must outlive
  * it), with the client's id and the request (its prompt is taken over:
@@ -137,6 +158,26 @@ bool stream_recoverable(const struct stream *s);
 /* Take s out of the table and free it (cancelling it at its worker if it
  * has not ended): after its end was sent, or when its owner goes away. */
 void stream_release(struct stream_table *t, struct stream *s);
+
+/* --- resume ------------------------------------------------------------------------ */
+
+#define STREAM_TOKEN_LEN 50  /* 16 hex digits, '.', 32 hex digits, NUL */
+/* s's resume token. */
+void stream_resume_token(const struct stream *s, char out[STREAM_TOKEN_LEN]);
+/* The stream a resume token names, if it is still kept and bound to
+ * key_name (NULL or "" when keys are off).  NULL otherwise. */
+struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name);
+/* The owner goes away: keep s for resume_window_s (running on, or kept
+ * with its end), or release it when resume is off.  Unlink it first. */
+void stream_detach(struct stream_table *t, struct stream *s, uint64_t now_ns);
+/* The end of s was sent: keep it for a resume that may still ask, or
+ * release it.  Unlink it first. */
+void stream_retire(struct stream_table *t, struct stream *s, uint64_t now_ns);
+/* A new owner (a resume).  s must be detached. */
+void stream_attach(struct stream_table *t, struct stream *s, void *owner, const struct stream_events *ev);
+/* The record of position pos from the log into *tk (valid until the log
+ * changes).  RILL_E_NOT_FOUND when it is no longer kept. */
+int stream_log_get(const struct stream *s, uint32_t pos, struct proto_token *tk);
 
 /* Records from the transport. */
 void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m);

@@ -13,7 +13,7 @@ from rillclient import GREEDY, JSON, Client, run, sampling
 WIRE_CODES = ["bad_request", "unauthorized", "forbidden_origin", "too_large", "prompt_too_long",
               "max_tokens_exceeded", "context_length_exceeded", "too_many_streams", "too_many_connections",
               "rate_limited", "overloaded", "shutting_down", "memory_limit_exceeded", "worker_lost", "cancelled",
-              "timeout", "slow_consumer", "not_found", "duplicate_id", "no_worker", "internal"]
+              "timeout", "slow_consumer", "not_found", "duplicate_id", "no_worker", "internal", "resume_failed"]
 
 HISTOGRAMS = ["rill_gateway_time_to_first_token_seconds", "rill_gateway_inter_token_seconds",
               "rill_gateway_token_delivery_seconds"]
