@@ -146,6 +146,10 @@ static void conclude(struct stream_table *t, struct stream *s, int code, int fin
         t->waiting--;
     }
     s->state = STREAM_DONE;
+    if (s->detached_ns && !s->retired) { /* ended with nobody to tell: only kept now */
+        s->retired = true;
+        t->retired++;
+    }
     s->term_code = code;
     s->finish = finish;
     snprintf(s->term_msg, sizeof s->term_msg, "%s", msg ? msg : "");

@@ -90,6 +90,7 @@ class Gen:
     def __init__(self, gid):
         self.id = gid
         self.accepted = None
+        self.resumed = None      # the resumed message, on a connection that resumed it
         self.tokens = []         # token items, in arrival order
         self.frames = []         # "token" / "tokens" frame types, in order
         self.terminal = None     # the complete or error message
@@ -104,12 +105,14 @@ class Gen:
         return self.terminal["error"] if self.terminal and self.terminal["type"] == "error" else None
 
     def check_order(self):
-        """accepted, then tokens at positions 0..n-1, then the terminal."""
+        """accepted (or resumed from k), then tokens at positions 0..n-1 (k..),
+        then the terminal."""
         assert not self.after_terminal, f"{self.id}: messages after the terminal one: {self.after_terminal[:3]}"
+        first = self.resumed["from"] if self.resumed else 0
         positions = [t["position"] for t in self.tokens]
-        assert positions == list(range(len(positions))), f"{self.id}: positions {positions[:20]}..."
+        assert positions == list(range(first, first + len(positions))), f"{self.id}: positions {positions[:20]}..."
         if self.tokens:
-            assert self.accepted is not None, f"{self.id}: tokens without accepted"
+            assert self.accepted is not None or self.resumed is not None, f"{self.id}: tokens without accepted"
         assert self.terminal is not None, f"{self.id}: no terminal message"
 
 
@@ -189,6 +192,12 @@ class Client:
         await self.send(m)
         return gid
 
+    async def resume(self, token, frm=0, gid=None):
+        m = {"type": "resume", "resume_token": token, "from": frm}
+        if gid is not None:
+            m["id"] = gid
+        await self.send(m)
+
     async def cancel(self, gid=None):
         m = {"type": "cancel"}
         if gid is not None:
@@ -230,6 +239,10 @@ class Client:
             if g.accepted is not None or g.tokens:
                 raise ProtocolError(f"{g.id}: accepted twice or after tokens")
             g.accepted = m
+        elif t == "resumed":
+            if g.resumed is not None or g.tokens:
+                raise ProtocolError(f"{g.id}: resumed twice or after tokens")
+            g.resumed = m
         elif t == "token":
             g.frames.append("token")
             g.tokens.append(m["token"])
