@@ -20,13 +20,16 @@ def gauges_zero(port):
 
 # --- disconnect mid-stream cancels at the worker --------------------------------------------------
 
+@pytest.mark.parametrize("window", [0, 1])
 @pytest.mark.parametrize("how", ["close", "abort"])
-def test_disconnect_cancels_the_generations_at_the_worker(pipelines, small_model, how):
+def test_disconnect_cancels_the_generations_at_the_worker(pipelines, small_model, how, window):
     """Four long generations (1500 tokens, ~10 s of the 24M model) lose their
-    client mid-stream.  The gateway drops them at once (active streams 0) and
-    the worker stops them within a step: a generation submitted afterwards
-    runs alone in its batch (most_common_batch_size 1), and is exact."""
-    p = pipelines(small_model)
+    client mid-stream.  With resume_window_s 0 the gateway drops them at
+    once, with 1 once nobody resumed them for a second (active streams 0),
+    and the worker stops them within a step: a generation submitted
+    afterwards runs alone in its batch (most_common_batch_size 1), and is
+    exact."""
+    p = pipelines(small_model, gateway_args=("--resume_window_s", str(window)))
     params = sampling(GREEDY)
     probe_want = rc.expected(small_model, "Probe", 30, params)
 
@@ -59,8 +62,9 @@ def test_many_disconnect_cycles_leave_no_fds_or_memory_behind(pipelines, small_m
     no growth trend (the first 200 cycles warm the allocator up)."""
     # The 24M model makes a token every few ms: a client that leaves after its
     # first token leaves little output behind, so the gateway's memory
-    # measures what it keeps, not how big a burst it buffered last.
-    p = pipelines(small_model)
+    # measures what it keeps, not how big a burst it buffered last.  With no
+    # resume window, each generation ends with its connection.
+    p = pipelines(small_model, gateway_args=("--resume_window_s", "0"))
     pid = p.gateway.pid
     params = sampling(GREEDY)
 
