@@ -1021,15 +1021,15 @@ AVX512_TARGET static ALWAYS_INLINE void store_pair(__m512 acc, float *y0, float 
 
 /* rows32() for 2P activation rows. */
 AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int P, const uint8_t *row,
-                                                  const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
-                                                  uint32_t n)
+                                                  const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                                                  size_t ldy, uint32_t n)
 {
     const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
     const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
-    const float *ad = a->d + (size_t)b0 * nb, *as = a->s + (size_t)b0 * nb;
+    const float *as = a->s + (size_t)b0 * nb;
     const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
     __m512 acc[MAXP];
     float macc[2 * MAXP];
@@ -1053,6 +1053,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
          * 0, so the product is 0 either way) */
         __mmask64 neg = is_signed ? _mm512_movepi8_mask(dup256(w)) : 0;
         __m512 dwv = _mm512_set1_ps(dw);
+        __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
 #pragma GCC unroll 4
         for (int p = 0; p < P; p++) {
             const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
@@ -1060,7 +1061,12 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
             if (is_signed)
                 av = _mm512_mask_sub_epi8(av, neg, zero, av);
             __m512i L = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, av), ones);
-            __m512 D = _mm512_mul_ps(dwv, pair_set(ad[(size_t)(2 * p) * nb + i], ad[(size_t)(2 * p + 1) * nb + i]));
+            /* [dx of row 2p] x 8, [dx of row 2p+1] x 8, from the tile's eight */
+            __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(_mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                                                                                 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                                                                                 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
+                                                                                 2 * p, 2 * p),
+                                                                dx8));
             acc[p] = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc[p]);
             if (has_min) {
                 float m = half_avx2(blk + 2);
@@ -1082,9 +1088,10 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
 
 /* rows256() for 2P activation rows. */
 AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int P, const uint8_t *row,
-                                                   const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
-                                                   uint32_t n)
+                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                                                   size_t ldy, uint32_t n)
 {
+    (void)dT; /* one scale per 256 weights: read in place */
     const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
     uint32_t K = a->K, nb = K / QK_K;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -1213,23 +1220,24 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
     }
 }
 
-#define ROWS2_FNS(NAME, BODY, T)                                                                               \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_1(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 1, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_2(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 2, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_4(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 4, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    static const rows_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
+/* dT: for 32-weight blocks, the scales of the tile's activation rows,
+ * block-major (eight a block: row b0 + r at [i * 8 + r]). */
+typedef void (*rows2_fn)(const uint8_t *row, const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                         size_t ldy, uint32_t n);
+
+#define ROWS2_FN(NAME, BODY, T, P)                                                                          \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_##P(const uint8_t *row,                   \
+                                                                      const struct quant_act *a,            \
+                                                                      const float *dT, uint32_t b0, float *y, \
+                                                                      size_t ldy, uint32_t n)               \
+    {                                                                                                       \
+        BODY(T, P, row, a, dT, b0, y, ldy, n);                                                              \
+    }
+#define ROWS2_FNS(NAME, BODY, T)                                                                            \
+    ROWS2_FN(NAME, BODY, T, 1)                                                                              \
+    ROWS2_FN(NAME, BODY, T, 2)                                                                              \
+    ROWS2_FN(NAME, BODY, T, 4)                                                                              \
+    static const rows2_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
 
 ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
 ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
@@ -1242,7 +1250,7 @@ ROWS2_FNS(q5_k, rows256_x2, WT_Q5_K)
 ROWS2_FNS(q6_k, rows256_x2, WT_Q6_K)
 
 /* 2, 4 and 8 activation rows at once */
-static const rows_fn *avx512_fns(enum wtype t)
+static const rows2_fn *avx512_fns(enum wtype t)
 {
     switch (t) {
     case WT_Q4_0: return q4_0_x2_fns;
@@ -1480,11 +1488,17 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
 #define ACT_PASS_BYTES (192u << 10)
 #define W_BLOCK_BYTES  (32u << 10)
 
+/* The activation scales of a pass, rearranged for the AVX-512 kernels of
+ * 32-weight blocks (a pass has at most max(8 rows, ACT_PASS_BYTES of codes):
+ * 8 * K / 32 or ACT_PASS_BYTES / 32 scales). */
+#define DT_CAP 8192
+static _Thread_local float tl_dT[DT_CAP] __attribute__((aligned(64)));
+
 void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy)
 {
     const rows_fn *fns = isa >= QUANT_AVX2 ? avx2_fns(t) : NULL;
-    const rows_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
+    const rows2_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
     if (!fns) {
         for (uint32_t n = n0; n < n1; n++)
             for (uint32_t b = 0; b < a->B; b++)
@@ -1494,6 +1508,8 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
     uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)(W_BLOCK_BYTES / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
     wblk = wblk < 1 ? 1 : wblk;
+    if (a->kind == QACT_32 && (size_t)pass * (a->K / 32) > DT_CAP)
+        fns2 = NULL; /* rows of over 32768: the AVX2 kernels */
     for (uint32_t nb0 = n0; nb0 < n1; nb0 += wblk) {
         uint32_t nb1 = n1 - nb0 < wblk ? n1 : nb0 + wblk;
         for (uint32_t p0 = 0; p0 < a->B; p0 += pass) {
@@ -1508,6 +1524,14 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
                     fns[1]((const uint8_t *)w + (size_t)n * row_bytes, a, p0, y, ldy, n);
                 continue;
             }
+            uint32_t nbk = a->K / 32;
+            if (fns2 && a->kind == QACT_32) {
+                /* The pass's activation scales, block-major per tile of 8
+                 * rows, so that a kernel reads a block's eight at once. */
+                for (uint32_t b = p0; b < p1; b++)
+                    for (uint32_t i = 0; i < nbk; i++)
+                        tl_dT[(size_t)(b - p0) / 8 * nbk * 8 + (size_t)i * 8 + (b - p0) % 8] = a->d[(size_t)b * nbk + i];
+            }
             for (uint32_t n = nb0; n < nb1; n++) {
                 const uint8_t *row = (const uint8_t *)w + (size_t)n * row_bytes;
                 /* The tile only decides which rows share the row's
@@ -1515,13 +1539,13 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
                 uint32_t b0 = p0;
                 if (fns2) {
                     for (; p1 - b0 >= 8; b0 += 8)
-                        fns2[2](row, a, b0, y, ldy, n);
+                        fns2[2](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8, b0, y, ldy, n);
                     if (p1 - b0 >= 4) {
-                        fns2[1](row, a, b0, y, ldy, n);
+                        fns2[1](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 4;
                     }
                     if (p1 - b0 >= 2) {
-                        fns2[0](row, a, b0, y, ldy, n);
+                        fns2[0](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 2;
                     }
                 }
