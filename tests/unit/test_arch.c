@@ -731,6 +731,74 @@ static void test_keys_at_their_neutral_value_load(void **state)
     model_free(m);
 }
 
+/* ---- rill-mkmodel --vocab-from -------------------------------------------------------------- */
+
+static bool same_kv(const struct gguf_kv *a, const struct gguf_kv *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case GGUF_STR: return a->v.str.len == b->v.str.len && !memcmp(a->v.str.s, b->v.str.s, a->v.str.len);
+    case GGUF_F32: case GGUF_F64: return a->v.f == b->v.f;
+    case GGUF_BOOL: return a->v.b == b->v.b;
+    case GGUF_ARR:
+        if (a->v.arr.type != b->v.arr.type || a->v.arr.n != b->v.arr.n)
+            return false;
+        if (a->v.arr.type != GGUF_STR)
+            return !memcmp(a->v.arr.data, b->v.arr.data, a->v.arr.n * gguf_vtype_size(a->v.arr.type));
+        for (uint64_t i = 0; i < a->v.arr.n; i++) {
+            struct gguf_str x = gguf_arr_str(a, i), y = gguf_arr_str(b, i);
+            if (x.len != y.len || memcmp(x.s, y.s, x.len))
+                return false;
+        }
+        return true;
+    default: return a->v.u == b->v.u;
+    }
+}
+
+static void test_mkmodel_vocab_from_copies_every_tokenizer_key(void **state)
+{
+    (void)state;
+    const char *shared = getenv("RILL_SHARED_DIR");
+    char src[512], cmd[1536];
+    snprintf(src, sizeof src, "%s/data/vocab/ggml-vocab-qwen2.gguf", shared && *shared ? shared : "../shared");
+    if (access(src, R_OK) != 0)
+        fail_msg("%s is missing: this test needs llama.cpp's vocabulary files at ../shared beside the repository "
+                 "(or RILL_SHARED_DIR)", src);
+    const char *out = tpath("vocab-from");
+    snprintf(cmd, sizeof cmd, "%s/rill-mkmodel --arch qwen2 --dim 64 --layers 1 --heads 2 --kv-heads 1 --ffn 64 "
+             "--tied --dtype q8_0 --vocab-from %s --out %s 2>%s/mk.log", tu_build_dir(), src, out, tmpdir);
+    assert_int_equal(system(cmd), 0);
+    struct gguf *a, *b;
+    char why[256] = "";
+    assert_int_equal(gguf_open(src, &a, why, sizeof why), 0);
+    assert_int_equal(gguf_open(out, &b, why, sizeof why), 0);
+    uint32_t n_a = 0, n_b = 0;
+    for (uint64_t i = 0; i < gguf_n_kv(a); i++) {
+        const struct gguf_kv *kv = gguf_kv_at(a, i);
+        if (kv->key.len < 10 || memcmp(kv->key.s, "tokenizer.", 10))
+            continue;
+        char key[128];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
+        const struct gguf_kv *copy = gguf_find(b, key);
+        if (!copy || !same_kv(kv, copy))
+            fail_msg("%s: '%s' is %s in the made file", src, key, copy ? "different" : "missing");
+        n_a++;
+    }
+    for (uint64_t i = 0; i < gguf_n_kv(b); i++)
+        n_b += gguf_kv_at(b, i)->key.len >= 10 && !memcmp(gguf_kv_at(b, i)->key.s, "tokenizer.", 10);
+    assert_int_equal(n_b, n_a);
+    assert_true(n_a >= 10); /* tokens, types, merges, pre, bos/eos/eot/pad, add_bos, chat_template */
+    assert_non_null(gguf_find(b, "tokenizer.chat_template"));
+    gguf_close(a);
+    gguf_close(b);
+    /* The vocabulary's size is the model's. */
+    struct model *m;
+    assert_int_equal(model_load(out, false, &m, why, sizeof why), 0);
+    assert_int_equal(m->cfg.vocab, 151936);
+    model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -745,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_a_tensor_the_architecture_does_not_use_is_refused_by_name),
         cmocka_unit_test(test_metadata_that_changes_the_math_is_refused_by_name),
         cmocka_unit_test(test_keys_at_their_neutral_value_load),
+        cmocka_unit_test(test_mkmodel_vocab_from_copies_every_tokenizer_key),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
