@@ -33,7 +33,8 @@ static bool cpu_has(enum kern_isa isa)
         return avx2;
     if (isa == KERN_AVX512)
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
     return isa == KERN_SCALAR;
 }
 

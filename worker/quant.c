@@ -995,9 +995,12 @@ static const rows_fn *avx2_fns(enum wtype t)
  * 32-bit lane then does exactly what the AVX2 kernel's lane does for its row
  * (the integer sums are exact, the float steps the same operations in the
  * same order), so the results are the AVX2 kernels' bits; only the number
- * of instructions halves, on cores whose 512-bit units are full width. */
+ * of instructions halves, on cores whose 512-bit units are full width.
+ * VNNI's dot products replace AVX2's maddubs + madd (q4_0 ... q5_1: no pair
+ * sum of |w| <= 31 times |a| <= 127 saturates an int16) and madd + add (the
+ * K types), with the same integer results. */
 
-#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define MAXP 4 /* pairs of activation rows computed together */
 
 AVX512_TARGET static ALWAYS_INLINE __m512i pair_load(const void *lo, const void *hi)
@@ -1030,7 +1033,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
     const float *as = a->s + (size_t)b0 * nb;
-    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512();
     __m512 acc[MAXP];
     float macc[2 * MAXP];
 #pragma GCC unroll 4
@@ -1060,7 +1063,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
             __m512i av = pair_load(a0, a0 + K);
             if (is_signed)
                 av = _mm512_mask_sub_epi8(av, neg, zero, av);
-            __m512i L = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, av), ones);
+            __m512i L = _mm512_dpbusd_epi32(zero, aw, av); /* no int16 step: maddubs never saturates here */
             /* [dx of row 2p] x 8, [dx of row 2p+1] x 8, from the tile's eight */
             __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(_mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
                                                                                  2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
@@ -1135,9 +1138,8 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
 #pragma GCC unroll 4
                 for (int p = 0; p < P; p++) {
                     const int8_t *ac = ai + (size_t)(2 * p) * K + 64 * j;
-                    L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U0, pair_load(ac, ac + K)), S0));
-                    L[p] = _mm512_add_epi32(
-                        L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U1, pair_load(ac + 32, ac + K + 32)), S1));
+                    L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U0, pair_load(ac, ac + K)), S0);
+                    L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U1, pair_load(ac + 32, ac + K + 32)), S1);
                 }
             }
         } else {
@@ -1191,7 +1193,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
 #pragma GCC unroll 4
                     for (int p = 0; p < P; p++) {
                         const int8_t *ac = ai + (size_t)(2 * p) * K + 128 * n2 + 32 * jj;
-                        L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U, pair_load(ac, ac + K)), S));
+                        L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U, pair_load(ac, ac + K)), S);
                     }
                 }
             }
@@ -1292,7 +1294,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb, *as = a->s + (size_t)b * nb;
-    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    const __m512i zero = _mm512_setzero_si512();
     __m512 acc = _mm512_setzero_ps();
     float macc0 = 0, macc1 = 0;
     for (uint32_t i = 0; i < nb; i++) {
@@ -1313,7 +1315,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
             aw = _mm512_abs_epi8(w);
             av = _mm512_mask_sub_epi8(av, _mm512_movepi8_mask(w), zero, av);
         }
-        __m512i L = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, av), ones);
+        __m512i L = _mm512_dpbusd_epi32(zero, aw, av); /* no int16 step: maddubs never saturates here */
         __m512 D = _mm512_mul_ps(pair_set(half_avx2(k0), half_avx2(k1)), _mm512_set1_ps(ad[i]));
         acc = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc);
         if (has_min) {
@@ -1368,8 +1370,8 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
                 }
                 __m512i s0 = _mm512_shuffle_epi8(scx, dup256(scale_ctl32(2 * j)));
                 __m512i s1 = _mm512_shuffle_epi8(scx, dup256(scale_ctl32(2 * j + 1)));
-                L = _mm512_add_epi32(L, _mm512_madd_epi16(_mm512_maddubs_epi16(u0, bcast_act(ai + 64 * j)), s0));
-                L = _mm512_add_epi32(L, _mm512_madd_epi16(_mm512_maddubs_epi16(u1, bcast_act(ai + 64 * j + 32)), s1));
+                L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u0, bcast_act(ai + 64 * j)), s0);
+                L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u1, bcast_act(ai + 64 * j + 32)), s1);
             }
         } else {
             if (t == WT_Q2_K) {
@@ -1424,8 +1426,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
 #pragma GCC unroll 4
                 for (int jj = 0; jj < 4; jj++) {
                     __m512i S = _mm512_shuffle_epi8(scx, dup256(scale_ctl16(jj)));
-                    L = _mm512_add_epi32(
-                        L, _mm512_madd_epi16(_mm512_maddubs_epi16(u[jj], bcast_act(ai + 128 * n2 + 32 * jj)), S));
+                    L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u[jj], bcast_act(ai + 128 * n2 + 32 * jj)), S);
                 }
             }
         }
