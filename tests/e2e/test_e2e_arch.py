@@ -9,6 +9,8 @@ in ../shared/data/vocab (relative to the repository root):
   qwen2   Q5_K_M, qwen2 vocabulary (151936 tokens), q/k/v biases, NEOX RoPE
   qwen3   Q6_K, qwen3 vocabulary, per-head q/k norms, head size 128 while
           dim / heads is 64
+  phi3    Q4_K_M, phi-3 vocabulary (SentencePiece, 32064 tokens), fused
+          attn_qkv and gate/up, no GQA
 
 Each loads in rill-worker, says what it is in its log, and generates a
 deterministic stream: the same seed twice gives the same tokens (another
@@ -38,6 +40,9 @@ MODELS = {
     "qwen3-q6_K": ("ggml-vocab-qwen3.gguf",
                    ["--arch", "qwen3", "--head-dim", "128", "--rope-base", "1000000", "--dtype", "q6_K"],
                    ["qwen3 '", "heads 4/2 (kv) of 128", "vocab 151936", "rope neox,"]),
+    "phi3-q4_K_M": ("ggml-vocab-phi-3.gguf",
+                    ["--arch", "phi3", "--kv-heads", "4", "--dtype", "q4_K_M"],
+                    ["phi3 '", "heads 4/4 (kv) of 64", "vocab 32064", "rope neox,"]),
 }
 NAMES = list(MODELS)
 PROMPT = "The meaning of life is"
