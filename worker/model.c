@@ -231,6 +231,8 @@ static const struct {
     {"rope.scaling.yarn_beta_slow", KEY_REFUSED, 0, "yarn RoPE scaling"},
     {"rope.scaling.yarn_log_multiplier", KEY_REFUSED, 0, "yarn RoPE scaling"},
     {"rope.scaling.yarn_ext_factor", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.scaling.yarn_attn_factor", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.freq_base_swa", KEY_REFUSED, 0, "sliding-window attention"},
     {"attention.layer_norm_epsilon", KEY_REFUSED, 0, "LayerNorm (not RMSNorm)"},
     {"attention.sliding_window_pattern", KEY_REFUSED, 0, "sliding-window attention"},
     {"rope.dimension_sections", KEY_REFUSED, 0, "multi-section RoPE"},

@@ -57,6 +57,8 @@ static const struct mspec models[] = {
     {"llama-gqa", "--arch llama " GQA "--dtype f32"},
     {"llama3-freqs-tied", "--arch llama " GQA "--rope-base 500000 --rope-freqs --rope-orig-ctx 256 --tied --dtype f32"},
     {"llama-linear", "--arch llama " GQA "--rope-scale 4 --dtype f32"},
+    /* Mistral Nemo's shape: heads of 64 while dim / heads is 32 (key_length). */
+    {"llama-wide-heads", "--arch llama " GQA "--head-dim 64 --dtype f32"},
     {"mistral3", "--arch mistral3 " GQA "--dtype f32"},
     {"qwen2", "--arch qwen2 " GQA "--rope-base 1000000 --dtype f32"},
     {"qwen3", "--arch qwen3 " GQA "--head-dim 64 --rope-base 1000000 --dtype f32"},
@@ -518,6 +520,13 @@ static void test_llama_linear_rope_scaling_matches_the_reference(void **state)
     check_model("llama-linear", offs, 1);
 }
 
+static void test_llama_with_heads_wider_than_dim_over_heads_matches_the_reference(void **state)
+{
+    (void)state;
+    const enum ref_off offs[] = {OFF_GQA_GROUPS};
+    check_model("llama-wide-heads", offs, 1);
+}
+
 static void test_mistral3_matches_the_reference(void **state)
 {
     (void)state;
@@ -735,6 +744,9 @@ static void test_metadata_that_changes_the_math_is_refused_by_name(void **state)
         {"llama-gqa", {.add_key = "llama.rope.scaling.type", .add_type = GGUF_STR, .add_str = "longrope"}, "longrope"},
         {"mistral3", {.add_key = "mistral3.rope.scaling.yarn_log_multiplier", .add_type = GGUF_F32, .add_num = 1},
          "yarn"},
+        {"qwen2", {.add_key = "qwen2.rope.scaling.yarn_attn_factor", .add_type = GGUF_F32, .add_num = 1}, "yarn"},
+        {"llama-gqa", {.add_key = "llama.rope.freq_base_swa", .add_type = GGUF_F32, .add_num = 10000},
+         "sliding-window attention"},
         {"mistral3", {.add_key = "mistral3.attention.temperature_scale", .add_type = GGUF_F32, .add_num = 0.1},
          "attention temperature"},
         {"llama-gqa", {.add_key = "llama.expert_count", .add_type = GGUF_U32, .add_num = 8}, "mixture of experts"},
@@ -844,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_llama_with_grouped_query_attention_matches_the_reference),
         cmocka_unit_test(test_llama3_rope_freqs_and_tied_output_match_the_reference),
         cmocka_unit_test(test_llama_linear_rope_scaling_matches_the_reference),
+        cmocka_unit_test(test_llama_with_heads_wider_than_dim_over_heads_matches_the_reference),
         cmocka_unit_test(test_mistral3_matches_the_reference),
         cmocka_unit_test(test_qwen2_biases_and_neox_rope_match_the_reference),
         cmocka_unit_test(test_qwen3_qk_norm_and_wider_heads_match_the_reference),
