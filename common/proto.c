@@ -134,6 +134,7 @@ static const struct field cancel_fields[] = {
 static const struct field accepted_fields[] = {
     U64(struct proto_accepted, id),
     U32(struct proto_accepted, queue_position),
+    FLD(struct proto_accepted, prompt_tokens, K_U32, 0, 0, UINT32_MAX),
 };
 
 static const struct field rejected_fields[] = {

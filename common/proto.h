@@ -136,6 +136,10 @@ struct proto_cancel {
 struct proto_accepted {
     uint64_t id;
     uint32_t queue_position;
+    /* optional: the prompt's length in tokens, as the worker tokenized it
+     * (the OpenAI API's usage.prompt_tokens); 0 from a worker that does
+     * not say. */
+    uint32_t prompt_tokens;
 };
 
 struct proto_rejected {

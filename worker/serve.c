@@ -208,6 +208,7 @@ static void admit(struct server *sv, struct intake_job *j)
 {
     char why[256] = "";
     int rc = j->rc;
+    uint32_t n_prompt = j->prompt.n; /* sched_submit_prompt takes the tokens */
     if (rc)
         snprintf(why, sizeof why, "%s", j->why);
     else
@@ -220,6 +221,7 @@ static void admit(struct server *sv, struct intake_job *j)
         struct proto_msg r = {.type = PROTO_ACCEPTED};
         r.u.accepted.id = j->req.id;
         r.u.accepted.queue_position = st.waiting;
+        r.u.accepted.prompt_tokens = n_prompt;
         reply(sv, &j->reply_to, &r);
         /* Cancelled while it was tokenized: it ends as a cancel that
          * came just after it was accepted would end it. */
