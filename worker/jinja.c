@@ -3951,6 +3951,7 @@ static void exec_for(struct rs *r, const struct node *st, struct scope *s)
         if (++r->iters > r->lim.max_iters)
             failf(&r->f, RILL_E_TOO_LARGE, "template ran more than %llu loop iterations",
                   (unsigned long long)r->lim.max_iters);
+        step(r);
         lp->index0 = i;
         it->n = 0; /* each iteration starts from the enclosing scope, as in jinja2 */
         assign(r, it, st, items[i]);
