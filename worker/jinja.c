@@ -131,6 +131,7 @@ struct jmeth {
 struct loopst {
     size_t index0, length;
     const struct jv *items;
+    const struct jlist *changed; /* loop.changed()'s last arguments (NULL: none yet) */
 };
 struct node;
 
@@ -148,7 +149,7 @@ struct jv {
         const struct jmeth *m;
         const struct node *mac;
         int fn;
-        const struct loopst *lp;
+        struct loopst *lp;
     };
 };
 
@@ -1808,7 +1809,10 @@ static void py_str(struct rs *r, struct buf *b, struct jv v, bool repr)
     char t[64];
     vd_enter(r);
     switch (v.t) {
-    case T_UNDEF: break;
+    case T_UNDEF:
+        if (repr)
+            bputs(r, b, "Undefined");
+        break;
     case T_NONE: bputs(r, b, "None"); break;
     case T_BOOL: bputs(r, b, v.b ? "True" : "False"); break;
     case T_INT: snprintf(t, sizeof t, "%lld", (long long)v.i); bputs(r, b, t); break;
@@ -2531,14 +2535,65 @@ static struct jv py_strip(struct rs *r, const struct jstr *s, const struct jstr 
     return mkstr(r, s->p + b, e - b);
 }
 
+/* Case mapping for the scripts chat text mostly uses: ASCII, Latin-1, Latin
+ * Extended-A, Greek, Cyrillic (Python maps all of Unicode; beyond these a
+ * letter is left as it is). */
+static uint32_t cp_upper(uint32_t c)
+{
+    if (c >= 'a' && c <= 'z') return c - 32;
+    if (c < 0xb5) return c;
+    if (c == 0xb5) return 0x39c;
+    if ((c >= 0xe0 && c <= 0xfe && c != 0xf7)) return c - 32;
+    if (c == 0xff) return 0x178;
+    if (c >= 0x100 && c <= 0x17f) {
+        if (c == 0x131) return 'I';
+        if (c == 0x17f) return 'S';
+        if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) return (c & 1) ? c : c - 1;
+        if (c == 0x138 || c == 0x149) return c;
+        return (c & 1) ? c - 1 : c;
+    }
+    if (c >= 0x3b1 && c <= 0x3c9 && c != 0x3c2) return c - 32;
+    if (c == 0x3c2) return 0x3a3;
+    if (c == 0x3ac) return 0x386;
+    if (c >= 0x3ad && c <= 0x3af) return c - 37;
+    if (c == 0x3cc) return 0x38c;
+    if (c == 0x3cd || c == 0x3ce) return c - 63;
+    if (c >= 0x430 && c <= 0x44f) return c - 32;
+    if (c >= 0x450 && c <= 0x45f) return c - 80;
+    return c;
+}
+
+static uint32_t cp_lower(uint32_t c)
+{
+    if (c >= 'A' && c <= 'Z') return c + 32;
+    if (c < 0xc0) return c;
+    if (c >= 0xc0 && c <= 0xde && c != 0xd7) return c + 32;
+    if (c == 0x178) return 0xff;
+    if (c >= 0x100 && c <= 0x17f) {
+        if (c == 0x130) return 'i';
+        if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) return (c & 1) ? c + 1 : c;
+        if (c == 0x131 || c == 0x138 || c == 0x149 || c == 0x17f) return c;
+        return (c & 1) ? c : c + 1;
+    }
+    if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) return c + 32;
+    if (c == 0x386) return 0x3ac;
+    if (c >= 0x388 && c <= 0x38a) return c + 37;
+    if (c == 0x38c) return 0x3cc;
+    if (c == 0x38e || c == 0x38f) return c + 63;
+    if (c >= 0x410 && c <= 0x42f) return c + 32;
+    if (c >= 0x400 && c <= 0x40f) return c + 80;
+    return c;
+}
+
+static bool cp_cased(uint32_t c) { return cp_upper(c) != c || cp_lower(c) != c || c == 0xdf; }
+
 static struct jv py_case(struct rs *r, const struct jstr *s, int how)
 {
-    /* how: 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 jinja2's title filter.  ASCII letters only. */
-    char *o = aalloc(&r->ar, s->len + 1);
+    /* how: 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 jinja2's title filter */
+    struct buf b = {0};
     bool prev_cased = false, word_start = true;
-    for (size_t i = 0; i < s->len; i++) {
-        char c = s->p[i];
-        bool lower = c >= 'a' && c <= 'z', upper = c >= 'A' && c <= 'Z';
+    for (size_t i = 0, l; i < s->len; i += l) {
+        uint32_t c = utf8_dec(s->p + i, s->len - i, &l);
         bool up;
         switch (how) {
         case 0: up = false; break;
@@ -2547,18 +2602,22 @@ static struct jv py_case(struct rs *r, const struct jstr *s, int how)
         case 3: up = !prev_cased; break;
         default: up = word_start; break;
         }
-        if (lower && up)
-            c = (char)(c - 32);
-        else if (upper && !up)
-            c = (char)(c + 32);
-        o[i] = c;
-        prev_cased = lower || upper;
-        if (how == 4) {
-            unsigned char u = (unsigned char)s->p[i];
-            word_start = u == ' ' || (u >= '\t' && u <= '\r') || u == '-' || u == '(' || u == '{' || u == '[' || u == '<';
+        char e[8];
+        if (up && c == 0xdf) { /* ß */
+            bputs(r, &b, how == 1 ? "SS" : "Ss");
+        } else {
+            uint32_t m = up ? cp_upper(c) : cp_lower(c);
+            if (m == c)
+                bput(r, &b, s->p + i, l);
+            else
+                bput(r, &b, e, utf8_enc(m, e));
         }
+        prev_cased = cp_cased(c);
+        if (how == 4)
+            word_start = c == ' ' || (c >= '\t' && c <= '\r') || c == '-' || c == '(' || c == '{' || c == '[' ||
+                         c == '<';
     }
-    return mkstr(r, o, s->len);
+    return mkstr(r, b.p ? b.p : "", b.len);
 }
 
 static struct jv py_replace(struct rs *r, const struct jstr *s, const struct jstr *old, const struct jstr *new,
@@ -2744,7 +2803,7 @@ static struct jv str_method(struct rs *r, const struct jstr *s, const char *m, c
                     f = s->p + k;
         }
         if (!f) {
-            if (m[0] == 'i' || m[1] == 'i')
+            if (!strcmp(m, "index") || !strcmp(m, "rindex"))
                 rerr(r, "substring not found");
             return jint(-1);
         }
@@ -2809,6 +2868,47 @@ static struct jv str_method(struct rs *r, const struct jstr *s, const char *m, c
         l->n = n;
         l->v = v;
         return jlistv(l);
+    }
+    if (!strcmp(m, "format")) { /* {} {0} {name} and {{ }}; no format specs */
+        struct buf b = {0};
+        int autonum = 0;
+        for (size_t i = 0; i < s->len; i++) {
+            char c = s->p[i];
+            if ((c == '{' || c == '}') && i + 1 < s->len && s->p[i + 1] == c) {
+                bputc(r, &b, c);
+                i++;
+                continue;
+            }
+            if (c == '}')
+                rerr(r, "Single '}' encountered in format string");
+            if (c != '{') {
+                bputc(r, &b, c);
+                continue;
+            }
+            size_t e = i + 1;
+            while (e < s->len && s->p[e] != '}')
+                e++;
+            if (e >= s->len)
+                rerr(r, "Single '{' encountered in format string");
+            const char *f = s->p + i + 1;
+            size_t fl = e - i - 1;
+            struct jv v;
+            if (memchr(f, ':', fl) || memchr(f, '!', fl) || memchr(f, '.', fl) || memchr(f, '[', fl))
+                unsupported(r, "format", "specs, conversions and fields in str.format");
+            if (fl == 0 || (f[0] >= '0' && f[0] <= '9')) {
+                int idx = fl ? atoi(f) : autonum++;
+                if (!arg(a, idx, NULL, &v) || idx >= a->n)
+                    rerr(r, "Replacement index %d out of range for positional args tuple", idx);
+            } else {
+                char nm[128];
+                snprintf(nm, sizeof nm, "%.*s", (int)(fl < 127 ? fl : 127), f);
+                if (!arg(a, -1, nm, &v))
+                    rerr(r, "'%s'", nm);
+            }
+            py_str(r, &b, v, false);
+            i = e;
+        }
+        return mkstr(r, b.p ? b.p : "", b.len);
     }
     if (!strncmp(m, "is", 2) && m[2]) {
         bool all = s->len > 0, any_cased = false;
@@ -3269,6 +3369,8 @@ static struct jv call_filter(struct rs *r, const char *name, struct jv v, const 
         size_t n = 0;
         for (size_t i = 0; i < l->n; i++) {
             struct jv k = fold_key(r, attr ? attr_path(r, l->v[i], attr) : l->v[i], cs);
+            if ((k.t == T_LIST && k.l->kind != L_TUPLE) || k.t == T_DICT || k.t == T_NS)
+                rerr(r, "unhashable type: '%s'", tname(k));
             bool dup = false;
             for (size_t j = 0; j < n && !dup; j++) {
                 r->steps++;
@@ -3328,8 +3430,9 @@ static struct jv call_filter(struct rs *r, const char *name, struct jv v, const 
             if (ok)
                 return jint(i);
             char *end;
-            double d = strtod(v.s->p, &end);
-            if (end != v.s->p && end[ws_prefix(end, strlen(end))] == 0 && isfinite(d) && fabs(d) < 9.2e18)
+            double d = strtod(v.s->p, &end); /* Python's float() reads no hex */
+            if (end != v.s->p && end[ws_prefix(end, strlen(end))] == 0 && isfinite(d) && fabs(d) < 9.2e18 &&
+                !strpbrk(v.s->p, "xX"))
                 return jint((int64_t)d);
             return dflt;
         }
@@ -3343,7 +3446,7 @@ static struct jv call_filter(struct rs *r, const char *name, struct jv v, const 
         if (v.t == T_STR) {
             char *end;
             double d = strtod(v.s->p, &end);
-            if (end != v.s->p && end[ws_prefix(end, strlen(end))] == 0)
+            if (end != v.s->p && end[ws_prefix(end, strlen(end))] == 0 && !strpbrk(v.s->p, "xX"))
                 return jflt(d);
         }
         return dflt;
@@ -3531,6 +3634,60 @@ static struct jv repeat(struct rs *r, struct jv seq, int64_t n)
     return jlistv(l);
 }
 
+/* printf-style str % args: %s %r %d %i %f (with a precision) and %%. */
+static struct jv py_percent(struct rs *r, const struct jstr *f, struct jv args)
+{
+    const struct jv *av = &args;
+    size_t na = 1, k = 0;
+    if (args.t == T_LIST && args.l->kind == L_TUPLE) {
+        av = args.l->v;
+        na = args.l->n;
+    }
+    struct buf b = {0};
+    for (size_t i = 0; i < f->len; i++) {
+        if (f->p[i] != '%') {
+            bputc(r, &b, f->p[i]);
+            continue;
+        }
+        if (++i >= f->len)
+            rerr(r, "incomplete format");
+        int prec = -1;
+        if (f->p[i] == '.') {
+            prec = 0;
+            while (++i < f->len && f->p[i] >= '0' && f->p[i] <= '9' && prec < 100)
+                prec = prec * 10 + (f->p[i] - '0');
+            if (i >= f->len)
+                rerr(r, "incomplete format");
+        }
+        char conv = f->p[i], t[400];
+        if (conv == '%') {
+            bputc(r, &b, '%');
+            continue;
+        }
+        if (conv != 's' && conv != 'r' && conv != 'd' && conv != 'i' && conv != 'f')
+            unsupported(r, "format", "of % other than %s %r %d %i %f");
+        if (k >= na)
+            rerr(r, "not enough arguments for format string");
+        struct jv x = av[k++];
+        if (conv == 's' || conv == 'r') {
+            py_str(r, &b, x, conv == 'r');
+            continue;
+        }
+        if (!is_num(x))
+            rerr(r, "%%%c format: a real number is required, not %s", conv, tname(x));
+        if (conv == 'f')
+            snprintf(t, sizeof t, "%.*f", prec < 0 ? 6 : prec, num_d(x));
+        else if (x.t == T_FLOAT)
+            snprintf(t, sizeof t, "%.0f", trunc(x.f));
+        else
+            snprintf(t, sizeof t, "%lld", (long long)num_i(x));
+        bputs(r, &b, t);
+    }
+    if (k < na)
+        rerr(r, "not all arguments converted during string formatting");
+    return mkstr(r, b.p ? b.p : "", b.len);
+}
+
 static struct jv binop(struct rs *r, int op, struct jv a, struct jv b)
 {
     if (op == OP_TILDE) {
@@ -3583,7 +3740,7 @@ static struct jv binop(struct rs *r, int op, struct jv a, struct jv b)
             rerr(r, "can't multiply sequence by non-int of type '%s'", tname(aseq ? b : a));
     }
     if (op == OP_MOD && a.t == T_STR)
-        unsupported(r, "operator", "% on strings");
+        return py_percent(r, a.s, b);
     rerr(r, "unsupported operand type(s) for %s: '%s' and '%s'", op_sym(op), tname(a), tname(b));
 }
 
@@ -3736,6 +3893,14 @@ static struct jv call_method(struct rs *r, struct jv self, const char *m, const 
             if (a->n == 0)
                 rerr(r, "no items for cycling given");
             return a->v[self.lp->index0 % (size_t)a->n];
+        }
+        if (!strcmp(m, "changed")) {
+            struct jlist *now = mklist(r, (size_t)a->n, L_TUPLE);
+            if (a->n)
+                memcpy(now->v, a->v, (size_t)a->n * sizeof *now->v);
+            bool same = self.lp->changed && py_eq(r, jlistv(self.lp->changed), jlistv(now));
+            self.lp->changed = now;
+            return jbool(!same);
         }
         break;
     default: break;

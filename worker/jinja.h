@@ -19,8 +19,11 @@
  * Undefined (prints as "", iterates as empty, fails when used otherwise with
  * jinja2's message, e.g. "'dict object' has no attribute 'x'").
  * Not there: extends/include/import/block, call blocks, recursive loops,
- * star-arguments (*args, **kwargs), str.format and the % operator on strings; they fail with
- * RILL_E_UNSUPPORTED or RILL_E_BAD_REQUEST, never crash.
+ * star-arguments (*args, **kwargs), format specs in str.format and "%" other
+ * than %s %r %d %i %f, integers past 64 bits, the printing of a generator or
+ * a method (Python shows an address), case mapping beyond Latin, Greek and
+ * Cyrillic; they fail with RILL_E_UNSUPPORTED or differ in that detail only,
+ * never crash.
  *
  * Numbers from JSON: cJSON keeps a double, so an integral JSON number ("1.0"
  * too) becomes an int, and integers beyond 2^53 lose precision; Python ints
