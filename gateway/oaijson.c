@@ -255,21 +255,58 @@ static int parse_prompt(struct pctx *p, const cJSON *root, const struct creq_lim
     return 0;
 }
 
+/* Content given as parts ([{"type":"text","text":..}, ..]) becomes the
+ * one string templates expect, as vLLM and llama.cpp make it; parts that
+ * are not text are refused. */
+static int join_parts(struct pctx *p, cJSON *m, cJSON *c, int i)
+{
+    size_t n = 0;
+    for (const cJSON *e = c->child; e; e = e->next) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(e, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text) || text_len(text) < 0)
+            return fail(p, RILL_E_BAD_REQUEST, "messages",
+                        "messages[%d].content: only text parts ({\"type\":\"text\",\"text\":...}) are supported", i);
+        n += strlen(text->valuestring);
+    }
+    char *joined = malloc(n + 1), *at = joined;
+    if (!joined)
+        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
+    for (const cJSON *e = c->child; e; e = e->next) {
+        const char *t = cJSON_GetObjectItemCaseSensitive(e, "text")->valuestring;
+        size_t k = strlen(t);
+        memcpy(at, t, k);
+        at += k;
+    }
+    *at = 0;
+    cJSON *str = cJSON_CreateString(joined);
+    free(joined);
+    if (!str || !cJSON_ReplaceItemInObjectCaseSensitive(m, "content", str)) {
+        cJSON_Delete(str);
+        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
+    }
+    return 0;
+}
+
 /* Chat messages are checked for shape here (the template may want more,
  * and says so when it renders); their text goes on as JSON. */
-static int parse_messages(struct pctx *p, const cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
+static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
 {
-    const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!j)
         return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
     if (!cJSON_IsArray(j) || !j->child)
         return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: expected a non-empty list of messages");
     int i = 0;
-    for (const cJSON *m = j->child; m; m = m->next, i++) {
+    for (cJSON *m = j->child; m; m = m->next, i++) {
         const cJSON *role = cJSON_IsObject(m) ? cJSON_GetObjectItemCaseSensitive(m, "role") : NULL;
         if (!cJSON_IsString(role))
             return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d]: an object with a string role expected", i);
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        int rc;
+        if (cJSON_IsArray(c) && (rc = join_parts(p, m, c, i)))
+            return rc;
+        c = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (c && !cJSON_IsNull(c) && !cJSON_IsString(c) && !cJSON_IsArray(c))
             return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d].content: expected a string or a list of parts",
                         i);
@@ -280,10 +317,10 @@ static int parse_messages(struct pctx *p, const cJSON *root, const struct creq_l
     if (!text)
         return fail(p, RILL_E_NOMEM, NULL, "out of memory");
     size_t n = strlen(text);
-    if (n > lim->max_prompt_bytes) {
+    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
+    if (n > cap) {
         cJSON_free(text);
-        return fail(p, RILL_E_PROMPT_TOO_LONG, "messages", "messages: %zu bytes of JSON, at most %u allowed", n,
-                    lim->max_prompt_bytes);
+        return fail(p, RILL_E_PROMPT_TOO_LONG, "messages", "messages: %zu bytes of JSON, at most %zu allowed", n, cap);
     }
     r->messages = malloc(n + 1);
     if (!r->messages) {

@@ -35,6 +35,7 @@ struct openai_req {
     char early_msg[160];
     /* the generation */
     struct stream *s;
+    char *messages;              /* chat: the submit's messages (JSON), for the stream's life */
     bool stream_mode, include_usage, logprobs, chat;
     char id[48];
     struct oaijson_head head;
@@ -69,6 +70,7 @@ static void req_free(struct openai_req *r)
     struct openai *oa = r->oa;
     if (r->s)
         stream_release(oa->streams, r->s); /* cancels it at its worker if it is running */
+    free(r->messages);
     if (r->counted_ip)
         limits_ip_release(oa->limits, r->ip);
     if (r->prev)
@@ -279,13 +281,6 @@ static void start(struct openai_req *r)
         answer_error(r, rc, param, msg);
         return;
     }
-    if (q.kind == OAIJSON_CHAT) {
-        /* The worker renders messages with the model's template: not yet. */
-        oaijson_req_free(&q);
-        answer_error(r, RILL_E_BAD_REQUEST, "messages",
-                     "chat completions are not available yet on this server: use /v1/completions");
-        return;
-    }
     if (!limits_ip_acquire(oa->limits, r->ip)) {
         oaijson_req_free(&q);
         answer_error(r, RILL_E_TOO_MANY_CONNS, NULL, "too many connections from this address");
@@ -299,6 +294,12 @@ static void start(struct openai_req *r)
     snprintf(r->id, sizeof r->id, "%s-%08x%08llx", r->chat ? "chatcmpl" : "cmpl", oa->epoch,
              (unsigned long long)++oa->next_id);
     r->head = (struct oaijson_head){r->id, (int64_t)time(NULL), oa->model, r->chat, r->include_usage};
+    /* The worker renders the messages with the model's chat template; the
+     * submit points at them, kept here for the stream's life (the stream
+     * frees only its prompt, and may send the submit again). */
+    r->messages = q.messages;
+    q.messages = NULL;
+    q.submit.messages = (struct proto_text){r->messages, q.messages_len};
     struct creq_id cid = {.present = true};
     snprintf(cid.s, sizeof cid.s, "%s", r->id);
     struct stream *s = stream_new(oa->streams, r, &oa->ev, &cid, &q.submit, now);

@@ -75,14 +75,14 @@ def ws_stream(url, prompt, n, params):
 
 
 def completion(port, **body):
-    status, headers, raw = post(port, "/v1/completions", dict(model="m", prompt=PROMPT, **body))
+    status, headers, raw = post(port, "/v1/completions", dict(dict(model="m", prompt=PROMPT), **body))
     assert status == 200, raw
     assert headers["content-type"] == "application/json"
     return json.loads(raw)
 
 
 def stream_completion(port, **body):
-    status, headers, raw = post(port, "/v1/completions", dict(model="m", prompt=PROMPT, stream=True, **body))
+    status, headers, raw = post(port, "/v1/completions", dict(dict(model="m", prompt=PROMPT, stream=True), **body))
     assert status == 200, raw
     assert headers["content-type"] == "text/event-stream"
     return sse_events(raw)
@@ -175,6 +175,86 @@ def test_curl_streams_events_framed_exactly(gw):
     chunks = sse_events(raw)
     assert len(chunks) == 7  # six tokens, then the finish
     assert chunks[-1]["choices"][0] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
+
+
+# --- chat completions -------------------------------------------------------------------------
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+# What the worker renders them into: the test models have no template of
+# their own, so ChatML (worker/chat.c's built-in), as llama.cpp's server does.
+CHATML = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+
+
+def chat(port, **body):
+    status, headers, raw = post(port, "/v1/chat/completions", dict(model="m", **body))
+    assert status == 200, raw
+    return headers, raw
+
+
+def test_chat_renders_messages_with_the_template(gw):
+    """messages through the template: the same tokens as the rendered text
+    sent as a completion prompt, in one object and as deltas."""
+    n = 16
+    ref = completion(gw.port, prompt=CHATML, max_tokens=n, **SAMPLED)
+    text = ref["choices"][0]["text"]
+    assert "\ufffd" not in text, text
+
+    _, raw = chat(gw.port, messages=MESSAGES, max_tokens=n, **SAMPLED)
+    doc = json.loads(raw)
+    assert doc["object"] == "chat.completion" and doc["id"].startswith("chatcmpl-")
+    ch = doc["choices"][0]
+    assert ch["message"] == {"role": "assistant", "content": text}
+    assert ch["finish_reason"] == "length" and ch["logprobs"] is None
+    assert doc["usage"] == ref["usage"]
+
+    # Content as text parts is the same conversation.
+    parts = [MESSAGES[0], {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                       {"type": "text", "text": " there"}]}]
+    _, raw = chat(gw.port, messages=parts, max_completion_tokens=n, **SAMPLED)
+    assert json.loads(raw)["choices"][0]["message"]["content"] == text
+
+    headers, raw = chat(gw.port, messages=MESSAGES, max_tokens=n, stream=True,
+                        stream_options={"include_usage": True}, **SAMPLED)
+    assert headers["content-type"] == "text/event-stream"
+    chunks = sse_events(raw)
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    first, *middle, last, usage = chunks
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert first["choices"][0]["finish_reason"] is None
+    assert all(set(c["choices"][0]["delta"]) == {"content"} and c["choices"][0]["finish_reason"] is None
+               for c in middle)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in middle) == text
+    assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "length"
+    assert usage["choices"] == [] and usage["usage"] == ref["usage"]
+
+
+def test_chat_logprobs(gw):
+    _, raw = chat(gw.port, messages=MESSAGES, max_tokens=6, logprobs=True, top_logprobs=3, **SAMPLED)
+    ch = json.loads(raw)["choices"][0]
+    items = ch["logprobs"]["content"]
+    assert len(items) == 6
+    assert "".join(i["token"] for i in items) == ch["message"]["content"]
+    for i in items:
+        assert bytes(i["bytes"]).decode() == i["token"] and i["logprob"] <= 0
+        assert len(i["top_logprobs"]) == 3
+        lps = [t["logprob"] for t in i["top_logprobs"]]
+        assert lps == sorted(lps, reverse=True)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": [{"content": "no role"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+    ({"messages": MESSAGES, "logprobs": "yes"}, "logprobs"),
+    ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs"),
+    ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"messages": MESSAGES, "n": 3}, "n"),
+])
+def test_bad_chat_requests_get_400(gw, body, param):
+    s, h, b = post(gw.port, "/v1/chat/completions", body)
+    check_error(s, h, b, 400, param=param, code="bad_request")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -327,7 +407,8 @@ def test_the_openai_npm_client(gw):
     tokens, _ = ws_stream(gw.url, PROMPT, n, SAMPLED)
     ws_text = "".join(t["text"] for t in tokens)
     script = os.path.join(os.path.dirname(__file__), "openai_client.cjs")
-    r = subprocess.run(["node", script, f"http://127.0.0.1:{gw.port}/v1", PROMPT, str(n), json.dumps(SAMPLED)],
+    r = subprocess.run(["node", script, f"http://127.0.0.1:{gw.port}/v1", PROMPT, str(n), json.dumps(SAMPLED),
+                        json.dumps(MESSAGES)],
                        capture_output=True, text=True, timeout=90, env=dict(os.environ, NODE_PATH=NODE_MODULES))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -338,6 +419,12 @@ def test_the_openai_npm_client(gw):
     assert ns["text"] == ws_text and ns["finish"] == "length" and ns["usage"] == st["usage"]
     err = out["error"]
     assert err["status"] == 400 and err["param"] == "n" and err["type"] == "invalid_request_error"
+    ch = out["chat_stream"]
+    ref = completion(gw.port, prompt=CHATML, max_tokens=n, **SAMPLED)
+    assert ch["role"] == "assistant" and ch["text"] == ref["choices"][0]["text"] and ch["finish"] == "length"
+    assert ch["usage"] == ref["usage"]
+    assert out["chat"] == {"role": "assistant", "text": ref["choices"][0]["text"], "finish": "length",
+                           "usage": ref["usage"]}
     ab = out["abort"]
     assert ab["aborted"] and ab["got"] == 3, ab
     # The abort closed the connection: the generation is released, not run to its 1500 tokens.
