@@ -124,6 +124,7 @@ static const struct field submit_fields[] = {
     U32R(S_, top_logprobs, PROTO_MAX_TOP),
     I32(S_, priority, 0, INT32_MIN, INT32_MAX),
     BOOL_DTRUE(S_, parse_special),
+    SPECIAL(S_, messages, K_TEXT, 0),
 };
 #undef S_
 
@@ -134,6 +135,7 @@ static const struct field cancel_fields[] = {
 static const struct field accepted_fields[] = {
     U64(struct proto_accepted, id),
     U32(struct proto_accepted, queue_position),
+    FLD(struct proto_accepted, prompt_tokens, K_U32, 0, 0, UINT32_MAX),
 };
 
 static const struct field rejected_fields[] = {
@@ -679,8 +681,10 @@ static void submit_free(struct proto_submit *s)
 {
     free((void *)s->prompt);
     free((void *)s->prompt_tokens);
+    free((void *)s->messages.p);
     s->prompt = NULL;
     s->prompt_tokens = NULL;
+    s->messages = (struct proto_text){0};
     s->prompt_len = 0;
     s->n_prompt_tokens = 0;
 }
@@ -814,6 +818,8 @@ static bool enc_present(const struct field *f, const void *base)
         return ((const struct proto_heartbeat *)base)->n_metrics > 0;
     if (f->kind == K_BLOB)
         return ((const struct proto_blob *)((const char *)base + f->off))->len > 0;
+    if (f->kind == K_TEXT && !(f->flags & F_REQ))
+        return ((const struct proto_text *)((const char *)base + f->off))->len > 0;
     return true;
 }
 

@@ -99,6 +99,15 @@ enum proto_wstate {
     PROTO_WSTATE_FAILED
 };
 
+/* A piece of text of any length up to PROTO_MAX_TEXT.  After proto_decode()
+ * `p` is heap memory owned by the message, with a NUL after the last byte;
+ * to encode, point it at your bytes. */
+struct proto_text {
+    const char *p;
+    uint32_t len;
+};
+#define PROTO_MAX_TEXT (768u << 10)
+
 struct proto_submit {
     uint64_t id;
     /* prompt_len bytes, any content (it may contain NULs).  After
@@ -127,6 +136,13 @@ struct proto_submit {
      * when absent; false for untrusted text.  A zeroed struct says false:
      * set it when you build a submit. */
     bool parse_special;
+    /* optional: a chat conversation (a JSON array of {role, content, ...},
+     * as the OpenAI API's messages) that the worker renders with the
+     * model's chat template, add_generation_prompt on, into the text it
+     * tokenizes in place of `prompt` (control tokens parsed).  Heap memory
+     * owned by the message after proto_decode(), like prompt; to encode,
+     * point it at your bytes.  Not sent when empty; <= PROTO_MAX_TEXT. */
+    struct proto_text messages;
 };
 
 struct proto_cancel {
@@ -136,6 +152,10 @@ struct proto_cancel {
 struct proto_accepted {
     uint64_t id;
     uint32_t queue_position;
+    /* optional: the prompt's length in tokens, as the worker tokenized it
+     * (the OpenAI API's usage.prompt_tokens); 0 from a worker that does
+     * not say. */
+    uint32_t prompt_tokens;
 };
 
 struct proto_rejected {
@@ -215,14 +235,6 @@ struct proto_workers {
     struct proto_worker_info workers[PROTO_MAX_WORKERS];
 };
 
-/* A piece of text of any length up to PROTO_MAX_TEXT.  After proto_decode()
- * `p` is heap memory owned by the message, with a NUL after the last byte;
- * to encode, point it at your bytes. */
-struct proto_text {
-    const char *p;
-    uint32_t len;
-};
-#define PROTO_MAX_TEXT (768u << 10)
 
 /* The supervisor's figures for the gateway, twice a second: its own and the
  * workers' metrics as Prometheus text (appended to the gateway's /metrics)

@@ -16,6 +16,7 @@
 #include "http.h"
 #include "limits.h"
 #include "metrics.h"
+#include "openai.h"
 #include "session.h"
 #include "stream.h"
 #include "telemetry.h"
@@ -52,6 +53,7 @@ struct server {
     struct writer_set writers;
     struct telemetry tel;
     struct session ss;
+    struct openai oa;            /* the OpenAI-compatible HTTP API (/v1) */
     bool limits_up, transport_up;
     uint64_t drain_deadline_ns;  /* while draining: stop by then at the latest */
     volatile bool stop;          /* leave the service loop */
@@ -218,6 +220,8 @@ static int on_lws(struct lws *wsi, enum lws_callback_reasons reason, void *user,
     struct conn *c = user;
     if (!g)
         return lws_callback_http_dummy(wsi, reason, user, in, len);
+    if (openai_takes(wsi, reason))
+        return openai_callback(&g->oa, wsi, reason, in, len);
     switch (reason) {
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
         return on_confirm_upgrade(wsi, g);
@@ -453,6 +457,7 @@ static int parse_listen(const char *listen, char *host, size_t hn, int *port)
 static void on_worker_msg(void *ctx, int worker, struct proto_msg *m)
 {
     struct server *g = ctx;
+    openai_on_msg(&g->oa, m);
     stream_on_msg(&g->streams, worker, m);
 }
 
@@ -550,6 +555,7 @@ int server_run(const struct rill_config *c)
     stream_table_resume(&g->streams, (uint64_t)c->resume_window_s * 1000000000ull, (size_t)c->resume_log_bytes,
                         (size_t)c->resume_log_total_bytes);
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
+    openai_init(&g->oa, c, &g->limits, &g->streams, &g->tel, &g->m, &g->tp, &g->ss.shutting_down, epoch);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
     if (rc) {
         server_free(g);
@@ -601,6 +607,11 @@ int server_run(const struct rill_config *c)
     m_ready.mount_next = &m_health;
     m_ready.mountpoint = "/ready";
     m_ready.mountpoint_len = 6;
+    static struct lws_http_mount m_v1; /* the OpenAI-compatible API (openai.h) */
+    m_v1 = m_api;
+    m_v1.mount_next = &m_ready;
+    m_v1.mountpoint = "/v1";
+    m_v1.mountpoint_len = 3;
 
     /* Idle connections are pinged (and dropped when silent) by lws. */
     static lws_retry_bo_t idle_policy;
@@ -611,7 +622,7 @@ int server_run(const struct rill_config *c)
     info.port = g->port;
     info.iface = g->host;
     info.protocols = protocols;
-    info.mounts = &m_ready;
+    info.mounts = &m_v1;
     info.extensions = extensions;
     info.user = g;
     info.retry_and_idle_policy = &idle_policy;

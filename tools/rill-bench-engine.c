@@ -911,11 +911,13 @@ struct vs_row {
     double pp_med, tg_med, dec_gbs, pf_gflops, dec_ratio, pf_ratio, vs_dec, vs_pf;
 };
 
-/* Wait (up to 10 s) for other processes to use under a quarter of a core. */
+/* Wait (up to 3 s) for other processes to use under a quarter of a core:
+ * a short lull is often there; a machine busy for minutes is not waited
+ * out (the figures then say how busy it was). */
 static double vs_quiet(void)
 {
     double b = NAN;
-    for (int i = 0; i < 20; i++) {
+    for (int i = 0; i < 6; i++) {
         b = machlim_busy(0.5);
         if (!(b > 0.25))
             break;

@@ -28,7 +28,8 @@
  *   mistral3  the llama layout under mistral3.* keys;
  *   qwen2     q/k/v biases (random, std ~0.3);
  *   qwen3     per-head q/k norm weights (random in [0.5, 1.5)); --head-dim
- *             may differ from dim / heads (written as attention.key_length).
+ *             may differ from dim / heads (written as attention.key_length);
+ *   phi3      fused attn_qkv and ffn_up (gate rows, then up rows).
  * --vocab-from FILE copies every tokenizer.* key of a GGUF file (e.g. llama.cpp's
  * ggml-vocab-qwen2.gguf), and the vocabulary size with it:
  *   rill-mkmodel --arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --tied \
@@ -81,8 +82,8 @@ static const struct mix mixes[] = {
 };
 #define N_MIXES (sizeof mixes / sizeof mixes[0])
 
-enum arch { A_LLAMA, A_MISTRAL3, A_QWEN2, A_QWEN3 };
-static const char *const arch_names[] = {"llama", "mistral3", "qwen2", "qwen3"};
+enum arch { A_LLAMA, A_MISTRAL3, A_QWEN2, A_QWEN3, A_PHI3 };
+static const char *const arch_names[] = {"llama", "mistral3", "qwen2", "qwen3", "phi3"};
 
 struct opts {
     struct shape s;
@@ -140,7 +141,7 @@ static float rng_uniform(struct rng *r, float a)
 /* ---- the model ------------------------------------------------------------ */
 
 /* What a tensor is, for choosing its type (and a vector's values). */
-enum role { R_EMBD, R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_OUT, R_NORM, R_QK_NORM, R_BIAS, R_ROPE_FREQS };
+enum role { R_EMBD, R_Q, R_K, R_V, R_O, R_GATE, R_UP, R_DOWN, R_OUT, R_NORM, R_QK_NORM, R_BIAS, R_ROPE_FREQS, R_QKV };
 
 struct tensor {
     char name[64];
@@ -199,6 +200,13 @@ static enum wtype mix_type(const struct mix *m, const struct tensor *t, uint32_t
             ty = WT_Q6_K;
         else if (!strcmp(n, "q4_K_S") && i < n_layers / 8)
             ty = WT_Q5_K;
+    } else if (t->role == R_QKV) {
+        if (!strcmp(n, "q3_K_M") || !strcmp(n, "q3_K_L"))
+            ty = WT_Q4_K;
+        else if (!strcmp(n, "q4_K_M"))
+            ty = WT_Q5_K;
+        else if (!strcmp(n, "q5_K_M"))
+            ty = WT_Q6_K;
     } else if (t->role == R_O) {
         if (!strcmp(n, "q2_K"))
             ty = WT_Q3_K;
@@ -230,9 +238,13 @@ static int list_tensors(const struct opts *o, struct tensor **out, size_t *n_out
         char nm[64];
 #define L(x) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." x, l), nm)
         VEC(L("attn_norm.weight"), s->dim, R_NORM, l);
-        MAT(L("attn_q.weight"), s->dim, q, R_Q, l);
-        MAT(L("attn_k.weight"), s->dim, kv, R_K, l);
-        MAT(L("attn_v.weight"), s->dim, kv, R_V, l);
+        if (o->arch == A_PHI3) {
+            MAT(L("attn_qkv.weight"), s->dim, q + 2 * kv, R_QKV, l);
+        } else {
+            MAT(L("attn_q.weight"), s->dim, q, R_Q, l);
+            MAT(L("attn_k.weight"), s->dim, kv, R_K, l);
+            MAT(L("attn_v.weight"), s->dim, kv, R_V, l);
+        }
         if (o->arch == A_QWEN2) {
             VEC(L("attn_q.bias"), q, R_BIAS, l);
             VEC(L("attn_k.bias"), kv, R_BIAS, l);
@@ -244,8 +256,12 @@ static int list_tensors(const struct opts *o, struct tensor **out, size_t *n_out
         }
         MAT(L("attn_output.weight"), q, s->dim, R_O, l);
         VEC(L("ffn_norm.weight"), s->dim, R_NORM, l);
-        MAT(L("ffn_gate.weight"), s->dim, s->ffn, R_GATE, l);
-        MAT(L("ffn_up.weight"), s->dim, s->ffn, R_UP, l);
+        if (o->arch == A_PHI3) {
+            MAT(L("ffn_up.weight"), s->dim, 2 * s->ffn, R_UP, l); /* gate, then up */
+        } else {
+            MAT(L("ffn_gate.weight"), s->dim, s->ffn, R_GATE, l);
+            MAT(L("ffn_up.weight"), s->dim, s->ffn, R_UP, l);
+        }
         MAT(L("ffn_down.weight"), s->ffn, s->dim, R_DOWN, l);
 #undef L
     }
@@ -566,7 +582,8 @@ static void usage(FILE *f)
             "  --seed N                weights seed (default 1)\n"
             "  --tied                  no output.weight: the output shares token_embd\n"
             "  --name NAME             general.name (default rill-<shape>)\n"
-            "  --arch A                llama (default), mistral3, qwen2 (q/k/v biases), qwen3 (q/k norms)\n"
+            "  --arch A                llama (default), mistral3, qwen2 (q/k/v biases), qwen3 (q/k norms),\n"
+            "                          phi3 (fused qkv and gate/up)\n"
             "  --head-dim N            head size when it is not dim / heads (written as key_length)\n"
             "  --rope-base F           rope.freq_base (default 10000)\n"
             "  --rope-freqs            llama: Llama 3.1's rope_freqs.weight (factor 8, low 1, high 4)\n"
@@ -673,7 +690,7 @@ int main(int argc, char **argv)
             while (i < sizeof arch_names / sizeof *arch_names && strcmp(arch_names[i], optarg) != 0)
                 i++;
             if (i == sizeof arch_names / sizeof *arch_names) {
-                fprintf(stderr, "rill-mkmodel: unknown --arch '%s' (llama, mistral3, qwen2, qwen3)\n", optarg);
+                fprintf(stderr, "rill-mkmodel: unknown --arch '%s' (llama, mistral3, qwen2, qwen3, phi3)\n", optarg);
                 return 2;
             }
             o.arch = (enum arch)i;

@@ -9,12 +9,14 @@
  * results (rc, prompt, why) are read by the loop only once the job is done.
  */
 #include "intake.h"
+#include "chat.h"
 #include "common/err.h"
 #include "common/log.h"
 
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -34,6 +36,9 @@ struct intake {
     uint64_t bytes;             /* their prompts' bytes (the loop's only) */
     bool stop;
     int efd;                    /* eventfd: a job is done */
+    struct chat_tmpl *chat;     /* the model's chat template, or NULL */
+    char *bos, *eos;            /* what its bos_token / eos_token are */
+    char chat_why[160];         /* why there is none */
 };
 
 /* Make intake_fd() readable (called with the lock held, see intake_pop). */
@@ -44,9 +49,36 @@ static void wake_loop(struct intake *in)
         rlog_warn("intake: eventfd write failed: %s", strerror(errno));
 }
 
+/* A chat request: its messages through the template, then the text
+ * tokenized as a template's output is (control tokens parsed).  The job's
+ * request is left as it came: the loop may read it meanwhile. */
+static int job_chat(const struct intake *in, struct intake_job *j)
+{
+    if (!in->chat)
+        return rill_fail(j->why, sizeof j->why, RILL_E_BAD_REQUEST, "%s", in->chat_why);
+    struct chat_opts o = {.bos_token = in->bos, .eos_token = in->eos, .add_generation_prompt = true,
+                          .max_output = PROTO_MAX_PROMPT};
+    char *text = NULL;
+    size_t n = 0;
+    int rc = chat_tmpl_render(in->chat, j->req.messages.p, j->req.messages.len, &o, &text, &n, NULL, j->why,
+                              sizeof j->why);
+    if (rc) /* wire codes: the conversation, or its size, is the client's */
+        return rc == RILL_E_NOMEM ? rc : rc == RILL_E_TOO_LARGE ? RILL_E_PROMPT_TOO_LONG : RILL_E_BAD_REQUEST;
+    struct proto_submit r = j->req;
+    r.prompt = text;
+    r.prompt_len = (uint32_t)n;
+    r.parse_special = true;
+    rc = prompt_tokenize(in->tk, in->max_ctx, &r, &j->prompt, j->why, sizeof j->why);
+    free(text);
+    return rc;
+}
+
 static void job_tokenize(const struct intake *in, struct intake_job *j)
 {
-    j->rc = prompt_tokenize(in->tk, in->max_ctx, &j->req, &j->prompt, j->why, sizeof j->why);
+    if (j->req.messages.len)
+        j->rc = job_chat(in, j);
+    else
+        j->rc = prompt_tokenize(in->tk, in->max_ctx, &j->req, &j->prompt, j->why, sizeof j->why);
     if (j->rc)
         prompt_free(&j->prompt);
 }
@@ -108,6 +140,7 @@ void intake_job_free(struct intake_job *j)
         return;
     free((void *)j->req.prompt);
     free((void *)j->req.prompt_tokens);
+    free((void *)j->req.messages.p);
     prompt_free(&j->prompt);
     free(j);
 }
@@ -147,9 +180,24 @@ void intake_free(struct intake *in)
     }
     if (in->efd >= 0)
         close(in->efd);
+    chat_tmpl_free(in->chat);
+    free(in->bos);
+    free(in->eos);
     pthread_cond_destroy(&in->cv);
     pthread_mutex_destroy(&in->mu);
     free(in);
+}
+
+int intake_set_chat(struct intake *in, struct chat_tmpl *tmpl, const char *bos, const char *eos, const char *why)
+{
+    chat_tmpl_free(in->chat);
+    free(in->bos);
+    free(in->eos);
+    in->chat = tmpl;
+    in->bos = strdup(bos ? bos : "");
+    in->eos = strdup(eos ? eos : "");
+    snprintf(in->chat_why, sizeof in->chat_why, "%s", why ? why : "this model has no chat template");
+    return in->bos && in->eos ? 0 : RILL_E_NOMEM;
 }
 
 int intake_fd(const struct intake *in) { return in->efd; }
@@ -167,6 +215,7 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
     req->prompt_tokens = NULL;
     req->prompt_len = 0;
     req->n_prompt_tokens = 0;
+    req->messages = (struct proto_text){0};
     if (reply_to)
         j->reply_to = *reply_to;
     j->t_arrive = t_arrive;
@@ -185,7 +234,7 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
         in->head = j;
     in->tail = j;
     in->n++;
-    in->bytes += j->req.prompt_len;
+    in->bytes += j->req.prompt_len + j->req.messages.len;
     if (j->done)
         wake_loop(in);
     pthread_cond_signal(&in->cv);
@@ -204,7 +253,7 @@ static struct intake_job *take_done_head(struct intake *in)
         in->tail = NULL;
     j->next = NULL;
     in->n--;
-    in->bytes -= j->req.prompt_len;
+    in->bytes -= j->req.prompt_len + j->req.messages.len;
     return j;
 }
 

@@ -62,10 +62,19 @@ void intake_free(struct intake *in);
  * intake_pop returns NULL). */
 int intake_fd(const struct intake *in);
 
-/* Take a request to tokenize.  Its prompt and prompt_tokens move into the
- * job (they must be heap memory, as proto_decode() leaves them: a megabyte
- * prompt is not copied on the loop) and are NULL in *req after; the rest
- * is copied.  Returns 0, or RILL_E_NOMEM (then *req is untouched). */
+/* Chat requests (submit.messages) are rendered with `tmpl` (taken over;
+ * freed by intake_free) before they are tokenized, with the control tokens
+ * of the text parsed; bos/eos are the texts the template's bos_token and
+ * eos_token stand for (copied; NULL: "").  Without a template (NULL) a chat
+ * request is refused as bad_request saying `why`.  Call it before the first
+ * intake_push.  RILL_E_NOMEM. */
+struct chat_tmpl;
+int intake_set_chat(struct intake *in, struct chat_tmpl *tmpl, const char *bos, const char *eos, const char *why);
+
+/* Take a request to tokenize.  Its prompt, prompt_tokens and messages move
+ * into the job (they must be heap memory, as proto_decode() leaves them: a
+ * megabyte prompt is not copied on the loop) and are NULL in *req after;
+ * the rest is copied.  Returns 0, or RILL_E_NOMEM (then *req is untouched). */
 int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id *reply_to, uint64_t t_arrive);
 
 /* The next job, in the order they were pushed, once it is tokenized (NULL:

@@ -22,6 +22,7 @@
 #include "quant.h"
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
 
 static enum kern_isa isa_in_use = (enum kern_isa)-1;
 
@@ -33,7 +34,8 @@ static bool cpu_has(enum kern_isa isa)
         return avx2;
     if (isa == KERN_AVX512)
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
     return isa == KERN_SCALAR;
 }
 
@@ -291,6 +293,61 @@ static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_2, tile_f16_3}
 static const struct tile_set tiles_bf16 = {3, tile_bf16_1, tile_bf16_2, tile_bf16_3};
 static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
 
+/* Q8_0 with AVX-512: rows 0 and 1 of the group in one register, 2 and 3 in
+ * another (eight weights of each row, (float)q * d, then the FMA): each
+ * lane does the AVX2 tile's arithmetic, so the bits are the same. */
+#define DEFINE_Q8_TILE512(C)                                                                             \
+    AVX512_TARGET __attribute__((noinline)) static void tile512_q8_##C(                                  \
+        const struct kmat *m, const float *x, size_t ldx, float *y, size_t ldy, uint32_t g, uint32_t b,  \
+        uint32_t nr)                                                                                     \
+    {                                                                                                    \
+        const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;          \
+        uint32_t nb = m->cols / Q8_0_BLOCK;                                                              \
+        __m512 acc[2][C];                                                                                \
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                              \
+            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) acc[h][c] = _mm512_setzero_ps();         \
+        for (uint32_t blk = 0; blk < nb; blk++) {                                                        \
+            const unsigned char *bp = gp + (size_t)blk * Q8_GROUP_BLOCK;                                 \
+            const float *d = (const float *)bp;                                                          \
+            const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));                        \
+            __m512 dv[2];                                                                                \
+            __m128i q[KERN_GROUP][2];                                                                    \
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                          \
+                dv[h] = _mm512_insertf32x8(_mm512_set1_ps(d[2 * h]), _mm256_set1_ps(d[2 * h + 1]), 1);  \
+            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                 \
+                _Pragma("GCC unroll 2") for (int k = 0; k < 2; k++)                                      \
+                    q[r][k] = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK + 16 * k));          \
+            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {                                   \
+                __m512 wv[2];                                                                            \
+                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                                    \
+                    /* slice j of rows 2h and 2h+1, side by side */                                      \
+                    __m128i p = j % 2 ? _mm_unpackhi_epi64(q[2 * h][j / 2], q[2 * h + 1][j / 2])         \
+                                      : _mm_unpacklo_epi64(q[2 * h][j / 2], q[2 * h + 1][j / 2]);        \
+                    wv[h] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(p)), dv[h]);           \
+                }                                                                                        \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) {                                    \
+                    __m512 xv = _mm512_broadcast_f32x8(                                                  \
+                        _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + blk * Q8_0_BLOCK + 8 * j)); \
+                    acc[0][c] = _mm512_fmadd_ps(wv[0], xv, acc[0][c]);                                   \
+                    acc[1][c] = _mm512_fmadd_ps(wv[1], xv, acc[1][c]);                                   \
+                }                                                                                        \
+            }                                                                                            \
+        }                                                                                                \
+        uint32_t n = g * KERN_GROUP;                                                                     \
+        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
+            if ((uint32_t)r < nr)                                                                        \
+                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) {                                    \
+                    __m512 a = acc[r / 2][c];                                                            \
+                    y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] =                               \
+                        hsum256(r % 2 ? _mm512_extractf32x8_ps(a, 1) : _mm512_castps512_ps256(a));       \
+                }                                                                                        \
+    }
+
+DEFINE_Q8_TILE512(1)
+DEFINE_Q8_TILE512(2)
+
+static const struct tile_set tiles_q8_512 = {2, tile512_q8_1, NULL, tile512_q8_2};
+
 /* --- batched F16 / Q8_0: convert a block once, reuse it for every batch tile ------ */
 
 /* A block of columns of a few groups, converted to floats, stays in L1
@@ -367,8 +424,6 @@ AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t
  * pack puts their slices side by side), the activations' eight floats are
  * in both halves; each lane does the AVX2 tile's FMA, so the bits are the
  * same, with half the instructions. */
-#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
-
 #define DEFINE_BLOCK_TILE512(C)                                                                          \
     AVX512_TARGET __attribute__((noinline)) static void btile512_##C(const float *w, uint32_t ns,         \
                                                                      const float *x, size_t ldx, float *acc) \
@@ -467,6 +522,7 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
     const struct tile_set *ts = m->type == WT_F32    ? &tiles_f32
                                 : m->type == WT_F16  ? &tiles_f16
                                 : m->type == WT_BF16 ? &tiles_bf16
+                                : kern_isa() >= KERN_AVX512 ? &tiles_q8_512
                                                      : &tiles_q8;
     uint32_t g0 = n0 / KERN_GROUP, g1 = (n1 + KERN_GROUP - 1) / KERN_GROUP;
     for (uint32_t g = g0; g < g1; g++) {

@@ -41,7 +41,7 @@
  * doing what an AVX2 register does, so every path gives the same bits. */
 enum kern_isa { KERN_SCALAR = 0, KERN_AVX2 = 1, KERN_AVX512 = 2 };
 
-/* The instruction set in use: AVX-512 F/BW/DQ/VL when the CPU has them,
+/* The instruction set in use: AVX-512 F/BW/DQ/VL/VNNI when the CPU has them,
  * else AVX2+FMA+F16C, else scalar. */
 enum kern_isa kern_isa(void);
 /* Whether this CPU can run isa. */

@@ -180,6 +180,7 @@ static const struct {
     {"mistral3", ARCH_MISTRAL3, ROPE_NORM},
     {"qwen2", ARCH_QWEN2, ROPE_NEOX},
     {"qwen3", ARCH_QWEN3, ROPE_NEOX},
+    {"phi3", ARCH_PHI3, ROPE_NEOX},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 
@@ -230,6 +231,8 @@ static const struct {
     {"rope.scaling.yarn_beta_slow", KEY_REFUSED, 0, "yarn RoPE scaling"},
     {"rope.scaling.yarn_log_multiplier", KEY_REFUSED, 0, "yarn RoPE scaling"},
     {"rope.scaling.yarn_ext_factor", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.scaling.yarn_attn_factor", KEY_REFUSED, 0, "yarn RoPE scaling"},
+    {"rope.freq_base_swa", KEY_REFUSED, 0, "sliding-window attention"},
     {"attention.layer_norm_epsilon", KEY_REFUSED, 0, "LayerNorm (not RMSNorm)"},
     {"attention.sliding_window_pattern", KEY_REFUSED, 0, "sliding-window attention"},
     {"rope.dimension_sections", KEY_REFUSED, 0, "multi-section RoPE"},
@@ -258,6 +261,10 @@ static int check_keys(struct loader *L)
         char key[128];
         copy_shown(kv->key, key, sizeof key);
         const char *suffix = key + alen + 1;
+        /* llama.cpp turns Phi-3's sliding window off (its converter's
+         * window is not the trained one, llama.cpp PR 13676): so does rill. */
+        if (L->m->cfg.arch_id == ARCH_PHI3 && strcmp(suffix, "attention.sliding_window") == 0)
+            continue;
         size_t r = 0;
         while (r < sizeof key_rules / sizeof key_rules[0] && strcmp(key_rules[r].suffix, suffix) != 0)
             r++;
@@ -322,7 +329,7 @@ static int read_config(struct loader *L)
         a++;
     if (a == N_ARCHS)
         return rill_fail(L->why, L->why_len, RILL_E_UNSUPPORTED,
-                    "architecture '%s' is not supported (supported: llama, mistral3, qwen2, qwen3)", c->arch);
+                    "architecture '%s' is not supported (supported: llama, mistral3, qwen2, qwen3, phi3)", c->arch);
     c->arch_id = archs[a].id;
     c->rope_style = archs[a].rope;
     struct gguf_str name;
@@ -374,9 +381,9 @@ static int read_config(struct loader *L)
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "bad %s.rope.freq_base %g or layer_norm_rms_epsilon %g",
                     c->arch, (double)c->rope_base, (double)c->norm_eps);
-    /* Each layer has nine tensors: a block count beyond that is a lie, and
-     * must not size an allocation. */
-    if ((uint64_t)c->n_layers * 9 > gguf_n_tensors(L->g))
+    /* Each layer has nine tensors (six when q/k/v and gate/up are fused): a
+     * block count beyond that is a lie, and must not size an allocation. */
+    if ((uint64_t)c->n_layers * (c->arch_id == ARCH_PHI3 ? 6 : 9) > gguf_n_tensors(L->g))
         return rill_fail(L->why, L->why_len, RILL_E_BAD_FORMAT,
                     "%s.block_count = %" PRIu32 " but the file has only %" PRIu64 " tensors",
                     c->arch, c->n_layers, gguf_n_tensors(L->g));
@@ -516,6 +523,49 @@ static int convert_vecs(struct loader *L)
  * norm and rope_freqs. */
 #define VECS_PER_LAYER 8
 
+/* Rows [r0, r0 + rows) of w: a matrix of its own (fused tensors hold
+ * several, one after the other). */
+static struct wmat row_view(const struct wmat *w, uint32_t r0, uint32_t rows)
+{
+    assert(r0 + rows <= w->rows);
+    struct wmat v = *w;
+    v.data = (const uint8_t *)w->data + (size_t)r0 * w->row_bytes;
+    v.rows = rows;
+    return v;
+}
+
+/* Phi-3's fused tensors: attn_qkv is q, k and v one after the other (or
+ * the file has them apart), ffn_up is gate then up (llama.cpp's SWIGLU:
+ * silu of the first half times the second). */
+static int bind_fused(struct loader *L, uint32_t l, struct layer_weights *lw, uint64_t q_dim, uint64_t kv_dim)
+{
+    const struct model_config *c = &L->m->cfg;
+    char nm[64];
+    struct wmat w;
+    int rc;
+    snprintf(nm, sizeof nm, "blk.%" PRIu32 ".attn_qkv.weight", l);
+    if (gguf_find_tensor(L->g, nm)) {
+        if ((rc = bind_mat(L, nm, c->dim, q_dim + 2 * kv_dim, &w)))
+            return rc;
+        lw->wq = row_view(&w, 0, (uint32_t)q_dim);
+        lw->wk = row_view(&w, (uint32_t)q_dim, (uint32_t)kv_dim);
+        lw->wv = row_view(&w, (uint32_t)(q_dim + kv_dim), (uint32_t)kv_dim);
+    } else {
+#define NAME(s) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." s, l), nm)
+        if ((rc = bind_mat(L, NAME("attn_q.weight"), c->dim, q_dim, &lw->wq)) ||
+            (rc = bind_mat(L, NAME("attn_k.weight"), c->dim, kv_dim, &lw->wk)) ||
+            (rc = bind_mat(L, NAME("attn_v.weight"), c->dim, kv_dim, &lw->wv)))
+            return rc;
+#undef NAME
+    }
+    snprintf(nm, sizeof nm, "blk.%" PRIu32 ".ffn_up.weight", l);
+    if ((rc = bind_mat(L, nm, c->dim, 2 * (uint64_t)c->ffn_dim, &w)))
+        return rc;
+    lw->w_gate = row_view(&w, 0, c->ffn_dim);
+    lw->w_up = row_view(&w, c->ffn_dim, c->ffn_dim);
+    return 0;
+}
+
 static int bind_weights(struct loader *L)
 {
     struct model *m = L->m;
@@ -537,7 +587,7 @@ static int bind_weights(struct loader *L)
         return rill_fail(L->why, L->why_len, RILL_E_NOMEM, "out of memory");
     uint64_t q_dim = (uint64_t)c->n_heads * c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * c->head_dim;
     bool llama_like = c->arch_id == ARCH_LLAMA || c->arch_id == ARCH_MISTRAL3;
-    bool qwen2 = c->arch_id == ARCH_QWEN2, qwen3 = c->arch_id == ARCH_QWEN3;
+    bool qwen2 = c->arch_id == ARCH_QWEN2, qwen3 = c->arch_id == ARCH_QWEN3, phi3 = c->arch_id == ARCH_PHI3;
     if ((rc = bind_mat(L, "token_embd.weight", c->dim, c->vocab, &m->tok_embd)))
         return rc;
     for (uint32_t l = 0; l < c->n_layers; l++) {
@@ -545,15 +595,20 @@ static int bind_weights(struct loader *L)
         char nm[64];
 #define NAME(s) (snprintf(nm, sizeof nm, "blk.%" PRIu32 "." s, l), nm)
         if ((rc = bind_vec(L, NAME("attn_norm.weight"), c->dim, true, &lw->attn_norm)) ||
-            (rc = bind_mat(L, NAME("attn_q.weight"), c->dim, q_dim, &lw->wq)) ||
-            (rc = bind_mat(L, NAME("attn_k.weight"), c->dim, kv_dim, &lw->wk)) ||
-            (rc = bind_mat(L, NAME("attn_v.weight"), c->dim, kv_dim, &lw->wv)) ||
             (rc = bind_mat(L, NAME("attn_output.weight"), q_dim, c->dim, &lw->wo)) ||
             (rc = bind_vec(L, NAME("ffn_norm.weight"), c->dim, true, &lw->ffn_norm)) ||
-            (rc = bind_mat(L, NAME("ffn_gate.weight"), c->dim, c->ffn_dim, &lw->w_gate)) ||
-            (rc = bind_mat(L, NAME("ffn_up.weight"), c->dim, c->ffn_dim, &lw->w_up)) ||
             (rc = bind_mat(L, NAME("ffn_down.weight"), c->ffn_dim, c->dim, &lw->w_down)))
             return rc;
+        if (phi3) {
+            if ((rc = bind_fused(L, l, lw, q_dim, kv_dim)))
+                return rc;
+        } else if ((rc = bind_mat(L, NAME("attn_q.weight"), c->dim, q_dim, &lw->wq)) ||
+                   (rc = bind_mat(L, NAME("attn_k.weight"), c->dim, kv_dim, &lw->wk)) ||
+                   (rc = bind_mat(L, NAME("attn_v.weight"), c->dim, kv_dim, &lw->wv)) ||
+                   (rc = bind_mat(L, NAME("ffn_gate.weight"), c->dim, c->ffn_dim, &lw->w_gate)) ||
+                   (rc = bind_mat(L, NAME("ffn_up.weight"), c->dim, c->ffn_dim, &lw->w_up))) {
+            return rc;
+        }
         /* llama.cpp: llama's attention biases are optional, qwen2 has
          * q/k/v biases always (and no o bias), qwen3 none. */
         if ((llama_like || qwen2) &&

@@ -15,6 +15,10 @@
  *   qwen3     per-head RMS norm of q and k before RoPE (attn_q_norm,
  *             attn_k_norm); head size attention.key_length, which may
  *             differ from embedding_length / head_count; NEOX RoPE.
+ *   phi3      Phi-3 (mini 4k): q/k/v fused in attn_qkv (or apart), gate and up
+ *             fused in ffn_up; NEOX RoPE; its attention.sliding_window is
+ *             ignored, as llama.cpp does.  The long-context rope_factors_long /
+ *             rope_factors_short tensors and longrope scaling are refused.
  * Tensor types F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K,
  * Q5_K and Q6_K (quant.h), mixed freely within a file.
  *
@@ -23,7 +27,7 @@
  * implement (sliding window, logit softcapping, yarn or other RoPE scaling,
  * experts, attention temperature, ...) are refused at load, naming it.
  * RoPE rotates adjacent pairs (2i, 2i+1) for llama/mistral3 (whose GGUF q/k
- * are permuted for that) and pairs (i, i + rope_dim/2) for qwen2/qwen3, as
+ * are permuted for that) and pairs (i, i + rope_dim/2) for qwen2/qwen3/phi3, as
  * llama.cpp's rope types NORM and NEOX.
  */
 #ifndef RILL_MODEL_H
@@ -53,7 +57,7 @@ struct wmat {
     size_t row_bytes;
 };
 
-enum model_arch { ARCH_LLAMA, ARCH_MISTRAL3, ARCH_QWEN2, ARCH_QWEN3 };
+enum model_arch { ARCH_LLAMA, ARCH_MISTRAL3, ARCH_QWEN2, ARCH_QWEN3, ARCH_PHI3 };
 
 /* How RoPE pairs a head's dimensions (llama.cpp's LLAMA_ROPE_TYPE_*). */
 enum rope_style {
@@ -88,7 +92,7 @@ struct layer_weights {
     const float *bq, *bk, *bv, *bo;  /* biases of q (q_dim), k, v (kv_dim), o (dim); NULL when absent */
     const float *q_norm, *k_norm;    /* per-head RMS norm weights (head_dim), qwen3; NULL when absent */
     const float *ffn_norm;           /* dim */
-    struct wmat w_gate, w_up;        /* ffn_dim x dim */
+    struct wmat w_gate, w_up;        /* ffn_dim x dim (views of one fused tensor in phi3) */
     struct wmat w_down;              /* dim x ffn_dim */
 };
 

@@ -995,9 +995,12 @@ static const rows_fn *avx2_fns(enum wtype t)
  * 32-bit lane then does exactly what the AVX2 kernel's lane does for its row
  * (the integer sums are exact, the float steps the same operations in the
  * same order), so the results are the AVX2 kernels' bits; only the number
- * of instructions halves, on cores whose 512-bit units are full width. */
+ * of instructions halves, on cores whose 512-bit units are full width.
+ * VNNI's dot products replace AVX2's maddubs + madd (q4_0 ... q5_1: no pair
+ * sum of |w| <= 31 times |a| <= 127 saturates an int16) and madd + add (the
+ * K types), with the same integer results. */
 
-#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define MAXP 4 /* pairs of activation rows computed together */
 
 AVX512_TARGET static ALWAYS_INLINE __m512i pair_load(const void *lo, const void *hi)
@@ -1021,16 +1024,16 @@ AVX512_TARGET static ALWAYS_INLINE void store_pair(__m512 acc, float *y0, float 
 
 /* rows32() for 2P activation rows. */
 AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int P, const uint8_t *row,
-                                                  const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
-                                                  uint32_t n)
+                                                  const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                                                  size_t ldy, uint32_t n)
 {
     const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
     const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
-    const float *ad = a->d + (size_t)b0 * nb, *as = a->s + (size_t)b0 * nb;
-    const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+    const float *as = a->s + (size_t)b0 * nb;
+    const __m512i zero = _mm512_setzero_si512();
     __m512 acc[MAXP];
     float macc[2 * MAXP];
 #pragma GCC unroll 4
@@ -1053,14 +1056,20 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
          * 0, so the product is 0 either way) */
         __mmask64 neg = is_signed ? _mm512_movepi8_mask(dup256(w)) : 0;
         __m512 dwv = _mm512_set1_ps(dw);
+        __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
 #pragma GCC unroll 4
         for (int p = 0; p < P; p++) {
             const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
             __m512i av = pair_load(a0, a0 + K);
             if (is_signed)
                 av = _mm512_mask_sub_epi8(av, neg, zero, av);
-            __m512i L = _mm512_madd_epi16(_mm512_maddubs_epi16(aw, av), ones);
-            __m512 D = _mm512_mul_ps(dwv, pair_set(ad[(size_t)(2 * p) * nb + i], ad[(size_t)(2 * p + 1) * nb + i]));
+            __m512i L = _mm512_dpbusd_epi32(zero, aw, av); /* no int16 step: maddubs never saturates here */
+            /* [dx of row 2p] x 8, [dx of row 2p+1] x 8, from the tile's eight */
+            __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(_mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                                                                                 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
+                                                                                 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
+                                                                                 2 * p, 2 * p),
+                                                                dx8));
             acc[p] = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc[p]);
             if (has_min) {
                 float m = half_avx2(blk + 2);
@@ -1082,9 +1091,10 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
 
 /* rows256() for 2P activation rows. */
 AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int P, const uint8_t *row,
-                                                   const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
-                                                   uint32_t n)
+                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                                                   size_t ldy, uint32_t n)
 {
+    (void)dT; /* one scale per 256 weights: read in place */
     const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
     uint32_t K = a->K, nb = K / QK_K;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -1128,9 +1138,8 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
 #pragma GCC unroll 4
                 for (int p = 0; p < P; p++) {
                     const int8_t *ac = ai + (size_t)(2 * p) * K + 64 * j;
-                    L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U0, pair_load(ac, ac + K)), S0));
-                    L[p] = _mm512_add_epi32(
-                        L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U1, pair_load(ac + 32, ac + K + 32)), S1));
+                    L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U0, pair_load(ac, ac + K)), S0);
+                    L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U1, pair_load(ac + 32, ac + K + 32)), S1);
                 }
             }
         } else {
@@ -1184,7 +1193,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
 #pragma GCC unroll 4
                     for (int p = 0; p < P; p++) {
                         const int8_t *ac = ai + (size_t)(2 * p) * K + 128 * n2 + 32 * jj;
-                        L[p] = _mm512_add_epi32(L[p], _mm512_madd_epi16(_mm512_maddubs_epi16(U, pair_load(ac, ac + K)), S));
+                        L[p] = _mm512_dpwssd_epi32(L[p], _mm512_maddubs_epi16(U, pair_load(ac, ac + K)), S);
                     }
                 }
             }
@@ -1213,23 +1222,24 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
     }
 }
 
-#define ROWS2_FNS(NAME, BODY, T)                                                                               \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_1(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 1, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_2(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 2, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_4(const uint8_t *row, const struct quant_act *a, \
-                                                                    uint32_t b0, float *y, size_t ldy, uint32_t n) \
-    {                                                                                                          \
-        BODY(T, 4, row, a, b0, y, ldy, n);                                                                     \
-    }                                                                                                          \
-    static const rows_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
+/* dT: for 32-weight blocks, the scales of the tile's activation rows,
+ * block-major (eight a block: row b0 + r at [i * 8 + r]). */
+typedef void (*rows2_fn)(const uint8_t *row, const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                         size_t ldy, uint32_t n);
+
+#define ROWS2_FN(NAME, BODY, T, P)                                                                          \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_##P(const uint8_t *row,                   \
+                                                                      const struct quant_act *a,            \
+                                                                      const float *dT, uint32_t b0, float *y, \
+                                                                      size_t ldy, uint32_t n)               \
+    {                                                                                                       \
+        BODY(T, P, row, a, dT, b0, y, ldy, n);                                                              \
+    }
+#define ROWS2_FNS(NAME, BODY, T)                                                                            \
+    ROWS2_FN(NAME, BODY, T, 1)                                                                              \
+    ROWS2_FN(NAME, BODY, T, 2)                                                                              \
+    ROWS2_FN(NAME, BODY, T, 4)                                                                              \
+    static const rows2_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
 
 ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
 ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
@@ -1242,7 +1252,7 @@ ROWS2_FNS(q5_k, rows256_x2, WT_Q5_K)
 ROWS2_FNS(q6_k, rows256_x2, WT_Q6_K)
 
 /* 2, 4 and 8 activation rows at once */
-static const rows_fn *avx512_fns(enum wtype t)
+static const rows2_fn *avx512_fns(enum wtype t)
 {
     switch (t) {
     case WT_Q4_0: return q4_0_x2_fns;
@@ -1258,6 +1268,219 @@ static const rows_fn *avx512_fns(enum wtype t)
     }
 }
 
+/* Decode: one activation row against two weight rows, row n in the low half
+ * of a register and n+1 in the high half, the activations in both.  As with
+ * the pairs of activation rows, each lane does the AVX2 lane's work. */
+
+AVX512_TARGET static ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+AVX512_TARGET static ALWAYS_INLINE __m512i bcast_act(const int8_t *a)
+{
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)a));
+}
+
+/* rows32() of rows n, n+1 (row_bytes apart) against activation row b. */
+AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint8_t *row0, size_t row_bytes,
+                                                  const struct quant_act *a, uint32_t b, float *y, size_t ldy,
+                                                  uint32_t n)
+{
+    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
+    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
+    const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
+    const uint8_t *row1 = row0 + row_bytes;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b * K;
+    const float *ad = a->d + (size_t)b * nb, *as = a->s + (size_t)b * nb;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc = _mm512_setzero_ps();
+    float macc0 = 0, macc1 = 0;
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *k0 = row0 + (size_t)i * bb, *k1 = row1 + (size_t)i * bb;
+        __m256i w0 = nibbles32(k0 + qs_off), w1 = nibbles32(k1 + qs_off);
+        if (t == WT_Q5_0) {
+            w0 = _mm256_or_si256(w0, _mm256_andnot_si256(bits32(k0 + 2), _mm256_set1_epi8((char)0xf0)));
+            w1 = _mm256_or_si256(w1, _mm256_andnot_si256(bits32(k1 + 2), _mm256_set1_epi8((char)0xf0)));
+        } else if (t == WT_Q5_1) {
+            w0 = _mm256_or_si256(w0, _mm256_and_si256(bits32(k0 + 4), _mm256_set1_epi8(0x10)));
+            w1 = _mm256_or_si256(w1, _mm256_and_si256(bits32(k1 + 4), _mm256_set1_epi8(0x10)));
+        }
+        __m512i w = join256(w0, w1);
+        if (t == WT_Q4_0)
+            w = _mm512_sub_epi8(w, _mm512_set1_epi8(8));
+        __m512i av = bcast_act(aq + (size_t)i * 32), aw = w;
+        if (is_signed) {
+            aw = _mm512_abs_epi8(w);
+            av = _mm512_mask_sub_epi8(av, _mm512_movepi8_mask(w), zero, av);
+        }
+        __m512i L = _mm512_dpbusd_epi32(zero, aw, av); /* no int16 step: maddubs never saturates here */
+        __m512 D = _mm512_mul_ps(pair_set(half_avx2(k0), half_avx2(k1)), _mm512_set1_ps(ad[i]));
+        acc = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc);
+        if (has_min) {
+            macc0 = fmaf(half_avx2(k0 + 2), as[i], macc0);
+            macc1 = fmaf(half_avx2(k1 + 2), as[i], macc1);
+        }
+    }
+    float *y0 = y + (size_t)b * ldy + n;
+    store_pair(acc, y0, y0 + 1);
+    if (has_min) {
+        y0[0] += macc0;
+        y0[1] += macc1;
+    }
+}
+
+/* rows256() of rows n, n+1 (row_bytes apart) against activation row b. */
+AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uint8_t *row0, size_t row_bytes,
+                                                   const struct quant_act *a, uint32_t b, float *y, size_t ldy,
+                                                   uint32_t n)
+{
+    const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
+    const uint8_t *row1 = row0 + row_bytes;
+    uint32_t K = a->K, nb = K / QK_K;
+    const int8_t *aq = a->q + (size_t)b * K;
+    const float *ad = a->d + (size_t)b * nb;
+    const int16_t *abs16 = a->bsum + (size_t)b * nb * 16;
+    const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *k0 = row0 + (size_t)i * bb, *k1 = row1 + (size_t)i * bb;
+        const int8_t *ai = aq + (size_t)i * QK_K;
+        __m512i L = _mm512_setzero_si512(), SC = _mm512_setzero_si512(), MN = _mm512_setzero_si512();
+        __m512 d, dmin = _mm512_setzero_ps();
+        if (t == WT_Q4_K || t == WT_Q5_K) {
+            __m256i ms0 = _mm256_cvtepu8_epi16(k4_scales_vec(k0 + 4)), ms1 = _mm256_cvtepu8_epi16(k4_scales_vec(k1 + 4));
+            __m512i scx = join256(_mm256_permute4x64_epi64(ms0, 0x44), _mm256_permute4x64_epi64(ms1, 0x44));
+            __m128i m80 = _mm256_extracti128_si256(ms0, 1), m81 = _mm256_extracti128_si256(ms1, 1);
+            MN = join256(_mm256_set_m128i(_mm_unpackhi_epi16(m80, m80), _mm_unpacklo_epi16(m80, m80)),
+                         _mm256_set_m128i(_mm_unpackhi_epi16(m81, m81), _mm_unpacklo_epi16(m81, m81)));
+            d = pair_set(half_avx2(k0), half_avx2(k1));
+            dmin = pair_set(half_avx2(k0 + 2), half_avx2(k1 + 2));
+            uint32_t qo = t == WT_Q5_K ? 48 : 16;
+            __m512i h = t == WT_Q5_K ? pair_load(k0 + 16, k1 + 16) : _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i q = pair_load(k0 + qo + 32 * j, k1 + qo + 32 * j);
+                __m512i u0 = _mm512_and_si512(q, m4), u1 = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                if (t == WT_Q5_K) {
+                    u0 = _mm512_or_si512(u0, _mm512_and_si512(_mm512_slli_epi16(h, 4), _mm512_set1_epi8(0x10)));
+                    u1 = _mm512_or_si512(u1, _mm512_and_si512(_mm512_slli_epi16(h, 3), _mm512_set1_epi8(0x10)));
+                    h = _mm512_srli_epi16(h, 2);
+                }
+                __m512i s0 = _mm512_shuffle_epi8(scx, dup256(scale_ctl32(2 * j)));
+                __m512i s1 = _mm512_shuffle_epi8(scx, dup256(scale_ctl32(2 * j + 1)));
+                L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u0, bcast_act(ai + 64 * j)), s0);
+                L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u1, bcast_act(ai + 64 * j + 32)), s1);
+            }
+        } else {
+            if (t == WT_Q2_K) {
+                __m128i sv0 = _mm_loadu_si128((const __m128i *)k0), sv1 = _mm_loadu_si128((const __m128i *)k1);
+                const __m128i l4 = _mm_set1_epi8(15);
+                SC = join256(_mm256_cvtepu8_epi16(_mm_and_si128(sv0, l4)), _mm256_cvtepu8_epi16(_mm_and_si128(sv1, l4)));
+                MN = join256(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv0, 4), l4)),
+                             _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv1, 4), l4)));
+                d = pair_set(half_avx2(k0 + 80), half_avx2(k1 + 80));
+                dmin = pair_set(half_avx2(k0 + 82), half_avx2(k1 + 82));
+            } else if (t == WT_Q3_K) {
+                SC = join256(_mm256_cvtepi8_epi16(k3_scales_vec(k0 + 96)), _mm256_cvtepi8_epi16(k3_scales_vec(k1 + 96)));
+                d = pair_set(half_avx2(k0 + 108), half_avx2(k1 + 108));
+            } else {
+                SC = join256(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(k0 + 192))),
+                             _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(k1 + 192))));
+                d = pair_set(half_avx2(k0 + 208), half_avx2(k1 + 208));
+            }
+            __m512i hm = t == WT_Q3_K ? pair_load(k0, k1) : _mm512_setzero_si512();
+#pragma GCC unroll 2
+            for (int n2 = 0; n2 < 2; n2++) {
+                __m512i scx = _mm512_permutexvar_epi64(n2 ? _mm512_setr_epi64(2, 3, 2, 3, 6, 7, 6, 7)
+                                                          : _mm512_setr_epi64(0, 1, 0, 1, 4, 5, 4, 5),
+                                                       SC);
+                __m512i u[4];
+                if (t == WT_Q6_K) {
+                    __m512i qa = pair_load(k0 + 64 * n2, k1 + 64 * n2);
+                    __m512i qb = pair_load(k0 + 64 * n2 + 32, k1 + 64 * n2 + 32);
+                    __m512i qh = pair_load(k0 + 128 + 32 * n2, k1 + 128 + 32 * n2);
+                    const __m512i m30 = _mm512_set1_epi8(0x30);
+                    u[0] = _mm512_or_si512(_mm512_and_si512(qa, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
+                    u[1] = _mm512_or_si512(_mm512_and_si512(qb, m4), _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30));
+                    u[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qa, 4), m4), _mm512_and_si512(qh, m30));
+                    u[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(qb, 4), m4),
+                                           _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30));
+                } else {
+                    uint32_t qo = (t == WT_Q2_K ? 16 : 32) + 32 * (uint32_t)n2;
+                    __m512i q = pair_load(k0 + qo, k1 + qo);
+                    u[0] = _mm512_and_si512(q, m3);
+                    u[1] = _mm512_and_si512(_mm512_srli_epi16(q, 2), m3);
+                    u[2] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m3);
+                    u[3] = _mm512_and_si512(_mm512_srli_epi16(q, 6), m3);
+                    if (t == WT_Q3_K) {
+                        const __m512i b2 = _mm512_set1_epi8(4);
+                        u[0] = _mm512_or_si512(u[0], _mm512_and_si512(_mm512_slli_epi16(hm, 2), b2));
+                        u[1] = _mm512_or_si512(u[1], _mm512_and_si512(_mm512_slli_epi16(hm, 1), b2));
+                        u[2] = _mm512_or_si512(u[2], _mm512_and_si512(hm, b2));
+                        u[3] = _mm512_or_si512(u[3], _mm512_and_si512(_mm512_srli_epi16(hm, 1), b2));
+                        hm = _mm512_srli_epi16(hm, 4);
+                    }
+                }
+#pragma GCC unroll 4
+                for (int jj = 0; jj < 4; jj++) {
+                    __m512i S = _mm512_shuffle_epi8(scx, dup256(scale_ctl16(jj)));
+                    L = _mm512_dpwssd_epi32(L, _mm512_maddubs_epi16(u[jj], bcast_act(ai + 128 * n2 + 32 * jj)), S);
+                }
+            }
+        }
+        __m512i bsum = bcast_act((const int8_t *)(abs16 + (size_t)i * 16));
+        if (t == WT_Q3_K || t == WT_Q6_K) {
+            __m512i O = _mm512_madd_epi16(SC, bsum);
+            L = _mm512_sub_epi32(L, _mm512_slli_epi32(O, t == WT_Q6_K ? 5 : 2));
+        }
+        __m512 dx = _mm512_set1_ps(ad[i]);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(L), acc);
+        if (t == WT_Q2_K || t == WT_Q4_K || t == WT_Q5_K)
+            acc = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dx), _mm512_cvtepi32_ps(_mm512_madd_epi16(MN, bsum)), acc);
+    }
+    float *y0 = y + (size_t)b * ldy + n;
+    store_pair(acc, y0, y0 + 1);
+}
+
+typedef void (*rows_w2_fn)(const uint8_t *row, size_t row_bytes, const struct quant_act *a, uint32_t b, float *y,
+                           size_t ldy, uint32_t n);
+
+#define ROWSW2_FN(NAME, BODY, T)                                                                                 \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_w2(const uint8_t *row, size_t row_bytes,          \
+                                                                  const struct quant_act *a, uint32_t b, float *y, \
+                                                                  size_t ldy, uint32_t n)                          \
+    {                                                                                                            \
+        BODY(T, row, row_bytes, a, b, y, ldy, n);                                                                \
+    }
+
+ROWSW2_FN(q4_0, rows32_w2, WT_Q4_0)
+ROWSW2_FN(q4_1, rows32_w2, WT_Q4_1)
+ROWSW2_FN(q5_0, rows32_w2, WT_Q5_0)
+ROWSW2_FN(q5_1, rows32_w2, WT_Q5_1)
+ROWSW2_FN(q2_k, rows256_w2, WT_Q2_K)
+ROWSW2_FN(q3_k, rows256_w2, WT_Q3_K)
+ROWSW2_FN(q4_k, rows256_w2, WT_Q4_K)
+ROWSW2_FN(q5_k, rows256_w2, WT_Q5_K)
+ROWSW2_FN(q6_k, rows256_w2, WT_Q6_K)
+
+static rows_w2_fn avx512_w2_fn(enum wtype t)
+{
+    switch (t) {
+    case WT_Q4_0: return q4_0_w2;
+    case WT_Q4_1: return q4_1_w2;
+    case WT_Q5_0: return q5_0_w2;
+    case WT_Q5_1: return q5_1_w2;
+    case WT_Q2_K: return q2_k_w2;
+    case WT_Q3_K: return q3_k_w2;
+    case WT_Q4_K: return q4_k_w2;
+    case WT_Q5_K: return q5_k_w2;
+    case WT_Q6_K: return q6_k_w2;
+    default: return NULL;
+    }
+}
+
 /* Activation rows of one pass (their int8 codes stay in L2 while a block of
  * weight rows runs over them) and weight rows of one block (they stay in
  * L1/L2 while every pass reads them).  Without the passes, a 512-row prompt
@@ -1266,11 +1489,17 @@ static const rows_fn *avx512_fns(enum wtype t)
 #define ACT_PASS_BYTES (192u << 10)
 #define W_BLOCK_BYTES  (32u << 10)
 
+/* The activation scales of a pass, rearranged for the AVX-512 kernels of
+ * 32-weight blocks (a pass has at most max(8 rows, ACT_PASS_BYTES of codes):
+ * 8 * K / 32 or ACT_PASS_BYTES / 32 scales). */
+#define DT_CAP 8192
+static _Thread_local float tl_dT[DT_CAP] __attribute__((aligned(64)));
+
 void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy)
 {
     const rows_fn *fns = isa >= QUANT_AVX2 ? avx2_fns(t) : NULL;
-    const rows_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
+    const rows2_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
     if (!fns) {
         for (uint32_t n = n0; n < n1; n++)
             for (uint32_t b = 0; b < a->B; b++)
@@ -1280,10 +1509,30 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
     uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)(W_BLOCK_BYTES / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
     wblk = wblk < 1 ? 1 : wblk;
+    if (a->kind == QACT_32 && (size_t)pass * (a->K / 32) > DT_CAP)
+        fns2 = NULL; /* rows of over 32768: the AVX2 kernels */
     for (uint32_t nb0 = n0; nb0 < n1; nb0 += wblk) {
         uint32_t nb1 = n1 - nb0 < wblk ? n1 : nb0 + wblk;
         for (uint32_t p0 = 0; p0 < a->B; p0 += pass) {
             uint32_t p1 = a->B - p0 < pass ? a->B : p0 + pass;
+            if (fns2 && p1 - p0 == 1) {
+                /* a single activation row (decode): weight rows in pairs */
+                rows_w2_fn f = avx512_w2_fn(t);
+                uint32_t n = nb0;
+                for (; n + 2 <= nb1; n += 2)
+                    f((const uint8_t *)w + (size_t)n * row_bytes, row_bytes, a, p0, y, ldy, n);
+                if (n < nb1)
+                    fns[1]((const uint8_t *)w + (size_t)n * row_bytes, a, p0, y, ldy, n);
+                continue;
+            }
+            uint32_t nbk = a->K / 32;
+            if (fns2 && a->kind == QACT_32) {
+                /* The pass's activation scales, block-major per tile of 8
+                 * rows, so that a kernel reads a block's eight at once. */
+                for (uint32_t b = p0; b < p1; b++)
+                    for (uint32_t i = 0; i < nbk; i++)
+                        tl_dT[(size_t)(b - p0) / 8 * nbk * 8 + (size_t)i * 8 + (b - p0) % 8] = a->d[(size_t)b * nbk + i];
+            }
             for (uint32_t n = nb0; n < nb1; n++) {
                 const uint8_t *row = (const uint8_t *)w + (size_t)n * row_bytes;
                 /* The tile only decides which rows share the row's
@@ -1291,13 +1540,13 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
                 uint32_t b0 = p0;
                 if (fns2) {
                     for (; p1 - b0 >= 8; b0 += 8)
-                        fns2[2](row, a, b0, y, ldy, n);
+                        fns2[2](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8, b0, y, ldy, n);
                     if (p1 - b0 >= 4) {
-                        fns2[1](row, a, b0, y, ldy, n);
+                        fns2[1](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 4;
                     }
                     if (p1 - b0 >= 2) {
-                        fns2[0](row, a, b0, y, ldy, n);
+                        fns2[0](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 2;
                     }
                 }

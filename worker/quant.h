@@ -113,7 +113,7 @@ void quant_act_free(struct quant_act *a);
 /* Instruction sets of quant_matmul() (the values of kern.h's enum kern_isa). */
 #define QUANT_SCALAR 0
 #define QUANT_AVX2   1
-#define QUANT_AVX512 2 /* AVX-512 F/BW/DQ/VL: two activation rows per register */
+#define QUANT_AVX512 2 /* AVX-512 F/BW/DQ/VL/VNNI: two rows per register */
 
 /* y[b * ldy + n] = row n of w (type t, `row_bytes` apart, a->K columns) dotted
  * with activation row b, for n in [n0, n1) and b < a->B.  t must have

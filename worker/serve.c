@@ -14,6 +14,9 @@
  */
 #include "serve.h"
 #include "intake.h"
+#include "chat.h"
+#include "gguf.h"
+#include "model.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/hist.h"
@@ -208,6 +211,7 @@ static void admit(struct server *sv, struct intake_job *j)
 {
     char why[256] = "";
     int rc = j->rc;
+    uint32_t n_prompt = j->prompt.n; /* sched_submit_prompt takes the tokens */
     if (rc)
         snprintf(why, sizeof why, "%s", j->why);
     else
@@ -220,6 +224,7 @@ static void admit(struct server *sv, struct intake_job *j)
         struct proto_msg r = {.type = PROTO_ACCEPTED};
         r.u.accepted.id = j->req.id;
         r.u.accepted.queue_position = st.waiting;
+        r.u.accepted.prompt_tokens = n_prompt;
         reply(sv, &j->reply_to, &r);
         /* Cancelled while it was tokenized: it ends as a cancel that
          * came just after it was accepted would end it. */
@@ -394,6 +399,51 @@ static void on_progress(void *ctx)
 
 /* --- set-up ------------------------------------------------------------------------------- */
 
+
+/* Token `id`'s string in the vocabulary ("<s>", "<|begin_of_text|>") into
+ * buf: what a chat template's bos_token / eos_token stand for. */
+static void token_text(const struct gguf *g, int32_t id, char *buf, size_t n)
+{
+    const struct gguf_kv *kv;
+    uint64_t cnt;
+    buf[0] = 0;
+    if (id < 0 || gguf_get_arr(g, "tokenizer.ggml.tokens", GGUF_STR, &kv, &cnt, NULL, 0) || (uint64_t)id >= cnt)
+        return;
+    struct gguf_str s = gguf_arr_str(kv, (uint64_t)id);
+    snprintf(buf, n, "%.*s", (int)(s.len < n ? s.len : n - 1), s.s);
+}
+
+/* Chat requests (submit.messages) are rendered with the model's
+ * tokenizer.chat_template, or ChatML for a model without one (as llama.cpp's
+ * server does).  A template this Jinja subset cannot parse does not stop the
+ * worker: its chat requests are refused, saying why. */
+static int setup_chat(struct server *sv)
+{
+    const struct model *m = sv->e->model;
+    struct gguf_str src = {0};
+    const char *origin = "tokenizer.chat_template";
+    if (gguf_get_str(m->gguf, "tokenizer.chat_template", &src, NULL, 0) || !src.len) {
+        src.s = chat_builtin("chatml");
+        src.len = strlen(src.s);
+        origin = "ChatML (the model has no tokenizer.chat_template)";
+    }
+    struct chat_tmpl *t = NULL;
+    char twhy[200] = "", refuse[256] = "";
+    int rc = chat_tmpl_new(src.s, (size_t)src.len, &t, twhy, sizeof twhy);
+    if (rc == RILL_E_NOMEM)
+        return rc;
+    if (rc) {
+        snprintf(refuse, sizeof refuse, "this model's chat template cannot be used: %s", twhy);
+        rlog_warn("chat requests will be refused: %s", refuse);
+    } else {
+        rlog_info("chat template: %s", origin);
+    }
+    char bos[128], eos[128];
+    token_text(m->gguf, tok_bos(m->tok), bos, sizeof bos);
+    token_text(m->gguf, tok_eos(m->tok), eos, sizeof eos);
+    return intake_set_chat(sv->intake, rc ? NULL : t, bos, eos, refuse);
+}
+
 static int setup(struct server *sv, char *why, size_t why_len)
 {
     const struct rill_config *c = sv->c;
@@ -450,6 +500,8 @@ static int setup(struct server *sv, char *why, size_t why_len)
     rc = intake_create(sv->e->model->tok, sv->e->max_ctx, &sv->intake);
     if (rc)
         snprintf(why, why_len, "cannot start the tokenizer thread: %s", rill_err_name(rc));
+    else if ((rc = setup_chat(sv)))
+        snprintf(why, why_len, "cannot set up the chat template: %s", rill_err_name(rc));
     return rc;
 }
 

@@ -12,6 +12,12 @@
  * vocabulary token can span (GPT-2 text is cut by its pre-tokenizer), so the
  * heap usually stays small.
  *
+ * Before either runs, special tokens are cut out of the text as llama.cpp's
+ * tokenizer_st_partition does (user-defined ones always, control ones when the
+ * caller parses special text); the pieces between them are encoded apart.
+ * tests/unit/test_vocab.c holds this to llama.cpp's own test-tokenizer-0 ids
+ * on seven real vocabularies.
+ *
  * Where this deliberately differs from llama.cpp:
  *  - SPM: only NORMAL and USER_DEFINED tokens can be formed from text.
  *    llama.cpp looks any string up, so text "<s>" would merge into the BOS

@@ -57,9 +57,12 @@ static const struct mspec models[] = {
     {"llama-gqa", "--arch llama " GQA "--dtype f32"},
     {"llama3-freqs-tied", "--arch llama " GQA "--rope-base 500000 --rope-freqs --rope-orig-ctx 256 --tied --dtype f32"},
     {"llama-linear", "--arch llama " GQA "--rope-scale 4 --dtype f32"},
+    /* Mistral Nemo's shape: heads of 64 while dim / heads is 32 (key_length). */
+    {"llama-wide-heads", "--arch llama " GQA "--head-dim 64 --dtype f32"},
     {"mistral3", "--arch mistral3 " GQA "--dtype f32"},
     {"qwen2", "--arch qwen2 " GQA "--rope-base 1000000 --dtype f32"},
     {"qwen3", "--arch qwen3 " GQA "--head-dim 64 --rope-base 1000000 --dtype f32"},
+    {"phi3", "--arch phi3 " GQA "--dtype f32"},
     /* K types need rows of 256: dim 256.  Int8 activations: a looser bound. */
     {"qwen2-q5_K_M", "--arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ffn 512 --vocab 512 --tied "
                      "--dtype q5_K_M"},
@@ -162,7 +165,9 @@ static float *rill_logits(const char *path, const int32_t *tok, uint32_t n, uint
  *   logits = output (or token_embd) rmsnorm(x) * output_norm
  * `off` turns one feature off, to show what forgetting it would give. */
 
-enum ref_off { OFF_NONE, OFF_BIAS, OFF_QK_NORM, OFF_ROPE_FREQS, OFF_ROPE_SCALE, OFF_ROPE_STYLE, OFF_GQA_GROUPS };
+enum ref_off {
+    OFF_NONE, OFF_BIAS, OFF_QK_NORM, OFF_ROPE_FREQS, OFF_ROPE_SCALE, OFF_ROPE_STYLE, OFF_GQA_GROUPS, OFF_FUSED_ORDER
+};
 
 struct rmat {
     struct wmat w;
@@ -199,6 +204,16 @@ static struct rmat ref_layer_tensor(const struct ref *R, uint32_t l, const char 
     return ref_tensor(R, nm);
 }
 
+/* Rows [r0, r0 + rows) of a fused tensor. */
+static struct rmat ref_rows(const struct rmat *m, uint32_t r0, uint32_t rows)
+{
+    struct rmat v = *m;
+    assert_true(m->present && r0 + rows <= m->w.rows);
+    v.w.data = (const uint8_t *)m->w.data + (size_t)r0 * m->w.row_bytes;
+    v.w.rows = rows;
+    return v;
+}
+
 static uint32_t ref_u32(const struct ref *R, const char *arch, const char *suffix, uint32_t dflt)
 {
     char key[96];
@@ -222,7 +237,7 @@ static void ref_open(struct ref *R, const char *path)
     assert_int_equal(gguf_open(path, &R->g, why, sizeof why), 0);
     char arch[32];
     assert_int_equal(gguf_get_str_buf(R->g, "general.architecture", arch, sizeof arch, NULL, 0), 0);
-    R->neox = !strcmp(arch, "qwen2") || !strcmp(arch, "qwen3");
+    R->neox = !strcmp(arch, "qwen2") || !strcmp(arch, "qwen3") || !strcmp(arch, "phi3");
     R->dim = ref_u32(R, arch, "embedding_length", 0);
     R->layers = ref_u32(R, arch, "block_count", 0);
     R->heads = ref_u32(R, arch, "attention.head_count", 0);
@@ -330,6 +345,19 @@ static double *ref_logits(const char *path, const int32_t *tok, uint32_t n, enum
             struct rmat qn = ref_layer_tensor(&R, l, "attn_q_norm.weight"), kn = ref_layer_tensor(&R, l, "attn_k_norm.weight");
             struct rmat fn = ref_layer_tensor(&R, l, "ffn_norm.weight"), wg = ref_layer_tensor(&R, l, "ffn_gate.weight");
             struct rmat wu = ref_layer_tensor(&R, l, "ffn_up.weight"), wd = ref_layer_tensor(&R, l, "ffn_down.weight");
+            /* Phi-3: q, k, v rows of attn_qkv; gate rows, then up rows, of ffn_up. */
+            struct rmat qkv = ref_layer_tensor(&R, l, "attn_qkv.weight");
+            if (qkv.present) {
+                wq = ref_rows(&qkv, 0, qd);
+                wk = ref_rows(&qkv, qd, kvd);
+                wv = ref_rows(&qkv, qd + kvd, kvd);
+            }
+            if (!wg.present) {
+                struct rmat up = wu;
+                bool swap = off == OFF_FUSED_ORDER;
+                wg = ref_rows(&up, swap ? R.ffn : 0, R.ffn);
+                wu = ref_rows(&up, swap ? 0 : R.ffn, R.ffn);
+            }
             bool bias = off != OFF_BIAS;
             rmsnorm_d(h, x, &R, &an, dim);
             matvec_d(&R, q, &wq, bias ? &bq : NULL, h);
@@ -424,7 +452,7 @@ static double worst_rel(const float *a, const double *b, uint32_t n, uint32_t V)
 static const char *off_name(enum ref_off off)
 {
     static const char *const n[] = {"nothing", "biases", "q/k norm", "rope_freqs", "rope scaling", "rope pairing",
-                                    "GQA grouping"};
+                                    "GQA grouping", "gate/up order"};
     return n[off];
 }
 
@@ -492,6 +520,13 @@ static void test_llama_linear_rope_scaling_matches_the_reference(void **state)
     check_model("llama-linear", offs, 1);
 }
 
+static void test_llama_with_heads_wider_than_dim_over_heads_matches_the_reference(void **state)
+{
+    (void)state;
+    const enum ref_off offs[] = {OFF_GQA_GROUPS};
+    check_model("llama-wide-heads", offs, 1);
+}
+
 static void test_mistral3_matches_the_reference(void **state)
 {
     (void)state;
@@ -518,6 +553,13 @@ static void test_qwen3_qk_norm_and_wider_heads_match_the_reference(void **state)
     model_free(m);
     const enum ref_off offs[] = {OFF_QK_NORM, OFF_ROPE_STYLE};
     check_model("qwen3", offs, 2);
+}
+
+static void test_phi3_fused_qkv_and_gate_up_match_the_reference(void **state)
+{
+    (void)state;
+    const enum ref_off offs[] = {OFF_FUSED_ORDER, OFF_ROPE_STYLE};
+    check_model("phi3", offs, 2);
 }
 
 static void test_quantized_qwen2_qwen3_and_llama3_files_match_the_reference(void **state)
@@ -660,7 +702,7 @@ static void test_an_unknown_architecture_is_refused_by_name(void **state)
 {
     (void)state;
     expect_refused("llama-gqa", &(struct edit){.set_arch = "gemma2"}, RILL_E_UNSUPPORTED,
-                   "architecture 'gemma2' is not supported", "llama, mistral3, qwen2, qwen3", NULL);
+                   "architecture 'gemma2' is not supported", "llama, mistral3, qwen2, qwen3, phi3", NULL);
     /* llama.cpp writes Mistral 7B / Nemo as llama; "mistral" is no GGUF architecture. */
     expect_refused("llama-gqa", &(struct edit){.set_arch = "mistral"}, RILL_E_UNSUPPORTED,
                    "architecture 'mistral' is not supported", NULL);
@@ -679,6 +721,9 @@ static void test_a_tensor_the_architecture_does_not_use_is_refused_by_name(void 
                    "tensor 'blk.1.attn_q.bias'", NULL);
     expect_refused("qwen2", &(struct edit){.add_tensor = "blk.0.attn_output.bias"}, RILL_E_UNSUPPORTED,
                    "tensor 'blk.0.attn_output.bias'", NULL);
+    /* Phi-3 128k's long-context factors (longrope) are not computed. */
+    expect_refused("phi3", &(struct edit){.add_tensor = "rope_factors_long.weight"}, RILL_E_UNSUPPORTED,
+                   "tensor 'rope_factors_long.weight'", "'phi3'", NULL);
 }
 
 static void test_metadata_that_changes_the_math_is_refused_by_name(void **state)
@@ -699,6 +744,9 @@ static void test_metadata_that_changes_the_math_is_refused_by_name(void **state)
         {"llama-gqa", {.add_key = "llama.rope.scaling.type", .add_type = GGUF_STR, .add_str = "longrope"}, "longrope"},
         {"mistral3", {.add_key = "mistral3.rope.scaling.yarn_log_multiplier", .add_type = GGUF_F32, .add_num = 1},
          "yarn"},
+        {"qwen2", {.add_key = "qwen2.rope.scaling.yarn_attn_factor", .add_type = GGUF_F32, .add_num = 1}, "yarn"},
+        {"llama-gqa", {.add_key = "llama.rope.freq_base_swa", .add_type = GGUF_F32, .add_num = 10000},
+         "sliding-window attention"},
         {"mistral3", {.add_key = "mistral3.attention.temperature_scale", .add_type = GGUF_F32, .add_num = 0.1},
          "attention temperature"},
         {"llama-gqa", {.add_key = "llama.expert_count", .add_type = GGUF_U32, .add_num = 8}, "mixture of experts"},
@@ -718,6 +766,9 @@ static void test_keys_at_their_neutral_value_load(void **state)
     /* What converters write for dense models: zero experts, no window. */
     expect_loads("llama-gqa", &(struct edit){.add_key = "llama.expert_count", .add_type = GGUF_U32, .add_num = 0});
     expect_loads("qwen2", &(struct edit){.add_key = "qwen2.attention.sliding_window", .add_type = GGUF_U32});
+    /* Phi-3's window is ignored, as llama.cpp ignores it; elsewhere it is refused. */
+    expect_loads("phi3",
+                 &(struct edit){.add_key = "phi3.attention.sliding_window", .add_type = GGUF_U32, .add_num = 2047});
     /* A scaling type "none" ignores the factor, as llama.cpp does. */
     const char *path = copy_edited(
         "llama-linear", &(struct edit){.add_key = "llama.rope.scaling.type", .add_type = GGUF_STR, .add_str = "none"});
@@ -731,20 +782,91 @@ static void test_keys_at_their_neutral_value_load(void **state)
     model_free(m);
 }
 
+/* ---- rill-mkmodel --vocab-from -------------------------------------------------------------- */
+
+static bool same_kv(const struct gguf_kv *a, const struct gguf_kv *b)
+{
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case GGUF_STR: return a->v.str.len == b->v.str.len && !memcmp(a->v.str.s, b->v.str.s, a->v.str.len);
+    case GGUF_F32: case GGUF_F64: return a->v.f == b->v.f;
+    case GGUF_BOOL: return a->v.b == b->v.b;
+    case GGUF_ARR:
+        if (a->v.arr.type != b->v.arr.type || a->v.arr.n != b->v.arr.n)
+            return false;
+        if (a->v.arr.type != GGUF_STR)
+            return !memcmp(a->v.arr.data, b->v.arr.data, a->v.arr.n * gguf_vtype_size(a->v.arr.type));
+        for (uint64_t i = 0; i < a->v.arr.n; i++) {
+            struct gguf_str x = gguf_arr_str(a, i), y = gguf_arr_str(b, i);
+            if (x.len != y.len || memcmp(x.s, y.s, x.len))
+                return false;
+        }
+        return true;
+    default: return a->v.u == b->v.u;
+    }
+}
+
+static void test_mkmodel_vocab_from_copies_every_tokenizer_key(void **state)
+{
+    (void)state;
+    const char *shared = getenv("RILL_SHARED_DIR");
+    char src[512], cmd[1536];
+    snprintf(src, sizeof src, "%s/data/vocab/ggml-vocab-qwen2.gguf", shared && *shared ? shared : "../shared");
+    if (access(src, R_OK) != 0)
+        fail_msg("%s is missing: this test needs llama.cpp's vocabulary files at ../shared beside the repository "
+                 "(or RILL_SHARED_DIR)", src);
+    const char *out = tpath("vocab-from");
+    snprintf(cmd, sizeof cmd, "%s/rill-mkmodel --arch qwen2 --dim 64 --layers 1 --heads 2 --kv-heads 1 --ffn 64 "
+             "--tied --dtype q8_0 --vocab-from %s --out %s 2>%s/mk.log", tu_build_dir(), src, out, tmpdir);
+    assert_int_equal(system(cmd), 0);
+    struct gguf *a, *b;
+    char why[256] = "";
+    assert_int_equal(gguf_open(src, &a, why, sizeof why), 0);
+    assert_int_equal(gguf_open(out, &b, why, sizeof why), 0);
+    uint32_t n_a = 0, n_b = 0;
+    for (uint64_t i = 0; i < gguf_n_kv(a); i++) {
+        const struct gguf_kv *kv = gguf_kv_at(a, i);
+        if (kv->key.len < 10 || memcmp(kv->key.s, "tokenizer.", 10))
+            continue;
+        char key[128];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
+        const struct gguf_kv *copy = gguf_find(b, key);
+        if (!copy || !same_kv(kv, copy))
+            fail_msg("%s: '%s' is %s in the made file", src, key, copy ? "different" : "missing");
+        n_a++;
+    }
+    for (uint64_t i = 0; i < gguf_n_kv(b); i++)
+        n_b += gguf_kv_at(b, i)->key.len >= 10 && !memcmp(gguf_kv_at(b, i)->key.s, "tokenizer.", 10);
+    assert_int_equal(n_b, n_a);
+    assert_true(n_a >= 10); /* tokens, types, merges, pre, bos/eos/eot/pad, add_bos, chat_template */
+    assert_non_null(gguf_find(b, "tokenizer.chat_template"));
+    gguf_close(a);
+    gguf_close(b);
+    /* The vocabulary's size is the model's. */
+    struct model *m;
+    assert_int_equal(model_load(out, false, &m, why, sizeof why), 0);
+    assert_int_equal(m->cfg.vocab, 151936);
+    model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_with_grouped_query_attention_matches_the_reference),
         cmocka_unit_test(test_llama3_rope_freqs_and_tied_output_match_the_reference),
         cmocka_unit_test(test_llama_linear_rope_scaling_matches_the_reference),
+        cmocka_unit_test(test_llama_with_heads_wider_than_dim_over_heads_matches_the_reference),
         cmocka_unit_test(test_mistral3_matches_the_reference),
         cmocka_unit_test(test_qwen2_biases_and_neox_rope_match_the_reference),
         cmocka_unit_test(test_qwen3_qk_norm_and_wider_heads_match_the_reference),
+        cmocka_unit_test(test_phi3_fused_qkv_and_gate_up_match_the_reference),
         cmocka_unit_test(test_quantized_qwen2_qwen3_and_llama3_files_match_the_reference),
         cmocka_unit_test(test_an_unknown_architecture_is_refused_by_name),
         cmocka_unit_test(test_a_tensor_the_architecture_does_not_use_is_refused_by_name),
         cmocka_unit_test(test_metadata_that_changes_the_math_is_refused_by_name),
         cmocka_unit_test(test_keys_at_their_neutral_value_load),
+        cmocka_unit_test(test_mkmodel_vocab_from_copies_every_tokenizer_key),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

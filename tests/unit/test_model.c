@@ -432,7 +432,7 @@ static void test_model_rejects_an_unsupported_architecture_by_name(void **state)
     (void)state;
     struct spec sp = good(GGUF_T_F32);
     sp.arch = "gpt2";
-    expect_load_error(&sp, RILL_E_UNSUPPORTED, "architecture 'gpt2' is not supported (supported: llama, mistral3, qwen2, qwen3)");
+    expect_load_error(&sp, RILL_E_UNSUPPORTED, "architecture 'gpt2' is not supported (supported: llama, mistral3, qwen2, qwen3, phi3)");
     sp = good(GGUF_T_F32);
     sp.skip_key = "general.architecture";
     expect_load_error(&sp, RILL_E_BAD_FORMAT, "missing metadata 'general.architecture'");

@@ -71,6 +71,27 @@ static struct tok *load(const char *name)
     return t;
 }
 
+/* The ids decode to the text again (SentencePiece: after the space prefix
+ * its encoding added), whole and streamed token by token. */
+static void check_decode(const struct tok *t, const char *name, const char *s, size_t len, const int32_t *ids,
+                         size_t n)
+{
+    static char whole[8192], streamed[8192];
+    size_t nw = tok_decode(t, ids, n, whole, sizeof whole);
+    assert_true(nw < sizeof whole);
+    struct tok_stream st;
+    tok_stream_init(&st);
+    size_t ns = 0;
+    for (size_t i = 0; i < n; i++)
+        ns += tok_stream_push(t, &st, ids[i], streamed + ns, sizeof streamed - ns);
+    ns += tok_stream_flush(&st, streamed + ns, sizeof streamed - ns);
+    assert_int_equal(ns, nw);
+    assert_memory_equal(streamed, whole, nw);
+    size_t skip = len && nw == len + 1 && whole[0] == ' ' ? 1 : 0; /* the SPM space prefix */
+    if (nw - skip != len || memcmp(whole + skip, s, len) != 0)
+        fail_msg("%s: \"%.*s\" decodes to \"%.*s\"", name, (int)len, s, (int)nw, whole);
+}
+
 /* Encode every string of `pair`'s .inp with t and compare with its .out;
  * prints each mismatch and returns how many matched. */
 static int match_file(struct tok *t, const char *name, const char *pair)
@@ -102,6 +123,7 @@ static int match_file(struct tok *t, const char *name, const char *pair)
         size_t ng = 0;
         int rc = tok_encode(t, s, (size_t)(e - s), false, got, 4096, &ng);
         assert_int_equal(rc, 0);
+        check_decode(t, name, s, (size_t)(e - s), got, ng);
         if (ng == nw && memcmp(got, want, nw * sizeof *got) == 0) {
             ok++;
             continue;
