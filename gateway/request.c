@@ -146,7 +146,7 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
     if (!cJSON_IsObject(p))
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
     static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                                        "seed", "stop", "top_logprobs", "timestamps"};
+                                        "seed", "stop", "top_logprobs", "timestamps", "parse_special"};
     for (const cJSON *e = p->child; e; e = e->next) {
         bool ok = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
@@ -190,6 +190,12 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         if (!cJSON_IsBool(j))
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
         r->timestamps = cJSON_IsTrue(j);
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "parse_special");
+    if (j) {
+        if (!cJSON_IsBool(j))
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.parse_special: expected true or false");
+        r->parse_special = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "seed");
     if (j && !cJSON_IsNull(j)) {
@@ -255,6 +261,7 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
                        lim->max_tokens_limit);
         r->max_tokens = (uint32_t)m->valuedouble;
     }
+    r->parse_special = true; /* control-token text is the control token, as in llama.cpp's server */
     r->temperature = PROTO_DEFAULT_TEMPERATURE;
     r->top_p = PROTO_DEFAULT_TOP_P;
     r->top_k = PROTO_DEFAULT_TOP_K;

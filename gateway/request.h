@@ -70,6 +70,7 @@ struct creq {
     char stop[PROTO_MAX_STOP][PROTO_STOP_LEN + 1];
     uint32_t top_logprobs;
     bool timestamps;            /* params.timestamps: tokens carry gen_us */
+    bool parse_special;         /* params.parse_special (default true): "<|im_start|>" is the control token */
     /* hello */
     bool has_key;
     char key[CREQ_KEY_MAX + 1];

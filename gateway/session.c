@@ -310,6 +310,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     p.n_stop = r->n_stop;
     memcpy(p.stop, r->stop, sizeof p.stop);
     p.top_logprobs = r->top_logprobs;
+    p.parse_special = r->parse_special;
     struct stream *s = stream_new(ss->streams, c, &ss->ev, &r->id, &p, now);
     if (!s) {
         send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
