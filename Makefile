@@ -131,6 +131,7 @@ check-tsan:
 #   http     the request path's endpoint, the Origin and API-key checks
 #            (gateway/httppath.c, gateway/limits.c)
 #   gguf     the GGUF reader (worker/gguf.c)
+#   jinja    chat templates, which come from model files (worker/jinja.c)
 # One after the other, each for FUZZ_SECONDS (FUZZ_S for short), from its
 # kept corpus (tests/fuzz/seeds for proto, tests/fuzz/seeds-<name> for the
 # others) and what earlier runs found (build/fuzz/corpus-<name>); each prints
@@ -151,7 +152,8 @@ FUZZ_SRC_proto   := tests/fuzz/fuzz_proto.c common/proto.c
 FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/request.c common/proto.c
 FUZZ_SRC_http    := tests/fuzz/fuzz_http.c gateway/httppath.c gateway/limits.c
 FUZZ_SRC_gguf    := tests/fuzz/fuzz_gguf.c worker/gguf.c
-FUZZ_NAMES := proto request http gguf
+FUZZ_SRC_jinja   := tests/fuzz/fuzz_jinja.c worker/jinja.c
+FUZZ_NAMES := proto request http gguf jinja
 FUZZ_BINS  := $(patsubst %,$(FUZZ_B)/fuzz_%,$(FUZZ_NAMES))
 # The flags every run shares; -timeout: an input that takes 10 s is a hang.
 FUZZ_RUN = tests/fuzz/run.sh $(1) $(FUZZ_B)/fuzz_$(1) $(FUZZ_SECONDS) $(FUZZ_B)/logs -timeout=10
@@ -177,6 +179,7 @@ fuzz: $(FUZZ_BINS) $(B)/rill-mkmodel
 	    $(FUZZ_B)/corpus-http tests/fuzz/seeds-http
 	@$(call FUZZ_RUN,gguf) -max_len=65536 -rss_limit_mb=1024 $(FUZZ_B)/corpus-gguf tests/fuzz/seeds-gguf \
 	    $(FUZZ_B)/models-gguf
+	@$(call FUZZ_RUN,jinja) -max_len=8192 -rss_limit_mb=1024 $(FUZZ_B)/corpus-jinja tests/fuzz/seeds-jinja
 
 # --- benchmarks ----------------------------------------------------------------
 bench: bench-ring bench-engine bench-fanout bench-telemetry

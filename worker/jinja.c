@@ -498,7 +498,9 @@ static bool lex_tag(struct ps *P, size_t *pp, bool var)
             bool after_dot = st > 0 && s[st - 1] == '.';
             if (!after_dot && pos + 1 < n && s[pos] == '.' && s[pos + 1] >= '0' && s[pos + 1] <= '9') {
                 isf = true;
-                num[k++] = s[pos++];
+                if (k < sizeof num - 1)
+                    num[k++] = s[pos];
+                pos++;
                 while (pos < n && ((s[pos] >= '0' && s[pos] <= '9') || (s[pos] == '_' && pos + 1 < n && s[pos + 1] >= '0' && s[pos + 1] <= '9'))) {
                     if (s[pos] != '_' && k < sizeof num - 1)
                         num[k++] = s[pos];
@@ -521,13 +523,16 @@ static bool lex_tag(struct ps *P, size_t *pp, bool var)
                 }
             }
             num[k] = 0;
+            if (k >= sizeof num - 1)
+                failf(&P->f, RILL_E_UNSUPPORTED, "line %d: number literal too long", line_of(P, st));
             struct tok *t = push_tok(P, isf ? TK_FLOAT : TK_INT, st);
             if (isf) {
                 t->f = strtod(num, NULL);
             } else {
                 char *end;
+                errno = 0;
                 unsigned long long v = strtoull(num, &end, 10);
-                if (k >= sizeof num - 1 || v > INT64_MAX)
+                if (v > INT64_MAX || errno == ERANGE)
                     failf(&P->f, RILL_E_UNSUPPORTED, "line %d: integer literal too large", t->line);
                 t->i = (int64_t)v;
             }
@@ -879,6 +884,9 @@ static struct node *p_subscript(struct ps *P, struct node *obj)
     if (args.n == 1) {
         key = args.v[0];
     } else {
+        for (int i = 0; i < args.n; i++)
+            if (args.v[i]->kind == N_SLICE)
+                failf(&P->f, RILL_E_UNSUPPORTED, "line %d: a slice inside a tuple subscript is not supported", line);
         key = mk(P, N_TUPLE, line);
         key->v = args.v;
         key->n = args.n;
@@ -3048,7 +3056,7 @@ static struct jv select_items(struct rs *r, struct jv v, const struct args *a, b
     bool has_test = arg(a, first, NULL, &tn);
     if (has_test && tn.t != T_STR)
         rerr(r, "test name must be a string");
-    struct args ta = {a->v + (a->n > first + 1 ? first + 1 : a->n), a->n > first + 1 ? a->n - first - 1 : 0, NULL, NULL, 0};
+    struct args ta = {a->n > first + 1 ? a->v + first + 1 : NULL, a->n > first + 1 ? a->n - first - 1 : 0, NULL, NULL, 0};
     for (size_t i = 0; i < l->n; i++) {
         r->steps++;
         struct jv x = attr ? attr_path(r, l->v[i], attr) : l->v[i];
@@ -3343,7 +3351,7 @@ static struct jv call_filter(struct rs *r, const char *name, struct jv v, const 
             }
         if (!attr && (a->n < 1 || a->v[0].t != T_STR))
             rerr(r, "map requires a filter argument");
-        struct args fa = {a->v + 1, a->n > 0 ? a->n - 1 : 0, NULL, NULL, 0};
+        struct args fa = {a->n > 0 ? a->v + 1 : NULL, a->n > 0 ? a->n - 1 : 0, NULL, NULL, 0};
         for (size_t i = 0; i < l->n; i++) {
             r->steps++;
             if (attr) {
