@@ -523,6 +523,7 @@ static void server_free(struct server *g)
         writer_set_stop(&g->writers);
         lws_context_destroy(g->ctx); /* closes every connection: their streams go too */
     }
+    writer_set_fini(&g->writers);
     if (g->transport_up)
         transport_fini(&g->tp);
     stream_table_fini(&g->streams);
@@ -657,8 +658,11 @@ int server_run(const struct rill_config *c)
     }
     struct writer_cb wcb;
     session_writer_cb(&g->ss, &wcb);
-    writer_set_init(&g->writers, g->ctx, &g->m, (size_t)c->client_buffer_bytes, c->direct_write,
-                    (double)c->coalesce_max_ms, &wcb);
+    if ((rc = writer_set_init(&g->writers, g->ctx, &g->m, (size_t)c->client_buffer_bytes, c->direct_write,
+                              (double)c->coalesce_max_ms, (int)c->send_threads, &wcb))) {
+        server_free(g);
+        return startup_failed(c, rc, "cannot start the send threads (%s)", rill_err_name(rc));
+    }
     g->vh = lws_get_vhost_by_name(g->ctx, "default");
     struct lws_context_creation_info vi;
     memset(&vi, 0, sizeof vi);

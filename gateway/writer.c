@@ -5,15 +5,65 @@
 #include "common/log.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define HOLD_TICK_US 2000
 
-void writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metrics *m, size_t bound, bool direct,
-                     double coalesce_max_ms, const struct writer_cb *cb)
+/* Fewer writers than this in a batch are sent by the service thread alone:
+ * waking a helper costs more than it saves. */
+#define PARALLEL_MIN 32
+
+struct writer_sender {
+    struct writer_set *set;
+    int index;                   /* its slice: index + 1 of n_senders + 1 */
+    pthread_t thread;
+    bool started;
+};
+
+/* send() one slice of the batch; each writer's fd is used by this thread
+ * only, while the service thread waits. */
+static void send_slice(struct writer_set *s, int slice, int n_slices)
+{
+    size_t n = s->n_batch, lo = n * (size_t)slice / (size_t)n_slices, hi = n * (size_t)(slice + 1) / (size_t)n_slices;
+    for (size_t i = lo; i < hi; i++) {
+        struct writer *w = s->batch[i];
+        int fd = lws_get_socket_fd(w->wsi);
+        ssize_t k = fd < 0 ? -1 : send(fd, obuf_data(&w->out), w->out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        w->sent = k >= 0 ? (long)k : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    }
+}
+
+static void *sender_main(void *arg)
+{
+    struct writer_sender *h = arg;
+    struct writer_set *s = h->set;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&s->fj_mu);
+        while (s->fj_gen == seen && !s->fj_quit)
+            pthread_cond_wait(&s->fj_work, &s->fj_mu);
+        if (s->fj_quit) {
+            pthread_mutex_unlock(&s->fj_mu);
+            return NULL;
+        }
+        seen = s->fj_gen;
+        pthread_mutex_unlock(&s->fj_mu);
+        send_slice(s, h->index + 1, s->n_senders + 1);
+        pthread_mutex_lock(&s->fj_mu);
+        if (--s->fj_pending == 0)
+            pthread_cond_signal(&s->fj_done);
+        pthread_mutex_unlock(&s->fj_mu);
+    }
+}
+
+int writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metrics *m, size_t bound, bool direct,
+                    double coalesce_max_ms, int send_threads, const struct writer_cb *cb)
 {
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
@@ -22,6 +72,45 @@ void writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metri
     s->direct = direct;
     s->coalesce_max_ms = coalesce_max_ms;
     s->cb = *cb;
+    pthread_mutex_init(&s->fj_mu, NULL);
+    pthread_cond_init(&s->fj_work, NULL);
+    pthread_cond_init(&s->fj_done, NULL);
+    int helpers = send_threads > 1 && direct ? send_threads - 1 : 0;
+    if (!helpers)
+        return 0;
+    s->senders = calloc((size_t)helpers, sizeof *s->senders);
+    if (!s->senders)
+        return RILL_E_NOMEM;
+    for (int i = 0; i < helpers; i++) {
+        s->senders[i] = (struct writer_sender){.set = s, .index = i};
+        if (pthread_create(&s->senders[i].thread, NULL, sender_main, &s->senders[i]) != 0)
+            return RILL_E_IO;
+        s->senders[i].started = true;
+        s->n_senders++;
+    }
+    return 0;
+}
+
+void writer_set_fini(struct writer_set *s)
+{
+    if (!s->cb.pull)
+        return; /* never set up */
+    pthread_mutex_lock(&s->fj_mu);
+    s->fj_quit = true;
+    pthread_cond_broadcast(&s->fj_work);
+    pthread_mutex_unlock(&s->fj_mu);
+    for (int i = 0; s->senders && i < s->n_senders; i++)
+        if (s->senders[i].started)
+            pthread_join(s->senders[i].thread, NULL);
+    free(s->senders);
+    s->senders = NULL;
+    s->n_senders = 0;
+    free(s->batch);
+    s->batch = NULL;
+    pthread_mutex_destroy(&s->fj_mu);
+    pthread_cond_destroy(&s->fj_work);
+    pthread_cond_destroy(&s->fj_done);
+    s->cb.pull = NULL;
 }
 
 void writer_set_stop(struct writer_set *s)
@@ -98,6 +187,7 @@ void writer_close(struct writer *w)
     undirty(w);
     writer_drop_queue(w);
     w->queued_bytes = 0;
+    obuf_free(&w->out);
 }
 
 /* --- queueing -------------------------------------------------------------------------- */
@@ -164,8 +254,45 @@ void writer_want(struct writer *w, uint64_t now_ns)
 
 void writer_wake(struct writer *w) { lws_callback_on_writable(w->wsi); }
 
+/* Send every collected batch: in parallel when there are enough. */
+static void send_batches(struct writer_set *s)
+{
+    if (s->n_senders && s->n_batch >= PARALLEL_MIN) {
+        pthread_mutex_lock(&s->fj_mu);
+        s->fj_gen++;
+        s->fj_pending = s->n_senders;
+        pthread_cond_broadcast(&s->fj_work);
+        pthread_mutex_unlock(&s->fj_mu);
+        send_slice(s, 0, s->n_senders + 1);
+        pthread_mutex_lock(&s->fj_mu);
+        while (s->fj_pending)
+            pthread_cond_wait(&s->fj_done, &s->fj_mu);
+        pthread_mutex_unlock(&s->fj_mu);
+    } else {
+        send_slice(s, 0, 1);
+    }
+    /* Back on the service thread alone: what a socket did not take goes
+     * to lws, which sends it before anything written after it. */
+    for (size_t i = 0; i < s->n_batch; i++) {
+        struct writer *w = s->batch[i];
+        bool dead = w->sent < 0;
+        size_t done = dead ? 0 : (size_t)w->sent;
+        if (!dead && done < w->out.len &&
+            lws_write(w->wsi, obuf_data(&w->out) + done, w->out.len - done, LWS_WRITE_RAW) < 0)
+            dead = true;
+        if (dead)
+            lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        w->out.len = 0;
+        w->out_frames = 0;
+        if (w->out.cap > 16384)
+            obuf_free(&w->out); /* an idle connection keeps a small buffer at most */
+    }
+    s->n_batch = 0;
+}
+
 void writer_flush(struct writer_set *s)
 {
+    s->collecting = s->n_senders > 0;
     while (s->dirty) {
         struct writer *w = s->dirty;
         undirty(w);
@@ -175,9 +302,37 @@ void writer_flush(struct writer_set *s)
             lws_callback_on_writable(w->wsi);
             continue;
         }
-        if (writer_writable(w) < 0)
+        if (writer_writable(w) < 0) {
+            w->out.len = 0;
             lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+            continue;
+        }
+        if (!s->collecting || !w->out.len)
+            continue;
+        if (s->n_batch == s->cap_batch) {
+            size_t cap = s->cap_batch ? 2 * s->cap_batch : 256;
+            struct writer **a = realloc(s->batch, cap * sizeof *a);
+            if (!a) { /* send what is collected so far, then go on */
+                s->collecting = false;
+                send_batches(s);
+                s->collecting = true;
+                s->n_batch = 0;
+                a = s->batch;
+                if (!a) {
+                    w->out.len = 0;
+                    lws_set_timeout(w->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+                    continue;
+                }
+            } else {
+                s->batch = a;
+                s->cap_batch = cap;
+            }
+        }
+        s->batch[s->n_batch++] = w;
     }
+    s->collecting = false;
+    if (s->n_batch)
+        send_batches(s);
 }
 
 static void on_hold_tick(lws_sorted_usec_list_t *sul)
@@ -248,8 +403,39 @@ void writer_coalesce(struct writer *w, uint64_t now_ns)
 
 /* --- writing ---------------------------------------------------------------------------- */
 
+/* Append one whole WebSocket frame (RFC 6455 5.2: FIN, opcode, the length
+ * in 7, 16 or 64 bits; server frames are not masked) to w's batch. */
+static int collect(struct writer *w, const struct obuf *b)
+{
+    unsigned char h[10];
+    size_t n = b->len, hl;
+    h[0] = 0x80 | (w->binary ? 0x2 : 0x1);
+    if (n < 126) {
+        h[1] = (unsigned char)n;
+        hl = 2;
+    } else if (n < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(n >> 8);
+        h[3] = (unsigned char)n;
+        hl = 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+        hl = 10;
+    }
+    if (obuf_put(&w->out, h, hl) || obuf_put(&w->out, obuf_data(b), n))
+        return -1;
+    w->out_frames++;
+    w->set->m->frames++;
+    w->set->m->bytes_out += n;
+    return 0;
+}
+
 int writer_send(struct writer *w, struct obuf *b)
 {
+    if (w->set->collecting)
+        return collect(w, b);
     int n = lws_write(w->wsi, obuf_data(b), b->len, w->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
     if (n < (int)b->len)
         return -1;

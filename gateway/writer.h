@@ -15,6 +15,16 @@
  * Either way frames leave in order: a queued frame before stream frames,
  * and nothing overtakes a partial send.
  *
+ * A batch's sends in parallel: writer_flush() first builds each marked
+ * connection's frames (WebSocket headers included) into one buffer, then
+ * send()s those buffers from the service thread and send_threads-1 helper
+ * threads at once (one syscall per connection, and the kernel's TCP work
+ * on both cores), then, back on the service thread alone, hands whatever a
+ * socket did not take to lws as raw bytes (lws_write LWS_WRITE_RAW buffers
+ * the rest and finishes it from its writable callback, before any later
+ * frame).  While the helpers send, the service thread does nothing else
+ * with lws, so no socket is used by two threads.
+ *
  * Coalescing: after a token frame to a client whose round trip is long (the
  * kernel's smoothed RTT, TCP_INFO) or whose backlog is large, the writer
  * holds further token frames for a short window (rtt/4, at most
@@ -30,6 +40,7 @@
 #define RILL_WRITER_H
 
 #include <libwebsockets.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -55,6 +66,8 @@ struct writer_frame {
     struct obuf buf;
 };
 
+struct writer_sender;  /* a helper thread of the parallel send */
+
 struct writer_set {
     struct lws_context *ctx;
     struct metrics *m;
@@ -67,6 +80,17 @@ struct writer_set {
     lws_sorted_usec_list_t hold_sul;
     bool hold_armed;
     bool stopped;                /* the context is going away: no timers */
+    /* the parallel send of a batch */
+    bool collecting;             /* writer_send appends to the writer's batch */
+    struct writer **batch;       /* writers with a batch to send */
+    size_t n_batch, cap_batch;
+    int n_senders;
+    struct writer_sender *senders;
+    pthread_mutex_t fj_mu;       /* the fork-join of a batch's sends */
+    pthread_cond_t fj_work, fj_done;
+    uint64_t fj_gen;             /* batches handed out */
+    int fj_pending;              /* helpers still sending the current one */
+    bool fj_quit;
 };
 
 struct writer {
@@ -82,12 +106,19 @@ struct writer {
     uint64_t hold_until_ns;
     bool held, dirty;
     struct writer *held_prev, *held_next, *dirty_next;
+    struct obuf out;             /* collected frames of this batch */
+    uint32_t out_frames;
+    long sent;                   /* what send() took of out (-errno on failure) */
 };
 
-void writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metrics *m, size_t bound, bool direct,
-                     double coalesce_max_ms, const struct writer_cb *cb);
+/* send_threads: threads that send a batch (1: the service thread only).
+ * RILL_E_NOMEM, RILL_E_IO (a thread could not start). */
+int writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metrics *m, size_t bound, bool direct,
+                    double coalesce_max_ms, int send_threads, const struct writer_cb *cb);
 /* Cancel the hold timer (before the context is destroyed). */
 void writer_set_stop(struct writer_set *s);
+/* Stop the helper threads and free the set's memory. */
+void writer_set_fini(struct writer_set *s);
 
 void writer_open(struct writer *w, struct writer_set *s, struct lws *wsi, bool binary, bool deflate);
 /* Drop the queue and leave the set's lists; the writer is then inert. */
