@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -26,16 +27,26 @@ struct writer_sender {
     bool started;
 };
 
-/* send() one slice of the batch; each writer's fd is used by this thread
- * only, while the service thread waits. */
-static void send_slice(struct writer_set *s, int slice, int n_slices)
+#define FJ_CLOSED ((size_t)1 << 62)
+
+static void send_one(struct writer *w)
 {
-    size_t n = s->n_batch, lo = n * (size_t)slice / (size_t)n_slices, hi = n * (size_t)(slice + 1) / (size_t)n_slices;
-    for (size_t i = lo; i < hi; i++) {
-        struct writer *w = s->batch[i];
-        int fd = lws_get_socket_fd(w->wsi);
-        ssize_t k = fd < 0 ? -1 : send(fd, obuf_data(&w->out), w->out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        w->sent = k >= 0 ? (long)k : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    int fd = lws_get_socket_fd(w->wsi);
+    ssize_t k = fd < 0 ? -1 : send(fd, obuf_data(&w->out), w->out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    w->sent = k >= 0 ? (long)k : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+}
+
+/* Take and send writers of the open batch until none is left.  Each
+ * writer's socket is used by the one thread that took it, while the
+ * service thread touches nothing else of lws. */
+static void take_and_send(struct writer_set *s)
+{
+    for (;;) {
+        size_t i = atomic_fetch_add_explicit(&s->fj_next, 1, memory_order_acq_rel);
+        if (i >= atomic_load_explicit(&s->fj_n, memory_order_acquire))
+            return;
+        send_one(s->batch[i]);
+        atomic_fetch_add_explicit(&s->fj_done, 1, memory_order_release);
     }
 }
 
@@ -48,17 +59,12 @@ static void *sender_main(void *arg)
         pthread_mutex_lock(&s->fj_mu);
         while (s->fj_gen == seen && !s->fj_quit)
             pthread_cond_wait(&s->fj_work, &s->fj_mu);
-        if (s->fj_quit) {
-            pthread_mutex_unlock(&s->fj_mu);
-            return NULL;
-        }
+        bool quit = s->fj_quit;
         seen = s->fj_gen;
         pthread_mutex_unlock(&s->fj_mu);
-        send_slice(s, h->index + 1, s->n_senders + 1);
-        pthread_mutex_lock(&s->fj_mu);
-        if (--s->fj_pending == 0)
-            pthread_cond_signal(&s->fj_done);
-        pthread_mutex_unlock(&s->fj_mu);
+        if (quit)
+            return NULL;
+        take_and_send(s);
     }
 }
 
@@ -74,7 +80,8 @@ int writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metric
     s->cb = *cb;
     pthread_mutex_init(&s->fj_mu, NULL);
     pthread_cond_init(&s->fj_work, NULL);
-    pthread_cond_init(&s->fj_done, NULL);
+    atomic_store(&s->fj_next, FJ_CLOSED);
+    atomic_store(&s->fj_n, 0);
     int helpers = send_threads > 1 && direct ? send_threads - 1 : 0;
     if (!helpers)
         return 0;
@@ -109,7 +116,6 @@ void writer_set_fini(struct writer_set *s)
     s->batch = NULL;
     pthread_mutex_destroy(&s->fj_mu);
     pthread_cond_destroy(&s->fj_work);
-    pthread_cond_destroy(&s->fj_done);
     s->cb.pull = NULL;
 }
 
@@ -258,18 +264,23 @@ void writer_wake(struct writer *w) { lws_callback_on_writable(w->wsi); }
 static void send_batches(struct writer_set *s)
 {
     if (s->n_senders && s->n_batch >= PARALLEL_MIN) {
+        /* Open the batch (the index is out of range until now, so a helper
+         * still looking at the last one takes nothing of this one). */
+        atomic_store_explicit(&s->fj_done, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->fj_n, s->n_batch, memory_order_release);
+        atomic_store_explicit(&s->fj_next, 0, memory_order_release);
         pthread_mutex_lock(&s->fj_mu);
         s->fj_gen++;
-        s->fj_pending = s->n_senders;
         pthread_cond_broadcast(&s->fj_work);
         pthread_mutex_unlock(&s->fj_mu);
-        send_slice(s, 0, s->n_senders + 1);
-        pthread_mutex_lock(&s->fj_mu);
-        while (s->fj_pending)
-            pthread_cond_wait(&s->fj_done, &s->fj_mu);
-        pthread_mutex_unlock(&s->fj_mu);
+        take_and_send(s);
+        /* At most one writer per helper is still being sent. */
+        while (atomic_load_explicit(&s->fj_done, memory_order_acquire) < s->n_batch)
+            sched_yield();
+        atomic_store_explicit(&s->fj_next, FJ_CLOSED, memory_order_release);
     } else {
-        send_slice(s, 0, 1);
+        for (size_t i = 0; i < s->n_batch; i++)
+            send_one(s->batch[i]);
     }
     /* Back on the service thread alone: what a socket did not take goes
      * to lws, which sends it before anything written after it. */

@@ -41,6 +41,7 @@
 
 #include <libwebsockets.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -86,11 +87,16 @@ struct writer_set {
     size_t n_batch, cap_batch;
     int n_senders;
     struct writer_sender *senders;
-    pthread_mutex_t fj_mu;       /* the fork-join of a batch's sends */
-    pthread_cond_t fj_work, fj_done;
+    /* Sending a batch: every thread takes the next unsent writer until
+     * none is left, so a helper that is not running costs nothing but the
+     * wake-up (the service thread sends it all). */
+    pthread_mutex_t fj_mu;
+    pthread_cond_t fj_work;
     uint64_t fj_gen;             /* batches handed out */
-    int fj_pending;              /* helpers still sending the current one */
     bool fj_quit;
+    _Atomic size_t fj_next;      /* next index to take (huge between batches) */
+    _Atomic size_t fj_n;         /* writers in the batch */
+    _Atomic size_t fj_done;      /* writers sent */
 };
 
 struct writer {
