@@ -295,8 +295,7 @@ static void start(struct openai_req *r)
              (unsigned long long)++oa->next_id);
     r->head = (struct oaijson_head){r->id, (int64_t)time(NULL), oa->model, r->chat, r->include_usage};
     /* The worker renders the messages with the model's chat template; the
-     * submit points at them, kept here for the stream's life (the stream
-     * frees only its prompt, and may send the submit again). */
+     * stream takes them over with the prompt (and may send them again). */
     r->messages = q.messages;
     q.messages = NULL;
     q.submit.messages = (struct proto_text){r->messages, q.messages_len};
@@ -308,6 +307,7 @@ static void start(struct openai_req *r)
         answer_error(r, RILL_E_INTERNAL, NULL, "out of memory");
         return;
     }
+    r->messages = NULL; /* the stream's */
     r->s = s;
     oa->m->requests++;
     /* lws's HTTP timeouts are for reading requests: a generation takes as

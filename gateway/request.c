@@ -1,5 +1,6 @@
 /* request.c — see request.h. */
 #include "request.h"
+#include "chatmsg.h"
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/sampling.h"
@@ -17,6 +18,8 @@ void creq_free(struct creq *r)
         return;
     free(r->prompt);
     r->prompt = NULL;
+    free(r->messages);
+    r->messages = NULL;
 }
 
 /* --- msgpack -> cJSON (bounded: the input was walked by proto_unpack) ------------------- */
@@ -238,8 +241,19 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
 static int parse_generate(const cJSON *root, const struct creq_limits *lim, struct creq *r, char *msg, size_t n)
 {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-    if (!p)
-        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: missing");
+    cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (p && msgs)
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt and messages: give one of them");
+    if (!p && !msgs)
+        return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: missing (or messages)");
+    static const cJSON empty = {.type = cJSON_String, .valuestring = (char *)""};
+    if (msgs) {
+        int rc = chatmsg_take(msgs, lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT,
+                              &r->messages, &r->messages_len, msg, n);
+        if (rc)
+            return rc;
+        p = &empty;
+    }
     if (!cJSON_IsString(p))
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
     if (has_nul(p))
@@ -438,6 +452,8 @@ out:
     if (rc) {
         free(out->prompt);
         out->prompt = NULL;
+        free(out->messages);
+        out->messages = NULL;
     }
     return rc;
 }

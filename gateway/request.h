@@ -61,6 +61,8 @@ struct creq {
     /* generate */
     char *prompt;               /* heap, NUL-terminated, prompt_len bytes */
     uint32_t prompt_len;
+    char *messages;             /* or chat messages as JSON text (heap; NULL: none) */
+    uint32_t messages_len;
     uint32_t max_tokens;
     float temperature, top_p, min_p, repetition_penalty;
     uint32_t top_k;

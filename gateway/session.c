@@ -311,12 +311,14 @@ static void handle_generate(struct conn *c, struct creq *r)
     memcpy(p.stop, r->stop, sizeof p.stop);
     p.top_logprobs = r->top_logprobs;
     p.parse_special = r->parse_special;
+    p.messages = (struct proto_text){r->messages, r->messages_len};
     struct stream *s = stream_new(ss->streams, c, &ss->ev, &r->id, &p, now);
     if (!s) {
         send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
         return;
     }
-    r->prompt = NULL; /* the stream owns it now */
+    r->prompt = NULL; /* the stream owns it now, and the messages */
+    r->messages = NULL;
     s->out.timestamps = r->timestamps;
     if (ss->limits->n_keys) /* only the same key may resume it */
         snprintf(s->key_name, sizeof s->key_name, "%s", c->bucket_key);

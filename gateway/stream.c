@@ -132,7 +132,8 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
         free(s);
         return NULL;
     }
-    submit->prompt = NULL; /* the stream owns it now */
+    submit->prompt = NULL; /* the stream owns them now */
+    submit->messages = (struct proto_text){0};
     return s;
 }
 
@@ -318,6 +319,7 @@ void stream_release(struct stream_table *t, struct stream *s)
     obuf_free(&s->out.pending);
     free(s->out.pend_gen_ns);
     free((void *)s->submit.prompt);
+    free((void *)s->submit.messages.p);
     free(s->lat_ms);
     free(s->ids);
     free(s);

@@ -139,8 +139,9 @@ void stream_table_resume(struct stream_table *t, uint64_t window_ns, size_t log_
 static inline uint32_t stream_table_active(const struct stream_table *t) { return t->used - t->retired; }
 
 /* A new QUEUED stream for `owner`, told through `ev` (which must outlive
- * it), with the client's id and the request (its prompt is taken over:
- * *submit's prompt is set to NULL).  It is in the
+ * it), with the client's id and the request (its prompt and messages are
+ * taken over: *submit's prompt is set to NULL; the caller forgets the
+ * messages once this succeeds).  It is in the
  * table but not yet routed: link it into the owner's list, then
  * stream_start().  NULL when out of memory (submit unchanged). */
 struct stream *stream_new(struct stream_table *t, void *owner, const struct stream_events *ev, const struct creq_id *cid,

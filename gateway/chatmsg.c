@@ -1,0 +1,87 @@
+/* chatmsg.c — see chatmsg.h. */
+#include "chatmsg.h"
+#include "common/err.h"
+#include "common/utf8.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Valid UTF-8, and not a string its parser marked as holding a NUL
+ * (valueint -1: cJSON would have cut it there). */
+static int text_ok(const cJSON *j)
+{
+    size_t n = strlen(j->valuestring);
+    return j->valueint != -1 && utf8_valid_prefix(j->valuestring, n) == n;
+}
+
+/* Content given as parts becomes the one string templates expect; parts
+ * that are not text are refused. */
+static int join_parts(cJSON *m, const cJSON *c, int i, char *msg, size_t msg_len)
+{
+    size_t n = 0;
+    for (const cJSON *e = c->child; e; e = e->next) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(e, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text) || !text_ok(text))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             "messages[%d].content: only text parts ({\"type\":\"text\",\"text\":...}) are supported", i);
+        n += strlen(text->valuestring);
+    }
+    char *joined = malloc(n + 1), *at = joined;
+    if (!joined)
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    for (const cJSON *e = c->child; e; e = e->next) {
+        const char *t = cJSON_GetObjectItemCaseSensitive(e, "text")->valuestring;
+        size_t k = strlen(t);
+        memcpy(at, t, k);
+        at += k;
+    }
+    *at = 0;
+    cJSON *str = cJSON_CreateString(joined);
+    free(joined);
+    if (!str || !cJSON_ReplaceItemInObjectCaseSensitive(m, "content", str)) {
+        cJSON_Delete(str);
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    }
+    return 0;
+}
+
+int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
+{
+    if (!cJSON_IsArray(messages) || !messages->child)
+        return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "messages: expected a non-empty list of messages");
+    int i = 0;
+    for (cJSON *m = messages->child; m; m = m->next, i++) {
+        const cJSON *role = cJSON_IsObject(m) ? cJSON_GetObjectItemCaseSensitive(m, "role") : NULL;
+        if (!cJSON_IsString(role) || !text_ok(role))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "messages[%d]: an object with a string role expected", i);
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        int rc;
+        if (cJSON_IsArray(c) && (rc = join_parts(m, c, i, msg, msg_len)))
+            return rc;
+        c = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             "messages[%d].content: expected a string or a list of parts", i);
+        if (cJSON_IsString(c) && !text_ok(c))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "messages[%d].content: not valid UTF-8 text (or a NUL in it)", i);
+    }
+    char *text = cJSON_PrintUnformatted(messages);
+    if (!text)
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    size_t n = strlen(text);
+    if (n > cap) {
+        cJSON_free(text);
+        return rill_fail(msg, msg_len, RILL_E_PROMPT_TOO_LONG, "messages: %zu bytes of JSON, at most %zu allowed", n,
+                         cap);
+    }
+    *out = malloc(n + 1);
+    if (!*out) {
+        cJSON_free(text);
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    }
+    memcpy(*out, text, n + 1);
+    *out_len = (uint32_t)n;
+    cJSON_free(text);
+    return 0;
+}

@@ -1,0 +1,27 @@
+/* chatmsg.h — chat messages from a client ([{role, content, ...}], as the
+ * OpenAI API has them), checked for shape and turned into the JSON text the
+ * worker renders with the model's chat template.  One check for every
+ * protocol that accepts messages (the WebSocket generate, /v1/chat).
+ *
+ * Checked here: a non-empty array of objects, each with a string role;
+ * content a string, null, or a list of text parts ({"type":"text","text":..},
+ * joined into one string as vLLM and llama.cpp do); all text valid UTF-8;
+ * no NUL (a parser marks a string that held one with valueint -1, as
+ * request.c does, since cJSON would cut it there); the JSON text at most
+ * `cap` bytes.  What else a template wants (roles
+ * alternating, a system message first, …) it says itself when it renders.
+ */
+#ifndef RILL_CHATMSG_H
+#define RILL_CHATMSG_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* messages is modified (parts joined).  On success *out is malloc'd JSON
+ * text of *out_len bytes (NUL after).  Errors: RILL_E_BAD_REQUEST and
+ * RILL_E_PROMPT_TOO_LONG with the reason in msg (naming the message by
+ * index), RILL_E_NOMEM. */
+int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
+
+#endif
