@@ -9,8 +9,8 @@
  * control (-, +, trim_blocks, lstrip_blocks, the single trailing newline
  * dropped); for (tuple targets, `if` filter, else, loop.*, break/continue),
  * if/elif/else, set (names, tuples, namespace attributes, block set), macro
- * (positional, keyword and default arguments), filter blocks, generation
- * blocks (rendered as plain text); expressions with jinja2's precedence:
+ * (positional, keyword and default arguments), filter blocks, raw blocks,
+ * generation blocks (rendered as plain text); expressions with jinja2's precedence:
  * literals (strings with Python escapes, ints, floats, lists, tuples, dicts),
  * subscripts and slices, attributes, calls, filters, tests, `in`, `not in`,
  * chained comparisons, and/or/not, ~, + - * / // % **, inline if-else.
