@@ -4339,6 +4339,77 @@ void jinja_free(struct jinja_tmpl *t)
     free(t);
 }
 
+/* Mark, in document order, the number nodes whose literal has a fraction or
+ * an exponent: flags[] holds one entry per number literal of the text. */
+static void mark_floats(cJSON *j, const bool *flags, size_t n, size_t *k, int depth, bool *ok)
+{
+    for (; j && *ok; j = j->next) {
+        if (cJSON_IsNumber(j)) {
+            if (*k >= n) {
+                *ok = false;
+                return;
+            }
+            if (flags[(*k)++] && !j->valuestring) {
+                j->valuestring = malloc(sizeof JINJA_JSON_FLOAT);
+                if (!j->valuestring) {
+                    *ok = false;
+                    return;
+                }
+                memcpy(j->valuestring, JINJA_JSON_FLOAT, sizeof JINJA_JSON_FLOAT);
+            }
+        } else if ((cJSON_IsArray(j) || cJSON_IsObject(j)) && depth < 1000) {
+            mark_floats(j->child, flags, n, k, depth + 1, ok);
+        }
+    }
+}
+
+cJSON *jinja_json_parse(const char *s, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(s, len);
+    if (!j)
+        return NULL;
+    /* one flag per number literal outside strings: cJSON read the same
+     * literals in the same order */
+    size_t n = 0, cap = 0;
+    bool *flags = NULL, ok = true;
+    for (size_t i = 0; i < len && ok; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < len && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            continue;
+        }
+        if (c != '-' && (c < '0' || c > '9'))
+            continue;
+        bool f = false;
+        for (; i < len && (s[i] == '-' || s[i] == '+' || s[i] == '.' || (s[i] | 32) == 'e' ||
+                           (s[i] >= '0' && s[i] <= '9')); i++)
+            f |= s[i] == '.' || (s[i] | 32) == 'e';
+        i--;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            bool *nf = realloc(flags, nc * sizeof *nf);
+            if (!nf) {
+                ok = false;
+                break;
+            }
+            flags = nf;
+            cap = nc;
+        }
+        flags[n++] = f;
+    }
+    size_t k = 0;
+    if (ok)
+        mark_floats(j, flags, n, &k, 0, &ok);
+    free(flags);
+    if (!ok) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
 static struct jv from_cjson(struct rs *r, const cJSON *j, int depth)
 {
     if (depth > MAX_NEST)
@@ -4349,6 +4420,8 @@ static struct jv from_cjson(struct rs *r, const cJSON *j, int depth)
         return jbool(cJSON_IsTrue(j));
     if (cJSON_IsNumber(j)) {
         double d = j->valuedouble;
+        if (j->valuestring && !strcmp(j->valuestring, JINJA_JSON_FLOAT))
+            return jflt(d);
         if (isfinite(d) && d == floor(d) && fabs(d) < 9.2e18)
             return jint((int64_t)d);
         return jflt(d);

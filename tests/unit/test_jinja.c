@@ -318,6 +318,24 @@ static void test_jinja_a_parsed_template_renders_many_times(void **state)
     jinja_free(NULL);
 }
 
+static void test_jinja_json_parse_keeps_float_literals_floats(void **state)
+{
+    (void)state;
+    const char *js = "{\"x\": 1.0, \"y\": 2, \"z\": [1e2, \"1.5\", -0.0, {\"w\": 3.25}], \"s\": \"9.0 \\\" 8\"}";
+    cJSON *ctx = jinja_json_parse(js, strlen(js));
+    assert_non_null(ctx);
+    struct jinja_tmpl *t;
+    char why[256], *out;
+    const char *src = "{{ x }}|{{ y }}|{{ z }}|{{ s }}|{{ z|tojson }}";
+    assert_int_equal(jinja_parse(src, strlen(src), &t, why, sizeof why), 0);
+    assert_int_equal(jinja_render(t, ctx, 0, NULL, &out, NULL, NULL, why, sizeof why), 0);
+    assert_string_equal(out, "1.0|2|[100.0, '1.5', -0.0, {'w': 3.25}]|9.0 \" 8|[100.0, \"1.5\", -0.0, {\"w\": 3.25}]");
+    free(out);
+    jinja_free(t);
+    cJSON_Delete(ctx);
+    assert_null(jinja_json_parse("{\"x\": 1.", 8));
+}
+
 static void test_chat_render_chatml_builtin(void **state)
 {
     (void)state;
@@ -400,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_jinja_broken_templates_fail_cleanly),
         cmocka_unit_test(test_jinja_strftime_now_formats_the_injected_time),
         cmocka_unit_test(test_jinja_a_parsed_template_renders_many_times),
+        cmocka_unit_test(test_jinja_json_parse_keeps_float_literals_floats),
         cmocka_unit_test(test_chat_render_chatml_builtin),
         cmocka_unit_test(test_chat_render_passes_tools_tokens_and_extra_variables),
         cmocka_unit_test(test_chat_render_errors),
