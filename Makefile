@@ -240,5 +240,6 @@ $(B)/tests/test_model: $(B)/rill-mkmodel
 $(B)/tests/test_forward: $(B)/rill-mkmodel
 $(B)/tests/test_arch: $(B)/rill-mkmodel
 $(B)/tests/test_sched: $(B)/rill-mkmodel
+$(B)/tests/test_prefix: $(B)/rill-mkmodel
 $(B)/tests/test_intake: $(B)/rill-mkmodel
 $(B)/tests/test_serve: $(B)/rill-mkmodel
