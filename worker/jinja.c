@@ -2840,6 +2840,7 @@ static bool affix(struct rs *r, const struct jstr *s, struct jv x, bool end)
     return !memcmp(s->p + (end ? s->len - x.s->len : 0), x.s->p, x.s->len);
 }
 
+/* The str methods templates call, one branch each (as call_filter). */
 static struct jv str_method(struct rs *r, const struct jstr *s, const char *m, const struct args *a)
 {
     struct jv x;
@@ -3320,6 +3321,9 @@ static struct jv html_escape(struct rs *r, const struct jstr *s)
     return mkstr(r, b.p ? b.p : "", b.len);
 }
 
+/* jinja2's filters, one branch each, dispatched by name.  Long, but each
+ * branch is a few lines that read against jinja2's filters.py; a table of
+ * function pointers would only split every filter in two places. */
 static struct jv call_filter(struct rs *r, const char *name, struct jv v, const struct args *a)
 {
     struct jv x;
