@@ -210,6 +210,15 @@ bench-longprompt: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	tools/bench-longprompt.sh $(B)
 
+# The prefix cache: TTFT p50 of requests sharing a 500-token system prompt
+# (+ a 20-token user message each, one at a time, 134M f32) with and without
+# it, medians of runs, into $(B)/bench/prefix.json (goal: with <= 0.2 x
+# without; exits 1 when missed).  BENCH_PREFIX_ARGS: e.g. --runs 5.
+.PHONY: bench-prefix
+bench-prefix: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	$(PYTHON) tools/bench-prefix.py --build $(B) $(BENCH_PREFIX_ARGS)
+
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
 # $(B)/bench-baseline/ (outside git: figures belong to a machine), and
