@@ -6,7 +6,9 @@
 #   make                 release build in build/
 #   make test            deps + build + unit tests + end-to-end tests
 #   make check           the tests again under ASan+UBSan, the ring under TSan,
-#                        and a bounded libFuzzer run of every network-facing parser
+#                        a bounded libFuzzer run of every network-facing parser
+#                        and a 3-minute soak
+#   make chaos / soak    failures and disconnects under load / steady load over time
 #   make bench           every benchmark (bench-ring, bench-engine, bench-fanout)
 #   make run             deps + build + default model + the whole pipeline
 
@@ -55,7 +57,7 @@ BINS       := $(B)/rill-worker $(B)/rill-gateway $(B)/rill-supervisor
 TOOL_BINS  := $(patsubst tools/%.c,$(B)/%,$(TOOL_SRC))
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps test test-unit test-e2e check check-asan check-tsan fuzz \
+.PHONY: all deps test test-unit test-e2e check check-asan check-tsan check-soak fuzz chaos soak \
         bench bench-ring bench-engine bench-fanout bench-telemetry bench-compare bench-save run clean models
 .DEFAULT_GOAL := all
 
@@ -111,6 +113,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-asan
 	@$(MAKE) --no-print-directory check-tsan
 	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory check-soak
 
 check-asan:
 	@$(MAKE) --no-print-directory B=build/asan SAN=asan all
@@ -181,6 +184,31 @@ fuzz: $(FUZZ_BINS) $(B)/rill-mkmodel
 	    $(FUZZ_B)/models-gguf
 	@$(call FUZZ_RUN,jinja) -max_len=8192 -rss_limit_mb=1024 $(FUZZ_B)/corpus-jinja tests/fuzz/seeds-jinja
 
+# --- chaos and soak (issue 13, part 5) --------------------------------------------
+# tools/chaos.py runs the whole pipeline under its supervisor (2 workers, the
+# 24M test model) with many clients (JSON and msgpack, greedy and seeded)
+# whose connections drop and resume, and checks every request ends complete
+# with exactly the standalone worker's tokens.
+#   chaos  200 clients, kill -9 of a random worker every 2-5 s, for CHAOS_S;
+#          prints kills, resumes, failovers, mismatches, lost and the gap from
+#          a kill to the next token, into $(B)/chaos/chaos.json
+#   soak   steady load for SOAK_S; RSS and fds of every process at the end
+#          of warm-up and at the end (growth < 1%, fds flat), into
+#          $(B)/soak/soak.json; check-soak (in `make check`) is 3 minutes.
+# Either exits non-zero on any mismatch, loss or failed check; CHAOS_ARGS /
+# SOAK_ARGS go to the tool (e.g. "--clients 100 --set restart_window_s 5").
+CHAOS_S      ?= 120
+SOAK_S       ?= 1800
+CHECK_SOAK_S ?= 180
+chaos: $(BINS) $(B)/rill-mkmodel
+	$(PYTHON) tools/chaos.py chaos --build $(B) --seconds $(CHAOS_S) $(CHAOS_ARGS)
+
+soak: $(BINS) $(B)/rill-mkmodel
+	$(PYTHON) tools/chaos.py soak --build $(B) --seconds $(SOAK_S) $(SOAK_ARGS)
+
+check-soak:
+	@$(MAKE) --no-print-directory soak SOAK_S=$(CHECK_SOAK_S)
+
 # --- benchmarks ----------------------------------------------------------------
 bench: bench-ring bench-engine bench-fanout bench-telemetry
 
@@ -209,6 +237,15 @@ bench-telemetry: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 bench-longprompt: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	tools/bench-longprompt.sh $(B)
+
+# The prefix cache: TTFT p50 of requests sharing a 500-token system prompt
+# (+ a 20-token user message each, one at a time, 134M f32) with and without
+# it, medians of runs, into $(B)/bench/prefix.json (goal: with <= 0.2 x
+# without; exits 1 when missed).  BENCH_PREFIX_ARGS: e.g. --runs 5.
+.PHONY: bench-prefix
+bench-prefix: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	$(PYTHON) tools/bench-prefix.py --build $(B) $(BENCH_PREFIX_ARGS)
 
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
@@ -240,5 +277,6 @@ $(B)/tests/test_model: $(B)/rill-mkmodel
 $(B)/tests/test_forward: $(B)/rill-mkmodel
 $(B)/tests/test_arch: $(B)/rill-mkmodel
 $(B)/tests/test_sched: $(B)/rill-mkmodel
+$(B)/tests/test_prefix: $(B)/rill-mkmodel
 $(B)/tests/test_intake: $(B)/rill-mkmodel
 $(B)/tests/test_serve: $(B)/rill-mkmodel

@@ -201,6 +201,12 @@ struct proto_heartbeat {
     uint32_t batch_cap;           /* the current cap */
     uint32_t batch_limit;         /* the supervisor's upper bound */
     uint64_t preemptions, tokens_total, requests_total;
+    /* optional (0 when absent): the prefix cache's counters since the
+     * worker started (admissions that looked, those that found a cached
+     * prefix, their prompt tokens, the tokens found, blocks evicted) and
+     * the blocks it holds now */
+    uint64_t prefix_lookups, prefix_hits, prefix_lookup_tokens, prefix_hit_tokens, prefix_evictions;
+    uint32_t prefix_blocks;
     uint8_t pressure_level;       /* enum pressure_level */
     uint8_t state;                /* enum proto_state */
     /* optional, encoded as a map name -> f64; not sent when empty */

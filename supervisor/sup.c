@@ -579,6 +579,17 @@ static void write_stats(struct sup *s, uint64_t now)
         {"rill_worker_preemptions_total", "counter", "Sequences preempted (and recomputed later)."},
         {"rill_worker_tokens_total", "counter", "Tokens generated."},
         {"rill_worker_requests_total", "counter", "Requests accepted."},
+        {"rill_worker_prefix_cache_lookups_total", "counter",
+         "Admissions that looked for a cached prefix (a recompute after preemption too)."},
+        {"rill_worker_prefix_cache_hits_total", "counter", "Admissions that found a cached prefix."},
+        {"rill_worker_prefix_cache_lookup_tokens_total", "counter", "Tokens of the admissions that looked."},
+        {"rill_worker_prefix_cache_hit_tokens_total", "counter", "Tokens found in the prefix cache (not prefilled)."},
+        {"rill_worker_prefix_cache_request_hit_ratio", "gauge", "hits_total / lookups_total since the worker started."},
+        {"rill_worker_prefix_cache_token_hit_ratio", "gauge",
+         "hit_tokens_total / lookup_tokens_total since the worker started."},
+        {"rill_worker_prefix_cache_blocks", "gauge", "KV blocks in the prefix cache (held or idle)."},
+        {"rill_worker_prefix_cache_evictions_total", "counter",
+         "Cached blocks evicted (for room, least recently used first, or under memory pressure)."},
     };
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         prom_family(&b, fam[f].name, fam[f].type, fam[f].help);
@@ -608,6 +619,16 @@ static void write_stats(struct sup *s, uint64_t now)
             case 14: v = (double)h->preemptions; break;
             case 15: v = (double)h->tokens_total; break;
             case 16: v = (double)h->requests_total; break;
+            case 17: v = (double)h->prefix_lookups; break;
+            case 18: v = (double)h->prefix_hits; break;
+            case 19: v = (double)h->prefix_lookup_tokens; break;
+            case 20: v = (double)h->prefix_hit_tokens; break;
+            case 21: v = h->prefix_lookups ? (double)h->prefix_hits / (double)h->prefix_lookups : 0; break;
+            case 22:
+                v = h->prefix_lookup_tokens ? (double)h->prefix_hit_tokens / (double)h->prefix_lookup_tokens : 0;
+                break;
+            case 23: v = h->prefix_blocks; break;
+            case 24: v = (double)h->prefix_evictions; break;
             }
             prom_sample(&b, fam[f].name, lab, v);
         }
@@ -679,6 +700,15 @@ static void write_stats(struct sup *s, uint64_t now)
             jsonw_key_uint(&w, "kv_capacity_bytes", h->kv_capacity_bytes);
             jsonw_key_uint(&w, "preemptions", h->preemptions);
             jsonw_key_uint(&w, "tokens_total", h->tokens_total);
+            jsonw_key(&w, "prefix_cache");
+            jsonw_obj_begin(&w);
+            jsonw_key_uint(&w, "lookups", h->prefix_lookups);
+            jsonw_key_uint(&w, "hits", h->prefix_hits);
+            jsonw_key_uint(&w, "lookup_tokens", h->prefix_lookup_tokens);
+            jsonw_key_uint(&w, "hit_tokens", h->prefix_hit_tokens);
+            jsonw_key_uint(&w, "blocks", h->prefix_blocks);
+            jsonw_key_uint(&w, "evictions", h->prefix_evictions);
+            jsonw_obj_end(&w);
         }
         jsonw_obj_end(&w);
     }

@@ -60,7 +60,7 @@ static char *slurp(const char *path, size_t *len)
     return b;
 }
 
-/* Render the context file at `path`; 0, or 2 with the message in why (1: not a context). */
+/* Render the context file at `path`; 0, or 2 with the message in why (1: unreadable). */
 static int render_file(const struct chat_tmpl *t, const char *path, long long now, char **out, size_t *olen,
                        int *code, int *raised, char *why, size_t why_len)
 {
@@ -68,42 +68,13 @@ static int render_file(const struct chat_tmpl *t, const char *path, long long no
     *out = NULL;
     *code = 0;
     char *ctext = slurp(path, &clen);
-    cJSON *ctx = ctext ? cJSON_ParseWithLength(ctext, clen) : NULL;
-    free(ctext);
-    if (!ctx || !cJSON_IsObject(ctx) || !cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(ctx, "messages"))) {
-        snprintf(why, why_len, "%s: not a JSON object with a \"messages\" array", path);
-        cJSON_Delete(ctx);
+    if (!ctext) {
+        snprintf(why, why_len, "cannot read %s", path);
         return 1;
     }
-    cJSON *msgs = cJSON_DetachItemFromObjectCaseSensitive(ctx, "messages");
-    cJSON *tools = cJSON_DetachItemFromObjectCaseSensitive(ctx, "tools");
-    cJSON *bos = cJSON_DetachItemFromObjectCaseSensitive(ctx, "bos_token");
-    cJSON *eos = cJSON_DetachItemFromObjectCaseSensitive(ctx, "eos_token");
-    cJSON *agp = cJSON_DetachItemFromObjectCaseSensitive(ctx, "add_generation_prompt");
-    char *msgs_s = cJSON_PrintUnformatted(msgs);
-    char *tools_s = tools && !cJSON_IsNull(tools) ? cJSON_PrintUnformatted(tools) : NULL;
-    char *extra_s = cJSON_PrintUnformatted(ctx);
-    struct chat_opts o = {
-        .tools_json = tools_s,
-        .tools_len = tools_s ? strlen(tools_s) : 0,
-        .extra_json = extra_s,
-        .extra_len = extra_s ? strlen(extra_s) : 0,
-        .bos_token = cJSON_IsString(bos) ? bos->valuestring : NULL,
-        .eos_token = cJSON_IsString(eos) ? eos->valuestring : NULL,
-        .add_generation_prompt = cJSON_IsTrue(agp),
-        .now = now,
-    };
-    int rc = msgs_s ? chat_tmpl_render(t, msgs_s, strlen(msgs_s), &o, out, olen, raised, why, why_len)
-                    : rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
-    free(msgs_s);
-    free(tools_s);
-    free(extra_s);
-    cJSON_Delete(msgs);
-    cJSON_Delete(tools);
-    cJSON_Delete(bos);
-    cJSON_Delete(eos);
-    cJSON_Delete(agp);
-    cJSON_Delete(ctx);
+    struct chat_opts o = {.now = now};
+    int rc = chat_tmpl_render_json(t, ctext, clen, &o, out, olen, raised, why, why_len);
+    free(ctext);
     *code = rc;
     return rc ? 2 : 0;
 }

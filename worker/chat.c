@@ -86,10 +86,10 @@ void chat_tmpl_free(struct chat_tmpl *t)
     free(t);
 }
 
-/* cJSON_ParseWithLength, with the failure said. */
+/* jinja_json_parse (floats stay floats), with the failure said. */
 static cJSON *parse_json(const char *what, const char *s, size_t len, int want_type, char *why, size_t why_len)
 {
-    cJSON *j = cJSON_ParseWithLength(s, len);
+    cJSON *j = jinja_json_parse(s, len);
     if (!j) {
         rill_why(why, why_len, "%s: not valid JSON", what);
         return NULL;
@@ -151,6 +151,40 @@ int chat_tmpl_render(const struct chat_tmpl *t, const char *messages_json, size_
 out:
     cJSON_Delete(msgs);
     cJSON_Delete(tools);
+    cJSON_Delete(ctx);
+    return rc;
+}
+
+int chat_tmpl_render_json(const struct chat_tmpl *t, const char *ctx_json, size_t len, const struct chat_opts *o,
+                          char **out, size_t *out_len, int *raised, char *why, size_t why_len)
+{
+    static const struct chat_opts none = {0};
+    *out = NULL;
+    if (raised)
+        *raised = 0;
+    if (!o)
+        o = &none;
+    cJSON *ctx = parse_json("context", ctx_json ? ctx_json : "", ctx_json ? len : 0, cJSON_Object, why, why_len);
+    if (!ctx)
+        return RILL_E_BAD_REQUEST;
+    int rc = RILL_E_BAD_REQUEST;
+    if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(ctx, "messages"))) {
+        rill_why(why, why_len, "context: \"messages\" is not an array");
+        goto out;
+    }
+    /* what HF passes when the caller does not: tools and documents None, no generation prompt */
+    cJSON_DeleteItemFromObjectCaseSensitive(ctx, "documents");
+    if ((!cJSON_HasObjectItem(ctx, "tools") && !cJSON_AddNullToObject(ctx, "tools")) ||
+        !cJSON_AddNullToObject(ctx, "documents") ||
+        (!cJSON_HasObjectItem(ctx, "add_generation_prompt") && !cJSON_AddFalseToObject(ctx, "add_generation_prompt")) ||
+        (!cJSON_HasObjectItem(ctx, "bos_token") && !cJSON_AddStringToObject(ctx, "bos_token", "")) ||
+        (!cJSON_HasObjectItem(ctx, "eos_token") && !cJSON_AddStringToObject(ctx, "eos_token", ""))) {
+        rc = rill_fail(why, why_len, RILL_E_NOMEM, "out of memory");
+        goto out;
+    }
+    struct jinja_limits lim = {.max_output = o->max_output};
+    rc = jinja_render(t->j, ctx, o->now, &lim, out, out_len, raised, why, why_len);
+out:
     cJSON_Delete(ctx);
     return rc;
 }

@@ -56,6 +56,14 @@ void chat_tmpl_free(struct chat_tmpl *t);
 int chat_tmpl_render(const struct chat_tmpl *t, const char *messages_json, size_t len, const struct chat_opts *o,
                      char **out, size_t *out_len, int *raised, char *why, size_t why_len);
 
+/* The same from one JSON object of variables (rill-chat-template's context
+ * files): "messages" (an array) and any others as they are; the ones HF always
+ * passes get HF's values when absent (tools and documents None,
+ * add_generation_prompt false, bos_token and eos_token "").  Of `o` only now
+ * and max_output count.  Errors as chat_tmpl_render ("context: ..."). */
+int chat_tmpl_render_json(const struct chat_tmpl *t, const char *ctx_json, size_t len, const struct chat_opts *o,
+                          char **out, size_t *out_len, int *raised, char *why, size_t why_len);
+
 /* Parse and render once: chat_tmpl_new + chat_tmpl_render, errors of both. */
 int chat_render(const char *tmpl, size_t tmpl_len, const char *messages_json, size_t len, const struct chat_opts *o,
                 char **out, size_t *out_len, char *why, size_t why_len);

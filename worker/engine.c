@@ -50,6 +50,8 @@ int engine_open(const struct rill_config *c, bool progress, struct engine *e, ch
         engine_close(e);
         return rc;
     }
+    /* Fake tokens compute no keys or values worth keeping. */
+    kv_prefix_enable(e->kv, c->prefix_cache && !c->fake_tokens);
     uint32_t max_rows = (uint32_t)c->max_batch + (uint32_t)c->prefill_chunk;
     rc = fwd_create(e->model, e->kv, e->pool, max_rows, e->max_ctx, &e->fwd, why, why_len);
     if (rc) {
@@ -81,9 +83,10 @@ int engine_open(const struct rill_config *c, bool progress, struct engine *e, ch
         engine_close(e);
         return rc;
     }
-    rlog_info("engine: %u threads, context %u, KV cache %zu MiB in %u blocks of %u tokens, scratch %zu KiB",
+    rlog_info("engine: %u threads, context %u, KV cache %zu MiB in %u blocks of %u tokens (prefix cache %s), "
+              "scratch %zu KiB",
               e->threads, e->max_ctx, kv_bytes >> 20, kv_blocks_total(e->kv), kv_block_tokens(e->kv),
-              fwd_scratch_bytes(e->fwd) >> 10);
+              kv_prefix_enabled(e->kv) ? "on" : "off", fwd_scratch_bytes(e->fwd) >> 10);
     return 0;
 }
 

@@ -592,6 +592,84 @@ static bool lex_tag(struct ps *P, size_t *pp, bool var)
     }
 }
 
+static size_t skip_ws(const char *s, size_t n, size_t pos)
+{
+    while (pos < n && (s[pos] == ' ' || (s[pos] >= '\t' && s[pos] <= '\r')))
+        pos++;
+    return pos;
+}
+
+/* {% raw %}...{% endraw %} at *pp (just past "{%" and its sign): the body is
+ * text as it stands; whitespace control as jinja2's raw_begin / raw_end rules.
+ * Returns false (nothing consumed) when the tag is not "raw". */
+static bool lex_raw(struct ps *P, size_t *pp, bool *line_starting)
+{
+    const char *s = P->src;
+    size_t n = P->len, q = skip_ws(s, n, *pp);
+    if (!at(s, n, q, "raw"))
+        return false;
+    q = skip_ws(s, n, q + 3);
+    size_t c0;
+    bool ls = false;
+    if (at(s, n, q, "-%}")) {
+        c0 = q + 3;
+        c0 += ws_prefix(s + c0, n - c0);
+        ls = s[c0 - 1] == '\n';
+    } else if (at(s, n, q, "%}")) {
+        c0 = q + 2;
+    } else {
+        return false;
+    }
+    for (size_t i = c0; i + 1 < n; i++) {
+        if (s[i] != '{' || s[i + 1] != '%')
+            continue;
+        size_t j = i + 2;
+        char sign = j < n && (s[j] == '-' || s[j] == '+') ? s[j] : 0;
+        j = skip_ws(s, n, j + (sign ? 1 : 0));
+        if (!at(s, n, j, "endraw"))
+            continue;
+        j = skip_ws(s, n, j + 6);
+        size_t e = 0;
+        bool nl = false;
+        if (at(s, n, j, "+%}")) {
+            e = j + 3;
+        } else if (at(s, n, j, "-%}")) {
+            e = j + 3;
+            e += ws_prefix(s + e, n - e);
+            nl = s[e - 1] == '\n';
+        } else if (at(s, n, j, "%}")) {
+            e = j + 2;
+            if (e < n && s[e] == '\n') {
+                e++;
+                nl = true;
+            }
+        } else {
+            continue;
+        }
+        size_t tlen = i - c0;
+        if (sign == '-') {
+            tlen -= ws_suffix(s + c0, tlen);
+        } else if (sign != '+') {
+            size_t lp = tlen;
+            while (lp > 0 && s[c0 + lp - 1] != '\n')
+                lp--;
+            if (lp > 0 || ls) {
+                size_t k = lp;
+                while (k < tlen && (s[c0 + k] == ' ' || s[c0 + k] == '\t' || s[c0 + k] == '\r' ||
+                                    s[c0 + k] == '\v' || s[c0 + k] == '\f'))
+                    k++;
+                if (k == tlen && k > lp)
+                    tlen = lp;
+            }
+        }
+        push_text(P, s + c0, tlen, c0);
+        *pp = e;
+        *line_starting = nl;
+        return true;
+    }
+    failf(&P->f, RILL_E_BAD_FORMAT, "line %d: Missing end of raw directive", line_of(P, *pp));
+}
+
 static void lex(struct ps *P)
 {
     const char *s = P->src;
@@ -652,6 +730,8 @@ static void lex(struct ps *P)
             line_starting = nl;
             continue;
         }
+        if (kind == '%' && lex_raw(P, &pos, &line_starting))
+            continue;
         push_tok(P, kind == '{' ? TK_VBEGIN : TK_BBEGIN, st);
         line_starting = lex_tag(P, &pos, kind == '{');
     }
@@ -1465,7 +1545,7 @@ static struct node *p_statement(struct ps *P)
     } else if (!strcmp(nm, "break") || !strcmp(nm, "continue")) {
         st = mk(P, nm[0] == 'b' ? S_BREAK : S_CONTINUE, line);
         expect_bend(P);
-    } else if (!strcmp(nm, "raw") || !strcmp(nm, "include") || !strcmp(nm, "extends") || !strcmp(nm, "block") ||
+    } else if (!strcmp(nm, "include") || !strcmp(nm, "extends") || !strcmp(nm, "block") ||
                !strcmp(nm, "import") || !strcmp(nm, "from") || !strcmp(nm, "call") || !strcmp(nm, "with") ||
                !strcmp(nm, "autoescape") || !strcmp(nm, "do") || !strcmp(nm, "trans")) {
         failf(&P->f, RILL_E_UNSUPPORTED, "line %d: tag '%s' is not supported", line, nm);
@@ -2760,6 +2840,7 @@ static bool affix(struct rs *r, const struct jstr *s, struct jv x, bool end)
     return !memcmp(s->p + (end ? s->len - x.s->len : 0), x.s->p, x.s->len);
 }
 
+/* The str methods templates call, one branch each (as call_filter). */
 static struct jv str_method(struct rs *r, const struct jstr *s, const char *m, const struct args *a)
 {
     struct jv x;
@@ -3240,6 +3321,9 @@ static struct jv html_escape(struct rs *r, const struct jstr *s)
     return mkstr(r, b.p ? b.p : "", b.len);
 }
 
+/* jinja2's filters, one branch each, dispatched by name.  Long, but each
+ * branch is a few lines that read against jinja2's filters.py; a table of
+ * function pointers would only split every filter in two places. */
 static struct jv call_filter(struct rs *r, const char *name, struct jv v, const struct args *a)
 {
     struct jv x;
@@ -4259,6 +4343,77 @@ void jinja_free(struct jinja_tmpl *t)
     free(t);
 }
 
+/* Mark, in document order, the number nodes whose literal has a fraction or
+ * an exponent: flags[] holds one entry per number literal of the text. */
+static void mark_floats(cJSON *j, const bool *flags, size_t n, size_t *k, int depth, bool *ok)
+{
+    for (; j && *ok; j = j->next) {
+        if (cJSON_IsNumber(j)) {
+            if (*k >= n) {
+                *ok = false;
+                return;
+            }
+            if (flags[(*k)++] && !j->valuestring) {
+                j->valuestring = malloc(sizeof JINJA_JSON_FLOAT);
+                if (!j->valuestring) {
+                    *ok = false;
+                    return;
+                }
+                memcpy(j->valuestring, JINJA_JSON_FLOAT, sizeof JINJA_JSON_FLOAT);
+            }
+        } else if ((cJSON_IsArray(j) || cJSON_IsObject(j)) && depth < 1000) {
+            mark_floats(j->child, flags, n, k, depth + 1, ok);
+        }
+    }
+}
+
+cJSON *jinja_json_parse(const char *s, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(s, len);
+    if (!j)
+        return NULL;
+    /* one flag per number literal outside strings: cJSON read the same
+     * literals in the same order */
+    size_t n = 0, cap = 0;
+    bool *flags = NULL, ok = true;
+    for (size_t i = 0; i < len && ok; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < len && s[i] != '"'; i++)
+                if (s[i] == '\\')
+                    i++;
+            continue;
+        }
+        if (c != '-' && (c < '0' || c > '9'))
+            continue;
+        bool f = false;
+        for (; i < len && (s[i] == '-' || s[i] == '+' || s[i] == '.' || (s[i] | 32) == 'e' ||
+                           (s[i] >= '0' && s[i] <= '9')); i++)
+            f |= s[i] == '.' || (s[i] | 32) == 'e';
+        i--;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            bool *nf = realloc(flags, nc * sizeof *nf);
+            if (!nf) {
+                ok = false;
+                break;
+            }
+            flags = nf;
+            cap = nc;
+        }
+        flags[n++] = f;
+    }
+    size_t k = 0;
+    if (ok)
+        mark_floats(j, flags, n, &k, 0, &ok);
+    free(flags);
+    if (!ok) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
 static struct jv from_cjson(struct rs *r, const cJSON *j, int depth)
 {
     if (depth > MAX_NEST)
@@ -4269,6 +4424,8 @@ static struct jv from_cjson(struct rs *r, const cJSON *j, int depth)
         return jbool(cJSON_IsTrue(j));
     if (cJSON_IsNumber(j)) {
         double d = j->valuedouble;
+        if (j->valuestring && !strcmp(j->valuestring, JINJA_JSON_FLOAT))
+            return jflt(d);
         if (isfinite(d) && d == floor(d) && fabs(d) < 9.2e18)
             return jint((int64_t)d);
         return jflt(d);

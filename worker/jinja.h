@@ -9,8 +9,8 @@
  * control (-, +, trim_blocks, lstrip_blocks, the single trailing newline
  * dropped); for (tuple targets, `if` filter, else, loop.*, break/continue),
  * if/elif/else, set (names, tuples, namespace attributes, block set), macro
- * (positional, keyword and default arguments), filter blocks, generation
- * blocks (rendered as plain text); expressions with jinja2's precedence:
+ * (positional, keyword and default arguments), filter blocks, raw blocks,
+ * generation blocks (rendered as plain text); expressions with jinja2's precedence:
  * literals (strings with Python escapes, ints, floats, lists, tuples, dicts),
  * subscripts and slices, attributes, calls, filters, tests, `in`, `not in`,
  * chained comparisons, and/or/not, ~, + - * / // % **, inline if-else.
@@ -25,9 +25,12 @@
  * Cyrillic; they fail with RILL_E_UNSUPPORTED or differ in that detail only,
  * never crash.
  *
- * Numbers from JSON: cJSON keeps a double, so an integral JSON number ("1.0"
- * too) becomes an int, and integers beyond 2^53 lose precision; Python ints
- * are unbounded, rill's are int64 (overflow is an error).
+ * Numbers from JSON: a JSON number is a Python int when its literal has no
+ * fraction or exponent and a float otherwise ("1.0" stays 1.0), as Python's
+ * json reads it — provided the cJSON tree came from jinja_json_parse, which
+ * marks the float literals (a tree from cJSON_Parse gives integral values as
+ * ints).  cJSON keeps a double, so integers beyond 2^53 lose precision;
+ * Python ints are unbounded, rill's are int64 (overflow is an error).
  *
  * Templates are untrusted (they come from model files): parsing and
  * rendering are bounded — expression nesting, macro recursion, loop
@@ -63,6 +66,12 @@ struct jinja_limits {
  * for a template over 1 MiB or nested too deep, RILL_E_NOMEM. */
 int jinja_parse(const char *src, size_t len, struct jinja_tmpl **out, char *why, size_t why_len);
 void jinja_free(struct jinja_tmpl *t);
+
+/* cJSON_ParseWithLength, and a number written with a fraction or an exponent
+ * gets valuestring JINJA_JSON_FLOAT, so that it renders as a float even when
+ * integral (1.0, 2e3).  NULL for bad JSON (or no memory); cJSON_Delete frees. */
+#define JINJA_JSON_FLOAT "float"
+cJSON *jinja_json_parse(const char *s, size_t len);
 
 /* Render with the variables of the JSON object `ctx` (borrowed; NULL = none).
  * `now` is the time strftime_now() formats (local time, seconds since the

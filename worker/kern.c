@@ -155,6 +155,16 @@ int kern_pack(const struct wmat *w, struct kmat *out)
         return RILL_E_NOMEM;
     madvise(p, out->bytes, MADV_HUGEPAGE);
     out->data = p;
+    if (is_int_type(w->type)) {
+        /* Pairs where the AVX-512 decode kernels will read them; else the
+         * file's layout (AVX2 reads a row at a time: one stream). */
+        out->pairs = kern_isa() >= KERN_AVX512;
+        if (out->pairs)
+            quant_pack_pairs(w->type, w->data, w->row_bytes, w->rows, p); /* the padding rows stay zero */
+        else
+            memcpy(p, w->data, (size_t)w->rows * w->row_bytes);
+        return 0;
+    }
     size_t esz = w->type == WT_F32 ? 4 : 2;
     for (uint32_t g = 0; g < out->groups; g++) {
         unsigned char *gp = (unsigned char *)p + g * out->group_bytes;
@@ -163,9 +173,7 @@ int kern_pack(const struct wmat *w, struct kmat *out)
             if (row >= w->rows)
                 continue; /* stays zero */
             const unsigned char *src = (const unsigned char *)w->data + (size_t)row * w->row_bytes;
-            if (is_int_type(w->type)) {
-                memcpy(gp + r * w->row_bytes, src, w->row_bytes); /* the file's layout, row after row */
-            } else if (w->type == WT_Q8_0) {
+            if (w->type == WT_Q8_0) {
                 const struct q8_0_block *blk = (const struct q8_0_block *)src;
                 for (uint32_t b = 0; b < w->cols / Q8_0_BLOCK; b++) {
                     unsigned char *bp = gp + b * Q8_GROUP_BLOCK;
@@ -590,7 +598,7 @@ void kern_matmul(const struct kmat *m, const float *x, size_t ldx, uint32_t B, f
     }
     if (quant_act_quantize(tl_act, quant_act_kind(m->type), kern_isa() >= KERN_AVX2, x, ldx, B, m->cols))
         abort(); /* out of memory for B x K bytes: as the accumulators, nothing to fall back to */
-    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, n0, n1, tl_act, y, ldy);
+    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, m->pairs, n0, n1, tl_act, y, ldy);
 }
 
 int kern_act_reserve(struct kern_act *a, uint32_t B, uint32_t K)
@@ -643,7 +651,7 @@ void kern_matmul_act(const struct kmat *m, const struct kern_act *a, float *y, s
         return;
     }
     assert(k == QACT_32 ? a->has32 : a->has256);
-    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, n0, n1, k == QACT_32 ? &a->q32 : &a->q256,
+    quant_matmul(m->type, (int)kern_isa(), m->data, m->src->row_bytes, m->pairs, n0, n1, k == QACT_32 ? &a->q32 : &a->q256,
                  y, ldy);
 }
 

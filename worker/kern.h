@@ -58,13 +58,15 @@ const char *kern_isa_name(enum kern_isa isa);
  *             4 rows x 32 int8;
  *   BF16:     as F16;
  *   the integer types (quant_act_kind() != QACT_NONE): the file's rows, one
- *             after the other (a row is read whole against each activation).
+ *             after the other, or where the CPU has AVX-512 (`pairs`) in
+ *             pairs with their blocks alternating (quant_pack_pairs()).
  * `src` keeps the unpacked matrix (the scalar path and OpenBLAS read it). */
 struct kmat {
     const struct wmat *src;
     enum wtype type;
     uint32_t rows, cols, groups;
     size_t group_bytes;
+    bool pairs;          /* integer types: laid out by quant_pack_pairs() */
     void *data;          /* owned */
     size_t bytes;
 };

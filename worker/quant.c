@@ -628,9 +628,9 @@ static inline float reduce8(const float l[8])
     return b0 + b1;
 }
 
-static float dot_row_scalar(enum wtype t, const uint8_t *row, const struct quant_act *a, uint32_t b)
+static float dot_row_scalar(enum wtype t, const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
 {
-    uint32_t K = a->K, bs = quant_block(t), bb = quant_block_bytes(t), nb = K / bs;
+    uint32_t K = a->K, bs = quant_block(t), nb = K / bs;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb;
     float acc[8] = {0}, macc = 0;
@@ -639,7 +639,7 @@ static float dot_row_scalar(enum wtype t, const uint8_t *row, const struct quant
         int32_t L[8] = {0}, M[8] = {0};
         if (bs == 32) {
             struct blk32 k;
-            unpack32(t, row + (size_t)i * bb, &k);
+            unpack32(t, row + (size_t)i * step, &k);
             for (int e = 0; e < 32; e++)
                 L[(e % 32) / 4] += (k.u[e] - k.off) * aq[e];
             float D = k.d * ad[i];
@@ -649,7 +649,7 @@ static float dot_row_scalar(enum wtype t, const uint8_t *row, const struct quant
                 macc = fmaf(k.m, a->s[(size_t)b * nb + i], macc);
         } else {
             struct blk256 k;
-            unpack256(t, row + (size_t)i * bb, &k);
+            unpack256(t, row + (size_t)i * step, &k);
             const int16_t *bsum = a->bsum + ((size_t)b * nb + i) * 16;
             for (int e = 0; e < QK_K; e++)
                 L[(e % 32) / 4] += k.sc[e / 16] * k.u[e] * aq[e];
@@ -714,11 +714,10 @@ AVX2_TARGET static ALWAYS_INLINE __m256i bits32(const uint8_t *p)
 }
 
 /* q4_0, q4_1, q5_0, q5_1: one weight row against C activation rows. */
-AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, const uint8_t *row,
+AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, const uint8_t *row, size_t step,
                                              const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                              uint32_t n)
 {
-    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
     const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
@@ -733,7 +732,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
         macc[c] = 0;
     }
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *blk = row + (size_t)i * bb;
+        const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
         __m256i w = nibbles32(blk + qs_off);
         if (t == WT_Q5_0)
@@ -811,11 +810,10 @@ AVX2_TARGET static ALWAYS_INLINE __m256i chunk_dot(__m256i u, const int8_t *a, _
 }
 
 /* The K types: one weight row against C activation rows. */
-AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, const uint8_t *row,
+AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, const uint8_t *row, size_t step,
                                               const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                               uint32_t n)
 {
-    const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
     uint32_t K = a->K, nb = K / QK_K;
     const int8_t *aq = a->q + (size_t)b0 * K;
     const float *ad = a->d + (size_t)b0 * nb;
@@ -826,7 +824,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
     for (int c = 0; c < C; c++)
         acc[c] = _mm256_setzero_ps();
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *blk = row + (size_t)i * bb;
+        const uint8_t *blk = row + (size_t)i * step;
         const int8_t *ai = aq + (size_t)i * QK_K;
         __m256i L[MAXC], sc16 = _mm256_setzero_si256(), mn16 = _mm256_setzero_si256();
 #pragma GCC unroll 4
@@ -936,29 +934,29 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
         y[(size_t)(b0 + (uint32_t)c) * ldy + n] = hsum8(acc[c]);
 }
 
-typedef void (*rows_fn)(const uint8_t *row, const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
+typedef void (*rows_fn)(const uint8_t *row, size_t bs, const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                         uint32_t n);
 
 #define ROWS_FNS(NAME, BODY, T)                                                                              \
-    AVX2_TARGET __attribute__((noinline)) static void NAME##_1(const uint8_t *row, const struct quant_act *a, \
+    AVX2_TARGET __attribute__((noinline)) static void NAME##_1(const uint8_t *row, size_t bs, const struct quant_act *a, \
                                                                uint32_t b0, float *y, size_t ldy, uint32_t n) \
     {                                                                                                        \
-        BODY(T, 1, row, a, b0, y, ldy, n);                                                                   \
+        BODY(T, 1, row, bs, a, b0, y, ldy, n);                                                                   \
     }                                                                                                        \
-    AVX2_TARGET __attribute__((noinline)) static void NAME##_2(const uint8_t *row, const struct quant_act *a, \
+    AVX2_TARGET __attribute__((noinline)) static void NAME##_2(const uint8_t *row, size_t bs, const struct quant_act *a, \
                                                                uint32_t b0, float *y, size_t ldy, uint32_t n) \
     {                                                                                                        \
-        BODY(T, 2, row, a, b0, y, ldy, n);                                                                   \
+        BODY(T, 2, row, bs, a, b0, y, ldy, n);                                                                   \
     }                                                                                                        \
-    AVX2_TARGET __attribute__((noinline)) static void NAME##_3(const uint8_t *row, const struct quant_act *a, \
+    AVX2_TARGET __attribute__((noinline)) static void NAME##_3(const uint8_t *row, size_t bs, const struct quant_act *a, \
                                                                uint32_t b0, float *y, size_t ldy, uint32_t n) \
     {                                                                                                        \
-        BODY(T, 3, row, a, b0, y, ldy, n);                                                                   \
+        BODY(T, 3, row, bs, a, b0, y, ldy, n);                                                                   \
     }                                                                                                        \
-    AVX2_TARGET __attribute__((noinline)) static void NAME##_4(const uint8_t *row, const struct quant_act *a, \
+    AVX2_TARGET __attribute__((noinline)) static void NAME##_4(const uint8_t *row, size_t bs, const struct quant_act *a, \
                                                                uint32_t b0, float *y, size_t ldy, uint32_t n) \
     {                                                                                                        \
-        BODY(T, 4, row, a, b0, y, ldy, n);                                                                   \
+        BODY(T, 4, row, bs, a, b0, y, ldy, n);                                                                   \
     }                                                                                                        \
     static const rows_fn NAME##_fns[MAXC + 1] = {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4};
 
@@ -1023,11 +1021,10 @@ AVX512_TARGET static ALWAYS_INLINE void store_pair(__m512 acc, float *y0, float 
 }
 
 /* rows32() for 2P activation rows. */
-AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int P, const uint8_t *row,
+AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int P, const uint8_t *row, size_t step,
                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                                                   size_t ldy, uint32_t n)
 {
-    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
     const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
@@ -1042,7 +1039,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
         macc[2 * p] = macc[2 * p + 1] = 0;
     }
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *blk = row + (size_t)i * bb;
+        const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
         __m256i w = nibbles32(blk + qs_off);
         if (t == WT_Q5_0)
@@ -1065,11 +1062,8 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
                 av = _mm512_mask_sub_epi8(av, neg, zero, av);
             __m512i L = _mm512_dpbusd_epi32(zero, aw, av); /* no int16 step: maddubs never saturates here */
             /* [dx of row 2p] x 8, [dx of row 2p+1] x 8, from the tile's eight */
-            __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(_mm512_set_epi32(2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-                                                                                 2 * p + 1, 2 * p + 1, 2 * p + 1, 2 * p + 1,
-                                                                                 2 * p, 2 * p, 2 * p, 2 * p, 2 * p, 2 * p,
-                                                                                 2 * p, 2 * p),
-                                                                dx8));
+            __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+            __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(idx, dx8));
             acc[p] = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc[p]);
             if (has_min) {
                 float m = half_avx2(blk + 2);
@@ -1090,12 +1084,11 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
 }
 
 /* rows256() for 2P activation rows. */
-AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int P, const uint8_t *row,
+AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int P, const uint8_t *row, size_t step,
                                                    const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                                                    size_t ldy, uint32_t n)
 {
     (void)dT; /* one scale per 256 weights: read in place */
-    const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
     uint32_t K = a->K, nb = K / QK_K;
     const int8_t *aq = a->q + (size_t)b0 * K;
     const float *ad = a->d + (size_t)b0 * nb;
@@ -1106,7 +1099,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
     for (int p = 0; p < P; p++)
         acc[p] = _mm512_setzero_ps();
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *blk = row + (size_t)i * bb;
+        const uint8_t *blk = row + (size_t)i * step;
         const int8_t *ai = aq + (size_t)i * QK_K;
         __m512i L[MAXP];
         __m256i sc16 = _mm256_setzero_si256(), mn16 = _mm256_setzero_si256();
@@ -1224,16 +1217,16 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
 
 /* dT: for 32-weight blocks, the scales of the tile's activation rows,
  * block-major (eight a block: row b0 + r at [i * 8 + r]). */
-typedef void (*rows2_fn)(const uint8_t *row, const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+typedef void (*rows2_fn)(const uint8_t *row, size_t bs, const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                          size_t ldy, uint32_t n);
 
 #define ROWS2_FN(NAME, BODY, T, P)                                                                          \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_##P(const uint8_t *row,                   \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_x2_##P(const uint8_t *row, size_t bs,       \
                                                                       const struct quant_act *a,            \
                                                                       const float *dT, uint32_t b0, float *y, \
                                                                       size_t ldy, uint32_t n)               \
     {                                                                                                       \
-        BODY(T, P, row, a, dT, b0, y, ldy, n);                                                              \
+        BODY(T, P, row, bs, a, dT, b0, y, ldy, n);                                                              \
     }
 #define ROWS2_FNS(NAME, BODY, T)                                                                            \
     ROWS2_FN(NAME, BODY, T, 1)                                                                              \
@@ -1270,7 +1263,11 @@ static const rows2_fn *avx512_fns(enum wtype t)
 
 /* Decode: one activation row against two weight rows, row n in the low half
  * of a register and n+1 in the high half, the activations in both.  As with
- * the pairs of activation rows, each lane does the AVX2 lane's work. */
+ * the pairs of activation rows, each lane does the AVX2 lane's work.  The
+ * pair's blocks alternate in memory (quant.h), so the two rows are one
+ * sequential stream: as two streams a row long each, the hardware
+ * prefetcher lost them at every pair and a matrix streamed from memory at
+ * half the speed. */
 
 AVX512_TARGET static ALWAYS_INLINE __m512i join256(__m256i lo, __m256i hi)
 {
@@ -1287,10 +1284,10 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
                                                   const struct quant_act *a, uint32_t b, float *y, size_t ldy,
                                                   uint32_t n)
 {
+    (void)row_bytes;
     const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
     const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
-    const uint8_t *row1 = row0 + row_bytes;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb, *as = a->s + (size_t)b * nb;
@@ -1298,7 +1295,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
     __m512 acc = _mm512_setzero_ps();
     float macc0 = 0, macc1 = 0;
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *k0 = row0 + (size_t)i * bb, *k1 = row1 + (size_t)i * bb;
+        const uint8_t *k0 = row0 + (size_t)i * 2 * bb, *k1 = k0 + bb;
         __m256i w0 = nibbles32(k0 + qs_off), w1 = nibbles32(k1 + qs_off);
         if (t == WT_Q5_0) {
             w0 = _mm256_or_si256(w0, _mm256_andnot_si256(bits32(k0 + 2), _mm256_set1_epi8((char)0xf0)));
@@ -1336,8 +1333,8 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
                                                    const struct quant_act *a, uint32_t b, float *y, size_t ldy,
                                                    uint32_t n)
 {
+    (void)row_bytes;
     const uint32_t bb = t == WT_Q2_K ? 84 : t == WT_Q3_K ? 110 : t == WT_Q4_K ? 144 : t == WT_Q5_K ? 176 : 210;
-    const uint8_t *row1 = row0 + row_bytes;
     uint32_t K = a->K, nb = K / QK_K;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb;
@@ -1345,12 +1342,13 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
     const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
     __m512 acc = _mm512_setzero_ps();
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *k0 = row0 + (size_t)i * bb, *k1 = row1 + (size_t)i * bb;
+        const uint8_t *k0 = row0 + (size_t)i * 2 * bb, *k1 = k0 + bb;
         const int8_t *ai = aq + (size_t)i * QK_K;
         __m512i L = _mm512_setzero_si512(), SC = _mm512_setzero_si512(), MN = _mm512_setzero_si512();
         __m512 d, dmin = _mm512_setzero_ps();
         if (t == WT_Q4_K || t == WT_Q5_K) {
-            __m256i ms0 = _mm256_cvtepu8_epi16(k4_scales_vec(k0 + 4)), ms1 = _mm256_cvtepu8_epi16(k4_scales_vec(k1 + 4));
+            __m256i ms0 = _mm256_cvtepu8_epi16(k4_scales_vec(k0 + 4));
+            __m256i ms1 = _mm256_cvtepu8_epi16(k4_scales_vec(k1 + 4));
             __m512i scx = join256(_mm256_permute4x64_epi64(ms0, 0x44), _mm256_permute4x64_epi64(ms1, 0x44));
             __m128i m80 = _mm256_extracti128_si256(ms0, 1), m81 = _mm256_extracti128_si256(ms1, 1);
             MN = join256(_mm256_set_m128i(_mm_unpackhi_epi16(m80, m80), _mm_unpacklo_epi16(m80, m80)),
@@ -1377,13 +1375,15 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
             if (t == WT_Q2_K) {
                 __m128i sv0 = _mm_loadu_si128((const __m128i *)k0), sv1 = _mm_loadu_si128((const __m128i *)k1);
                 const __m128i l4 = _mm_set1_epi8(15);
-                SC = join256(_mm256_cvtepu8_epi16(_mm_and_si128(sv0, l4)), _mm256_cvtepu8_epi16(_mm_and_si128(sv1, l4)));
+                SC = join256(_mm256_cvtepu8_epi16(_mm_and_si128(sv0, l4)),
+                             _mm256_cvtepu8_epi16(_mm_and_si128(sv1, l4)));
                 MN = join256(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv0, 4), l4)),
                              _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv1, 4), l4)));
                 d = pair_set(half_avx2(k0 + 80), half_avx2(k1 + 80));
                 dmin = pair_set(half_avx2(k0 + 82), half_avx2(k1 + 82));
             } else if (t == WT_Q3_K) {
-                SC = join256(_mm256_cvtepi8_epi16(k3_scales_vec(k0 + 96)), _mm256_cvtepi8_epi16(k3_scales_vec(k1 + 96)));
+                SC = join256(_mm256_cvtepi8_epi16(k3_scales_vec(k0 + 96)),
+                             _mm256_cvtepi8_epi16(k3_scales_vec(k1 + 96)));
                 d = pair_set(half_avx2(k0 + 108), half_avx2(k1 + 108));
             } else {
                 SC = join256(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(k0 + 192))),
@@ -1489,40 +1489,54 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
 #define ACT_PASS_BYTES (192u << 10)
 #define W_BLOCK_BYTES  (32u << 10)
 
+void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t rows, void *dst)
+{
+    size_t bb = quant_block_bytes(t), nb = row_bytes / bb;
+    for (uint32_t r = 0; r < rows; r++) {
+        const uint8_t *s = (const uint8_t *)src + (size_t)r * row_bytes;
+        uint8_t *d = (uint8_t *)dst + (size_t)(r / 2) * 2 * row_bytes + (r % 2) * bb;
+        for (size_t i = 0; i < nb; i++)
+            memcpy(d + i * 2 * bb, s + i * bb, bb);
+    }
+}
+
 /* The activation scales of a pass, rearranged for the AVX-512 kernels of
  * 32-weight blocks (a pass has at most max(8 rows, ACT_PASS_BYTES of codes):
  * 8 * K / 32 or ACT_PASS_BYTES / 32 scales). */
 #define DT_CAP 8192
 static _Thread_local float tl_dT[DT_CAP] __attribute__((aligned(64)));
 
-void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
+void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool pairs, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy)
 {
     const rows_fn *fns = isa >= QUANT_AVX2 ? avx2_fns(t) : NULL;
     const rows2_fn *fns2 = isa >= QUANT_AVX512 ? avx512_fns(t) : NULL;
+    const uint8_t *wb = w;
+    const size_t bb = quant_block_bytes(t), bs = pairs ? 2 * bb : bb; /* bs: from a block to the row's next */
+#define ROW(n) (pairs ? wb + (size_t)((n) / 2) * 2 * row_bytes + ((n) % 2) * bb : wb + (size_t)(n) * row_bytes)
     if (!fns) {
         for (uint32_t n = n0; n < n1; n++)
             for (uint32_t b = 0; b < a->B; b++)
-                y[(size_t)b * ldy + n] = dot_row_scalar(t, (const uint8_t *)w + (size_t)n * row_bytes, a, b);
+                y[(size_t)b * ldy + n] = dot_row_scalar(t, ROW(n), bs, a, b);
         return;
     }
     uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)(W_BLOCK_BYTES / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
-    wblk = wblk < 1 ? 1 : wblk;
+    wblk = wblk < 2 ? 2 : wblk / 2 * 2; /* so that a block starts a pair (n0 is even) */
     if (a->kind == QACT_32 && (size_t)pass * (a->K / 32) > DT_CAP)
         fns2 = NULL; /* rows of over 32768: the AVX2 kernels */
     for (uint32_t nb0 = n0; nb0 < n1; nb0 += wblk) {
         uint32_t nb1 = n1 - nb0 < wblk ? n1 : nb0 + wblk;
         for (uint32_t p0 = 0; p0 < a->B; p0 += pass) {
             uint32_t p1 = a->B - p0 < pass ? a->B : p0 + pass;
-            if (fns2 && p1 - p0 == 1) {
+            if (fns2 && pairs && p1 - p0 == 1) {
                 /* a single activation row (decode): weight rows in pairs */
                 rows_w2_fn f = avx512_w2_fn(t);
                 uint32_t n = nb0;
                 for (; n + 2 <= nb1; n += 2)
-                    f((const uint8_t *)w + (size_t)n * row_bytes, row_bytes, a, p0, y, ldy, n);
+                    f(ROW(n), row_bytes, a, p0, y, ldy, n);
                 if (n < nb1)
-                    fns[1]((const uint8_t *)w + (size_t)n * row_bytes, a, p0, y, ldy, n);
+                    fns[1](ROW(n), bs, a, p0, y, ldy, n);
                 continue;
             }
             uint32_t nbk = a->K / 32;
@@ -1531,30 +1545,32 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32
                  * rows, so that a kernel reads a block's eight at once. */
                 for (uint32_t b = p0; b < p1; b++)
                     for (uint32_t i = 0; i < nbk; i++)
-                        tl_dT[(size_t)(b - p0) / 8 * nbk * 8 + (size_t)i * 8 + (b - p0) % 8] = a->d[(size_t)b * nbk + i];
+                        tl_dT[(size_t)(b - p0) / 8 * nbk * 8 + (size_t)i * 8 + (b - p0) % 8] =
+                            a->d[(size_t)b * nbk + i];
             }
             for (uint32_t n = nb0; n < nb1; n++) {
-                const uint8_t *row = (const uint8_t *)w + (size_t)n * row_bytes;
+                const uint8_t *row = ROW(n);
                 /* The tile only decides which rows share the row's
                  * unpacking, never how an element is computed. */
                 uint32_t b0 = p0;
                 if (fns2) {
                     for (; p1 - b0 >= 8; b0 += 8)
-                        fns2[2](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8, b0, y, ldy, n);
+                        fns2[2](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8, b0, y, ldy, n);
                     if (p1 - b0 >= 4) {
-                        fns2[1](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
+                        fns2[1](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 4;
                     }
                     if (p1 - b0 >= 2) {
-                        fns2[0](row, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
+                        fns2[0](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, n);
                         b0 += 2;
                     }
                 }
                 for (; b0 < p1; b0 += MAXC) {
                     uint32_t c = p1 - b0 < MAXC ? p1 - b0 : MAXC;
-                    fns[c](row, a, b0, y, ldy, n);
+                    fns[c](row, bs, a, b0, y, ldy, n);
                 }
             }
         }
     }
+#undef ROW
 }

@@ -115,12 +115,22 @@ void quant_act_free(struct quant_act *a);
 #define QUANT_AVX2   1
 #define QUANT_AVX512 2 /* AVX-512 F/BW/DQ/VL/VNNI: two rows per register */
 
-/* y[b * ldy + n] = row n of w (type t, `row_bytes` apart, a->K columns) dotted
- * with activation row b, for n in [n0, n1) and b < a->B.  t must have
+/* The layout the AVX-512 decode kernels want: rows in pairs (2q, 2q+1), the
+ * blocks of a pair alternating (block 0 of row 2q, block 0 of row 2q+1,
+ * block 1 of row 2q, ...), so that a pair computed at once is one sequential
+ * stream (as two streams a row long each, the hardware prefetcher loses
+ * them at every pair: half the speed from memory).  Copies `rows` rows of t
+ * (row_bytes apart at src) to dst, which has room for rows rounded up to
+ * even (an odd last row's partner is left as dst had it). */
+void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t rows, void *dst);
+
+/* y[b * ldy + n] = row n of w (type t, rows of `row_bytes`, a->K columns;
+ * `pairs`: laid out by quant_pack_pairs(), else one row after the other)
+ * dotted with activation row b, for n in [n0, n1) (n0 even) and b < a->B.  t must have
  * quant_act_kind(t) == a->kind.  `isa`: QUANT_SCALAR, QUANT_AVX2 or
  * QUANT_AVX512 (the caller checked the CPU); every one gives the scalar
  * kernels' bits. */
-void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, uint32_t n0, uint32_t n1,
+void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool pairs, uint32_t n0, uint32_t n1,
                   const struct quant_act *a, float *y, size_t ldy);
 
 #endif

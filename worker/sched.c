@@ -9,6 +9,7 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -583,13 +584,32 @@ int sched_abort_all(struct sched *s, int code, const struct sched_out *out)
     return rc ? rc : r2;
 }
 
+/* Idle cached prefix blocks are the first memory to go: at warning a
+ * quarter of them (least recently used first) each time, from critical all
+ * of them; then the free blocks' pages go back to the kernel. */
+size_t sched_trim(struct sched *s)
+{
+    if (s->pressure == PRESSURE_NORMAL)
+        return 0;
+    struct kv_prefix_stats ps;
+    kv_prefix_stats(s->kv, &ps);
+    uint32_t n = s->pressure >= PRESSURE_CRITICAL ? ps.idle : (ps.idle + 3) / 4;
+    uint32_t evicted = kv_prefix_evict(s->kv, n);
+    size_t freed = kv_trim(s->kv);
+    if (evicted)
+        rlog_info("memory pressure %s: evicted %u cached prefix blocks", pressure_level_name(s->pressure), evicted);
+    return freed;
+}
+
 /* The newest sequences above the cap give their memory back (re-queued, to
- * be recomputed when there is room), and free cache goes back to the system. */
+ * be recomputed when there is room), and free cache goes back to the system.
+ * Cached prefix blocks nobody holds go before anything is preempted. */
 static void shed_to_cap(struct sched *s, const char *why)
 {
+    kv_prefix_evict(s->kv, UINT32_MAX);
     while (s->n_running > s->ad.cap && preempt_newest(s, why))
         ;
-    size_t freed = kv_trim(s->kv);
+    size_t freed = sched_trim(s);
     if (freed)
         rlog_info("returned %zu KiB of free KV cache to the system", freed / 1024);
 }
@@ -626,6 +646,10 @@ void sched_stats(const struct sched *s, struct sched_stats *st)
     st->prefilling = 0;
     for (uint32_t i = 0; i < s->n_running; i++)
         st->prefilling += s->running[i]->n_tokens - s->running[i]->n_cached > 1;
+    struct kv_prefix_stats ps;
+    kv_prefix_stats(s->kv, &ps);
+    st->prefix_blocks = ps.cached;
+    st->prefix_evictions = ps.evictions;
     st->kv_used = kv_bytes_used(s->kv);
     st->kv_total = (size_t)kv_blocks_total(s->kv) * kv_block_bytes(s->kv);
 }
@@ -641,11 +665,25 @@ static void admit(struct sched *s)
         struct seq *q = s->waiting[0];
         if (q->cancelled)
             break; /* reaped next step */
-        uint32_t need = kv_blocks_for(s->kv, q->n_tokens + 1);
-        if (need + (s->n_running ? watermark : 0) > kv_blocks_free(s->kv))
+        /* The longest cached prefix comes first: its blocks are then held
+         * (no longer idle, so not counted as free), and only the rest needs
+         * room.  The last token is always computed: its row gives the
+         * logits. */
+        assert(q->kv.n_blocks == 0 && q->n_cached == 0);
+        uint32_t hit = kv_prefix_attach(s->kv, &q->kv, q->tokens, q->n_tokens - 1);
+        uint32_t need = kv_blocks_for(s->kv, q->n_tokens + 1) - q->kv.n_blocks;
+        if (need + (s->n_running ? watermark : 0) > kv_blocks_free(s->kv) ||
+            grow(&s->running, &s->cap_running, s->n_running + 1) != 0) {
+            kv_release(s->kv, &q->kv);
             break;
-        if (grow(&s->running, &s->cap_running, s->n_running + 1) != 0)
-            break;
+        }
+        q->n_cached = hit;
+        if (kv_prefix_enabled(s->kv)) {
+            s->st.prefix_lookups++;
+            s->st.prefix_lookup_tokens += q->n_tokens;
+            s->st.prefix_hits += hit > 0;
+            s->st.prefix_hit_tokens += hit;
+        }
         memmove(s->waiting, s->waiting + 1, (s->n_waiting - 1) * sizeof *s->waiting);
         s->n_waiting--;
         q->state = SEQ_RUNNING;
@@ -805,6 +843,10 @@ static int step_run(struct sched *s, const struct plan *p)
         struct seq *q = s->row_owner[r];
         if (s->rows[r].pos + 1 > q->n_cached)
             q->n_cached = s->rows[r].pos + 1;
+        /* A sequence's rows are consecutive: after its last one, the
+         * blocks it filled are offered to the prefix cache. */
+        if (!s->cfg.fake_tokens && (r + 1 == p->n || s->row_owner[r + 1] != q))
+            kv_prefix_publish(s->kv, &q->kv, q->tokens, q->n_cached);
     }
     return 0;
 }

@@ -27,6 +27,16 @@
  * they had, to be recomputed later.  Because the forward pass is
  * batch-invariant, a recomputed sequence continues exactly as it would have.
  *
+ * Prefix cache (kvcache.h; when the cache has it on): at admission a
+ * sequence attaches the longest cached prefix of its tokens (all but the
+ * last, whose row gives the logits) and prefills only the rest; after each
+ * step the full blocks a sequence computed are published, prompt and output
+ * alike, so a system prompt, a conversation's earlier turns, a preempted
+ * sequence and a resumed one (skip > 0: prompt + delivered tokens) are
+ * computed once.  Idle cached blocks count as free: a reservation evicts
+ * them, least recently used first, before anything is preempted, and under
+ * memory pressure they go first (sched_trim).
+ *
  * Positions: the output of a request is numbered 0, 1, 2, …; a resumed
  * request (skip > 0) carries its delivered tokens and emits from `skip` on.
  */
@@ -77,6 +87,11 @@ struct sched_stats {
     uint32_t last_batch;      /* decode rows in the last step */
     uint32_t last_rows;       /* all rows in the last step */
     size_t kv_used, kv_total;
+    /* Prefix cache: admissions that looked (each admission, a recompute
+     * after preemption too), those that found a cached prefix, their tokens
+     * and the tokens found; published blocks now; blocks evicted so far. */
+    uint64_t prefix_lookups, prefix_hits, prefix_lookup_tokens, prefix_hit_tokens, prefix_evictions;
+    uint32_t prefix_blocks;
 };
 
 struct sched;
@@ -145,6 +160,11 @@ bool sched_busy(const struct sched *s);
  * preempted (now and whenever the bound falls); at emergency nothing is
  * admitted. */
 void sched_set_pressure(struct sched *s, enum pressure_level level);
+/* Under memory pressure (the level of sched_set_pressure): evict idle
+ * cached prefix blocks (least recently used first: a quarter of them at
+ * warning, all from critical), then return the free KV blocks' memory to
+ * the kernel.  Nothing at normal.  Returns the bytes released. */
+size_t sched_trim(struct sched *s);
 /* The supervisor's upper bound on the cap (memory). */
 void sched_set_limit(struct sched *s, uint32_t limit);
 /* Stop admitting new requests (drain). */

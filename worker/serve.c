@@ -337,11 +337,11 @@ static void send_hello(struct server *sv)
 
 static void heartbeat(struct server *sv, uint64_t now)
 {
-    /* Under pressure, cache blocks that sequences gave back go back to the
-     * kernel now, not when the level next rises: that is what lets the
-     * level fall again. */
+    /* Under pressure, cached prefix blocks and blocks that sequences gave
+     * back go back to the kernel now, not when the level next rises: that
+     * is what lets the level fall again. */
     if (sv->pressure != PRESSURE_NORMAL)
-        kv_trim(sv->e->kv);
+        sched_trim(sv->e->sched);
     struct sched_stats st;
     sched_stats(sv->e->sched, &st);
     sv->rss = engine_rss_bytes();
@@ -367,6 +367,12 @@ static void heartbeat(struct server *sv, uint64_t now)
         h->preemptions = st.preemptions;
         h->tokens_total = st.tokens;
         h->requests_total = st.requests;
+        h->prefix_lookups = st.prefix_lookups;
+        h->prefix_hits = st.prefix_hits;
+        h->prefix_lookup_tokens = st.prefix_lookup_tokens;
+        h->prefix_hit_tokens = st.prefix_hit_tokens;
+        h->prefix_evictions = st.prefix_evictions;
+        h->prefix_blocks = st.prefix_blocks;
         h->pressure_level = (uint8_t)sv->pressure;
         h->state = sv->draining ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
         /* The window's distributions, for the supervisor to accumulate

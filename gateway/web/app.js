@@ -30,7 +30,11 @@ rill.addEventListener("status", ({ detail }) => {
   clearInterval(retryTick);
   el.conn.dataset.state = detail.state;
   const say = (t) => { el.connText.textContent = t; };
-  if (detail.state === "open") say("Connected");
+  // An answer is waiting to be resumed: say so until the gateway took it
+  // up again; the text then just goes on.
+  el.conn.dataset.resuming = String(detail.resuming || 0);
+  if (detail.resuming && detail.state !== "closed") say("Reconnecting…");
+  else if (detail.state === "open") say("Connected");
   else if (detail.state === "connecting") say("Connecting…");
   else if (detail.state === "closed") say("Disconnected");
   else if (detail.state === "waiting") {
@@ -102,6 +106,8 @@ el.form.addEventListener("submit", (e) => {
   gen = rill.generate(el.prompt.value, { max_tokens, params });
   gen.addEventListener("accepted", ({ detail }) => { el.live.worker.textContent = detail.worker; });
   gen.addEventListener("token", ({ detail }) => addToken(detail));
+  gen.addEventListener("reconnecting", () => { el.announce.textContent = "Connection lost — reconnecting…"; });
+  gen.addEventListener("resumed", () => { el.announce.textContent = "Reconnected, generating…"; });
   gen.addEventListener("complete", ({ detail }) => finish(detail, null));
   gen.addEventListener("error", ({ detail }) => finish(null, detail));
 });
@@ -225,7 +231,9 @@ function finish(done, err) {
 function showError(err) {
   const code = document.createElement("strong");
   code.textContent = err.code;
-  const hint = err.code === "disconnected" || err.recoverable ? " — you can try again." : "";
+  let hint = err.code === "disconnected" || err.recoverable ? " — you can try again." : "";
+  if (err.code === "resume_failed")
+    hint = " — the connection was lost and the gateway could not continue this answer; the text above is what arrived, generate again for the rest.";
   el.error.replaceChildren(code, `: ${err.message}${hint}`);
   el.error.hidden = false;
 }

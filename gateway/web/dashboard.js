@@ -476,6 +476,7 @@ const COLUMNS = {
   rss: (w) => w.rss_bytes !== undefined,
   kv: (w) => w.kv_bytes !== undefined,
   preempt: (w) => w.preemptions !== undefined,
+  prefix: (w) => w.prefix_cache !== undefined,
   restarts: (w) => w.restarts !== undefined,
 };
 
@@ -484,6 +485,17 @@ function bar(frac, warnAt = 0.75, badAt = 0.9) {
   const f = Math.max(0, Math.min(1, frac || 0));
   inner.style.width = (f * 100).toFixed(1) + "%"; // CSSOM, not a style attribute: CSP allows it
   return h("span", { className: "bar", dataset: { tone: f >= badAt ? "bad" : f >= warnAt ? "warn" : "" } }, inner);
+}
+
+// The prefix cache: tokens found cached / tokens looked up, since the worker started.
+function prefixCell(pc) {
+  if (!pc) return ["–"];
+  const looked = num(pc.lookup_tokens), hit = num(pc.hit_tokens);
+  return [h("span", { title: `${fmtInt(num(pc.hits))} of ${fmtInt(num(pc.lookups))} requests hit; ` +
+                             `${fmtInt(hit)} of ${fmtInt(looked)} prompt tokens cached; ` +
+                             `${fmtInt(num(pc.evictions))} blocks evicted` },
+            looked ? fmtPct(hit / looked * 100) : "–"),
+          h("span", { className: "muted" }, ` / ${fmtInt(num(pc.blocks))}`)];
 }
 
 function cells(w) {
@@ -503,6 +515,7 @@ function cells(w) {
     kv: [`${fmtBytes(n(w.kv_bytes))} / ${fmtBytes(n(w.kv_capacity_bytes))}`,
          n(w.kv_capacity_bytes) ? bar(n(w.kv_bytes) / n(w.kv_capacity_bytes)) : null],
     preempt: [nz(w.preemptions)],
+    prefix: prefixCell(w.prefix_cache),
     restarts: [nz(w.restarts)],
   };
 }

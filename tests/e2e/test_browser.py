@@ -287,24 +287,25 @@ def test_page_reconnects_when_the_gateway_comes_back(browser, pipelines, small_m
     page.type_into("#max_tokens", "2000")
     page.click("#generate")
     page.wait("document.querySelectorAll('#output .tok').length >= 3", what="the first tokens")
-    # The host goes down mid-stream.  The worker goes too: a worker that
-    # outlives its gateway keeps generating the orphaned request, and a new
-    # gateway numbers its requests from 1 again, so it would be handed the
-    # orphan's tokens (a gateway bug, reported; not what this test is about).
+    # The host goes down mid-stream, the worker with it.
     argv = pipeline.gateway.args
     for p in (pipeline.gateway, pipeline.worker_procs[0]):
         p.kill()
         p.wait()
-    # The generation ends with an error, the page says it is offline.
-    page.wait("document.body.dataset.state === 'done'", what="the broken generation to end")
-    assert page.text("#error").startswith("disconnected: ")
+    # The page says it is reconnecting, and the answer stays open for the
+    # resume (a gateway that merely dropped the connection would go on).
     page.wait("document.getElementById('conn').dataset.state === 'waiting'"
-              " && document.getElementById('conn-text').textContent.includes('retrying')", what="the page to notice")
-    # It comes back: the page reconnects by itself and generates again.
+              " && document.getElementById('conn-text').textContent === 'Reconnecting…'", what="the page to notice")
+    assert page.js("document.body.dataset.state") == "running"
+    # It comes back: the page reconnects by itself.  A new gateway does not
+    # know the old one's generations, so the resume is refused, plainly.
     pipeline.restart_worker(0)
     pipeline.gateway = pipeline._spawn("gateway", argv)
     wait_for(lambda: pipeline._ready(1), what="the gateway and worker to come back")
     page.wait("document.getElementById('conn').dataset.state === 'open'", timeout=30, what="the page to reconnect")
+    page.wait("document.body.dataset.state === 'done'", what="the resume to be answered")
+    assert page.text("#error").startswith("resume_failed: ")
+    assert page.text("#conn-text") == "Connected"
     page.type_into("#max_tokens", "5")
     page.click("#generate")
     page.wait("document.body.dataset.state === 'done' && !document.getElementById('summary').hidden",
@@ -354,13 +355,28 @@ CLIENT_SCRIPT = r"""
     const e2 = await g2.done.catch((e) => e);
     const g3 = c.generate("y", { id: "b" });
     g3.cancel();
+    // One that streams, and one sent but not accepted yet, when the socket drops.
+    const g4 = c.generate("z", { id: "d" });
+    ws.frame({ type: "accepted", id: "d", worker: "w0", resume_token: "T" });
+    ws.frame({ type: "tokens", id: "d", tokens: [{ id: 4, text: "D", position: 0 }, { id: 5, text: "E", position: 1 }] });
+    const g5 = c.generate("w", { id: "e", max_tokens: 2 });
+    const g4events = [];
+    for (const t of ["reconnecting", "resumed"]) g4.addEventListener(t, (e) => g4events.push([t, e.detail.from]));
     ws.onclose({ code: 1006, reason: "" });                     // the socket drops
-    const e3 = await g3.done.catch((e) => e);
+    const d3 = await g3.done;                                   // cancelled, never accepted: nothing to resume
+    const resuming = c.resuming;
     await new Promise((r) => setTimeout(r, 100));               // backoff, then a new socket
-    return { proto: ws.proto, sent: ws.sent, worker: g.worker, text: g.text, seen, done,
+    const ws2 = sockets[1];
+    ws2.frame({ type: "resumed", id: "d", from: 2 });
+    ws2.frame({ type: "tokens", id: "d", tokens: [{ id: 5, text: "E", position: 1 }, { id: 6, text: "F", position: 2 }] });
+    ws2.frame({ type: "complete", id: "d", finish_reason: "length", summary: {} });
+    await g4.done;
+    ws2.frame({ type: "error", id: "e", error: { code: "resume_failed", message: "gone", recoverable: false } });
+    const e5 = await g5.done.catch((e) => e);
+    return { proto: ws.proto, sent: ws.sent, sent2: ws2.sent, worker: g.worker, text: g.text, seen, done,
              limit: c.server && c.server.max_tokens_limit,
-             e2: [e2.name, e2.code, e2.message, e2.recoverable], e3: [e3.code, e3.recoverable],
-             states, sockets: sockets.length, state: c.state };
+             e2: [e2.name, e2.code, e2.message, e2.recoverable], d3, resuming, g4: [g4.text, g4.nextPosition],
+             g4events, e5: [e5.code, e5.recoverable], states, sockets: sockets.length, state: c.state };
   } finally {
     globalThis.WebSocket = real;
   }
@@ -376,12 +392,23 @@ def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipelines, smal
     assert r["sent"][0] == {"type": "hello", "client": {"name": "rill-web"}, "key": "k1"}
     assert r["sent"][1] == {"type": "generate", "id": "a", "prompt": "hi", "max_tokens": 3,
                             "params": {"temperature": 0}}
-    assert r["sent"][3:] == [{"type": "generate", "id": "b", "prompt": "y"}, {"type": "cancel", "id": "b"}]
+    assert r["sent"][3:] == [{"type": "generate", "id": "b", "prompt": "y"}, {"type": "cancel", "id": "b"},
+                             {"type": "generate", "id": "d", "prompt": "z"},
+                             {"type": "generate", "id": "e", "prompt": "w", "max_tokens": 2}]
     assert r["worker"] == "w3" and r["text"] == "ABC" and r["seen"] == [0, 1, 2]
     assert r["done"] == {"finish_reason": "length", "summary": {"total_tokens": 3}}
     assert r["limit"] == 77
     assert r["e2"] == ["RillError", "max_tokens_exceeded", "too many", False]
-    assert r["e3"] == ["disconnected", True]
-    assert r["states"] == ["connecting", "open", "waiting", "connecting", "open"]
+    # After the drop: the cancelled one that was never accepted is over; the
+    # streaming one is resumed from its next position, the unaccepted one
+    # sent again; a token replayed twice counts once.
+    assert r["d3"] == {"finish_reason": "cancelled", "summary": {}}
+    assert r["resuming"] == 1
+    assert r["sent2"] == [{"type": "hello", "client": {"name": "rill-web"}, "key": "k1"},
+                          {"type": "resume", "id": "d", "resume_token": "T", "from": 2},
+                          {"type": "generate", "id": "e", "prompt": "w", "max_tokens": 2}]
+    assert r["g4"] == ["DEF", 3] and r["g4events"] == [["reconnecting", 2], ["resumed", 2]]
+    assert r["e5"] == ["resume_failed", False]
+    assert r["states"] == ["connecting", "open", "waiting", "connecting", "open", "open"]
     assert r["sockets"] == 2 and r["state"] == "open"
     assert page.errors() == []

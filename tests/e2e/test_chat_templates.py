@@ -130,6 +130,8 @@ WEATHER = {"type": "function", "function": {
         "city": {"type": "string", "description": "The city, e.g. Paris"},
         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "description": "Unit of the temperature"},
         "days": {"type": "integer", "description": "Days ahead", "default": 0, "minimum": 0, "maximum": 7},
+        "threshold": {"type": "number", "description": "Rain probability", "minimum": 0.0, "maximum": 1.0,
+                      "default": 0.5},
     }, "required": ["city"]}}}
 SEARCH = {"type": "function", "function": {
     "name": "search",
@@ -154,7 +156,7 @@ AUNI = {"role": "assistant", "content": "\n Ça va? ¡Sí! «ok» 🙂\n"}
 
 
 def tool_call(args_as_string, call_id="call12345", name="get_weather", args=None):
-    args = args or {"city": "Paris", "unit": "celsius"}
+    args = args or {"city": "Paris", "unit": "celsius", "threshold": 1.0, "days": 2}
     return {"id": call_id, "type": "function",
             "function": {"name": name, "arguments": json.dumps(args) if args_as_string else args}}
 

@@ -182,7 +182,8 @@ def test_dashboard_charts_a_loaded_pipeline_under_the_supervisor(browser, tiny_m
         assert ch["mem"]["points"][0] >= 4  # ratio of budget
         assert [r["id"] for r in st["rows"]] == ["w0", "w1"]
         assert all(r["state"] == "ready" for r in st["rows"])
-        assert st["columns"] == ["id", "state", "load", "batch", "step", "tps", "rss", "kv", "preempt", "restarts"]
+        assert st["columns"] == ["id", "state", "load", "batch", "step", "tps", "rss", "kv", "preempt", "prefix",
+                                 "restarts"]
         assert all(r["cells"]["rss"].endswith("MiB") for r in st["rows"]), st["rows"]
         assert st["pressureBadge"] in ("normal", "warning", "critical", "emergency")
         assert st["kpi"]["workers"] == "2/2"

@@ -82,6 +82,10 @@ static const struct golden goldens[] = {
      "{% set x | upper %}ab{% endset %}{{ x }}|{% set y %}\n  c {{ 1 }}\n{% endset %}[{{ y }}]|{% filter trim %}  d  {% endfilter %}",
      "{}",
      "AB|[  c 1\n]|d"},
+    {"raw_and_formatting",
+     "{% raw %}{{ kept }}{% endraw %}|{{ '%s=%d' % ('n', 3) }}|{{ '{}-{x}'.format(1, x='y') }}|{{ '\\u00e9 \\x41'|length }}|{{ '\xc3""\x89""COLE \xc3""\xb1""'|lower }}{{ 'stra\xc3""\x9f""e'|upper }}",
+     "{}",
+     "{{ kept }}|n=3|1-y|3|\xc3""\xa9""cole \xc3""\xb1""STRASSE"},
     {"context_values",
      "{{ m[0].role }}:{{ m[0]['content'] }}|{{ m|length }}|{{ m[0].missing is defined }}|{{ n + 1 }} {{ f }} {{ b }} {{ z }}",
      "{\"m\": [{\"role\": \"user\", \"content\": \"h\\u00e9\"}], \"n\": 41, \"f\": 2.5, \"b\": true, \"z\": null}",
@@ -314,6 +318,24 @@ static void test_jinja_a_parsed_template_renders_many_times(void **state)
     jinja_free(NULL);
 }
 
+static void test_jinja_json_parse_keeps_float_literals_floats(void **state)
+{
+    (void)state;
+    const char *js = "{\"x\": 1.0, \"y\": 2, \"z\": [1e2, \"1.5\", -0.0, {\"w\": 3.25}], \"s\": \"9.0 \\\" 8\"}";
+    cJSON *ctx = jinja_json_parse(js, strlen(js));
+    assert_non_null(ctx);
+    struct jinja_tmpl *t;
+    char why[256], *out;
+    const char *src = "{{ x }}|{{ y }}|{{ z }}|{{ s }}|{{ z|tojson }}";
+    assert_int_equal(jinja_parse(src, strlen(src), &t, why, sizeof why), 0);
+    assert_int_equal(jinja_render(t, ctx, 0, NULL, &out, NULL, NULL, why, sizeof why), 0);
+    assert_string_equal(out, "1.0|2|[100.0, '1.5', -0.0, {'w': 3.25}]|9.0 \" 8|[100.0, \"1.5\", -0.0, {\"w\": 3.25}]");
+    free(out);
+    jinja_free(t);
+    cJSON_Delete(ctx);
+    assert_null(jinja_json_parse("{\"x\": 1.", 8));
+}
+
 static void test_chat_render_chatml_builtin(void **state)
 {
     (void)state;
@@ -396,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_jinja_broken_templates_fail_cleanly),
         cmocka_unit_test(test_jinja_strftime_now_formats_the_injected_time),
         cmocka_unit_test(test_jinja_a_parsed_template_renders_many_times),
+        cmocka_unit_test(test_jinja_json_parse_keeps_float_literals_floats),
         cmocka_unit_test(test_chat_render_chatml_builtin),
         cmocka_unit_test(test_chat_render_passes_tools_tokens_and_extra_variables),
         cmocka_unit_test(test_chat_render_errors),

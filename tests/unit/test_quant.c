@@ -707,8 +707,9 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
             kern_set_isa(old);
             for (size_t i = 0; i < (size_t)B * N; i++)
                 if (memcmp(&full[i], &part[i], sizeof(float)))
-                    fail_msg("%s: %s %.9g, %s %.9g at row %zu, act %zu", wtype_name(t), kern_isa_name((enum kern_isa)isa),
-                             (double)part[i], kern_isa_name(old), (double)full[i], i % N, i / N);
+                    fail_msg("%s: %s %.9g, %s %.9g at row %zu, act %zu", wtype_name(t),
+                             kern_isa_name((enum kern_isa)isa), (double)part[i], kern_isa_name(old), (double)full[i],
+                             i % N, i / N);
         }
         kern_act_free(&act);
         kern_unpack_free(&kf);
@@ -724,7 +725,9 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
 /* A long prompt over a wide matrix is computed in passes of activation rows
  * and blocks of weight rows (so the codes stay in cache); an element must not
  * depend on which pass or block it fell in: 53 rows of 4096 columns cross a
- * pass boundary, compared with one row at a time, in every instruction set. */
+ * pass boundary, compared with one row at a time, in every instruction set
+ * and in both layouts of the packed rows (one after the other, as packed
+ * without AVX-512, and in pairs, as packed with it). */
 static void test_int_kernels_give_the_same_bits_across_cache_passes(void **state)
 {
     (void)state;
@@ -736,25 +739,34 @@ static void test_int_kernels_give_the_same_bits_across_cache_passes(void **state
         make_qmatrix(&w, t, N, K);
         float *x = make_acts(B, K);
         float *full = malloc(sizeof(float) * B * N), *one = malloc(sizeof(float) * B * N);
-        struct kmat km;
+        struct kmat km, kplain;
         assert_int_equal(kern_pack(&w, &km), 0);
-        enum kern_isa old = kern_isa();
-        kern_set_isa(KERN_SCALAR);
+        enum kern_isa old = kern_set_isa(KERN_SCALAR);
+        assert_int_equal(kern_pack(&w, &kplain), 0);
+        assert_false(kplain.pairs);
         for (uint32_t b = 0; b < B; b++)
-            kern_matmul(&km, x + (size_t)b * K, K, 1, one + (size_t)b * N, N, 0, N);
+            kern_matmul(&kplain, x + (size_t)b * K, K, 1, one + (size_t)b * N, N, 0, N);
         for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
             if (!kern_isa_supported((enum kern_isa)isa))
                 continue;
             kern_set_isa((enum kern_isa)isa);
-            memset(full, 0, sizeof(float) * B * N);
-            kern_matmul(&km, x, K, B, full, N, 0, N);
-            for (size_t i = 0; i < (size_t)B * N; i++)
-                if (memcmp(&full[i], &one[i], sizeof(float)))
-                    fail_msg("%s %s: batch of %u %.9g, one row at a time (scalar) %.9g at row %zu, act %zu",
-                             wtype_name(t), kern_isa_name((enum kern_isa)isa), B, (double)full[i], (double)one[i],
-                             i % N, i / N);
+            for (int layout = 0; layout < 2; layout++) {
+                memset(full, 0, sizeof(float) * B * N);
+                kern_matmul(layout ? &km : &kplain, x, K, B, full, N, 0, N);
+                for (size_t i = 0; i < (size_t)B * N; i++)
+                    if (memcmp(&full[i], &one[i], sizeof(float)))
+                        fail_msg("%s %s (%s): batch of %u %.9g, one row at a time (scalar) %.9g at row %zu, act %zu",
+                                 wtype_name(t), kern_isa_name((enum kern_isa)isa), layout && km.pairs ? "pairs" : "rows",
+                                 B, (double)full[i], (double)one[i], i % N, i / N);
+                /* and one row at a time in this layout and instruction set (decode) */
+                kern_matmul(layout ? &km : &kplain, x + (size_t)5 * K, K, 1, full, N, 0, N);
+                if (memcmp(full, one + (size_t)5 * N, sizeof(float) * N))
+                    fail_msg("%s %s: one row differs from the scalar one", wtype_name(t),
+                             kern_isa_name((enum kern_isa)isa));
+            }
         }
         kern_set_isa(old);
+        kern_unpack_free(&kplain);
         kern_unpack_free(&km);
         free((void *)w.data);
         free(x);
