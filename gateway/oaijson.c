@@ -528,8 +528,9 @@ const char *oaijson_finish(int finish)
 
 size_t oaijson_utf8_tail(const char *s, size_t n)
 {
-    /* A character is at most 4 bytes: an unfinished one starts in the last 3. */
-    for (size_t k = n < 3 ? n : 3; k >= 1; k--) {
+    /* A character is at most 4 bytes: an unfinished one starts in the last
+     * 3, at the last byte that is not a continuation byte. */
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
         const uint8_t *c = (const uint8_t *)s + n - k;
         if ((*c & 0xC0) == 0x80)
             continue; /* a continuation byte: the start is further back */
