@@ -288,13 +288,11 @@ static int join_parts(struct pctx *p, cJSON *m, cJSON *c, int i)
     return 0;
 }
 
-/* Chat messages are checked for shape here (the template may want more,
- * and says so when it renders); their text goes on as JSON. */
-static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
+int oaijson_messages(cJSON *j, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
 {
-    cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (!j)
-        return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
+    struct pctx pc = {NULL, 0, msg, msg_len}, *p = &pc;
+    *out = NULL;
+    *out_len = 0;
     if (!cJSON_IsArray(j) || !j->child)
         return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: expected a non-empty list of messages");
     int i = 0;
@@ -307,7 +305,7 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
         if (cJSON_IsArray(c) && (rc = join_parts(p, m, c, i)))
             return rc;
         c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c) && !cJSON_IsArray(c))
+        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c))
             return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d].content: expected a string or a list of parts",
                         i);
         if (cJSON_IsString(c) && text_len(c) < 0)
@@ -317,20 +315,31 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
     if (!text)
         return fail(p, RILL_E_NOMEM, NULL, "out of memory");
     size_t n = strlen(text);
-    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
     if (n > cap) {
         cJSON_free(text);
         return fail(p, RILL_E_PROMPT_TOO_LONG, "messages", "messages: %zu bytes of JSON, at most %zu allowed", n, cap);
     }
-    r->messages = malloc(n + 1);
-    if (!r->messages) {
+    *out = malloc(n + 1);
+    if (!*out) {
         cJSON_free(text);
         return fail(p, RILL_E_NOMEM, NULL, "out of memory");
     }
-    memcpy(r->messages, text, n + 1);
-    r->messages_len = (uint32_t)n;
+    memcpy(*out, text, n + 1);
+    *out_len = (uint32_t)n;
     cJSON_free(text);
     return 0;
+}
+
+static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
+{
+    cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!j)
+        return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
+    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
+    int rc = oaijson_messages(j, cap, &r->messages, &r->messages_len, p->msg, p->msg_len);
+    if (rc && p->param && p->param_len)
+        snprintf(p->param, p->param_len, "%s", rc == RILL_E_NOMEM ? "" : "messages");
+    return rc;
 }
 
 /* Where a NUL would enter the JSON text: a raw 0x00 byte or a \u0000
