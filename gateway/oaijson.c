@@ -223,6 +223,15 @@ static int parse_sampling(struct pctx *p, const cJSON *root, const struct creq_l
     }
     if ((j = field(root, "user")) && !cJSON_IsString(j))
         return fail(p, RILL_E_BAD_REQUEST, "user", "user: expected a string");
+    /* Control-token text ("<|im_start|>") is the control token, as in
+     * llama.cpp's server and the WebSocket's default; a template's output
+     * always is. */
+    s->parse_special = true;
+    if ((j = field(root, "parse_special")) && r->kind == OAIJSON_COMPLETIONS) {
+        if (!cJSON_IsBool(j))
+            return fail(p, RILL_E_BAD_REQUEST, "parse_special", "parse_special: expected true or false");
+        s->parse_special = cJSON_IsTrue(j);
+    }
     return neutral_only(p, root);
 }
 
@@ -404,9 +413,6 @@ int oaijson_parse(const void *body, size_t len, enum oaijson_kind kind, const st
     cJSON_Delete(root);
     if (rc)
         oaijson_req_free(out);
-    /* Template output holds the control tokens on purpose; a completion
-     * prompt is text, as on the WebSocket. */
-    out->submit.parse_special = kind == OAIJSON_CHAT;
     return rc;
 }
 

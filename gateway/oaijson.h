@@ -11,7 +11,9 @@
  *   (string or list), n (1 only), stream, stream_options.include_usage,
  *   logprobs (completions: an integer, the alternatives per token; chat:
  *   true/false with top_logprobs), user, and the extensions other servers
- *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos.
+ *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos, and
+ *   the WebSocket's parse_special (completions; default true: control-token
+ *   text in the prompt is the control token, as in llama.cpp's server).
  *   presence_penalty and frequency_penalty are accepted as 0, ignore_eos as
  *   false, echo as false, suffix as empty and best_of as 1: the worker's
  *   sampler has none of them, so any other value is refused by name.

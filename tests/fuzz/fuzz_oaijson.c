@@ -65,7 +65,7 @@ static void check_req(const struct oaijson_req *r, const struct creq_limits *lim
         CHECK(cJSON_IsArray(m) && m->child, "messages not an array");
         cJSON_Delete(m);
     } else {
-        CHECK(r->submit.prompt && !r->messages && !r->submit.parse_special, "completion shape");
+        CHECK(r->submit.prompt && !r->messages, "completion shape");
         CHECK(r->submit.prompt_len <= lim->max_prompt_bytes, "prompt over the limit");
         CHECK(utf8_valid_prefix(r->submit.prompt, r->submit.prompt_len) == r->submit.prompt_len, "prompt not UTF-8");
         CHECK(strlen(r->submit.prompt) == r->submit.prompt_len, "NUL in the prompt");

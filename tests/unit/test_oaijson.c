@@ -47,7 +47,8 @@ static void test_oaijson_completion_defaults_are_the_websocket_ones(void **state
     assert_true(r.submit.temperature == PROTO_DEFAULT_TEMPERATURE && r.submit.top_p == PROTO_DEFAULT_TOP_P &&
                 r.submit.top_k == PROTO_DEFAULT_TOP_K && r.submit.min_p == PROTO_DEFAULT_MIN_P &&
                 r.submit.repetition_penalty == PROTO_DEFAULT_REP_PENALTY);
-    assert_false(r.submit.has_seed || r.stream || r.include_usage || r.logprobs || r.submit.parse_special);
+    assert_false(r.submit.has_seed || r.stream || r.include_usage || r.logprobs);
+    assert_true(r.submit.parse_special); /* as the WebSocket's default */
     assert_string_equal(r.model, "x");
     oaijson_req_free(&r);
 }
@@ -60,7 +61,7 @@ static void test_oaijson_parameters_reach_the_submit(void **state)
     const char *b = "{\"prompt\":[\"Hi\"],\"max_tokens\":9,\"max_completion_tokens\":7,\"temperature\":0.5,"
                     "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"repetition_penalty\":1.2,\"seed\":42,"
                     "\"stop\":\"\\n\",\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-                    "\"user\":\"u\",\"n\":1,\"presence_penalty\":0,\"ignore_eos\":false,\"whatever\":[1]}";
+                    "\"user\":\"u\",\"parse_special\":false,\"n\":1,\"presence_penalty\":0,\"ignore_eos\":false,\"whatever\":[1]}";
     assert_int_equal(parse(b, OAIJSON_COMPLETIONS, &r, p, m), 0);
     assert_int_equal(r.submit.max_tokens, 7); /* the newer name wins */
     assert_true(r.submit.temperature == 0.5f && r.submit.top_p == 0.5f && r.submit.top_k == 0 &&
@@ -68,7 +69,7 @@ static void test_oaijson_parameters_reach_the_submit(void **state)
     assert_true(r.submit.has_seed && r.submit.seed == 42);
     assert_int_equal(r.submit.n_stop, 1);
     assert_string_equal(r.submit.stop[0], "\n");
-    assert_true(r.logprobs && r.submit.top_logprobs == 3 && r.stream && r.include_usage);
+    assert_true(r.logprobs && r.submit.top_logprobs == 3 && r.stream && r.include_usage && !r.submit.parse_special);
     oaijson_req_free(&r);
 
     assert_int_equal(parse("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
