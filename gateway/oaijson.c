@@ -223,6 +223,15 @@ static int parse_sampling(struct pctx *p, const cJSON *root, const struct creq_l
     }
     if ((j = field(root, "user")) && !cJSON_IsString(j))
         return fail(p, RILL_E_BAD_REQUEST, "user", "user: expected a string");
+    /* Control-token text ("<|im_start|>") is the control token, as in
+     * llama.cpp's server and the WebSocket's default; a template's output
+     * always is. */
+    s->parse_special = true;
+    if ((j = field(root, "parse_special")) && r->kind == OAIJSON_COMPLETIONS) {
+        if (!cJSON_IsBool(j))
+            return fail(p, RILL_E_BAD_REQUEST, "parse_special", "parse_special: expected true or false");
+        s->parse_special = cJSON_IsTrue(j);
+    }
     return neutral_only(p, root);
 }
 
@@ -288,13 +297,11 @@ static int join_parts(struct pctx *p, cJSON *m, cJSON *c, int i)
     return 0;
 }
 
-/* Chat messages are checked for shape here (the template may want more,
- * and says so when it renders); their text goes on as JSON. */
-static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
+int oaijson_messages(cJSON *j, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
 {
-    cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (!j)
-        return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
+    struct pctx pc = {NULL, 0, msg, msg_len}, *p = &pc;
+    *out = NULL;
+    *out_len = 0;
     if (!cJSON_IsArray(j) || !j->child)
         return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: expected a non-empty list of messages");
     int i = 0;
@@ -307,7 +314,7 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
         if (cJSON_IsArray(c) && (rc = join_parts(p, m, c, i)))
             return rc;
         c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c) && !cJSON_IsArray(c))
+        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c))
             return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d].content: expected a string or a list of parts",
                         i);
         if (cJSON_IsString(c) && text_len(c) < 0)
@@ -317,20 +324,31 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
     if (!text)
         return fail(p, RILL_E_NOMEM, NULL, "out of memory");
     size_t n = strlen(text);
-    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
     if (n > cap) {
         cJSON_free(text);
         return fail(p, RILL_E_PROMPT_TOO_LONG, "messages", "messages: %zu bytes of JSON, at most %zu allowed", n, cap);
     }
-    r->messages = malloc(n + 1);
-    if (!r->messages) {
+    *out = malloc(n + 1);
+    if (!*out) {
         cJSON_free(text);
         return fail(p, RILL_E_NOMEM, NULL, "out of memory");
     }
-    memcpy(r->messages, text, n + 1);
-    r->messages_len = (uint32_t)n;
+    memcpy(*out, text, n + 1);
+    *out_len = (uint32_t)n;
     cJSON_free(text);
     return 0;
+}
+
+static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
+{
+    cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!j)
+        return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
+    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
+    int rc = oaijson_messages(j, cap, &r->messages, &r->messages_len, p->msg, p->msg_len);
+    if (rc && p->param && p->param_len)
+        snprintf(p->param, p->param_len, "%s", rc == RILL_E_NOMEM ? "" : "messages");
+    return rc;
 }
 
 /* Where a NUL would enter the JSON text: a raw 0x00 byte or a \u0000
@@ -395,9 +413,6 @@ int oaijson_parse(const void *body, size_t len, enum oaijson_kind kind, const st
     cJSON_Delete(root);
     if (rc)
         oaijson_req_free(out);
-    /* Template output holds the control tokens on purpose; a completion
-     * prompt is text, as on the WebSocket. */
-    out->submit.parse_special = kind == OAIJSON_CHAT;
     return rc;
 }
 
@@ -528,8 +543,9 @@ const char *oaijson_finish(int finish)
 
 size_t oaijson_utf8_tail(const char *s, size_t n)
 {
-    /* A character is at most 4 bytes: an unfinished one starts in the last 3. */
-    for (size_t k = n < 3 ? n : 3; k >= 1; k--) {
+    /* A character is at most 4 bytes: an unfinished one starts in the last
+     * 3, at the last byte that is not a continuation byte. */
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
         const uint8_t *c = (const uint8_t *)s + n - k;
         if ((*c & 0xC0) == 0x80)
             continue; /* a continuation byte: the start is further back */

@@ -11,7 +11,9 @@
  *   (string or list), n (1 only), stream, stream_options.include_usage,
  *   logprobs (completions: an integer, the alternatives per token; chat:
  *   true/false with top_logprobs), user, and the extensions other servers
- *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos.
+ *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos, and
+ *   the WebSocket's parse_special (completions; default true: control-token
+ *   text in the prompt is the control token, as in llama.cpp's server).
  *   presence_penalty and frequency_penalty are accepted as 0, ignore_eos as
  *   false, echo as false, suffix as empty and best_of as 1: the worker's
  *   sampler has none of them, so any other value is refused by name.
@@ -59,6 +61,17 @@ struct oaijson_req {
 int oaijson_parse(const void *body, size_t len, enum oaijson_kind kind, const struct creq_limits *lim,
                   struct oaijson_req *out, char *param, size_t param_len, char *msg, size_t msg_len);
 void oaijson_req_free(struct oaijson_req *r);
+
+/* A chat conversation, as /v1/chat/completions (and the WebSocket generate)
+ * take it, checked for shape: a non-empty list of objects with a string
+ * role, content a string, null, or a list of text parts (joined into one
+ * string, as vLLM and llama.cpp do; other parts are refused).  The template
+ * may want more, and says so when the worker renders it.  Returns 0 with the
+ * list as JSON text in *out (malloc'd, NUL-terminated, *out_len bytes, at
+ * most cap), or RILL_E_BAD_REQUEST / RILL_E_PROMPT_TOO_LONG / RILL_E_NOMEM
+ * with `msg`.  j may be changed (parts joined). */
+struct cJSON;
+int oaijson_messages(struct cJSON *j, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
 
 /* The HTTP status and OpenAI error type of a rill code, and the code
  * string clients see (OpenAI's where it has one: invalid_api_key,

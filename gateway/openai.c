@@ -575,7 +575,8 @@ void openai_on_msg(struct openai *oa, const struct proto_msg *m)
         return;
     for (struct openai_req *r = oa->reqs; r; r = r->next)
         if (r->s && r->s->req_id == m->u.accepted.id) {
-            r->prompt_tokens = m->u.accepted.prompt_tokens;
+            if (!r->prompt_tokens) /* a failover's accepted says the same (the worker subtracts the prefill) */
+                r->prompt_tokens = m->u.accepted.prompt_tokens;
             return;
         }
 }

@@ -233,6 +233,23 @@ class Pipeline:
                     return float(line.rsplit(None, 1)[1])
         return None
 
+    def worker_load(self):
+        """{worker: [queued, running, batch cap]} from /metrics, or {} when it cannot say."""
+        out = {}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            for i, name in enumerate(("rill_worker_queued_requests{", "rill_worker_active_sequences{",
+                                      "rill_worker_batch_cap{")):
+                if line.startswith(name):
+                    m = re.search(r'process="([^"]+)"', line)
+                    if m:
+                        out.setdefault(m.group(1), [None, None, None])[i] = float(line.rsplit(None, 1)[1])
+        return out
+
     def stop(self):
         self.stopping = True
         if self.proc.poll() is None:
@@ -549,7 +566,7 @@ async def kill_loop(p, until, rnd, kills, down):
 def failover_gaps(p, kills, stats):
     """For each generation the gateway moved, the time from the kill before it
     to the arrival of the first token from its new worker (or its end)."""
-    gaps, skipped = [], 0
+    gaps, skipped, detect = [], 0, []
     with p.lock:
         fos = list(p.failovers)
     ktimes = [k["t"] for k in kills]
@@ -560,12 +577,13 @@ def failover_gaps(p, kills, stats):
             skipped += 1
             continue
         t_kill = before[-1]
+        detect.append(t_seen - t_kill)
         t_next = r.arrival.get(pos, r.t_end if len(r.got) == pos else None)
         if t_next is None or any(d0 <= t_next and d1 >= t_kill for d0, d1 in r.drops):
             skipped += 1  # it ended otherwise, or its client was away meanwhile
             continue
         gaps.append((t_next - t_kill, pos > 0))
-    return gaps, skipped
+    return gaps, skipped, detect
 
 
 async def run_chaos(a, p, jobs, refs):
@@ -577,8 +595,11 @@ async def run_chaos(a, p, jobs, refs):
     tasks = [asyncio.ensure_future(load.client(i)) for i in range(a.clients)]
     killer = asyncio.ensure_future(kill_loop(p, until, random.Random(a.seed), kills, down))
     last = t0
+    timeline = []
+    loop = asyncio.get_running_loop()
     while time.monotonic() < until:
         await asyncio.sleep(1)
+        timeline.append([round(time.monotonic() - t0, 1), await loop.run_in_executor(None, p.worker_load)])
         if time.monotonic() - last >= 10:
             last = time.monotonic()
             log(f"{last - t0:5.0f} s: {stats.requests} requests, {stats.completed} exact, {len(kills)} kills, "
@@ -595,7 +616,7 @@ async def run_chaos(a, p, jobs, refs):
     for r in stats.reqs.values():
         if r.terminal is None and r.problem is None:
             stats.lost.append({"id": r.gid, "why": "its client failed", "have": len(r.got)})
-    return stats, kills, down, len(errors)
+    return stats, kills, down, len(errors), [[round(k["t"] - t0, 2), k["worker"]] for k in kills], timeline
 
 
 def chaos(a):
@@ -611,11 +632,11 @@ def chaos(a):
         p.wait_ready()
         log(f"pipeline {p.instance} on port {p.port}: {a.clients} clients, {a.seconds:.0f} s, log {log_path}")
         log("kill -9 of the gateway: left out (gateway restart with resume, issue 13 part 3, is not built)")
-        stats, kills, down, client_errors = asyncio.run(run_chaos(a, p, jobs, refs))
+        stats, kills, down, client_errors, kill_times, timeline = asyncio.run(run_chaos(a, p, jobs, refs))
         metric_failovers = p.metric("rill_gateway_failovers_total")
     finally:
         rc = p.stop()
-    gap_pairs, skipped = failover_gaps(p, kills, stats)
+    gap_pairs, skipped, detect = failover_gaps(p, kills, stats)
     gaps = [g for g, _ in gap_pairs]
     gaps_run = [g for g, had in gap_pairs if had]
     gaps_queued = [g for g, had in gap_pairs if not had]
@@ -634,7 +655,8 @@ def chaos(a):
                    "max": ms(max(gaps) if gaps else None),
                    "had_tokens": {"n": len(gaps_run), "p50": ms(pct(gaps_run, 0.5)), "p99": ms(pct(gaps_run, 0.99))},
                    "had_none": {"n": len(gaps_queued), "p50": ms(pct(gaps_queued, 0.5)),
-                                "p99": ms(pct(gaps_queued, 0.99))}},
+                                "p99": ms(pct(gaps_queued, 0.99))},
+                   "kill_to_failover_logged": {"p50": ms(pct(detect, 0.5)), "p99": ms(pct(detect, 0.99))}},
         "starved_over_30s": stats.starved,
         "request_s": {"p50": round(pct(stats.durations, 0.5) or 0, 2), "p99": round(pct(stats.durations, 0.99) or 0, 2),
                       "max": round(max(stats.durations), 2) if stats.durations else None},
@@ -642,6 +664,7 @@ def chaos(a):
                               "longest": round(max(down), 2) if down else 0},
         "client_failures": client_errors, "supervisor_exit": rc,
         "mismatch_examples": stats.mismatches[:10], "lost_examples": stats.lost[:10],
+        "kill_times": kill_times, "worker_queued_running_cap": timeline,
     }
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
@@ -660,6 +683,8 @@ def chaos(a):
     print(f"                  streams that had tokens: p50 {g['had_tokens']['p50']} ms, p99 {g['had_tokens']['p99']} ms "
           f"({g['had_tokens']['n']}); still queued: p50 {g['had_none']['p50']} ms, p99 {g['had_none']['p99']} ms "
           f"({g['had_none']['n']})")
+    print(f"                  the gateway moved them (its log line) p50 "
+          f"{g['kill_to_failover_logged']['p50']} ms, p99 {g['kill_to_failover_logged']['p99']} ms after the kill")
     print(f"  request time    p50 {res['request_s']['p50']} s, p99 {res['request_s']['p99']} s, max "
           f"{res['request_s']['max']} s; {stats.starved} heard nothing for > {SLOW_S:.0f} s at some point")
     for x in (stats.mismatches[:5] + stats.lost[:5]):

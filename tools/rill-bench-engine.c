@@ -1120,7 +1120,8 @@ static void usage(FILE *f)
             "  --vs-shapes LIST        small-134m,llama3-1b (default both)\n"
             "  --vs-dtypes LIST        f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0 (default all)\n"
             "  --reps N                --vs-llama repetitions, alternated over the files (default 3)\n"
-            "  --vs-json FILE, --vs-table FILE  where --vs-llama writes its JSON and markdown table\n");
+            "  --vs-json FILE, --vs-table FILE  where --vs-llama writes its JSON and markdown table\n"
+            "  --isa avx2|scalar       kernels of a narrower instruction set than the CPU's (A/B of the kernels)\n");
 }
 
 int main(int argc, char **argv)
@@ -1134,7 +1135,7 @@ int main(int argc, char **argv)
     bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false, vs = false;
     struct vs_opts vo = {.shape_on = {true, true}, .dtype_on = {true, true, true, true, true, true}, .reps = 3};
     enum { O_DIR = 256, O_JSON, O_THREADS, O_QUICK, O_MODELS, O_DTYPES, O_BATCHES, O_RUNS, O_RUNS_S, O_CMP,
-           O_NOCMP, O_MK, O_HELP, O_VS, O_VS_SHAPES, O_VS_DTYPES, O_REPS, O_VS_JSON, O_VS_TABLE };
+           O_NOCMP, O_MK, O_HELP, O_VS, O_VS_SHAPES, O_VS_DTYPES, O_REPS, O_VS_JSON, O_VS_TABLE, O_ISA };
     static const struct option lo[] = {
         {"models-dir", 1, 0, O_DIR}, {"json", 1, 0, O_JSON},       {"threads", 1, 0, O_THREADS},
         {"quick", 0, 0, O_QUICK},    {"models", 1, 0, O_MODELS},   {"dtypes", 1, 0, O_DTYPES},
@@ -1142,7 +1143,7 @@ int main(int argc, char **argv)
         {"compare-batches", 1, 0, O_CMP}, {"no-compare", 0, 0, O_NOCMP}, {"mkmodel", 1, 0, O_MK},
         {"help", 0, 0, O_HELP},      {"vs-llama", 0, 0, O_VS},     {"vs-shapes", 1, 0, O_VS_SHAPES},
         {"vs-dtypes", 1, 0, O_VS_DTYPES}, {"reps", 1, 0, O_REPS},  {"vs-json", 1, 0, O_VS_JSON},
-        {"vs-table", 1, 0, O_VS_TABLE}, {0, 0, 0, 0},
+        {"vs-table", 1, 0, O_VS_TABLE}, {"isa", 1, 0, O_ISA}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -1218,6 +1219,13 @@ int main(int argc, char **argv)
             break;
         case O_VS_JSON: vo.json = optarg; break;
         case O_VS_TABLE: vo.table = optarg; break;
+        case O_ISA:
+            if (strcmp(optarg, "avx2") && strcmp(optarg, "scalar")) {
+                fprintf(stderr, "rill-bench-engine: --isa takes avx2 or scalar\n");
+                return 2;
+            }
+            kern_set_isa(strcmp(optarg, "avx2") ? KERN_SCALAR : KERN_AVX2); /* before any matrix is packed */
+            break;
         default: usage(stderr); return 2;
         }
     }

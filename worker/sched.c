@@ -602,11 +602,11 @@ size_t sched_trim(struct sched *s)
 }
 
 /* The newest sequences above the cap give their memory back (re-queued, to
- * be recomputed when there is room), and free cache goes back to the system.
- * Cached prefix blocks nobody holds go before anything is preempted. */
+ * be recomputed when there is room), and free cache goes back to the system
+ * (from critical every idle cached prefix block too, the preempted
+ * sequences' included: memory first). */
 static void shed_to_cap(struct sched *s, const char *why)
 {
-    kv_prefix_evict(s->kv, UINT32_MAX);
     while (s->n_running > s->ad.cap && preempt_newest(s, why))
         ;
     size_t freed = sched_trim(s);

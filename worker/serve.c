@@ -211,7 +211,9 @@ static void admit(struct server *sv, struct intake_job *j)
 {
     char why[256] = "";
     int rc = j->rc;
-    uint32_t n_prompt = j->prompt.n; /* sched_submit_prompt takes the tokens */
+    /* The prompt's own tokens (a failover's prefill of delivered ones is
+     * not prompt); read now: sched_submit_prompt takes the tokens. */
+    uint32_t n_prompt = j->prompt.n > j->req.n_prompt_tokens ? j->prompt.n - j->req.n_prompt_tokens : 0;
     if (rc)
         snprintf(why, sizeof why, "%s", j->why);
     else

@@ -178,12 +178,19 @@ class RillClient:
         return sum(1 for g in self._gens.values() if g.resume_token and g._conn is None)
 
     async def connect(self):
-        """Start the connection loop and wait for the first connection."""
+        """Connect.  The first connection's failure is raised (OSError, or
+        websockets.InvalidHandshake when the gateway refuses it); reconnects
+        after that are the client's own business."""
         if self._task is None:
             self._stopped = False
             self._open = asyncio.Event()
             self._task = asyncio.create_task(self._run())
-        await self._wait_open()
+        try:
+            await self._wait_open()
+        except BaseException:
+            if self._task.done():
+                self._task = None
+            raise
         return self
 
     async def close(self):
@@ -248,8 +255,8 @@ class RillClient:
                 ws = await websockets.connect(self.url, subprotocols=[PROTOCOLS[self.protocol]],
                                               **self.connect_kwargs)
             except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as e:
-                if first and not self.reconnect:
-                    raise
+                if first:
+                    raise  # nothing to come back to: connect() says why
                 why = self.last_error = f"cannot connect: {e}"
             else:
                 attempt = 0

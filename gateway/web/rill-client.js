@@ -102,6 +102,11 @@ export class RillClient extends EventTarget {
     this._timer = null;
     this._ws = null;
     this._stopped = false;
+    // The device says its network is back (a phone off a tunnel): no need
+    // to sit out the rest of the backoff.
+    globalThis.addEventListener?.("online", () => {
+      if (this._timer && !this._stopped) { clearTimeout(this._timer); this._timer = null; this.connect(); }
+    });
   }
 
   // Generations waiting for a connection to resume them.

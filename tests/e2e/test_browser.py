@@ -373,10 +373,20 @@ CLIENT_SCRIPT = r"""
     await g4.done;
     ws2.frame({ type: "error", id: "e", error: { code: "resume_failed", message: "gone", recoverable: false } });
     const e5 = await g5.done.catch((e) => e);
+    // A long backoff is cut short when the device says it is online again.
+    const c2 = new RillClient("ws://example.invalid/stream", { minDelayMs: 60000, maxDelayMs: 60000 });
+    c2.connect();
+    await new Promise((r) => setTimeout(r, 20));
+    const n0 = sockets.length;
+    sockets[n0 - 1].onclose({ code: 1006, reason: "" });
+    const waited = c2.state;
+    dispatchEvent(new Event("online"));
+    const online = [waited, c2.state, sockets.length - n0];
+    c2.close();
     return { proto: ws.proto, sent: ws.sent, sent2: ws2.sent, worker: g.worker, text: g.text, seen, done,
              limit: c.server && c.server.max_tokens_limit,
              e2: [e2.name, e2.code, e2.message, e2.recoverable], d3, resuming, g4: [g4.text, g4.nextPosition],
-             g4events, e5: [e5.code, e5.recoverable], states, sockets: sockets.length, state: c.state };
+             g4events, e5: [e5.code, e5.recoverable], online, states, sockets: sockets.length, state: c.state };
   } finally {
     globalThis.WebSocket = real;
   }
@@ -410,5 +420,6 @@ def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipelines, smal
     assert r["g4"] == ["DEF", 3] and r["g4events"] == [["reconnecting", 2], ["resumed", 2]]
     assert r["e5"] == ["resume_failed", False]
     assert r["states"] == ["connecting", "open", "waiting", "connecting", "open", "open"]
-    assert r["sockets"] == 2 and r["state"] == "open"
+    assert r["online"] == ["waiting", "connecting", 1]
+    assert r["sockets"] == 4 and r["state"] == "open"
     assert page.errors() == []

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import rillclient as rc
+import conftest
 from rillclient import GREEDY, SAMPLED, run, sampling
 from tcpproxy import TcpProxy
 
@@ -124,3 +125,11 @@ def test_python_client_says_resume_failed_when_the_token_is_unknown(gw, small_mo
     g, have, err = run(main())
     assert err.code == "resume_failed" and err.recoverable is False, err
     assert len(g.tokens) >= have
+
+
+def test_python_client_raises_when_the_first_connection_fails():
+    """Nothing to come back to: connect() says why instead of retrying for ever."""
+    async def main():
+        with pytest.raises(OSError):
+            await RillClient(f"ws://127.0.0.1:{conftest.free_port()}/stream").connect()
+    run(main())

@@ -366,7 +366,10 @@ def test_closing_the_connection_cancels_the_generation(gw):
     s = raw_request(gw.port, {"prompt": PROMPT, "max_tokens": 1500, "stream": True, **SAMPLED})
     got = b""
     while got.count(b"data: ") < 4:
-        got += s.recv(4096)
+        more = s.recv(4096)
+        assert more, f"the connection closed after {got!r}"
+        got += more
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n"), got
     assert metric(gw.port, "rill_gateway_active_streams") == 1
     busy0 = cpu_ticks(worker)
     time.sleep(0.5)

@@ -601,6 +601,35 @@ static void test_a_resumed_request_reuses_the_blocks_of_its_delivered_tokens(voi
     }
 }
 
+static void test_a_prompt_of_whole_blocks_seen_before_still_computes_its_last_token(void **state)
+{
+    (void)state;
+    /* 32 tokens: two whole blocks, both cached after the first request.
+     * The second attaches only the first (the last token's row gives the
+     * logits, so its block is computed again) and streams the same tokens. */
+    int32_t t[32];
+    walk(77, t, 32, 512);
+    struct rig r;
+    rig_open(&r, tiny_path, true, NULL, 8);
+    for (uint64_t id = 1; id <= 2; id++) {
+        struct proto_submit q = treq(id, t, 32, 10, false);
+        submit_ok(&r, &q);
+        drive(&r);
+    }
+    struct sched_stats st;
+    sched_stats(r.e.sched, &st);
+    assert_int_equal(st.prefix_hits, 1);
+    assert_int_equal(st.prefix_hit_tokens, 16);
+    uint32_t n1, n2;
+    int32_t *a = tokens_of(&r, 1, &n1), *b = tokens_of(&r, 2, &n2);
+    assert_true(n1 > 0);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(a, b, n1 * sizeof *a);
+    free(a);
+    free(b);
+    rig_close(&r);
+}
+
 static void test_cached_blocks_give_way_before_anything_is_preempted(void **state)
 {
     (void)state;
@@ -745,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_suffix_prefill_after_cached_blocks_gives_the_same_kv_and_logits),
         cmocka_unit_test(test_shared_prefix_requests_give_the_same_tokens_with_and_without_the_cache),
         cmocka_unit_test(test_a_resumed_request_reuses_the_blocks_of_its_delivered_tokens),
+        cmocka_unit_test(test_a_prompt_of_whole_blocks_seen_before_still_computes_its_last_token),
         cmocka_unit_test(test_cached_blocks_give_way_before_anything_is_preempted),
         cmocka_unit_test(test_memory_pressure_evicts_cached_blocks_least_recently_used_first),
         cmocka_unit_test(test_the_heartbeat_carries_the_prefix_counters),
