@@ -15,6 +15,7 @@
 /* --- the table: open addressing, linear probing, tombstones ------------------------------- */
 
 #define TOMB ((struct stream *)1)
+#define AFFINITY_BYTES 256
 
 static uint32_t slot_of(uint64_t id, uint32_t cap) { return (uint32_t)hash_u64(id) & (cap - 1); }
 
@@ -114,6 +115,13 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
     s->t_submit_ns = now_ns;
     s->submit = *submit;
     s->submit.id = s->req_id;
+    /* The first AFFINITY_BYTES of what the worker will tokenize (a shared
+     * system prompt, usually).  Shorter prompts span a block or two of the
+     * cache at most: they go to the least loaded worker. */
+    const char *text = submit->messages.len ? submit->messages.p : submit->prompt;
+    size_t tl = submit->messages.len ? submit->messages.len : submit->prompt_len;
+    if (text && tl >= AFFINITY_BYTES)
+        s->affinity = hash_bytes(text, AFFINITY_BYTES) | 1;
     /* Every request has a seed, so that running it again gives the same
      * tokens: the client's, or one drawn here and kept. */
     if (!s->submit.has_seed) {
@@ -147,6 +155,10 @@ static void conclude(struct stream_table *t, struct stream *s, int code, int fin
         t->waiting--;
     }
     s->state = STREAM_DONE;
+    if (s->worker >= 0) { /* its worker is done with it (a kept stream is not its load) */
+        transport_inflight(t->tp, s->worker, -1);
+        s->worker = -1;
+    }
     if (s->detached_ns && !s->retired) { /* ended with nobody to tell: only kept now */
         s->retired = true;
         t->retired++;
@@ -176,7 +188,7 @@ bool stream_recoverable(const struct stream *s)
 static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, bool may_wait)
 {
     for (;;) {
-        int w = transport_pick(t->tp, s->tried);
+        int w = transport_pick_affine(t->tp, s->tried, s->affinity);
         if (w < 0) {
             bool any = transport_ready(t->tp) > 0, back = transport_can_come_back(t->tp);
             if (may_wait && s->refusal != RILL_E_SHUTTING_DOWN && (any || back) && t->failover_timeout_ns) {

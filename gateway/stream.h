@@ -15,7 +15,11 @@
  * function of (seed, position), so the new worker goes on with exactly the
  * tokens the old one would have given.  The client sees no error, no gap
  * and no duplicate: only records of the stream's current worker count, and
- * a position already delivered is dropped.  This layer is
+ * a position already delivered is dropped.
+ *
+ * Routing: requests whose prompts (or messages) begin alike go to the same
+ * worker, whose prefix cache then holds that beginning (a shared system
+ * prompt is computed once), unless it is much busier than the others.  This layer is
  * the one place that decides how a generation ends and what the client is
  * told about it (code, message, finish reason); the session layer above
  * only encodes and writes what it is given, through the events below.
@@ -71,6 +75,7 @@ struct stream {
     int32_t *ids;                /* ids[0 .. next_pos): the tokens delivered */
     uint32_t ids_cap;
     uint32_t failovers;          /* times it was submitted again */
+    uint64_t affinity;           /* hash of the prompt's first bytes: the worker whose cache has them */
     uint64_t waiting_since_ns;   /* failing over with no worker to take it (0: not) */
     /* resume */
     char secret[33];             /* hex; the resume token is "<req_id hex>.<secret>" */

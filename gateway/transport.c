@@ -6,6 +6,7 @@
  * batch of records (the `pending` flag dedups wake-ups).
  */
 #include "transport.h"
+#include "common/hash.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -313,6 +314,30 @@ int transport_pick(const struct transport *t, uint64_t exclude)
         if (best < 0 || w->inflight < t->workers[best].inflight)
             best = i;
     }
+    return best;
+}
+
+int transport_pick_affine(const struct transport *t, uint64_t exclude, uint64_t key)
+{
+    int least = transport_pick(t, exclude);
+    if (!key || least < 0)
+        return least;
+    int best = -1;
+    uint64_t best_score = 0;
+    for (int i = 0; i < t->n_workers; i++) {
+        const struct transport_worker *w = &t->workers[i];
+        if (!w->in_use || !w->up || w->draining || (exclude >> i & 1))
+            continue;
+        /* By the worker's name, not its slot: the same worker wins after a
+         * restart or a change in the table's order. */
+        uint64_t score = hash_u64(key ^ hash_bytes(w->id, strlen(w->id)));
+        if (best < 0 || score > best_score) {
+            best = i;
+            best_score = score;
+        }
+    }
+    if (t->workers[best].inflight > t->workers[least].inflight + TRANSPORT_AFFINITY_SLACK)
+        return least;
     return best;
 }
 

@@ -110,6 +110,13 @@ void transport_tick(struct transport *t, uint64_t now_ns);
 
 /* Least-loaded ready worker not in `exclude` (a bit per index), or -1. */
 int transport_pick(const struct transport *t, uint64_t exclude);
+/* The same, but requests with the same affinity key (a hash of their
+ * prompt's beginning) go to the same worker — the one whose prefix cache
+ * holds it — by rendezvous hashing over the workers that can take them,
+ * unless that worker has TRANSPORT_AFFINITY_SLACK more requests in flight
+ * than the least loaded one.  Key 0: the least loaded. */
+#define TRANSPORT_AFFINITY_SLACK 4
+int transport_pick_affine(const struct transport *t, uint64_t exclude, uint64_t key);
 /* Workers that can take new requests. */
 int transport_ready(const struct transport *t);
 /* Whether a worker may still become ready (false once the supervisor has
