@@ -1,5 +1,6 @@
 /* oaijson.c — see oaijson.h. */
 #include "oaijson.h"
+#include "chatmsg.h"
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/sampling.h"
@@ -264,88 +265,14 @@ static int parse_prompt(struct pctx *p, const cJSON *root, const struct creq_lim
     return 0;
 }
 
-/* Content given as parts ([{"type":"text","text":..}, ..]) becomes the
- * one string templates expect, as vLLM and llama.cpp make it; parts that
- * are not text are refused. */
-static int join_parts(struct pctx *p, cJSON *m, cJSON *c, int i)
-{
-    size_t n = 0;
-    for (const cJSON *e = c->child; e; e = e->next) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(e, "text");
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text) || text_len(text) < 0)
-            return fail(p, RILL_E_BAD_REQUEST, "messages",
-                        "messages[%d].content: only text parts ({\"type\":\"text\",\"text\":...}) are supported", i);
-        n += strlen(text->valuestring);
-    }
-    char *joined = malloc(n + 1), *at = joined;
-    if (!joined)
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    for (const cJSON *e = c->child; e; e = e->next) {
-        const char *t = cJSON_GetObjectItemCaseSensitive(e, "text")->valuestring;
-        size_t k = strlen(t);
-        memcpy(at, t, k);
-        at += k;
-    }
-    *at = 0;
-    cJSON *str = cJSON_CreateString(joined);
-    free(joined);
-    if (!str || !cJSON_ReplaceItemInObjectCaseSensitive(m, "content", str)) {
-        cJSON_Delete(str);
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    }
-    return 0;
-}
-
-int oaijson_messages(cJSON *j, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
-{
-    struct pctx pc = {NULL, 0, msg, msg_len}, *p = &pc;
-    *out = NULL;
-    *out_len = 0;
-    if (!cJSON_IsArray(j) || !j->child)
-        return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: expected a non-empty list of messages");
-    int i = 0;
-    for (cJSON *m = j->child; m; m = m->next, i++) {
-        const cJSON *role = cJSON_IsObject(m) ? cJSON_GetObjectItemCaseSensitive(m, "role") : NULL;
-        if (!cJSON_IsString(role))
-            return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d]: an object with a string role expected", i);
-        cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        int rc;
-        if (cJSON_IsArray(c) && (rc = join_parts(p, m, c, i)))
-            return rc;
-        c = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (c && !cJSON_IsNull(c) && !cJSON_IsString(c))
-            return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d].content: expected a string or a list of parts",
-                        i);
-        if (cJSON_IsString(c) && text_len(c) < 0)
-            return fail(p, RILL_E_BAD_REQUEST, "messages", "messages[%d].content: not valid UTF-8 text", i);
-    }
-    char *text = cJSON_PrintUnformatted(j);
-    if (!text)
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    size_t n = strlen(text);
-    if (n > cap) {
-        cJSON_free(text);
-        return fail(p, RILL_E_PROMPT_TOO_LONG, "messages", "messages: %zu bytes of JSON, at most %zu allowed", n, cap);
-    }
-    *out = malloc(n + 1);
-    if (!*out) {
-        cJSON_free(text);
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    }
-    memcpy(*out, text, n + 1);
-    *out_len = (uint32_t)n;
-    cJSON_free(text);
-    return 0;
-}
-
 static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits *lim, struct oaijson_req *r)
 {
     cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!j)
         return fail(p, RILL_E_BAD_REQUEST, "messages", "messages: missing");
     size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
-    int rc = oaijson_messages(j, cap, &r->messages, &r->messages_len, p->msg, p->msg_len);
+    /* The one check of chat messages (chatmsg.h), the WebSocket's too. */
+    int rc = chatmsg_take(j, cap, &r->messages, &r->messages_len, p->msg, p->msg_len);
     if (rc && p->param && p->param_len)
         snprintf(p->param, p->param_len, "%s", rc == RILL_E_NOMEM ? "" : "messages");
     return rc;

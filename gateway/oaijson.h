@@ -5,8 +5,8 @@
  *
  * Requests (unknown fields are ignored, as OpenAI does):
  *   model (any string: rill serves one model), prompt (completions: a
- *   string, or a list of one string), messages (chat: a non-empty list of
- *   {role, content, ...}, kept as JSON text for the worker's chat template),
+ *   string, or a list of one string), messages (chat: checked by chatmsg.h, kept
+ *   as JSON text for the worker's chat template),
  *   max_tokens / max_completion_tokens, temperature, top_p, seed, stop
  *   (string or list), n (1 only), stream, stream_options.include_usage,
  *   logprobs (completions: an integer, the alternatives per token; chat:
@@ -62,16 +62,6 @@ int oaijson_parse(const void *body, size_t len, enum oaijson_kind kind, const st
                   struct oaijson_req *out, char *param, size_t param_len, char *msg, size_t msg_len);
 void oaijson_req_free(struct oaijson_req *r);
 
-/* A chat conversation, as /v1/chat/completions (and the WebSocket generate)
- * take it, checked for shape: a non-empty list of objects with a string
- * role, content a string, null, or a list of text parts (joined into one
- * string, as vLLM and llama.cpp do; other parts are refused).  The template
- * may want more, and says so when the worker renders it.  Returns 0 with the
- * list as JSON text in *out (malloc'd, NUL-terminated, *out_len bytes, at
- * most cap), or RILL_E_BAD_REQUEST / RILL_E_PROMPT_TOO_LONG / RILL_E_NOMEM
- * with `msg`.  j may be changed (parts joined). */
-struct cJSON;
-int oaijson_messages(struct cJSON *j, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
 
 /* The HTTP status and OpenAI error type of a rill code, and the code
  * string clients see (OpenAI's where it has one: invalid_api_key,

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -347,6 +348,33 @@ def test_no_worker_is_503():
         g.terminate()
         g.wait(10)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_drain_finishes_running_streams_and_refuses_new_ones(gw, pipelines, small_model):
+    """SIGTERM: a running event stream still ends with its finish and [DONE];
+    a new request meanwhile gets 503 shutting_down."""
+    p = pipelines(small_model)
+    s = raw_request(p.port, {"prompt": PROMPT, "max_tokens": 200, "stream": True, **SAMPLED})
+    got = b""
+    while got.count(b"data: ") < 2:
+        more = s.recv(65536)
+        assert more, got
+        got += more
+    p.gateway.send_signal(signal.SIGTERM)
+    conftest.wait_for(lambda: "draining" in p.log("gateway"), timeout=5, what="the gateway draining")
+    check_error(*post(p.port, "/v1/completions", {"prompt": "x", "max_tokens": 1}), 503, code="shutting_down")
+    while True:
+        more = s.recv(65536)
+        if not more:
+            break
+        got += more
+    s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    chunks = sse_events(body)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    whole = completion(gw.port, max_tokens=200, **SAMPLED)["choices"][0]["text"]  # another pipeline, same model
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole
+    assert p.gateway.wait(30) == 0
 
 
 # --- the client going away, or not reading ----------------------------------------------------
