@@ -152,11 +152,12 @@ FUZZ_CC      := clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fu
 FUZZ_HDRS    := $(wildcard common/*.h gateway/*.h worker/*.h)
 FUZZ_LINK    := $(LIB_GATEWAY) $(LIB_WORKER) $(LIB_COMMON)
 FUZZ_SRC_proto   := tests/fuzz/fuzz_proto.c common/proto.c
-FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/request.c common/proto.c
+FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/request.c gateway/chatmsg.c common/proto.c
 FUZZ_SRC_http    := tests/fuzz/fuzz_http.c gateway/httppath.c gateway/limits.c
 FUZZ_SRC_gguf    := tests/fuzz/fuzz_gguf.c worker/gguf.c
 FUZZ_SRC_jinja   := tests/fuzz/fuzz_jinja.c worker/jinja.c
-FUZZ_NAMES := proto request http gguf jinja
+FUZZ_SRC_oaijson := tests/fuzz/fuzz_oaijson.c gateway/oaijson.c gateway/chatmsg.c
+FUZZ_NAMES := proto request http gguf jinja oaijson
 FUZZ_BINS  := $(patsubst %,$(FUZZ_B)/fuzz_%,$(FUZZ_NAMES))
 # The flags every run shares; -timeout: an input that takes 10 s is a hang.
 FUZZ_RUN = tests/fuzz/run.sh $(1) $(FUZZ_B)/fuzz_$(1) $(FUZZ_SECONDS) $(FUZZ_B)/logs -timeout=10
@@ -183,6 +184,8 @@ fuzz: $(FUZZ_BINS) $(B)/rill-mkmodel
 	@$(call FUZZ_RUN,gguf) -max_len=65536 -rss_limit_mb=1024 $(FUZZ_B)/corpus-gguf tests/fuzz/seeds-gguf \
 	    $(FUZZ_B)/models-gguf
 	@$(call FUZZ_RUN,jinja) -max_len=8192 -rss_limit_mb=1024 $(FUZZ_B)/corpus-jinja tests/fuzz/seeds-jinja
+	@$(call FUZZ_RUN,oaijson) -max_len=4096 -rss_limit_mb=512 -dict=tests/fuzz/request.dict \
+	    $(FUZZ_B)/corpus-oaijson tests/fuzz/seeds-request
 
 # --- chaos and soak (issue 13, part 5) --------------------------------------------
 # tools/chaos.py runs the whole pipeline under its supervisor (2 workers, the
