@@ -637,6 +637,19 @@ def chaos(a):
     finally:
         rc = p.stop()
     gap_pairs, skipped, detect = failover_gaps(p, kills, stats)
+    # For a generation lost with worker_lost: how long after its last
+    # failover (failover_timeout_s says it should be at least that long).
+    with p.lock:
+        last_fo = {}
+        for t_seen, gid, _ in p.failovers:
+            last_fo[gid] = t_seen
+    t_base = kills[0]["t"] - kill_times[0][0] if kills else 0  # the start of the load
+    for x in stats.lost:
+        r = stats.reqs.get(x["id"])
+        if r is not None and r.t_end is not None:
+            x["ended_s"] = round(r.t_end - t_base, 2)
+            if x["id"] in last_fo:
+                x["after_last_failover_s"] = round(r.t_end - last_fo[x["id"]], 2)
     gaps = [g for g, _ in gap_pairs]
     gaps_run = [g for g, had in gap_pairs if had]
     gaps_queued = [g for g, had in gap_pairs if not had]
