@@ -103,7 +103,10 @@ el.form.addEventListener("submit", (e) => {
   updateLive();
   drawSpark();
   setRunning(true);
-  gen = rill.generate(el.prompt.value, { max_tokens, params });
+  // Chat: the conversation so far plus this turn, as messages.
+  const turn = el.prompt.value;
+  pendingTurn = chat.checked ? turn : null;
+  gen = rill.generate(chat.checked ? [...history, { role: "user", content: turn }] : turn, { max_tokens, params });
   gen.addEventListener("accepted", ({ detail }) => { el.live.worker.textContent = detail.worker; });
   gen.addEventListener("token", ({ detail }) => addToken(detail));
   gen.addEventListener("reconnecting", () => { el.announce.textContent = "Connection lost — reconnecting…"; });
@@ -197,7 +200,48 @@ const SUMMARY = [
   ["error_count", "Errors", (v) => String(v)],
 ];
 
+// --- chat mode: the conversation is kept here and sent whole each turn ---
+
+const chat = $("chat"), newChat = $("new-chat"), historyList = $("history");
+let history = [], pendingTurn = null;
+
+function showHistory() {
+  historyList.replaceChildren(...history.map(({ role, content }) => {
+    const li = document.createElement("li");
+    li.className = `turn ${role}`;
+    li.dataset.role = role;
+    const who = document.createElement("strong");
+    who.textContent = role === "user" ? "You: " : "Model: ";
+    li.append(who, document.createTextNode(content));
+    return li;
+  }));
+  historyList.hidden = !history.length;
+  newChat.hidden = !chat.checked;
+}
+
+chat.addEventListener("change", () => {
+  history = [];
+  showHistory();
+});
+
+newChat.addEventListener("click", () => {
+  history = [];
+  showHistory();
+  el.output.replaceChildren();
+});
+
+// A completed turn joins the conversation (a failed or cancelled one does not).
+function keepTurn(done) {
+  if (pendingTurn == null || !done || done.finish_reason === "cancelled") return;
+  const answer = [...el.output.querySelectorAll(".tok")].map((e) => e.textContent).join("");
+  history.push({ role: "user", content: pendingTurn }, { role: "assistant", content: answer });
+  pendingTurn = null;
+  el.prompt.value = "";
+  showHistory();
+}
+
 function finish(done, err) {
+  keepTurn(err ? null : done);
   if (run.frame) cancelAnimationFrame(run.frame);
   run.frame = 0;
   updateLive();

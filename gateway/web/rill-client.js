@@ -190,9 +190,11 @@ export class RillClient extends EventTarget {
 
   // Start a generation; returns its Generation at once.  Sent now if the
   // socket is open, else when it opens.  `id` is made up unless given.
+  // `prompt` is text, or chat messages ([{role, content}]) that the worker
+  // renders with the model's chat template.
   generate(prompt, { max_tokens, params, id } = {}) {
     id = id ?? `web-${Date.now().toString(36)}-${++this._seq}`;
-    const msg = { type: "generate", id, prompt };
+    const msg = Array.isArray(prompt) ? { type: "generate", id, messages: prompt } : { type: "generate", id, prompt };
     if (max_tokens != null) msg.max_tokens = max_tokens;
     if (params) msg.params = params;
     const g = new Generation(this, id, msg);

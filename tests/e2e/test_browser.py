@@ -423,3 +423,45 @@ def test_client_unpacks_coalesced_frames_and_reconnects(browser, pipelines, smal
     assert r["online"] == ["waiting", "connecting", 1]
     assert r["sockets"] == 4 and r["state"] == "open"
     assert page.errors() == []
+
+
+def test_page_chat_mode_sends_the_conversation_as_messages(browser, pipelines, small_model):
+    """Chat mode: each turn sends the whole conversation as messages (the
+    worker renders them with the chat template: ChatML for the test
+    model), and its answer equals the same messages sent over a plain
+    WebSocket; a finished turn joins the history shown above the prompt."""
+    import asyncio
+
+    import rillclient as rc
+    pipeline = pipelines(small_model)
+    page = open_page(browser, pipeline)
+    greedy = {"temperature": 0, "top_p": 1, "top_k": 0, "min_p": 0, "repetition_penalty": 1}
+    try:
+        page.js("document.getElementById('temperature').value = '0'")
+        page.js("document.getElementById('max_tokens').value = '12'")
+        page.click("#chat")
+        answers = []
+        for turn in ("Hello there", "Tell me more"):
+            page.type_into("#prompt", turn)
+            page.click("#generate")
+            page.wait("document.body.dataset.state === 'done' && !document.getElementById('summary').hidden",
+                      what=f"turn '{turn}' to finish")
+            answers.append(page.js("[...document.querySelectorAll('#output .tok')].map(e => e.textContent).join('')"))
+        roles = page.js("[...document.querySelectorAll('#history li')].map(e => e.dataset.role)")
+        assert roles == ["user", "assistant", "user", "assistant"], roles
+        assert page.js("document.getElementById('prompt').value") == ""
+
+        async def ws(messages):
+            async with await rc.Client.connect(pipeline.url, rc.JSON) as c:
+                await c.send({"type": "generate", "id": "w", "messages": messages, "max_tokens": 12,
+                              "params": {**greedy, "top_p": 0.95, "top_k": 40, "min_p": 0.05}})
+                (g,) = await c.wait_done("w")
+            return "".join(t["text"] for t in g.tokens)
+
+        first = [{"role": "user", "content": "Hello there"}]
+        second = first + [{"role": "assistant", "content": answers[0]}, {"role": "user", "content": "Tell me more"}]
+        assert asyncio.run(ws(first)) == answers[0]
+        assert asyncio.run(ws(second)) == answers[1]
+        assert page.errors() == []
+    finally:
+        page.call("Page.close")
