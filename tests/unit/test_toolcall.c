@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gateway/oaijson.h"
 #include "gateway/toolcall.h"
+#include <cjson/cJSON.h>
 #include "worker/chat.h"
 
 struct got {
@@ -285,6 +287,100 @@ static void test_reads_back_llama31_template_output(void **state)
                         "<|eot_id|>", "{\"city\":\"Paris\"}");
 }
 
+/* The parser's events as gateway/openai.c sends them: OpenAI's SSE chunks. */
+static const struct oaijson_head HEAD = {"chatcmpl-1", 1700000000, "m", true, false};
+
+static int to_sse(void *ctx, const struct toolcall_ev *ev)
+{
+    struct obuf *out = ctx;
+    if (ev->kind == TOOLCALL_CONTENT)
+        return oaijson_chunk(out, &HEAD, false, ev->text, ev->n, NULL, NULL, 0);
+    if (ev->kind == TOOLCALL_START)
+        return oaijson_tool_chunk(out, &HEAD, ev->index, ev->id, ev->text, "", 0);
+    return oaijson_tool_chunk(out, &HEAD, ev->index, NULL, NULL, ev->text, ev->n);
+}
+
+static void test_calls_become_openai_tool_call_chunks(void **state)
+{
+    (void)state;
+    const char *s = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"note\": \""
+                    "a long note that takes more than one piece of arguments to send, with \\\"quotes\\\"\"}}\n</tool_call>";
+    struct obuf out = {0};
+    struct toolcall *t = toolcall_new(3);
+    for (size_t i = 0; s[i]; i++)
+        assert_int_equal(toolcall_feed(t, s + i, 1, to_sse, &out), 0);
+    assert_int_equal(toolcall_finish(t, to_sse, &out), 0);
+    toolcall_free(t);
+    char *all = strndup((const char *)obuf_data(&out), out.len), *save = NULL;
+    char content[64] = "", args[512] = "";
+    int n_calls = 0, n_args = 0;
+    for (char *ev = strtok_r(all, "\n", &save); ev; ev = strtok_r(NULL, "\n", &save)) {
+        assert_memory_equal(ev, "data: ", 6);
+        cJSON *c = cJSON_Parse(ev + 6);
+        assert_non_null(c);
+        assert_string_equal(cJSON_GetObjectItem(c, "object")->valuestring, "chat.completion.chunk");
+        cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(c, "choices"), 0);
+        assert_true(cJSON_IsNull(cJSON_GetObjectItem(ch, "finish_reason")));
+        cJSON *d = cJSON_GetObjectItem(ch, "delta");
+        cJSON *tc = cJSON_GetObjectItem(d, "tool_calls");
+        if (!tc) {
+            strcat(content, cJSON_GetObjectItem(d, "content")->valuestring);
+        } else {
+            assert_int_equal(cJSON_GetArraySize(tc), 1);
+            cJSON *call = cJSON_GetArrayItem(tc, 0), *fn = cJSON_GetObjectItem(call, "function");
+            assert_int_equal(cJSON_GetObjectItem(call, "index")->valueint, 0);
+            if (cJSON_GetObjectItem(call, "id")) { /* the first: id, type, name, empty arguments */
+                assert_int_equal(n_calls++, 0);
+                assert_memory_equal(cJSON_GetObjectItem(call, "id")->valuestring, "call_", 5);
+                assert_string_equal(cJSON_GetObjectItem(call, "type")->valuestring, "function");
+                assert_string_equal(cJSON_GetObjectItem(fn, "name")->valuestring, "get_weather");
+                assert_string_equal(cJSON_GetObjectItem(fn, "arguments")->valuestring, "");
+            } else {              /* then arguments only */
+                assert_int_equal(n_calls, 1);
+                assert_null(cJSON_GetObjectItem(fn, "name"));
+                assert_null(cJSON_GetObjectItem(call, "type"));
+                strcat(args, cJSON_GetObjectItem(fn, "arguments")->valuestring);
+                n_args++;
+            }
+        }
+        cJSON_Delete(c);
+    }
+    assert_string_equal(content, "Sure.");
+    assert_true(n_args >= 2);
+    cJSON *a = cJSON_Parse(args);
+    assert_non_null(a);
+    assert_string_equal(cJSON_GetObjectItem(a, "city")->valuestring, "Paris");
+    assert_non_null(strstr(cJSON_GetObjectItem(a, "note")->valuestring, "\"quotes\""));
+    cJSON_Delete(a);
+    free(all);
+
+    /* stream:false: message.tool_calls, content null */
+    struct obuf calls = {0}, resp = {0};
+    assert_int_equal(obuf_put(&calls, "[", 1), 0);
+    assert_int_equal(oaijson_tool_call(&calls, "call_x", "get_weather", "{\"city\":\"Paris\"}", 17), 0);
+    assert_int_equal(obuf_put(&calls, "]", 1), 0);
+    struct oaijson_usage u = {5, 9};
+    assert_int_equal(oaijson_response_tools(&resp, &HEAD, "", 0, "tool_calls", &u, (const char *)obuf_data(&calls),
+                                            calls.len), 0);
+    char *r = strndup((const char *)obuf_data(&resp), resp.len);
+    cJSON *doc = cJSON_Parse(r);
+    assert_non_null(doc);
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "choices"), 0);
+    assert_string_equal(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "tool_calls");
+    cJSON *m = cJSON_GetObjectItem(ch, "message");
+    assert_true(cJSON_IsNull(cJSON_GetObjectItem(m, "content")));
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(m, "tool_calls"), 0);
+    assert_string_equal(cJSON_GetObjectItem(c0, "id")->valuestring, "call_x");
+    assert_null(cJSON_GetObjectItem(c0, "index"));
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(c0, "function"), "arguments")->valuestring,
+                        "{\"city\":\"Paris\"}");
+    cJSON_Delete(doc);
+    free(r);
+    obuf_free(&out);
+    obuf_free(&calls);
+    obuf_free(&resp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -297,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_reads_back_hermes_template_output),
         cmocka_unit_test(test_reads_back_qwen_template_output),
         cmocka_unit_test(test_reads_back_llama31_template_output),
+        cmocka_unit_test(test_calls_become_openai_tool_call_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
