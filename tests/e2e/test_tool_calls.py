@@ -8,6 +8,8 @@ write random text, so the parser's calls are tested in tests/unit/test_toolcall.
 on real template output; here it must let the text through, on both paths."""
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -106,3 +108,22 @@ def test_text_without_calls_passes_the_parser_on_both_paths(gw):
     else:
         assert calls == [] and text == msg["content"], (text, msg)
         assert doc["choices"][0]["finish_reason"] == chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_openai_npm_client_streams_with_tools(gw):
+    nm = os.path.join(conftest.ROOT, "gateway", "web", "node_modules")
+    if not os.path.isdir(os.path.join(nm, "openai")) or not shutil.which("node"):
+        pytest.fail("the openai npm package is missing: run make deps")
+    n = 16
+    script = os.path.join(os.path.dirname(__file__), "openai_tools_client.cjs")
+    r = subprocess.run(["node", script, f"http://127.0.0.1:{gw.port}/v1", str(n), json.dumps(SEEDED),
+                        json.dumps(MESSAGES), json.dumps(TOOLS)],
+                       capture_output=True, text=True, timeout=90, env=dict(os.environ, NODE_PATH=nm))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    st, ns = out["stream"], out["nonstream"]
+    assert st["chunks"] > 2
+    # the client's accumulator rebuilt from the chunks what the one-object answer says
+    assert st["content"] == ns["content"] and st["finish"] == ns["finish"]
+    assert [c["function"] for c in st["tool_calls"]] == [c["function"] for c in ns["tool_calls"]]
+    assert st["finish"] == ("tool_calls" if ns["tool_calls"] else "length"), out
