@@ -234,6 +234,14 @@ bench-telemetry: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	tools/bench-telemetry.sh $(B)
 
+# First token under load: Poisson arrivals (~8-11 in flight) and a burst of 32
+# on the 134M F32 model, fresh pipeline each; medians into $(B)/bench/ttft.json.
+# BENCH_TTFT_BASE=DIR alternates with DIR's worker and gateway (before/after).
+.PHONY: bench-ttft
+bench-ttft: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	tools/bench-ttft.sh $(B) $(BENCH_TTFT_BASE)
+
 # What maximum-size prompts arriving do to 8 running streams: their
 # inter-token p99 with and without them, into $(B)/bench/longprompt.json.
 .PHONY: bench-longprompt

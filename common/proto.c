@@ -125,6 +125,7 @@ static const struct field submit_fields[] = {
     I32(S_, priority, 0, INT32_MIN, INT32_MAX),
     BOOL_DTRUE(S_, parse_special),
     SPECIAL(S_, messages, K_TEXT, 0),
+    SPECIAL(S_, tools, K_TEXT, 0),
 };
 #undef S_
 
@@ -688,9 +689,11 @@ static void submit_free(struct proto_submit *s)
     free((void *)s->prompt);
     free((void *)s->prompt_tokens);
     free((void *)s->messages.p);
+    free((void *)s->tools.p);
     s->prompt = NULL;
     s->prompt_tokens = NULL;
     s->messages = (struct proto_text){0};
+    s->tools = (struct proto_text){0};
     s->prompt_len = 0;
     s->n_prompt_tokens = 0;
 }

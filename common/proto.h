@@ -143,6 +143,9 @@ struct proto_submit {
      * owned by the message after proto_decode(), like prompt; to encode,
      * point it at your bytes.  Not sent when empty; <= PROTO_MAX_TEXT. */
     struct proto_text messages;
+    /* optional, with messages: the tools (a JSON array of OpenAI tool
+     * schemas) the chat template renders.  Owned and sent as messages. */
+    struct proto_text tools;
 };
 
 struct proto_cancel {

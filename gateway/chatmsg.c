@@ -46,6 +46,36 @@ static int join_parts(cJSON *m, const cJSON *c, int i, char *msg, size_t msg_len
     return 0;
 }
 
+/* An assistant's tool_calls as OpenAI sends them back: arguments is a JSON
+ * string.  Templates (Llama 3.1, Hermes) write it with tojson, as the
+ * object HF expects: a string holding an object becomes the object. */
+static int take_tool_calls(cJSON *calls, int i, char *msg, size_t msg_len)
+{
+    if (!cJSON_IsArray(calls))
+        return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "messages[%d].tool_calls: expected a list", i);
+    int k = 0;
+    for (cJSON *c = calls->child; c; c = c->next, k++) {
+        cJSON *fn = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        if (!cJSON_IsString(name) || !text_ok(name))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             "messages[%d].tool_calls[%d]: expected {\"function\":{\"name\":...,\"arguments\":...}}", i, k);
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        if (!cJSON_IsString(args))
+            continue;
+        cJSON *obj = cJSON_Parse(args->valuestring);
+        if (!cJSON_IsObject(obj)) {
+            cJSON_Delete(obj);
+            continue; /* not JSON: the template gets the string */
+        }
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", obj)) {
+            cJSON_Delete(obj);
+            return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+        }
+    }
+    return 0;
+}
+
 int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
 {
     if (!cJSON_IsArray(messages) || !messages->child)
@@ -65,6 +95,9 @@ int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, cha
                              "messages[%d].content: expected a string or a list of parts", i);
         if (cJSON_IsString(c) && !text_ok(c))
             return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "messages[%d].content: not valid UTF-8 text (or a NUL in it)", i);
+        cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        if (calls && !cJSON_IsNull(calls) && (rc = take_tool_calls(calls, i, msg, msg_len)))
+            return rc;
     }
     char *text = cJSON_PrintUnformatted(messages);
     if (!text)

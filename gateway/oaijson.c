@@ -21,6 +21,8 @@ void oaijson_req_free(struct oaijson_req *r)
     r->submit.prompt = NULL;
     free(r->messages);
     r->messages = NULL;
+    free(r->tools);
+    r->tools = NULL;
 }
 
 /* --- parsing ------------------------------------------------------------------------------------ */
@@ -109,9 +111,6 @@ static int neutral_only(struct pctx *p, const cJSON *root)
     j = field(root, "logit_bias");
     if (j && !(cJSON_IsObject(j) && !j->child))
         return fail(p, RILL_E_BAD_REQUEST, "logit_bias", "logit_bias: not supported by this server");
-    j = field(root, "tools");
-    if (j && !(cJSON_IsArray(j) && !j->child))
-        return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: function calling is not supported yet");
     return 0;
 }
 
@@ -278,6 +277,58 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
     return rc;
 }
 
+/* tools go to the chat template as they are, once each is seen to be a
+ * function with a name; tool_choice "none" drops them.  rill does not
+ * constrain sampling, so it cannot promise a call: "required" and a named
+ * function are refused rather than silently treated as "auto". */
+static int parse_tools(struct pctx *p, cJSON *root, enum oaijson_kind kind, const struct creq_limits *lim,
+                       struct oaijson_req *r)
+{
+    const cJSON *j = field(root, "tools");
+    if (!j || cJSON_IsNull(j))
+        return 0;
+    if (!cJSON_IsArray(j))
+        return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: expected a list of tools");
+    if (!j->child)
+        return 0;
+    if (kind != OAIJSON_CHAT)
+        return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: only on /v1/chat/completions");
+    int i = 0;
+    for (const cJSON *t = j->child; t; t = t->next, i++) {
+        const cJSON *type = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name) ||
+            !name->valuestring[0])
+            return fail(p, RILL_E_BAD_REQUEST, "tools",
+                        "tools[%d]: expected {\"type\":\"function\",\"function\":{\"name\":...}}", i);
+    }
+    const cJSON *c = field(root, "tool_choice");
+    if (c && cJSON_IsString(c) && !strcmp(c->valuestring, "none"))
+        return 0;
+    if (c && !cJSON_IsNull(c) && !(cJSON_IsString(c) && !strcmp(c->valuestring, "auto")))
+        return fail(p, RILL_E_BAD_REQUEST, "tool_choice",
+                    "tool_choice: only \"auto\" and \"none\" are supported (rill does not force a call)");
+    char *text = cJSON_PrintUnformatted(j);
+    if (!text)
+        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
+    size_t n = strlen(text);
+    size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
+    if (n > cap) {
+        cJSON_free(text);
+        return fail(p, RILL_E_PROMPT_TOO_LONG, "tools", "tools: %zu bytes of JSON, at most %zu allowed", n, cap);
+    }
+    r->tools = malloc(n + 1);
+    if (!r->tools) {
+        cJSON_free(text);
+        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
+    }
+    memcpy(r->tools, text, n + 1);
+    r->tools_len = (uint32_t)n;
+    cJSON_free(text);
+    return 0;
+}
+
 /* Where a NUL would enter the JSON text: a raw 0x00 byte or a \u0000
  * escape (cJSON would cut its string there).  The same reading as the
  * WebSocket parser's: the escaped backslash of \\u0000 is not the escape. */
@@ -337,6 +388,8 @@ int oaijson_parse(const void *body, size_t len, enum oaijson_kind kind, const st
         rc = parse_sampling(&p, root, lim, out);
     if (!rc)
         rc = kind == OAIJSON_CHAT ? parse_messages(&p, root, lim, out) : parse_prompt(&p, root, lim, out);
+    if (!rc)
+        rc = parse_tools(&p, root, kind, lim, out);
     cJSON_Delete(root);
     if (rc)
         oaijson_req_free(out);
@@ -644,6 +697,8 @@ struct chunk_arg {
     const char *lp;
     size_t lp_n;
     const struct oaijson_usage *usage; /* the usage chunk */
+    const char *tool_calls;            /* response: a JSON array of calls, or NULL */
+    size_t tool_calls_n;
 };
 
 static void enc_chunk(struct jsonw *w, const void *arg)
@@ -692,13 +747,13 @@ static void enc_chunk(struct jsonw *w, const void *arg)
 int oaijson_chunk(struct obuf *out, const struct oaijson_head *h, bool role, const char *text, size_t n,
                   const char *finish, const char *lp, size_t lp_n)
 {
-    struct chunk_arg a = {h, role, text, n, finish, lp, lp_n, NULL};
+    struct chunk_arg a = {h, role, text, n, finish, lp, lp_n, NULL, NULL, 0};
     return put_json(out, "data: ", "\n\n", enc_chunk, &a, n * 6 + lp_n * 2 + 256);
 }
 
 int oaijson_usage_chunk(struct obuf *out, const struct oaijson_head *h, const struct oaijson_usage *u)
 {
-    struct chunk_arg a = {h, false, NULL, 0, NULL, NULL, 0, u};
+    struct chunk_arg a = {h, false, NULL, 0, NULL, NULL, 0, u, NULL, 0};
     return put_json(out, "data: ", "\n\n", enc_chunk, &a, 256);
 }
 
@@ -723,7 +778,14 @@ static void enc_response(struct jsonw *w, const void *arg)
         jsonw_obj_begin(w);
         jsonw_key_str(w, "role", "assistant");
         jsonw_key(w, "content");
-        jsonw_strn(w, a->text ? a->text : "", a->n);
+        if (a->tool_calls && !a->n)
+            jsonw_null(w);  /* OpenAI's content beside tool calls */
+        else
+            jsonw_strn(w, a->text ? a->text : "", a->n);
+        if (a->tool_calls) {
+            jsonw_key(w, "tool_calls");
+            jsonw_raw(w, a->tool_calls, a->tool_calls_n);
+        }
         jsonw_obj_end(w);
     } else {
         jsonw_key(w, "text");
@@ -744,8 +806,83 @@ static void enc_response(struct jsonw *w, const void *arg)
 int oaijson_response(struct obuf *out, const struct oaijson_head *h, const char *text, size_t n,
                      const char *finish, const char *lp, size_t lp_n, const struct oaijson_usage *u)
 {
-    struct chunk_arg a = {h, false, text, n, finish, lp, lp_n, u};
+    struct chunk_arg a = {h, false, text, n, finish, lp, lp_n, u, NULL, 0};
     return put_json(out, "", "", enc_response, &a, n * 6 + lp_n * 2 + 512);
+}
+
+int oaijson_response_tools(struct obuf *out, const struct oaijson_head *h, const char *text, size_t n,
+                           const char *finish, const struct oaijson_usage *u, const char *calls, size_t calls_n)
+{
+    struct chunk_arg a = {h, false, text, n, finish, NULL, 0, u, calls, calls_n};
+    return put_json(out, "", "", enc_response, &a, n * 6 + calls_n + 512);
+}
+
+struct tool_arg {
+    uint32_t index;
+    const char *id, *name, *args;
+    size_t args_n;
+    const struct oaijson_head *h;
+};
+
+static void enc_tool_call(struct jsonw *w, const struct tool_arg *a)
+{
+    jsonw_obj_begin(w);
+    if (a->h)
+        jsonw_key_int(w, "index", a->index);
+    if (a->id) {
+        jsonw_key_str(w, "id", a->id);
+        jsonw_key_str(w, "type", "function");
+    }
+    jsonw_key(w, "function");
+    jsonw_obj_begin(w);
+    if (a->id)
+        jsonw_key_str(w, "name", a->name);
+    jsonw_key(w, "arguments");
+    jsonw_strn(w, a->args ? a->args : "", a->args_n);
+    jsonw_obj_end(w);
+    jsonw_obj_end(w);
+}
+
+static void enc_tool_chunk(struct jsonw *w, const void *arg)
+{
+    const struct tool_arg *a = arg;
+    jsonw_obj_begin(w);
+    enc_head(w, a->h, "chat.completion.chunk");
+    jsonw_key(w, "choices");
+    jsonw_arr_begin(w);
+    jsonw_obj_begin(w);
+    jsonw_key_int(w, "index", 0);
+    jsonw_key(w, "delta");
+    jsonw_obj_begin(w);
+    jsonw_key(w, "tool_calls");
+    jsonw_arr_begin(w);
+    enc_tool_call(w, a);
+    jsonw_arr_end(w);
+    jsonw_obj_end(w);
+    jsonw_key(w, "finish_reason");
+    jsonw_null(w);
+    jsonw_obj_end(w);
+    jsonw_arr_end(w);
+    if (a->h->include_usage) {
+        jsonw_key(w, "usage");
+        jsonw_null(w);
+    }
+    jsonw_obj_end(w);
+}
+
+int oaijson_tool_chunk(struct obuf *out, const struct oaijson_head *h, uint32_t index, const char *id,
+                       const char *name, const char *args, size_t args_n)
+{
+    struct tool_arg a = {index, id, name, args, args_n, h};
+    return put_json(out, "data: ", "\n\n", enc_tool_chunk, &a, args_n * 6 + (name ? strlen(name) * 6 : 0) + 256);
+}
+
+static void enc_tool_item(struct jsonw *w, const void *arg) { enc_tool_call(w, arg); }
+
+int oaijson_tool_call(struct obuf *out, const char *id, const char *name, const char *args, size_t args_n)
+{
+    struct tool_arg a = {0, id, name, args, args_n, NULL};
+    return put_json(out, "", "", enc_tool_item, &a, args_n * 6 + strlen(name) * 6 + 128);
 }
 
 struct model_arg {

@@ -48,6 +48,8 @@ struct oaijson_req {
     struct proto_submit submit;  /* prompt (completions) on the heap, sampling, stop */
     char *messages;              /* chat: the messages array as JSON text (heap), or NULL */
     uint32_t messages_len;
+    char *tools;                 /* chat: the tools as JSON text (heap), or NULL: none (or tool_choice "none") */
+    uint32_t tools_len;
     bool stream, include_usage;
     bool logprobs;               /* the answer carries logprobs (submit.top_logprobs alternatives) */
     char model[OAIJSON_MODEL_MAX + 1];
@@ -112,6 +114,20 @@ int oaijson_error_event(struct obuf *out, int code, const char *msg);
 /* The whole answer of stream:false. */
 int oaijson_response(struct obuf *out, const struct oaijson_head *h, const char *text, size_t n,
                      const char *finish, const char *lp, size_t lp_n, const struct oaijson_usage *u);
+
+/* Tool calls (toolcall.h).  Streaming: one chunk whose delta is
+ * {"tool_calls":[{index, id, type:"function", function:{name, arguments:""}}]}
+ * when id is given (a call's first chunk), else
+ * {"tool_calls":[{index, function:{arguments: the piece}}]}. */
+int oaijson_tool_chunk(struct obuf *out, const struct oaijson_head *h, uint32_t index, const char *id,
+                       const char *name, const char *args, size_t args_n);
+/* stream:false: one call {id, type, function:{name, arguments}} appended to
+ * out (the caller writes the array's brackets and commas). */
+int oaijson_tool_call(struct obuf *out, const char *id, const char *name, const char *args, size_t args_n);
+/* The whole answer with message.tool_calls (calls: a JSON array); content
+ * is null when text is empty. */
+int oaijson_response_tools(struct obuf *out, const struct oaijson_head *h, const char *text, size_t n,
+                           const char *finish, const struct oaijson_usage *u, const char *calls, size_t calls_n);
 
 /* GET /v1/models: the one model served. */
 int oaijson_models(struct obuf *out, const char *model, int64_t created);

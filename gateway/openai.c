@@ -1,6 +1,7 @@
 /* openai.c — see openai.h. */
 #include "openai.h"
 #include "http.h"
+#include "toolcall.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -36,6 +38,12 @@ struct openai_req {
     /* the generation */
     struct stream *s;
     char *messages;              /* chat: the submit's messages (JSON), for the stream's life */
+    char *tools;                 /* chat: the submit's tools (JSON), until the stream takes them */
+    struct toolcall *tc;         /* the request had tools: the answer's calls are parsed */
+    struct obuf calls;           /* stream:false: the calls so far, a JSON array's items */
+    char *call_id, *call_name;   /* stream:false: the call being read */
+    struct obuf call_args;
+    bool tc_failed;
     bool stream_mode, include_usage, logprobs, chat;
     char id[48];
     struct oaijson_head head;
@@ -71,6 +79,12 @@ static void req_free(struct openai_req *r)
     if (r->s)
         stream_release(oa->streams, r->s); /* cancels it at its worker if it is running */
     free(r->messages);
+    free(r->tools);
+    toolcall_free(r->tc);
+    obuf_free(&r->calls);
+    obuf_free(&r->call_args);
+    free(r->call_id);
+    free(r->call_name);
     if (r->counted_ip)
         limits_ip_release(oa->limits, r->ip);
     if (r->prev)
@@ -171,6 +185,47 @@ static void on_accepted(void *ctx, struct stream *s)
     want_write(r);
 }
 
+/* stream:false: the call being read joins the list. */
+static int flush_call(struct openai_req *r)
+{
+    if (!r->call_id)
+        return 0;
+    int rc = (r->calls.len && obuf_put(&r->calls, ",", 1)) ||
+             oaijson_tool_call(&r->calls, r->call_id, r->call_name, (const char *)obuf_data(&r->call_args),
+                               r->call_args.len);
+    free(r->call_id);
+    free(r->call_name);
+    r->call_id = r->call_name = NULL;
+    r->call_args.len = 0;
+    return rc ? RILL_E_NOMEM : 0;
+}
+
+/* What the tool-call parser found in the text: content as before, calls as
+ * delta.tool_calls chunks (or kept for message.tool_calls). */
+static int on_tool_event(void *ctx, const struct toolcall_ev *ev)
+{
+    struct openai_req *r = ctx;
+    if (ev->kind == TOOLCALL_CONTENT) {
+        if (r->stream_mode)
+            return oaijson_chunk(&r->out, &r->head, false, ev->text, ev->n, NULL, NULL, 0) ? RILL_E_NOMEM : 0;
+        return obuf_put(&r->text, ev->text, ev->n) ? RILL_E_NOMEM : 0;
+    }
+    if (r->stream_mode) {
+        bool first = ev->kind == TOOLCALL_START;
+        int rc = first ? oaijson_tool_chunk(&r->out, &r->head, ev->index, ev->id, ev->text, "", 0)
+                       : oaijson_tool_chunk(&r->out, &r->head, ev->index, NULL, NULL, ev->text, ev->n);
+        return rc ? RILL_E_NOMEM : 0;
+    }
+    if (ev->kind == TOOLCALL_START) {
+        if (flush_call(r))
+            return RILL_E_NOMEM;
+        r->call_id = strdup(ev->id);
+        r->call_name = strndup(ev->text, ev->n);
+        return r->call_id && r->call_name ? 0 : RILL_E_NOMEM;
+    }
+    return obuf_put(&r->call_args, ev->text, ev->n) ? RILL_E_NOMEM : 0;
+}
+
 static int on_token(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns)
 {
     struct openai *oa = ctx;
@@ -196,7 +251,12 @@ static int on_token(void *ctx, struct stream *s, const struct proto_token *t, ui
         r->n_lp++;
     }
     r->text_offset += t->text_len;
-    if (!rc && r->stream_mode) {
+    if (!rc && r->tc) {
+        /* logprobs ride on a chunk of their own: the token's text may be held or become a call */
+        if (r->logprobs && r->stream_mode)
+            rc = oaijson_chunk(&r->out, &r->head, false, "", 0, NULL, (char *)obuf_data(&r->lp), r->lp.len);
+        rc = rc || toolcall_feed(r->tc, piece, n, on_tool_event, r);
+    } else if (!rc && r->stream_mode) {
         if (n || r->logprobs)
             rc = oaijson_chunk(&r->out, &r->head, false, piece, n, NULL, r->logprobs ? (char *)obuf_data(&r->lp) : NULL,
                                r->lp.len);
@@ -225,6 +285,13 @@ static void on_ended(void *ctx, struct stream *s)
     char piece[8];
     size_t n = take_text(r, NULL, piece, sizeof piece); /* what was held: the end cuts it */
     int rc = 0;
+    if (r->tc && !s->term_code) {
+        rc = toolcall_feed(r->tc, piece, n, on_tool_event, r) || toolcall_finish(r->tc, on_tool_event, r) ||
+             flush_call(r);
+        n = 0;
+        if (toolcall_count(r->tc) && (!finish || !strcmp(finish, "stop")))
+            finish = "tool_calls";
+    }
     if (r->sse) {
         if (s->term_code) {
             oa->m->errors[rill_err_index(rill_err_wire(s->term_code))]++;
@@ -242,9 +309,19 @@ static void on_ended(void *ctx, struct stream *s)
         answer_error(r, s->term_code, NULL, s->term_msg);
         return;
     } else {
-        rc = obuf_put(&r->text, piece, n) ||
-             oaijson_response(&r->out, &r->head, (const char *)obuf_data(&r->text), r->text.len, finish ? finish : "stop",
-                              r->logprobs ? (const char *)obuf_data(&r->lp) : NULL, r->lp.len, &u);
+        if (r->tc && toolcall_count(r->tc)) {
+            rc = rc || obuf_put(&r->calls, "]", 1);
+            struct obuf arr = {0};
+            rc = rc || obuf_put(&arr, "[", 1) || obuf_put(&arr, obuf_data(&r->calls), r->calls.len) ||
+                 oaijson_response_tools(&r->out, &r->head, (const char *)obuf_data(&r->text), r->text.len, finish,
+                                        &u, (const char *)obuf_data(&arr), arr.len);
+            obuf_free(&arr);
+        } else {
+            rc = rc || obuf_put(&r->text, piece, n) ||
+                 oaijson_response(&r->out, &r->head, (const char *)obuf_data(&r->text), r->text.len,
+                                  finish ? finish : "stop", r->logprobs ? (const char *)obuf_data(&r->lp) : NULL,
+                                  r->lp.len, &u);
+        }
         r->status = 200;
         r->head_ready = true;
         r->ended = true;
@@ -299,6 +376,20 @@ static void start(struct openai_req *r)
     r->messages = q.messages;
     q.messages = NULL;
     q.submit.messages = (struct proto_text){r->messages, q.messages_len};
+    if (q.tools) {
+        r->tools = q.tools;
+        q.tools = NULL;
+        q.submit.tools = (struct proto_text){r->tools, q.tools_len};
+        uint64_t seed = 0;
+        if (getrandom(&seed, sizeof seed, 0) != sizeof seed)
+            seed = now ^ oa->next_id;
+        r->tc = toolcall_new(seed);
+        if (!r->tc) {
+            oaijson_req_free(&q);
+            answer_error(r, RILL_E_INTERNAL, NULL, "out of memory");
+            return;
+        }
+    }
     struct creq_id cid = {.present = true};
     snprintf(cid.s, sizeof cid.s, "%s", r->id);
     struct stream *s = stream_new(oa->streams, r, &oa->ev, &cid, &q.submit, now);
@@ -308,6 +399,7 @@ static void start(struct openai_req *r)
         return;
     }
     r->messages = NULL; /* the stream's */
+    r->tools = NULL;
     r->s = s;
     oa->m->requests++;
     /* lws's HTTP timeouts are for reading requests: a generation takes as

@@ -142,6 +142,7 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
     }
     submit->prompt = NULL; /* the stream owns them now */
     submit->messages = (struct proto_text){0};
+    submit->tools = (struct proto_text){0};
     return s;
 }
 
@@ -332,6 +333,7 @@ void stream_release(struct stream_table *t, struct stream *s)
     free(s->out.pend_gen_ns);
     free((void *)s->submit.prompt);
     free((void *)s->submit.messages.p);
+    free((void *)s->submit.tools.p);
     free(s->lat_ms);
     free(s->ids);
     free(s);

@@ -3,7 +3,8 @@
  *   rill-bench [--url ws://127.0.0.1:8765/stream] [--protocol json|msgpack]
  *              [--prompt TEXT | --prompt-file FILE] [--max-tokens N]
  *              [--temperature T] [--top-p P] [--seed S] [--key KEY]
- *              [--connections N] (--concurrency C | --rate R) [--streams-per-conn K]
+ *              [--connections N] (--concurrency C | --rate R | --burst N) [--streams-per-conn K]
+ *              [--max-tokens-range LO:HI] [--prompt-words LO:HI] [--arrival-seed S]
  *              [--duration S] [--requests N] [--warmup S] [--ramp STREAMS_PER_S]
  *              [--retry-ms MS] [--fanout] [--idle] [--gateway-pid PID]
  *              [--worker-pid PID] [--json FILE] [--quiet] [--event-loop libev|poll]
@@ -15,7 +16,16 @@
  * each slot sends its next request when the previous one ends (after
  * --retry-ms when it ended in an error).  Open loop (--rate R): Poisson
  * arrivals at R requests/s, each on the next connection with a free stream
- * (none free: counted as client_saturated, not sent).
+ * (none free: counted as client_saturated, not sent).  Burst (--burst N):
+ * N connections open first, then N generations are sent at once, one per
+ * connection, and the run ends when all N have ended (nothing is resent).
+ *
+ * Lengths: --max-tokens-range LO:HI draws each request's max_tokens, and
+ * --prompt-words LO:HI each prompt's length in words (the prompt's words
+ * repeated), uniformly; arrivals and lengths come from --arrival-seed, so two
+ * runs with one seed send the same requests at the same offsets.  The
+ * concurrency reached (generations sent and not yet ended, sampled every
+ * tick of the measured window: mean and max) is reported with the results.
  *
  * Phases: ramp (connect; closed loop: every slot started — with --fanout,
  * every slot has its first token), warmup (--warmup s), measure (--duration
@@ -95,6 +105,11 @@ struct opts {
     bool msgpack;
     const char *prompt, *prompt_file;
     long max_tokens;                 /* 0: the server's default */
+    long max_tokens_lo, max_tokens_hi; /* --max-tokens-range (0: unset) */
+    long prompt_words_lo, prompt_words_hi; /* --prompt-words (0: unset) */
+    long burst;                      /* --burst N (0: not a burst) */
+    bool has_arrival_seed;
+    unsigned long long arrival_seed;
     double temperature, top_p;
     bool has_temperature, has_top_p, has_seed;
     unsigned long long seed;
@@ -132,6 +147,10 @@ static void usage(FILE *f)
             "  --connections N        WebSocket connections (default: closed loop one per stream, open loop 16)\n"
             "  --concurrency C        closed loop: C generations in flight\n"
             "  --rate R               open loop: Poisson arrivals at R requests/s\n"
+            "  --burst N              N generations sent at once (after N connections open); ends when all end\n"
+            "  --max-tokens-range LO:HI  each request's max_tokens drawn uniformly from LO..HI\n"
+            "  --prompt-words LO:HI   each prompt LO..HI words long (the prompt's words repeated)\n"
+            "  --arrival-seed S       seed of arrivals and lengths (default: from the clock)\n"
             "  --streams-per-conn K   open loop: at most K in flight per connection (default 16)\n"
             "  --duration S           measured seconds (default 10 unless --requests)\n"
             "  --requests N           end after N requests sent in the window have ended\n"
@@ -178,8 +197,26 @@ enum {
     O_URL = 1, O_PROTOCOL, O_PROMPT, O_PROMPT_FILE, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_KEY,
     O_CONNECTIONS, O_CONCURRENCY, O_RATE, O_SPC, O_DURATION, O_REQUESTS, O_WARMUP, O_RAMP, O_RETRY, O_FANOUT,
     O_IDLE, O_GW_PID, O_W_PID, O_JSON, O_QUIET, O_EVLOOP, O_REPEAT, O_PAUSE, O_SAVE, O_COMPARE, O_THRESHOLD,
-    O_TAIL_THRESHOLD, O_FAIL_REGRESSION, O_HELP
+    O_TAIL_THRESHOLD, O_FAIL_REGRESSION, O_BURST, O_MT_RANGE, O_PROMPT_WORDS, O_ARRIVAL_SEED, O_HELP
 };
+
+/* "LO:HI" with lo <= hi, both in [min, max]. */
+static int range_arg(const char *name, const char *v, long min, long max, long *lo, long *hi)
+{
+    char *end;
+    errno = 0;
+    long a = strtol(v, &end, 10), c = a;
+    if (*end == ':')
+        c = strtol(end + 1, &end, 10);
+    if (end == v || *end || errno || a < min || c > max || a > c) {
+        fprintf(stderr, "rill-bench: bad value '%s' for --%s (expected LO:HI within %ld .. %ld)\n", v, name, min,
+                max);
+        return RILL_E_BAD_CONFIG;
+    }
+    *lo = a;
+    *hi = c;
+    return 0;
+}
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
@@ -196,6 +233,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         {"pause", 1, 0, O_PAUSE},       {"save", 1, 0, O_SAVE},             {"compare", 1, 0, O_COMPARE},
         {"threshold", 1, 0, O_THRESHOLD}, {"tail-threshold", 1, 0, O_TAIL_THRESHOLD},
         {"fail-on-regression", 0, 0, O_FAIL_REGRESSION}, {"help", 0, 0, O_HELP},
+        {"burst", 1, 0, O_BURST},       {"max-tokens-range", 1, 0, O_MT_RANGE},
+        {"prompt-words", 1, 0, O_PROMPT_WORDS}, {"arrival-seed", 1, 0, O_ARRIVAL_SEED},
         {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->url = "ws://127.0.0.1:8765/stream";
@@ -262,6 +301,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->has_tail_threshold = true;
             break;
         case O_FAIL_REGRESSION: o->fail_on_regression = true; break;
+        case O_BURST: rc = num_arg("burst", v, 1, BENCH_MAX_SLOTS - 1, &d); o->burst = (long)d; break;
+        case O_MT_RANGE: rc = range_arg("max-tokens-range", v, 1, 1048576, &o->max_tokens_lo, &o->max_tokens_hi); break;
+        case O_PROMPT_WORDS:
+            rc = range_arg("prompt-words", v, 1, 100000, &o->prompt_words_lo, &o->prompt_words_hi);
+            break;
+        case O_ARRIVAL_SEED:
+            rc = num_arg("arrival-seed", v, 0, 9007199254740991.0, &d);
+            o->arrival_seed = (unsigned long long)d;
+            o->has_arrival_seed = true;
+            break;
         case O_HELP: usage(stdout); exit(0);
         default:
             fprintf(stderr, "rill-bench: unknown or incomplete option '%s'\n", argv[optind - 1]);
@@ -294,8 +343,20 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->duration = 1;
         return 0;
     }
+    if (o->burst) {
+        /* A burst is a closed loop whose slots send once, all in the window. */
+        if (o->concurrency || o->rate || o->fanout || o->requests) {
+            fprintf(stderr, "rill-bench: --burst goes without --concurrency, --rate, --fanout and --requests\n");
+            return RILL_E_BAD_CONFIG;
+        }
+        o->concurrency = o->burst;
+        o->requests = o->burst;
+        o->warmup = 0;
+        if (!o->duration)
+            o->duration = 600; /* a bound, in case some never end */
+    }
     if (!o->concurrency == !o->rate) {
-        fprintf(stderr, "rill-bench: give one of --concurrency (closed loop) or --rate (open loop)\n");
+        fprintf(stderr, "rill-bench: give one of --concurrency (closed loop), --rate (open loop) or --burst\n");
         return RILL_E_BAD_CONFIG;
     }
     if (o->fanout && o->rate) {
@@ -396,6 +457,9 @@ struct bench {
     uint64_t tokens, frames, bytes_in, tokens_all; /* frames: token frames only */
     uint64_t negative_added;
     struct hist ttft_window, ttft_all, itl, added;
+    char prompt_buf[65536];          /* --prompt-words: the prompt being sent */
+    uint64_t inflight;               /* sent and not ended */
+    uint64_t inflight_max, inflight_sum, inflight_ticks; /* sampled each measured tick */
     double *rates;
     size_t n_rates, cap_rates;
     /* processes */
@@ -626,24 +690,64 @@ static void mp_k(msgpack_packer *pk, const char *k)
 static uint64_t slot_id(const struct slot *s) { return (uint64_t)s->gen << BENCH_ID_BITS | s->idx; }
 
 /* The generate message of slot s (a new generation of it). */
+static uint64_t rng_next(struct bench *b);
+
+/* A uniform draw from lo..hi. */
+static long rng_range(struct bench *b, long lo, long hi)
+{
+    return lo + (long)(rng_next(b) % (uint64_t)(hi - lo + 1));
+}
+
+/* The prompt's words, repeated to `words` words, into b->prompt_buf (cut
+ * short when it is full). */
+static const char *prompt_of_words(struct bench *b, const char *prompt, long words)
+{
+    size_t n = 0, cap = sizeof b->prompt_buf;
+    const char *p = prompt;
+    for (long k = 0; k < words; k++) {
+        while (*p == ' ')
+            p++;
+        if (!*p) {
+            p = prompt;
+            while (*p == ' ')
+                p++;
+            if (!*p)
+                break; /* a prompt of no words */
+        }
+        size_t len = strcspn(p, " ");
+        if (n + len + 2 > cap)
+            break;
+        if (n)
+            b->prompt_buf[n++] = ' ';
+        memcpy(b->prompt_buf + n, p, len);
+        n += len;
+        p += len;
+    }
+    b->prompt_buf[n] = 0;
+    return b->prompt_buf;
+}
+
 static struct outmsg *build_generate(struct bench *b, struct slot *s)
 {
     const struct opts *o = &b->o;
     const char *prompt = b->prompts[b->next_prompt++ % b->n_prompts];
+    if (o->prompt_words_lo)
+        prompt = prompt_of_words(b, prompt, rng_range(b, o->prompt_words_lo, o->prompt_words_hi));
+    long max_tokens = o->max_tokens_lo ? rng_range(b, o->max_tokens_lo, o->max_tokens_hi) : o->max_tokens;
     uint32_t n_params = o->has_temperature + o->has_top_p + o->has_seed + o->fanout;
     if (o->msgpack) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         msgpack_packer pk;
         msgpack_packer_init(&pk, &sb, mpw_sbuf);
-        msgpack_pack_map(&pk, 3 + (o->max_tokens > 0) + (n_params > 0));
+        msgpack_pack_map(&pk, 3 + (max_tokens > 0) + (n_params > 0));
         mp_kstr(&pk, "type", "generate");
         mp_k(&pk, "id");
         msgpack_pack_uint64(&pk, slot_id(s));
         mp_kstr(&pk, "prompt", prompt);
-        if (o->max_tokens > 0) {
+        if (max_tokens > 0) {
             mp_k(&pk, "max_tokens");
-            msgpack_pack_uint32(&pk, (uint32_t)o->max_tokens);
+            msgpack_pack_uint32(&pk, (uint32_t)max_tokens);
         }
         if (n_params) {
             mp_k(&pk, "params");
@@ -679,8 +783,8 @@ static struct outmsg *build_generate(struct bench *b, struct slot *s)
     jsonw_key_str(&w, "type", "generate");
     jsonw_key_uint(&w, "id", slot_id(s));
     jsonw_key_str(&w, "prompt", prompt);
-    if (o->max_tokens > 0)
-        jsonw_key_uint(&w, "max_tokens", (uint64_t)o->max_tokens);
+    if (max_tokens > 0)
+        jsonw_key_uint(&w, "max_tokens", (uint64_t)max_tokens);
     if (n_params) {
         jsonw_key(&w, "params");
         jsonw_obj_begin(&w);
@@ -750,6 +854,7 @@ static int slot_send(struct bench *b, struct slot *s)
         b->started_slots++;
     }
     b->sent++;
+    b->inflight++;
     if (s->in_window)
         b->sent_window++;
     conn_push(s->c, m);
@@ -796,6 +901,8 @@ static bool may_send(const struct bench *b)
 static void slot_end(struct bench *b, struct slot *s, int err_slot, uint64_t now)
 {
     bool count = measuring(b);
+    if (b->inflight)
+        b->inflight--;
     if (count) {
         if (err_slot < 0)
             b->completed++;
@@ -817,7 +924,7 @@ static void slot_end(struct bench *b, struct slot *s, int err_slot, uint64_t now
         b->free_head = s->idx;
         return;
     }
-    if (err_slot < 0 && may_send(b) && s->c->st == CN_OPEN) {
+    if (err_slot < 0 && may_send(b) && s->c->st == CN_OPEN && !b->o.burst) {
         if (slot_send(b, s) == 0)
             return;
     }
@@ -1233,8 +1340,8 @@ static bool ramp_done(const struct bench *b)
 {
     if (b->n_connecting || b->next_connect < b->n_conns)
         return false;
-    if (b->o.idle || b->o.rate)
-        return true;
+    if (b->o.idle || b->o.rate || b->o.burst)
+        return b->n_open == b->n_conns || b->o.idle || b->o.rate;
     if (b->o.fanout)
         return b->first_slots == b->n_slots;
     return b->started_slots == b->n_slots;
@@ -1314,7 +1421,7 @@ static void on_tick(struct bench *b)
                 conn_open(b, &b->conns[i]);
     }
     /* Closed loop: start or restart the slots that may go. */
-    if (b->o.concurrency && may_send(b)) {
+    if (b->o.concurrency && may_send(b) && (!b->o.burst || b->ph == PH_MEASURE)) {
         uint64_t allowed = b->n_slots;
         if (b->o.ramp > 0 && b->ph == PH_RAMP)
             allowed = (uint64_t)(secs(now - b->t0) * b->o.ramp) + 1;
@@ -1361,6 +1468,10 @@ static void on_tick(struct bench *b)
     }
     case PH_MEASURE: {
         static uint64_t next_rss;
+        b->inflight_sum += b->inflight;
+        b->inflight_ticks++;
+        if (b->inflight > b->inflight_max)
+            b->inflight_max = b->inflight;
         if (b->o.gateway_pid && now >= next_rss) {
             uint64_t kb;
             if (proc_rss_kb(b->o.gateway_pid, &kb) == 0 && kb > b->gw_rss_max_kb)
@@ -1491,7 +1602,18 @@ static int result_json(const struct bench *b, const struct results *r, char **ou
     struct jsonw w;
     jsonw_init(&w, buf, cap);
     jsonw_obj_begin(&w);
-    jsonw_key_str(&w, "mode", o->idle ? "idle" : o->rate ? "open" : "closed");
+    jsonw_key_str(&w, "mode", o->idle ? "idle" : o->rate ? "open" : o->burst ? "burst" : "closed");
+    jsonw_key_uint(&w, "burst", (uint64_t)o->burst);
+    if (o->max_tokens_lo) {
+        jsonw_key_int(&w, "max_tokens_lo", o->max_tokens_lo);
+        jsonw_key_int(&w, "max_tokens_hi", o->max_tokens_hi);
+    }
+    if (o->prompt_words_lo) {
+        jsonw_key_int(&w, "prompt_words_lo", o->prompt_words_lo);
+        jsonw_key_int(&w, "prompt_words_hi", o->prompt_words_hi);
+    }
+    if (o->has_arrival_seed)
+        jsonw_key_uint(&w, "arrival_seed", o->arrival_seed);
     jsonw_key_bool(&w, "fanout", o->fanout);
     jsonw_key_str(&w, "protocol", o->msgpack ? "rill.msgpack.v1" : "rill.json.v1");
     jsonw_key_str(&w, "url", o->url);
@@ -1522,6 +1644,11 @@ static int result_json(const struct bench *b, const struct results *r, char **ou
         json_hist(&w, "ttft_ms", r->ttft);
         jsonw_key_str(&w, "ttft_scope", r->ttft_scope);
         json_hist(&w, "itl_ms", &b->itl);
+        jsonw_key(&w, "concurrency_reached");
+        jsonw_obj_begin(&w);
+        jsonw_key_double(&w, "mean", b->inflight_ticks ? (double)b->inflight_sum / b->inflight_ticks : 0, 2);
+        jsonw_key_uint(&w, "max", b->inflight_max);
+        jsonw_obj_end(&w);
         jsonw_key(&w, "stream_tokens_per_s");
         jsonw_obj_begin(&w);
         jsonw_key_uint(&w, "streams", b->n_rates);
@@ -1608,8 +1735,8 @@ static int write_text(const char *path, const char *text)
 
 static void print_hist(const char *name, const struct hist *h, const char *note)
 {
-    printf("  %-16s p50 %8.2f  p95 %8.2f  p99 %8.2f  max %8.2f ms  (%llu%s)\n", name, pct_ms(h, 0.5), pct_ms(h, 0.95),
-           pct_ms(h, 0.99), h->count ? h->max / 1000.0 : 0, (unsigned long long)h->count, note);
+    printf("  %-16s p50 %8.2f  p90 %8.2f  p95 %8.2f  p99 %8.2f  max %8.2f ms  (%llu%s)\n", name, pct_ms(h, 0.5),
+           pct_ms(h, 0.90), pct_ms(h, 0.95), pct_ms(h, 0.99), h->count ? h->max / 1000.0 : 0, (unsigned long long)h->count, note);
 }
 
 static void print_table(const struct bench *b, const struct results *r)
@@ -1628,7 +1755,7 @@ static void print_table(const struct bench *b, const struct results *r)
                b->n_conns, proto, r->window_s, b->stop_signal ? " (interrupted)" : "");
     else
         printf("rill-bench closed loop%s: %ld streams over %u connections, %s, %.2f s measured%s\n",
-               o->fanout ? " fan-out" : "", o->concurrency, b->n_conns, proto, r->window_s,
+               o->burst ? " burst" : o->fanout ? " fan-out" : "", o->concurrency, b->n_conns, proto, r->window_s,
                b->stop_signal ? " (interrupted)" : "");
     printf("  requests         sent %llu, completed %llu, errored %llu, running at the end %llu",
            (unsigned long long)b->sent_window, (unsigned long long)b->completed, (unsigned long long)b->errored,
@@ -1648,6 +1775,9 @@ static void print_table(const struct bench *b, const struct results *r)
                (unsigned long long)b->conn_drops);
     print_hist("first token", r->ttft, !strcmp(r->ttft_scope, "all") ? ", incl. ramp" : "");
     print_hist("inter-token", &b->itl, "");
+    printf("  in flight        mean %.2f, max %llu (sampled every %d ms of the window)\n",
+           b->inflight_ticks ? (double)b->inflight_sum / b->inflight_ticks : 0, (unsigned long long)b->inflight_max,
+           BENCH_TICK_US / 1000);
     printf("  stream tokens/s  median %.2f, p10 %.2f (%zu streams)\n", r->stream_median, r->stream_p10, b->n_rates);
     printf("  tokens           %llu = %.0f tokens/s; %llu frames, %.3f tokens/frame, %.1f MB in\n",
            (unsigned long long)b->tokens, r->tokens_per_s, (unsigned long long)b->frames, r->tokens_per_frame,
@@ -1753,6 +1883,8 @@ static int setup(struct bench *b)
     if (!msgpack_zone_init(&b->zone, 8192))
         return RILL_E_NOMEM;
     b->rng = (uint64_t)clock_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    if (o->has_arrival_seed)
+        b->rng = (o->arrival_seed + 1) * 0x9e3779b97f4a7c15ull; /* xorshift needs a non-zero state */
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);

@@ -58,6 +58,10 @@ static int job_chat(const struct intake *in, struct intake_job *j)
         return rill_fail(j->why, sizeof j->why, RILL_E_BAD_REQUEST, "%s", in->chat_why);
     struct chat_opts o = {.bos_token = in->bos, .eos_token = in->eos, .add_generation_prompt = true,
                           .max_output = PROTO_MAX_PROMPT};
+    if (j->req.tools.len) {
+        o.tools_json = j->req.tools.p;
+        o.tools_len = j->req.tools.len;
+    }
     char *text = NULL;
     size_t n = 0;
     int rc = chat_tmpl_render(in->chat, j->req.messages.p, j->req.messages.len, &o, &text, &n, NULL, j->why,
@@ -141,6 +145,7 @@ void intake_job_free(struct intake_job *j)
     free((void *)j->req.prompt);
     free((void *)j->req.prompt_tokens);
     free((void *)j->req.messages.p);
+    free((void *)j->req.tools.p);
     prompt_free(&j->prompt);
     free(j);
 }
@@ -216,6 +221,7 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
     req->prompt_len = 0;
     req->n_prompt_tokens = 0;
     req->messages = (struct proto_text){0};
+    req->tools = (struct proto_text){0};
     if (reply_to)
         j->reply_to = *reply_to;
     j->t_arrive = t_arrive;
@@ -234,7 +240,7 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
         in->head = j;
     in->tail = j;
     in->n++;
-    in->bytes += j->req.prompt_len + j->req.messages.len;
+    in->bytes += j->req.prompt_len + j->req.messages.len + j->req.tools.len;
     if (j->done)
         wake_loop(in);
     pthread_cond_signal(&in->cv);
@@ -253,7 +259,7 @@ static struct intake_job *take_done_head(struct intake *in)
         in->tail = NULL;
     j->next = NULL;
     in->n--;
-    in->bytes -= j->req.prompt_len + j->req.messages.len;
+    in->bytes -= j->req.prompt_len + j->req.messages.len + j->req.tools.len;
     return j;
 }
 

@@ -199,6 +199,8 @@ struct rig_opts {
     const char *model;
     int threads, max_batch, prefill_chunk, context, block_tokens;
     const char *kv_bytes;
+    const char *target_latency_ms; /* NULL: 10000 */
+    const char *max_step_ms;       /* NULL: the default */
 };
 
 static void rig_open(struct rig *r, const struct rig_opts *o)
@@ -224,8 +226,12 @@ static void rig_open(struct rig *r, const struct rig_opts *o)
         assert_int_equal(cfg_set(&c, "kv_cache_bytes", o->kv_bytes, why, sizeof why), 0);
     /* A slow shared machine must not make the controller shrink the batch
      * below what a test counts on (it never changes tokens, only timing). */
-    assert_int_equal(cfg_set(&c, "target_latency_ms", "10000", why, sizeof why), 0);
+    assert_int_equal(cfg_set(&c, "target_latency_ms", o->target_latency_ms ? o->target_latency_ms : "10000", why,
+                             sizeof why),
+                     0);
     assert_int_equal(cfg_set(&c, "max_latency_ms", "60000", why, sizeof why), 0);
+    if (o->max_step_ms)
+        assert_int_equal(cfg_set(&c, "max_step_ms", o->max_step_ms, why, sizeof why), 0);
     int rc = engine_open(&c, false, &r->e, why, sizeof why);
     if (rc)
         fail_msg("engine_open: %s: %s", rill_err_name(rc), why);
@@ -1311,6 +1317,60 @@ static void test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step(void
         fail_msg("a step ran %u prompt rows with prefill_chunk 8", worst);
 }
 
+static bool has_record(const struct rig *r, uint64_t id)
+{
+    for (size_t i = 0; i < r->c.n; i++)
+        if (r->c.r[i].id == id)
+            return true;
+    return false;
+}
+
+static void test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_others_decode(void **state)
+{
+    (void)state;
+    /* target_latency_ms 1 with a model whose decode step takes more than
+     * 1 ms (~17M parameters): a step with decode rows leaves prefill only
+     * its minimum (16 rows).  A request waiting past FIRST_TOKEN_DUE_MS
+     * (submitted at time 0 here) may stretch the step to max_latency_ms and
+     * max_step_ms (60000 both) instead: its 59-token prompt is prefilled, and
+     * sampled, in the next step, not four steps of 16 behind the decoding
+     * stream. */
+    char path[192], cmd[1024];
+    snprintf(path, sizeof path, "%s/slow.gguf", tmpdir);
+    snprintf(cmd, sizeof cmd,
+             "%s/rill-mkmodel --shape tiny --dim 512 --ffn 2048 --layers 4 --heads 8 --kv-heads 8 --dtype f32 "
+             "--corpus %s/corpus.txt --out %s 2>%s/mk-slow.log",
+             tu_build_dir(), tmpdir, path, tmpdir);
+    assert_int_equal(system(cmd), 0);
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.model = path, .max_batch = 4, .prefill_chunk = 64, .target_latency_ms = "1",
+                                    .max_step_ms = "60000"});
+    int32_t ids[60];
+    for (int i = 0; i < 60; i++)
+        ids[i] = 10 + i;
+    struct proto_submit a = req(1200, NULL, 200);
+    a.prompt_tokens = ids;
+    a.n_prompt_tokens = 40; /* >= 8 rows: the prefill cost model is learned from it */
+    submit_ok(&r, &a);
+    for (int k = 0; k < 4; k++)
+        step(&r);
+    assert_true(has_record(&r, 1200));
+    struct proto_submit b = req(1201, NULL, 5);
+    b.prompt_tokens = ids + 1; /* not a cached prefix of a's */
+    b.n_prompt_tokens = 59;
+    submit_ok(&r, &b);
+    int steps = 0;
+    while (!has_record(&r, 1201) && steps < 20) {
+        step(&r);
+        steps++;
+    }
+    struct sched_stats st;
+    sched_stats(r.s, &st);
+    rig_close(&r);
+    if (steps != 1)
+        fail_msg("the due request's first token came after %d steps (want 1)", steps);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1331,6 +1391,7 @@ int main(void)
         cmocka_unit_test(test_a_request_tokenized_elsewhere_runs_as_if_submitted_whole),
         cmocka_unit_test(test_positions_run_from_zero_with_first_and_last_flags),
         cmocka_unit_test(test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step),
+        cmocka_unit_test(test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_others_decode),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
