@@ -358,7 +358,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
         return;
     }
     transport_tick(&t->g->tp, now);
-    stream_table_tick(&t->g->streams, now);
+    stream_table_tick(&t->g->streams, clock_ns()); /* after the transport's news, which may move streams */
     struct telemetry_gauges tg;
     gauges_of(t->g, &tg);
     telemetry_tick(&t->g->tel, now, &tg);

@@ -273,7 +273,8 @@ static void sweep_detached(struct stream_table *t, uint64_t now_ns)
     t->next_sweep_ns = now_ns + 1000000000ull;
     for (uint32_t i = 0; i < t->cap && t->detached; i++) {
         struct stream *s = t->map[i];
-        if (s && s != TOMB && s->detached_ns && now_ns - s->detached_ns > t->resume_window_ns) {
+        if (s && s != TOMB && s->detached_ns && now_ns > s->detached_ns &&
+            now_ns - s->detached_ns > t->resume_window_ns) {
             rlog_debug("request %llu: nobody resumed it within resume_window_s: %s", (unsigned long long)s->req_id,
                        s->state == STREAM_DONE ? "dropped" : "cancelled");
             stream_release(t, s); /* cancels it at its worker if it still runs */
@@ -290,7 +291,9 @@ void stream_table_tick(struct stream_table *t, uint64_t now_ns)
         struct stream *s = t->map[i];
         if (!s || s == TOMB || !s->waiting_since_ns)
             continue;
-        if (now_ns - s->waiting_since_ns > t->failover_timeout_ns) {
+        /* waiting_since may be later than now: a worker went down while
+         * this tick ran (clock read before it). */
+        if (now_ns > s->waiting_since_ns && now_ns - s->waiting_since_ns > t->failover_timeout_ns) {
             char m[160];
             snprintf(m, sizeof m,
                      "the worker running this generation stopped, and no worker took it over within "
