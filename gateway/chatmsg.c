@@ -118,3 +118,40 @@ int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, cha
     cJSON_free(text);
     return 0;
 }
+
+int chatmsg_tools(const cJSON *tools, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    if (!cJSON_IsArray(tools))
+        return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST, "tools: expected a list of tools");
+    if (!tools->child)
+        return 0;
+    int i = 0;
+    for (const cJSON *t = tools->child; t; t = t->next, i++) {
+        const cJSON *type = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "type") : NULL;
+        const cJSON *fn = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "function") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name) ||
+            !name->valuestring[0] || !text_ok(name))
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             "tools[%d]: expected {\"type\":\"function\",\"function\":{\"name\":...}}", i);
+    }
+    char *text = cJSON_PrintUnformatted(tools);
+    if (!text)
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    size_t n = strlen(text);
+    if (n > cap) {
+        cJSON_free(text);
+        return rill_fail(msg, msg_len, RILL_E_PROMPT_TOO_LONG, "tools: %zu bytes of JSON, at most %zu allowed", n, cap);
+    }
+    *out = malloc(n + 1);
+    if (!*out) {
+        cJSON_free(text);
+        return rill_fail(msg, msg_len, RILL_E_NOMEM, "out of memory");
+    }
+    memcpy(*out, text, n + 1);
+    *out_len = (uint32_t)n;
+    cJSON_free(text);
+    return 0;
+}

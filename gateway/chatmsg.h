@@ -24,4 +24,10 @@
  * index), RILL_E_NOMEM. */
 int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
 
+/* The tools of a chat (OpenAI's [{"type":"function","function":{"name",
+ * "description","parameters"}}]) for the template: each must be a function
+ * with a non-empty name.  An empty list: *out NULL, 0.  Else *out is malloc'd
+ * JSON text of *out_len bytes.  Errors as chatmsg_take ("tools..."). */
+int chatmsg_tools(const cJSON *tools, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
+
 #endif

@@ -293,40 +293,17 @@ static int parse_tools(struct pctx *p, cJSON *root, enum oaijson_kind kind, cons
         return 0;
     if (kind != OAIJSON_CHAT)
         return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: only on /v1/chat/completions");
-    int i = 0;
-    for (const cJSON *t = j->child; t; t = t->next, i++) {
-        const cJSON *type = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "type") : NULL;
-        const cJSON *fn = cJSON_IsObject(t) ? cJSON_GetObjectItemCaseSensitive(t, "function") : NULL;
-        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
-        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name) ||
-            !name->valuestring[0])
-            return fail(p, RILL_E_BAD_REQUEST, "tools",
-                        "tools[%d]: expected {\"type\":\"function\",\"function\":{\"name\":...}}", i);
-    }
     const cJSON *c = field(root, "tool_choice");
     if (c && cJSON_IsString(c) && !strcmp(c->valuestring, "none"))
         return 0;
     if (c && !cJSON_IsNull(c) && !(cJSON_IsString(c) && !strcmp(c->valuestring, "auto")))
         return fail(p, RILL_E_BAD_REQUEST, "tool_choice",
                     "tool_choice: only \"auto\" and \"none\" are supported (rill does not force a call)");
-    char *text = cJSON_PrintUnformatted(j);
-    if (!text)
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    size_t n = strlen(text);
     size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
-    if (n > cap) {
-        cJSON_free(text);
-        return fail(p, RILL_E_PROMPT_TOO_LONG, "tools", "tools: %zu bytes of JSON, at most %zu allowed", n, cap);
-    }
-    r->tools = malloc(n + 1);
-    if (!r->tools) {
-        cJSON_free(text);
-        return fail(p, RILL_E_NOMEM, NULL, "out of memory");
-    }
-    memcpy(r->tools, text, n + 1);
-    r->tools_len = (uint32_t)n;
-    cJSON_free(text);
-    return 0;
+    int rc = chatmsg_tools(j, cap, &r->tools, &r->tools_len, p->msg, p->msg_len);
+    if (rc && p->param && p->param_len)
+        snprintf(p->param, p->param_len, "%s", rc == RILL_E_NOMEM ? "" : "tools");
+    return rc;
 }
 
 /* Where a NUL would enter the JSON text: a raw 0x00 byte or a \u0000

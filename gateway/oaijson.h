@@ -13,7 +13,11 @@
  *   true/false with top_logprobs), user, and the extensions other servers
  *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos, and
  *   the WebSocket's parse_special (completions; default true: control-token
- *   text in the prompt is the control token, as in llama.cpp's server).
+ *   text in the prompt is the control token, as in llama.cpp's server)
+ *   Chat: tools (checked by chatmsg_tools, kept as JSON text for the
+ *   template) and tool_choice: "auto" (or absent) sends the tools, "none"
+ *   drops them; "required" and a named function are refused (param
+ *   tool_choice): rill does not constrain sampling, so it cannot force a call.
  *   presence_penalty and frequency_penalty are accepted as 0, ignore_eos as
  *   false, echo as false, suffix as empty and best_of as 1: the worker's
  *   sampler has none of them, so any other value is refused by name.

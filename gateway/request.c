@@ -20,6 +20,8 @@ void creq_free(struct creq *r)
     r->prompt = NULL;
     free(r->messages);
     r->messages = NULL;
+    free(r->tools);
+    r->tools = NULL;
 }
 
 /* --- msgpack -> cJSON (bounded: the input was walked by proto_unpack) ------------------- */
@@ -254,6 +256,15 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
             return rc;
         p = &empty;
     }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    if (tools && !cJSON_IsNull(tools)) {
+        if (!msgs)
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "tools: only with messages (the chat template renders them)");
+        int rc = chatmsg_tools(tools, lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT,
+                               &r->tools, &r->tools_len, msg, n);
+        if (rc)
+            return rc;
+    }
     if (!cJSON_IsString(p))
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "prompt: expected a string");
     if (has_nul(p))
@@ -454,6 +465,8 @@ out:
         out->prompt = NULL;
         free(out->messages);
         out->messages = NULL;
+        free(out->tools);
+        out->tools = NULL;
     }
     return rc;
 }

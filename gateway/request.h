@@ -63,6 +63,8 @@ struct creq {
     uint32_t prompt_len;
     char *messages;             /* or chat messages as JSON text (heap; NULL: none) */
     uint32_t messages_len;
+    char *tools;                /* with messages: the tools as JSON text (heap; NULL: none) */
+    uint32_t tools_len;
     uint32_t max_tokens;
     float temperature, top_p, min_p, repetition_penalty;
     uint32_t top_k;

@@ -312,6 +312,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     p.top_logprobs = r->top_logprobs;
     p.parse_special = r->parse_special;
     p.messages = (struct proto_text){r->messages, r->messages_len};
+    p.tools = (struct proto_text){r->tools, r->tools_len};
     struct stream *s = stream_new(ss->streams, c, &ss->ev, &r->id, &p, now);
     if (!s) {
         send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
@@ -319,6 +320,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     }
     r->prompt = NULL; /* the stream owns it now, and the messages */
     r->messages = NULL;
+    r->tools = NULL;
     s->out.timestamps = r->timestamps;
     if (ss->limits->n_keys) /* only the same key may resume it */
         snprintf(s->key_name, sizeof s->key_name, "%s", c->bucket_key);

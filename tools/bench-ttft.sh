@@ -23,6 +23,8 @@
 #   RUNS=3 RATE=2.5 DURATION=20 WARMUP=3 MAX_TOKENS=64:128 PROMPT_WORDS=4:40
 #   SEED=1 BURST=32 BURST_TOKENS=64 THREADS=0 (the worker's, 0: every core)
 #   LOADS="poisson burst"  WORKER_ARGS / GATEWAY_ARGS: extra flags.
+#   TRACE_DIR=DIR   keep each run's worker log there (with WORKER_ARGS="--log_level
+#                   debug": every first token's trace, sched.c)
 set -euo pipefail
 
 B=${1:?usage: tools/bench-ttft.sh BUILD_DIR [BASE_BUILD_DIR]}
@@ -150,6 +152,7 @@ d = json.load(open(p)); d["loadavg1_before"] = l
 json.dump(d, open(p, "w"), indent=1)
 PYEOF
             echo "bench-ttft: $side $load run $run done (load average before $load1)" >&2
+            [ -n "${TRACE_DIR:-}" ] && cp "$RUN/worker.log" "$TRACE_DIR/worker-$side-$load-$run.log"
             stop_pipeline
         done
     done

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 import conftest
+from rillclient import GREEDY, JSON, Client, run, sampling
 from test_openai import post, sse_events
 
 VOCAB = os.path.join(conftest.ROOT, "..", "shared", "data", "vocab", "ggml-vocab-qwen2.gguf")
@@ -127,3 +128,29 @@ def test_the_openai_npm_client_streams_with_tools(gw):
     assert st["content"] == ns["content"] and st["finish"] == ns["finish"]
     assert [c["function"] for c in st["tool_calls"]] == [c["function"] for c in ns["tool_calls"]]
     assert st["finish"] == ("tool_calls" if ns["tool_calls"] else "length"), out
+
+
+def test_websocket_generate_takes_tools_with_messages(gw):
+    """The WebSocket's tools reach the template as /v1's do: greedy, the same
+    text as the chat completion with tools, not the one without."""
+    n = 12
+
+    async def ws(extra):
+        async with await Client.connect(gw.url, JSON) as c:
+            body = {"type": "generate", "id": "t", "messages": MESSAGES, "max_tokens": n,
+                    "params": sampling(GREEDY), **extra}
+            await c.send({k: v for k, v in body.items() if v is not None})
+            (g,) = await c.wait_done("t")
+        return g
+
+    with_tools, without = run(ws({"tools": TOOLS})), run(ws({}))
+    assert with_tools.terminal["type"] == "complete", with_tools.terminal
+    s, raw = chat(gw, messages=MESSAGES, tools=TOOLS, max_tokens=n, temperature=0)
+    s0, raw0 = chat(gw, messages=MESSAGES, max_tokens=n, temperature=0)
+    assert s == s0 == 200, raw
+    text = "".join(t["text"] for t in with_tools.tokens)
+    assert text == json.loads(raw)["choices"][0]["message"]["content"]
+    assert "".join(t["text"] for t in without.tokens) == json.loads(raw0)["choices"][0]["message"]["content"]
+    assert json.loads(raw)["usage"]["prompt_tokens"] != json.loads(raw0)["usage"]["prompt_tokens"]
+    bad = run(ws({"messages": None, "prompt": "x", "tools": TOOLS}))
+    assert bad.error["code"] == "bad_request" and "only with messages" in bad.error["message"], bad.terminal

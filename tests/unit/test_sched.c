@@ -1331,8 +1331,8 @@ static void test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_other
     /* target_latency_ms 1 with a model whose decode step takes more than
      * 1 ms (~17M parameters): a step with decode rows leaves prefill only
      * its minimum (16 rows).  A request waiting past FIRST_TOKEN_DUE_MS
-     * (submitted at time 0 here) may stretch the step to max_latency_ms and
-     * max_step_ms (60000 both) instead: its 59-token prompt is prefilled, and
+     * (submitted at time 0 here) may stretch the step to max_step_ms (60000)
+     * instead: its 59-token prompt is prefilled, and
      * sampled, in the next step, not four steps of 16 behind the decoding
      * stream. */
     char path[192], cmd[1024];
