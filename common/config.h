@@ -47,7 +47,7 @@
     X(SIZE, gateway, client_buffer_bytes, "1M",          4096, 1073741824, "output a slow client may have queued before it gets slow_consumer") \
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
     X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \
-    X(INT,  gateway, send_threads,     "2",              1, 16,     "threads that send the frames of one ring batch in parallel (the service thread and send_threads-1 more); 1: the service thread alone") \
+    X(INT,  gateway, send_threads,     "1",              1, 16,     "threads that send the frames of one ring batch in parallel (the service thread and send_threads-1 more; worth it only with a core to spare); 1: the service thread alone") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "seconds an idle WebSocket may be silent before it is pinged (and 3x that before it is dropped)") \
     X(INT,  gateway, failover_timeout_s, "30",         0, 3600,   "how long a generation whose worker died waits for a worker to run it again before it ends with worker_lost") \
     X(INT,  gateway, resume_window_s,  "60",             0, 86400,  "how long a generation outlives its client's connection (running, then kept with its tokens) so that a resume can pick it up; 0: a dropped connection cancels its generations") \

@@ -6,6 +6,8 @@ does not depend on what else shared its step)."""
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 import rillclient as rc
 from rillclient import GREEDY, JSON, MSGPACK, SAMPLED, Client, run, sampling
 
@@ -20,8 +22,11 @@ def job(i):
     return f"Client {k} asks about topic {k * 7 % 13}", N_TOKENS - (k % 5), params
 
 
-def test_200_concurrent_clients_get_exact_streams(pipelines, tiny_model):
-    p = pipelines(tiny_model, gateway_args=["--max_connections", "1000"],
+@pytest.mark.parametrize("send_threads", [1, 2])
+def test_200_concurrent_clients_get_exact_streams(pipelines, tiny_model, send_threads):
+    """send_threads 2: a batch's frames go out from two threads (writer.h);
+    the streams must be the same."""
+    p = pipelines(tiny_model, gateway_args=["--max_connections", "1000", "--send_threads", str(send_threads)],
                          worker_args=["--max_batch", "256"])
     jobs = [job(i) for i in range(N_CLIENTS)]
     with ThreadPoolExecutor(2) as ex:
