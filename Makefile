@@ -130,7 +130,7 @@ check-tsan:
 
 # Bounded libFuzzer runs (ASan+UBSan) of every parser of untrusted bytes:
 #   proto    the internal msgpack messages and token records (common/proto.c)
-#   request  what clients send, JSON and msgpack (gateway/request.c)
+#   request  what clients send, JSON and msgpack (gateway/creq.c)
 #   http     the request path's endpoint, the Origin and API-key checks
 #            (gateway/httppath.c, gateway/limits.c)
 #   gguf     the GGUF reader (worker/gguf.c)
@@ -152,7 +152,7 @@ FUZZ_CC      := clang -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Icommon -fsanitize=fu
 FUZZ_HDRS    := $(wildcard common/*.h gateway/*.h worker/*.h)
 FUZZ_LINK    := $(LIB_GATEWAY) $(LIB_WORKER) $(LIB_COMMON)
 FUZZ_SRC_proto   := tests/fuzz/fuzz_proto.c common/proto.c
-FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/request.c gateway/chatmsg.c common/proto.c
+FUZZ_SRC_request := tests/fuzz/fuzz_request.c gateway/creq.c gateway/chatmsg.c common/proto.c
 FUZZ_SRC_http    := tests/fuzz/fuzz_http.c gateway/httppath.c gateway/limits.c
 FUZZ_SRC_gguf    := tests/fuzz/fuzz_gguf.c worker/gguf.c
 FUZZ_SRC_jinja   := tests/fuzz/fuzz_jinja.c worker/jinja.c

@@ -7,7 +7,7 @@
  * content a string, null, or a list of text parts ({"type":"text","text":..},
  * joined into one string as vLLM and llama.cpp do); all text valid UTF-8;
  * no NUL (a parser marks a string that held one with valueint -1, as
- * request.c does, since cJSON would cut it there); the JSON text at most
+ * creq.c does, since cJSON would cut it there); the JSON text at most
  * `cap` bytes.  What else a template wants (roles
  * alternating, a system message first, …) it says itself when it renders.
  */

@@ -23,7 +23,7 @@
 
 #include "common/proto.h"
 #include "obuf.h"
-#include "request.h"
+#include "creq.h"
 #include "stream.h"
 
 struct frames_hello {

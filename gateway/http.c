@@ -1,7 +1,7 @@
 /* http.c — see http.h. */
 #include "http.h"
 #include "httppath.h"
-#include "request.h"
+#include "creq.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/jsonw.h"

@@ -40,7 +40,7 @@
 
 #include "common/proto.h"
 #include "obuf.h"
-#include "request.h"
+#include "creq.h"
 
 #define OAIJSON_MODEL_MAX 128
 #define OAIJSON_PARAM_MAX 40

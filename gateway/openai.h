@@ -45,7 +45,7 @@
 #include "limits.h"
 #include "metrics.h"
 #include "oaijson.h"
-#include "request.h"
+#include "creq.h"
 #include "stream.h"
 #include "telemetry.h"
 #include "transport.h"

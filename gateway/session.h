@@ -25,7 +25,7 @@
 #include "common/config.h"
 #include "limits.h"
 #include "metrics.h"
-#include "request.h"
+#include "creq.h"
 #include "stream.h"
 #include "telemetry.h"
 #include "transport.h"

@@ -44,7 +44,7 @@
 
 #include "common/proto.h"
 #include "obuf.h"
-#include "request.h"
+#include "creq.h"
 #include "transport.h"
 
 enum stream_state { STREAM_QUEUED, STREAM_ACCEPTED, STREAM_STREAMING, STREAM_DONE };

@@ -111,7 +111,7 @@ def test_summary_fields_are_numbers_that_agree(tiny, tiny_model):
 def test_gateway_defaults(tiny, tiny_model):
     """Nothing but a seed: max_tokens 100 and the gateway's sampling defaults
     (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05, repetition_penalty 1,
-    from request.h; the worker CLI's own defaults differ: top_k 0, min_p 0)."""
+    from creq.h; the worker CLI's own defaults differ: top_k 0, min_p 0)."""
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05, "repetition_penalty": 1.0,
                 "seed": 77}
     want = rc.expected(tiny_model, "Defaults", 100, defaults)

@@ -24,7 +24,7 @@
 
 #include "common/log.h"
 #include "gateway/limits.h"
-#include "gateway/request.h"
+#include "gateway/creq.h"
 #include "gateway/httppath.h"
 
 #define CHECK(cond, ...)                                                                 \

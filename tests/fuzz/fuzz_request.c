@@ -34,7 +34,7 @@
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/utf8.h"
-#include "gateway/request.h"
+#include "gateway/creq.h"
 
 #define CHECK(cond, ...)                                                                 \
     do {                                                                                 \

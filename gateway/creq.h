@@ -1,4 +1,4 @@
-/* request.h — what a client may send, parsed and checked.
+/* creq.h — what a client may send, parsed and checked.
  *
  * rill.json.v1 messages are JSON objects in text frames (parsed with cJSON);
  * rill.msgpack.v1 messages are the same objects as msgpack maps in binary
@@ -24,8 +24,8 @@
  *   prompt_too_long      prompt over max_prompt_bytes;
  *   max_tokens_exceeded  max_tokens over max_tokens_limit.
  */
-#ifndef RILL_REQUEST_H
-#define RILL_REQUEST_H
+#ifndef RILL_CREQ_H
+#define RILL_CREQ_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
-/* request.c — see request.h. */
-#include "request.h"
+/* creq.c — see creq.h. */
+#include "creq.h"
 #include "chatmsg.h"
 #include "common/err.h"
 #include "common/jsonw.h"
