@@ -91,8 +91,16 @@ void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t ep
     t->next_req_id = (uint64_t)epoch << 32;
 }
 
+static void free_stream(struct stream *s);
+
 void stream_table_fini(struct stream_table *t)
 {
+    /* What is left has no owner: streams kept for a resume (their
+     * connections closed them into the table), freed without a word to the
+     * workers, which are gone or going too. */
+    for (uint32_t i = 0; i < t->cap; i++)
+        if (t->map[i] && t->map[i] != TOMB)
+            free_stream(t->map[i]);
     free(t->map);
     t->map = NULL;
     t->cap = t->used = t->tombs = 0;
@@ -327,11 +335,17 @@ void stream_release(struct stream_table *t, struct stream *s)
     if (s->retired)
         t->retired--;
     t->log_total -= s->log_len;
-    free(s->log);
-    free(s->log_off);
     map_del(t, s->req_id);
     if (s->worker >= 0)
         transport_inflight(t->tp, s->worker, -1);
+    free_stream(s);
+}
+
+/* The stream's memory, and nothing else. */
+static void free_stream(struct stream *s)
+{
+    free(s->log);
+    free(s->log_off);
     obuf_free(&s->out.pending);
     free(s->out.pend_gen_ns);
     free((void *)s->submit.prompt);

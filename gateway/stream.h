@@ -136,7 +136,8 @@ struct stream_table {
 void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t epoch, uint64_t failover_timeout_ns);
 /* Retry the streams that wait for a worker; end those waiting too long. */
 void stream_table_tick(struct stream_table *t, uint64_t now_ns);
-/* Frees the map; the streams belong to their owners. */
+/* Frees the map and the streams nobody owns (kept for a resume); release
+ * the owned ones first (closing their connections does). */
 void stream_table_fini(struct stream_table *t);
 /* Resume settings (0 window: no resume). */
 void stream_table_resume(struct stream_table *t, uint64_t window_ns, size_t log_cap, size_t log_total_cap);
