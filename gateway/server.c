@@ -245,6 +245,9 @@ static int on_lws(struct lws *wsi, enum lws_callback_reasons reason, void *user,
             lws_close_reason(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, NULL, 0);
         return rc;
     }
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        session_peer_close(c, in, len);
+        return 0;
     case LWS_CALLBACK_CLOSED:
         session_closed(c);
         return 0;

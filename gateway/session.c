@@ -646,6 +646,12 @@ void session_established(struct conn *c, struct lws *wsi, bool msgpack)
     }
 }
 
+void session_peer_close(struct conn *c, const void *in, size_t len)
+{
+    const unsigned char *p = in;
+    c->closed_by_client = len >= 2 && ((unsigned)p[0] << 8 | p[1]) == LWS_CLOSE_STATUS_NORMAL;
+}
+
 void session_closed(struct conn *c)
 {
     if (!c->ss)
@@ -653,12 +659,17 @@ void session_closed(struct conn *c)
     if (c->subscribed)
         telemetry_subscribe(c->ss->tel, &c->w, false);
     /* A dropped connection does not end its generations: they run on for
-     * resume_window_s, for a resume on another connection. */
+     * resume_window_s, for a resume on another connection.  A client that
+     * closed with 1000 (normal closure) said it is done: they end now, as a
+     * cancel would end them, and are not kept. */
     uint64_t now = clock_ns();
     while (c->streams) {
         struct stream *s = c->streams;
         unlink_stream(c, s);
-        stream_detach(c->ss->streams, s, now);
+        if (c->closed_by_client)
+            stream_release(c->ss->streams, s);
+        else
+            stream_detach(c->ss->streams, s, now);
     }
     writer_close(&c->w);
     free(c->rx);

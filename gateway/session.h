@@ -65,6 +65,7 @@ struct conn {
     bool rx_discard;             /* the message is over the cap: skip to its end */
     uint64_t next_auto_id;
     bool subscribed;
+    bool closed_by_client;       /* a close frame with 1000 came: the client is done */
 };
 
 void session_init(struct session *ss, const struct rill_config *c, struct limits *limits,
@@ -82,6 +83,8 @@ void session_established(struct conn *c, struct lws *wsi, bool msgpack);
 void session_receive(struct conn *c, const void *in, size_t len);
 /* SERVER_WRITEABLE: -1 closes the connection. */
 int session_writable(struct conn *c);
+/* WS_PEER_INITIATED_CLOSE: the close frame's payload (status, reason). */
+void session_peer_close(struct conn *c, const void *in, size_t len);
 void session_closed(struct conn *c);
 
 #endif

@@ -169,3 +169,23 @@ def test_window_zero_cancels_with_the_connection(pipelines, small_model):
         conftest.wait_for(lambda: rc.metric(p.port, "rill_gateway_active_streams") == 0, timeout=5,
                           what="the generation to be cancelled with its connection")
     run(main())
+
+
+def test_a_normal_close_ends_the_generations(gw, small_model):
+    """Close status 1000 is the client saying it is done (a drop, 1001 or
+    no close frame, keeps them for a resume): they end at once and their
+    resume token no longer answers."""
+    async def main():
+        a = await Client.connect(gw.url, MSGPACK)
+        await a.generate("Done with it", 2000, sampling(GREEDY), gid="d")
+        await a.until(lambda: a.gen("d").tokens)
+        token = a.gen("d").accepted["resume_token"]
+        await a.close()  # websockets sends 1000
+        conftest.wait_for(lambda: rc.metric(gw.port, "rill_gateway_active_streams") == 0, timeout=5,
+                          what="the generation to end with its normal close")
+        b = await Client.connect(gw.url, JSON)
+        await b.resume(token, 0, gid="d")
+        (g,) = await b.wait_done("d")
+        assert g.error["code"] == "resume_failed", g.terminal
+        await b.close()
+    run(main())
