@@ -67,6 +67,9 @@
     X(INT,  worker, prefill_chunk,     "512",            1, 8192,   "most prompt tokens prefilled in one step") \
     X(DBL,  worker, max_step_ms,       "250",            10, 60000, "longest a step should take: prefill chunks are sized to stay under it (heartbeats go out between steps)") \
     X(SIZE, worker, ring_bytes,        "4M",             4096, 1073741824, "size of the worker's token ring") \
+    X(INT,  worker, journal_window_s,  "60",             0, 86400,  "how long a finished request's records stay kept for a gateway that restarts (running ones are kept while they run); 0: keep nothing, a restarted gateway cancels what its predecessor left") \
+    X(SIZE, worker, journal_bytes,     "256K",           0, 1073741824, "records kept per request for a restarted gateway (older ones dropped first)") \
+    X(SIZE, worker, journal_total_bytes, "64M",          0, 1099511627776, "records kept in all for a restarted gateway (finished requests dropped first)") \
     X(INT,  worker, heartbeat_ms,      "100",            10, 60000, "heartbeat period") \
     X(STR,  worker, endpoint,          "",               0, 0,      "request socket (default ipc://<run_dir>/w<id>.sock)") \
     X(INT,  worker, worker_id,         "0",              0, 1023,   "this worker's number (w<id>)") \

@@ -34,7 +34,7 @@ static const char *const type_names[PROTO_TYPE_COUNT] = {
     [PROTO_HELLO] = "hello",         [PROTO_HEARTBEAT] = "heartbeat",
     [PROTO_SET_BATCH] = "set_batch", [PROTO_PRESSURE] = "pressure",
     [PROTO_DRAIN] = "drain",         [PROTO_SHUTDOWN] = "shutdown",
-    [PROTO_WORKERS] = "workers",
+    [PROTO_WORKERS] = "workers",     [PROTO_ADOPT] = "adopt",
 };
 
 static const char *const role_names[] = {
@@ -131,6 +131,11 @@ static const struct field submit_fields[] = {
 
 static const struct field cancel_fields[] = {
     U64(struct proto_cancel, id),
+};
+
+static const struct field adopt_fields[] = {
+    U32(struct proto_adopt, epoch),
+    BOOL(struct proto_adopt, keep),
 };
 
 static const struct field accepted_fields[] = {
@@ -240,6 +245,7 @@ static const struct table tables[PROTO_TYPE_COUNT] = {
     [PROTO_SHUTDOWN] = { NULL, 0 },
     [PROTO_WORKERS] = TABLE(workers_fields),
     [PROTO_STATS] = TABLE(stats_fields),
+    [PROTO_ADOPT] = TABLE(adopt_fields),
 };
 static const struct table worker_info_table = TABLE(worker_info_fields);
 

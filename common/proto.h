@@ -82,6 +82,8 @@ enum proto_type {
     PROTO_SHUTDOWN,
     PROTO_WORKERS,
     PROTO_STATS,
+    /* request plane, and the worker's ring */
+    PROTO_ADOPT,
     PROTO_TYPE_COUNT
 };
 
@@ -150,6 +152,17 @@ struct proto_submit {
 
 struct proto_cancel {
     uint64_t id;
+};
+
+/* Gateway -> worker, first on its request socket: "I am a new gateway
+ * process (request ids <epoch:32><n:32>)".  keep: adopt what the worker
+ * runs for earlier gateway processes (it answers in its ring with each
+ * one's submit, accepted and kept records, then an adopt record of its
+ * own: the replay is over); otherwise it cancels them.  Worker -> gateway,
+ * in the ring: the end of that replay (epoch echoed, keep false). */
+struct proto_adopt {
+    uint32_t epoch;
+    bool keep;
 };
 
 struct proto_accepted {
@@ -260,6 +273,7 @@ struct proto_msg {
     union {
         struct proto_submit submit;
         struct proto_cancel cancel;
+        struct proto_adopt adopt;
         struct proto_accepted accepted;
         struct proto_rejected rejected;
         struct proto_hello hello;

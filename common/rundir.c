@@ -8,10 +8,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-const char *const rundir_supervisor_files[] = {"control.sock", "supervisor.pid", "children", RUNDIR_SECRETS, NULL};
+const char *const rundir_supervisor_files[] = {"control.sock", "supervisor.pid", "children", RUNDIR_SECRETS,
+                                               RUNDIR_RESUME_KEY, NULL};
 
 void rundir_unlink(const char *run_dir, const char *name)
 {
@@ -92,4 +95,51 @@ bool rundir_take_cause(const char *run_dir, const char *id, char *out, size_t n)
     unlink(path);
     out[r > 0 ? r : 0] = 0;
     return r > 0;
+}
+
+/* Read exactly len bytes of an existing key file we can trust. */
+static int read_key(const char *path, void *out, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? -2 : -1;
+    struct stat st;
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 077) == 0 &&
+        (size_t)st.st_size == len)
+        n = read(fd, out, len);
+    close(fd);
+    return n == (ssize_t)len ? 0 : -1;
+}
+
+int rundir_key(const char *run_dir, const char *name, void *out, size_t len)
+{
+    char path[PATH_MAX];
+    if (!run_dir || !run_dir[0] || snprintf(path, sizeof path, "%s/%s", run_dir, name) >= (int)sizeof path)
+        return -1;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int rc = read_key(path, out, len);
+        if (rc != -2)
+            return rc;
+        if (getrandom(out, len, 0) != (ssize_t)len)
+            return -1;
+        /* Written under a temporary name and linked in place, so that a
+         * reader never sees half a key; a racing creator wins, and we read
+         * its key. */
+        char tmp[PATH_MAX];
+        if (snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid()) >= (int)sizeof tmp)
+            return -1;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            return -1;
+        bool ok = write(fd, out, len) == (ssize_t)len && fsync(fd) == 0;
+        close(fd);
+        int linked = ok ? link(tmp, path) : -1;
+        unlink(tmp);
+        if (linked == 0)
+            return 0;
+        if (errno != EEXIST)
+            return -1;
+    }
+    return -1;
 }

@@ -19,6 +19,16 @@ extern const char *const rundir_supervisor_files[];
  * keys), mode 0600: never on a command line or in an environment. */
 #define RUNDIR_SECRETS "secrets"
 
+/* The key of the gateway's resume tokens (rundir_key), kept here so that a
+ * restarted gateway checks the tokens its predecessor gave out; removed with
+ * the run dir. */
+#define RUNDIR_RESUME_KEY "resume.key"
+
+/* The len-byte secret in run_dir/name (mode 0600, ours): read, or made from
+ * the kernel's randomness when there is none yet.  0, or -1 (no run dir,
+ * an untrustworthy file, I/O). */
+int rundir_key(const char *run_dir, const char *name, void *out, size_t len);
+
 /* Whether the supervisor that wrote run_dir/supervisor.pid is gone (no such
  * file, or no such process). */
 bool rundir_supervisor_gone(const char *run_dir);

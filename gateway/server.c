@@ -362,6 +362,7 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     }
     transport_tick(&t->g->tp, now);
     stream_table_tick(&t->g->streams, clock_ns()); /* after the transport's news, which may move streams */
+    session_tick(&t->g->ss, now);
     struct telemetry_gauges tg;
     gauges_of(t->g, &tg);
     telemetry_tick(&t->g->tel, now, &tg);
@@ -527,6 +528,7 @@ static void server_free(struct server *g)
         lws_context_destroy(g->ctx); /* closes every connection: their streams go too */
     }
     writer_set_fini(&g->writers);
+    session_fini(&g->ss);
     if (g->transport_up)
         transport_fini(&g->tp);
     stream_table_fini(&g->streams);
@@ -558,6 +560,20 @@ int server_run(const struct rill_config *c)
     stream_table_init(&g->streams, &g->tp, epoch, (uint64_t)c->failover_timeout_s * 1000000000ull);
     stream_table_resume(&g->streams, (uint64_t)c->resume_window_s * 1000000000ull, (size_t)c->resume_log_bytes,
                         (size_t)c->resume_log_total_bytes);
+    {
+        uint8_t key[STREAM_KEY_LEN];
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(c, run_dir, sizeof run_dir);
+        if (rundir_key(run_dir, RUNDIR_RESUME_KEY, key, sizeof key)) {
+            if (c->resume_window_s)
+                rlog_warn("no resume key in %s: resume tokens will not outlive this gateway process", run_dir);
+            if (getrandom(key, sizeof key, 0) != sizeof key) {
+                free(g);
+                return RILL_E_IO;
+            }
+        }
+        stream_table_key(&g->streams, key);
+    }
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     openai_init(&g->oa, c, &g->limits, &g->streams, &g->tel, &g->m, &g->tp, &g->ss.shutting_down, epoch);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);

@@ -112,7 +112,7 @@ static void on_accepted(void *ctx, struct stream *s)
     struct conn *c = s->owner;
     struct obuf b = {0};
     char token[STREAM_TOKEN_LEN];
-    stream_resume_token(s, token);
+    stream_resume_token(ss->streams, s, token);
     if (frames_accepted(&b, c->msgpack, &s->cid, transport_worker_id(ss->tp, s->worker),
                         ss->streams->resume_window_ns ? token : NULL) == 0)
         writer_queue(&c->w, &b, true);
@@ -376,6 +376,75 @@ static bool replay(struct conn *c, struct stream *s, uint32_t from)
     return true;
 }
 
+/* A resume of a request this process does not know yet, with a genuine
+ * token, while workers still replay what the previous gateway process left:
+ * it waits for them (session_tick). */
+struct parked_resume {
+    struct parked_resume *next;
+    struct conn *c;
+    struct creq_id id;
+    char token[CREQ_TOKEN_MAX + 1];
+    uint32_t from;
+};
+#define MAX_PARKED 4096
+
+static void handle_resume(struct conn *c, struct creq *r);
+
+static bool park(struct conn *c, const struct creq *r)
+{
+    struct session *ss = c->ss;
+    uint32_t n = 0;
+    for (struct parked_resume *p = ss->parked; p; p = p->next)
+        n++;
+    struct parked_resume *p = n < MAX_PARKED ? calloc(1, sizeof *p) : NULL;
+    if (!p)
+        return false;
+    p->c = c;
+    p->id = r->id;
+    snprintf(p->token, sizeof p->token, "%s", r->resume_token);
+    p->from = r->from;
+    p->next = ss->parked;
+    ss->parked = p;
+    c->n_parked++;
+    return true;
+}
+
+/* Take c's parked resumes out (all, or with `run`, answer them now). */
+static void unpark(struct session *ss, struct conn *only, bool run)
+{
+    struct parked_resume *keep = NULL, *todo = NULL;
+    while (ss->parked) {
+        struct parked_resume *p = ss->parked;
+        ss->parked = p->next;
+        struct parked_resume **to = only && p->c != only ? &keep : &todo;
+        p->next = *to;
+        *to = p;
+    }
+    ss->parked = keep;
+    while (todo) {
+        struct parked_resume *p = todo;
+        todo = p->next;
+        p->c->n_parked--;
+        if (run) {
+            struct creq r = {.type = CREQ_RESUME, .id = p->id, .from = p->from};
+            snprintf(r.resume_token, sizeof r.resume_token, "%s", p->token);
+            handle_resume(p->c, &r);
+        }
+        free(p);
+    }
+}
+
+void session_tick(struct session *ss, uint64_t now_ns)
+{
+    if (ss->parked && !transport_adopting(ss->tp, now_ns))
+        unpark(ss, NULL, true);
+}
+
+void session_fini(struct session *ss)
+{
+    unpark(ss, NULL, false);
+}
+
 static void handle_resume(struct conn *c, struct creq *r)
 {
     struct session *ss = c->ss;
@@ -384,7 +453,10 @@ static void handle_resume(struct conn *c, struct creq *r)
                    "an API key is required (Authorization: Bearer, ?key=, or hello.key)");
         return;
     }
-    struct stream *s = stream_by_token(ss->streams, r->resume_token, ss->limits->n_keys ? c->bucket_key : "");
+    bool genuine;
+    struct stream *s = stream_by_token(ss->streams, r->resume_token, ss->limits->n_keys ? c->bucket_key : "", &genuine);
+    if (!s && genuine && transport_adopting(ss->tp, clock_ns()) && park(c, r))
+        return;
     if (!s) {
         send_error(c, &r->id, RILL_E_RESUME_FAILED,
                    "no generation has this resume token (it ended more than resume_window_s ago, or never existed)");
@@ -663,6 +735,8 @@ void session_closed(struct conn *c)
      * closed with 1000 (normal closure) said it is done: they end now, as a
      * cancel would end them, and are not kept. */
     uint64_t now = clock_ns();
+    if (c->n_parked)
+        unpark(c->ss, c, false);
     while (c->streams) {
         struct stream *s = c->streams;
         unlink_stream(c, s);

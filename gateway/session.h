@@ -43,6 +43,7 @@ struct session {
     struct transport *tp;
     bool shutting_down;          /* refuse new generations */
     struct stream_events ev;     /* the sessions' stream events */
+    struct parked_resume *parked; /* resumes waiting for the workers' replays */
 };
 
 /* One connection (lws's per-session user data, zeroed by lws). */
@@ -65,6 +66,7 @@ struct conn {
     bool rx_discard;             /* the message is over the cap: skip to its end */
     uint64_t next_auto_id;
     bool subscribed;
+    uint32_t n_parked;           /* its resumes waiting in session.parked */
     bool closed_by_client;       /* a close frame with 1000 came: the client is done */
 };
 
@@ -86,5 +88,10 @@ int session_writable(struct conn *c);
 /* WS_PEER_INITIATED_CLOSE: the close frame's payload (status, reason). */
 void session_peer_close(struct conn *c, const void *in, size_t len);
 void session_closed(struct conn *c);
+/* Periodically: answer the resumes that waited for the workers to replay
+ * what a previous gateway process left (transport_adopting). */
+void session_tick(struct session *ss, uint64_t now_ns);
+/* Free what waits (at exit). */
+void session_fini(struct session *ss);
 
 #endif

@@ -5,6 +5,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/procstat.h"
+#include "common/siphash.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -92,6 +93,7 @@ void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t ep
 }
 
 static void free_stream(struct stream *s);
+static int keep_id(struct stream *s, uint32_t pos, int32_t id);
 
 void stream_table_fini(struct stream_table *t)
 {
@@ -137,13 +139,6 @@ struct stream *stream_new(struct stream_table *t, void *owner, const struct stre
             s->submit.seed = hash_u64(now_ns ^ s->req_id);
         s->submit.has_seed = true;
     }
-    unsigned char r[16];
-    if (getrandom(r, sizeof r, 0) != sizeof r) {
-        free(s);
-        return NULL; /* no unguessable token without the kernel's randomness */
-    }
-    for (int i = 0; i < 16; i++)
-        snprintf(s->secret + 2 * i, 3, "%02x", r[i]);
     if (map_put(t, s)) {
         free(s);
         return NULL;
@@ -358,8 +353,63 @@ static void free_stream(struct stream *s)
 
 /* --- records ---------------------------------------------------------------------------------- */
 
-void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m)
+/* A request a previous gateway process left on `worker` (its replay, see
+ * worker/journal.h): kept detached, as if its client had dropped, for a
+ * resume.  The submit runs it again from where it is: prompt_tokens are its
+ * output so far. */
+static void adopt(struct stream_table *t, int worker, struct proto_submit *sub)
 {
+    if (map_get(t, sub->id) || !t->resume_window_ns)
+        return;
+    struct stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    s->req_id = sub->id;
+    s->worker = worker;
+    s->tried = 1ull << worker;
+    s->state = STREAM_QUEUED;
+    s->awaiting_reply = true;
+    s->adopted = s->adopt_first = true;
+    s->t_submit_ns = clock_ns();
+    s->cid.present = true;
+    snprintf(s->cid.s, sizeof s->cid.s, "%016llx", (unsigned long long)sub->id);
+    for (uint32_t i = 0; i < sub->n_prompt_tokens; i++)
+        if (keep_id(s, i, sub->prompt_tokens[i])) {
+            free_stream(s);
+            return;
+        }
+    s->next_pos = sub->n_prompt_tokens;
+    s->submit = *sub;
+    s->submit.prompt_tokens = NULL; /* a failover adds the ids again (route) */
+    s->submit.n_prompt_tokens = 0;
+    s->submit.skip = 0;
+    s->failovers = 0;
+    const char *text = sub->messages.len ? sub->messages.p : sub->prompt;
+    size_t tl = sub->messages.len ? sub->messages.len : sub->prompt_len;
+    if (text && tl >= AFFINITY_BYTES)
+        s->affinity = hash_bytes(text, AFFINITY_BYTES) | 1;
+    if (map_put(t, s)) {
+        s->submit.prompt = NULL;
+        s->submit.messages = (struct proto_text){0};
+        s->submit.tools = (struct proto_text){0};
+        free_stream(s);
+        return;
+    }
+    sub->prompt = NULL; /* the stream owns them now */
+    sub->messages = (struct proto_text){0};
+    sub->tools = (struct proto_text){0};
+    transport_inflight(t->tp, worker, +1);
+    stream_detach(t, s, s->t_submit_ns);
+    rlog_info("request %llu: adopted from worker %s at position %u, for a resume", (unsigned long long)s->req_id,
+              transport_worker_id(t->tp, worker), s->next_pos);
+}
+
+void stream_on_msg(struct stream_table *t, int worker, struct proto_msg *m)
+{
+    if (m->type == PROTO_SUBMIT) {
+        adopt(t, worker, &m->u.submit);
+        return;
+    }
     if (m->type == PROTO_ACCEPTED) {
         struct stream *s = map_get(t, m->u.accepted.id);
         if (s && s->worker == worker && s->state == STREAM_QUEUED) {
@@ -490,13 +540,34 @@ void stream_table_resume(struct stream_table *t, uint64_t window_ns, size_t log_
     t->log_total_cap = log_total_cap;
 }
 
-void stream_resume_token(const struct stream *s, char out[STREAM_TOKEN_LEN])
+void stream_table_key(struct stream_table *t, const uint8_t key[STREAM_KEY_LEN])
 {
-    snprintf(out, STREAM_TOKEN_LEN, "%016llx.%s", (unsigned long long)s->req_id, s->secret);
+    memcpy(t->key, key, STREAM_KEY_LEN);
+}
+
+/* The MAC of (request id, key name): hex, 32 digits and a NUL. */
+static void token_mac(const struct stream_table *t, uint64_t id, const char *key_name, char out[33])
+{
+    unsigned char in[8 + sizeof ((struct stream *)0)->key_name];
+    size_t kl = strnlen(key_name, sizeof ((struct stream *)0)->key_name);
+    for (int i = 0; i < 8; i++)
+        in[i] = (unsigned char)(id >> (8 * i));
+    memcpy(in + 8, key_name, kl);
+    uint8_t mac[16];
+    siphash128(t->key, in, 8 + kl, mac);
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 2 * i, 3, "%02x", mac[i]);
+}
+
+void stream_resume_token(const struct stream_table *t, const struct stream *s, char out[STREAM_TOKEN_LEN])
+{
+    char mac[33];
+    token_mac(t, s->req_id, s->key_name, mac);
+    snprintf(out, STREAM_TOKEN_LEN, "%016llx.%s", (unsigned long long)s->req_id, mac);
 }
 
 /* Equal in time that does not depend on where they differ. */
-static bool same_secret(const char *a, const char *b)
+static bool same_mac(const char *a, const char *b)
 {
     unsigned char d = 0;
     for (int i = 0; i < 32; i++)
@@ -504,8 +575,9 @@ static bool same_secret(const char *a, const char *b)
     return d == 0;
 }
 
-struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name)
+struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name, bool *genuine)
 {
+    *genuine = false;
     if (strlen(token) != STREAM_TOKEN_LEN - 1 || token[16] != '.')
         return NULL;
     char hex[17];
@@ -515,12 +587,17 @@ struct stream *stream_by_token(struct stream_table *t, const char *token, const 
     uint64_t id = strtoull(hex, &end, 16);
     if (*end)
         return NULL;
+    /* The MAC binds the token to the key it was given under: another key's
+     * holder cannot use it, here or after a restart. */
+    char mac[33];
+    token_mac(t, id, key_name ? key_name : "", mac);
+    if (!same_mac(mac, token + 17))
+        return NULL;
+    *genuine = true;
     struct stream *s = map_get(t, id);
-    if (!s || !same_secret(s->secret, token + 17))
-        return NULL;
-    if (strcmp(s->key_name, key_name ? key_name : ""))
-        return NULL;
-    return s;
+    if (s && s->adopted && !s->key_name[0] && key_name)
+        snprintf(s->key_name, sizeof s->key_name, "%s", key_name); /* learnt from its first resume */
+    return s && !strcmp(s->key_name, key_name ? key_name : "") ? s : NULL;
 }
 
 static void no_accepted(void *ctx, struct stream *s) { (void)ctx, (void)s; }
@@ -603,6 +680,13 @@ void stream_on_token(struct stream_table *t, int worker, const struct proto_toke
          * first is a worker's bug, not a race. */
         rlog_warn("request %llu: a token before its accepted: dropped", (unsigned long long)tk->req_id);
         return;
+    }
+    if (s->adopt_first && tk->token_id >= 0) {
+        /* The first kept record of an adopted stream: its log starts here
+         * (its ids before are known from the submit). */
+        s->adopt_first = false;
+        if (tk->position <= s->next_pos)
+            s->next_pos = tk->position;
     }
     if (tk->token_id >= 0) {
         if (tk->position < s->next_pos)

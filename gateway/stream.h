@@ -78,8 +78,9 @@ struct stream {
     uint64_t affinity;           /* hash of the prompt's first bytes: the worker whose cache has them */
     uint64_t waiting_since_ns;   /* failing over with no worker to take it (0: not) */
     /* resume */
-    char secret[33];             /* hex; the resume token is "<req_id hex>.<secret>" */
     char key_name[72];           /* the API key's name it is bound to ("" : none) */
+    bool adopted;                /* left on its worker by a previous gateway process */
+    bool adopt_first;            /* adopted, and no record of it has come yet */
     uint64_t detached_ns;        /* no owner since (0: attached) */
     bool retired;                /* its end was sent; kept only for resumes */
     unsigned char *log;          /* encoded token records of positions [log_first, next_pos) */
@@ -129,6 +130,7 @@ struct stream_table {
     struct stream **map;         /* by req_id: open addressing, linear probing */
     uint32_t cap, used, tombs;
     uint64_t next_req_id;
+    uint8_t key[16];             /* resume tokens' MAC key (stream_table_key) */
 };
 
 /* Request ids are <epoch:32><counter:32>, the epoch random per process, so a
@@ -169,11 +171,17 @@ void stream_release(struct stream_table *t, struct stream *s);
 /* --- resume ------------------------------------------------------------------------ */
 
 #define STREAM_TOKEN_LEN 50  /* 16 hex digits, '.', 32 hex digits, NUL */
-/* s's resume token. */
-void stream_resume_token(const struct stream *s, char out[STREAM_TOKEN_LEN]);
+#define STREAM_KEY_LEN   16
+/* The key of the resume tokens' MAC.  Kept in the run dir, so that a
+ * gateway that restarts checks the tokens its predecessor gave out. */
+void stream_table_key(struct stream_table *t, const uint8_t key[STREAM_KEY_LEN]);
+/* s's resume token: "<req_id hex>.<SipHash-128 of (req_id, key name) hex>". */
+void stream_resume_token(const struct stream_table *t, const struct stream *s, char out[STREAM_TOKEN_LEN]);
 /* The stream a resume token names, if it is still kept and bound to
- * key_name (NULL or "" when keys are off).  NULL otherwise. */
-struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name);
+ * key_name (NULL or "" when keys are off).  NULL otherwise; *genuine says
+ * whether the token itself was one this gateway (or a predecessor with the
+ * same key) gave out under key_name. */
+struct stream *stream_by_token(struct stream_table *t, const char *token, const char *key_name, bool *genuine);
 /* The owner goes away: keep s for resume_window_s (running on, or kept
  * with its end), or release it when resume is off.  Unlink it first. */
 void stream_detach(struct stream_table *t, struct stream *s, uint64_t now_ns);
@@ -187,7 +195,9 @@ void stream_attach(struct stream_table *t, struct stream *s, void *owner, const 
 int stream_log_get(const struct stream *s, uint32_t pos, struct proto_token *tk);
 
 /* Records from the transport. */
-void stream_on_msg(struct stream_table *t, int worker, const struct proto_msg *m);
+/* A message record: accepted, rejected, or (a previous gateway's request
+ * the worker replays) a submit, whose buffers the table may take. */
+void stream_on_msg(struct stream_table *t, int worker, struct proto_msg *m);
 void stream_on_token(struct stream_table *t, int worker, const struct proto_token *t_, uint64_t now_ns);
 /* The worker stopped: its streams fail over to another worker (or wait
  * for one). */

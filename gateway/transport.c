@@ -143,11 +143,13 @@ static int worker_up(struct transport *t, struct transport_worker *w)
     w->up = true;
     w->draining = false;
     w->inflight = 0;
-    /* Say who we are: a cancel of id <epoch:0> (never a real request) lets
-     * the worker drop what a previous gateway process left running. */
-    struct proto_msg hi = {.type = PROTO_CANCEL};
-    hi.u.cancel.id = (uint64_t)t->req_epoch << 32;
-    plane_send(w->dealer, NULL, &hi);
+    /* Say who we are, first: the worker then replays what a previous
+     * gateway process left running on it (keep), for resumes, or drops it. */
+    struct proto_msg hi = {.type = PROTO_ADOPT};
+    hi.u.adopt.epoch = t->req_epoch;
+    hi.u.adopt.keep = t->c->resume_window_s > 0;
+    w->adopting = plane_send(w->dealer, NULL, &hi) == 0;
+    w->adopt_since_ns = clock_ns();
     rlog_info("worker %s is up: %s, ring %s (epoch %016llx)", w->id, w->endpoint, w->ring_name,
               (unsigned long long)w->epoch);
     return 0;
@@ -279,7 +281,10 @@ void transport_poll_rings(struct transport *t)
                     rlog_warn("worker %s: bad message record: %s", w->id, why);
                     continue;
                 }
-                t->cb.on_msg(t->cb.ctx, w->idx, &m);
+                if (m.type == PROTO_ADOPT)
+                    w->adopting = false; /* the worker's replay is over */
+                else
+                    t->cb.on_msg(t->cb.ctx, w->idx, &m);
                 proto_msg_free(&m);
                 continue;
             }
@@ -500,4 +505,14 @@ void transport_inflight(struct transport *t, int worker, int delta)
         w->inflight -= (uint32_t)-delta;
     else
         w->inflight = 0;
+}
+
+bool transport_adopting(const struct transport *t, uint64_t now_ns)
+{
+    for (int i = 0; i < t->n_workers; i++) {
+        const struct transport_worker *w = &t->workers[i];
+        if (w->in_use && w->up && w->adopting && now_ns - w->adopt_since_ns < TRANSPORT_ADOPT_WAIT_NS)
+            return true;
+    }
+    return false;
 }

@@ -75,6 +75,8 @@ struct transport_worker {
     _Atomic bool pending;        /* reader -> service: new records */
     _Atomic bool dead;           /* reader -> service: producer died */
     uint32_t inflight;           /* requests routed here and not finished */
+    bool adopting;               /* its replay of what a previous gateway left has not ended */
+    uint64_t adopt_since_ns;
     uint64_t last_retry_ns;
 };
 
@@ -127,6 +129,12 @@ bool transport_can_come_back(const struct transport *t);
 int transport_send(struct transport *t, int worker, const struct proto_msg *m);
 /* The worker's name ("w0"). */
 const char *transport_worker_id(const struct transport *t, int worker);
+/* Whether a worker that is up has not finished replaying what a previous
+ * gateway process left on it (see worker/journal.h), for at most
+ * TRANSPORT_ADOPT_WAIT_NS after it came up: a resume of a request not
+ * known yet may be one of them. */
+#define TRANSPORT_ADOPT_WAIT_NS 3000000000ull
+bool transport_adopting(const struct transport *t, uint64_t now_ns);
 /* Count a request routed to (+1) or finished on (-1) a worker. */
 void transport_inflight(struct transport *t, int worker, int delta);
 

@@ -14,6 +14,7 @@
  */
 #include "serve.h"
 #include "intake.h"
+#include "journal.h"
 #include "chat.h"
 #include "gguf.h"
 #include "model.h"
@@ -76,6 +77,7 @@ struct server {
     int n_peers;
     struct engine *e;
     struct intake *intake;       /* requests being tokenized */
+    struct journal *jrn;         /* what a restarted gateway adopts */
     bool fresh;                  /* a request went to the intake since the last step */
     struct ring *ring;
     char ring_name[RING_NAME_MAX];
@@ -107,7 +109,10 @@ static int ring_emit(void *ctx, const struct proto_token *t)
         return err;
     }
     int n = proto_token_encode(p, sz, t);
-    return n < 0 ? n : 0;
+    if (n < 0)
+        return n;
+    journal_record(sv->jrn, t, p, (size_t)n, t->t_gen_ns);
+    return 0;
 }
 
 static void ring_flush(void *ctx)
@@ -133,9 +138,9 @@ static size_t step_need(const struct server *sv)
 /* A request's answer (accepted, rejected) goes into the ring, ahead of its
  * tokens: one ordered channel to the gateway, never a race between a reply
  * on the request socket and tokens in the ring. */
-static void reply(struct server *sv, const struct zs_id *to, const struct proto_msg *m)
+static int push_msg(void *ctx, const struct proto_msg *m)
 {
-    (void)to;
+    struct server *sv = ctx;
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     char why[160] = "";
@@ -143,11 +148,25 @@ static void reply(struct server *sv, const struct zs_id *to, const struct proto_
     if (!rc)
         rc = ring_push(sv->ring, sb.data, (uint32_t)sb.size, PROTO_MSG_KIND, 1000);
     msgpack_sbuffer_destroy(&sb);
-    if (rc) {
-        rlog_warn("cannot answer the gateway: %s%s%s", rill_err_name(rc), why[0] ? ": " : "", why);
-        return;
-    }
-    ring_publish(sv->ring);
+    if (rc)
+        rlog_warn("cannot write a %s record for the gateway: %s%s%s", proto_type_name(m->type), rill_err_name(rc),
+                  why[0] ? ": " : "", why);
+    return rc;
+}
+
+static int push_rec(void *ctx, const void *bytes, size_t len)
+{
+    struct server *sv = ctx;
+    int rc = ring_push(sv->ring, bytes, (uint32_t)len, PROTO_TOK_KIND, 1000);
+    if (rc)
+        rlog_warn("cannot write a kept record for the gateway: %s", rill_err_name(rc));
+    return rc;
+}
+
+static void reply(struct server *sv, const struct proto_msg *m)
+{
+    if (push_msg(sv, m) == 0)
+        ring_publish(sv->ring);
 }
 
 static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64_t req_id)
@@ -178,6 +197,35 @@ static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64
     sv->peers[i].epoch = epoch;
 }
 
+/* A gateway process says who it is, first thing.  With keep, it takes over
+ * what its predecessors left here: the journal's replay, then the end of it
+ * (journal.h); without, that is cancelled (check_peer_epoch). */
+static void on_adopt(struct server *sv, const struct zs_id *from, const struct proto_adopt *a)
+{
+    uint64_t req_id = (uint64_t)a->epoch << 32;
+    if (a->keep) {
+        int i;
+        for (i = 0; i < sv->n_peers && !zs_id_eq(&sv->peers[i].id, from); i++)
+            ;
+        if (i < sv->n_peers)
+            sv->peers[i].epoch = a->epoch; /* its requests are the new one's now */
+    }
+    check_peer_epoch(sv, from, req_id);
+    uint32_t n = 0;
+    if (a->keep) {
+        n = journal_count(sv->jrn);
+        struct journal_sink sink = {sv, push_msg, push_rec};
+        int rc = journal_replay(sv->jrn, &sink);
+        if (rc)
+            rlog_error("the replay for a restarted gateway stopped: %s", rill_err_name(rc));
+    }
+    struct proto_msg m = {.type = PROTO_ADOPT};
+    m.u.adopt.epoch = a->epoch;
+    reply(sv, &m);
+    if (n)
+        rlog_info("a new gateway process adopted %u request(s) (%zu bytes of records)", n, journal_bytes(sv->jrn));
+}
+
 static void reply_rejected(struct server *sv, const struct zs_id *to, uint64_t id, int code, const char *why)
 {
     struct proto_msg r = {.type = PROTO_REJECTED};
@@ -185,7 +233,7 @@ static void reply_rejected(struct server *sv, const struct zs_id *to, uint64_t i
     r.u.rejected.code = code;
     snprintf(r.u.rejected.message, sizeof r.u.rejected.message, "%s", why && why[0] ? why : rill_err_name(code));
     rlog_debug("rejected request %llu: %s", (unsigned long long)id, r.u.rejected.message);
-    reply(sv, to, &r);
+    reply(sv, &r);
 }
 
 /* A new request: what can be refused without its tokens is refused now;
@@ -200,10 +248,13 @@ static void on_submit(struct server *sv, const struct zs_id *from, struct proto_
     }
     if (!rc)
         rc = intake_push(sv->intake, req, from, clock_ns());
-    if (rc)
+    if (rc) {
         reply_rejected(sv, from, req->id, rc, why);
-    else
-        sv->fresh = true;
+        return;
+    }
+    sv->fresh = true;
+    if ((rc = journal_open(sv->jrn, req)))
+        rlog_warn("request %llu is not kept for a restarted gateway: %s", (unsigned long long)req->id, rill_err_name(rc));
 }
 
 /* A tokenized request joins the scheduler's queue, or is refused. */
@@ -219,15 +270,17 @@ static void admit(struct server *sv, struct intake_job *j)
     else
         rc = sched_submit_prompt(sv->e->sched, &j->req, &j->prompt, j->t_arrive, why, sizeof why);
     if (rc) {
+        journal_drop(sv->jrn, j->req.id);
         reply_rejected(sv, &j->reply_to, j->req.id, rc, why);
     } else {
+        journal_accepted(sv->jrn, j->req.id, n_prompt);
         struct sched_stats st;
         sched_stats(sv->e->sched, &st);
         struct proto_msg r = {.type = PROTO_ACCEPTED};
         r.u.accepted.id = j->req.id;
         r.u.accepted.queue_position = st.waiting;
         r.u.accepted.prompt_tokens = n_prompt;
-        reply(sv, &j->reply_to, &r);
+        reply(sv, &r);
         /* Cancelled while it was tokenized: it ends as a cancel that
          * came just after it was accepted would end it. */
         if (j->cancelled)
@@ -260,6 +313,7 @@ static void reject_intake(struct server *sv)
     intake_stop(sv->intake, RILL_E_SHUTTING_DOWN);
     struct intake_job *j;
     while ((j = intake_pop(sv->intake))) {
+        journal_drop(sv->jrn, j->req.id);
         reply_rejected(sv, &j->reply_to, j->req.id, RILL_E_SHUTTING_DOWN, "the worker is shutting down");
         intake_job_free(j);
     }
@@ -272,6 +326,9 @@ static void on_request(struct server *sv, const struct zs_id *from, struct proto
     switch (m->type) {
     case PROTO_SUBMIT:
         on_submit(sv, from, &m->u.submit);
+        break;
+    case PROTO_ADOPT:
+        on_adopt(sv, from, &m->u.adopt);
         break;
     case PROTO_CANCEL:
         /* Idempotent: an unknown id (already finished) needs no answer. */
@@ -344,6 +401,7 @@ static void heartbeat(struct server *sv, uint64_t now)
      * is what lets the level fall again. */
     if (sv->pressure != PRESSURE_NORMAL)
         sched_trim(sv->e->sched);
+    journal_sweep(sv->jrn, now);
     struct sched_stats st;
     sched_stats(sv->e->sched, &st);
     sv->rss = engine_rss_bytes();
@@ -510,6 +568,9 @@ static int setup(struct server *sv, char *why, size_t why_len)
         snprintf(why, why_len, "cannot start the tokenizer thread: %s", rill_err_name(rc));
     else if ((rc = setup_chat(sv)))
         snprintf(why, why_len, "cannot set up the chat template: %s", rill_err_name(rc));
+    else if ((rc = journal_create((uint64_t)sv->c->journal_window_s * 1000000000ull, (size_t)sv->c->journal_bytes,
+                                  (size_t)sv->c->journal_total_bytes, &sv->jrn)))
+        snprintf(why, why_len, "cannot set up the journal: %s", rill_err_name(rc));
     return rc;
 }
 
@@ -517,6 +578,8 @@ static void teardown(struct server *sv)
 {
     intake_free(sv->intake);
     sv->intake = NULL;
+    journal_free(sv->jrn);
+    sv->jrn = NULL;
     zs_close(&sv->control);
     zs_close(&sv->router);
     zs_ctx_term(&sv->zctx);

@@ -100,10 +100,18 @@ class Pipeline:
         for k in range(workers):
             self.worker_procs.append(self._start_worker(k, threads, worker_args))
             endpoints.append(f"ipc://{self.run_dir}/w{k}.sock@{ring_name(self.instance, k)}")
-        self.gateway = self._spawn("gateway", [binary("rill-gateway"), *self.common,
-                                               "--listen", f"{host}:{self.port}",
-                                               "--worker_list", ",".join(endpoints), *gateway_args])
+        self.gateway_argv = [binary("rill-gateway"), *self.common, "--listen", f"{host}:{self.port}",
+                             "--worker_list", ",".join(endpoints), *gateway_args]
+        self.gateway = self._spawn("gateway", self.gateway_argv)
+        self.n_workers = workers
         wait_for(lambda: self._ready(workers), what="gateway ready")
+
+    def restart_gateway(self, n=2):
+        """kill -9 the gateway, start it again (its log: gateway<n>.log)."""
+        self.gateway.kill()
+        self.gateway.wait()
+        self.gateway = self._spawn(f"gateway{n}", self.gateway_argv)
+        wait_for(lambda: self._ready(self.n_workers), what="gateway ready again")
 
     def _spawn(self, name, argv):
         log = open(os.path.join(self.run_dir, name + ".log"), "w")

@@ -11,6 +11,7 @@
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/sampling.h"
+#include "common/siphash.h"
 
 static void test_err_names_round_trip_and_are_unique(void **state)
 {
@@ -129,6 +130,33 @@ static void test_sampling_limits_are_one_table(void **state)
     assert_true(sampling_ok(SAMPLING_TOP_K, 7));
 }
 
+/* The reference's vectors: key 00..0f, message 00 01 .. (len-1). */
+static void test_siphash_matches_the_reference_vectors(void **state)
+{
+    (void)state;
+    uint8_t key[16], msg[64];
+    for (int i = 0; i < 16; i++)
+        key[i] = (uint8_t)i;
+    for (int i = 0; i < 64; i++)
+        msg[i] = (uint8_t)i;
+    static const uint64_t want64[] = {0x726fdb47dd0e0e31ull, 0x74f839c593dc67fdull, 0x0d6c8009d9a94f5aull,
+                                      0x85676696d7fb7e2dull, 0xcf2794e0277187b7ull, 0x18765564cd99a68dull,
+                                      0xcbc9466e58fee3ceull, 0xab0200f58b01d137ull, 0x93f5f5799a932462ull};
+    for (size_t n = 0; n < sizeof want64 / sizeof want64[0]; n++)
+        assert_int_equal(siphash64(key, msg, n), want64[n]);
+    assert_int_equal(siphash64(key, msg, 63), 0x958a324ceb064572ull);
+    static const uint8_t want128[16] = {0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6,
+                                        0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55, 0x02, 0x93};
+    uint8_t out[16];
+    siphash128(key, msg, 0, out);
+    assert_memory_equal(out, want128, 16);
+    /* A different key or one more byte changes it. */
+    uint8_t other[16];
+    key[0] ^= 1;
+    siphash128(key, msg, 0, other);
+    assert_memory_not_equal(out, other, 16);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +165,7 @@ int main(void)
         cmocka_unit_test(test_jsonw_writes_nested_values_that_cjson_reads_back),
         cmocka_unit_test(test_jsonw_replaces_invalid_utf8_and_reports_overflow),
         cmocka_unit_test(test_sampling_limits_are_one_table),
+        cmocka_unit_test(test_siphash_matches_the_reference_vectors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
