@@ -6,14 +6,21 @@
 #include <stdio.h>
 #include <unistd.h>
 
-uint64_t procstat_rss(pid_t pid)
+/* /proc/PID/<name>, or /proc/self/<name> for pid 0; NULL when it cannot
+ * be opened (the process is gone). */
+static FILE *proc_open(pid_t pid, const char *name)
 {
     char path[64];
     if (pid)
-        snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+        snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
     else
-        snprintf(path, sizeof path, "/proc/self/statm");
-    FILE *f = fopen(path, "r");
+        snprintf(path, sizeof path, "/proc/self/%s", name);
+    return fopen(path, "r");
+}
+
+uint64_t procstat_rss(pid_t pid)
+{
+    FILE *f = proc_open(pid, "statm");
     if (!f)
         return 0;
     unsigned long size, rss;
@@ -24,12 +31,7 @@ uint64_t procstat_rss(pid_t pid)
 
 uint64_t procstat_peak_rss(pid_t pid)
 {
-    char path[64];
-    if (pid)
-        snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    else
-        snprintf(path, sizeof path, "/proc/self/status");
-    FILE *f = fopen(path, "r");
+    FILE *f = proc_open(pid, "status");
     if (!f)
         return 0;
     char line[256];
