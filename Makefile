@@ -259,12 +259,24 @@ bench-prefix: $(BINS) $(B)/rill-bench $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	$(PYTHON) tools/bench-prefix.py --build $(B) $(BENCH_PREFIX_ARGS)
 
+# Memory, measured honestly: the whole stack serving 1, 8 and 32 greedy
+# streams against the engine alone (rill-bench-memory, given the served
+# worker's flags) generating the same sequences; peak RSS (VmHWM) of every
+# process summed over the baseline's, the same token ids checked, a breakdown,
+# into $(B)/bench/memory.json (exits 1 on different tokens or a ratio above
+# 1.10).  BENCH_MEMORY_ARGS: e.g. --max-tokens 128 --threads 2.
+.PHONY: bench-memory
+bench-memory: $(BINS) $(B)/rill-bench-memory $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	$(PYTHON) tools/bench-memory.py --build $(B) $(BENCH_MEMORY_ARGS)
+
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
 # $(B)/bench-baseline/ (outside git: figures belong to a machine), and
 # bench-compare runs it again and compares (BENCH_COMPARE_ARGS, e.g.
 # --fail-on-regression or --threshold 15, go to $(B)/bench-compare).
-BENCH_STD_BINS := $(BINS) $(B)/ringbench $(B)/rill-bench-engine $(B)/rill-mkmodel $(B)/rill-bench $(B)/bench-compare
+BENCH_STD_BINS := $(BINS) $(B)/ringbench $(B)/rill-bench-engine $(B)/rill-mkmodel $(B)/rill-bench $(B)/bench-compare \
+                  $(B)/rill-bench-memory
 bench-save: $(BENCH_STD_BINS)
 	tools/bench-standard.sh $(B) save
 bench-compare: $(BENCH_STD_BINS)

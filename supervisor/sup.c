@@ -633,6 +633,35 @@ static void write_stats(struct sup *s, uint64_t now)
             prom_sample(&b, fam[f].name, lab, v);
         }
     }
+    /* Where memory goes: each worker's own breakdown (its heartbeat's
+     * memory_<part>_bytes), and every process's peak RSS (VmHWM) — the
+     * figures of make bench-memory. */
+    prom_family(&b, "rill_worker_memory_bytes", "gauge",
+                "A worker's memory by part: weights, kv_cache, prefix_cache, activations, ring.");
+    for (int i = 0; i < s->t.n; i++) {
+        const struct proc *p = &s->t.p[i];
+        for (int k = 0; p->role == PROC_WORKER && k < p->hb.n_metrics; k++) {
+            const char *n = p->hb.metrics[k].name;
+            size_t len = strlen(n);
+            if (strncmp(n, "memory_", 7) || len < 7 + 6 + 1 || strcmp(n + len - 6, "_bytes") ||
+                strspn(n, "abcdefghijklmnopqrstuvwxyz_") != len) /* a label value: nothing to escape */
+                continue;
+            char lab[64 + PROTO_METRIC_LEN];
+            snprintf(lab, sizeof lab, "process=\"%s\",part=\"%.*s\"", p->id, (int)(len - 13), n + 7);
+            prom_sample(&b, "rill_worker_memory_bytes", lab, p->hb.metrics[k].value);
+        }
+    }
+    prom_family(&b, "rill_process_peak_rss_bytes", "gauge", "Peak resident memory of the process (VmHWM).");
+    prom_sample(&b, "rill_process_peak_rss_bytes", "process=\"supervisor\"", (double)procstat_peak_rss(0));
+    for (int i = 0; i < s->t.n; i++) {
+        const struct proc *p = &s->t.p[i];
+        uint64_t peak = p->pid > 0 ? procstat_peak_rss(p->pid) : 0;
+        if (!peak)
+            continue;
+        char lab[64];
+        snprintf(lab, sizeof lab, "process=\"%s\"", p->id);
+        prom_sample(&b, "rill_process_peak_rss_bytes", lab, (double)peak);
+    }
     static const uint64_t batch_le[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
     for (int i = 1; i < s->t.n; i++) {
         char lab[64];

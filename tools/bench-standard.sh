@@ -13,12 +13,17 @@
 #           medians of the invocations, each invocation's figures in
 #           repeats{} and every timed window in decode_runs_tokens_per_s;
 #   fanout  bench-fanout.sh at 100 and 1000 streams, 3 runs of 4 s each,
-#           1000 idle connections.
+#           1000 idle connections;
+#   memory  bench-memory.py (MEMORY_ARGS): the stack's summed peak RSS over
+#           the engine alone's at 1, 8 and 32 streams (134M F32); its
+#           memory.json is a rill-bench --save file, which bench-compare
+#           reads like any other (a different token or a ratio above 1.10
+#           fails the set).
 # Each writes BUILD_DIR/bench/NAME.json as `make bench` does, plus meta.json
 # (date, git commit, machine, what ran).
 #
 #   run      the set into BUILD_DIR/bench/
-#   save     the set, then BUILD_DIR/bench/{ring,engine,fanout,meta}.json are
+#   save     the set, then BUILD_DIR/bench/{ring,engine,fanout,memory,meta}.json are
 #            kept in BUILD_DIR/bench-baseline/ (the previous baseline moves
 #            to bench-baseline.prev/).  Baselines stay out of git: their
 #            figures belong to one machine.
@@ -54,7 +59,8 @@ if [ "$MODE" = compare ] && [ ! -f "$BASE/meta.json" ]; then
     echo "bench-standard: no baseline in $BASE: run make bench-save first" >&2
     exit 2
 fi
-for bin in ringbench rill-bench-engine rill-mkmodel rill-bench rill-worker rill-gateway bench-compare; do
+for bin in ringbench rill-bench-engine rill-mkmodel rill-bench rill-worker rill-gateway bench-compare \
+    rill-bench-memory rill-supervisor; do
     [ -x "$B/$bin" ] || { echo "bench-standard: $B/$bin is missing: build it first" >&2; exit 2; }
 done
 
@@ -65,11 +71,12 @@ FANOUT_STREAMS=${FANOUT_STREAMS:-"100 1000"}
 FANOUT_RUNS=${FANOUT_RUNS:-3}
 FANOUT_DURATION=${FANOUT_DURATION:-4}
 FANOUT_IDLE=${FANOUT_IDLE:-1000}
+MEMORY_ARGS=${MEMORY_ARGS:-}
 
 mkdir -p "$OUT"
 # What this set did not write must not be compared: stale files of an
 # earlier `make bench` would be.
-rm -f "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/meta.json" "$OUT"/ring-[0-9]*.json \
+rm -f "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/meta.json" "$OUT"/ring-[0-9]*.json \
     "$OUT"/engine-[0-9]*.json
 t0=$SECONDS
 # The benchmarks' own tables: shown when saving or just running, not above
@@ -133,10 +140,14 @@ echo "bench-standard: fan-out (streams $FANOUT_STREAMS, $FANOUT_RUNS runs of $FA
 STREAMS=$FANOUT_STREAMS RUNS=$FANOUT_RUNS DURATION=$FANOUT_DURATION WARMUP=1 IDLE_CONNS=$FANOUT_IDLE \
     QUIET_WAIT=${QUIET_WAIT:-5} MAX_OTHER=${MAX_OTHER:-150} shown "$TOP/tools/bench-fanout.sh" "$B"
 
+echo "bench-standard: memory (bench-memory.py $MEMORY_ARGS)" >&2
+# shellcheck disable=SC2086
+shown "$PY" "$TOP/tools/bench-memory.py" --build "$B" --json "$OUT/memory.json" $MEMORY_ARGS
+
 "$PY" - "$OUT/meta.json" "$TOP" "$((SECONDS - t0))" "$RING_REPEATS" "$ENGINE_REPEATS" "$ENGINE_ARGS" \
-    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" <<'EOF'
+    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" "$MEMORY_ARGS" <<'EOF'
 import json, os, socket, subprocess, sys, time
-out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle = sys.argv[1:]
+out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle, memory = sys.argv[1:]
 
 def git(*args):
     try:
@@ -162,6 +173,7 @@ meta = {
         "ring": "ringbench --runs 3 --seconds 0.3 --wakeups 2000, %s invocations" % ring_rep,
         "engine": "rill-bench-engine %s, %s invocations" % (engine, engine_rep),
         "fanout": "bench-fanout.sh STREAMS='%s' RUNS=%s DURATION=%s WARMUP=1 IDLE_CONNS=%s" % (streams, runs, dur, idle),
+        "memory": ("bench-memory.py " + memory).strip(),
     },
     "seconds": int(secs),
 }
@@ -175,7 +187,7 @@ case $MODE in
 save)
     rm -rf "$BASE.new"
     mkdir -p "$BASE.new"
-    cp "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/meta.json" "$BASE.new/"
+    cp "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/meta.json" "$BASE.new/"
     if [ -d "$BASE" ]; then
         rm -rf "$BASE.prev"
         mv "$BASE" "$BASE.prev"

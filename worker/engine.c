@@ -4,6 +4,7 @@
 #include "common/err.h"
 #include "common/log.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +21,19 @@ size_t engine_kv_bytes(const struct rill_config *c, const struct model_config *m
     long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
     size_t quarter = pages > 0 && psz > 0 ? (size_t)pages * (size_t)psz / 4 : want;
     return want < quarter ? want : quarter;
+}
+
+void engine_memory(const struct engine *e, struct engine_mem *m)
+{
+    struct kv_prefix_stats ps;
+    kv_prefix_stats(e->kv, &ps);
+    uint64_t resident = kv_bytes_resident(e->kv);
+    uint64_t idle = (uint64_t)ps.idle * kv_block_bytes(e->kv);
+    assert(idle <= resident); /* an idle cached block was written */
+    m->weights = fwd_weight_bytes(e->fwd);
+    m->kv_cache = resident - idle;
+    m->prefix_cache = idle;
+    m->activations = fwd_scratch_bytes(e->fwd);
 }
 
 uint64_t engine_rss_bytes(void) { return procstat_rss(0); }

@@ -52,6 +52,8 @@ struct fwd {
     uint32_t max_blocks;
     float *rope_cos, *rope_sin; /* [max_ctx][rope_dim/2] */
     size_t scratch_bytes;
+    size_t packed_bytes;   /* the kmat copies */
+    size_t released_bytes; /* the file's pages given back after packing */
 };
 
 static float *alloc_floats(struct fwd *f, size_t n)
@@ -63,13 +65,14 @@ static float *alloc_floats(struct fwd *f, size_t n)
 /* The packed copy is what the kernels read: the file's pages of this
  * matrix need not stay in our resident set (they stay in the page cache,
  * and come back if the scalar or OpenBLAS path reads them). */
-static void release_source(const struct wmat *w)
+static size_t release_source(const struct wmat *w)
 {
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t a = ((uintptr_t)w->data + page - 1) & ~(page - 1);
     uintptr_t b = ((uintptr_t)w->data + (uintptr_t)w->rows * w->row_bytes) & ~(page - 1);
-    if (b > a)
-        madvise((void *)a, b - a, MADV_DONTNEED);
+    if (b <= a || madvise((void *)a, b - a, MADV_DONTNEED))
+        return 0;
+    return b - a;
 }
 
 int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t max_rows, uint32_t max_ctx,
@@ -114,7 +117,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
                         "of %u)", l, wtype_name(src[i]->type), src[i]->cols,
                         quant_block(src[i]->type) > 8 ? quant_block(src[i]->type) : 8);
             else if (!rc)
-                release_source(src[i]);
+                f->released_bytes += release_source(src[i]);
         }
     }
     if (rc) {
@@ -124,7 +127,13 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
         return rc;
     }
     if (!m->tied_output)
-        release_source(&m->output);
+        f->released_bytes += release_source(&m->output);
+    f->packed_bytes = f->output.bytes;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const struct fwd_layer *P = &f->L[l];
+        f->packed_bytes += P->wq.bytes + P->wk.bytes + P->wv.bytes + P->wo.bytes + P->w_gate.bytes + P->w_up.bytes +
+                           P->w_down.bytes;
+    }
     size_t R = max_rows;
     f->x = alloc_floats(f, R * f->dim);
     f->xb = alloc_floats(f, R * f->dim);
@@ -201,6 +210,12 @@ void fwd_set_matmul(struct fwd *f, enum fwd_matmul mode, uint32_t min_rows)
 struct pool *fwd_pool(const struct fwd *f) { return f->pool; }
 
 size_t fwd_scratch_bytes(const struct fwd *f) { return f->scratch_bytes; }
+
+size_t fwd_weight_bytes(const struct fwd *f)
+{
+    size_t file = f->m->file_bytes > f->released_bytes ? f->m->file_bytes - f->released_bytes : 0;
+    return f->packed_bytes + file;
+}
 
 void fwd_set_progress(struct fwd *f, void (*fn)(void *ctx), void *ctx)
 {

@@ -60,4 +60,9 @@ struct pool *fwd_pool(const struct fwd *f);
 /* Bytes of scratch memory the pass holds. */
 size_t fwd_scratch_bytes(const struct fwd *f);
 
+/* Bytes of weights the pass keeps resident: the packed copies of the
+ * matrices, plus the model file's pages not given back after packing (the
+ * embeddings, norms, metadata; the whole file on the scalar path). */
+size_t fwd_weight_bytes(const struct fwd *f);
+
 #endif

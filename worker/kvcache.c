@@ -39,6 +39,7 @@ struct kv {
     uint32_t *lru_prev, *lru_next;
     uint32_t lru_head, lru_tail;  /* least recently used first */
     uint32_t n_idle, n_cached;
+    uint32_t n_dirty;             /* blocks with dirty[] set */
     uint64_t evictions;
 };
 
@@ -227,6 +228,7 @@ int kv_reserve(struct kv *kv, struct kv_seq *s, uint32_t n_tokens)
     for (uint32_t i = 0; i < more; i++) {
         uint32_t id = kv->n_free ? kv->free_ids[--kv->n_free] : evict_lru(kv);
         assert(kv->ref[id] == 0 && !kv->pub[id]);
+        kv->n_dirty += !kv->dirty[id];
         kv->dirty[id] = true;
         kv->ref[id] = 1;
         s->blocks[s->n_blocks++] = id;
@@ -281,6 +283,8 @@ size_t kv_bytes_used(const struct kv *kv)
     return (size_t)(kv->n_blocks - kv->n_free - kv->n_idle) * kv->block_bytes;
 }
 
+size_t kv_bytes_resident(const struct kv *kv) { return (size_t)kv->n_dirty * kv->block_bytes; }
+
 size_t kv_trim(struct kv *kv)
 {
     size_t released = 0;
@@ -290,6 +294,7 @@ size_t kv_trim(struct kv *kv)
             continue;
         madvise(kv->arena + (size_t)id * kv->block_bytes, kv->block_bytes, MADV_DONTNEED);
         kv->dirty[id] = false;
+        kv->n_dirty--;
         released += kv->block_bytes;
     }
     return released;

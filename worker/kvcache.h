@@ -87,6 +87,11 @@ size_t kv_block_bytes(const struct kv *kv);
 /* Bytes of blocks held by sequences (idle cached blocks are not). */
 size_t kv_bytes_used(const struct kv *kv);
 
+/* Bytes of blocks written since they were last trimmed: held, idle cached,
+ * or free and not yet given back (an upper bound on the arena's resident
+ * pages: a block's last pages may be unwritten). */
+size_t kv_bytes_resident(const struct kv *kv);
+
 /* Return the memory of free blocks to the kernel; returns bytes released. */
 size_t kv_trim(struct kv *kv);
 

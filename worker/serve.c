@@ -394,6 +394,26 @@ static void send_hello(struct server *sv)
         rlog_warn("cannot say hello to the supervisor: %s", rill_err_name(rc));
 }
 
+/* The memory breakdown, as the heartbeat's named metrics (the supervisor
+ * shows them as rill_worker_memory_bytes{part=...}). */
+static void memory_metrics(const struct server *sv, struct proto_heartbeat *h)
+{
+    struct engine_mem em;
+    engine_memory(sv->e, &em);
+    const struct { const char *part; uint64_t bytes; } parts[] = {
+        {"weights", em.weights},
+        {"kv_cache", em.kv_cache},
+        {"prefix_cache", em.prefix_cache},
+        {"activations", em.activations},
+        {"ring", RING_HDR_BYTES + (uint64_t)ring_capacity(sv->ring)},
+    };
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0] && h->n_metrics < PROTO_MAX_METRICS; i++) {
+        struct proto_metric *m = &h->metrics[h->n_metrics++];
+        snprintf(m->name, sizeof m->name, "memory_%s_bytes", parts[i].part);
+        m->value = (double)parts[i].bytes;
+    }
+}
+
 static void heartbeat(struct server *sv, uint64_t now)
 {
     /* Under pressure, cached prefix blocks and blocks that sequences gave
@@ -435,6 +455,7 @@ static void heartbeat(struct server *sv, uint64_t now)
         h->prefix_blocks = st.prefix_blocks;
         h->pressure_level = (uint8_t)sv->pressure;
         h->state = sv->draining ? PROTO_STATE_DRAINING : PROTO_STATE_READY;
+        memory_metrics(sv, h);
         /* The window's distributions, for the supervisor to accumulate
          * (left out when they do not fit: the counters above still go). */
         size_t len;
