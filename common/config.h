@@ -77,6 +77,12 @@
     X(BOOL, worker, fake_tokens,       "false",          0, 0,      "emit tokens without computing them (fan-out benchmark only)") \
     X(INT,  worker, fake_phases,       "1",              1, 1024,   "with fake_tokens: running sequences advance in this many evenly spaced steps per target_latency_ms, as that many workers stepping at different times would") \
     X(INT,  supervisor, workers,       "1",              1, 64,     "worker processes") \
+    X(INT,  supervisor, min_workers,   "0",              0, 64,     "fewest workers the supervisor runs when it scales (0: workers)") \
+    X(INT,  supervisor, max_workers,   "0",              0, 64,     "most workers the supervisor runs when it scales (0: workers, or min_workers if more); workers is how many start") \
+    X(DBL,  supervisor, scale_up_queued, "2",            0.1, 1e6,  "requests waiting (not yet admitted) per ready worker that, held for scale_up_s, start another worker") \
+    X(DBL,  supervisor, scale_up_s,    "3",              0, 3600,   "how long the queue must stay at scale_up_queued before a worker is added") \
+    X(DBL,  supervisor, scale_down_s,  "30",             0, 86400,  "how long the load must fit in one worker fewer (nothing waiting, the running sequences under half of the others' batch caps) before one is drained and stopped") \
+    X(DBL,  supervisor, scale_cooldown_s, "10",          0, 3600,   "least time between two scaling decisions (of either direction)") \
     X(INT,  supervisor, threads_per_worker, "0",         0, 256,    "threads of each worker (0: cores / workers)") \
     X(INT,  supervisor, restart_max,   "5",              0, 1000,   "restarts within restart_window_s before giving up on a process") \
     X(INT,  supervisor, restart_window_s, "60",          1, 86400,  "window for restart_max") \

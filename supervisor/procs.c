@@ -47,7 +47,7 @@ struct proc *procs_by_pid(struct procs *t, pid_t pid)
 
 const char *proc_state_name(enum proc_state s)
 {
-    static const char *const names[] = {"down", "starting", "ready", "draining", "backoff", "failed"};
+    static const char *const names[] = {"down", "starting", "ready", "draining", "backoff", "failed", "off"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "?";
 }
 
@@ -87,6 +87,7 @@ int procs_spawn(struct proc *p, char *const argv[], char *const env_extra[], uin
     p->last_hb_ns = 0;
     p->have_hb = false;
     p->killed_hung = false;
+    p->retiring = false;
     return 0;
 }
 

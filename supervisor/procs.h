@@ -30,7 +30,9 @@ enum proc_state {
     PROC_READY,        /* said hello */
     PROC_DRAINING,     /* asked to drain */
     PROC_BACKOFF,      /* died; will be started again at next_start_ns */
-    PROC_FAILED        /* died too often: given up */
+    PROC_FAILED,       /* died too often: given up */
+    PROC_OFF           /* stopped by a scaling decision (supervisor/scale.h): started
+                        * again only by another; with a pid, it is being stopped */
 };
 
 struct proc {
@@ -50,6 +52,8 @@ struct proc {
     struct proto_heartbeat hb;
     bool have_hb;
     bool killed_hung;            /* we killed it for silence */
+    bool retiring;               /* draining to stop (scaled down): PROC_OFF once it exits */
+    uint64_t retire_deadline_ns; /* killed if still running then */
 };
 
 struct procs_policy {

@@ -10,6 +10,7 @@
 #include "batchctl.h"
 #include "pressure.h"
 #include "procs.h"
+#include "scale.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/hist.h"
@@ -22,6 +23,7 @@
 #include "common/rundir.h"
 #include "common/zsock.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -48,12 +51,14 @@ struct sup {
     struct procs t;
     struct pressure_monitor pm;
     struct batchctl bc;
+    struct scale sc;
     int sigfd, psi_fd;
     bool announced, stopping, hard_stop;
     char fatal[512];             /* why the supervisor gave up (exits non-zero), or "" */
     uint64_t started_ns, next_pressure_ns, next_stats_ns, drain_deadline_ns;
     uint32_t threads_per_worker;
     uint64_t hung_kills, pressure_msgs, set_batch_msgs;
+    int initial_workers;         /* how many run at start (workers, within min..max) */
     /* Workers' distributions, accumulated from their heartbeats' windows. */
     struct hist *step_us;        /* per process slot */
     struct hist *batch_n;
@@ -317,17 +322,22 @@ static void announce_if_ready(struct sup *s)
 {
     if (s->announced)
         return;
-    for (int i = 0; i < s->t.n; i++)
+    int workers = 0;
+    for (int i = 0; i < s->t.n; i++) {
+        if (s->t.p[i].state == PROC_OFF)
+            continue;
         if (s->t.p[i].state != PROC_READY)
             return;
-    if (gateway_workers_ready(s) < s->t.n - 1)
+        workers += s->t.p[i].role == PROC_WORKER;
+    }
+    if (gateway_workers_ready(s) < workers)
         return;
     s->announced = true;
     /* The one line on stdout. */
     printf("rill ready at http://%s/\n", s->c->listen);
     fflush(stdout);
     rlog_info("ready in %.0f ms: gateway on %s, %d worker(s)", (double)(clock_ns() - s->started_ns) / 1e6,
-              s->c->listen, s->t.n - 1);
+              s->c->listen, workers);
     const char *ns = getenv("NOTIFY_SOCKET");
     if (ns && (ns[0] == '/' || ns[0] == '@') && strlen(ns) < sizeof(((struct sockaddr_un *)0)->sun_path)) {
         int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -357,6 +367,10 @@ static void on_control(struct sup *s, const struct zs_id *from, struct proto_msg
     case PROTO_HELLO:
         if (p->pid && m->u.hello.pid != p->pid) {
             rlog_warn("hello from %s with pid %d, expected %d: ignored", p->id, m->u.hello.pid, (int)p->pid);
+            return;
+        }
+        if (p->state == PROC_OFF || p->retiring) {
+            rlog_info("hello from %s, which is being stopped: ignored", p->id);
             return;
         }
         p->hello = m->u.hello;
@@ -418,7 +432,19 @@ static int workers_alive(const struct sup *s)
 {
     int n = 0;
     for (int i = 1; i < s->t.n; i++)
-        n += s->t.p[i].state != PROC_FAILED && s->t.p[i].state != PROC_DOWN;
+        n += s->t.p[i].state != PROC_FAILED && s->t.p[i].state != PROC_DOWN && s->t.p[i].state != PROC_OFF;
+    return n;
+}
+
+/* Workers started and not stopped by a scaling decision. */
+static int workers_running(const struct sup *s)
+{
+    int n = 0;
+    for (int i = 1; i < s->t.n; i++) {
+        enum proc_state st = s->t.p[i].state;
+        n += (st == PROC_STARTING || st == PROC_READY || st == PROC_DRAINING || st == PROC_BACKOFF) &&
+             !s->t.p[i].retiring;
+    }
     return n;
 }
 
@@ -437,6 +463,27 @@ static void give_up(struct sup *s, struct proc *p, const char *cause, uint64_t n
     begin_drain(s, now);
 }
 
+/* A worker a scaling decision stopped has exited: it stays off, and what
+ * it leaves behind (its ring, its socket) goes now, not at the next start. */
+static void stopped_by_scaling(struct sup *s, struct proc *p, int status)
+{
+    p->pid = 0;
+    p->last_status = status;
+    procs_describe_status(status, p->last_exit, sizeof p->last_exit);
+    p->state = PROC_OFF;
+    p->retiring = false;
+    p->have_hb = false;
+    memset(&p->hb, 0, sizeof p->hb);
+    memset(&p->hello, 0, sizeof p->hello);
+    batchctl_forget(&s->bc, p->id);
+    char ring[PROTO_RING_LEN + 2], sock[48];
+    if (cfg_ring_name(s->c, p->id, ring, sizeof ring) == 0)
+        shm_unlink(ring);
+    snprintf(sock, sizeof sock, "%s.sock", p->id);
+    rundir_unlink(s->run_dir, sock);
+    rlog_info("%s stopped (%s); %d worker(s) running", p->id, p->last_exit, workers_running(s));
+}
+
 static void reap_children(struct sup *s, uint64_t now)
 {
     int status;
@@ -447,6 +494,11 @@ static void reap_children(struct sup *s, uint64_t now)
         if (!p)
             continue;
         bool was_ready = p->state == PROC_READY;
+        if (!s->stopping && (p->state == PROC_OFF || p->retiring)) {
+            stopped_by_scaling(s, p, status);
+            changed = true;
+            continue;
+        }
         bool restart = procs_on_exit(&s->t, p, status, now, s->stopping, s->announced);
         if (s->stopping) {
             rlog_info("%s exited (%s)", p->id, p->last_exit);
@@ -482,7 +534,12 @@ static void check_timeouts(struct sup *s, uint64_t now)
         }
         if (!p->pid || p->killed_hung)
             continue;
-        if (p->state == PROC_STARTING && now - p->started_ns > (uint64_t)c->start_timeout_ms * 1000000ull) {
+        if (p->retiring && now > p->retire_deadline_ns && !s->stopping) {
+            /* Its requests fail over to the other workers (exactly). */
+            rlog_warn("%s did not drain within %lld s: stopping it", p->id, (long long)c->drain_timeout_s);
+            kill(p->pid, SIGKILL);
+            p->killed_hung = true;
+        } else if (p->state == PROC_STARTING && now - p->started_ns > (uint64_t)c->start_timeout_ms * 1000000ull) {
             rlog_error("%s did not say hello within %lld ms: killing it", p->id, (long long)c->start_timeout_ms);
             kill(p->pid, SIGKILL);
             p->killed_hung = true;
@@ -516,8 +573,9 @@ static void sample_pressure(struct sup *s, uint64_t now)
     }
     r.others_rss = procstat_rss(getpid()) + (s->t.p[0].pid ? procstat_rss(s->t.p[0].pid) : 0);
     pressure_account(&r, (uint64_t)s->c->memory_budget_bytes);
-    if (workers && r.budget > r.others_rss)
-        batchctl_set_share(&s->bc, (r.budget - r.others_rss) / (uint64_t)(s->t.n - 1));
+    int running = workers_running(s);
+    if (workers && running && r.budget > r.others_rss)
+        batchctl_set_share(&s->bc, (r.budget - r.others_rss) / (uint64_t)running);
     if (!pressure_update(&s->pm, &r))
         return;
     enum pressure_level lv = s->pm.level;
@@ -535,6 +593,87 @@ static void sample_pressure(struct sup *s, uint64_t now)
     for (int i = 0; i < n; i++)
         if (ch[i].changed || ch[i].resend)
             send_set_batch(s, &ch[i]);
+}
+
+/* --- scaling ---------------------------------------------------------------------------------------- */
+
+static enum scale_slot slot_of(const struct proc *p)
+{
+    if (p->retiring)
+        return SCALE_SLOT_GONE;
+    switch (p->state) {
+    case PROC_READY: return SCALE_SLOT_READY;
+    case PROC_STARTING: return SCALE_SLOT_STARTING;
+    case PROC_BACKOFF: return SCALE_SLOT_RESTARTING;
+    case PROC_OFF: return p->pid ? SCALE_SLOT_GONE : SCALE_SLOT_OFF;
+    default: return SCALE_SLOT_GONE;
+    }
+}
+
+/* Stop worker p at once, its requests moving to the others: the gateway
+ * hears first that p is down (it fails p's generations over from the
+ * tokens delivered, exactly), then p is killed.  SIGKILL, not a drain: a
+ * drain would finish p's generations in place and free nothing for as long
+ * as they run, and a worker told to stop would end them with errors that
+ * could reach the gateway before the news that p is down.  Killed, p writes
+ * nothing more; whichever the gateway sees first (the list, or p's ring
+ * losing its producer) fails the same generations over. */
+static void unload(struct sup *s, struct proc *p)
+{
+    assert(p->role == PROC_WORKER && p->pid && p->state == PROC_READY);
+    p->state = PROC_OFF;
+    batchctl_forget(&s->bc, p->id);
+    send_workers(s);
+    kill(p->pid, SIGKILL);
+}
+
+/* Stop worker p gently: nothing new goes to it, it finishes what it runs
+ * (within drain_timeout_s, else it is unloaded), then exits. */
+static void retire(struct sup *s, struct proc *p, uint64_t now)
+{
+    assert(p->role == PROC_WORKER && p->pid && p->state == PROC_READY);
+    p->state = PROC_DRAINING;
+    p->retiring = true;
+    p->retire_deadline_ns = now + (uint64_t)s->c->drain_timeout_s * 1000000000ull;
+    struct proto_msg d = {.type = PROTO_DRAIN};
+    send_to(s, p, &d);
+    send_workers(s);
+}
+
+static void scale_step(struct sup *s, uint64_t now)
+{
+    if (!s->announced || s->stopping)
+        return;
+    struct scale_worker w[PROCS_MAX];
+    int n = s->t.n - 1;
+    for (int i = 0; i < n; i++) {
+        const struct proc *p = &s->t.p[1 + i];
+        w[i] = (struct scale_worker){.slot = slot_of(p)};
+        if (p->have_hb) {
+            w[i].active = p->hb.active;
+            w[i].queued = p->hb.queued;
+            w[i].batch_cap = p->hb.batch_cap;
+            w[i].rss = p->hb.rss_bytes;
+        }
+    }
+    const struct pressure_reading *r = &s->pm.last;
+    struct scale_input in = {w, n, s->pm.level, r->have_ratio, r->budget, r->used, now};
+    struct scale_decision d;
+    if (!scale_decide(&s->sc, &in, &d))
+        return;
+    struct proc *p = &s->t.p[1 + d.slot];
+    rlog_info("scaling %s: %s %s (%s: %s); workers %d -> %d", scale_dir_name(d.dir),
+              d.dir == SCALE_UP ? "starting" : d.migrate ? "unloading" : "draining", p->id, scale_why_name(d.why),
+              d.detail, d.before, d.after);
+    if (d.dir == SCALE_UP) {
+        p->state = PROC_DOWN;
+        if (start(s, p, now))
+            p->state = PROC_OFF; /* it may be tried again: the next decision says so */
+    } else if (d.migrate) {
+        unload(s, p);
+    } else {
+        retire(s, p, now);
+    }
 }
 
 /* --- stats files ------------------------------------------------------------------------------------- */
@@ -561,6 +700,18 @@ static void write_stats(struct sup *s, uint64_t now)
     }
     prom_counter(&b, "rill_supervisor_hung_kills_total", "Workers killed for missing heartbeats.",
                  (double)s->hung_kills);
+    prom_gauge(&b, "rill_supervisor_workers", "Workers running (started and not stopped by a scaling decision).",
+               (double)workers_running(s));
+    prom_gauge(&b, "rill_supervisor_workers_min", "min_workers.", (double)s->sc.c.min);
+    prom_gauge(&b, "rill_supervisor_workers_max", "max_workers.", (double)s->sc.c.max);
+    prom_family(&b, "rill_supervisor_scale_events_total", "counter",
+                "Workers started or stopped by the supervisor's scaling, by direction and reason.");
+    for (int k = 0; k < SCALE_WHY_COUNT; k++) {
+        char lab[80];
+        snprintf(lab, sizeof lab, "direction=\"%s\",reason=\"%s\"", scale_dir_name(scale_why_dir((enum scale_why)k)),
+                 scale_why_name((enum scale_why)k));
+        prom_sample(&b, "rill_supervisor_scale_events_total", lab, (double)s->sc.events[k]);
+    }
     static const struct { const char *name, *type, *help; } fam[] = {
         {"rill_process_up", "gauge", "1 when the process is ready."},
         {"rill_process_failed", "gauge", "1 when the supervisor gave up restarting the process."},
@@ -703,6 +854,28 @@ static void write_stats(struct sup *s, uint64_t now)
     jsonw_key_double(&w, "ratio", r->ratio, 4);
     jsonw_key_double(&w, "psi_some_avg10", r->psi.ok ? r->psi.some_avg10 : 0, 2);
     jsonw_key_double(&w, "psi_full_avg10", r->psi.has_full ? r->psi.full_avg10 : 0, 2);
+    jsonw_obj_end(&w);
+    jsonw_key(&w, "scaling");
+    jsonw_obj_begin(&w);
+    jsonw_key_int(&w, "workers", workers_running(s));
+    jsonw_key_int(&w, "min", s->sc.c.min);
+    jsonw_key_int(&w, "max", s->sc.c.max);
+    jsonw_key(&w, "events");
+    jsonw_obj_begin(&w);
+    for (int k = 0; k < SCALE_WHY_COUNT; k++)
+        jsonw_key_uint(&w, scale_why_name((enum scale_why)k), s->sc.events[k]);
+    jsonw_obj_end(&w);
+    if (s->sc.last.dir != SCALE_NONE) {
+        const struct scale_decision *d = &s->sc.last;
+        jsonw_key(&w, "last");
+        jsonw_obj_begin(&w);
+        jsonw_key_str(&w, "direction", scale_dir_name(d->dir));
+        jsonw_key_str(&w, "reason", scale_why_name(d->why));
+        jsonw_key_str(&w, "worker", s->t.p[1 + d->slot].id);
+        jsonw_key_str(&w, "detail", d->detail);
+        jsonw_key_double(&w, "ago_s", (double)(now - s->sc.last_ns) / 1e9, 1);
+        jsonw_obj_end(&w);
+    }
     jsonw_obj_end(&w);
     jsonw_key(&w, "processes");
     jsonw_arr_begin(&w);
@@ -872,7 +1045,15 @@ static int setup(struct sup *s, char *why, size_t why_len)
         return rc;
     }
     struct procs_policy pol = {(uint32_t)c->restart_max, (uint32_t)c->restart_window_s, 100, 10000};
-    procs_init(&s->t, &pol, (int)c->workers);
+    struct scale_config scfg;
+    int initial = scale_config_from(c, &scfg, why, why_len);
+    if (initial < 0)
+        return initial;
+    scale_init(&s->sc, &scfg);
+    s->initial_workers = initial;
+    procs_init(&s->t, &pol, scfg.max);
+    for (int i = 1 + initial; i < s->t.n; i++)
+        s->t.p[i].state = PROC_OFF;
     s->step_us = calloc((size_t)s->t.n, sizeof *s->step_us);
     s->batch_n = calloc((size_t)s->t.n, sizeof *s->batch_n);
     if (!s->step_us || !s->batch_n) {
@@ -943,11 +1124,12 @@ int sup_run(const struct rill_config *c)
         free(s);
         return rc == RILL_E_EXISTS ? 3 : 1;
     }
-    rlog_info("supervisor of instance %s: %lld worker(s) x %u thread(s), model %s, run dir %s", c->instance,
-              (long long)c->workers, s->threads_per_worker, c->model, s->run_dir);
+    rlog_info("supervisor of instance %s: %d worker(s) (%d to %d) x %u thread(s), model %s, run dir %s", c->instance,
+              s->initial_workers, s->sc.c.min, s->sc.c.max, s->threads_per_worker, c->model, s->run_dir);
     uint64_t now = clock_ns();
     for (int i = 1; i < s->t.n; i++)
-        start(s, &s->t.p[i], now);
+        if (s->t.p[i].state != PROC_OFF)
+            start(s, &s->t.p[i], now);
     start(s, &s->t.p[0], now);
 
     while (!(s->stopping && !any_alive(s))) {
@@ -983,6 +1165,7 @@ int sup_run(const struct rill_config *c)
             s->next_pressure_ns = 0; /* a stall: sample now */
         if (now >= s->next_pressure_ns) {
             sample_pressure(s, now);
+            scale_step(s, now);
             s->next_pressure_ns = now + (uint64_t)c->pressure_interval_ms * 1000000ull;
         }
         check_timeouts(s, now);

@@ -436,7 +436,8 @@ function renderNow(s) {
   const errs = lastValue("g.errors") || 0;
   setKpi("errors", CHARTS.errors.fmt(errs), errs > 0 ? "bad" : "");
   const ready = num(g.workers_ready);
-  const total = workers.length;
+  // A worker the supervisor's scaling stopped ("off") is not missing.
+  const total = workers.filter((w) => w.state !== "off").length;
   setKpi("workers", total ? `${fmtInt(ready)}/${total}` : fmtInt(ready),
          ready === 0 ? "bad" : total && ready < total ? "warn" : "");
 
@@ -563,6 +564,25 @@ function renderWorkers(s, workers) {
     i ? " · " : "", `gateway ${p.id} `, h("span", { className: "state", dataset: { state: p.state || "unknown" } }, p.state || "?"),
     p.restarts ? ` ${p.restarts} restart${p.restarts === 1 ? "" : "s"}` : "",
   ]));
+  renderScaling(s.supervisor && s.supervisor.scaling);
+}
+
+// The supervisor's scaling: how many workers run within min..max, what it
+// decided in all, and its last decision with the reason.
+function renderScaling(sc) {
+  const el = $("scaling");
+  el.hidden = !sc;
+  if (!sc) return;
+  const ev = sc.events || {};
+  const counts = `up: queue ${fmtInt(num(ev.queue) || 0)}, pressure relieved ${fmtInt(num(ev.pressure_relieved) || 0)}; ` +
+                 `down: pressure ${fmtInt(num(ev.pressure) || 0)}, idle ${fmtInt(num(ev.idle) || 0)}`;
+  const l = sc.last;
+  el.replaceChildren(
+    h("span", { className: "k" }, "Scaling "),
+    h("strong", { id: "scaling-workers" }, `${fmtInt(num(sc.workers))} of ${fmtInt(num(sc.min))}–${fmtInt(num(sc.max))} workers`),
+    h("span", { className: "muted", id: "scaling-events" }, ` · ${counts}`),
+    l ? h("span", { id: "scaling-last", dataset: { direction: l.direction, reason: l.reason }, title: l.detail || "" },
+          ` · last: ${l.direction} ${l.worker} (${l.reason}) ${fmtInt(num(l.ago_s))} s ago`) : "");
 }
 
 // --- the socket -------------------------------------------------------------------

@@ -272,6 +272,10 @@ def snapshot(k, t_ms, supervisor=True):
         "pressure": {"level": level, "reason": "ratio 0.93 >= 0.90" if level == "critical" else "",
                      "budget_bytes": 2 << 30, "used_bytes": int(ratio * (2 << 30)), "ratio": ratio,
                      "psi_some_avg10": 0.0 if k < 5 else 4.5 + k, "psi_full_avg10": 0.0 if k < 9 else 1.5},
+        "scaling": {"workers": 2, "min": 1, "max": 3,
+                    "events": {"queue": 1, "pressure_relieved": 0, "pressure": 0, "idle": 0},
+                    "last": {"direction": "up", "reason": "queue", "worker": "w1",
+                             "detail": "4.0 requests waiting per ready worker for 3.0 s", "ago_s": 2.0 + k}},
         "processes": [
             {"id": "g0", "role": "gateway", "state": "ready", "pid": 100, "restarts": 0, "last_exit": ""},
             {"id": "w0", "role": "worker", "state": "ready", "pid": 101, "restarts": 0, "last_exit": "",
@@ -402,6 +406,13 @@ def test_dashboard_shows_a_failed_worker_critical_pressure_and_errors_from_a_scr
         assert list(rows) == ["w0", "w1"]
         assert rows["w0"]["state"] == "ready" and rows["w1"]["state"] == "failed"
         assert "giving up" in rows["w1"]["cells"]["state"]
+        # The supervisor's scaling: workers within min..max, its decisions, the last one.
+        assert page.js("document.getElementById('scaling-workers').textContent") == "2 of 1–3 workers"
+        assert page.js("document.getElementById('scaling-events').textContent") == \
+            " · up: queue 1, pressure relieved 0; down: pressure 0, idle 0"
+        assert page.js("document.getElementById('scaling-last').textContent").startswith(" · last: up w1 (queue) ")
+        assert page.js("document.getElementById('scaling-last').title") == \
+            "4.0 requests waiting per ready worker for 3.0 s"
         assert rows["w0"]["cells"]["batch"] == "8 / 16"
         assert rows["w0"]["cells"]["load"] == "8 / 2"
         assert rows["w0"]["cells"]["step"] == "18.2 / 25.0 ms"
@@ -458,6 +469,7 @@ def test_dashboard_without_supervisor_hides_what_it_cannot_know_and_reconnects(b
     assert st["pressure"] == "none" and st["pressureBadge"] is False
     assert "mem" not in st["kpi"] and st["kpi"]["workers"] in ("1", "2")
     assert st["rows"] == [] and "Per-worker figures come from rill-supervisor" in st["empty"]
+    assert page.js("document.getElementById('scaling').hidden") is True
     assert set(st["charts"]) == {"tps", "streams", "ttft", "itl", "errors"}
     # The ten seconds without data are a hole in the lines, not a straight join.
     tps = page.js("globalThis.rillDashboard.values('g.tps')")
