@@ -689,8 +689,15 @@ void stream_on_token(struct stream_table *t, int worker, const struct proto_toke
             s->next_pos = tk->position;
     }
     if (tk->token_id >= 0) {
-        if (tk->position < s->next_pos)
-            return; /* delivered already (cannot happen with one record stream per worker) */
+        if (tk->position < s->next_pos) {
+            /* Delivered already (cannot happen with one record stream per
+             * worker); the same token, or the run is not reproducible. */
+            if (tk->position < s->ids_cap && tk->token_id != s->ids[tk->position])
+                rlog_error("request %llu: position %u came again as token %d, not %d: the run is not "
+                           "reproducible", (unsigned long long)tk->req_id, tk->position, tk->token_id,
+                           s->ids[tk->position]);
+            return;
+        }
         if (tk->position != s->next_pos)
             rlog_warn("request %llu: token position %u, expected %u", (unsigned long long)tk->req_id, tk->position,
                       s->next_pos);

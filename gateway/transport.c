@@ -418,6 +418,7 @@ int transport_init(struct transport *t, const struct rill_config *c, struct lws_
     t->ctx = ctx;
     t->vh = vh;
     t->req_epoch = req_epoch;
+    t->started_ns = clock_ns();
     t->cb = *cb;
     int rc = zs_ctx_new(&t->zctx);
     if (rc)
@@ -509,6 +510,20 @@ void transport_inflight(struct transport *t, int worker, int delta)
 
 bool transport_adopting(const struct transport *t, uint64_t now_ns)
 {
+    /* Just started: until every worker we know of is up and has replayed
+     * (and we know of one), a resume may be for one of theirs. */
+    if (now_ns - t->started_ns < TRANSPORT_ADOPT_WAIT_NS) {
+        int known = 0, done = 0;
+        for (int i = 0; i < t->n_workers; i++) {
+            const struct transport_worker *w = &t->workers[i];
+            if (!w->in_use || w->failed)
+                continue;
+            known++;
+            done += w->up && !w->adopting;
+        }
+        if (!known || done < known)
+            return true;
+    }
     for (int i = 0; i < t->n_workers; i++) {
         const struct transport_worker *w = &t->workers[i];
         if (w->in_use && w->up && w->adopting && now_ns - w->adopt_since_ns < TRANSPORT_ADOPT_WAIT_NS)

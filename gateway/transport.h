@@ -93,6 +93,7 @@ struct transport {
     bool standalone;             /* no supervisor: worker_list */
     uint32_t req_epoch;          /* this gateway's request-id epoch (ids' high half) */
     uint64_t hb_seq, next_hb_ns;
+    uint64_t started_ns;
 };
 
 /* Connect to the supervisor (say hello) or read worker_list.  `vh` must not
@@ -131,8 +132,10 @@ int transport_send(struct transport *t, int worker, const struct proto_msg *m);
 const char *transport_worker_id(const struct transport *t, int worker);
 /* Whether a worker that is up has not finished replaying what a previous
  * gateway process left on it (see worker/journal.h), for at most
- * TRANSPORT_ADOPT_WAIT_NS after it came up: a resume of a request not
- * known yet may be one of them. */
+ * TRANSPORT_ADOPT_WAIT_NS after it came up; or, in the first
+ * TRANSPORT_ADOPT_WAIT_NS of this process, a worker is not known, not up or
+ * not replayed yet: a resume of a request not known yet may be one of
+ * theirs. */
 #define TRANSPORT_ADOPT_WAIT_NS 3000000000ull
 bool transport_adopting(const struct transport *t, uint64_t now_ns);
 /* Count a request routed to (+1) or finished on (-1) a worker. */

@@ -21,8 +21,11 @@ chaos: also kill -9 a random worker every 2-5 s (the supervisor restarts
 it).  The gateway log names each generation that failed over and the
 position it resumed from; the gap of an affected stream is the time from
 the kill to the arrival of the token at that position (or of its end).
-kill -9 of the gateway is left out: gateway restart with resume (issue 13
-part 3) is not built.
+And kill -9 the gateway once, at 40% of the run (--gateway-kills N: N
+times, evenly spaced): the supervisor restarts it, the workers replay what
+they run to it, and every client reconnects (with backoff) and resumes
+each generation it had from the last position it received; a request the
+gateway had not accepted yet is sent again.
 
 soak: no kills; steady load for the whole time.  At the end of warm-up and
 at the end, the clients pause (connections stay open, nothing running) and
@@ -312,6 +315,7 @@ class Stats:
         self.requests = 0
         self.completed = 0
         self.resumes = 0
+        self.gateway_resumes = 0  # resumes after the gateway was killed
         self.replayed_overlap = 0
         self.refused = {}  # code -> refusals before acceptance, each tried again
         self.starved = 0   # requests that heard nothing for more than SLOW_S at some point
@@ -324,6 +328,21 @@ class Stats:
 async def _connect(url, proto):
     return await websockets.connect(url, subprotocols=[proto], compression=None, max_queue=None,
                                     ping_interval=None, open_timeout=20, max_size=16 << 20)
+
+
+async def _reconnect(url, proto, rnd, give_up_s=30):
+    """Connect, trying again with backoff and jitter while the gateway is
+    down (restarting after a kill)."""
+    deadline = time.monotonic() + give_up_s
+    delay = 0.05
+    while True:
+        try:
+            return await _connect(url, proto)
+        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidStatus) as e:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay * rnd.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
 
 
 async def _send(ws, proto, msg):
@@ -405,20 +424,23 @@ class Load:
                     self.idle -= 1
                     continue
                 if ws is None:
-                    ws = await _connect(self.url, proto)
+                    ws = await _reconnect(self.url, proto, rnd)
                     self.connected += 1
                 k = rnd.randrange(len(self.jobs))
                 self.stats.requests += 1
                 for attempt in range(100):
                     r = Req(f"c{ci}r{nreq}" + (f"a{attempt}" if attempt else ""), self.jobs[k], self.refs[k])
                     self.stats.reqs[r.gid] = r
+                    if ws is None:
+                        ws = await _reconnect(self.url, proto, rnd)
+                        self.connected += 1
                     ws, proto = await self.one(ws, proto, r, rnd)
                     if not self.refused(r):
                         break
                     # Refused before it was accepted (no worker ready, all
                     # busy) and recoverable: a client tries again.
-                    self.stats.refused[r.terminal["error"]["code"]] = \
-                        self.stats.refused.get(r.terminal["error"]["code"], 0) + 1
+                    code = "gateway_gone" if getattr(r, "resend", False) else r.terminal["error"]["code"]
+                    self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
                     await asyncio.sleep(rnd.uniform(0.2, 1.0))
                 nreq += 1
                 self.judge(r)
@@ -440,8 +462,13 @@ class Load:
 
     async def one(self, ws, proto, r, rnd):
         job = r.job
-        await _send(ws, proto, {"type": "generate", "id": r.gid, "prompt": job["prompt"],
-                                "max_tokens": job["max_tokens"], "params": job["params"]})
+        try:
+            await _send(ws, proto, {"type": "generate", "id": r.gid, "prompt": job["prompt"],
+                                    "max_tokens": job["max_tokens"], "params": job["params"]})
+        except websockets.ConnectionClosed:
+            r.resend = True  # it never reached the gateway: send it again
+            self.connected -= 1
+            return None, proto
         drop_at = rnd.randint(1, job["max_tokens"] - 1) if rnd.random() < self.drop_p else None
         while True:
             try:
@@ -450,9 +477,26 @@ class Load:
                 r.problem = f"nothing for {STALL_S:.0f} s"
                 return ws, proto
             except websockets.ConnectionClosed as e:
-                r.problem = f"the gateway closed the connection: {e}"
                 self.connected -= 1
-                return None, proto
+                if r.token is None:
+                    r.resend = True  # not accepted: the client sends it again
+                    return None, proto
+                # The gateway went away (killed): reconnect and resume from
+                # what came, as rill-client.js does.
+                t_drop = time.monotonic()
+                try:
+                    ws = await _reconnect(self.url, proto, rnd)
+                except Exception as ce:
+                    r.problem = f"could not reconnect after the gateway closed the connection ({e}): {ce!r}"
+                    return None, proto
+                self.connected += 1
+                r.expect_pos = len(r.got)
+                r.t_last = time.monotonic()
+                await _send(ws, proto, {"type": "resume", "id": r.gid, "resume_token": r.token, "from": len(r.got)})
+                self.stats.resumes += 1
+                self.stats.gateway_resumes += 1
+                r.drops.append((t_drop, time.monotonic()))
+                continue
             now = time.monotonic()
             r.silence = max(r.silence, now - r.t_last)
             r.t_last = now
@@ -465,7 +509,7 @@ class Load:
                 self.connected -= 1
                 await asyncio.sleep(rnd.uniform(0, 1.0))
                 proto = rnd.choice((JSON_P, MSGPACK_P))
-                ws = await _connect(self.url, proto)
+                ws = await _reconnect(self.url, proto, rnd)
                 self.connected += 1
                 frm = len(r.got)
                 if rnd.random() < self.resume_back_p:
@@ -481,6 +525,8 @@ class Load:
     @staticmethod
     def refused(r):
         t = r.terminal
+        if getattr(r, "resend", False):
+            return True
         return (t is not None and t["type"] == "error" and r.token is None and not r.got
                 and t["error"].get("recoverable") and t["error"].get("code") in ("no_worker", "overloaded"))
 
@@ -536,14 +582,25 @@ def pct(xs, q):
 
 # --- chaos ---------------------------------------------------------------------------------------
 
-async def kill_loop(p, until, rnd, kills, down):
-    """kill -9 a random running worker every 2-5 s; also note the time with
-    no worker process at all."""
+async def kill_loop(p, until, rnd, kills, down, gw_at=(), gw_kills=None):
+    """kill -9 a random running worker every 2-5 s, and the gateway at the
+    times in gw_at; also note the time with no worker process at all."""
     next_kill = time.monotonic() + rnd.uniform(2, 5)
     none_since = None
+    gw_at = sorted(gw_at)
     while time.monotonic() < until:
         await asyncio.sleep(0.05)
         now = time.monotonic()
+        if gw_at and now >= gw_at[0]:
+            gw_at.pop(0)
+            pid = p.gateway_pid()
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    gw_kills.append({"t": now, "pid": pid})
+                    log(f"killed the gateway (pid {pid})")
+                except ProcessLookupError:
+                    pass
         alive = [k for k in range(p.workers) if p.worker_pid(k)]
         if not alive and none_since is None:
             none_since = now
@@ -598,7 +655,10 @@ async def run_chaos(a, p, jobs, refs):
     t0 = time.monotonic()
     until = t0 + a.seconds
     tasks = [asyncio.ensure_future(load.client(i)) for i in range(a.clients)]
-    killer = asyncio.ensure_future(kill_loop(p, until, random.Random(a.seed), kills, down))
+    gw_kills = []
+    n = a.gateway_kills
+    gw_at = [t0 + a.seconds * (0.4 if n == 1 else 0.15 + 0.7 * i / max(n - 1, 1)) for i in range(n)]
+    killer = asyncio.ensure_future(kill_loop(p, until, random.Random(a.seed), kills, down, gw_at, gw_kills))
     last = t0
     timeline = []
     loop = asyncio.get_running_loop()
@@ -619,8 +679,9 @@ async def run_chaos(a, p, jobs, refs):
         log(f"a client failed: {e!r}")
     # A client that died took its request with it.
     for r in stats.reqs.values():
-        if r.terminal is None and r.problem is None:
+        if r.terminal is None and r.problem is None and not getattr(r, "resend", False):
             stats.lost.append({"id": r.gid, "why": "its client failed", "have": len(r.got)})
+    stats.gw_kills = [round(k["t"] - t0, 2) for k in gw_kills]
     return stats, kills, down, len(errors), [[round(k["t"] - t0, 2), k["worker"]] for k in kills], timeline
 
 
@@ -636,7 +697,6 @@ def chaos(a):
     try:
         p.wait_ready()
         log(f"pipeline {p.instance} on port {p.port}: {a.clients} clients, {a.seconds:.0f} s, log {log_path}")
-        log("kill -9 of the gateway: left out (gateway restart with resume, issue 13 part 3, is not built)")
         stats, kills, down, client_errors, kill_times, timeline = asyncio.run(run_chaos(a, p, jobs, refs))
         metric_failovers = p.metric("rill_gateway_failovers_total")
     finally:
@@ -664,7 +724,8 @@ def chaos(a):
     res = {
         "seconds": a.seconds, "clients": a.clients, "workers": 2, "distinct_requests": len(jobs),
         "requests": stats.requests, "completed_exact": stats.completed, "kills": len(kills),
-        "gateway_kills": 0, "gateway_kill_left_out": "gateway restart with resume (issue 13 part 3) is not built",
+        "gateway_kills": len(stats.gw_kills), "gateway_kill_times": stats.gw_kills,
+        "resumes_after_gateway_kill": stats.gateway_resumes,
         "pipeline_args": a.extra, "refused_then_retried": stats.refused,
         "resumes": stats.resumes, "resumes_from_earlier": stats.replayed_overlap,
         "failovers": failovers, "failovers_metric": metric_failovers,
@@ -691,7 +752,8 @@ def chaos(a):
     print(f"  requests        {stats.requests}  (complete and exact: {stats.completed}; refused before "
           f"acceptance and tried again: {stats.refused or 0})")
     print(f"  worker kills    {len(kills)}  (no worker process alive {res['no_worker_alive_s']['total']} s in all)")
-    print("  gateway kills   0  (left out: gateway restart with resume, issue 13 part 3, is not built)")
+    print(f"  gateway kills   {len(stats.gw_kills)}  (at {stats.gw_kills} s; {stats.gateway_resumes} generations "
+          f"resumed on the restarted gateway, {stats.refused.get('gateway_gone', 0)} requests sent again)")
     print(f"  resumes         {stats.resumes}  ({stats.replayed_overlap} from an earlier position)")
     print(f"  failovers       {failovers}  (gateway metric: {metric_failovers})")
     print(f"  mismatches      {len(stats.mismatches)}")
@@ -836,6 +898,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=32, help="distinct requests the clients draw from")
     ap.add_argument("--drop-p", type=float, default=0.25, help="share of requests whose connection drops")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gateway-kills", type=int, default=1, help="chaos: kill -9 the gateway this many times")
     ap.add_argument("--stall-s", type=float, default=STALL_S, help="a request silent this long is lost")
     ap.add_argument("--warmup", type=float, default=90,
                     help="soak: warm-up seconds, at most half the run (the gateway keeps what it sent for "
