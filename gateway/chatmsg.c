@@ -155,3 +155,26 @@ int chatmsg_tools(const cJSON *tools, size_t cap, char **out, uint32_t *out_len,
     cJSON_free(text);
     return 0;
 }
+
+int chatmsg_tools_chosen(const cJSON *tools, const cJSON *choice, size_t cap, char **out, uint32_t *out_len,
+                         const char **param, char *msg, size_t msg_len)
+{
+    *out = NULL;
+    *out_len = 0;
+    *param = "tools";
+    if (!tools || cJSON_IsNull(tools) || (cJSON_IsArray(tools) && !tools->child))
+        return 0;
+    if (cJSON_IsArray(tools) && choice && !cJSON_IsNull(choice)) {
+        if (cJSON_IsString(choice) && !strcmp(choice->valuestring, "none"))
+            return 0;
+        if (!cJSON_IsString(choice) || strcmp(choice->valuestring, "auto")) {
+            *param = "tool_choice";
+            return rill_fail(msg, msg_len, RILL_E_BAD_REQUEST,
+                             "tool_choice: only \"auto\" and \"none\" are supported (rill does not force a call)");
+        }
+    }
+    int rc = chatmsg_tools(tools, cap, out, out_len, msg, msg_len);
+    if (rc == RILL_E_NOMEM)
+        *param = "";
+    return rc;
+}

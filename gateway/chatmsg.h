@@ -30,4 +30,14 @@ int chatmsg_take(cJSON *messages, size_t cap, char **out, uint32_t *out_len, cha
  * JSON text of *out_len bytes.  Errors as chatmsg_take ("tools..."). */
 int chatmsg_tools(const cJSON *tools, size_t cap, char **out, uint32_t *out_len, char *msg, size_t msg_len);
 
+/* A request's tools with its tool_choice, as every protocol takes them:
+ * tools absent, null or [] are none; tool_choice absent, null or "auto"
+ * sends them (checked by chatmsg_tools), "none" drops them (*out NULL).
+ * Anything else ("required", a named function) is refused: rill does not
+ * constrain sampling, so it cannot promise a call, and treating it as
+ * "auto" would be a silent lie.  Errors as chatmsg_tools; *param says which
+ * field was wrong ("tools" or "tool_choice"; "" for RILL_E_NOMEM). */
+int chatmsg_tools_chosen(const cJSON *tools, const cJSON *choice, size_t cap, char **out, uint32_t *out_len,
+                         const char **param, char *msg, size_t msg_len);
+
 #endif

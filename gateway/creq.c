@@ -260,8 +260,10 @@ static int parse_generate(const cJSON *root, const struct creq_limits *lim, stru
     if (tools && !cJSON_IsNull(tools)) {
         if (!msgs)
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "tools: only with messages (the chat template renders them)");
-        int rc = chatmsg_tools(tools, lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT,
-                               &r->tools, &r->tools_len, msg, n);
+        const char *param;
+        int rc = chatmsg_tools_chosen(tools, cJSON_GetObjectItemCaseSensitive(root, "tool_choice"),
+                                      lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT,
+                                      &r->tools, &r->tools_len, &param, msg, n);
         if (rc)
             return rc;
     }

@@ -11,6 +11,9 @@
  *    "timestamps": bool}}     timestamps: each token carries "gen_us", the
  *                             worker's CLOCK_MONOTONIC time of its step in µs
  *                             (comparable only on the same host)
+ *     or, for "prompt", "messages": [{role, content, ...}] (chatmsg.h), and
+ *     with them "tools"?: [...] and "tool_choice"?: "auto" | "none"
+ *     (chatmsg_tools_chosen: anything else is refused)
  *   {"type":"cancel", "id"?}            without id: every generation of the connection
  *   {"type":"hello", "client"?: {...}, "key"?: string}
  *   {"type":"subscribe", "telemetry": bool}   one snapshot per second (docs/telemetry.md)

@@ -301,6 +301,52 @@ int frames_tokens(struct obuf *out, bool msgpack, const struct creq_id *id, cons
     return rc;
 }
 
+/* --- tool calls ------------------------------------------------------------------------------ */
+
+int frames_tool_call(struct obuf *out, bool msgpack, const struct creq_id *id, const struct wstool_call *c)
+{
+    if (msgpack) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, out, mp_write);
+        msgpack_pack_map(&pk, 6);
+        mp_key(&pk, "type");
+        mp_key(&pk, "tool_call");
+        mp_key(&pk, "id");
+        mp_id(&pk, id);
+        mp_key(&pk, "index");
+        msgpack_pack_uint32(&pk, c->index);
+        mp_key(&pk, "call_id");
+        mp_key(&pk, c->id);
+        mp_key(&pk, "name");
+        mp_str_utf8(&pk, c->name, c->name_n);
+        mp_key(&pk, "arguments");
+        mp_str_utf8(&pk, c->args, c->args_n);
+        return 0;
+    }
+    /* A call may be long (up to TOOLCALL_MAX): the buffer is sized from it,
+     * every byte possibly a \u00XX escape. */
+    size_t cap = ID_JSON_MAX + 6 * (c->name_n + c->args_n) + 128;
+    char *buf = malloc(cap);
+    if (!buf)
+        return RILL_E_NOMEM;
+    struct jsonw w;
+    jsonw_init(&w, buf, cap);
+    jsonw_obj_begin(&w);
+    jsonw_key_str(&w, "type", "tool_call");
+    jsonw_key(&w, "id");
+    creq_id_json(&w, id);
+    jsonw_key_uint(&w, "index", c->index);
+    jsonw_key_str(&w, "call_id", c->id);
+    jsonw_key(&w, "name");
+    jsonw_strn(&w, c->name, c->name_n);
+    jsonw_key(&w, "arguments");
+    jsonw_strn(&w, c->args, c->args_n);
+    jsonw_obj_end(&w);
+    int rc = jsonw_ok(&w) ? obuf_put(out, buf, jsonw_len(&w)) : RILL_E_INTERNAL;
+    free(buf);
+    return rc;
+}
+
 /* --- the end of a stream --------------------------------------------------------------------- */
 
 int frames_complete(struct obuf *out, bool msgpack, const struct creq_id *id, const char *finish,

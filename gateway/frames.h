@@ -7,6 +7,8 @@
  *   {"type":"token","id":X,"token":{"id":8204,"text":" quantum","position":12,
  *     "latency_ms":38.5,"logprob":-0.52[,"gen_us":..][,"top_logprobs":[..]]}}
  *   {"type":"tokens","id":X,"tokens":[{...},{...}]}     several coalesced
+ *   {"type":"tool_call","id":X,"index":0,"call_id":"call_…","name":"get_weather",
+ *     "arguments":"{\"city\":\"Paris\"}"}             a whole call (wstool.h)
  *   {"type":"complete","id":X,"finish_reason":"length","summary":{...}}
  *   {"type":"error","id"?:X,"error":{"code":"..","message":"..","recoverable":b}}
  *
@@ -25,6 +27,7 @@
 #include "obuf.h"
 #include "creq.h"
 #include "stream.h"
+#include "wstool.h"
 
 struct frames_hello {
     bool authenticated;
@@ -44,6 +47,9 @@ int frames_token_item(struct obuf *items, bool msgpack, bool first, bool timesta
 /* The frame of n items: "token" for one, "tokens" for several, so that
  * coalescing costs a memcpy, not a re-encode. */
 int frames_tokens(struct obuf *out, bool msgpack, const struct creq_id *id, const struct obuf *items, uint32_t n);
+/* A whole tool call of generation `id`: its arguments are a JSON text, sent
+ * as a string (OpenAI's shape). */
+int frames_tool_call(struct obuf *out, bool msgpack, const struct creq_id *id, const struct wstool_call *c);
 int frames_complete(struct obuf *out, bool msgpack, const struct creq_id *id, const char *finish,
                     const struct stream_summary *u);
 

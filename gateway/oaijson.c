@@ -277,32 +277,20 @@ static int parse_messages(struct pctx *p, cJSON *root, const struct creq_limits 
     return rc;
 }
 
-/* tools go to the chat template as they are, once each is seen to be a
- * function with a name; tool_choice "none" drops them.  rill does not
- * constrain sampling, so it cannot promise a call: "required" and a named
- * function are refused rather than silently treated as "auto". */
+/* tools and tool_choice as the WebSocket takes them (chatmsg_tools_chosen);
+ * only chat completions have a template to render them. */
 static int parse_tools(struct pctx *p, cJSON *root, enum oaijson_kind kind, const struct creq_limits *lim,
                        struct oaijson_req *r)
 {
     const cJSON *j = field(root, "tools");
-    if (!j || cJSON_IsNull(j))
-        return 0;
-    if (!cJSON_IsArray(j))
-        return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: expected a list of tools");
-    if (!j->child)
-        return 0;
-    if (kind != OAIJSON_CHAT)
+    if (kind != OAIJSON_CHAT && cJSON_IsArray(j) && j->child)
         return fail(p, RILL_E_BAD_REQUEST, "tools", "tools: only on /v1/chat/completions");
-    const cJSON *c = field(root, "tool_choice");
-    if (c && cJSON_IsString(c) && !strcmp(c->valuestring, "none"))
-        return 0;
-    if (c && !cJSON_IsNull(c) && !(cJSON_IsString(c) && !strcmp(c->valuestring, "auto")))
-        return fail(p, RILL_E_BAD_REQUEST, "tool_choice",
-                    "tool_choice: only \"auto\" and \"none\" are supported (rill does not force a call)");
     size_t cap = lim->max_prompt_bytes < PROTO_MAX_TEXT ? lim->max_prompt_bytes : PROTO_MAX_TEXT;
-    int rc = chatmsg_tools(j, cap, &r->tools, &r->tools_len, p->msg, p->msg_len);
+    const char *param;
+    int rc = chatmsg_tools_chosen(j, field(root, "tool_choice"), cap, &r->tools, &r->tools_len, &param, p->msg,
+                                  p->msg_len);
     if (rc && p->param && p->param_len)
-        snprintf(p->param, p->param_len, "%s", rc == RILL_E_NOMEM ? "" : "tools");
+        snprintf(p->param, p->param_len, "%s", param);
     return rc;
 }
 

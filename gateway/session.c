@@ -2,6 +2,7 @@
 #include "session.h"
 #include "frames.h"
 #include "http.h"
+#include "wstool.h"
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -60,7 +61,10 @@ static struct stream *find_stream(struct conn *c, const struct creq_id *id)
     return NULL;
 }
 
-/* Take s out of its connection (its unsent tokens with it). */
+static void tools_close(struct conn *c, const struct stream *s);
+
+/* Take s out of its connection (its unsent tokens and its tool-call
+ * reading with it). */
 static void unlink_stream(struct conn *c, struct stream *s)
 {
     for (struct stream **pp = &c->streams; *pp; pp = &(*pp)->next)
@@ -75,6 +79,7 @@ static void unlink_stream(struct conn *c, struct stream *s)
     s->out.pending.len = 0;
     s->out.n_pending = 0;
     s->next = NULL;
+    tools_close(c, s);
 }
 
 /* Unlink s from its connection and release it. */
@@ -119,16 +124,14 @@ static void on_accepted(void *ctx, struct stream *s)
     obuf_free(&b);
 }
 
-static int on_token(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns)
+/* t as the next pending item of s.  RILL_E_NOMEM, or RILL_E_SLOW_CONSUMER:
+ * the connection is past its bound now (the caller fails it). */
+static int put_token(struct conn *c, struct stream *s, const struct proto_token *t)
 {
-    struct session *ss = ctx;
-    struct conn *c = s->owner;
     struct stream_out *o = &s->out;
     size_t before = o->pending.len;
-    if (frames_token_item(&o->pending, c->msgpack, o->n_pending == 0, o->timestamps, t)) {
-        stream_end(ss->streams, s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
-        return -1;
-    }
+    if (frames_token_item(&o->pending, c->msgpack, o->n_pending == 0, o->timestamps, t))
+        return RILL_E_NOMEM;
     o->n_pending++;
     if (o->n_pending > o->pend_cap) {
         uint32_t cap = o->pend_cap ? o->pend_cap * 2 : 8;
@@ -140,12 +143,158 @@ static int on_token(void *ctx, struct stream *s, const struct proto_token *t, ui
     }
     if (o->n_pending <= o->pend_cap)
         o->pend_gen_ns[o->n_pending - 1] = t->t_gen_ns;
+    return writer_account(&c->w, (long)(o->pending.len - before)) ? 0 : RILL_E_SLOW_CONSUMER;
+}
+
+/* --- tool calls ------------------------------------------------------------------------------ */
+
+/* A generation with tools on this connection: its tokens pass through
+ * wstool, its calls leave as tool_call frames.  The reading belongs to the
+ * connection, not the stream: a detached stream's tokens only go to its
+ * log, so a resume rebuilds the reading from position 0. */
+struct conn_tools {
+    struct conn_tools *next;
+    const struct stream *s;
+    struct wstool *w;
+    uint32_t from;               /* the tokens before it were sent already (a resume's from) */
+    bool quiet;                  /* and so were the calls before the token at from - 1 */
+};
+
+/* One feed's output: the sinks only note a full connection, since failing
+ * it would free the wstool they are called from. */
+struct tools_feed {
+    struct conn *c;
+    struct stream *s;
+    struct conn_tools *t;
+    bool slow;
+};
+
+static bool has_tools(const struct stream *s) { return s->submit.tools.len > 0; }
+
+static struct conn_tools *tools_of(struct conn *c, const struct stream *s)
+{
+    struct conn_tools *t = c->tools;
+    while (t && t->s != s)
+        t = t->next;
+    return t;
+}
+
+static void tools_close(struct conn *c, const struct stream *s)
+{
+    for (struct conn_tools **pp = &c->tools; *pp; pp = &(*pp)->next)
+        if ((*pp)->s == s) {
+            struct conn_tools *t = *pp;
+            *pp = t->next;
+            wstool_free(t->w);
+            free(t);
+            return;
+        }
+}
+
+/* The call ids come from the stream's seed and id, so that a rebuild (on
+ * any connection) gives the client the same ids again.  NULL: no memory. */
+static struct conn_tools *tools_open(struct conn *c, const struct stream *s, uint32_t from)
+{
+    struct conn_tools *t = calloc(1, sizeof *t);
+    if (!t || !(t->w = wstool_new(s->submit.seed ^ s->req_id))) {
+        free(t);
+        return NULL;
+    }
+    t->s = s;
+    t->from = from;
+    t->quiet = from > 0;
+    t->next = c->tools;
+    c->tools = t;
+    return t;
+}
+
+static int sink_token(void *ctx, const struct proto_token *tk)
+{
+    struct tools_feed *f = ctx;
+    if (tk->position < f->t->from) {
+        f->t->quiet = tk->position + 1 < f->t->from;
+        return 0;
+    }
+    int rc = put_token(f->c, f->s, tk);
+    f->slow |= rc == RILL_E_SLOW_CONSUMER;
+    return rc == RILL_E_SLOW_CONSUMER ? 0 : rc;
+}
+
+/* A call leaves as a frame of its own, after the tokens before it: those
+ * are framed now and queued ahead of it (their delivery time is not
+ * measured). */
+static int sink_call(void *ctx, const struct wstool_call *k)
+{
+    struct tools_feed *f = ctx;
+    if (f->t->quiet)
+        return 0;
+    struct conn *c = f->c;
+    struct stream_out *o = &f->s->out;
+    struct obuf b = {0};
+    int rc = 0;
+    if (o->n_pending) {
+        rc = frames_tokens(&b, c->msgpack, &f->s->cid, &o->pending, o->n_pending);
+        writer_account(&c->w, -(long)o->pending.len);
+        o->pending.len = 0;
+        o->n_pending = 0;
+        rc = rc || writer_queue(&c->w, &b, true);
+    }
+    rc = rc || frames_tool_call(&b, c->msgpack, &f->s->cid, k) || writer_queue(&c->w, &b, true);
+    obuf_free(&b);
+    f->slow |= !writer_account(&c->w, 0);
+    return rc ? RILL_E_NOMEM : 0;
+}
+
+/* Feed one token of s (tk), or end its turn (tk NULL).  0, RILL_E_SLOW_CONSUMER
+ * or another error (no memory). */
+static int tools_feed(struct conn *c, struct stream *s, struct conn_tools *t, const struct proto_token *tk)
+{
+    struct tools_feed f = {c, s, t, false};
+    const struct wstool_sink k = {&f, sink_token, sink_call};
+    int rc = tk ? wstool_token(t->w, tk, &k) : wstool_finish(t->w, &k);
+    return rc ? rc : f.slow ? RILL_E_SLOW_CONSUMER : 0;
+}
+
+/* A resume of a generation with tools: its reading is built again from
+ * position 0 — the same content, the same calls with the same ids — and
+ * what came after the token at from - 1 is sent.  false: failed. */
+static bool replay_tools(struct conn *c, struct stream *s, uint32_t from)
+{
+    tools_close(c, s);
+    struct conn_tools *t = tools_open(c, s, from);
+    int rc = t ? 0 : RILL_E_NOMEM;
+    for (uint32_t pos = 0; pos < s->next_pos && !rc; pos++) {
+        struct proto_token tk;
+        rc = stream_log_get(s, pos, &tk);
+        rc = rc ? rc : tools_feed(c, s, t, &tk);
+    }
+    if (!rc && s->state == STREAM_DONE)
+        rc = tools_feed(c, s, t, NULL);
+    struct stream_out *o = &s->out;
+    uint32_t n = o->n_pending < o->pend_cap ? o->n_pending : o->pend_cap;
+    if (n) /* delivery times are not measured for replayed tokens */
+        memset(o->pend_gen_ns, 0, n * sizeof *o->pend_gen_ns);
+    if (rc == RILL_E_SLOW_CONSUMER)
+        fail_slow(c);
+    return rc == 0;
+}
+
+static int on_token(void *ctx, struct stream *s, const struct proto_token *t, uint64_t now_ns)
+{
+    struct session *ss = ctx;
+    struct conn *c = s->owner;
+    struct conn_tools *tools = has_tools(s) ? tools_of(c, s) : NULL;
+    int rc = tools ? tools_feed(c, s, tools, t) : put_token(c, s, t);
+    if (rc && rc != RILL_E_SLOW_CONSUMER) {
+        stream_end(ss->streams, s, RILL_E_INTERNAL, PROTO_FINISH_ERROR, "out of memory");
+        return -1;
+    }
     ss->m->tokens++;
     if (s->n_tokens == 1)
         telemetry_ttft(ss->tel, (now_ns - s->t_submit_ns) / 1000);
     if (telemetry_sample(ss->tel))
         telemetry_token(ss->tel, t->latency_us);
-    if (!writer_account(&c->w, (long)(o->pending.len - before))) {
+    if (rc) {
         fail_slow(c);
         return -1;
     }
@@ -159,6 +308,12 @@ static void on_ended(void *ctx, struct stream *s)
     struct conn *c = s->owner;
     if (!s->term_code)
         ss->m->requests_ok++;
+    /* What the tool-call parser still holds is decided now, and its tokens
+     * go out (past the bound too: the end must reach the client anyway). */
+    struct conn_tools *tools = has_tools(s) ? tools_of(c, s) : NULL;
+    int rc = tools ? tools_feed(c, s, tools, NULL) : 0;
+    if (rc && rc != RILL_E_SLOW_CONSUMER)
+        rlog_warn("request %s: no memory for the rest of its tool calls", s->cid.s);
     /* The end goes out after the stream's pending tokens. */
     writer_wake(&c->w);
 }
@@ -215,6 +370,9 @@ static int write_end(struct conn *c, struct stream *s)
         struct stream_summary u;
         stream_summary(s, &u);
         const char *finish = proto_finish_name((enum proto_finish)s->finish);
+        struct conn_tools *tools = has_tools(s) ? tools_of(c, s) : NULL;
+        if (tools && wstool_calls(tools->w) && (s->finish == PROTO_FINISH_STOP || s->finish == PROTO_FINISH_EOS))
+            finish = "tool_calls"; /* the turn ended by itself after its calls, as /v1 says */
         rlog_info("request %s done (%s): %u tokens in %.3f s, first after %.1f ms, token latency avg %.1f p95 %.1f "
                   "ms, %.1f tokens/s, batch %u, max memory %u MB",
                   s->cid.s, finish, u.total_tokens, u.duration_s, u.ttft_ms, u.avg_ms, u.p95_ms, u.e2e_tps, u.batch,
@@ -321,6 +479,11 @@ static void handle_generate(struct conn *c, struct creq *r)
     r->prompt = NULL; /* the stream owns it now, and the messages */
     r->messages = NULL;
     r->tools = NULL;
+    if (has_tools(s) && !tools_open(c, s, 0)) {
+        stream_release(ss->streams, s);
+        send_error(c, &r->id, RILL_E_INTERNAL, "out of memory");
+        return;
+    }
     s->out.timestamps = r->timestamps;
     if (ss->limits->n_keys) /* only the same key may resume it */
         snprintf(s->key_name, sizeof s->key_name, "%s", c->bucket_key);
@@ -350,6 +513,8 @@ static void handle_cancel(struct conn *c, const struct creq *r)
  * come.  false: the client is too slow for them (failed). */
 static bool replay(struct conn *c, struct stream *s, uint32_t from)
 {
+    if (has_tools(s))
+        return replay_tools(c, s, from);
     struct stream_out *o = &s->out;
     for (uint32_t pos = from; pos < s->next_pos; pos++) {
         struct proto_token tk;
@@ -481,6 +646,11 @@ static void handle_resume(struct conn *c, struct creq *r)
         snprintf(m, sizeof m, "the tokens from position %u are no longer kept (kept: from %u on)", r->from,
                  s->log_first);
         send_error(c, &r->id, RILL_E_RESUME_FAILED, m);
+        return;
+    }
+    if (has_tools(s) && s->log_first > 0) {
+        send_error(c, &r->id, RILL_E_RESUME_FAILED,
+                   "the tool calls of this generation cannot be read again: its first tokens are no longer kept");
         return;
     }
     if (!s->detached_ns) {

@@ -3,7 +3,9 @@
  * rill.msgpack.v1), and its generations' output.
  *
  * A generation's messages reach its client in this order: accepted, token
- * frames in position order, then complete or error — and every accepted
+ * frames in position order (for a generation with tools, tool_call frames
+ * among them, each before the tokens that wrote its call: wstool.h), then
+ * complete or error — and every accepted
  * generation ends with one of those two (cancelled ones with a complete
  * whose finish_reason is "cancelled").  What to say comes from the stream
  * layer (stream.h); this layer encodes it (frames.h) and writes it
@@ -46,6 +48,8 @@ struct session {
     struct parked_resume *parked; /* resumes waiting for the workers' replays */
 };
 
+struct conn_tools;
+
 /* One connection (lws's per-session user data, zeroed by lws). */
 struct conn {
     struct writer w;             /* first: the writer callbacks get &c->w */
@@ -68,6 +72,7 @@ struct conn {
     bool subscribed;
     uint32_t n_parked;           /* its resumes waiting in session.parked */
     bool closed_by_client;       /* a close frame with 1000 came: the client is done */
+    struct conn_tools *tools;    /* the tool-call reading of its generations with tools (session.c) */
 };
 
 void session_init(struct session *ss, const struct rill_config *c, struct limits *limits,

@@ -55,6 +55,8 @@ void toolcall_free(struct toolcall *t)
 
 uint32_t toolcall_count(const struct toolcall *t) { return t->calls; }
 
+size_t toolcall_held(const struct toolcall *t) { return t->len; }
+
 static bool is_ws(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
 /* s[0..n) begins with the whole of tag */

@@ -60,4 +60,11 @@ int toolcall_finish(struct toolcall *t, toolcall_emit_fn emit, void *ctx);
 /* How many calls were sent so far (finish_reason "tool_calls" when > 0). */
 uint32_t toolcall_count(const struct toolcall *t);
 
+/* Bytes fed and not yet decided: neither given back as content nor taken
+ * by a call (or dropped as the whitespace around one).  Decisions are made
+ * in the order the bytes came, and a CONTENT event's text always begins at
+ * the first undecided byte, so a reader that counts the bytes it fed knows
+ * where each piece of content came from: (fed - held) when the event runs. */
+size_t toolcall_held(const struct toolcall *t);
+
 #endif

@@ -92,6 +92,8 @@ class Gen:
         self.accepted = None
         self.resumed = None      # the resumed message, on a connection that resumed it
         self.tokens = []         # token items, in arrival order
+        self.calls = []          # tool_call messages, in arrival order
+        self.events = []         # ("token", item) and ("tool_call", message), in arrival order
         self.frames = []         # "token" / "tokens" frame types, in order
         self.terminal = None     # the complete or error message
         self.after_terminal = []  # anything for this id after the terminal (a bug)
@@ -246,11 +248,16 @@ class Client:
         elif t == "token":
             g.frames.append("token")
             g.tokens.append(m["token"])
+            g.events.append(("token", m["token"]))
         elif t == "tokens":
             if not isinstance(m["tokens"], list) or len(m["tokens"]) < 2:
                 raise ProtocolError(f"{g.id}: a tokens frame with {m['tokens']!r}")
             g.frames.append("tokens")
             g.tokens.extend(m["tokens"])
+            g.events.extend(("token", x) for x in m["tokens"])
+        elif t == "tool_call":
+            g.calls.append(m)
+            g.events.append(("tool_call", m))
         elif t in ("complete", "error"):
             g.terminal = m
         else:
