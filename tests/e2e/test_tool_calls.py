@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import conftest
-from rillclient import GREEDY, JSON, Client, run, sampling
+from rillclient import GREEDY, JSON, MSGPACK, Client, run, sampling
 from test_openai import post, sse_events
 
 VOCAB = os.path.join(conftest.ROOT, "..", "shared", "data", "vocab", "ggml-vocab-qwen2.gguf")
@@ -154,3 +154,32 @@ def test_websocket_generate_takes_tools_with_messages(gw):
     assert json.loads(raw)["usage"]["prompt_tokens"] != json.loads(raw0)["usage"]["prompt_tokens"]
     bad = run(ws({"messages": None, "prompt": "x", "tools": TOOLS}))
     assert bad.error["code"] == "bad_request" and "only with messages" in bad.error["message"], bad.terminal
+
+
+def test_websocket_tool_turns_render_as_on_v1(gw):
+    """An assistant turn with tool_calls and a tool result reach the template
+    on the WebSocket as on /v1: greedy, the same answer (text and calls)."""
+    history = MESSAGES + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+    n = 12
+
+    async def ws(proto):
+        async with await Client.connect(gw.url, proto) as c:
+            await c.send({"type": "generate", "id": "h", "messages": history, "tools": TOOLS, "max_tokens": n,
+                          "params": sampling(GREEDY)})
+            (g,) = await c.wait_done("h")
+        return g
+
+    s, raw = chat(gw, messages=history, tools=TOOLS, max_tokens=n, temperature=0)
+    _, short = chat(gw, messages=MESSAGES, tools=TOOLS, max_tokens=1)
+    assert s == 200, raw
+    assert json.loads(raw)["usage"]["prompt_tokens"] > json.loads(short)["usage"]["prompt_tokens"] + 15
+    msg = json.loads(raw)["choices"][0]["message"]
+    for proto in (JSON, MSGPACK):
+        g = run(ws(proto))
+        assert g.terminal["type"] == "complete", g.terminal
+        assert "".join(t["text"] for t in g.tokens) == (msg["content"] or "")
+        assert [(c["name"], c["arguments"]) for c in g.calls] == \
+            [(c["function"]["name"], c["function"]["arguments"]) for c in msg.get("tool_calls") or []]
