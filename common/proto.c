@@ -126,6 +126,7 @@ static const struct field submit_fields[] = {
     BOOL_DTRUE(S_, parse_special),
     SPECIAL(S_, messages, K_TEXT, 0),
     SPECIAL(S_, tools, K_TEXT, 0),
+    SPECIAL(S_, prior, K_TEXT, 0),
 };
 #undef S_
 
@@ -696,6 +697,8 @@ static void submit_free(struct proto_submit *s)
     free((void *)s->prompt_tokens);
     free((void *)s->messages.p);
     free((void *)s->tools.p);
+    free((void *)s->prior.p);
+    s->prior = (struct proto_text){0};
     s->prompt = NULL;
     s->prompt_tokens = NULL;
     s->messages = (struct proto_text){0};

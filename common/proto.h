@@ -148,6 +148,12 @@ struct proto_submit {
     /* optional, with messages: the tools (a JSON array of OpenAI tool
      * schemas) the chat template renders.  Owned and sent as messages. */
     struct proto_text tools;
+    /* optional, with skip: the token records of output positions just
+     * before skip, as the gateway delivered them (each a u32 little-endian
+     * length, then the record: proto_token_encode), for the worker to keep
+     * for a restarted gateway (worker/journal.h), not to emit.  Owned and
+     * sent as messages. */
+    struct proto_text prior;
 };
 
 struct proto_cancel {

@@ -97,7 +97,9 @@ bool rundir_take_cause(const char *run_dir, const char *id, char *out, size_t n)
     return r > 0;
 }
 
-/* Read exactly len bytes of an existing key file we can trust. */
+/* Read exactly len bytes of an existing key file we can trust: 0; -2 when
+ * there is none (or a short one of ours, left by a crash mid-write, now
+ * removed); -1 when it cannot be trusted or read. */
 static int read_key(const char *path, void *out, size_t len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -105,10 +107,14 @@ static int read_key(const char *path, void *out, size_t len)
         return errno == ENOENT ? -2 : -1;
     struct stat st;
     ssize_t n = -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 077) == 0 &&
-        (size_t)st.st_size == len)
+    bool ours = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() && (st.st_mode & 077) == 0;
+    if (ours && (size_t)st.st_size == len)
         n = read(fd, out, len);
     close(fd);
+    if (ours && (size_t)st.st_size < len) {
+        unlink(path);
+        return -2;
+    }
     return n == (ssize_t)len ? 0 : -1;
 }
 
@@ -123,23 +129,18 @@ int rundir_key(const char *run_dir, const char *name, void *out, size_t len)
             return rc;
         if (getrandom(out, len, 0) != (ssize_t)len)
             return -1;
-        /* Written under a temporary name and linked in place, so that a
-         * reader never sees half a key; a racing creator wins, and we read
-         * its key. */
-        char tmp[PATH_MAX];
-        if (snprintf(tmp, sizeof tmp, "%s.%d", path, (int)getpid()) >= (int)sizeof tmp)
+        /* No temporary file: a process killed here (a stop during start-up)
+         * must leave nothing but the key itself, which the run dir's
+         * cleanup removes; a short key is found and replaced above. */
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) {
+            if (errno == EEXIST)
+                continue; /* another process made it first: read its key */
             return -1;
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-            return -1;
-        bool ok = write(fd, out, len) == (ssize_t)len && fsync(fd) == 0;
+        }
+        bool ok = write(fd, out, len) == (ssize_t)len;
         close(fd);
-        int linked = ok ? link(tmp, path) : -1;
-        unlink(tmp);
-        if (linked == 0)
-            return 0;
-        if (errno != EEXIST)
-            return -1;
+        return ok ? 0 : -1;
     }
     return -1;
 }

@@ -17,6 +17,7 @@
 
 #define TOMB ((struct stream *)1)
 #define AFFINITY_BYTES 256
+#define FAILOVER_PRIOR 64 /* records a failover hands the new worker */
 
 static uint32_t slot_of(uint64_t id, uint32_t cap) { return (uint32_t)hash_u64(id) & (cap - 1); }
 
@@ -186,6 +187,26 @@ bool stream_recoverable(const struct stream *s)
     return !s->term_final && rill_err_recoverable(rill_err_wire(s->term_code));
 }
 
+/* The records of the last FAILOVER_PRIOR positions delivered, for the new
+ * worker to keep (proto.h: submit.prior): if this gateway dies too before
+ * its client has them, a new one still finds them there. */
+static int prior_records(const struct stream *s, struct obuf *out)
+{
+    uint32_t from = s->next_pos > FAILOVER_PRIOR ? s->next_pos - FAILOVER_PRIOR : 0;
+    if (from < s->log_first)
+        from = s->log_first;
+    for (uint32_t pos = from; pos < s->next_pos && pos - s->log_first < s->log_n; pos++) {
+        uint32_t i = pos - s->log_first;
+        size_t end = i + 1 < s->log_n ? s->log_off[i + 1] : s->log_len;
+        uint32_t len = (uint32_t)(end - s->log_off[i]);
+        unsigned char hdr[4] = {(unsigned char)len, (unsigned char)(len >> 8), (unsigned char)(len >> 16),
+                                (unsigned char)(len >> 24)};
+        if (obuf_put(out, hdr, 4) || obuf_put(out, s->log + s->log_off[i], len))
+            return RILL_E_NOMEM;
+    }
+    return 0;
+}
+
 /* Send s to the least-loaded worker that has not refused it.  When none
  * can take it: a stream failing over waits (may_wait) while a worker is
  * ready or can come back; any other ends with the reason. */
@@ -225,7 +246,11 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
         }
         struct proto_msg m = {.type = PROTO_SUBMIT};
         m.u.submit = s->submit;
+        struct obuf prior = {0};
+        if (s->failovers && prior_records(s, &prior) == 0 && prior.len)
+            m.u.submit.prior = (struct proto_text){(const char *)obuf_data(&prior), (uint32_t)prior.len};
         int rc = transport_send(t->tp, w, &m);
+        obuf_free(&prior);
         rlog_debug("request %llu (%s) to worker %s: %s", (unsigned long long)s->req_id, s->cid.s,
                    transport_worker_id(t->tp, w), rill_err_name(rc));
         if (rc == 0) {
@@ -383,6 +408,7 @@ static void adopt(struct stream_table *t, int worker, struct proto_submit *sub)
     s->submit.prompt_tokens = NULL; /* a failover adds the ids again (route) */
     s->submit.n_prompt_tokens = 0;
     s->submit.skip = 0;
+    s->submit.prior = (struct proto_text){0};
     s->failovers = 0;
     const char *text = sub->messages.len ? sub->messages.p : sub->prompt;
     size_t tl = sub->messages.len ? sub->messages.len : sub->prompt_len;

@@ -222,6 +222,7 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
     req->n_prompt_tokens = 0;
     req->messages = (struct proto_text){0};
     req->tools = (struct proto_text){0};
+    j->req.prior = (struct proto_text){0}; /* the journal's, not the job's: the message frees it */
     if (reply_to)
         j->reply_to = *reply_to;
     j->t_arrive = t_arrive;

@@ -24,6 +24,7 @@ struct jentry {
     size_t rec_len, rec_cap;
     uint32_t *rec_off;           /* where each starts in rec */
     uint32_t rec_n, rec_off_cap;
+    uint32_t last_pos;           /* of the newest kept record */
     bool finished;
     uint64_t end_ns;
 };
@@ -148,6 +149,29 @@ static int put_id(struct jentry *e, uint32_t pos, int32_t id)
     return 0;
 }
 
+static int append(struct journal *j, struct jentry *e, const void *bytes, size_t len);
+
+/* The gateway's records of the positions just before skip (a failover's):
+ * kept as if written here, so that a client behind the gateway when it
+ * died, too, still finds them.  Bad ones are skipped. */
+static void keep_prior(struct journal *j, struct jentry *e, const struct proto_submit *req)
+{
+    const unsigned char *p = (const unsigned char *)req->prior.p;
+    size_t left = req->prior.len;
+    while (p && left >= 4) {
+        uint32_t len = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+        if (len > left - 4)
+            break;
+        struct proto_token t;
+        if (proto_token_decode(p + 4, len, &t) == 0 && t.req_id == req->id && t.position < e->n_ids &&
+            t.token_id == e->ids[t.position] && !(t.flags & PROTO_TOK_LAST) &&
+            (!e->rec_n || t.position > e->last_pos) && append(j, e, p + 4, len) == 0)
+            e->last_pos = t.position;
+        p += 4 + len;
+        left -= 4 + len;
+    }
+}
+
 int journal_open(struct journal *j, const struct proto_submit *req)
 {
     if (!j->window_ns)
@@ -160,6 +184,7 @@ int journal_open(struct journal *j, const struct proto_submit *req)
     e->id = req->id;
     struct proto_msg m = {.type = PROTO_SUBMIT};
     m.u.submit = *req;
+    m.u.submit.prior = (struct proto_text){0}; /* kept as records below */
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     int rc = proto_encode(&m, &sb, NULL, 0);
@@ -176,6 +201,7 @@ int journal_open(struct journal *j, const struct proto_submit *req)
             entry_free(e);
             return rc;
         }
+    keep_prior(j, e, req);
     e->prev = j->tail;
     if (j->tail)
         j->tail->next = e;

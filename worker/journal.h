@@ -38,7 +38,9 @@ void journal_free(struct journal *j);
 
 /* A request came (before it is tokenized): keep its submit.  The output
  * positions [0, skip) are the prompt_tokens' last `skip` ids (a failover's
- * prefill).  0, RILL_E_NOMEM or an encoding error (then it is not kept). */
+ * prefill); the records in req->prior (the gateway's of the positions just
+ * before skip) are kept as if written here.  0, RILL_E_DUPLICATE_ID,
+ * RILL_E_NOMEM or an encoding error (then it is not kept). */
 int journal_open(struct journal *j, const struct proto_submit *req);
 /* The worker accepted it, with this many prompt tokens of its own. */
 void journal_accepted(struct journal *j, uint64_t id, uint32_t prompt_tokens);

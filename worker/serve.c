@@ -246,15 +246,20 @@ static void on_submit(struct server *sv, const struct zs_id *from, struct proto_
         rill_why(why, sizeof why, "request id %llu is already in use", (unsigned long long)req->id);
         rc = RILL_E_DUPLICATE_ID;
     }
-    if (!rc)
-        rc = intake_push(sv->intake, req, from, clock_ns());
     if (rc) {
         reply_rejected(sv, from, req->id, rc, why);
         return;
     }
+    /* Kept before the intake takes the prompt's buffers. */
+    int jrc = journal_open(sv->jrn, req);
+    if (jrc)
+        rlog_warn("request %llu is not kept for a restarted gateway: %s", (unsigned long long)req->id, rill_err_name(jrc));
+    if ((rc = intake_push(sv->intake, req, from, clock_ns()))) {
+        journal_drop(sv->jrn, req->id);
+        reply_rejected(sv, from, req->id, rc, why);
+        return;
+    }
     sv->fresh = true;
-    if ((rc = journal_open(sv->jrn, req)))
-        rlog_warn("request %llu is not kept for a restarted gateway: %s", (unsigned long long)req->id, rill_err_name(rc));
 }
 
 /* A tokenized request joins the scheduler's queue, or is refused. */

@@ -98,6 +98,38 @@ static void test_the_replay_runs_a_request_again_from_where_it_is(void **state)
     journal_free(j);
 }
 
+static void test_a_failovers_prior_records_are_kept_before_its_own(void **state)
+{
+    (void)state;
+    struct journal *j;
+    assert_int_equal(journal_create(60 * SEC, 1 << 20, 1 << 20, &j), 0);
+    const int32_t delivered[] = {10, 11, 12, 13};
+    unsigned char blob[4 * (4 + PROTO_TOK_MAX_SIZE)];
+    size_t n = 0;
+    for (uint32_t p = 1; p < 5; p++) { /* positions 1..3 fit; 4 is beyond skip: dropped */
+        struct proto_token t = {.req_id = 9, .position = p, .token_id = p < 4 ? delivered[p] : 99, .text = "x",
+                                .text_len = 1};
+        int len = proto_token_encode(blob + n + 4, sizeof blob - n - 4, &t);
+        assert_true(len > 0);
+        blob[n] = (unsigned char)len;
+        blob[n + 1] = blob[n + 2] = blob[n + 3] = 0;
+        n += 4 + (size_t)len;
+    }
+    struct proto_submit s = submit(9, delivered, 4, 4);
+    s.prior = (struct proto_text){(const char *)blob, (uint32_t)n};
+    assert_int_equal(journal_open(j, &s), 0);
+    journal_accepted(j, 9, 2);
+    record(j, 9, 4, 14, 0, SEC);
+    struct seen seen = {0};
+    struct journal_sink sink = {&seen, on_msg, on_rec};
+    journal_replay(j, &sink);
+    assert_int_equal(seen.n_ids, 5);
+    assert_int_equal(seen.n_rec, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(seen.rec_pos[i], 1 + i);
+    journal_free(j);
+}
+
 static void test_budgets_drop_old_records_but_keep_every_id(void **state)
 {
     (void)state;
@@ -166,6 +198,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_replay_runs_a_request_again_from_where_it_is),
+        cmocka_unit_test(test_a_failovers_prior_records_are_kept_before_its_own),
         cmocka_unit_test(test_budgets_drop_old_records_but_keep_every_id),
         cmocka_unit_test(test_finished_requests_go_first_and_after_the_window),
         cmocka_unit_test(test_a_zero_window_keeps_nothing),
