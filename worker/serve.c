@@ -55,26 +55,15 @@ static void on_signal(int sig)
     got_signal++;
 }
 
-/* Gateways put a per-process epoch in the top 32 bits of their request ids.
- * A peer that comes back with a new epoch is a new gateway process: the
- * requests of its predecessor have nobody to go to, so they are cancelled. */
-#define MAX_PEERS 16
-
 /* A step waits for the prompts that came just before it (admit_tokenized)
  * when the intake holds no more than ADMIT_WAIT_BYTES of them (~1 ms of
  * tokenizing), and never longer than ADMIT_WAIT_NS. */
 #define ADMIT_WAIT_BYTES 2048u
 #define ADMIT_WAIT_NS    2000000ull
 
-struct peer_epoch {
-    struct zs_id id;
-    uint32_t epoch;
-};
 
 struct server {
     const struct rill_config *c;
-    struct peer_epoch peers[MAX_PEERS];
-    int n_peers;
     struct engine *e;
     struct intake *intake;       /* requests being tokenized */
     struct journal *jrn;         /* what a restarted gateway adopts */
@@ -169,48 +158,13 @@ static void reply(struct server *sv, const struct proto_msg *m)
         ring_publish(sv->ring);
 }
 
-static void check_peer_epoch(struct server *sv, const struct zs_id *from, uint64_t req_id)
+/* A gateway process says who it is, first thing (before any request of
+ * its own).  With keep, it takes over what its predecessors left here: the
+ * journal's replay, then the end of it (journal.h).  Without, what they
+ * left has nobody to go to: it is cancelled.  (One gateway process may run
+ * requests of several epochs, its own and the ones it adopted.) */
+static void on_adopt(struct server *sv, const struct proto_adopt *a)
 {
-    uint32_t epoch = (uint32_t)(req_id >> 32);
-    int i;
-    for (i = 0; i < sv->n_peers; i++)
-        if (zs_id_eq(&sv->peers[i].id, from))
-            break;
-    if (i == sv->n_peers) {
-        if (sv->n_peers == MAX_PEERS)
-            i = 0; /* forget the oldest: its requests stay until they finish */
-        else
-            sv->n_peers++;
-        sv->peers[i].id = *from;
-        sv->peers[i].epoch = epoch;
-        return;
-    }
-    if (sv->peers[i].epoch == epoch)
-        return;
-    uint64_t mask = 0xffffffff00000000ull, old = (uint64_t)sv->peers[i].epoch << 32;
-    uint32_t n = sched_cancel_matching(sv->e->sched, mask, old) + intake_cancel_matching(sv->intake, mask, old);
-    if (n) {
-        char name[ZS_ID_STR_MAX];
-        rlog_info("gateway %s restarted: cancelled %u request(s) of its predecessor", zs_id_str(from, name, sizeof name),
-                  n);
-    }
-    sv->peers[i].epoch = epoch;
-}
-
-/* A gateway process says who it is, first thing.  With keep, it takes over
- * what its predecessors left here: the journal's replay, then the end of it
- * (journal.h); without, that is cancelled (check_peer_epoch). */
-static void on_adopt(struct server *sv, const struct zs_id *from, const struct proto_adopt *a)
-{
-    uint64_t req_id = (uint64_t)a->epoch << 32;
-    if (a->keep) {
-        int i;
-        for (i = 0; i < sv->n_peers && !zs_id_eq(&sv->peers[i].id, from); i++)
-            ;
-        if (i < sv->n_peers)
-            sv->peers[i].epoch = a->epoch; /* its requests are the new one's now */
-    }
-    check_peer_epoch(sv, from, req_id);
     uint32_t n = 0;
     if (a->keep) {
         n = journal_count(sv->jrn);
@@ -218,6 +172,10 @@ static void on_adopt(struct server *sv, const struct zs_id *from, const struct p
         int rc = journal_replay(sv->jrn, &sink);
         if (rc)
             rlog_error("the replay for a restarted gateway stopped: %s", rill_err_name(rc));
+    } else {
+        uint32_t c = sched_cancel_matching(sv->e->sched, 0, 0) + intake_cancel_matching(sv->intake, 0, 0);
+        if (c)
+            rlog_info("gateway restarted: cancelled %u request(s) of its predecessor", c);
     }
     struct proto_msg m = {.type = PROTO_ADOPT};
     m.u.adopt.epoch = a->epoch;
@@ -326,14 +284,12 @@ static void reject_intake(struct server *sv)
 
 static void on_request(struct server *sv, const struct zs_id *from, struct proto_msg *m)
 {
-    if (m->type == PROTO_SUBMIT || m->type == PROTO_CANCEL)
-        check_peer_epoch(sv, from, m->type == PROTO_SUBMIT ? m->u.submit.id : m->u.cancel.id);
     switch (m->type) {
     case PROTO_SUBMIT:
         on_submit(sv, from, &m->u.submit);
         break;
     case PROTO_ADOPT:
-        on_adopt(sv, from, &m->u.adopt);
+        on_adopt(sv, &m->u.adopt);
         break;
     case PROTO_CANCEL:
         /* Idempotent: an unknown id (already finished) needs no answer. */
