@@ -62,3 +62,40 @@ def test_a_restarted_gateway_without_resume_cancels_what_was_left(pipelines, sma
     run(main())
     conftest.wait_for(lambda: "cancelled 1 request(s) of its predecessor" in p.log("w0"), timeout=10,
                       what="the worker to cancel the old gateway's request")
+
+
+def test_adopted_and_new_streams_fail_over_together_exactly(pipelines, small_model):
+    """After a restart one gateway runs requests of two epochs (adopted and
+    its own); a worker's death moves both kinds to the other worker, which
+    must cancel neither."""
+    import signal
+    p = pipelines(small_model, workers=2)
+    old = [(f"o{i}", f"Before the restart {i}", 200, sampling(GREEDY if i % 2 else SAMPLED, seed=i)) for i in range(4)]
+    new = [(f"n{i}", f"After the restart {i}", 120, sampling(SAMPLED, seed=10 + i)) for i in range(2)]
+    want = {gid: rc.expected(small_model, prompt, n, params) for gid, prompt, n, params in old + new}
+
+    async def main():
+        a = await Client.connect(p.url, JSON)
+        for gid, prompt, n, params in old:
+            await a.generate(prompt, n, params, gid=gid)
+        await a.until(lambda: all(len(a.gen(g).tokens) >= 3 for g, *_ in old))
+        tokens = {g: a.gen(g).accepted["resume_token"] for g, *_ in old}
+        got = {g: list(a.gen(g).tokens) for g, *_ in old}
+        p.restart_gateway()
+        await a.abort()
+        b = await Client.connect(p.url, MSGPACK)
+        for g, *_ in old:
+            await b.resume(tokens[g], len(got[g]), gid=g)
+        for gid, prompt, n, params in new:
+            await b.generate(prompt, n, params, gid=gid)
+        await b.until(lambda: all(len(b.gen(g).tokens) >= 2 for g, *_ in old + new))
+        p.worker_procs[0].send_signal(signal.SIGKILL)
+        done = await b.wait_done(*[g for g, *_ in old + new])
+        for g in done:
+            g.check_order()
+            assert g.terminal["type"] == "complete" and g.terminal["finish_reason"] != "cancelled", (g.id, g.terminal)
+            before = rc.triples(got[g.id][:b.gen(g.id).resumed["from"]]) if g.id in got else []
+            assert before + rc.triples(g.tokens) == list(want[g.id]), g.id
+        await b.close()
+    run(main())
+    assert rc.metric(p.port, "rill_gateway_failovers_total") >= 1
