@@ -98,6 +98,9 @@ static void render_metrics(const struct http_view *v, struct prom_buf *b)
                  (double)v->failovers);
     prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)v->connections);
     prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)v->active_streams);
+    prom_gauge(b, "rill_gateway_resumable_streams",
+               "Generations no connection has, kept for resume_window_s (running or finished).",
+               (double)v->resumable_streams);
     prom_gauge(b, "rill_gateway_workers_ready", "Workers that can take requests.", (double)v->workers_ready);
     prom_family(b, "rill_gateway_errors_total", "counter", "Errors sent to clients, by code.");
     for (int i = 0; i < RILL_ERR_COUNT; i++) {

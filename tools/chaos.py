@@ -796,6 +796,18 @@ async def run_soak(a, p, jobs, refs):
     async def checkpoint(tag):
         quiet = await load.pause()
         await asyncio.sleep(2)  # the gateway closes what the pause left half done
+        # Like with like: nothing kept for a resume (generations outlive
+        # their connections by resume_window_s, the workers' journals keep
+        # finished ones for journal_window_s), and the gateway idle long
+        # enough to give its free memory back.
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + a.window_s + 15
+        while time.monotonic() < deadline:
+            kept = await loop.run_in_executor(None, p.metric, "rill_gateway_resumable_streams")
+            if not kept:
+                break
+            await asyncio.sleep(1)
+        await asyncio.sleep(max(0.0, a.window_s - 2) + 2)  # the journals' window, and the gateway's trim
         row = sample(tag)
         row["quiet"] = quiet
         checkpoints[tag] = row
@@ -904,6 +916,8 @@ def main():
                     help="soak: warm-up seconds, at most half the run (the gateway keeps what it sent for "
                          "resume_window_s, 60 s: memory fills up over that time)")
     ap.add_argument("--sample-s", type=float, default=5, help="soak: seconds between samples")
+    ap.add_argument("--window-s", type=float, default=15,
+                    help="soak: resume_window_s and journal_window_s of the pipeline; each checkpoint waits them out")
     ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                     help="a config key for the pipeline (rill-up --KEY VALUE), e.g. --set restart_window_s 5")
     ap.add_argument("--refs-cache", default=None, help="default: BUILD/test-models/chaos-refs.json")
@@ -911,6 +925,8 @@ def main():
     a = ap.parse_args()
     STALL_S = a.stall_s
     a.extra = [x for k, v in a.set for x in (f"--{k}", v)]
+    if a.mode == "soak" and not any(k in ("resume_window_s", "journal_window_s") for k, _ in a.set):
+        a.extra += ["--resume_window_s", str(int(a.window_s)), "--journal_window_s", str(int(a.window_s))]
     if a.seconds is None:
         a.seconds = 120.0 if a.mode == "chaos" else 1800.0
     if a.clients is None:
