@@ -126,6 +126,8 @@ static const struct field submit_fields[] = {
     BOOL_DTRUE(S_, parse_special),
     SPECIAL(S_, messages, K_TEXT, 0),
     SPECIAL(S_, tools, K_TEXT, 0),
+    FLD(S_, presence_penalty, K_F32, 0, 0, 0),
+    FLD(S_, frequency_penalty, K_F32, 0, 0, 0),
     SPECIAL(S_, prior, K_TEXT, 0),
 };
 #undef S_
@@ -838,6 +840,8 @@ static bool enc_present(const struct field *f, const void *base)
         return ((const struct proto_blob *)((const char *)base + f->off))->len > 0;
     if (f->kind == K_TEXT && !(f->flags & F_REQ))
         return ((const struct proto_text *)((const char *)base + f->off))->len > 0;
+    if (f->kind == K_F32 && !(f->flags & F_REQ)) /* absent means 0 */
+        return *(const float *)((const char *)base + f->off) != 0;
     return true;
 }
 

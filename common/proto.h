@@ -125,6 +125,10 @@ struct proto_submit {
     uint32_t n_prompt_tokens;     /* <= PROTO_MAX_TOKENS */
     uint32_t max_tokens;
     float temperature, top_p, min_p, repetition_penalty; /* finite */
+    /* optional, OpenAI's: subtracted from the logit of each token already
+     * in the output, once (presence) and per occurrence (frequency); 0 when
+     * absent, and not sent when 0.  Limits: common/sampling.h. */
+    float presence_penalty, frequency_penalty;
     uint32_t top_k;
     uint64_t seed;
     bool has_seed;                /* whether the client gave the seed */

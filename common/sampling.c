@@ -11,6 +11,9 @@ const struct sampling_range sampling_ranges[SAMPLING_COUNT] = {
     [SAMPLING_REPETITION_PENALTY] = {"repetition_penalty", 0.01, 10, false},
     [SAMPLING_TOP_K] = {"top_k", 0, 1e9, true},
     [SAMPLING_TOP_LOGPROBS] = {"top_logprobs", 0, PROTO_MAX_TOP, true},
+    /* OpenAI's range; 0 is off. */
+    [SAMPLING_PRESENCE_PENALTY] = {"presence_penalty", -2, 2, false},
+    [SAMPLING_FREQUENCY_PENALTY] = {"frequency_penalty", -2, 2, false},
 };
 
 bool sampling_ok(enum sampling_param p, double v)
@@ -25,6 +28,8 @@ int sampling_check(const struct proto_submit *s, char *why, size_t why_len)
         [SAMPLING_TEMPERATURE] = s->temperature, [SAMPLING_TOP_P] = s->top_p,
         [SAMPLING_MIN_P] = s->min_p,             [SAMPLING_REPETITION_PENALTY] = s->repetition_penalty,
         [SAMPLING_TOP_K] = s->top_k,             [SAMPLING_TOP_LOGPROBS] = s->top_logprobs,
+        [SAMPLING_PRESENCE_PENALTY] = s->presence_penalty,
+        [SAMPLING_FREQUENCY_PENALTY] = s->frequency_penalty,
     };
     for (int p = 0; p < SAMPLING_COUNT; p++)
         if (!sampling_ok((enum sampling_param)p, v[p]))

@@ -151,6 +151,7 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
     if (!cJSON_IsObject(p))
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
     static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                        "presence_penalty", "frequency_penalty",
                                         "seed", "stop", "top_logprobs", "timestamps", "parse_special"};
     for (const cJSON *e = p->child; e; e = e->next) {
         bool ok = false;
@@ -159,25 +160,26 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         if (!ok)
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%.64s: unknown parameter", e->string);
     }
-    double v;
+    double v = 0;
     bool have;
     int rc;
-    if ((rc = get_param(p, SAMPLING_TEMPERATURE, &v, &have, msg, n)))
-        return rc;
-    if (have)
-        r->temperature = (float)v;
-    if ((rc = get_param(p, SAMPLING_TOP_P, &v, &have, msg, n)))
-        return rc;
-    if (have)
-        r->top_p = (float)v;
-    if ((rc = get_param(p, SAMPLING_MIN_P, &v, &have, msg, n)))
-        return rc;
-    if (have)
-        r->min_p = (float)v;
-    if ((rc = get_param(p, SAMPLING_REPETITION_PENALTY, &v, &have, msg, n)))
-        return rc;
-    if (have)
-        r->repetition_penalty = (float)v;
+    const struct {
+        enum sampling_param sp;
+        float *dst;
+    } nums[] = {
+        {SAMPLING_TEMPERATURE, &r->temperature},
+        {SAMPLING_TOP_P, &r->top_p},
+        {SAMPLING_MIN_P, &r->min_p},
+        {SAMPLING_REPETITION_PENALTY, &r->repetition_penalty},
+        {SAMPLING_PRESENCE_PENALTY, &r->presence_penalty},
+        {SAMPLING_FREQUENCY_PENALTY, &r->frequency_penalty},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        if ((rc = get_param(p, nums[i].sp, &v, &have, msg, n)))
+            return rc;
+        if (have)
+            *nums[i].dst = (float)v;
+    }
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(p, "top_k");
     if (j) {
         if (!cJSON_IsNumber(j) || !sampling_ok(SAMPLING_TOP_K, j->valuedouble))

@@ -7,7 +7,8 @@
  *
  *   {"type":"generate", "id"?: string|integer, "prompt": string,
  *    "max_tokens"?: integer, "params"?: {"temperature", "top_p", "top_k",
- *    "min_p", "repetition_penalty", "seed", "stop": [string], "top_logprobs",
+ *    "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"
+ *    (OpenAI's, -2..2, 0: off), "seed", "stop": [string], "top_logprobs",
  *    "timestamps": bool}}     timestamps: each token carries "gen_us", the
  *                             worker's CLOCK_MONOTONIC time of its step in µs
  *                             (comparable only on the same host)
@@ -70,6 +71,7 @@ struct creq {
     uint32_t tools_len;
     uint32_t max_tokens;
     float temperature, top_p, min_p, repetition_penalty;
+    float presence_penalty, frequency_penalty; /* 0 unless given */
     uint32_t top_k;
     uint64_t seed;
     bool has_seed;

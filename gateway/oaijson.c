@@ -87,12 +87,6 @@ static int number_param(struct pctx *p, const cJSON *root, enum sampling_param s
 /* Parameters rill's sampler does not have: their neutral value only. */
 static int neutral_only(struct pctx *p, const cJSON *root)
 {
-    static const char *const zero[] = {"presence_penalty", "frequency_penalty"};
-    for (size_t i = 0; i < sizeof zero / sizeof zero[0]; i++) {
-        const cJSON *j = field(root, zero[i]);
-        if (j && !(cJSON_IsNumber(j) && j->valuedouble == 0))
-            return fail(p, RILL_E_BAD_REQUEST, zero[i], "%s: not supported by this server (only 0 is accepted)", zero[i]);
-    }
     static const char *const no[] = {"ignore_eos", "echo"};
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
         const cJSON *j = field(root, no[i]);
@@ -169,7 +163,9 @@ static int parse_sampling(struct pctx *p, const cJSON *root, const struct creq_l
     if ((rc = number_param(p, root, SAMPLING_TEMPERATURE, &s->temperature)) ||
         (rc = number_param(p, root, SAMPLING_TOP_P, &s->top_p)) ||
         (rc = number_param(p, root, SAMPLING_MIN_P, &s->min_p)) ||
-        (rc = number_param(p, root, SAMPLING_REPETITION_PENALTY, &s->repetition_penalty)))
+        (rc = number_param(p, root, SAMPLING_REPETITION_PENALTY, &s->repetition_penalty)) ||
+        (rc = number_param(p, root, SAMPLING_PRESENCE_PENALTY, &s->presence_penalty)) ||
+        (rc = number_param(p, root, SAMPLING_FREQUENCY_PENALTY, &s->frequency_penalty)))
         return rc;
     if ((j = field(root, "top_k"))) {
         /* vLLM's "off" is -1, llama.cpp's 0: both mean no top-k here. */

@@ -8,7 +8,9 @@
  *   string, or a list of one string), messages (chat: checked by chatmsg.h, kept
  *   as JSON text for the worker's chat template),
  *   max_tokens / max_completion_tokens, temperature, top_p, seed, stop
- *   (string or list), n (1 only), stream, stream_options.include_usage,
+ *   (string or list), presence_penalty and frequency_penalty (-2..2, over
+ *   the output so far, as OpenAI defines them), n (1 only), stream,
+ *   stream_options.include_usage,
  *   logprobs (completions: an integer, the alternatives per token; chat:
  *   true/false with top_logprobs), user, and the extensions other servers
  *   take: top_k (-1 or 0: off), min_p, repetition_penalty, ignore_eos, and
@@ -18,9 +20,9 @@
  *   template) and tool_choice: "auto" (or absent) sends the tools, "none"
  *   drops them; "required" and a named function are refused (param
  *   tool_choice): rill does not constrain sampling, so it cannot force a call.
- *   presence_penalty and frequency_penalty are accepted as 0, ignore_eos as
- *   false, echo as false, suffix as empty and best_of as 1: the worker's
- *   sampler has none of them, so any other value is refused by name.
+ *   ignore_eos is accepted as false, echo as false, suffix as empty and
+ *   best_of as 1: the worker has none of them, so any other value is
+ *   refused by name.
  *   Ranges come from common/sampling.h (the one table).
  *
  * Defaults when a request says nothing: the WebSocket protocol's sampling

@@ -463,6 +463,8 @@ static void handle_generate(struct conn *c, struct creq *r)
     p.top_k = r->top_k;
     p.min_p = r->min_p;
     p.repetition_penalty = r->repetition_penalty;
+    p.presence_penalty = r->presence_penalty;
+    p.frequency_penalty = r->frequency_penalty;
     p.seed = r->seed;
     p.has_seed = r->has_seed;
     p.n_stop = r->n_stop;

@@ -3,7 +3,8 @@
  *   rill-worker [--config FILE] [--key value ...]          serve (see serve.h)
  *   rill-worker --model M --prompt TEXT [-n N] [--json] [--top-logprobs K]
  *               [--temperature T] [--top-p P] [--top-k K] [--min-p P]
- *               [--repeat-penalty R] [--seed S] [--stop STR]...
+ *               [--repeat-penalty R] [--presence-penalty P] [--frequency-penalty F]
+ *               [--seed S] [--stop STR]...
  *                                                          one generation to stdout
  *   rill-worker --model M --tokenize TEXT                  token ids, one line
  */
@@ -80,6 +81,8 @@ static int cli_arg(int argc, char **argv, int i, void *ctx)
     NUM_P("--top-k", SAMPLING_TOP_K, cl->req.top_k = (uint32_t)d)
     NUM_P("--min-p", SAMPLING_MIN_P, cl->req.min_p = (float)d)
     NUM_P("--repeat-penalty", SAMPLING_REPETITION_PENALTY, cl->req.repetition_penalty = (float)d)
+    NUM_P("--presence-penalty", SAMPLING_PRESENCE_PENALTY, cl->req.presence_penalty = (float)d)
+    NUM_P("--frequency-penalty", SAMPLING_FREQUENCY_PENALTY, cl->req.frequency_penalty = (float)d)
     NUM_P("--top-logprobs", SAMPLING_TOP_LOGPROBS, cl->req.top_logprobs = (uint32_t)d)
     NUM("--seed", 0, 1.8e19, (cl->req.seed = strtoull(v, NULL, 10), cl->has_seed = true))
 #undef NUM
@@ -251,7 +254,8 @@ int main(int argc, char **argv)
     if (cl.help) {
         printf("usage: rill-worker [--config FILE] [--key value ...]\n"
                "       rill-worker --model M --prompt TEXT [-n N] [--json] [--top-logprobs K] [--temperature T]\n"
-               "                   [--top-p P] [--top-k K] [--min-p P] [--repeat-penalty R] [--seed S] [--stop STR]\n"
+               "                   [--top-p P] [--top-k K] [--min-p P] [--repeat-penalty R] [--presence-penalty P]\n"
+               "                   [--frequency-penalty F] [--seed S] [--stop STR]\n"
                "       rill-worker --model M --tokenize TEXT\n\nconfig keys:");
         cfg_print_help();
         return 0;

@@ -2,6 +2,7 @@
 #include "sample.h"
 #include "common/hash.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@ struct sampler {
     float *p;      /* unnormalized probabilities of kept tokens (0 = dropped) */
     float *sel;    /* selection scratch */
     int32_t *ids;  /* candidate tokens, in id order */
+    uint32_t *count; /* occurrences in the output; all 0 between calls */
 };
 
 struct sampler *sampler_create(uint32_t vocab)
@@ -25,7 +27,8 @@ struct sampler *sampler_create(uint32_t vocab)
     s->p = malloc(vocab * sizeof *s->p);
     s->sel = malloc(vocab * sizeof *s->sel);
     s->ids = malloc(vocab * sizeof *s->ids);
-    if (!s->l || !s->p || !s->sel || !s->ids) {
+    s->count = calloc(vocab, sizeof *s->count);
+    if (!s->l || !s->p || !s->sel || !s->ids || !s->count) {
         sampler_free(s);
         return NULL;
     }
@@ -40,6 +43,7 @@ void sampler_free(struct sampler *s)
     free(s->p);
     free(s->sel);
     free(s->ids);
+    free(s->count);
     free(s);
 }
 
@@ -270,6 +274,26 @@ void sample_next(struct sampler *s, const float *logits, const struct sample_par
                 seen = history[j] == t;
             if (!seen)
                 l[t] = l[t] > 0 ? l[t] / p->repetition_penalty : l[t] * p->repetition_penalty;
+        }
+    }
+
+    if ((p->presence_penalty != 0 || p->frequency_penalty != 0) && position) {
+        /* OpenAI's penalties count the output only: positions [0, position)
+         * are the last `position` tokens of the history, whether generated
+         * here or given back as a resumed request's prompt tokens. */
+        assert(position <= n_history);
+        const int32_t *gen = history + n_history - position;
+        for (uint32_t i = 0; i < position; i++)
+            if (gen[i] >= 0 && (uint32_t)gen[i] < V)
+                s->count[gen[i]]++;
+        /* Each distinct token once; clearing its count leaves the array
+         * zeroed for the next call in O(output), not O(vocab). */
+        for (uint32_t i = 0; i < position; i++) {
+            int32_t t = gen[i];
+            if (t < 0 || (uint32_t)t >= V || !s->count[t])
+                continue;
+            l[t] -= (float)s->count[t] * p->frequency_penalty + p->presence_penalty;
+            s->count[t] = 0;
         }
     }
 

@@ -2,6 +2,9 @@
  *
  * Order of operations (llama.cpp's defaults, documented so clients can rely
  * on it): repetition penalty over the last `penalty_window` tokens, then
+ * OpenAI's presence and frequency penalties over the output so far (for
+ * each token t that occurred c > 0 times among output positions
+ * [0, position): logit -= c * frequency_penalty + presence_penalty), then
  * greedy when temperature is 0; otherwise temperature, top-k, min-p, top-p,
  * and one draw.  The draw uses u = sample_uniform(seed, position): the random
  * stream is a function of (seed, position) only, so a seeded request samples
@@ -17,7 +20,7 @@
  * machine.
  *
  * logprob is the log-probability of the chosen token under the model's
- * distribution after the repetition penalty, before temperature and
+ * distribution after the penalties, before temperature and
  * truncation (what OpenAI-style APIs report).
  */
 #ifndef RILL_SAMPLE_H
@@ -34,6 +37,8 @@ struct sample_params {
     float min_p;              /* 0: off */
     float repetition_penalty; /* 1: off */
     uint32_t penalty_window;  /* tokens looked back for the penalty (64) */
+    float presence_penalty;   /* 0: off */
+    float frequency_penalty;  /* 0: off */
     uint64_t seed;
 };
 
@@ -53,7 +58,8 @@ void sampler_free(struct sampler *s);
 
 /* Pick the token at output position `position` from `logits` (vocab floats,
  * not modified).  `history` holds the sequence's tokens so far (prompt and
- * output) for the penalty.  Fills n_top alternatives (0..SAMPLE_MAX_TOP, best
+ * output) for the penalties; its last `position` tokens are the output
+ * (position <= n_history when a presence or frequency penalty is on).  Fills n_top alternatives (0..SAMPLE_MAX_TOP, best
  * first, ties by lower id). */
 void sample_next(struct sampler *s, const float *logits, const struct sample_params *p, const int32_t *history,
                  uint32_t n_history, uint32_t position, uint32_t n_top, struct sample_result *out);

@@ -356,6 +356,8 @@ static void seq_init(struct seq *q, const struct proto_submit *req, uint64_t now
         .min_p = req->min_p,
         .repetition_penalty = req->repetition_penalty > 0 ? req->repetition_penalty : 1.0f,
         .penalty_window = 64,
+        .presence_penalty = req->presence_penalty,
+        .frequency_penalty = req->frequency_penalty,
         .seed = req->seed,
     };
     if (!req->has_seed && getrandom(&q->sp.seed, sizeof q->sp.seed, 0) != sizeof q->sp.seed)

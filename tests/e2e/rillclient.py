@@ -49,7 +49,8 @@ def sampling(base, seed=None, **more):
 def cli_flags(params):
     """The worker CLI flags for the same sampling parameters."""
     flag = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k", "min_p": "--min-p",
-            "repetition_penalty": "--repeat-penalty", "seed": "--seed"}
+            "repetition_penalty": "--repeat-penalty", "presence_penalty": "--presence-penalty",
+            "frequency_penalty": "--frequency-penalty", "seed": "--seed"}
     out = []
     for k, v in params.items():
         if k == "stop":

@@ -117,6 +117,8 @@ static void check_one(const uint8_t *data, size_t size, bool binary, const struc
     CHECK(r->min_p >= 0 && r->min_p <= 1, "min_p %g", r->min_p);
     CHECK(r->repetition_penalty >= 0.01f && r->repetition_penalty <= 10, "repetition_penalty %g",
           r->repetition_penalty);
+    CHECK(r->presence_penalty >= -2 && r->presence_penalty <= 2, "presence_penalty %g", r->presence_penalty);
+    CHECK(r->frequency_penalty >= -2 && r->frequency_penalty <= 2, "frequency_penalty %g", r->frequency_penalty);
     CHECK(r->top_k <= 1000000000u, "top_k %u", r->top_k);
     CHECK(r->top_logprobs <= PROTO_MAX_TOP, "top_logprobs %u", r->top_logprobs);
     CHECK(!r->has_seed ? r->seed == 0 : r->seed < (1ull << 53), "seed %llu", (unsigned long long)r->seed);
@@ -215,7 +217,9 @@ static void compare(const struct creq *a, const struct creq *b)
           "prompt differs");
     CHECK(a->max_tokens == b->max_tokens, "max_tokens %u / %u", a->max_tokens, b->max_tokens);
     CHECK(same_float(a->temperature, b->temperature) && same_float(a->top_p, b->top_p) &&
-              same_float(a->min_p, b->min_p) && same_float(a->repetition_penalty, b->repetition_penalty),
+              same_float(a->min_p, b->min_p) && same_float(a->repetition_penalty, b->repetition_penalty) &&
+              same_float(a->presence_penalty, b->presence_penalty) &&
+              same_float(a->frequency_penalty, b->frequency_penalty),
           "a float parameter differs");
     CHECK(a->top_k == b->top_k && a->top_logprobs == b->top_logprobs && a->timestamps == b->timestamps,
           "an integer parameter differs");

@@ -126,6 +126,20 @@ static void test_sampling_limits_are_one_table(void **state)
     s.top_logprobs = PROTO_MAX_TOP;
     s.top_p = NAN;
     assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    /* OpenAI's range for its penalties, -2..2 inclusive. */
+    s.top_p = 0.95f;
+    s.presence_penalty = -2.0f;
+    s.frequency_penalty = 2.0f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), 0);
+    s.presence_penalty = -2.5f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    assert_string_equal(why, "presence_penalty: -2.5 is out of range [-2, 2]");
+    s.presence_penalty = 0;
+    s.frequency_penalty = 2.01f;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
+    assert_non_null(strstr(why, "frequency_penalty"));
+    s.frequency_penalty = INFINITY;
+    assert_int_equal(sampling_check(&s, why, sizeof why), RILL_E_BAD_REQUEST);
     assert_false(sampling_ok(SAMPLING_TOP_K, 1.5));
     assert_true(sampling_ok(SAMPLING_TOP_K, 7));
 }

@@ -301,6 +301,78 @@ static void test_sample_greedy_picks_argmax_and_reports_logprobs(void **state)
     sampler_free(s);
 }
 
+/* The same choice, log-probability and alternatives, bit for bit. */
+static void assert_same_result(const struct sample_result *a, const struct sample_result *b)
+{
+    assert_int_equal(a->token, b->token);
+    assert_memory_equal(&a->logprob, &b->logprob, sizeof a->logprob);
+    assert_int_equal(a->n_top, b->n_top);
+    assert_memory_equal(a->top_ids, b->top_ids, a->n_top * sizeof *a->top_ids);
+    assert_memory_equal(a->top_logprobs, b->top_logprobs, a->n_top * sizeof *a->top_logprobs);
+}
+
+/* OpenAI's penalties count the output only: the last `position` tokens of
+ * the history.  The logits after them are read back through the reported
+ * log-probabilities (every token's, differences against the best). */
+static void test_sample_presence_and_frequency_penalties_count_the_output(void **state)
+{
+    (void)state;
+    enum { V = 6 };
+    struct sampler *s = sampler_create(V);
+    float logits[V] = {0, 1, 2, 3, 4, 5};
+    /* prompt 5 5 4, then the output 1 1 1 3 0 (position 5) */
+    int32_t hist[] = {5, 5, 4, 1, 1, 1, 3, 0};
+    struct sample_params p = {.temperature = 0, .top_p = 1, .repetition_penalty = 1,
+                              .presence_penalty = 0.5f, .frequency_penalty = 0.25f};
+    struct sample_result r;
+    sample_next(s, logits, &p, hist, 8, 5, V, &r);
+    /* logit -= count * 0.25 + 0.5 for 0 (once), 1 (three times), 3 (once);
+     * 4 and 5 are only in the prompt: unchanged. */
+    const float want[V] = {-0.75f, -0.25f, 2, 2.25f, 4, 5};
+    const int32_t order[V] = {5, 4, 3, 2, 1, 0};
+    assert_int_equal(r.token, 5);
+    assert_int_equal(r.n_top, V);
+    double lse = 0;
+    for (int i = 0; i < V; i++)
+        lse += exp(want[i]);
+    lse = log(lse);
+    for (int i = 0; i < V; i++) {
+        assert_int_equal(r.top_ids[i], order[i]);
+        if (fabs(r.top_logprobs[i] - (want[order[i]] - lse)) > 1e-5)
+            fail_msg("token %d: logprob %g, expected %g", order[i], r.top_logprobs[i], want[order[i]] - lse);
+    }
+    /* The sampler's counts start from zero every call: the same call again
+     * gives the same bits. */
+    struct sample_result again;
+    sample_next(s, logits, &p, hist, 8, 5, V, &again);
+    assert_same_result(&again, &r);
+
+    /* Enough repeats of the best token make the next one win; a negative
+     * penalty makes a repeated token win. */
+    int32_t fives[] = {5, 5, 5};
+    p = (struct sample_params){.temperature = 0, .top_p = 1, .repetition_penalty = 1, .frequency_penalty = 0.5f};
+    sample_next(s, logits, &p, fives, 3, 3, 0, &r);
+    assert_int_equal(r.token, 4); /* 5 - 3 * 0.5 = 3.5 < 4 */
+    sample_next(s, logits, &p, fives, 3, 1, 0, &r);
+    assert_int_equal(r.token, 5); /* one output 5: 4.5; the rest is prompt */
+    int32_t two[] = {2};
+    p = (struct sample_params){.temperature = 0, .top_p = 1, .repetition_penalty = 1, .presence_penalty = -2};
+    sample_next(s, logits, &p, two, 1, 1, 0, &r);
+    assert_int_equal(r.token, 5); /* 2 + 2 = 4 < 5 */
+    p.frequency_penalty = -1.5f;
+    sample_next(s, logits, &p, two, 1, 1, 0, &r);
+    assert_int_equal(r.token, 2); /* 2 + 1.5 + 2 = 5.5 */
+
+    /* Zero penalties change nothing, whatever the output holds. */
+    struct sample_params off = {.temperature = 0.7f, .top_p = 0.9f, .repetition_penalty = 1, .seed = 3};
+    struct sample_result a, b;
+    sample_next(s, logits, &off, hist, 8, 5, V, &a);
+    sample_next(s, logits, &off, NULL, 0, 0, V, &b);
+    assert_same_result(&a, &b);
+    assert_true(fabs(a.top_logprobs[0] - (5 - log(exp(0) + exp(1) + exp(2) + exp(3) + exp(4) + exp(5)))) < 1e-5);
+    sampler_free(s);
+}
+
 static void test_sample_is_a_function_of_seed_and_position(void **state)
 {
     (void)state;
@@ -478,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),
         cmocka_unit_test(test_kv_blocks_are_all_or_nothing_and_return_on_release),
         cmocka_unit_test(test_sample_greedy_picks_argmax_and_reports_logprobs),
+        cmocka_unit_test(test_sample_presence_and_frequency_penalties_count_the_output),
         cmocka_unit_test(test_sample_is_a_function_of_seed_and_position),
         cmocka_unit_test(test_sample_top_k_and_top_p_restrict_the_draw),
         cmocka_unit_test(test_sample_draws_follow_the_reference_distribution),

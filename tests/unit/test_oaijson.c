@@ -61,11 +61,12 @@ static void test_oaijson_parameters_reach_the_submit(void **state)
     const char *b = "{\"prompt\":[\"Hi\"],\"max_tokens\":9,\"max_completion_tokens\":7,\"temperature\":0.5,"
                     "\"top_p\":0.5,\"top_k\":-1,\"min_p\":0.1,\"repetition_penalty\":1.2,\"seed\":42,"
                     "\"stop\":\"\\n\",\"logprobs\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-                    "\"user\":\"u\",\"parse_special\":false,\"n\":1,\"presence_penalty\":0,\"ignore_eos\":false,\"whatever\":[1]}";
+                    "\"user\":\"u\",\"parse_special\":false,\"n\":1,\"presence_penalty\":-1.5,\"frequency_penalty\":0.25,\"ignore_eos\":false,\"whatever\":[1]}";
     assert_int_equal(parse(b, OAIJSON_COMPLETIONS, &r, p, m), 0);
     assert_int_equal(r.submit.max_tokens, 7); /* the newer name wins */
     assert_true(r.submit.temperature == 0.5f && r.submit.top_p == 0.5f && r.submit.top_k == 0 &&
                 r.submit.min_p == 0.1f && r.submit.repetition_penalty == 1.2f);
+    assert_true(r.submit.presence_penalty == -1.5f && r.submit.frequency_penalty == 0.25f);
     assert_true(r.submit.has_seed && r.submit.seed == 42);
     assert_int_equal(r.submit.n_stop, 1);
     assert_string_equal(r.submit.stop[0], "\n");
@@ -91,8 +92,9 @@ static void test_oaijson_refusals_name_the_parameter(void **state)
     refused("{\"prompt\":\"x\"} x", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "");
     refused("{\"prompt\":\"a\\u0000b\"}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "");
     refused("{\"prompt\":\"x\",\"n\":2}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "n");
-    refused("{\"prompt\":\"x\",\"presence_penalty\":0.1}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "presence_penalty");
-    refused("{\"prompt\":\"x\",\"frequency_penalty\":1}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "frequency_penalty");
+    refused("{\"prompt\":\"x\",\"presence_penalty\":2.5}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "presence_penalty");
+    refused("{\"prompt\":\"x\",\"frequency_penalty\":-3}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "frequency_penalty");
+    refused("{\"prompt\":\"x\",\"frequency_penalty\":\"1\"}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "frequency_penalty");
     refused("{\"prompt\":\"x\",\"ignore_eos\":true}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "ignore_eos");
     refused("{\"prompt\":\"x\",\"echo\":true}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "echo");
     refused("{\"prompt\":\"x\",\"best_of\":2}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "best_of");

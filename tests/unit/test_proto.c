@@ -294,6 +294,8 @@ static void test_submit_round_trips_at_max_sizes(void **state)
     s->top_k = 40;
     s->min_p = 0.05f;
     s->repetition_penalty = 1.1f;
+    s->presence_penalty = -1.5f;
+    s->frequency_penalty = 2.0f;
     s->seed = UINT64_MAX - 1;
     s->has_seed = true;
     s->n_stop = PROTO_MAX_STOP;
@@ -315,6 +317,7 @@ static void test_submit_round_trips_at_max_sizes(void **state)
     assert_int_equal(o->max_tokens, UINT32_MAX);
     assert_true(o->temperature == 0.7f && o->top_p == 0.95f && o->min_p == 0.05f &&
                 o->repetition_penalty == 1.1f);
+    assert_true(o->presence_penalty == -1.5f && o->frequency_penalty == 2.0f);
     assert_int_equal(o->top_k, 40);
     assert_true(o->seed == UINT64_MAX - 1);
     assert_true(o->has_seed);
@@ -364,6 +367,49 @@ static void test_submit_parse_special_defaults_to_true(void **state)
     round_trip(&m, &d);
     assert_true(d.u.submit.parse_special);
     proto_msg_free(&d);
+}
+
+static void v_neg_half(msgpack_packer *pk) { msgpack_pack_float(pk, -0.5f); }
+
+/* presence_penalty and frequency_penalty are optional: absent is 0 (older
+ * senders), 0 is not sent, any other value survives the round trip. */
+static void test_submit_penalties_round_trip_and_default_to_zero(void **state)
+{
+    struct proto_msg m = { .type = PROTO_SUBMIT }, d;
+    m.u.submit.presence_penalty = -2.0f;
+    m.u.submit.frequency_penalty = 1.25f;
+    size_t with = round_trip(&m, &d);
+    assert_true(d.u.submit.presence_penalty == -2.0f && d.u.submit.frequency_penalty == 1.25f);
+    proto_msg_free(&d);
+
+    m.u.submit.presence_penalty = 0;
+    m.u.submit.frequency_penalty = 0.5f;
+    round_trip(&m, &d);
+    assert_true(d.u.submit.presence_penalty == 0 && d.u.submit.frequency_penalty == 0.5f);
+    proto_msg_free(&d);
+
+    m.u.submit.frequency_penalty = 0;
+    size_t without = round_trip(&m, &d);
+    assert_true(d.u.submit.presence_penalty == 0 && d.u.submit.frequency_penalty == 0);
+    proto_msg_free(&d);
+    /* both keys and their floats are left out ("presence_penalty" + a float32) */
+    assert_true(with >= without + strlen("presence_penalty") + strlen("frequency_penalty") + 2 * 5);
+
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    pack_submit(&sb, NULL, NULL);
+    assert_int_equal(proto_decode(sb.data, sb.size, &d, NULL, 0), 0);
+    assert_true(d.u.submit.presence_penalty == 0 && d.u.submit.frequency_penalty == 0);
+    proto_msg_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+
+    msgpack_sbuffer_init(&sb);
+    pack_submit(&sb, "frequency_penalty", v_neg_half);
+    assert_int_equal(proto_decode(sb.data, sb.size, &d, NULL, 0), 0);
+    assert_true(d.u.submit.frequency_penalty == -0.5f && d.u.submit.presence_penalty == 0);
+    proto_msg_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+    assert_int_equal(submit_with("presence_penalty", v_false, NULL, 0), RILL_E_BAD_REQUEST);
 }
 
 static void test_submit_round_trips_empty(void **state)
@@ -1331,6 +1377,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_type_names_map_both_ways),
         cmocka_unit_test(test_submit_round_trips_at_max_sizes),
+        cmocka_unit_test(test_submit_penalties_round_trip_and_default_to_zero),
         cmocka_unit_test(test_submit_round_trips_empty),
         cmocka_unit_test(test_submit_parse_special_defaults_to_true),
         cmocka_unit_test(test_request_replies_round_trip),

@@ -830,17 +830,31 @@ static void test_preempted_requests_recompute_exactly_under_critical_pressure(vo
 static void test_resume_with_skip_continues_with_exactly_the_remaining_tokens(void **state)
 {
     (void)state;
-    struct proto_submit base[3] = {
+    struct proto_submit base[4] = {
         sampled(600, prompts[1], 40, 4242),
         req(601, prompts[3], 40),
         sampled(602, prompts[6], 40, 99),
+        req(603, prompts[3], 40),
     };
     base[2].repetition_penalty = 1.4f; /* the history (prompt + delivered) matters */
     base[2].top_k = 0;
-    for (int b = 0; b < 3; b++) {
+    /* OpenAI's penalties count the output, the delivered part included */
+    base[3].frequency_penalty = 1.5f;
+    base[3].presence_penalty = 0.5f;
+    for (int b = 0; b < 4; b++) {
         struct outcome full;
         run_alone(&base[b], &full);
         assert_true(full.n_tok > 8);
+        if (b == 3) { /* the penalties change this greedy run (req 601 has none) */
+            struct outcome plain;
+            struct proto_submit q = base[3];
+            q.id = 699;
+            q.frequency_penalty = q.presence_penalty = 0;
+            run_alone(&q, &plain);
+            uint32_t n = plain.n_tok < full.n_tok ? plain.n_tok : full.n_tok;
+            assert_true(plain.n_tok != full.n_tok || memcmp(plain.tok, full.tok, n * sizeof *full.tok));
+            outcome_free(&plain);
+        }
         uint32_t ks[] = {1, 5, full.n_tok / 2, full.n_tok - 1};
         for (int ki = 0; ki < 4; ki++) {
             uint32_t k = ks[ki];
