@@ -129,6 +129,7 @@ static const struct field submit_fields[] = {
     FLD(S_, presence_penalty, K_F32, 0, 0, 0),
     FLD(S_, frequency_penalty, K_F32, 0, 0, 0),
     SPECIAL(S_, prior, K_TEXT, 0),
+    FLD(S_, ignore_eos, K_BOOL, 0, 0, 0),
 };
 #undef S_
 

@@ -158,6 +158,9 @@ struct proto_submit {
      * for a restarted gateway (worker/journal.h), not to emit.  Owned and
      * sent as messages. */
     struct proto_text prior;
+    /* optional (false when absent): end-of-generation tokens do not end
+     * it; it runs to max_tokens or a stop string (vLLM's ignore_eos). */
+    bool ignore_eos;
 };
 
 struct proto_cancel {

@@ -152,7 +152,8 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params: expected an object");
     static const char *const known[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                                         "presence_penalty", "frequency_penalty",
-                                        "seed", "stop", "top_logprobs", "timestamps", "parse_special"};
+                                        "seed", "stop", "top_logprobs", "timestamps", "parse_special",
+                                        "ignore_eos"};
     for (const cJSON *e = p->child; e; e = e->next) {
         bool ok = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
@@ -197,6 +198,12 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
         if (!cJSON_IsBool(j))
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
         r->timestamps = cJSON_IsTrue(j);
+    }
+    j = cJSON_GetObjectItemCaseSensitive(p, "ignore_eos");
+    if (j) {
+        if (!cJSON_IsBool(j))
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.ignore_eos: expected true or false");
+        r->ignore_eos = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "parse_special");
     if (j) {

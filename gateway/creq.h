@@ -80,6 +80,7 @@ struct creq {
     uint32_t top_logprobs;
     bool timestamps;            /* params.timestamps: tokens carry gen_us */
     bool parse_special;         /* params.parse_special (default true): "<|im_start|>" is the control token */
+    bool ignore_eos;            /* params.ignore_eos: end-of-generation tokens do not end it */
     /* hello */
     bool has_key;
     char key[CREQ_KEY_MAX + 1];

@@ -87,7 +87,7 @@ static int number_param(struct pctx *p, const cJSON *root, enum sampling_param s
 /* Parameters rill's sampler does not have: their neutral value only. */
 static int neutral_only(struct pctx *p, const cJSON *root)
 {
-    static const char *const no[] = {"ignore_eos", "echo"};
+    static const char *const no[] = {"echo"};
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
         const cJSON *j = field(root, no[i]);
         if (j && !cJSON_IsFalse(j))
@@ -173,6 +173,11 @@ static int parse_sampling(struct pctx *p, const cJSON *root, const struct creq_l
         if (!off && !(cJSON_IsNumber(j) && sampling_ok(SAMPLING_TOP_K, j->valuedouble)))
             return fail(p, RILL_E_BAD_REQUEST, "top_k", "top_k: expected a non-negative integer (or -1: off)");
         s->top_k = off ? 0 : (uint32_t)j->valuedouble;
+    }
+    if ((j = field(root, "ignore_eos"))) {
+        if (!cJSON_IsBool(j))
+            return fail(p, RILL_E_BAD_REQUEST, "ignore_eos", "ignore_eos: expected true or false");
+        s->ignore_eos = cJSON_IsTrue(j);
     }
     if ((j = field(root, "seed"))) {
         if (!is_whole(j, 0, 9007199254740991.0))

@@ -471,6 +471,7 @@ static void handle_generate(struct conn *c, struct creq *r)
     memcpy(p.stop, r->stop, sizeof p.stop);
     p.top_logprobs = r->top_logprobs;
     p.parse_special = r->parse_special;
+    p.ignore_eos = r->ignore_eos;
     p.messages = (struct proto_text){r->messages, r->messages_len};
     p.tools = (struct proto_text){r->tools, r->tools_len};
     struct stream *s = stream_new(ss->streams, c, &ss->ev, &r->id, &p, now);

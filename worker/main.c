@@ -55,6 +55,10 @@ static int cli_arg(int argc, char **argv, int i, void *ctx)
         cl->json = true;
         return 1;
     }
+    if (!strcmp(a, "--ignore-eos")) {
+        cl->req.ignore_eos = true;
+        return 1;
+    }
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
         cl->help = true;
         return 1;
@@ -255,7 +259,7 @@ int main(int argc, char **argv)
         printf("usage: rill-worker [--config FILE] [--key value ...]\n"
                "       rill-worker --model M --prompt TEXT [-n N] [--json] [--top-logprobs K] [--temperature T]\n"
                "                   [--top-p P] [--top-k K] [--min-p P] [--repeat-penalty R] [--presence-penalty P]\n"
-               "                   [--frequency-penalty F] [--seed S] [--stop STR]\n"
+               "                   [--frequency-penalty F] [--seed S] [--stop STR] [--ignore-eos]\n"
                "       rill-worker --model M --tokenize TEXT\n\nconfig keys:");
         cfg_print_help();
         return 0;

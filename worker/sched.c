@@ -51,6 +51,7 @@ struct seq {
     struct sample_params sp;
     uint32_t top_logprobs;
     int32_t priority;
+    bool ignore_eos;             /* end-of-generation tokens do not end it */
     uint8_t n_stop;
     char stop[PROTO_MAX_STOP][PROTO_STOP_LEN + 1];
     uint16_t stop_len[PROTO_MAX_STOP];
@@ -364,6 +365,7 @@ static void seq_init(struct seq *q, const struct proto_submit *req, uint64_t now
         q->sp.seed = now_ns ^ req->id;
     q->top_logprobs = req->top_logprobs;
     q->priority = req->priority;
+    q->ignore_eos = req->ignore_eos;
     q->n_stop = req->n_stop;
     for (uint32_t i = 0; i < q->n_stop; i++) {
         memcpy(q->stop[i], req->stop[i], sizeof q->stop[i]);
@@ -910,7 +912,7 @@ static void sample_task(void *ctx, uint32_t j, uint32_t thread)
 static uint32_t token_text(const struct sched *s, struct seq *q, int32_t token, uint32_t *flags)
 {
     *flags = 0;
-    if (tok_is_eog(s->m->tok, token)) {
+    if (tok_is_eog(s->m->tok, token) && !q->ignore_eos) {
         *flags = PROTO_TOK_LAST | PROTO_TOK_FINISH(PROTO_FINISH_EOS);
         return text_finish(q);
     }

@@ -56,6 +56,8 @@ def cli_flags(params):
         if k == "stop":
             for s in v:
                 out += ["--stop", s]
+        elif k == "ignore_eos":
+            out += ["--ignore-eos"] if v else []
         elif k in flag:
             out += [flag[k], str(v)]
     return out

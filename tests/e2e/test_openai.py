@@ -271,7 +271,7 @@ def test_bad_chat_requests_get_400(gw, body, param):
     ({"prompt": "x", "n": 2}, "n", "bad_request"),
     ({"prompt": "x", "presence_penalty": 2.5}, "presence_penalty", "bad_request"),
     ({"prompt": "x", "frequency_penalty": -3}, "frequency_penalty", "bad_request"),
-    ({"prompt": "x", "ignore_eos": True}, "ignore_eos", "bad_request"),
+    ({"prompt": "x", "ignore_eos": "yes"}, "ignore_eos", "bad_request"),
     ({"prompt": "x", "temperature": 11}, "temperature", "bad_request"),
     ({"prompt": "x", "top_p": "high"}, "top_p", "bad_request"),
     ({"prompt": "x", "seed": -1}, "seed", "bad_request"),

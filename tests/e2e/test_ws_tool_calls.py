@@ -278,3 +278,45 @@ def test_a_resume_replays_the_same_events(gw, seeds, proto):
     # the call came before the token at position 4: not again
     assert from5.calls == [] and [t["position"] for t in from5.tokens] == list(range(5, len(CALL) + 1))
     assert from5.terminal["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("proto", [JSON, MSGPACK])
+def test_ignore_eos_runs_past_the_end_of_turn(gw, seeds, scripted, proto):
+    """(Issue 15 §1, here for the scripted model, the one that ends its turn
+    for sure.)  params.ignore_eos: the end-of-turn token no longer ends the
+    generation; it runs to max_tokens, and the same over /v1."""
+    import json
+    n = len(scripted[1]) + 6
+    g = run(_generate(gw, proto, seeds["bad"], max_tokens=n))
+    assert [t["id"] for t in g.tokens] == scripted[1] + [IM_END] and g.terminal["finish_reason"] == "eos"
+    body = {"type": "generate", "id": "t", "messages": MESSAGES, "max_tokens": n,
+            "params": {"temperature": 1.0, "seed": seeds["bad"], "ignore_eos": True}}
+
+    async def go():
+        async with await Client.connect(gw.url, proto) as c:
+            await c.send(body)
+            (g,) = await c.wait_done("t")
+            return g
+    g = run(go())
+    g.check_order()
+    assert [t["id"] for t in g.tokens][:len(scripted[1]) + 1] == scripted[1] + [IM_END]
+    assert len(g.tokens) == n and g.terminal["finish_reason"] == "length", g.terminal
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    c.request("POST", "/v1/chat/completions", body=json.dumps({
+        "model": "m", "messages": MESSAGES, "max_tokens": n, "temperature": 1.0, "seed": seeds["bad"],
+        "ignore_eos": True}), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    status, doc = r.status, json.loads(r.read())
+    c.close()
+    assert status == 200, doc
+    assert doc["choices"][0]["finish_reason"] == "length" and doc["usage"]["completion_tokens"] == n, doc
+    body["params"]["ignore_eos"] = "yes"
+
+    async def bad():
+        async with await Client.connect(gw.url, proto) as c:
+            await c.send(body)
+            (g,) = await c.wait_done("t")
+            return g
+    g = run(bad())
+    assert g.error["code"] == "bad_request" and "ignore_eos" in g.error["message"], g.terminal

@@ -95,7 +95,7 @@ static void test_oaijson_refusals_name_the_parameter(void **state)
     refused("{\"prompt\":\"x\",\"presence_penalty\":2.5}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "presence_penalty");
     refused("{\"prompt\":\"x\",\"frequency_penalty\":-3}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "frequency_penalty");
     refused("{\"prompt\":\"x\",\"frequency_penalty\":\"1\"}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "frequency_penalty");
-    refused("{\"prompt\":\"x\",\"ignore_eos\":true}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "ignore_eos");
+    refused("{\"prompt\":\"x\",\"ignore_eos\":1}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "ignore_eos");
     refused("{\"prompt\":\"x\",\"echo\":true}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "echo");
     refused("{\"prompt\":\"x\",\"best_of\":2}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "best_of");
     refused("{\"prompt\":\"x\",\"suffix\":\"s\"}", OAIJSON_COMPLETIONS, RILL_E_BAD_REQUEST, "suffix");
