@@ -113,8 +113,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-asan
 	@$(MAKE) --no-print-directory check-tsan
 	@$(MAKE) --no-print-directory fuzz
-# check-soak (3 minutes) is not part of check: kept (resumable) streams make
-# the gateway's RSS move by a few % between its two samples (README, Status).
+	@$(MAKE) --no-print-directory check-soak
 
 check-asan:
 	@$(MAKE) --no-print-directory B=build/asan SAN=asan all
