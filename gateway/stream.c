@@ -5,6 +5,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/procstat.h"
+#include "common/reclog.h"
 #include "common/siphash.h"
 
 #include <assert.h>
@@ -95,6 +96,7 @@ void stream_table_init(struct stream_table *t, struct transport *tp, uint32_t ep
 
 static void free_stream(struct stream *s);
 static int keep_id(struct stream *s, uint32_t pos, int32_t id);
+static const unsigned char *log_record(const struct stream *s, uint32_t pos, size_t *len);
 
 void stream_table_fini(struct stream_table *t)
 {
@@ -193,15 +195,14 @@ bool stream_recoverable(const struct stream *s)
 static int prior_records(const struct stream *s, struct obuf *out)
 {
     uint32_t from = s->next_pos > FAILOVER_PRIOR ? s->next_pos - FAILOVER_PRIOR : 0;
-    if (from < s->log_first)
-        from = s->log_first;
-    for (uint32_t pos = from; pos < s->next_pos && pos - s->log_first < s->log_n; pos++) {
-        uint32_t i = pos - s->log_first;
-        size_t end = i + 1 < s->log_n ? s->log_off[i + 1] : s->log_len;
-        uint32_t len = (uint32_t)(end - s->log_off[i]);
+    for (uint32_t pos = from; pos < s->next_pos; pos++) {
+        size_t len;
+        const unsigned char *r = log_record(s, pos, &len);
+        if (!r)
+            continue;
         unsigned char hdr[4] = {(unsigned char)len, (unsigned char)(len >> 8), (unsigned char)(len >> 16),
                                 (unsigned char)(len >> 24)};
-        if (obuf_put(out, hdr, 4) || obuf_put(out, s->log + s->log_off[i], len))
+        if (obuf_put(out, hdr, 4) || obuf_put(out, r, len))
             return RILL_E_NOMEM;
     }
     return 0;
@@ -354,7 +355,7 @@ void stream_release(struct stream_table *t, struct stream *s)
         t->detached--;
     if (s->retired)
         t->retired--;
-    t->log_total -= s->log_len;
+    t->log_total -= s->log.len;
     map_del(t, s->req_id);
     if (s->worker >= 0)
         transport_inflight(t->tp, s->worker, -1);
@@ -364,8 +365,7 @@ void stream_release(struct stream_table *t, struct stream *s)
 /* The stream's memory, and nothing else. */
 static void free_stream(struct stream *s)
 {
-    free(s->log);
-    free(s->log_off);
+    reclog_free(&s->log);
     obuf_free(&s->out.pending);
     free(s->out.pend_gen_ns);
     free((void *)s->submit.prompt);
@@ -493,14 +493,8 @@ static void note_token(struct stream *s, const struct proto_token *tk, uint64_t 
 /* Drop the older half of s's log. */
 static void log_drop_front(struct stream_table *t, struct stream *s)
 {
-    uint32_t k = s->log_n / 2 ? s->log_n / 2 : s->log_n;
-    size_t cut = k < s->log_n ? s->log_off[k] : s->log_len;
-    memmove(s->log, s->log + cut, s->log_len - cut);
-    s->log_len -= cut;
-    t->log_total -= cut;
-    for (uint32_t i = k; i < s->log_n; i++)
-        s->log_off[i - k] = s->log_off[i] - (uint32_t)cut;
-    s->log_n -= k;
+    uint32_t k;
+    t->log_total -= reclog_drop_front(&s->log, &k);
     s->log_first += k;
 }
 
@@ -511,50 +505,42 @@ static int log_append(struct stream_table *t, struct stream *s, const struct pro
     if (!t->resume_window_ns)
         return 0;
     size_t need = proto_token_size(tk->n_top, tk->text_len);
-    if (s->log_n == 0)
+    if (s->log.n == 0)
         s->log_first = tk->position;
-    while (s->log_n && (s->log_len + need > t->log_cap || t->log_total + need > t->log_total_cap))
+    while (s->log.n && (s->log.len + need > t->log_cap || t->log_total + need > t->log_total_cap))
         log_drop_front(t, s);
     if (need > t->log_cap || t->log_total + need > t->log_total_cap) {
         s->log_first = tk->position + 1; /* nothing kept: resumes from here on only */
         return 0;
     }
-    if (s->log_n == 0)
+    if (s->log.n == 0)
         s->log_first = tk->position;
-    if (s->log_len + need > s->log_cap) {
-        size_t cap = s->log_cap ? s->log_cap * 2 : 1024;
-        while (cap < s->log_len + need)
-            cap *= 2;
-        unsigned char *a = realloc(s->log, cap);
-        if (!a)
-            return RILL_E_NOMEM;
-        s->log = a;
-        s->log_cap = cap;
-    }
-    if (s->log_n == s->log_off_cap) {
-        uint32_t cap = s->log_off_cap ? s->log_off_cap * 2 : 64;
-        uint32_t *a = realloc(s->log_off, cap * sizeof *a);
-        if (!a)
-            return RILL_E_NOMEM;
-        s->log_off = a;
-        s->log_off_cap = cap;
-    }
-    int n = proto_token_encode(s->log + s->log_len, s->log_cap - s->log_len, tk);
+    unsigned char *d = reclog_reserve(&s->log, need);
+    if (!d)
+        return RILL_E_NOMEM;
+    int n = proto_token_encode(d, need, tk);
     if (n < 0)
         return n;
-    s->log_off[s->log_n++] = (uint32_t)s->log_len;
-    s->log_len += (size_t)n;
+    reclog_commit(&s->log, (size_t)n);
     t->log_total += (size_t)n;
     return 0;
 }
 
+/* The kept record of position pos, encoded: NULL when it is not kept. */
+static const unsigned char *log_record(const struct stream *s, uint32_t pos, size_t *len)
+{
+    if (pos < s->log_first || pos - s->log_first >= s->log.n)
+        return NULL;
+    return reclog_get(&s->log, pos - s->log_first, len);
+}
+
 int stream_log_get(const struct stream *s, uint32_t pos, struct proto_token *tk)
 {
-    if (pos < s->log_first || pos - s->log_first >= s->log_n)
+    size_t len;
+    const unsigned char *r = log_record(s, pos, &len);
+    if (!r)
         return RILL_E_NOT_FOUND;
-    uint32_t i = pos - s->log_first;
-    size_t end = i + 1 < s->log_n ? s->log_off[i + 1] : s->log_len;
-    return proto_token_decode(s->log + s->log_off[i], end - s->log_off[i], tk) ? RILL_E_BAD_FORMAT : 0;
+    return proto_token_decode(r, len, tk) ? RILL_E_BAD_FORMAT : 0;
 }
 
 /* --- resume ------------------------------------------------------------------------------ */

@@ -43,6 +43,7 @@
 #include <stdint.h>
 
 #include "common/proto.h"
+#include "common/reclog.h"
 #include "obuf.h"
 #include "creq.h"
 #include "transport.h"
@@ -83,10 +84,8 @@ struct stream {
     bool adopt_first;            /* adopted, and no record of it has come yet */
     uint64_t detached_ns;        /* no owner since (0: attached) */
     bool retired;                /* its end was sent; kept only for resumes */
-    unsigned char *log;          /* encoded token records of positions [log_first, next_pos) */
-    size_t log_len, log_cap;
-    uint32_t *log_off;           /* offset of each record in log */
-    uint32_t log_first, log_n, log_off_cap;
+    struct reclog log;           /* encoded token records of positions [log_first, next_pos) */
+    uint32_t log_first;
     /* the end, once DONE */
     int term_code;               /* 0: complete */
     bool term_final;             /* not recoverable, whatever its code says */

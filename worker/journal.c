@@ -3,6 +3,7 @@
 #include "common/err.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/reclog.h"
 
 #include <assert.h>
 #include <msgpack.h>
@@ -20,10 +21,7 @@ struct jentry {
     uint32_t n_ids, ids_cap;
     bool accepted;
     uint32_t prompt_tokens;
-    unsigned char *rec;          /* kept records, back to back */
-    size_t rec_len, rec_cap;
-    uint32_t *rec_off;           /* where each starts in rec */
-    uint32_t rec_n, rec_off_cap;
+    struct reclog rec;           /* the kept records */
     uint32_t last_pos;           /* of the newest kept record */
     bool finished;
     uint64_t end_ns;
@@ -59,8 +57,7 @@ static void entry_free(struct jentry *e)
 {
     free(e->submit);
     free(e->ids);
-    free(e->rec);
-    free(e->rec_off);
+    reclog_free(&e->rec);
     free(e);
 }
 
@@ -123,7 +120,7 @@ static void unlink_entry(struct journal *j, struct jentry *e)
         e->next->prev = e->prev;
     else
         j->tail = e->prev;
-    j->total -= e->rec_len;
+    j->total -= e->rec.len;
     j->n--;
     entry_free(e);
 }
@@ -165,7 +162,7 @@ static void keep_prior(struct journal *j, struct jentry *e, const struct proto_s
         struct proto_token t;
         if (proto_token_decode(p + 4, len, &t) == 0 && t.req_id == req->id && t.position < e->n_ids &&
             t.token_id == e->ids[t.position] && !(t.flags & PROTO_TOK_LAST) &&
-            (!e->rec_n || t.position > e->last_pos) && append(j, e, p + 4, len) == 0)
+            (!e->rec.n || t.position > e->last_pos) && append(j, e, p + 4, len) == 0)
             e->last_pos = t.position;
         p += 4 + len;
         left -= 4 + len;
@@ -235,14 +232,7 @@ void journal_drop(struct journal *j, uint64_t id)
 /* Drop the older half of e's records. */
 static void drop_front(struct journal *j, struct jentry *e)
 {
-    uint32_t k = e->rec_n / 2 ? e->rec_n / 2 : e->rec_n;
-    size_t cut = k < e->rec_n ? e->rec_off[k] : e->rec_len;
-    memmove(e->rec, e->rec + cut, e->rec_len - cut);
-    e->rec_len -= cut;
-    j->total -= cut;
-    for (uint32_t i = k; i < e->rec_n; i++)
-        e->rec_off[i - k] = e->rec_off[i] - (uint32_t)cut;
-    e->rec_n -= k;
+    j->total -= reclog_drop_front(&e->rec, NULL);
 }
 
 /* Make room for `need` more bytes in all: finished requests go first. */
@@ -259,35 +249,16 @@ static int append(struct journal *j, struct jentry *e, const void *bytes, size_t
 {
     if (len > j->per_cap || len > j->total_cap)
         return RILL_E_TOO_LARGE;
-    while (e->rec_n && e->rec_len + len > j->per_cap)
+    while (e->rec.n && e->rec.len + len > j->per_cap)
         drop_front(j, e);
     if (j->total + len > j->total_cap)
         make_room(j, e, len);
-    while (e->rec_n && j->total + len > j->total_cap)
+    while (e->rec.n && j->total + len > j->total_cap)
         drop_front(j, e);
     if (j->total + len > j->total_cap)
         return RILL_E_TOO_LARGE;
-    if (e->rec_len + len > e->rec_cap) {
-        size_t cap = e->rec_cap ? e->rec_cap * 2 : 1024;
-        while (cap < e->rec_len + len)
-            cap *= 2;
-        unsigned char *a = realloc(e->rec, cap);
-        if (!a)
-            return RILL_E_NOMEM;
-        e->rec = a;
-        e->rec_cap = cap;
-    }
-    if (e->rec_n == e->rec_off_cap) {
-        uint32_t cap = e->rec_off_cap ? e->rec_off_cap * 2 : 64;
-        uint32_t *a = realloc(e->rec_off, cap * sizeof *a);
-        if (!a)
-            return RILL_E_NOMEM;
-        e->rec_off = a;
-        e->rec_off_cap = cap;
-    }
-    memcpy(e->rec + e->rec_len, bytes, len);
-    e->rec_off[e->rec_n++] = (uint32_t)e->rec_len;
-    e->rec_len += len;
+    if (reclog_append(&e->rec, bytes, len))
+        return RILL_E_NOMEM;
     j->total += len;
     return 0;
 }
@@ -305,8 +276,8 @@ void journal_record(struct journal *j, const struct proto_token *t, const void *
          * a resume before that fails clearly (resume_failed). */
         rlog_warn("request %llu: record at position %u not kept for a restarted gateway: %s",
                   (unsigned long long)t->req_id, t->position, rill_err_name(rc));
-        e->rec_len = 0;
-        e->rec_n = 0;
+        j->total -= e->rec.len;
+        reclog_free(&e->rec);
     }
     if (t->flags & PROTO_TOK_LAST) {
         e->finished = true;
@@ -347,9 +318,10 @@ static int replay_one(const struct jentry *e, const struct journal_sink *out)
     a.u.accepted.prompt_tokens = e->prompt_tokens;
     if ((rc = out->emit_msg(out->ctx, &a)))
         return rc;
-    for (uint32_t i = 0; i < e->rec_n; i++) {
-        size_t end = i + 1 < e->rec_n ? e->rec_off[i + 1] : e->rec_len;
-        if ((rc = out->emit_rec(out->ctx, e->rec + e->rec_off[i], end - e->rec_off[i])))
+    for (uint32_t i = 0; i < e->rec.n; i++) {
+        size_t len;
+        const unsigned char *r = reclog_get(&e->rec, i, &len);
+        if ((rc = out->emit_rec(out->ctx, r, len)))
             return rc;
     }
     return 0;

@@ -6,12 +6,14 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/err.h"
 #include "common/jsonw.h"
 #include "common/sampling.h"
 #include "common/siphash.h"
+#include "common/reclog.h"
 
 static void test_err_names_round_trip_and_are_unique(void **state)
 {
@@ -171,6 +173,44 @@ static void test_siphash_matches_the_reference_vectors(void **state)
     assert_memory_not_equal(out, other, 16);
 }
 
+static void test_reclog_keeps_records_in_order_and_drops_the_older_half(void **state)
+{
+    (void)state;
+    struct reclog l = {0};
+    char buf[8];
+    for (int i = 0; i < 5; i++) {
+        int n = snprintf(buf, sizeof buf, "r%d%s", i, i % 2 ? "x" : "");
+        assert_int_equal(reclog_append(&l, buf, (size_t)n), 0);
+    }
+    assert_int_equal(l.n, 5);
+    size_t len;
+    const unsigned char *r = reclog_get(&l, 3, &len);
+    assert_int_equal(len, 3);
+    assert_memory_equal(r, "r3x", 3);
+    uint32_t k;
+    assert_int_equal(reclog_drop_front(&l, &k), 2 + 3); /* "r0", "r1x" */
+    assert_int_equal(k, 2);
+    assert_int_equal(l.n, 3);
+    r = reclog_get(&l, 0, &len);
+    assert_int_equal(len, 2);
+    assert_memory_equal(r, "r2", 2);
+    r = reclog_get(&l, 2, &len);
+    assert_memory_equal(r, "r4", 2);
+    /* reserve, then commit fewer bytes */
+    unsigned char *d = reclog_reserve(&l, 100);
+    assert_non_null(d);
+    memcpy(d, "tail", 4);
+    reclog_commit(&l, 4);
+    r = reclog_get(&l, 3, &len);
+    assert_int_equal(len, 4);
+    assert_memory_equal(r, "tail", 4);
+    while (l.n)
+        reclog_drop_front(&l, NULL);
+    assert_int_equal(l.len, 0);
+    reclog_free(&l);
+    assert_null(l.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +220,7 @@ int main(void)
         cmocka_unit_test(test_jsonw_replaces_invalid_utf8_and_reports_overflow),
         cmocka_unit_test(test_sampling_limits_are_one_table),
         cmocka_unit_test(test_siphash_matches_the_reference_vectors),
+        cmocka_unit_test(test_reclog_keeps_records_in_order_and_drops_the_older_half),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
