@@ -86,6 +86,7 @@
     X(INT,  supervisor, threads_per_worker, "0",         0, 256,    "threads of each worker (0: cores / workers)") \
     X(INT,  supervisor, restart_max,   "5",              0, 1000,   "restarts within restart_window_s before giving up on a process") \
     X(INT,  supervisor, restart_window_s, "60",          1, 86400,  "window for restart_max") \
+    X(DBL,  supervisor, restart_healthy_s, "2",          0, 86400,  "a process that was ready this long before it died (killed from outside, not a crash loop) is restarted after the shortest delay, not a doubled one") \
     X(INT,  supervisor, heartbeat_timeout_ms, "1000",    100, 600000, "a worker silent this long is hung: killed and restarted") \
     X(INT,  supervisor, start_timeout_ms, "60000",       1000, 3600000, "how long a process may take to say hello") \
     X(INT,  supervisor, drain_timeout_s, "30",           0, 3600,   "how long a drain may take before processes are stopped") \

@@ -109,6 +109,12 @@ bool procs_on_exit(struct procs *t, struct proc *p, int status, uint64_t now_ns,
     uint64_t window = (uint64_t)t->pol.restart_window_s * 1000000000ull;
     if (p->ready_ns && now_ns - p->started_ns >= window)
         p->backoff_ms = 0;
+    /* One that served a while (killed from outside, by the OOM killer) is
+     * no crash loop: it comes back after the shortest delay.  One that dies
+     * starting, or just after it is ready (a request that crashes it, run
+     * again wherever it goes), backs off, doubling. */
+    if (p->ready_ns && now_ns > p->ready_ns && now_ns - p->ready_ns >= t->pol.healthy_ns)
+        p->backoff_ms = 0;
     uint32_t recent = 0;
     for (uint32_t i = 0; i < p->n_restart_hist && i < PROCS_HISTORY; i++)
         if (now_ns - p->restart_ns[i] < window)

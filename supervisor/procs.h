@@ -60,6 +60,7 @@ struct procs_policy {
     uint32_t restart_max;        /* restarts allowed within the window */
     uint32_t restart_window_s;
     uint32_t base_ms, max_ms;    /* backoff */
+    uint64_t healthy_ns;         /* ready this long before dying: the backoff starts again at base_ms */
 };
 
 struct procs {

@@ -1044,7 +1044,8 @@ static int setup(struct sup *s, char *why, size_t why_len)
         snprintf(why, why_len, "bad batch controller settings");
         return rc;
     }
-    struct procs_policy pol = {(uint32_t)c->restart_max, (uint32_t)c->restart_window_s, 100, 10000};
+    struct procs_policy pol = {(uint32_t)c->restart_max, (uint32_t)c->restart_window_s, 100, 10000,
+                               (uint64_t)(c->restart_healthy_s * 1e9)};
     struct scale_config scfg;
     int initial = scale_config_from(c, &scfg, why, why_len);
     if (initial < 0)
