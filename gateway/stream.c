@@ -19,6 +19,7 @@
 #define TOMB ((struct stream *)1)
 #define AFFINITY_BYTES 256
 #define FAILOVER_PRIOR 64 /* records a failover hands the new worker */
+#define FAILOVER_PRIORITY 1 /* submit.priority of a failover (new requests: 0) */
 
 static uint32_t slot_of(uint64_t id, uint32_t cap) { return (uint32_t)hash_u64(id) & (cap - 1); }
 
@@ -247,6 +248,11 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
         }
         struct proto_msg m = {.type = PROTO_SUBMIT};
         m.u.submit = s->submit;
+        /* A stream its worker left has a client waiting mid-answer (or
+         * since before the newer requests came): ahead of them in the new
+         * worker's queue. */
+        if (s->failovers)
+            m.u.submit.priority = FAILOVER_PRIORITY;
         struct obuf prior = {0};
         if (s->failovers && prior_records(s, &prior) == 0 && prior.len)
             m.u.submit.prior = (struct proto_text){(const char *)obuf_data(&prior), (uint32_t)prior.len};
