@@ -210,7 +210,7 @@ int intake_fd(const struct intake *in) { return in->efd; }
 uint32_t intake_count(const struct intake *in) { return in->n; }
 uint64_t intake_bytes(const struct intake *in) { return in->bytes; }
 
-int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id *reply_to, uint64_t t_arrive)
+int intake_push(struct intake *in, struct proto_submit *req, uint64_t t_arrive)
 {
     struct intake_job *j = calloc(1, sizeof *j);
     if (!j)
@@ -223,8 +223,6 @@ int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id 
     req->messages = (struct proto_text){0};
     req->tools = (struct proto_text){0};
     j->req.prior = (struct proto_text){0}; /* the journal's, not the job's: the message frees it */
-    if (reply_to)
-        j->reply_to = *reply_to;
     j->t_arrive = t_arrive;
     pthread_mutex_lock(&in->mu);
     if (in->stop) {

@@ -35,7 +35,6 @@
 
 struct intake_job {
     struct proto_submit req;   /* a copy: its prompt and prompt_tokens belong to the job */
-    struct zs_id reply_to;     /* the caller's: who is answered */
     uint64_t t_arrive;         /* the caller's clock when the request came */
     bool cancelled;            /* a cancel came while it was here */
     int rc;                    /* 0: `prompt` holds its tokens; else why it cannot run */
@@ -75,7 +74,7 @@ int intake_set_chat(struct intake *in, struct chat_tmpl *tmpl, const char *bos, 
  * into the job (they must be heap memory, as proto_decode() leaves them: a
  * megabyte prompt is not copied on the loop) and are NULL in *req after;
  * the rest is copied.  Returns 0, or RILL_E_NOMEM (then *req is untouched). */
-int intake_push(struct intake *in, struct proto_submit *req, const struct zs_id *reply_to, uint64_t t_arrive);
+int intake_push(struct intake *in, struct proto_submit *req, uint64_t t_arrive);
 
 /* The next job, in the order they were pushed, once it is tokenized (NULL:
  * none is yet).  The caller owns it: intake_job_free. */

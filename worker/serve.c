@@ -184,7 +184,7 @@ static void on_adopt(struct server *sv, const struct proto_adopt *a)
         rlog_info("a new gateway process adopted %u request(s) (%zu bytes of records)", n, journal_bytes(sv->jrn));
 }
 
-static void reply_rejected(struct server *sv, const struct zs_id *to, uint64_t id, int code, const char *why)
+static void reply_rejected(struct server *sv, uint64_t id, int code, const char *why)
 {
     struct proto_msg r = {.type = PROTO_REJECTED};
     r.u.rejected.id = id;
@@ -196,7 +196,7 @@ static void reply_rejected(struct server *sv, const struct zs_id *to, uint64_t i
 
 /* A new request: what can be refused without its tokens is refused now;
  * the rest goes to the intake, and is answered when it comes back. */
-static void on_submit(struct server *sv, const struct zs_id *from, struct proto_submit *req)
+static void on_submit(struct server *sv, struct proto_submit *req)
 {
     char why[256] = "";
     int rc = sched_check(sv->e->sched, req, intake_count(sv->intake), why, sizeof why);
@@ -205,16 +205,16 @@ static void on_submit(struct server *sv, const struct zs_id *from, struct proto_
         rc = RILL_E_DUPLICATE_ID;
     }
     if (rc) {
-        reply_rejected(sv, from, req->id, rc, why);
+        reply_rejected(sv, req->id, rc, why);
         return;
     }
     /* Kept before the intake takes the prompt's buffers. */
     int jrc = journal_open(sv->jrn, req);
     if (jrc)
         rlog_warn("request %llu is not kept for a restarted gateway: %s", (unsigned long long)req->id, rill_err_name(jrc));
-    if ((rc = intake_push(sv->intake, req, from, clock_ns()))) {
+    if ((rc = intake_push(sv->intake, req, clock_ns()))) {
         journal_drop(sv->jrn, req->id);
-        reply_rejected(sv, from, req->id, rc, why);
+        reply_rejected(sv, req->id, rc, why);
         return;
     }
     sv->fresh = true;
@@ -234,7 +234,7 @@ static void admit(struct server *sv, struct intake_job *j)
         rc = sched_submit_prompt(sv->e->sched, &j->req, &j->prompt, j->t_arrive, why, sizeof why);
     if (rc) {
         journal_drop(sv->jrn, j->req.id);
-        reply_rejected(sv, &j->reply_to, j->req.id, rc, why);
+        reply_rejected(sv, j->req.id, rc, why);
     } else {
         journal_accepted(sv->jrn, j->req.id, n_prompt);
         struct sched_stats st;
@@ -277,16 +277,16 @@ static void reject_intake(struct server *sv)
     struct intake_job *j;
     while ((j = intake_pop(sv->intake))) {
         journal_drop(sv->jrn, j->req.id);
-        reply_rejected(sv, &j->reply_to, j->req.id, RILL_E_SHUTTING_DOWN, "the worker is shutting down");
+        reply_rejected(sv, j->req.id, RILL_E_SHUTTING_DOWN, "the worker is shutting down");
         intake_job_free(j);
     }
 }
 
-static void on_request(struct server *sv, const struct zs_id *from, struct proto_msg *m)
+static void on_request(struct server *sv, struct proto_msg *m)
 {
     switch (m->type) {
     case PROTO_SUBMIT:
-        on_submit(sv, from, &m->u.submit);
+        on_submit(sv, &m->u.submit);
         break;
     case PROTO_ADOPT:
         on_adopt(sv, &m->u.adopt);
@@ -642,7 +642,7 @@ int serve_run(const struct rill_config *c, struct engine *e)
         int r;
         while ((r = plane_recv(sv.router, &from, &m, why, sizeof why)) != RILL_E_AGAIN) {
             if (r == 0) {
-                on_request(&sv, &from, &m);
+                on_request(&sv, &m);
                 proto_msg_free(&m);
             } else {
                 rlog_warn("bad message on the request socket: %s", why);

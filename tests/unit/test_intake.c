@@ -116,7 +116,7 @@ static void test_requests_come_back_in_order_tokenized_as_prompt_tokenize_does(v
     uint64_t want_bytes = 0;
     for (int i = 0; i < 5; i++) {
         want_bytes += q[i].prompt_len;
-        assert_int_equal(intake_push(in, &q[i], NULL, 100 + (uint64_t)i), 0);
+        assert_int_equal(intake_push(in, &q[i], 100 + (uint64_t)i), 0);
         /* The prompt moved into the job. */
         assert_null(q[i].prompt);
         assert_int_equal(q[i].prompt_len, 0);
@@ -172,7 +172,7 @@ static void test_a_cancel_while_tokenizing_is_remembered_and_idempotent(void **s
                                 req(0x200000003ull, "ho", 2), req(0x100000004ull, "ha", 2)};
     uint64_t t0 = clock_ns();
     for (int i = 0; i < 4; i++)
-        assert_int_equal(intake_push(in, &q[i], NULL, 0), 0);
+        assert_int_equal(intake_push(in, &q[i], 0), 0);
     /* The loop's side never waits for the tokenizer. */
     double push_ms = clock_ms_since(t0);
     assert_int_equal(intake_cancel(in, 0x100000002ull), 0);
@@ -210,7 +210,7 @@ static void test_stopping_hands_back_what_was_never_tokenized(void **state)
     char *big = words(big_len);
     struct proto_submit q[3] = {req(1, big, big_len), req(2, "hi", 2), req(3, "ho", 2)};
     for (int i = 0; i < 3; i++)
-        assert_int_equal(intake_push(in, &q[i], NULL, 0), 0);
+        assert_int_equal(intake_push(in, &q[i], 0), 0);
     usleep(1000); /* the thread is on the long prompt, most likely */
     intake_stop(in, RILL_E_SHUTTING_DOWN);
     /* The one it was on finishes (if it had started); the others, behind a
@@ -225,14 +225,14 @@ static void test_stopping_hands_back_what_was_never_tokenized(void **state)
     }
     /* After the stop, a request is answered at once. */
     struct proto_submit late = req(4, "hey", 3);
-    assert_int_equal(intake_push(in, &late, NULL, 0), 0);
+    assert_int_equal(intake_push(in, &late, 0), 0);
     struct intake_job *j = intake_pop(in);
     assert_non_null(j);
     assert_int_equal(j->rc, RILL_E_SHUTTING_DOWN);
     intake_job_free(j);
     /* What is left at the end is freed (ASan checks it). */
     struct proto_submit left = req(5, "hey", 3);
-    assert_int_equal(intake_push(in, &left, NULL, 0), 0);
+    assert_int_equal(intake_push(in, &left, 0), 0);
     free(big);
     intake_free(in);
 }
