@@ -221,7 +221,7 @@ bench-ring: $(B)/ringbench
 
 bench-engine: $(B)/rill-bench-engine $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
-	$(B)/rill-bench-engine --models-dir $(B)/bench-models --json $(B)/bench/engine.json
+	$(B)/rill-bench-engine --models-dir $(B)/bench-models --json $(B)/bench/engine.json --kern-json $(B)/bench/kernels.json
 	$(B)/rill-bench-engine --models-dir $(B)/bench-models --vs-llama --reps 3 \
 	    --vs-json $(B)/bench/vs-llama.json --vs-table $(B)/bench/vs-llama.md
 

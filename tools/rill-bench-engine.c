@@ -5,7 +5,7 @@
  *   rill-bench-engine [--models-dir DIR] [--json FILE] [--threads N] [--quick]
  *                     [--models 24M,134M] [--dtypes f32,f16,q8_0,...] [--batches 1,8,32,64]
  *                     [--runs N] [--run-seconds S] [--compare-batches 8,32] [--no-compare]
- *                     [--mkmodel PATH]
+ *                     [--mkmodel PATH] [--no-kernels | --kernels-only] [--kern-json FILE]
  *
  * For every model (24M: dim 288, 6 layers, 6 heads, ffn 768, vocab 32000;
  * 134M: dim 768, 12 layers, 12 heads, ffn 2048, vocab 32000; made by
@@ -28,6 +28,12 @@
  *
  * Targets (one worker, 2 threads, 32-token prompts) are printed next to the
  * figures with how far each is from its target.
+ *
+ * First, when 134M is among the models (or with --kernels-only): the F32
+ * matrix kernels alone at the 134M shapes, batch 32 and 64, as GFLOP/s and
+ * as a share of this machine's FP32 FMA peak measured in the same run at the
+ * widest vector width the CPU has (--kern-json writes them); the decode rows
+ * then show the whole step's GFLOP/s over that peak too.
  * --quick is a smoke run (batches 1 and 8, 2 short runs, compare at 8).
  */
 #include "common/clock.h"
@@ -38,6 +44,7 @@
 #include "worker/engine.h"
 #include "worker/kern.h"
 #include "worker/model.h"
+#include "worker/pool.h"
 #include "worker/sched.h"
 #include "tools/lib/machlim.h"
 
@@ -77,9 +84,9 @@ static const struct target targets[] = {
 };
 
 struct opts {
-    const char *models_dir, *json, *mkmodel;
+    const char *models_dir, *json, *mkmodel, *kern_json;
     int threads;
-    bool quick, compare;
+    bool quick, compare, kernels, kernels_only;
     bool model_on[2], dtype_on[N_DTYPES];
     uint32_t batches[MAX_BATCHES], n_batches;
     uint32_t cmp_batches[MAX_BATCHES], n_cmp;
@@ -621,6 +628,7 @@ struct row {
     double target;                            /* 0: none */
     double cmp_one, cmp_two, cmp_two_wall;    /* 0: not compared */
     double cmp_two_others;
+    double peak;                              /* FMA peak of the kernel section; 0: not measured */
 };
 
 static void print_gap(double v, double target)
@@ -666,6 +674,10 @@ static int write_json(const char *path, const struct row *rows, int n, const str
         jsonw_key_double(&w, "weight_gb_per_s", r->weight_gbs, 3);
         jsonw_key_double(&w, "kv_gb_per_s", r->kv_gbs, 3);
         jsonw_key_double(&w, "gflop_per_s", r->gflops, 3);
+        if (r->peak > 0) {
+            jsonw_key_double(&w, "fma_peak_gflop_per_s", r->peak, 1);
+            jsonw_key_double(&w, "gflop_over_peak", r->gflops / r->peak, 4);
+        }
         if (r->target > 0) {
             jsonw_key_double(&w, "target_decode_tokens_per_s", r->target, 0);
             jsonw_key_double(&w, "vs_target", r->decode / r->target, 3);
@@ -699,6 +711,199 @@ static int write_json(const char *path, const struct row *rows, int n, const str
     }
     free(buf);
     return rc;
+}
+
+/* ---- the matrix kernels alone, against the FMA peak ------------------------------------------------
+ *
+ * The F32 products of one 134M decode step (the shapes of wq/wk/wv/wo,
+ * w_gate/w_up, w_down and the output matrix) at batch 32 and 64, run on a
+ * pool of `threads` in the forward pass's tasks, next to this machine's
+ * FP32 FMA peak measured in the same run with the widest vectors the CPU
+ * has (tools/lib/machlim.h): the best of passes before and after the
+ * kernels (kb_peak), since other processes can only lower it and a peak
+ * caught in a busy moment would flatter the kernels.  The "step" line weighs the shapes as one
+ * token uses them (12 layers of 4 + 2 + 1 matrices, then the output). */
+
+#define KB_PEAK_PASSES 1
+#define KB_SHAPES 4
+#define KB_BATCHES 2
+
+struct kb_shape {
+    const char *name;
+    uint32_t rows, cols, per_token; /* matrices of this shape per token */
+};
+static const struct kb_shape kb_shapes[KB_SHAPES] = {
+    {"wq/wk/wv/wo", 768, 768, 48},
+    {"w_gate/w_up", 2048, 768, 24},
+    {"w_down", 768, 2048, 12},
+    {"output", 32000, 768, 1},
+};
+static const uint32_t kb_batches[KB_BATCHES] = {32, 64};
+
+struct kb_job {
+    const struct kmat *m;
+    const float *x;
+    float *y;
+    uint32_t B, chunk;
+};
+
+static void kb_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    (void)thread;
+    const struct kb_job *j = ctx;
+    uint32_t n0 = task * j->chunk, n1 = n0 + j->chunk < j->m->rows ? n0 + j->chunk : j->m->rows;
+    kern_matmul(j->m, j->x, j->m->cols, j->B, j->y, j->m->rows, n0, n1);
+}
+
+struct kb_result {
+    double peak, peak_avx2, peak_avx512, peak_others;
+    double gflops[KB_SHAPES][KB_BATCHES], best[KB_SHAPES][KB_BATCHES], others[KB_SHAPES][KB_BATCHES];
+    double step[KB_BATCHES]; /* the shapes weighed as one token uses them */
+    uint32_t threads;
+};
+
+/* Median GFLOP/s of `runs` timed runs of B rows through m (each run about
+ * run_s seconds, repeating the product), split as forward.c splits it. */
+static double kb_time(struct pool *p, const struct kmat *m, const float *x, float *y, uint32_t B, int runs,
+                      double run_s, double *best, double *others)
+{
+    uint32_t threads = pool_threads(p);
+    uint32_t chunk = m->rows / (threads * 8);
+    chunk = chunk < 12 ? 12 : (chunk + 11) / 12 * 12; /* forward.c's rule */
+    struct kb_job j = {m, x, y, B, chunk};
+    uint32_t tasks = (m->rows + chunk - 1) / chunk;
+    double flop = 2.0 * m->rows * m->cols * B;
+    uint64_t t0 = clock_ns();
+    pool_run(p, kb_task, &j, tasks); /* warm: pages, caches */
+    double one = (double)(clock_ns() - t0) / 1e9;
+    int reps = (int)(run_s / (one > 1e-6 ? one : 1e-6)) + 1;
+    double r[MAX_RUNS];
+    struct cpu_sample c0 = cpu_sample();
+    for (int k = 0; k < runs; k++) {
+        t0 = clock_ns();
+        for (int i = 0; i < reps; i++)
+            pool_run(p, kb_task, &j, tasks);
+        r[k] = flop * reps / ((double)(clock_ns() - t0) / 1e9) / 1e9;
+    }
+    *others = others_cores(c0, cpu_sample());
+    *best = vmax(r, runs);
+    return median(r, runs);
+}
+
+/* KB_PEAK_PASSES more measurements of the peak into res, the best kept:
+ * with every thread, and with one thread times the threads (one free core
+ * is easier to find on a shared machine than two, and the cores are alike). */
+static int kb_peak(uint32_t threads, struct kb_result *res)
+{
+    for (int i = 0; i < 2 * KB_PEAK_PASSES; i++) {
+        struct machlim ml;
+        int rc = machlim_measure(i % 2 ? 1 : (int)threads, &ml);
+        if (rc)
+            return rc;
+        double k = i % 2 ? threads : 1;
+        if (ml.peak * k > res->peak) {
+            res->peak = ml.peak * k;
+            res->peak_others = ml.others;
+        }
+        res->peak_avx2 = fmax(res->peak_avx2, ml.peak_avx2 * k);
+        res->peak_avx512 = fmax(res->peak_avx512, ml.peak_avx512 * k);
+    }
+    return 0;
+}
+
+static int kernel_bench(uint32_t threads, int runs, double run_s, struct kb_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->threads = threads;
+    int rc = kb_peak(threads, res);
+    if (rc)
+        return rc;
+    printf("\nF32 matrix kernels alone (%s, %u threads), GFLOP/s median of %d runs:\n", kern_isa_name(kern_isa()),
+           threads, runs);
+    printf("  %-12s %11s", "matrix", "rows x cols");
+    for (int bi = 0; bi < KB_BATCHES; bi++)
+        printf("   batch %2u GFLOP/s  ÷ peak  others", kb_batches[bi]);
+    printf("\n");
+    struct pool *p = pool_create(threads);
+    if (!p)
+        return RILL_E_NOMEM;
+    double secs[KB_BATCHES] = {0}, flops[KB_BATCHES] = {0};
+    for (int si = 0; si < KB_SHAPES && !rc; si++) {
+        const struct kb_shape *s = &kb_shapes[si];
+        uint32_t bmax = kb_batches[KB_BATCHES - 1];
+        struct wmat w = {.type = WT_F32, .rows = s->rows, .cols = s->cols, .row_bytes = (size_t)s->cols * 4};
+        float *wd = malloc((size_t)s->rows * s->cols * sizeof *wd), *x = malloc((size_t)bmax * s->cols * sizeof *x),
+              *y = malloc((size_t)bmax * s->rows * sizeof *y);
+        struct kmat m = {0};
+        if (!wd || !x || !y) {
+            rc = RILL_E_NOMEM;
+        } else {
+            uint64_t st = 0x9e3779b97f4a7c15ull;
+            for (size_t i = 0; i < (size_t)s->rows * s->cols; i++) {
+                st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+                wd[i] = (float)(st >> 40) / (float)(1 << 24) - 0.5f;
+            }
+            for (size_t i = 0; i < (size_t)bmax * s->cols; i++)
+                x[i] = (float)(i % 97) / 97.0f - 0.5f;
+            w.data = wd;
+            rc = kern_pack(&w, &m);
+        }
+        if (!rc) {
+            for (int bi = 0; bi < KB_BATCHES; bi++) {
+                double g = kb_time(p, &m, x, y, kb_batches[bi], runs, run_s, &res->best[si][bi], &res->others[si][bi]);
+                res->gflops[si][bi] = g;
+                double f = 2.0 * s->rows * s->cols * kb_batches[bi] * s->per_token;
+                flops[bi] += f;
+                secs[bi] += f / (g * 1e9);
+            }
+        }
+        kern_unpack_free(&m);
+        free(wd);
+        free(x);
+        free(y);
+    }
+    pool_free(p);
+    if (rc || (rc = kb_peak(threads, res)) != 0)
+        return rc;
+    for (int si = 0; si < KB_SHAPES; si++) {
+        printf("  %-12s %5u x %-5u", kb_shapes[si].name, kb_shapes[si].rows, kb_shapes[si].cols);
+        for (int bi = 0; bi < KB_BATCHES; bi++)
+            printf("   %17.1f  %5.1f%%  %6.2f", res->gflops[si][bi], 100 * res->gflops[si][bi] / res->peak,
+                   res->others[si][bi]);
+        printf("\n");
+    }
+    printf("  %-24s", "a 134M step's products");
+    for (int bi = 0; bi < KB_BATCHES; bi++) {
+        res->step[bi] = flops[bi] / secs[bi] / 1e9;
+        printf("   %17.1f  %5.1f%%  %6s", res->step[bi], 100 * res->step[bi] / res->peak, "");
+    }
+    printf("\n  against the FP32 FMA peak measured in this run: %.0f GFLOP/s (%.0f per core; avx2 %.0f, avx512 %.0f; "
+           "best of %d passes, half with 1 thread x %u; others %.2f cores)\n",
+           res->peak, res->peak / threads, res->peak_avx2, res->peak_avx512, 4 * KB_PEAK_PASSES, threads,
+           res->peak_others);
+    return 0;
+}
+
+static int write_kern_json(const char *path, const struct kb_result *r)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return RILL_E_IO;
+    fprintf(f, "{\"kernels\": \"%s\", \"threads\": %u, \"fma_peak_gflop_per_s\": %.1f, \"fma_peak_avx2\": %.1f, "
+               "\"fma_peak_avx512\": %.1f, \"fma_peak_other_processes_cores\": %.2f, \"matrices\": [",
+            kern_isa_name(kern_isa()), r->threads, r->peak, r->peak_avx2, r->peak_avx512, r->peak_others);
+    for (int si = 0; si < KB_SHAPES; si++)
+        for (int bi = 0; bi < KB_BATCHES; bi++)
+            fprintf(f, "%s\n  {\"matrix\": \"%s\", \"rows\": %u, \"cols\": %u, \"batch\": %u, \"gflop_per_s\": %.1f, "
+                       "\"best_gflop_per_s\": %.1f, \"over_peak\": %.4f, \"other_processes_cores\": %.2f}",
+                    si || bi ? "," : "", kb_shapes[si].name, kb_shapes[si].rows, kb_shapes[si].cols, kb_batches[bi],
+                    r->gflops[si][bi], r->best[si][bi], r->gflops[si][bi] / r->peak, r->others[si][bi]);
+    fprintf(f, "],\n \"step_134m\": [");
+    for (int bi = 0; bi < KB_BATCHES; bi++)
+        fprintf(f, "%s{\"batch\": %u, \"gflop_per_s\": %.1f, \"over_peak\": %.4f}", bi ? ", " : "", kb_batches[bi],
+                r->step[bi], r->step[bi] / r->peak);
+    fprintf(f, "]}\n");
+    return fclose(f) ? RILL_E_IO : 0;
 }
 
 /* ---- against llama.cpp: pp512 and tg128 as llama-bench, ANCHORS' ratios ------------------------------
@@ -1121,7 +1326,10 @@ static void usage(FILE *f)
             "  --vs-dtypes LIST        f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0 (default all)\n"
             "  --reps N                --vs-llama repetitions, alternated over the files (default 3)\n"
             "  --vs-json FILE, --vs-table FILE  where --vs-llama writes its JSON and markdown table\n"
-            "  --isa avx2|scalar       kernels of a narrower instruction set than the CPU's (A/B of the kernels)\n");
+            "  --isa avx2|scalar       kernels of a narrower instruction set than the CPU's (A/B of the kernels)\n"
+            "  --no-kernels            skip the F32 matrix kernels alone against the FMA peak (run first when\n"
+            "                          134M is among the models)\n"
+            "  --kernels-only          only that; --kern-json FILE writes it as JSON\n");
 }
 
 int main(int argc, char **argv)
@@ -1131,11 +1339,12 @@ int main(int argc, char **argv)
     struct opts o = {.models_dir = "build/bench-models", .mkmodel = mk, .threads = 0, .compare = true,
                      .model_on = {true, true}, .dtype_on = {true, true, true, true, true, true, true},
                      .batches = {1, 8, 32, 64}, .n_batches = 4, .cmp_batches = {8, 32}, .n_cmp = 2,
-                     .runs = 5, .run_s = 0.4};
+                     .runs = 5, .run_s = 0.4, .kernels = true};
     bool runs_given = false, batches_given = false, cmp_given = false, rs_given = false, vs = false;
     struct vs_opts vo = {.shape_on = {true, true}, .dtype_on = {true, true, true, true, true, true}, .reps = 3};
     enum { O_DIR = 256, O_JSON, O_THREADS, O_QUICK, O_MODELS, O_DTYPES, O_BATCHES, O_RUNS, O_RUNS_S, O_CMP,
-           O_NOCMP, O_MK, O_HELP, O_VS, O_VS_SHAPES, O_VS_DTYPES, O_REPS, O_VS_JSON, O_VS_TABLE, O_ISA };
+           O_NOCMP, O_MK, O_HELP, O_VS, O_VS_SHAPES, O_VS_DTYPES, O_REPS, O_VS_JSON, O_VS_TABLE, O_ISA,
+           O_NOKERN, O_KERN_ONLY, O_KERN_JSON };
     static const struct option lo[] = {
         {"models-dir", 1, 0, O_DIR}, {"json", 1, 0, O_JSON},       {"threads", 1, 0, O_THREADS},
         {"quick", 0, 0, O_QUICK},    {"models", 1, 0, O_MODELS},   {"dtypes", 1, 0, O_DTYPES},
@@ -1143,7 +1352,8 @@ int main(int argc, char **argv)
         {"compare-batches", 1, 0, O_CMP}, {"no-compare", 0, 0, O_NOCMP}, {"mkmodel", 1, 0, O_MK},
         {"help", 0, 0, O_HELP},      {"vs-llama", 0, 0, O_VS},     {"vs-shapes", 1, 0, O_VS_SHAPES},
         {"vs-dtypes", 1, 0, O_VS_DTYPES}, {"reps", 1, 0, O_REPS},  {"vs-json", 1, 0, O_VS_JSON},
-        {"vs-table", 1, 0, O_VS_TABLE}, {"isa", 1, 0, O_ISA}, {0, 0, 0, 0},
+        {"vs-table", 1, 0, O_VS_TABLE}, {"isa", 1, 0, O_ISA}, {"no-kernels", 0, 0, O_NOKERN},
+        {"kernels-only", 0, 0, O_KERN_ONLY}, {"kern-json", 1, 0, O_KERN_JSON}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -1195,6 +1405,9 @@ int main(int argc, char **argv)
             cmp_given = true;
             break;
         case O_NOCMP: o.compare = false; break;
+        case O_NOKERN: o.kernels = false; break;
+        case O_KERN_ONLY: o.kernels_only = true; break;
+        case O_KERN_JSON: o.kern_json = optarg; break;
         case O_MK: o.mkmodel = optarg; break;
         case O_HELP: usage(stdout); return 0;
         case O_VS: vs = true; break;
@@ -1262,6 +1475,23 @@ int main(int argc, char **argv)
     struct row *rows = calloc(2 * N_DTYPES * MAX_BATCHES, sizeof *rows);
     int n_rows = 0, failures = 0;
     uint64_t t_start = clock_ns();
+    struct kb_result kb = {0};
+    if (o.kernels_only || (o.kernels && o.model_on[1])) {
+        int rc = kernel_bench(threads, o.runs, o.quick ? 0.05 : 0.2, &kb);
+        if (rc) {
+            fprintf(stderr, "rill-bench-engine: kernels: %s\n", rill_err_name(rc));
+            failures++;
+        } else if (o.kern_json && (rc = write_kern_json(o.kern_json, &kb)) != 0) {
+            fprintf(stderr, "rill-bench-engine: writing %s: %s\n", o.kern_json, rill_err_name(rc));
+            failures++;
+        } else if (o.kern_json) {
+            printf("wrote %s\n", o.kern_json);
+        }
+        if (o.kernels_only) {
+            free(rows);
+            return failures ? 1 : 0;
+        }
+    }
     for (int si = 0; si < 2; si++) {
         if (!o.model_on[si])
             continue;
@@ -1289,8 +1519,8 @@ int main(int argc, char **argv)
                    "prefill of %d tokens: %.1f tok/s [%.1f-%.1f]\n",
                    shape, dtype, k.weight_bytes / 1e6, k.flops_per_token / 1e6, load_s, PREFILL, pf_med,
                    vmin(pf, o.runs), vmax(pf, o.runs));
-            printf("  %5s %11s %19s %11s %8s %8s %8s %7s  %9s %12s\n", "batch", "decode t/s", "[min-max]",
-                   "prefill t/s", "wt GB/s", "kv GB/s", "GFLOP/s", "others", "target", "vs target");
+            printf("  %5s %11s %19s %11s %8s %8s %8s %7s %7s  %9s %12s\n", "batch", "decode t/s", "[min-max]",
+                   "prefill t/s", "wt GB/s", "kv GB/s", "GFLOP/s", "÷ peak", "others", "target", "vs target");
             for (uint32_t bi = 0; bi < o.n_batches; bi++) {
                 uint32_t b = o.batches[bi];
                 struct row *r = &rows[n_rows];
@@ -1316,9 +1546,13 @@ int main(int argc, char **argv)
                 r->gflops = r->decode * (k.flops_per_token + k.attn_flops_per_pos * r->d.mean_pos) / 1e9;
                 const struct target *t = find_target(shape, dtype);
                 r->target = t && b == 1 ? t->single : t && b == 32 ? t->agg32 : 0;
-                printf("  %5u %11.1f %8s%8.1f-%-8.1f %11.1f %8.2f %8.2f %8.2f %7.2f", b, r->decode, "",
+                r->peak = kb.peak;
+                char pk[16] = "-";
+                if (kb.peak > 0)
+                    snprintf(pk, sizeof pk, "%.1f%%", 100 * r->gflops / kb.peak);
+                printf("  %5u %11.1f %8s%8.1f-%-8.1f %11.1f %8.2f %8.2f %8.2f %7s %7.2f", b, r->decode, "",
                        vmin(r->d.rate, r->d.runs), vmax(r->d.rate, r->d.runs), r->prefill, r->weight_gbs, r->kv_gbs,
-                       r->gflops, r->d.others);
+                       r->gflops, pk, r->d.others);
                 print_gap(r->decode, r->target);
                 printf("\n");
                 fflush(stdout);

@@ -7,6 +7,12 @@
  * read from memory once per batch and reused for every batch row, which is
  * what makes batched decoding cheap.  Tiles only change which elements are
  * computed together, never how one is.
+ *
+ * F32 with AVX-512 from F32_BLOCKED_MIN_ROWS batch rows has a kernel of its
+ * own (matmul_f32_512): two groups by six batch rows in 24 registers, over
+ * column blocks that stay in L1 — the same lanes and the same order, so the
+ * same bits, at about three quarters of the AVX-512 FMA peak where the AVX2
+ * tiles reach under half of it (bench-engine's kernel table).
  */
 #include "kern.h"
 
@@ -516,6 +522,164 @@ AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, s
     }
 }
 
+/* hsum256() of eight vectors at once: lane j of the result is
+ * reduce8(a[j]), with the same additions in the same order. */
+AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
+{
+    /* (l0+l4, l1+l5, l2+l6, l3+l7) of two vectors per register */
+    __m256 t01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
+    __m256 t23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
+    __m256 t45 = _mm256_add_ps(_mm256_permute2f128_ps(a[4], a[5], 0x20), _mm256_permute2f128_ps(a[4], a[5], 0x31));
+    __m256 t67 = _mm256_add_ps(_mm256_permute2f128_ps(a[6], a[7], 0x20), _mm256_permute2f128_ps(a[6], a[7], 0x31));
+    /* (a0+a2, a1+a3): [0 0 2 2 | 1 1 3 3] and [4 4 6 6 | 5 5 7 7] */
+    __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(t45, t67, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm256_shuffle_ps(t45, t67, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* b0+b1: [s0 s2 s4 s6 | s1 s3 s5 s7], then in order */
+    __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm256_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* --- F32 with AVX-512: a register-blocked kernel straight on the pack ------------ */
+
+/* Two groups (8 weight rows, four registers of two rows each) against C
+ * batch rows: 4*C accumulators, and per slice of eight k four weight loads
+ * and C activation loads for 4*C FMAs, so the FMA units, not the loads, set
+ * the pace.  wa and wb are the groups' packed slices (wb = wa + gstride);
+ * acc holds group 0's accumulators at acc + c*32 and group 1's at
+ * acc + gacc + c*32, read unless this is the first column block (then they
+ * start at zero); when pf is not NULL, the line at pf + 64*s is prefetched
+ * with slice s.  With y (the last column block, all eight rows wanted), the
+ * eight outputs of batch row c go to y + c*ldy instead of acc.  Each lane does btile512's FMA in the same order, so
+ * the bits are those of every other path. */
+#define DEFINE_PAIR_TILE512(C)                                                                           \
+    AVX512_TARGET __attribute__((noinline)) static void ptile512_##C(const float *wa, size_t gstride,   \
+                                                                     uint32_t ns, const float *x,        \
+                                                                     size_t ldx, float *acc, size_t gacc, \
+                                                                     const char *pf, bool first,         \
+                                                                     float *y, size_t ldy)               \
+    {                                                                                                    \
+        const float *wb = wa + gstride;                                                                  \
+        __m512 a[4][C];                                                                                  \
+        _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++)                                          \
+                a[h][c] = first ? _mm512_setzero_ps()                                                    \
+                                : _mm512_load_ps(acc + (size_t)(h / 2) * gacc +                          \
+                                                 ((size_t)c * KERN_GROUP + 2 * (size_t)(h % 2)) * 8);    \
+        for (uint32_t s = 0; s < ns; s++) {                                                              \
+            __m512 w[4];                                                                                 \
+            w[0] = _mm512_load_ps(wa + (size_t)s * KERN_GROUP * 8);                                      \
+            w[1] = _mm512_load_ps(wa + (size_t)s * KERN_GROUP * 8 + 16);                                 \
+            w[2] = _mm512_load_ps(wb + (size_t)s * KERN_GROUP * 8);                                      \
+            w[3] = _mm512_load_ps(wb + (size_t)s * KERN_GROUP * 8 + 16);                                 \
+            if (pf)                                                                                      \
+                _mm_prefetch(pf + (size_t)s * 64, _MM_HINT_T0);                                          \
+            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + (size_t)c * ldx + (size_t)s * 8)); \
+                _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++)                                      \
+                    a[h][c] = _mm512_fmadd_ps(w[h], xv, a[h][c]);                                        \
+            }                                                                                            \
+        }                                                                                                \
+        if (y) {                                                                                         \
+            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
+                __m256 r[8];                                                                             \
+                _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) {                                    \
+                    r[2 * h] = _mm512_castps512_ps256(a[h][c]);                                          \
+                    r[2 * h + 1] = _mm512_extractf32x8_ps(a[h][c], 1);                                   \
+                }                                                                                        \
+                _mm256_storeu_ps(y + (size_t)c * ldy, reduce8x8(r));                                     \
+            }                                                                                            \
+            return;                                                                                      \
+        }                                                                                                \
+        _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
+            _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++)                                          \
+                _mm512_store_ps(acc + (size_t)(h / 2) * gacc + ((size_t)c * KERN_GROUP + 2 * (size_t)(h % 2)) * 8, \
+                                a[h][c]);                                                                \
+    }
+
+DEFINE_PAIR_TILE512(1)
+DEFINE_PAIR_TILE512(2)
+DEFINE_PAIR_TILE512(3)
+DEFINE_PAIR_TILE512(4)
+DEFINE_PAIR_TILE512(5)
+DEFINE_PAIR_TILE512(6)
+
+typedef void (*ptile_fn)(const float *wa, size_t gstride, uint32_t ns, const float *x, size_t ldx, float *acc,
+                         size_t gacc, const char *pf, bool first, float *y, size_t ldy);
+static const ptile_fn ptiles512[7] = {NULL, ptile512_1, ptile512_2, ptile512_3, ptile512_4, ptile512_5, ptile512_6};
+
+/* The blocking: FB columns of FG groups (2 x 4 rows x 1024 floats = 32 KiB,
+ * read from the pack in place, in L1) run against every tile of up to FP
+ * activation rows (from L2) before the next columns; the accumulators wait
+ * in tl_acc between column blocks.  Long blocks keep the accumulators'
+ * loads and stores, and each call's setup, small next to its FMAs (chosen
+ * by measurement on Zen 5: 256 x 8 groups, 512 x 4 and 2048 x 2 were
+ * slower or no faster). */
+#define FB 1024
+#define FG 2
+#define FP 64
+_Static_assert(FG * FP <= CG * CP, "tl_acc holds the F32 kernel's accumulators");
+
+/* Batch rows of the next tile: six, but 8 as 4 + 4 (a tile of 2 wastes
+ * more than two of 4). */
+static inline uint32_t tile_rows(uint32_t left) { return left == 8 ? 4 : left < 6 ? left : 6; }
+
+AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
+                                         size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
+{
+    uint32_t K = m->cols;
+    const size_t gacc = (size_t)FP * KERN_GROUP * 8, gstride = m->group_bytes / sizeof(float);
+    for (uint32_t gb = g0; gb < g1; gb += FG) {
+        uint32_t ng = g1 - gb < FG ? g1 - gb : FG;
+        const float *wg = (const float *)m->data + (size_t)gb * gstride;
+        for (uint32_t p0 = 0; p0 < B; p0 += FP) {
+            uint32_t np = B - p0 < FP ? B - p0 : FP;
+            if (ng % 2) /* a lone group's tiles start from memory */
+                memset(tl_acc + (ng - 1) * gacc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+            /* The next groups' weights (one stretch of memory) are prefetched
+             * a line per slice over every tile of the first pass, so that
+             * they arrive while these compute instead of all at once. */
+            const char *pf = (const char *)(wg + FG * gstride), *pf_end = pf + FG * m->group_bytes;
+            if (p0 || gb + FG >= g1)
+                pf = pf_end;
+            uint32_t n = gb * KERN_GROUP;
+            bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+            for (uint32_t k0 = 0; k0 < K; k0 += FB) {
+                uint32_t ns = (K - k0 < FB ? K - k0 : FB) / 8;
+                bool last = k0 + FB >= K;
+                for (uint32_t b = 0, c; b < np; b += c) {
+                    c = tile_rows(np - b);
+                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                    uint32_t gi = 0;
+                    for (; gi + 2 <= ng; gi += 2) {
+                        ptiles512[c](wg + gi * gstride + (size_t)k0 * KERN_GROUP, gstride, ns, xb, ldx,
+                                     tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8, gacc, pf < pf_end ? pf : NULL,
+                                     k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                        pf += (size_t)ns * 64;
+                    }
+                    if (gi < ng)
+                        btiles512[c](wg + gi * gstride + (size_t)k0 * KERN_GROUP, ns, xb, ldx,
+                                     tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
+                }
+            }
+            if (whole)
+                continue;
+            for (uint32_t gi = 0; gi < ng; gi++) {
+                uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
+                for (uint32_t b = 0; b < np; b++)
+                    for (uint32_t r = 0; r < nr; r++)
+                        y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
+                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+            }
+        }
+    }
+}
+
+/* From this many batch rows the blocked F32 kernel beats the direct tiles. */
+#define F32_BLOCKED_MIN_ROWS 4
+
 /* From this many batch rows, converting F16 / Q8_0 weights once per step
  * beats converting them in every tile (measured: bench-engine). */
 #define CONVERT_MIN_ROWS 4
@@ -523,6 +687,10 @@ AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, s
 static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y, size_t ldy,
                         uint32_t n0, uint32_t n1)
 {
+    if (m->type == WT_F32 && B >= F32_BLOCKED_MIN_ROWS && kern_isa() >= KERN_AVX512) {
+        matmul_f32_512(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
+        return;
+    }
     if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS) {
         matmul_converted(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
         return;
@@ -703,26 +871,6 @@ static void attention_scalar(const float *q, uint32_t hd, const float *const *kb
         for (uint32_t i = 0; i < hd; i++)
             out[i] = fmaf(a, v[i], out[i]);
     }
-}
-
-/* hsum256() of eight vectors at once: lane j of the result is
- * reduce8(a[j]), with the same additions in the same order. */
-AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
-{
-    /* (l0+l4, l1+l5, l2+l6, l3+l7) of two vectors per register */
-    __m256 t01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20), _mm256_permute2f128_ps(a[0], a[1], 0x31));
-    __m256 t23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20), _mm256_permute2f128_ps(a[2], a[3], 0x31));
-    __m256 t45 = _mm256_add_ps(_mm256_permute2f128_ps(a[4], a[5], 0x20), _mm256_permute2f128_ps(a[4], a[5], 0x31));
-    __m256 t67 = _mm256_add_ps(_mm256_permute2f128_ps(a[6], a[7], 0x20), _mm256_permute2f128_ps(a[6], a[7], 0x31));
-    /* (a0+a2, a1+a3): [0 0 2 2 | 1 1 3 3] and [4 4 6 6 | 5 5 7 7] */
-    __m256 b0 = _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
-    __m256 b1 = _mm256_add_ps(_mm256_shuffle_ps(t45, t67, _MM_SHUFFLE(1, 0, 1, 0)),
-                              _mm256_shuffle_ps(t45, t67, _MM_SHUFFLE(3, 2, 3, 2)));
-    /* b0+b1: [s0 s2 s4 s6 | s1 s3 s5 s7], then in order */
-    __m256 c = _mm256_add_ps(_mm256_shuffle_ps(b0, b1, _MM_SHUFFLE(2, 0, 2, 0)),
-                             _mm256_shuffle_ps(b0, b1, _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm256_permutevar8x32_ps(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
 /* q and the output stay in registers (hd/8 of each); keys and values are

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <unistd.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +61,22 @@ static void make_matrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t co
         kern_row(w, r, *exact + (size_t)r * cols);
 }
 
+/* y [B][N] = x [B][K] ex^T within rounding of a double-precision sum. */
+static void expect_near_double(const float *ex, const float *x, const float *y, uint32_t B, uint32_t N, uint32_t K,
+                               const char *what)
+{
+    for (uint32_t b = 0; b < B; b++)
+        for (uint32_t n = 0; n < N; n++) {
+            double ref = 0, mag = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                ref += (double)ex[(size_t)n * K + k] * x[(size_t)b * K + k];
+                mag += fabs((double)ex[(size_t)n * K + k] * x[(size_t)b * K + k]);
+            }
+            if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-7)
+                fail_msg("%s: y[%u][%u] = %.9g, want %.9g", what, b, n, y[(size_t)b * N + n], ref);
+        }
+}
+
 static void test_kern_matmul_agrees_with_double_precision(void **state)
 {
     (void)state;
@@ -82,17 +99,9 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
         enum kern_isa old = kern_set_isa(isa);
         kern_matmul(&km, x, K, B, y, N, 0, N);
         kern_set_isa(old);
-        for (uint32_t b = 0; b < B; b++)
-            for (uint32_t n = 0; n < N; n++) {
-                double ref = 0, mag = 0;
-                for (uint32_t k = 0; k < K; k++) {
-                    ref += (double)ex[(size_t)n * K + k] * x[(size_t)b * K + k];
-                    mag += fabs((double)ex[(size_t)n * K + k] * x[(size_t)b * K + k]);
-                }
-                if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-7)
-                    fail_msg("%s (%s) y[%u][%u] = %g, want %g", wtype_name(types[ti / 2 % 3]), kern_isa_name(isa), b, n,
-                             y[(size_t)b * N + n], ref);
-            }
+        char what[64];
+        snprintf(what, sizeof what, "%s (%s)", wtype_name(types[ti / 2 % 3]), kern_isa_name(isa));
+        expect_near_double(ex, x, y, B, N, K, what);
         kern_unpack_free(&km);
         free((void *)w.data);
         free(ex);
@@ -151,6 +160,55 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
         free(full);
         free(part);
     }
+}
+
+/* The blocked F32 kernel (AVX-512, from 4 batch rows): a row's outputs are
+ * the same bits whatever the batch size (every remainder of its 6-row and
+ * 4-row tiles, more than one pass of 64 rows), over row ranges that leave a
+ * group without its pair, with K past one column block (1024) and not a
+ * whole number of them; the same bits as the scalar reference, and within
+ * rounding of a double-precision sum. */
+static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(void **state)
+{
+    (void)state;
+    uint32_t N = 30, K = 2056, BMAX = 70; /* 30 rows: 7 groups, the last half full */
+    struct wmat w;
+    float *ex;
+    make_matrix(&w, WT_F32, N, K, &ex);
+    float *x = malloc(sizeof(float) * BMAX * K), *alone = malloc(sizeof(float) * BMAX * N),
+          *y = malloc(sizeof(float) * BMAX * N), *ref = malloc(sizeof(float) * BMAX * N);
+    for (uint32_t i = 0; i < BMAX * K; i++)
+        x[i] = (float)frand();
+    struct kmat km;
+    assert_int_equal(kern_pack(&w, &km), 0);
+    for (uint32_t b = 0; b < BMAX; b++)
+        kern_matmul(&km, x + (size_t)b * K, K, 1, alone + (size_t)b * N, N, 0, N);
+    enum kern_isa old = kern_set_isa(KERN_SCALAR);
+    kern_matmul(&km, x, K, BMAX, ref, N, 0, N);
+    kern_set_isa(old);
+    assert_memory_equal(alone, ref, sizeof(float) * BMAX * N);
+    expect_near_double(ex, x, alone, BMAX, N, K, "F32, each row alone");
+    uint32_t sizes[] = {4, 5, 6, 7, 8, 9, 10, 13, 14, 16, 20, 32, 33, 37, 63, 64, 65, 70};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        uint32_t B = sizes[si];
+        memset(y, 0, sizeof(float) * B * N);
+        /* the whole matrix, and in ranges of 12 and 8 rows (a lone group) */
+        kern_matmul(&km, x, K, B, y, N, 0, N);
+        if (memcmp(y, alone, sizeof(float) * B * N))
+            fail_msg("%u rows: differs from each row alone (%s)", B, kern_isa_name(kern_isa()));
+        memset(y, 0, sizeof(float) * B * N);
+        for (uint32_t n0 = 0; n0 < N; n0 += si % 2 ? 12 : 8)
+            kern_matmul(&km, x, K, B, y, N, n0, n0 + (si % 2 ? 12 : 8));
+        if (memcmp(y, alone, sizeof(float) * B * N))
+            fail_msg("%u rows in row ranges: differs from each row alone (%s)", B, kern_isa_name(kern_isa()));
+    }
+    kern_unpack_free(&km);
+    free((void *)w.data);
+    free(ex);
+    free(x);
+    free(alone);
+    free(y);
+    free(ref);
 }
 
 static void test_kern_dot_matches_scalar_and_rmsnorm_normalizes(void **state)
@@ -545,6 +603,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kern_matmul_agrees_with_double_precision),
         cmocka_unit_test(test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa),
+        cmocka_unit_test(test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
         cmocka_unit_test(test_pool_runs_every_task_exactly_once),
         cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),
