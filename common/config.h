@@ -61,6 +61,7 @@
     X(SIZE, worker, kv_cache_bytes,    "0",              0, 1099511627776, "KV-cache memory (0: enough for max_batch sequences of 2048 tokens, at most 1/4 of RAM)") \
     X(INT,  worker, kv_block_tokens,   "16",             1, 1024,   "tokens per KV-cache block") \
     X(BOOL, worker, prefix_cache,      "true",           0, 0,      "keep the KV blocks of recent prompts and outputs, keyed by their tokens, and prefill only what a new request does not share with them (exact: the same tokens either way)") \
+    X(SIZE, worker, prefix_cache_bytes, "256M",          0, 1099511627776, "KV blocks the prefix cache keeps idle at most (least recently used evicted past it); they are evicted first under memory pressure too") \
     X(INT,  worker, context,           "0",              0, 1048576, "context length (0: the model's)") \
     X(DBL,  worker, target_latency_ms, "50",             1, 60000,  "the batch cap rises while step time stays under this") \
     X(DBL,  worker, max_latency_ms,    "100",            1, 60000,  "the batch cap falls when step time rises above this") \

@@ -66,6 +66,7 @@ int engine_open(const struct rill_config *c, bool progress, struct engine *e, ch
     }
     /* Fake tokens compute no keys or values worth keeping. */
     kv_prefix_enable(e->kv, c->prefix_cache && !c->fake_tokens);
+    kv_prefix_limit(e->kv, (size_t)c->prefix_cache_bytes);
     uint32_t max_rows = (uint32_t)c->max_batch + (uint32_t)c->prefill_chunk;
     rc = fwd_create(e->model, e->kv, e->pool, max_rows, e->max_ctx, &e->fwd, why, why_len);
     if (rc) {

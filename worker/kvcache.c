@@ -28,6 +28,7 @@ struct kv {
      * a hash table of published blocks (heads per bucket, chained through
      * bnext); idle published blocks on a doubly linked LRU list. */
     bool prefix;
+    uint32_t max_idle;    /* idle cached blocks kept at most (UINT32_MAX: as many as free room allows) */
     bool *pub;
     uint64_t *hash;
     uint32_t *parent, *parent_gen; /* the cached block before it (KV_NONE: first) */
@@ -62,6 +63,7 @@ int kv_create(uint32_t n_layers, uint32_t kv_dim, uint32_t block_tokens, size_t 
     struct kv *kv = calloc(1, sizeof *kv);
     if (!kv)
         return RILL_E_NOMEM;
+    kv->max_idle = UINT32_MAX;
     kv->n_layers = n_layers;
     kv->kv_dim = kv_dim;
     kv->block_tokens = block_tokens;
@@ -247,6 +249,11 @@ void kv_release(struct kv *kv, struct kv_seq *s)
             continue;
         if (kv->pub[id] && kv->prefix) {
             lru_push_tail(kv, id);
+            /* Over the bound: the least recently used goes back to the free
+             * stack, whose top is reused first, so the pages the cache
+             * touches stay a bounded set. */
+            while (kv->n_idle > kv->max_idle && kv->lru_head != KV_NONE)
+                kv->free_ids[kv->n_free++] = evict_lru(kv);
             continue;
         }
         if (kv->pub[id])
@@ -301,6 +308,14 @@ size_t kv_trim(struct kv *kv)
 }
 
 /* --- prefix cache ------------------------------------------------------------------------ */
+
+void kv_prefix_limit(struct kv *kv, size_t bytes)
+{
+    size_t n = bytes / kv->block_bytes;
+    kv->max_idle = n < UINT32_MAX ? (uint32_t)n : UINT32_MAX;
+    if (kv->n_idle > kv->max_idle)
+        kv_prefix_evict(kv, kv->n_idle - kv->max_idle);
+}
 
 void kv_prefix_enable(struct kv *kv, bool on)
 {

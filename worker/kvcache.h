@@ -100,6 +100,10 @@ size_t kv_trim(struct kv *kv);
 /* Turn the prefix cache on or off.  Off: nothing is published or attached,
  * and every idle cached block is evicted. */
 void kv_prefix_enable(struct kv *kv, bool on);
+/* Keep at most `bytes` of idle cached blocks (whole blocks, rounded down):
+ * past it the least recently used are evicted as sequences let go of them.
+ * Unbounded until called (then only free room bounds it). */
+void kv_prefix_limit(struct kv *kv, size_t bytes);
 bool kv_prefix_enabled(const struct kv *kv);
 
 /* s holds no blocks yet.  Attach the longest chain of cached blocks that

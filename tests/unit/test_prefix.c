@@ -252,6 +252,41 @@ static void test_idle_blocks_are_evicted_least_recently_used_first_tail_before_h
     kv_free(kv);
 }
 
+static void test_the_idle_cache_is_bounded_and_its_pages_are_reused(void **state)
+{
+    (void)state;
+    struct kv *kv = small_kv(20);
+    kv_prefix_limit(kv, 3 * kv_block_bytes(kv)); /* 3 idle blocks at most */
+    int32_t p[5][8];
+    for (int k = 0; k < 5; k++)
+        for (int i = 0; i < 8; i++)
+            p[k][i] = 100 * (k + 1) + i;
+    kv_trim(kv);
+    for (int k = 0; k < 5; k++) {
+        struct kv_seq s;
+        computed(kv, &s, p[k], 8); /* 2 blocks each */
+        kv_release(kv, &s);
+        struct kv_prefix_stats st;
+        kv_prefix_stats(kv, &st);
+        assert_true(st.idle <= 3);
+    }
+    /* The newest prompt's head block is still there; the oldest are gone. */
+    struct kv_seq d = {0};
+    assert_int_equal(kv_prefix_attach(kv, &d, p[4], 8), 8);
+    kv_release(kv, &d);
+    assert_int_equal(kv_prefix_attach(kv, &d, p[0], 8), 0);
+    kv_release(kv, &d);
+    /* Five prompts of 2 blocks touched no more than 3 cached + 2 in use:
+     * evicted blocks went to the top of the free stack and were reused. */
+    assert_true(kv_bytes_resident(kv) <= 5 * kv_block_bytes(kv));
+    /* A lower bound evicts at once. */
+    kv_prefix_limit(kv, 1 * kv_block_bytes(kv));
+    struct kv_prefix_stats st;
+    kv_prefix_stats(kv, &st);
+    assert_int_equal(st.idle, 1);
+    kv_free(kv);
+}
+
 static void test_a_disabled_cache_publishes_and_attaches_nothing(void **state)
 {
     (void)state;
@@ -770,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_only_full_computed_blocks_are_published_and_attach_finds_them),
         cmocka_unit_test(test_a_block_matches_only_after_the_same_tokens_from_position_zero),
         cmocka_unit_test(test_idle_blocks_are_evicted_least_recently_used_first_tail_before_head),
+        cmocka_unit_test(test_the_idle_cache_is_bounded_and_its_pages_are_reused),
         cmocka_unit_test(test_a_disabled_cache_publishes_and_attaches_nothing),
         cmocka_unit_test(test_suffix_prefill_after_cached_blocks_gives_the_same_kv_and_logits),
         cmocka_unit_test(test_shared_prefix_requests_give_the_same_tokens_with_and_without_the_cache),
