@@ -810,6 +810,8 @@ async def run_soak(a, p, jobs, refs):
         await asyncio.sleep(max(0.0, a.window_s - 2) + 2)  # the journals' window, and the gateway's trim
         row = sample(tag)
         row["quiet"] = quiet
+        for m in ("rill_gateway_active_streams", "rill_gateway_resumable_streams", "rill_gateway_connections"):
+            row[m] = await loop.run_in_executor(None, p.metric, m)
         checkpoints[tag] = row
         log(f"{row['t']:6.0f} s {tag}: " + ", ".join(
             f"{n} {row[n]['rss_anon_kb']} KiB/{row[n]['fds']} fds" for n in ("supervisor", "gateway", "w0", "w1")
