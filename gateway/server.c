@@ -63,6 +63,7 @@ struct server {
     uint64_t stop_at_ns;         /* drained: stop once the last frames had time to go */
     uint64_t last_trim_ns;       /* malloc_trim after bursts */
     bool busy_since_trim;
+    uint32_t used_at_trim;       /* streams in the table at the last trim */
     /* the supervisor's latest figures (its stats message), owned copies */
     char *sup_prom, *sup_json;
     size_t sup_prom_len, sup_json_len;
@@ -370,11 +371,15 @@ static void on_tick(lws_sorted_usec_list_t *sul)
     telemetry_tick(&t->g->tel, now, &tg);
     limits_prune(&t->g->limits, now);
     /* After a burst, give the allocator's free memory back to the system
-     * once the gateway is idle (at most once a second). */
-    if (stream_table_active(&t->g->streams) == 0 && t->g->busy_since_trim && now - t->g->last_trim_ns > 1000000000ull) {
+     * once the gateway is idle (at most once a second), and again when
+     * streams kept for a resume were let go of since (their logs). */
+    bool kept_changed = t->g->streams.used != t->g->used_at_trim;
+    if (stream_table_active(&t->g->streams) == 0 && (t->g->busy_since_trim || kept_changed) &&
+        now - t->g->last_trim_ns > 1000000000ull) {
         malloc_trim(0);
         t->g->last_trim_ns = now;
         t->g->busy_since_trim = false;
+        t->g->used_at_trim = t->g->streams.used;
     }
     if (stream_table_active(&t->g->streams))
         t->g->busy_since_trim = true;

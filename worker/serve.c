@@ -28,6 +28,7 @@
 #include "common/zsock.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,6 +68,9 @@ struct server {
     struct engine *e;
     struct intake *intake;       /* requests being tokenized */
     struct journal *jrn;         /* what a restarted gateway adopts */
+    bool busy_since_trim;        /* malloc_trim after bursts */
+    uint64_t idle_since_ns;
+    uint32_t kept_at_trim;
     bool fresh;                  /* a request went to the intake since the last step */
     struct ring *ring;
     char ring_name[RING_NAME_MAX];
@@ -383,6 +387,20 @@ static void heartbeat(struct server *sv, uint64_t now)
     if (sv->pressure != PRESSURE_NORMAL)
         sched_trim(sv->e->sched);
     journal_sweep(sv->jrn, now);
+    /* After a burst, the allocator's free memory goes back to the system
+     * once the worker has been idle a second (the gateway does the same). */
+    bool idle = !sched_busy(sv->e->sched) && !intake_count(sv->intake);
+    if (!idle) {
+        sv->busy_since_trim = true;
+        sv->idle_since_ns = 0;
+    } else if (!sv->idle_since_ns) {
+        sv->idle_since_ns = now;
+    } else if ((sv->busy_since_trim || journal_count(sv->jrn) != sv->kept_at_trim) &&
+               now - sv->idle_since_ns > 1000000000ull) {
+        malloc_trim(0);
+        sv->busy_since_trim = false;
+        sv->kept_at_trim = journal_count(sv->jrn);
+    }
     struct sched_stats st;
     sched_stats(sv->e->sched, &st);
     sv->rss = engine_rss_bytes();
