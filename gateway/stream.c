@@ -445,8 +445,16 @@ static void free_stream(struct stream *s)
  * output so far. */
 static void adopt(struct stream_table *t, int worker, struct proto_submit *sub)
 {
-    if (map_get(t, sub->id) || !t->resume_window_ns)
+    if (!t->resume_window_ns)
         return;
+    struct stream *had = map_get(t, sub->id);
+    if (had) {
+        /* Two workers replay it (a cancel that never reached the one it
+         * left, which then still kept it): the first is kept, and said. */
+        if (had->adopted)
+            rlog_warn("request %llu: replayed by two workers; kept the first", (unsigned long long)sub->id);
+        return;
+    }
     struct stream *s = calloc(1, sizeof *s);
     if (!s)
         return;

@@ -299,6 +299,10 @@ static void on_request(struct server *sv, struct proto_msg *m)
         /* Idempotent: an unknown id (already finished) needs no answer. */
         if (sched_cancel(sv->e->sched, m->u.cancel.id) == RILL_E_NOT_FOUND)
             intake_cancel(sv->intake, m->u.cancel.id);
+        /* The gateway wants it no more from here (its client cancelled or
+         * went away, or it moved to another worker): not one for a new
+         * gateway to adopt from here, where it ends cancelled. */
+        journal_drop(sv->jrn, m->u.cancel.id);
         break;
     default:
         rlog_warn("unexpected %s message on the request socket", proto_type_name(m->type));
@@ -387,8 +391,10 @@ static void heartbeat(struct server *sv, uint64_t now)
     if (sv->pressure != PRESSURE_NORMAL)
         sched_trim(sv->e->sched);
     journal_sweep(sv->jrn, now);
-    /* After a burst, the allocator's free memory goes back to the system
-     * once the worker has been idle a second (the gateway does the same). */
+    /* After a burst, the allocator's free memory and the pages of free KV
+     * blocks go back to the system once the worker has been idle a second
+     * (the gateway does the same): otherwise its RSS is the high-water mark
+     * of every burst so far.  Cached prefix blocks stay. */
     bool idle = !sched_busy(sv->e->sched) && !intake_count(sv->intake);
     if (!idle) {
         sv->busy_since_trim = true;
@@ -397,6 +403,7 @@ static void heartbeat(struct server *sv, uint64_t now)
         sv->idle_since_ns = now;
     } else if ((sv->busy_since_trim || journal_count(sv->jrn) != sv->kept_at_trim) &&
                now - sv->idle_since_ns > 1000000000ull) {
+        kv_trim(sv->e->kv);
         malloc_trim(0);
         sv->busy_since_trim = false;
         sv->kept_at_trim = journal_count(sv->jrn);

@@ -99,3 +99,41 @@ def test_adopted_and_new_streams_fail_over_together_exactly(pipelines, small_mod
         await b.close()
     run(main())
     assert rc.metric(p.port, "rill_gateway_failovers_total") >= 1
+
+
+def test_streams_that_moved_resume_from_their_new_worker(pipelines, small_model):
+    """Queued streams move from a busy worker to a restarted one (cancelled
+    where they were); a gateway restart after that must adopt them from the
+    worker that runs them, not from the one they left."""
+    import os
+    import signal
+    p = pipelines(small_model, workers=2, worker_args=("--max_batch", "2"))
+    jobs = [(f"v{i}", f"Moved, then the gateway died {i}", 400, sampling(SAMPLED if i % 2 else GREEDY, seed=i))
+            for i in range(10)]
+    want = {gid: rc.expected(small_model, prompt, n, params) for gid, prompt, n, params in jobs}
+
+    async def main():
+        a = await Client.connect(p.url, JSON)
+        for gid, prompt, n, params in jobs:
+            await a.generate(prompt, n, params, gid=gid)
+        await a.until(lambda: sum(len(a.gen(g).tokens) for g, *_ in jobs) >= 4)
+        os.kill(p.worker_procs[1].pid, signal.SIGKILL)
+        p.worker_procs[1].wait()
+        conftest.wait_for(lambda: rc.metric(p.port, "rill_gateway_failovers_total") >= 1, what="the failover")
+        p.restart_worker(1)
+        conftest.wait_for(lambda: (rc.metric(p.port, "rill_gateway_moves_total") or 0) >= 1, timeout=30,
+                          what="queued streams to move to the restarted worker")
+        tokens = {g: a.gen(g).accepted["resume_token"] for g, *_ in jobs}
+        await a.until(lambda: True)
+        p.restart_gateway()
+        got = {g: list(a.gen(g).tokens) for g, *_ in jobs}
+        await a.abort()
+        b = await Client.connect(p.url, MSGPACK)
+        for g, *_ in jobs:
+            await b.resume(tokens[g], len(got[g]), gid=g)
+        for g in await b.wait_done(*tokens, timeout=120):
+            g.check_order()
+            assert g.terminal["type"] == "complete" and g.terminal["finish_reason"] == "length", (g.id, g.terminal)
+            assert rc.triples(got[g.id]) + rc.triples(g.tokens) == list(want[g.id]), g.id
+        await b.close()
+    run(main())
