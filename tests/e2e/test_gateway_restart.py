@@ -123,8 +123,8 @@ def test_streams_that_moved_resume_from_their_new_worker(pipelines, small_model)
         p.restart_worker(1)
         conftest.wait_for(lambda: (rc.metric(p.port, "rill_gateway_moves_total") or 0) >= 1, timeout=30,
                           what="queued streams to move to the restarted worker")
+        await a.until(lambda: all(a.gen(g).accepted for g, *_ in jobs))
         tokens = {g: a.gen(g).accepted["resume_token"] for g, *_ in jobs}
-        await a.until(lambda: True)
         p.restart_gateway()
         got = {g: list(a.gen(g).tokens) for g, *_ in jobs}
         await a.abort()
