@@ -289,7 +289,10 @@ def supervised():
     for s in made:
         s.stop(signal.SIGKILL)
         for pid in s.pids("rill-worker") + s.pids("rill-gateway"):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it exited between pgrep and now
         s.log.close()
         os.unlink(s.log_path)
 
