@@ -96,9 +96,6 @@ static void render_metrics(const struct http_view *v, struct prom_buf *b)
     prom_counter(b, "rill_gateway_failovers_total",
                  "Generations run again on another (or the restarted) worker after theirs stopped.",
                  (double)v->failovers);
-    prom_counter(b, "rill_gateway_moves_total",
-                 "Requests moved, still queued, from a busy worker to one with room (a restarted one).",
-                 (double)v->moves);
     prom_gauge(b, "rill_gateway_connections", "Open WebSocket connections.", (double)v->connections);
     prom_gauge(b, "rill_gateway_active_streams", "Generations in progress.", (double)v->active_streams);
     prom_gauge(b, "rill_gateway_resumable_streams",

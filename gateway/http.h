@@ -22,7 +22,6 @@ struct http_view {
     int workers_ready;
     uint32_t connections, active_streams;
     uint32_t resumable_streams;  /* kept for a resume: no connection has them */
-    uint64_t moves;              /* queued requests moved to a less loaded worker */
     uint64_t failovers;          /* generations run again after their worker stopped */
     bool shutting_down;
     const char *sup_prom;        /* the supervisor's figures (Prometheus text), or NULL */

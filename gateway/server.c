@@ -196,7 +196,6 @@ static void http_view_of(const struct server *g, struct http_view *v)
                             .connections = g->limits.n_conns,
                             .active_streams = stream_table_active(&g->streams),
                             .resumable_streams = g->streams.detached,
-                            .moves = g->streams.moves,
                             .failovers = g->streams.failovers,
                             .shutting_down = g->ss.shutting_down,
                             .sup_prom = g->sup_prom,

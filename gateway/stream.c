@@ -209,11 +209,6 @@ static int prior_records(const struct stream *s, struct obuf *out)
     return 0;
 }
 
-/* s is run again from what was delivered (its worker stopped, or it moved
- * while queued): the new worker gets the ids as prefill, the last records,
- * and a place ahead of new requests. */
-static bool rerun(const struct stream *s) { return s->failovers || s->moves; }
-
 /* Send s to the least-loaded worker that has not refused it.  When none
  * can take it: a stream failing over waits (may_wait) while a worker is
  * ready or can come back; any other ends with the reason. */
@@ -228,7 +223,7 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
                     s->waiting_since_ns = now_ns;
                     t->waiting++;
                 }
-            } else if (rerun(s)) {
+            } else if (s->failovers) {
                 s->term_final = !any && !back;
                 conclude(t, s, RILL_E_WORKER_LOST, PROTO_FINISH_ERROR,
                          "the worker running this generation stopped, and no worker can take it over");
@@ -246,7 +241,7 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
         }
         s->worker = w;
         s->tried |= 1ull << w;
-        if (rerun(s)) { /* the tokens delivered so far are the rest of the prompt */
+        if (s->failovers) { /* the tokens delivered so far are the rest of the prompt */
             s->submit.prompt_tokens = s->ids;
             s->submit.n_prompt_tokens = s->next_pos;
             s->submit.skip = s->next_pos;
@@ -256,10 +251,10 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
         /* A stream its worker left has a client waiting mid-answer (or
          * since before the newer requests came): ahead of them in the new
          * worker's queue. */
-        if (rerun(s))
+        if (s->failovers)
             m.u.submit.priority = FAILOVER_PRIORITY;
         struct obuf prior = {0};
-        if (rerun(s) && prior_records(s, &prior) == 0 && prior.len)
+        if (s->failovers && prior_records(s, &prior) == 0 && prior.len)
             m.u.submit.prior = (struct proto_text){(const char *)obuf_data(&prior), (uint32_t)prior.len};
         int rc = transport_send(t->tp, w, &m);
         obuf_free(&prior);
@@ -268,8 +263,6 @@ static void route(struct stream_table *t, struct stream *s, uint64_t now_ns, boo
         if (rc == 0) {
             transport_inflight(t->tp, w, +1);
             s->awaiting_reply = true;
-            s->sent_ns = now_ns;
-            s->heard = false;
             if (s->waiting_since_ns) {
                 s->waiting_since_ns = 0;
                 t->waiting--;
@@ -324,57 +317,9 @@ static void sweep_detached(struct stream_table *t, uint64_t now_ns)
     }
 }
 
-/* Move s, which its worker has not started (nothing heard since it was
- * sent), to worker `to`: cancelled there, run here from what was delivered.
- * Records its old worker may still write are ignored (only the current
- * worker's count), and the new one gives the same tokens. */
-static void move(struct stream_table *t, struct stream *s, int to, uint64_t now_ns)
-{
-    stream_cancel(t, s);
-    transport_inflight(t->tp, s->worker, -1);
-    s->worker = -1;
-    s->awaiting_reply = false;
-    s->refusal = 0;
-    s->tried = ~(1ull << to);
-    s->moves++;
-    t->moves++;
-    route(t, s, now_ns, true);
-}
-
-/* When one worker holds many more requests than another (a worker that
- * restarted empty while the other took over its streams, typically),
- * requests still queued on the busy one move to the idle one: a client
- * waiting behind a full batch gets a worker that has room.  Only those sent
- * more than REBALANCE_WAIT_NS ago that have not started; half the
- * difference at most. */
-#define REBALANCE_GAP     8
-#define REBALANCE_WAIT_NS 100000000ull
-static void rebalance(struct stream_table *t, uint64_t now_ns)
-{
-    int lo = transport_pick(t->tp, 0), hi = transport_busiest(t->tp);
-    if (lo < 0 || hi < 0 || lo == hi)
-        return;
-    uint32_t in_lo = transport_inflight_of(t->tp, lo), in_hi = transport_inflight_of(t->tp, hi);
-    if (in_hi < in_lo + REBALANCE_GAP)
-        return;
-    uint32_t budget = (in_hi - in_lo) / 2, moved = 0;
-    for (uint32_t i = 0; i < t->cap && moved < budget; i++) {
-        struct stream *s = t->map[i];
-        if (!s || s == TOMB || s->worker != hi || s->heard || s->awaiting_reply || s->state == STREAM_DONE ||
-            now_ns < s->sent_ns + REBALANCE_WAIT_NS)
-            continue;
-        move(t, s, lo, now_ns);
-        moved++;
-    }
-    if (moved)
-        rlog_info("moved %u queued request(s) from worker %s to worker %s (%u and %u in flight)", moved,
-                  transport_worker_id(t->tp, hi), transport_worker_id(t->tp, lo), in_hi, in_lo);
-}
-
 void stream_table_tick(struct stream_table *t, uint64_t now_ns)
 {
     sweep_detached(t, now_ns);
-    rebalance(t, now_ns);
     if (!t->waiting)
         return;
     for (uint32_t i = 0; i < t->cap && t->waiting; i++) {
@@ -507,10 +452,7 @@ void stream_on_msg(struct stream_table *t, int worker, struct proto_msg *m)
     }
     if (m->type == PROTO_ACCEPTED) {
         struct stream *s = map_get(t, m->u.accepted.id);
-        if (!s || s->worker != worker)
-            return;
-        s->awaiting_reply = false; /* queued there (a failover's is not news to its client) */
-        if (s->state == STREAM_QUEUED) {
+        if (s && s->worker == worker && s->state == STREAM_QUEUED) {
             s->state = STREAM_ACCEPTED;
             s->ev->accepted(s->ev->ctx, s);
         }
@@ -527,7 +469,7 @@ void stream_on_msg(struct stream_table *t, int worker, struct proto_msg *m)
     s->worker = -1;
     if (code == RILL_E_OVERLOADED || code == RILL_E_SHUTTING_DOWN) {
         s->refusal = code;
-        route(t, s, clock_ns(), rerun(s)); /* another worker may have room */
+        route(t, s, clock_ns(), s->failovers > 0); /* another worker may have room */
         return;
     }
     conclude(t, s, code, PROTO_FINISH_ERROR, m->u.rejected.message);
@@ -759,7 +701,6 @@ void stream_on_token(struct stream_table *t, int worker, const struct proto_toke
     struct stream *s = map_get(t, tk->req_id);
     if (!s || s->state == STREAM_DONE || s->worker != worker)
         return; /* abandoned by its client, ended, or from a worker it left */
-    s->heard = true;
     if (s->state == STREAM_QUEUED) {
         /* The ring carries a request's accepted ahead of its tokens: a token
          * first is a worker's bug, not a race. */

@@ -75,10 +75,7 @@ struct stream {
     uint32_t next_pos;           /* the next position the client expects */
     int32_t *ids;                /* ids[0 .. next_pos): the tokens delivered */
     uint32_t ids_cap;
-    uint32_t failovers;          /* times its worker stopped under it */
-    uint32_t moves;              /* times it was moved to a less loaded worker, still queued */
-    uint64_t sent_ns;            /* when it was last submitted */
-    bool heard;                  /* a token came from its current worker since */
+    uint32_t failovers;          /* times it was submitted again */
     uint64_t affinity;           /* hash of the prompt's first bytes: the worker whose cache has them */
     uint64_t waiting_since_ns;   /* failing over with no worker to take it (0: not) */
     /* resume */
@@ -125,7 +122,6 @@ struct stream_table {
     uint64_t failover_timeout_ns;
     uint32_t waiting;            /* streams failing over that no worker took yet */
     uint64_t failovers;          /* for /metrics */
-    uint64_t moves;
     uint64_t resume_window_ns;   /* 0: a stream dies with its connection */
     size_t log_cap, log_total_cap, log_total;
     uint32_t detached, retired;

@@ -322,24 +322,6 @@ int transport_pick(const struct transport *t, uint64_t exclude)
     return best;
 }
 
-int transport_busiest(const struct transport *t)
-{
-    int best = -1;
-    for (int i = 0; i < t->n_workers; i++) {
-        const struct transport_worker *w = &t->workers[i];
-        if (!w->in_use || !w->up || w->draining)
-            continue;
-        if (best < 0 || w->inflight > t->workers[best].inflight)
-            best = i;
-    }
-    return best;
-}
-
-uint32_t transport_inflight_of(const struct transport *t, int worker)
-{
-    return worker >= 0 && worker < t->n_workers ? t->workers[worker].inflight : 0;
-}
-
 int transport_pick_affine(const struct transport *t, uint64_t exclude, uint64_t key)
 {
     int least = transport_pick(t, exclude);

@@ -120,10 +120,6 @@ int transport_pick(const struct transport *t, uint64_t exclude);
  * than the least loaded one.  Key 0: the least loaded. */
 #define TRANSPORT_AFFINITY_SLACK 4
 int transport_pick_affine(const struct transport *t, uint64_t exclude, uint64_t key);
-/* The most loaded worker that can take new requests (-1: none), and a
- * worker's requests in flight. */
-int transport_busiest(const struct transport *t);
-uint32_t transport_inflight_of(const struct transport *t, int worker);
 /* Workers that can take new requests. */
 int transport_ready(const struct transport *t);
 /* Whether a worker may still become ready (false once the supervisor has
