@@ -566,20 +566,6 @@ int server_run(const struct rill_config *c)
     stream_table_init(&g->streams, &g->tp, epoch, (uint64_t)c->failover_timeout_s * 1000000000ull);
     stream_table_resume(&g->streams, (uint64_t)c->resume_window_s * 1000000000ull, (size_t)c->resume_log_bytes,
                         (size_t)c->resume_log_total_bytes);
-    {
-        uint8_t key[STREAM_KEY_LEN];
-        char run_dir[CFG_STR_MAX];
-        cfg_run_dir(c, run_dir, sizeof run_dir);
-        if (rundir_key(run_dir, RUNDIR_RESUME_KEY, key, sizeof key)) {
-            if (c->resume_window_s)
-                rlog_warn("no resume key in %s: resume tokens will not outlive this gateway process", run_dir);
-            if (getrandom(key, sizeof key, 0) != sizeof key) {
-                free(g);
-                return RILL_E_IO;
-            }
-        }
-        stream_table_key(&g->streams, key);
-    }
     session_init(&g->ss, c, &g->limits, &g->streams, &g->writers, &g->tel, &g->m, &g->tp);
     openai_init(&g->oa, c, &g->limits, &g->streams, &g->tel, &g->m, &g->tp, &g->ss.shutting_down, epoch);
     int rc = parse_listen(c->listen, g->host, sizeof g->host, &g->port);
@@ -596,6 +582,22 @@ int server_run(const struct rill_config *c)
     if ((rc = probe_listen(g->host, g->port, why, sizeof why))) {
         server_free(g);
         return startup_failed(c, rc, "%s", why);
+    }
+    /* The resume key, once the gateway can start (a refused start leaves
+     * nothing in the run dir). */
+    {
+        uint8_t key[STREAM_KEY_LEN];
+        char run_dir[CFG_STR_MAX];
+        cfg_run_dir(c, run_dir, sizeof run_dir);
+        if (rundir_key(run_dir, RUNDIR_RESUME_KEY, key, sizeof key)) {
+            if (c->resume_window_s)
+                rlog_warn("no resume key in %s: resume tokens will not outlive this gateway process", run_dir);
+            if (getrandom(key, sizeof key, 0) != sizeof key) {
+                server_free(g);
+                return startup_failed(c, RILL_E_IO, "no randomness for the resume key");
+            }
+        }
+        stream_table_key(&g->streams, key);
     }
     char web_root[CFG_STR_MAX];
     http_web_root(c, web_root, sizeof web_root);

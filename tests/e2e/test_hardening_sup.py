@@ -85,7 +85,7 @@ def test_a_signal_drains_running_generations_then_exits_0(supervised, small_mode
     s.proc.wait(timeout=30)
     assert s.proc.returncode == 0
     assert time.time() - t0 < 30  # drain_timeout_s
-    wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+    wait_for(lambda: s.leftovers() == ([], False, []), timeout=30, what="nothing left behind")
     assert "worker_lost" not in s.text()
 
 
@@ -96,7 +96,7 @@ def test_a_drain_on_two_workers_finishes_both(supervised, small_model):
     check_drained(results, late)
     s.proc.wait(timeout=30)
     assert s.proc.returncode == 0
-    wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+    wait_for(lambda: s.leftovers() == ([], False, []), timeout=30, what="nothing left behind")
 
 
 def test_a_killed_supervisor_leaves_its_children_draining_not_dying(supervised, small_model):
@@ -109,7 +109,7 @@ def test_a_killed_supervisor_leaves_its_children_draining_not_dying(supervised, 
         print(s.text()[-6000:])
         raise
     wait_for(lambda: not s.pids("rill-worker") and not s.pids("rill-gateway"), timeout=30, what="children gone")
-    wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+    wait_for(lambda: s.leftovers() == ([], False, []), timeout=30, what="nothing left behind")
 
 
 # --- item 3: start-up errors exit, with their cause ------------------------------------------
@@ -212,7 +212,7 @@ def test_a_port_in_use_is_a_start_up_error(supervised, tiny_model):
         assert s.proc.returncode == 1
         assert lines[-1] == f"rill: cannot start: gateway: 127.0.0.1:{port} already in use", lines[-3:]
         assert time.time() - t0 < 15
-    wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+    wait_for(lambda: s.leftovers() == ([], False, []), timeout=30, what="nothing left behind")
 
 
 def test_an_address_that_cannot_be_bound_is_a_start_up_error(supervised, tiny_model):
@@ -257,7 +257,7 @@ def test_after_ready_a_worker_that_cannot_start_again_stops_the_supervisor(super
     assert s.proc.returncode == 1
     last = [l for l in s.text().splitlines() if l.strip()][-1]
     assert last.startswith(f"rill: stopped: model: {model}: "), last
-    wait_for(lambda: s.leftovers() == ([], False, []), timeout=10, what="nothing left behind")
+    wait_for(lambda: s.leftovers() == ([], False, []), timeout=30, what="nothing left behind")
 
 
 # --- item 4: secrets never on a command line ----------------------------------------------------
