@@ -193,23 +193,17 @@ static int parse_params(const cJSON *p, struct creq *r, char *msg, size_t n)
             return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.top_logprobs: expected an integer in [0, %d]", PROTO_MAX_TOP);
         r->top_logprobs = (uint32_t)j->valuedouble;
     }
-    j = cJSON_GetObjectItemCaseSensitive(p, "timestamps");
-    if (j) {
+    const struct {
+        const char *name;
+        bool *dst;
+    } flags[] = {{"timestamps", &r->timestamps}, {"ignore_eos", &r->ignore_eos}, {"parse_special", &r->parse_special}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        j = cJSON_GetObjectItemCaseSensitive(p, flags[i].name);
+        if (!j)
+            continue;
         if (!cJSON_IsBool(j))
-            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.timestamps: expected true or false");
-        r->timestamps = cJSON_IsTrue(j);
-    }
-    j = cJSON_GetObjectItemCaseSensitive(p, "ignore_eos");
-    if (j) {
-        if (!cJSON_IsBool(j))
-            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.ignore_eos: expected true or false");
-        r->ignore_eos = cJSON_IsTrue(j);
-    }
-    j = cJSON_GetObjectItemCaseSensitive(p, "parse_special");
-    if (j) {
-        if (!cJSON_IsBool(j))
-            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.parse_special: expected true or false");
-        r->parse_special = cJSON_IsTrue(j);
+            return rill_fail(msg, n, RILL_E_BAD_REQUEST, "params.%s: expected true or false", flags[i].name);
+        *flags[i].dst = cJSON_IsTrue(j);
     }
     j = cJSON_GetObjectItemCaseSensitive(p, "seed");
     if (j && !cJSON_IsNull(j)) {
