@@ -270,6 +270,16 @@ bench-memory: $(BINS) $(B)/rill-bench-memory $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	$(PYTHON) tools/bench-memory.py --build $(B) $(BENCH_MEMORY_ARGS)
 
+# llama.cpp on this machine (node-llama-cpp's prebuilt CPU library, npm-installed
+# into $(B)/llcpp-node on first use): pp512/tg128 on the --vs-llama files,
+# alternated with rill-bench-engine's, and a burst of 32's first token, into
+# $(B)/bench/llamacpp.json.  Not in bench.  BENCH_LLAMACPP_ARGS: e.g. --shapes
+# small-134m,llama3-1b --reps 5.
+.PHONY: bench-llamacpp
+bench-llamacpp: $(B)/rill-bench-engine $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	node tools/bench-llamacpp.mjs --build $(B) --rill --burst 32 $(BENCH_LLAMACPP_ARGS)
+
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
 # $(B)/bench-baseline/ (outside git: figures belong to a machine), and
