@@ -3,6 +3,7 @@
  *
  *   rill-gateway [--config FILE] [--key value ...]
  */
+#include "common/memtune.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -27,6 +28,7 @@ static int other_arg(int argc, char **argv, int i, void *ctx)
 
 int main(int argc, char **argv)
 {
+    memtune_apply(argv); /* first: it may re-execute the process (common/memtune.h) */
     struct rill_config c;
     cfg_defaults(&c);
     int help = 0;

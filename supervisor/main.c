@@ -4,6 +4,7 @@
  *   rill-supervisor [--config FILE] [--port P] [--key value ...]
  * (deploy/rill-up is the friendly front: it also makes the default model.)
  */
+#include "common/memtune.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -39,6 +40,7 @@ static int other_arg(int argc, char **argv, int i, void *ctx)
 
 int main(int argc, char **argv)
 {
+    memtune_apply(argv); /* first: it may re-execute the process (common/memtune.h) */
     struct rill_config c;
     cfg_defaults(&c);
     struct extra x = {0};

@@ -409,6 +409,7 @@ class Load:
         self.idle = 0                # clients waiting at the pause
         self.idle_changed = asyncio.Event()
         self.connected = 0
+        self.close_on_pause = False  # a pause closes every connection (the soak's checkpoints)
 
     async def client(self, ci):
         rnd = random.Random(self.seed * 100003 + ci)
@@ -418,6 +419,10 @@ class Load:
         try:
             while not self.stopping:
                 if not self.paused.is_set():
+                    if ws is not None and self.close_on_pause:
+                        await ws.close()
+                        self.connected -= 1
+                        ws = None
                     self.idle += 1
                     self.idle_changed.set()
                     await self.paused.wait()
@@ -779,6 +784,7 @@ def chaos(a):
 async def run_soak(a, p, jobs, refs):
     stats = Stats()
     load = Load(p.url, jobs, refs, a.clients, a.seed, a.drop_p, 0.2, stats)
+    load.close_on_pause = True
     samples, checkpoints = [], {}
     t0 = time.monotonic()
     warm = min(a.warmup, a.seconds / 2)
@@ -796,7 +802,9 @@ async def run_soak(a, p, jobs, refs):
     async def checkpoint(tag):
         quiet = await load.pause()
         await asyncio.sleep(2)  # the gateway closes what the pause left half done
-        # Like with like: nothing kept for a resume (generations outlive
+        # Like with like: no connection open (the pause closed them all, so
+        # what the last few allocated is not counted), nothing kept for a
+        # resume (generations outlive
         # their connections by resume_window_s, the workers' journals keep
         # finished ones for journal_window_s), and the gateway idle long
         # enough to give its free memory back.

@@ -8,6 +8,7 @@
  *                                                          one generation to stdout
  *   rill-worker --model M --tokenize TEXT                  token ids, one line
  */
+#include "common/memtune.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/err.h"
@@ -241,6 +242,7 @@ static int run_tokenize(const struct model *m, const char *text)
 
 int main(int argc, char **argv)
 {
+    memtune_apply(argv); /* first: it may re-execute the process (common/memtune.h) */
     struct rill_config c;
     cfg_defaults(&c);
     struct cli cl = {.n = 64};
