@@ -282,6 +282,14 @@ bench-llamacpp: $(B)/rill-bench-engine $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	node tools/bench-llamacpp.mjs --build $(B) --rill --burst 32 $(BENCH_LLAMACPP_ARGS)
 
+# TTFT against llama.cpp's llama-server (LLAMA_SERVER=path, built from llama.cpp's
+# source; not built here): burst 32 and Poisson, short and ~200-token prompts,
+# runs alternated, into $(B)/bench/vs-llamacpp.json.  Not in bench.
+.PHONY: bench-vs-llamacpp
+bench-vs-llamacpp: $(BINS) $(B)/rill-mkmodel
+	@mkdir -p $(B)/bench
+	$(PYTHON) tools/bench-vs-llamacpp.py --build $(B) $(BENCH_VS_LLAMACPP_ARGS)
+
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
 # $(B)/bench-baseline/ (outside git: figures belong to a machine), and
