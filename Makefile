@@ -282,13 +282,23 @@ bench-llamacpp: $(B)/rill-bench-engine $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
 	node tools/bench-llamacpp.mjs --build $(B) --rill --burst 32 $(BENCH_LLAMACPP_ARGS)
 
-# TTFT against llama.cpp's llama-server (LLAMA_SERVER=path, built from llama.cpp's
-# source; not built here): burst 32 and Poisson, short and ~200-token prompts,
-# runs alternated, into $(B)/bench/vs-llamacpp.json.  Not in bench.
+# llama.cpp's llama-bench and llama-server built here from the source that
+# npm's node-llama-cpp ships (tools/build-llamacpp.sh; ~15 min once), into
+# $(B)/llcpp-src/build/bin.
+.PHONY: llamacpp
+llamacpp:
+	@tools/build-llamacpp.sh $(B) >/dev/null
+
+# TTFT against llama.cpp's llama-server (LLAMA_SERVER=path; by default the one
+# `make llamacpp` builds, which it runs first): burst 32 and Poisson, short and
+# ~200-token prompts, runs alternated, into $(B)/bench/vs-llamacpp.json.  Not
+# in bench.
+LLAMA_SERVER ?= $(abspath $(B))/llcpp-src/build/bin/llama-server
 .PHONY: bench-vs-llamacpp
 bench-vs-llamacpp: $(BINS) $(B)/rill-mkmodel
 	@mkdir -p $(B)/bench
-	$(PYTHON) tools/bench-vs-llamacpp.py --build $(B) $(BENCH_VS_LLAMACPP_ARGS)
+	@[ -x "$(LLAMA_SERVER)" ] || tools/build-llamacpp.sh $(B) >/dev/null
+	LLAMA_SERVER=$(LLAMA_SERVER) $(PYTHON) tools/bench-vs-llamacpp.py --build $(B) $(BENCH_VS_LLAMACPP_ARGS)
 
 # Regression check: tools/bench-standard.sh runs a shorter standard set (ring,
 # engine, fan-out; a few minutes) into $(B)/bench/; bench-save keeps it in
