@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -40,6 +41,8 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#define TRIM_EVERY_NS 10000000000ull /* 10 s */
 
 struct sup {
     const struct rill_config *c;
@@ -56,6 +59,7 @@ struct sup {
     bool announced, stopping, hard_stop;
     char fatal[512];             /* why the supervisor gave up (exits non-zero), or "" */
     uint64_t started_ns, next_pressure_ns, next_stats_ns, drain_deadline_ns;
+    uint64_t next_trim_ns;       /* malloc_trim, every TRIM_EVERY_NS */
     uint32_t threads_per_worker;
     uint64_t hung_kills, pressure_msgs, set_batch_msgs;
     int initial_workers;         /* how many run at start (workers, within min..max) */
@@ -1173,6 +1177,14 @@ int sup_run(const struct rill_config *c)
         if (now >= s->next_stats_ns) {
             write_stats(s, now);
             s->next_stats_ns = now + 500000000ull;
+        }
+        if (now >= s->next_trim_ns) {
+            /* The stats text built twice a second grows with its counters'
+             * digits, and each longer buffer lands higher in the heap,
+             * whose freed pages glibc keeps: the 30-minute soak saw +68 KiB
+             * in steps.  Trimming a 2 MiB heap costs microseconds. */
+            malloc_trim(0);
+            s->next_trim_ns = now + TRIM_EVERY_NS;
         }
         if (s->stopping && !s->hard_stop && now > s->drain_deadline_ns) {
             rlog_warn("drain took longer than %lld s: stopping the rest", (long long)c->drain_timeout_s);
