@@ -484,14 +484,12 @@ static const btile_fn btiles256[4] = {NULL, btile_1, btile_2, btile_3};
 /* Per-thread scratch, freed when its thread ends (a key's destructor: pools
  * come and go). */
 static _Thread_local float tl_acc[CG * CP * KERN_GROUP * 8] __attribute__((aligned(64)));
-static _Thread_local float tl_wbuf[CG * CB * KERN_GROUP] __attribute__((aligned(64)));
+static _Thread_local float tl_wbuf[2 * 1024 * KERN_GROUP] __attribute__((aligned(64))); /* AVX-512: XB below */
 
+/* AVX2 (AVX-512 has matmul_converted_512()). */
 AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
                                          size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
-    bool wide = kern_isa() >= KERN_AVX512;
-    const btile_fn *bt = wide ? btiles512 : btiles256;
-    uint32_t C = wide ? 6 : 3;
     uint32_t K = m->cols;
     const size_t gacc = (size_t)CP * KERN_GROUP * 8; /* one group's accumulators */
     for (uint32_t gb = g0; gb < g1; gb += CG) {
@@ -503,12 +501,12 @@ AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, s
                 uint32_t ns = (K - k0 < CB ? K - k0 : CB) / 8;
                 for (uint32_t gi = 0; gi < ng; gi++)
                     block_weights(m, gb + gi, k0, ns, tl_wbuf + (size_t)gi * CB * KERN_GROUP);
-                for (uint32_t b = 0; b < np; b += C) {
-                    uint32_t c = np - b < C ? np - b : C;
+                for (uint32_t b = 0; b < np; b += 3) {
+                    uint32_t c = np - b < 3 ? np - b : 3;
                     const float *xb = x + (size_t)(p0 + b) * ldx + k0;
                     for (uint32_t gi = 0; gi < ng; gi++)
-                        bt[c](tl_wbuf + (size_t)gi * CB * KERN_GROUP, ns, xb, ldx,
-                              tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
+                        btiles256[c](tl_wbuf + (size_t)gi * CB * KERN_GROUP, ns, xb, ldx,
+                                     tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
                 }
             }
             for (uint32_t gi = 0; gi < ng; gi++) {
@@ -677,6 +675,58 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
     }
 }
 
+
+/* F16, BF16 and Q8_0 with AVX-512: the F32 kernel's blocking on weights
+ * converted to floats XB columns of two groups at a time (2 x 4 rows x 1024
+ * floats = 32 KiB, in L1) and run through its pair tile (24 accumulators for
+ * 6 batch rows); when a row's columns fit in one block (K <= XB) the pair is
+ * converted once for every pass of activation rows.  Each lane does the same
+ * conversion ((float)q * d for Q8_0) and the same FMAs in increasing k as the
+ * direct tiles, and the same final reduction, so the bits are theirs. */
+#define XB 1024
+_Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
+
+AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float *x, size_t ldx, uint32_t B,
+                                               float *y, size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
+{
+    uint32_t K = m->cols;
+    const size_t gacc = (size_t)FP * KERN_GROUP * 8, wstride = (size_t)XB * KERN_GROUP;
+    for (uint32_t gb = g0; gb < g1; gb += 2) {
+        uint32_t ng = g1 - gb < 2 ? g1 - gb : 2, n = gb * KERN_GROUP;
+        bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+        for (uint32_t p0 = 0; p0 < B; p0 += FP) {
+            uint32_t np = B - p0 < FP ? B - p0 : FP;
+            if (ng % 2) /* a lone group's tiles start from memory */
+                memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+            for (uint32_t k0 = 0; k0 < K; k0 += XB) {
+                uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
+                bool last = k0 + XB >= K;
+                if (p0 == 0 || K > XB)
+                    for (uint32_t gi = 0; gi < ng; gi++)
+                        block_weights(m, gb + gi, k0, ns, tl_wbuf + gi * wstride);
+                for (uint32_t b = 0, c; b < np; b += c) {
+                    c = tile_rows(np - b);
+                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                    if (ng == 2)
+                        ptiles512[c](tl_wbuf, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
+                                     k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                    else
+                        btiles512[c](tl_wbuf, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+                }
+            }
+            if (whole)
+                continue;
+            for (uint32_t gi = 0; gi < ng; gi++) {
+                uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
+                for (uint32_t b = 0; b < np; b++)
+                    for (uint32_t r = 0; r < nr; r++)
+                        y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
+                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+            }
+        }
+    }
+}
+
 /* From this many batch rows the blocked F32 kernel beats the direct tiles. */
 #define F32_BLOCKED_MIN_ROWS 4
 
@@ -689,6 +739,10 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
 {
     if (m->type == WT_F32 && B >= F32_BLOCKED_MIN_ROWS && kern_isa() >= KERN_AVX512) {
         matmul_f32_512(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
+        return;
+    }
+    if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS && kern_isa() >= KERN_AVX512) {
+        matmul_converted_512(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
         return;
     }
     if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS) {
