@@ -988,10 +988,111 @@ AVX2_TARGET static void attention_avx2(const float *q, uint32_t hd, const float 
         _mm256_storeu_ps(out + 8 * i, ov[i]);
 }
 
+/* attention_avx2() with AVX-512 for a head size known at compile time (NV
+ * eight-float slices): q and the output in registers for certain, the
+ * scores of positions 2p and 2p+1 in the two halves of one register (q in
+ * both), the values' update sixteen elements to an FMA.  Each score lane and
+ * each output element sees the same FMAs in the same order, so the bits are
+ * attention_avx2()'s. */
+AVX512_TARGET static inline __attribute__((always_inline)) void attention_512(
+    const uint32_t NV, const float *q, const float *const *kb, const float *const *vb, size_t stride, uint32_t bt,
+    uint32_t n, float scale, float *s, float *out)
+{
+    __m512 qv[16], ov[8];
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV; i++)
+        qv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(q + 8 * i));
+    float mx = -INFINITY;
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *k = kb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        uint32_t t = 0;
+        for (; t + 8 <= m; t += 8, k += 8 * stride) {
+            __m512 a[4];
+            _Pragma("GCC unroll 16")
+            for (int p = 0; p < 4; p++)
+                a[p] = _mm512_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                _Pragma("GCC unroll 16")
+                for (int p = 0; p < 4; p++) {
+                    const float *k0 = k + (size_t)(2 * p) * stride + 8 * i;
+                    __m512 kv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k0)),
+                                                   _mm256_loadu_ps(k0 + stride), 1);
+                    a[p] = _mm512_fmadd_ps(qv[i], kv, a[p]);
+                }
+            __m256 r[8];
+            _Pragma("GCC unroll 16")
+            for (int p = 0; p < 4; p++) {
+                r[2 * p] = _mm512_castps512_ps256(a[p]);
+                r[2 * p + 1] = _mm512_extractf32x8_ps(a[p], 1);
+            }
+            __m256 sc = _mm256_mul_ps(reduce8x8(r), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(s + t0 + t, sc);
+            _Pragma("GCC unroll 16")
+            for (int j = 0; j < 8; j++)
+                if (s[t0 + t + (uint32_t)j] > mx)
+                    mx = s[t0 + t + (uint32_t)j];
+        }
+        for (; t < m; t++, k += stride) {
+            __m256 acc = _mm256_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                acc = _mm256_fmadd_ps(_mm512_castps512_ps256(qv[i]), _mm256_loadu_ps(k + 8 * i), acc);
+            float sc = hsum256(acc) * scale;
+            s[t0 + t] = sc;
+            if (sc > mx)
+                mx = sc;
+        }
+    }
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV / 2; i++)
+        ov[i] = _mm512_setzero_ps();
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *v = vb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        for (uint32_t t = 0; t < m; t++, v += stride) {
+            __m512 a = _mm512_set1_ps(s[t0 + t] * inv);
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV / 2; i++)
+                ov[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + 16 * i), ov[i]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV / 2; i++)
+        _mm512_storeu_ps(out + 16 * i, ov[i]);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_512_64(const float *q, const float *const *kb,
+                                                                     const float *const *vb, size_t stride,
+                                                                     uint32_t bt, uint32_t n, float scale, float *s,
+                                                                     float *out)
+{
+    attention_512(8, q, kb, vb, stride, bt, n, scale, s, out);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_512_128(const float *q, const float *const *kb,
+                                                                      const float *const *vb, size_t stride,
+                                                                      uint32_t bt, uint32_t n, float scale, float *s,
+                                                                      float *out)
+{
+    attention_512(16, q, kb, vb, stride, bt, n, scale, s, out);
+}
+
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
                     size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out)
 {
-    if (kern_isa() >= KERN_AVX2)
+    if (kern_isa() >= KERN_AVX512 && hd == 64)
+        attention_512_64(q, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
+    else if (kern_isa() >= KERN_AVX512 && hd == 128)
+        attention_512_128(q, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
+    else if (kern_isa() >= KERN_AVX2)
         attention_avx2(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
     else
         attention_scalar(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);

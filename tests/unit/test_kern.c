@@ -233,6 +233,66 @@ static void test_kern_converted_kernels_are_bit_identical_across_batch_sizes(voi
     expect_blocked_bit_identical(WT_Q8_0, 800);
 }
 
+/* Attention over paged keys and values: the same bits in every instruction
+ * set (AVX-512 has its own kernels for heads of 64 and 128; 24 takes the
+ * AVX2 one), whether the positions fill whole blocks of 16 and groups of 8
+ * or not, and near a double-precision softmax. */
+static void test_kern_attention_is_bit_identical_across_isa(void **state)
+{
+    (void)state;
+    const uint32_t hds[] = {64, 128, 24}, ns[] = {1, 7, 8, 9, 16, 37, 70}, bt = 16;
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++) {
+        uint32_t hd = hds[hi], stride = 3 * hd, nmax = 70, nblk = (nmax + bt - 1) / bt;
+        float *kv = malloc(sizeof(float) * 2 * nblk * bt * stride), q[128], out[128], ref[128], s[70];
+        for (size_t i = 0; i < (size_t)2 * nblk * bt * stride; i++)
+            kv[i] = (float)frand();
+        for (uint32_t i = 0; i < hd; i++)
+            q[i] = (float)(2 * frand());
+        const float *kb[8], *vb[8];
+        /* blocks in reverse order in memory, the head at offset hd of each position */
+        for (uint32_t b = 0; b < nblk; b++) {
+            kb[b] = kv + (size_t)(nblk - 1 - b) * bt * stride + hd;
+            vb[b] = kv + (size_t)(nblk + b) * bt * stride + hd;
+        }
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+            uint32_t n = ns[ni];
+            enum kern_isa old = kern_set_isa(KERN_SCALAR);
+            kern_attention(q, hd, kb, vb, stride, bt, n, 0.125f, s, ref);
+            kern_set_isa(old);
+            for (int isa = KERN_AVX2; isa <= KERN_AVX512; isa++) {
+                if (!kern_isa_supported((enum kern_isa)isa))
+                    continue;
+                old = kern_set_isa((enum kern_isa)isa);
+                memset(out, 0, sizeof out);
+                kern_attention(q, hd, kb, vb, stride, bt, n, 0.125f, s, out);
+                kern_set_isa(old);
+                if (memcmp(out, ref, sizeof(float) * hd))
+                    fail_msg("attention, head %u, %u positions: %s differs from scalar", hd, n,
+                             kern_isa_name((enum kern_isa)isa));
+            }
+            double sc[70], mx = -INFINITY, sum = 0;
+            for (uint32_t t = 0; t < n; t++) {
+                const float *k = kb[t / bt] + (size_t)(t % bt) * stride;
+                double d = 0;
+                for (uint32_t i = 0; i < hd; i++)
+                    d += (double)q[i] * k[i];
+                sc[t] = d * 0.125;
+                mx = fmax(mx, sc[t]);
+            }
+            for (uint32_t t = 0; t < n; t++)
+                sum += sc[t] = exp(sc[t] - mx);
+            for (uint32_t i = 0; i < hd; i++) {
+                double o = 0;
+                for (uint32_t t = 0; t < n; t++)
+                    o += sc[t] / sum * vb[t / bt][(size_t)(t % bt) * stride + i];
+                if (fabs(out[i] - o) > 1e-5)
+                    fail_msg("attention, head %u, %u positions: out[%u] = %.9g, want %.9g", hd, n, i, out[i], o);
+            }
+        }
+        free(kv);
+    }
+}
+
 static void test_kern_dot_matches_scalar_and_rmsnorm_normalizes(void **state)
 {
     (void)state;
@@ -627,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa),
         cmocka_unit_test(test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_kern_converted_kernels_are_bit_identical_across_batch_sizes),
+        cmocka_unit_test(test_kern_attention_is_bit_identical_across_isa),
         cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
         cmocka_unit_test(test_pool_runs_every_task_exactly_once),
         cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),
