@@ -484,14 +484,12 @@ static const btile_fn btiles256[4] = {NULL, btile_1, btile_2, btile_3};
 /* Per-thread scratch, freed when its thread ends (a key's destructor: pools
  * come and go). */
 static _Thread_local float tl_acc[CG * CP * KERN_GROUP * 8] __attribute__((aligned(64)));
-static _Thread_local float tl_wbuf[CG * CB * KERN_GROUP] __attribute__((aligned(64)));
+static _Thread_local float tl_wbuf[2 * 1024 * KERN_GROUP] __attribute__((aligned(64))); /* AVX-512: XB below */
 
+/* AVX2 (AVX-512 has matmul_converted_512()). */
 AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, size_t ldx, uint32_t B, float *y,
                                          size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
-    bool wide = kern_isa() >= KERN_AVX512;
-    const btile_fn *bt = wide ? btiles512 : btiles256;
-    uint32_t C = wide ? 6 : 3;
     uint32_t K = m->cols;
     const size_t gacc = (size_t)CP * KERN_GROUP * 8; /* one group's accumulators */
     for (uint32_t gb = g0; gb < g1; gb += CG) {
@@ -503,12 +501,12 @@ AVX2_TARGET static void matmul_converted(const struct kmat *m, const float *x, s
                 uint32_t ns = (K - k0 < CB ? K - k0 : CB) / 8;
                 for (uint32_t gi = 0; gi < ng; gi++)
                     block_weights(m, gb + gi, k0, ns, tl_wbuf + (size_t)gi * CB * KERN_GROUP);
-                for (uint32_t b = 0; b < np; b += C) {
-                    uint32_t c = np - b < C ? np - b : C;
+                for (uint32_t b = 0; b < np; b += 3) {
+                    uint32_t c = np - b < 3 ? np - b : 3;
                     const float *xb = x + (size_t)(p0 + b) * ldx + k0;
                     for (uint32_t gi = 0; gi < ng; gi++)
-                        bt[c](tl_wbuf + (size_t)gi * CB * KERN_GROUP, ns, xb, ldx,
-                              tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
+                        btiles256[c](tl_wbuf + (size_t)gi * CB * KERN_GROUP, ns, xb, ldx,
+                                     tl_acc + gi * gacc + (size_t)b * KERN_GROUP * 8);
                 }
             }
             for (uint32_t gi = 0; gi < ng; gi++) {
@@ -677,6 +675,58 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
     }
 }
 
+
+/* F16, BF16 and Q8_0 with AVX-512: the F32 kernel's blocking on weights
+ * converted to floats XB columns of two groups at a time (2 x 4 rows x 1024
+ * floats = 32 KiB, in L1) and run through its pair tile (24 accumulators for
+ * 6 batch rows); when a row's columns fit in one block (K <= XB) the pair is
+ * converted once for every pass of activation rows.  Each lane does the same
+ * conversion ((float)q * d for Q8_0) and the same FMAs in increasing k as the
+ * direct tiles, and the same final reduction, so the bits are theirs. */
+#define XB 1024
+_Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
+
+AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float *x, size_t ldx, uint32_t B,
+                                               float *y, size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
+{
+    uint32_t K = m->cols;
+    const size_t gacc = (size_t)FP * KERN_GROUP * 8, wstride = (size_t)XB * KERN_GROUP;
+    for (uint32_t gb = g0; gb < g1; gb += 2) {
+        uint32_t ng = g1 - gb < 2 ? g1 - gb : 2, n = gb * KERN_GROUP;
+        bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+        for (uint32_t p0 = 0; p0 < B; p0 += FP) {
+            uint32_t np = B - p0 < FP ? B - p0 : FP;
+            if (ng % 2) /* a lone group's tiles start from memory */
+                memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+            for (uint32_t k0 = 0; k0 < K; k0 += XB) {
+                uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
+                bool last = k0 + XB >= K;
+                if (p0 == 0 || K > XB)
+                    for (uint32_t gi = 0; gi < ng; gi++)
+                        block_weights(m, gb + gi, k0, ns, tl_wbuf + gi * wstride);
+                for (uint32_t b = 0, c; b < np; b += c) {
+                    c = tile_rows(np - b);
+                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                    if (ng == 2)
+                        ptiles512[c](tl_wbuf, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
+                                     k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                    else
+                        btiles512[c](tl_wbuf, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+                }
+            }
+            if (whole)
+                continue;
+            for (uint32_t gi = 0; gi < ng; gi++) {
+                uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
+                for (uint32_t b = 0; b < np; b++)
+                    for (uint32_t r = 0; r < nr; r++)
+                        y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
+                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+            }
+        }
+    }
+}
+
 /* From this many batch rows the blocked F32 kernel beats the direct tiles. */
 #define F32_BLOCKED_MIN_ROWS 4
 
@@ -689,6 +739,10 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
 {
     if (m->type == WT_F32 && B >= F32_BLOCKED_MIN_ROWS && kern_isa() >= KERN_AVX512) {
         matmul_f32_512(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
+        return;
+    }
+    if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS && kern_isa() >= KERN_AVX512) {
+        matmul_converted_512(m, x, ldx, B, y, ldy, n0 / KERN_GROUP, (n1 + KERN_GROUP - 1) / KERN_GROUP, n1);
         return;
     }
     if (m->type != WT_F32 && B >= CONVERT_MIN_ROWS) {
@@ -934,10 +988,111 @@ AVX2_TARGET static void attention_avx2(const float *q, uint32_t hd, const float 
         _mm256_storeu_ps(out + 8 * i, ov[i]);
 }
 
+/* attention_avx2() with AVX-512 for a head size known at compile time (NV
+ * eight-float slices): q and the output in registers for certain, the
+ * scores of positions 2p and 2p+1 in the two halves of one register (q in
+ * both), the values' update sixteen elements to an FMA.  Each score lane and
+ * each output element sees the same FMAs in the same order, so the bits are
+ * attention_avx2()'s. */
+AVX512_TARGET static inline __attribute__((always_inline)) void attention_512(
+    const uint32_t NV, const float *q, const float *const *kb, const float *const *vb, size_t stride, uint32_t bt,
+    uint32_t n, float scale, float *s, float *out)
+{
+    __m512 qv[16], ov[8];
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV; i++)
+        qv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(q + 8 * i));
+    float mx = -INFINITY;
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *k = kb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        uint32_t t = 0;
+        for (; t + 8 <= m; t += 8, k += 8 * stride) {
+            __m512 a[4];
+            _Pragma("GCC unroll 16")
+            for (int p = 0; p < 4; p++)
+                a[p] = _mm512_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                _Pragma("GCC unroll 16")
+                for (int p = 0; p < 4; p++) {
+                    const float *k0 = k + (size_t)(2 * p) * stride + 8 * i;
+                    __m512 kv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k0)),
+                                                   _mm256_loadu_ps(k0 + stride), 1);
+                    a[p] = _mm512_fmadd_ps(qv[i], kv, a[p]);
+                }
+            __m256 r[8];
+            _Pragma("GCC unroll 16")
+            for (int p = 0; p < 4; p++) {
+                r[2 * p] = _mm512_castps512_ps256(a[p]);
+                r[2 * p + 1] = _mm512_extractf32x8_ps(a[p], 1);
+            }
+            __m256 sc = _mm256_mul_ps(reduce8x8(r), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(s + t0 + t, sc);
+            _Pragma("GCC unroll 16")
+            for (int j = 0; j < 8; j++)
+                if (s[t0 + t + (uint32_t)j] > mx)
+                    mx = s[t0 + t + (uint32_t)j];
+        }
+        for (; t < m; t++, k += stride) {
+            __m256 acc = _mm256_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                acc = _mm256_fmadd_ps(_mm512_castps512_ps256(qv[i]), _mm256_loadu_ps(k + 8 * i), acc);
+            float sc = hsum256(acc) * scale;
+            s[t0 + t] = sc;
+            if (sc > mx)
+                mx = sc;
+        }
+    }
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        s[t] = expf(s[t] - mx);
+        sum += s[t];
+    }
+    float inv = 1.0f / sum;
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV / 2; i++)
+        ov[i] = _mm512_setzero_ps();
+    for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
+        const float *v = vb[blk];
+        uint32_t m = n - t0 < bt ? n - t0 : bt;
+        for (uint32_t t = 0; t < m; t++, v += stride) {
+            __m512 a = _mm512_set1_ps(s[t0 + t] * inv);
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV / 2; i++)
+                ov[i] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + 16 * i), ov[i]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (uint32_t i = 0; i < NV / 2; i++)
+        _mm512_storeu_ps(out + 16 * i, ov[i]);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_512_64(const float *q, const float *const *kb,
+                                                                     const float *const *vb, size_t stride,
+                                                                     uint32_t bt, uint32_t n, float scale, float *s,
+                                                                     float *out)
+{
+    attention_512(8, q, kb, vb, stride, bt, n, scale, s, out);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_512_128(const float *q, const float *const *kb,
+                                                                      const float *const *vb, size_t stride,
+                                                                      uint32_t bt, uint32_t n, float scale, float *s,
+                                                                      float *out)
+{
+    attention_512(16, q, kb, vb, stride, bt, n, scale, s, out);
+}
+
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
                     size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out)
 {
-    if (kern_isa() >= KERN_AVX2)
+    if (kern_isa() >= KERN_AVX512 && hd == 64)
+        attention_512_64(q, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
+    else if (kern_isa() >= KERN_AVX512 && hd == 128)
+        attention_512_128(q, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
+    else if (kern_isa() >= KERN_AVX2)
         attention_avx2(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);
     else
         attention_scalar(q, hd, k_blocks, v_blocks, stride, bt, n, scale, scores, out);

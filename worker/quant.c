@@ -1500,6 +1500,98 @@ void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t 
     }
 }
 
+/* q4_0 prefill with AVX-512: W weight rows (W/2 pairs, each pair's blocks
+ * alternating as quant_pack_pairs() lays them) against a tile of 8
+ * activation rows, so that a block's activations, their scales and the
+ * weights' unpacking are shared by 4 x W products.  The sign trick of
+ * rows32_x2() (|w| against a negated where w < 0) is per weight row; here
+ * the raw nibbles u = w + 8 go to dpbusd as they are, starting from
+ * -8 x (each lane's four activations' sum), computed once per pass (c8):
+ * sum (w + 8) a - 8 sum a = sum w a, the same integer in every lane, so the
+ * float steps after it (dw * dx, the conversion, the FMA) and the final
+ * reduction give rows32_x2()'s bits. */
+AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp, size_t row_bytes,
+                                                  const struct quant_act *a, const float *dT, const int32_t *c8,
+                                                  uint32_t b0, float *y, size_t ldy, uint32_t n)
+{
+    const uint32_t bb = 18;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b0 * K;
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < W; r++)
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++)
+            acc[r][p] = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        __m512i u[4];
+        __m512 dw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < W; r++) {
+            const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 2 * bb + (size_t)(r % 2) * bb;
+            dw[r] = _mm512_set1_ps(half_avx2(blk));
+            u[r] = dup256(nibbles32(blk + 2));
+        }
+        __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
+            __m512i av = pair_load(a0, a0 + K);
+            __m512i c = _mm512_load_si512((const void *)(c8 + ((size_t)p * nb + i) * 16));
+            __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+            __m512 dx = _mm512_permutexvar_ps(idx, dx8);
+#pragma GCC unroll 4
+            for (int r = 0; r < W; r++) {
+                __m512i L = _mm512_dpbusd_epi32(c, u[r], av);
+                acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(L), acc[r][p]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < W; r++)
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            float *y0 = y + (size_t)(b0 + 2 * (uint32_t)p) * ldy + n + (uint32_t)r;
+            store_pair(acc[r][p], y0, y0 + ldy);
+        }
+}
+
+AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_2(const uint8_t *rp, size_t row_bytes,
+                                                                const struct quant_act *a, const float *dT,
+                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
+                                                                uint32_t n)
+{
+    q4_0_tile(2, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_4(const uint8_t *rp, size_t row_bytes,
+                                                                const struct quant_act *a, const float *dT,
+                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
+                                                                uint32_t n)
+{
+    q4_0_tile(4, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
+}
+
+/* q4_0_tile()'s -8 x lane sums of activation rows [b0, b1) (b1 - b0 a
+ * multiple of 8), pairs of rows side by side: pair p's block i at
+ * c8[(p * nb + i) * 16]. */
+AVX512_TARGET static void q4_0_lane_sums(const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
+{
+    uint32_t K = a->K, nb = K / 32;
+    const __m512i eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    for (uint32_t b = b0; b < b1; b += 2)
+        for (uint32_t i = 0; i < nb; i++) {
+            const int8_t *a0 = a->q + (size_t)b * K + (size_t)i * 32;
+            __m512i s = _mm512_dpbusd_epi32(zero, eight, pair_load(a0, a0 + K));
+            _mm512_store_si512((void *)(c8 + ((size_t)(b - b0) / 2 * nb + i) * 16), _mm512_sub_epi32(zero, s));
+        }
+}
+
+/* c8 for a pass: 8 x K / 32 lane sums of 4 bytes per activation row
+ * (the same bytes as its codes). */
+#define C8_CAP (ACT_PASS_BYTES + (64u << 10))
+static _Thread_local int32_t tl_c8[C8_CAP / 4] __attribute__((aligned(64)));
+
 /* The activation scales of a pass, rearranged for the AVX-512 kernels of
  * 32-weight blocks (a pass has at most max(8 rows, ACT_PASS_BYTES of codes):
  * 8 * K / 32 or ACT_PASS_BYTES / 32 scales). */
@@ -1548,7 +1640,39 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                         tl_dT[(size_t)(b - p0) / 8 * nbk * 8 + (size_t)i * 8 + (b - p0) % 8] =
                             a->d[(size_t)b * nbk + i];
             }
-            for (uint32_t n = nb0; n < nb1; n++) {
+            uint32_t n = nb0;
+            /* q4_0: W weight rows at once against the pass's whole 8-row tiles */
+            uint32_t p8 = p0 + (p1 - p0) / 8 * 8;
+            if (fns2 && pairs && t == WT_Q4_0 && p8 > p0 && (size_t)(p8 - p0) * a->K <= C8_CAP) {
+                q4_0_lane_sums(a, p0, p8, tl_c8);
+                for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
+                    for (uint32_t b0 = p0; b0 < p8; b0 += 8) {
+                        const float *dT = tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8;
+                        const int32_t *c8 = tl_c8 + (size_t)(b0 - p0) / 2 * nbk * 16;
+                        if (nb1 - n >= 4)
+                            q4_0_tile_4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                        else
+                            q4_0_tile_2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                    }
+                /* the rest of the pass's rows as below (the same bits) */
+                for (uint32_t m = nb0; m < n; m++) {
+                    const uint8_t *row = ROW(m);
+                    uint32_t b0 = p8;
+                    if (p1 - b0 >= 4) {
+                        fns2[1](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, m);
+                        b0 += 4;
+                    }
+                    if (p1 - b0 >= 2) {
+                        fns2[0](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, m);
+                        b0 += 2;
+                    }
+                    for (; b0 < p1; b0 += MAXC) {
+                        uint32_t c = p1 - b0 < MAXC ? p1 - b0 : MAXC;
+                        fns[c](row, bs, a, b0, y, ldy, m);
+                    }
+                }
+            }
+            for (; n < nb1; n++) {
                 const uint8_t *row = ROW(n);
                 /* The tile only decides which rows share the row's
                  * unpacking, never how an element is computed. */

@@ -168,13 +168,12 @@ static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **
  * group without its pair, with K past one column block (1024) and not a
  * whole number of them; the same bits as the scalar reference, and within
  * rounding of a double-precision sum. */
-static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(void **state)
+static void expect_blocked_bit_identical(enum wtype t, uint32_t K)
 {
-    (void)state;
-    uint32_t N = 30, K = 2056, BMAX = 70; /* 30 rows: 7 groups, the last half full */
+    uint32_t N = 30, BMAX = 70; /* 30 rows: 7 groups, the last half full */
     struct wmat w;
     float *ex;
-    make_matrix(&w, WT_F32, N, K, &ex);
+    make_matrix(&w, t, N, K, &ex);
     float *x = malloc(sizeof(float) * BMAX * K), *alone = malloc(sizeof(float) * BMAX * N),
           *y = malloc(sizeof(float) * BMAX * N), *ref = malloc(sizeof(float) * BMAX * N);
     for (uint32_t i = 0; i < BMAX * K; i++)
@@ -187,7 +186,9 @@ static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(voi
     kern_matmul(&km, x, K, BMAX, ref, N, 0, N);
     kern_set_isa(old);
     assert_memory_equal(alone, ref, sizeof(float) * BMAX * N);
-    expect_near_double(ex, x, alone, BMAX, N, K, "F32, each row alone");
+    char what[64];
+    snprintf(what, sizeof what, "%s, each row alone", wtype_name(t));
+    expect_near_double(ex, x, alone, BMAX, N, K, what);
     uint32_t sizes[] = {4, 5, 6, 7, 8, 9, 10, 13, 14, 16, 20, 32, 33, 37, 63, 64, 65, 70};
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
         uint32_t B = sizes[si];
@@ -195,12 +196,13 @@ static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(voi
         /* the whole matrix, and in ranges of 12 and 8 rows (a lone group) */
         kern_matmul(&km, x, K, B, y, N, 0, N);
         if (memcmp(y, alone, sizeof(float) * B * N))
-            fail_msg("%u rows: differs from each row alone (%s)", B, kern_isa_name(kern_isa()));
+            fail_msg("%s, %u rows: differs from each row alone (%s)", wtype_name(t), B, kern_isa_name(kern_isa()));
         memset(y, 0, sizeof(float) * B * N);
         for (uint32_t n0 = 0; n0 < N; n0 += si % 2 ? 12 : 8)
             kern_matmul(&km, x, K, B, y, N, n0, n0 + (si % 2 ? 12 : 8));
         if (memcmp(y, alone, sizeof(float) * B * N))
-            fail_msg("%u rows in row ranges: differs from each row alone (%s)", B, kern_isa_name(kern_isa()));
+            fail_msg("%s, %u rows in row ranges: differs from each row alone (%s)", wtype_name(t), B,
+                     kern_isa_name(kern_isa()));
     }
     kern_unpack_free(&km);
     free((void *)w.data);
@@ -209,6 +211,86 @@ static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(voi
     free(alone);
     free(y);
     free(ref);
+}
+
+static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(void **state)
+{
+    (void)state;
+    expect_blocked_bit_identical(WT_F32, 2056);
+}
+
+/* F16 and Q8_0 from 4 batch rows convert a block of weights once and run it
+ * (with AVX-512) through the F32 kernel's pair tile: the same checks, with K
+ * past column blocks (256 with AVX2, 1024 with AVX-512) and not a whole
+ * number of them, and within one block. */
+static void test_kern_converted_kernels_are_bit_identical_across_batch_sizes(void **state)
+{
+    (void)state;
+    expect_blocked_bit_identical(WT_F16, 2080);
+    expect_blocked_bit_identical(WT_Q8_0, 2080);
+    /* one block (converted once for every pass of 64 activation rows) */
+    expect_blocked_bit_identical(WT_F16, 800);
+    expect_blocked_bit_identical(WT_Q8_0, 800);
+}
+
+/* Attention over paged keys and values: the same bits in every instruction
+ * set (AVX-512 has its own kernels for heads of 64 and 128; 24 takes the
+ * AVX2 one), whether the positions fill whole blocks of 16 and groups of 8
+ * or not, and near a double-precision softmax. */
+static void test_kern_attention_is_bit_identical_across_isa(void **state)
+{
+    (void)state;
+    const uint32_t hds[] = {64, 128, 24}, ns[] = {1, 7, 8, 9, 16, 37, 70}, bt = 16;
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++) {
+        uint32_t hd = hds[hi], stride = 3 * hd, nmax = 70, nblk = (nmax + bt - 1) / bt;
+        float *kv = malloc(sizeof(float) * 2 * nblk * bt * stride), q[128], out[128], ref[128], s[70];
+        for (size_t i = 0; i < (size_t)2 * nblk * bt * stride; i++)
+            kv[i] = (float)frand();
+        for (uint32_t i = 0; i < hd; i++)
+            q[i] = (float)(2 * frand());
+        const float *kb[8], *vb[8];
+        /* blocks in reverse order in memory, the head at offset hd of each position */
+        for (uint32_t b = 0; b < nblk; b++) {
+            kb[b] = kv + (size_t)(nblk - 1 - b) * bt * stride + hd;
+            vb[b] = kv + (size_t)(nblk + b) * bt * stride + hd;
+        }
+        for (size_t ni = 0; ni < sizeof ns / sizeof *ns; ni++) {
+            uint32_t n = ns[ni];
+            enum kern_isa old = kern_set_isa(KERN_SCALAR);
+            kern_attention(q, hd, kb, vb, stride, bt, n, 0.125f, s, ref);
+            kern_set_isa(old);
+            for (int isa = KERN_AVX2; isa <= KERN_AVX512; isa++) {
+                if (!kern_isa_supported((enum kern_isa)isa))
+                    continue;
+                old = kern_set_isa((enum kern_isa)isa);
+                memset(out, 0, sizeof out);
+                kern_attention(q, hd, kb, vb, stride, bt, n, 0.125f, s, out);
+                kern_set_isa(old);
+                if (memcmp(out, ref, sizeof(float) * hd))
+                    fail_msg("attention, head %u, %u positions: %s differs from scalar", hd, n,
+                             kern_isa_name((enum kern_isa)isa));
+            }
+            double sc[70], mx = -INFINITY, sum = 0;
+            for (uint32_t t = 0; t < n; t++) {
+                const float *k = kb[t / bt] + (size_t)(t % bt) * stride;
+                double d = 0;
+                for (uint32_t i = 0; i < hd; i++)
+                    d += (double)q[i] * k[i];
+                sc[t] = d * 0.125;
+                mx = fmax(mx, sc[t]);
+            }
+            for (uint32_t t = 0; t < n; t++)
+                sum += sc[t] = exp(sc[t] - mx);
+            for (uint32_t i = 0; i < hd; i++) {
+                double o = 0;
+                for (uint32_t t = 0; t < n; t++)
+                    o += sc[t] / sum * vb[t / bt][(size_t)(t % bt) * stride + i];
+                if (fabs(out[i] - o) > 1e-5)
+                    fail_msg("attention, head %u, %u positions: out[%u] = %.9g, want %.9g", hd, n, i, out[i], o);
+            }
+        }
+        free(kv);
+    }
 }
 
 static void test_kern_dot_matches_scalar_and_rmsnorm_normalizes(void **state)
@@ -604,6 +686,8 @@ int main(void)
         cmocka_unit_test(test_kern_matmul_agrees_with_double_precision),
         cmocka_unit_test(test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa),
         cmocka_unit_test(test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes),
+        cmocka_unit_test(test_kern_converted_kernels_are_bit_identical_across_batch_sizes),
+        cmocka_unit_test(test_kern_attention_is_bit_identical_across_isa),
         cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
         cmocka_unit_test(test_pool_runs_every_task_exactly_once),
         cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),

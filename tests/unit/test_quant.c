@@ -722,6 +722,70 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
     }
 }
 
+/* q4_0's AVX-512 prefill kernel (4 or 2 weight rows against tiles of 8
+ * activation rows, the sign of the weights folded into a per-lane
+ * correction) gives the bits of every other path: each batch size (whole
+ * tiles and every remainder), row ranges of 6 (tiles of 4, of 2 and a lone
+ * row), each row alone (the decode kernel) and the scalar code; and it is
+ * within float rounding of the dequantized product in double. */
+static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **state)
+{
+    (void)state;
+    uint32_t N = 31, K = 320, BMAX = 70;
+    struct wmat w;
+    make_qmatrix(&w, WT_Q4_0, N, K);
+    float *x = make_acts(BMAX, K), *alone = malloc(sizeof(float) * BMAX * N), *y = malloc(sizeof(float) * BMAX * N),
+          *wr = malloc(sizeof(float) * K);
+    struct kmat km;
+    assert_int_equal(kern_pack(&w, &km), 0);
+    enum kern_isa old = kern_set_isa(KERN_SCALAR);
+    kern_matmul(&km, x, K, BMAX, alone, N, 0, N);
+    kern_set_isa(old);
+    for (uint32_t b = 0; b < BMAX; b++) {
+        kern_matmul(&km, x + (size_t)b * K, K, 1, y + (size_t)b * N, N, 0, N);
+        if (memcmp(y + (size_t)b * N, alone + (size_t)b * N, sizeof(float) * N))
+            fail_msg("q4_0 act %u alone (%s) differs from the scalar code", b, kern_isa_name(kern_isa()));
+    }
+    uint32_t sizes[] = {8, 9, 10, 12, 15, 16, 17, 23, 24, 31, 32, 40, 64, 70};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        uint32_t B = sizes[si];
+        for (int ranges = 0; ranges < 2; ranges++) {
+            memset(y, 0, sizeof(float) * B * N);
+            for (uint32_t n0 = 0; n0 < N; n0 += ranges ? 6 : N)
+                kern_matmul(&km, x, K, B, y, N, n0, ranges ? n0 + 6 : N);
+            for (size_t i = 0; i < (size_t)B * N; i++)
+                if (memcmp(&y[i], &alone[i], sizeof(float)))
+                    fail_msg("q4_0 (%s), batch of %u%s: %.9g, scalar one row at a time %.9g at row %zu, act %zu",
+                             kern_isa_name(kern_isa()), B, ranges ? " in row ranges of 6" : "", (double)y[i],
+                             (double)alone[i], i % N, i / N);
+        }
+    }
+    /* near double precision, with the activations as quantized */
+    struct quant_act a = {0};
+    assert_int_equal(quant_act_quantize(&a, QACT_32, false, x, K, BMAX, K), 0);
+    for (uint32_t n = 0; n < N; n++) {
+        wmat_row_f32(&w, n, wr);
+        for (uint32_t b = 0; b < BMAX; b++) {
+            double ref = 0, mag = 0;
+            for (uint32_t k = 0; k < K; k++) {
+                double xq = (double)a.d[((size_t)b * K + k) / 32] * a.q[(size_t)b * K + k];
+                ref += (double)wr[k] * xq;
+                mag += fabs((double)wr[k] * xq);
+            }
+            if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-30)
+                fail_msg("q4_0 row %u act %u: %.9g, dequantized in double %.9g", n, b, (double)y[(size_t)b * N + n],
+                         ref);
+        }
+    }
+    quant_act_free(&a);
+    kern_unpack_free(&km);
+    free((void *)w.data);
+    free(x);
+    free(alone);
+    free(y);
+    free(wr);
+}
+
 /* A long prompt over a wide matrix is computed in passes of activation rows
  * and blocks of weight rows (so the codes stay in cache); an element must not
  * depend on which pass or block it fell in: 53 rows of 4096 columns cross a
@@ -822,6 +886,7 @@ int main(void)
         cmocka_unit_test(test_activation_quantization_is_the_same_in_avx2_and_scalar),
         cmocka_unit_test(test_int_kernels_are_bit_identical_across_batch_tiles_and_isa),
         cmocka_unit_test(test_int_kernels_give_the_same_bits_across_cache_passes),
+        cmocka_unit_test(test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
