@@ -31,7 +31,7 @@ rates: --rate for short prompts, --rate-long for long ones.
 Runs alternate between the servers (and which goes first) run by run.
 Before each run (server started and warmed by one 4-token request) the
 script waits, up to --quiet-timeout s, for the other processes on the
-machine to use < --quiet-pct % of one core over 1 s (/proc/stat minus the
+machine to use < --quiet-pct % of one core over 2 s (/proc/stat minus the
 servers' and this script's own CPU); what it saw, and the other processes'
 CPU during the run, are recorded.
 
@@ -161,13 +161,13 @@ class CpuWatch:
 
 
 def wait_quiet(pids, limit_pct, timeout_s):
-    """Wait until the other processes use < limit_pct % of a core over 1 s."""
+    """Wait until the other processes use < limit_pct % of a core over 2 s."""
     t_end = time.monotonic() + timeout_s
     waited = 0.0
     while True:
         w = CpuWatch(pids)
         w.start()
-        time.sleep(1.0)
+        time.sleep(2.0)
         r = w.stop()
         if r["other_cpu_pct"] < limit_pct or time.monotonic() >= t_end:
             r["quiet"] = r["other_cpu_pct"] < limit_pct
@@ -175,7 +175,7 @@ def wait_quiet(pids, limit_pct, timeout_s):
             with open("/proc/loadavg") as f:
                 r["loadavg1"] = float(f.read().split()[0])
             return r
-        waited += 1.0
+        waited += 2.0
 
 
 # --- the requests ------------------------------------------------------------------------------
