@@ -26,6 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -1385,6 +1386,98 @@ static void test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_other
         fail_msg("the due request's first token came after %d steps (want 1)", steps);
 }
 
+/* Queue q as arriving now (submit_ok's requests arrived at time 0: long
+ * overdue, as far as the scheduler's deadlines go). */
+static void submit_now(struct rig *r, const struct proto_submit *q)
+{
+    char why[256] = "";
+    int rc = sched_submit(r->s, q, clock_ns(), why, sizeof why);
+    if (rc)
+        fail_msg("submit %llu: %s: %s", (unsigned long long)q->id, rill_err_name(rc), why);
+}
+
+/* The first record's index of id in what was emitted (-1: none). */
+static long first_record(const struct rig *r, uint64_t id)
+{
+    for (size_t i = 0; i < r->c.n; i++)
+        if (r->c.r[i].id == id)
+            return (long)i;
+    return -1;
+}
+
+static void test_the_shortest_prompt_is_prefilled_first(void **state)
+{
+    (void)state;
+    /* A 60-token prompt, then a 6-token one, in one step's queue, with 16
+     * prompt rows a step: the short one's first token comes in the first
+     * step (admission order would give it after the long one's four). */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 4, .prefill_chunk = 16});
+    int32_t ids[70];
+    for (int i = 0; i < 70; i++)
+        ids[i] = 10 + i;
+    struct proto_submit a = req(1300, NULL, 3), b = req(1301, NULL, 3);
+    a.prompt_tokens = ids;
+    a.n_prompt_tokens = 60;
+    b.prompt_tokens = ids + 61; /* not a prefix of a's */
+    b.n_prompt_tokens = 6;
+    submit_now(&r, &a);
+    submit_now(&r, &b);
+    step(&r);
+    bool short_first = has_record(&r, 1301), long_first = has_record(&r, 1300);
+    drive(&r);
+    long ia = first_record(&r, 1300), ib = first_record(&r, 1301);
+    rig_close(&r);
+    assert_false(long_first);
+    if (!short_first)
+        fail_msg("the 6-token prompt waited behind the 60-token one (first records at %ld and %ld)", ib, ia);
+    assert_true(ia > ib);
+}
+
+static void test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones(void **state)
+{
+    (void)state;
+    /* Two new 8-token prompts every step fill the 16 prompt rows a step
+     * has; shortest-first alone would leave a 40-token prompt waiting for
+     * as long as they keep coming.  Once it has waited
+     * PREFILL_AGE_LIMIT_MS (1 s) for its first token, it goes first. */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 8, .prefill_chunk = 16});
+    int32_t ids[200];
+    for (int i = 0; i < 200; i++)
+        ids[i] = 10 + i % 150;
+    struct proto_submit a = req(1400, NULL, 2);
+    a.prompt_tokens = ids;
+    a.n_prompt_tokens = 40;
+    submit_now(&r, &a);
+    uint64_t t0 = clock_ns();
+    uint64_t next = 1401;
+    double ms = 0;
+    uint64_t shorts_first = 0;
+    while (!has_record(&r, 1400) && ms < 5000) {
+        for (int k = 0; k < 2; k++) {
+            struct proto_submit b = req(next, NULL, 1);
+            b.prompt_tokens = ids + 41 + (next % 100); /* a new prompt each time */
+            b.n_prompt_tokens = 8;
+            next++;
+            submit_now(&r, &b);
+        }
+        step(&r);
+        ms = clock_ms_since(t0);
+    }
+    bool served = has_record(&r, 1400);
+    for (uint64_t id = 1401; id < next; id++)
+        shorts_first += first_record(&r, id) >= 0 && (!served || first_record(&r, id) < first_record(&r, 1400));
+    drive(&r);
+    rig_close(&r);
+    if (!served)
+        fail_msg("the 40-token prompt had no first token after %.0f ms of short prompts", ms);
+    /* It did wait: the short ones went first until it aged. */
+    assert_true(shorts_first > 10);
+    if (ms < 900)
+        fail_msg("the 40-token prompt went first after %.0f ms, before its age limit", ms);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1406,6 +1499,8 @@ int main(void)
         cmocka_unit_test(test_positions_run_from_zero_with_first_and_last_flags),
         cmocka_unit_test(test_prefill_never_takes_more_than_prefill_chunk_rows_in_a_step),
         cmocka_unit_test(test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_others_decode),
+        cmocka_unit_test(test_the_shortest_prompt_is_prefilled_first),
+        cmocka_unit_test(test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
