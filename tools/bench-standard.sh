@@ -19,6 +19,11 @@
 #           memory.json is a rill-bench --save file, which bench-compare
 #           reads like any other (a different token or a ratio above 1.10
 #           fails the set).
+#   ttft    bench-ttft.sh, TTFT_RUNS (3) runs of each load against a fresh
+#           pipeline (134M F32, one worker): Poisson arrivals (RATE 2.5/s
+#           for TTFT_DURATION 10 s, ~8 in flight) and a burst of 32; its
+#           ttft-poisson.json and ttft-burst.json are rill-bench --save
+#           files (time to first token and inter-token p50/p99, tokens/s).
 # Each writes BUILD_DIR/bench/NAME.json as `make bench` does, plus meta.json
 # (date, git commit, machine, what ran).
 #
@@ -77,6 +82,7 @@ mkdir -p "$OUT"
 # What this set did not write must not be compared: stale files of an
 # earlier `make bench` would be.
 rm -f "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/meta.json" "$OUT"/ring-[0-9]*.json \
+    "$OUT/ttft-poisson.json" "$OUT/ttft-burst.json" \
     "$OUT"/engine-[0-9]*.json
 t0=$SECONDS
 # The benchmarks' own tables: shown when saving or just running, not above
@@ -144,10 +150,13 @@ echo "bench-standard: memory (bench-memory.py $MEMORY_ARGS)" >&2
 # shellcheck disable=SC2086
 shown "$PY" "$TOP/tools/bench-memory.py" --build "$B" --json "$OUT/memory.json" $MEMORY_ARGS
 
+echo "bench-standard: first token (bench-ttft.sh, $TTFT_RUNS runs of poisson and burst)" >&2
+RUNS=$TTFT_RUNS DURATION=$TTFT_DURATION LOADS="poisson burst" shown "$TOP/tools/bench-ttft.sh" "$B"
+
 "$PY" - "$OUT/meta.json" "$TOP" "$((SECONDS - t0))" "$RING_REPEATS" "$ENGINE_REPEATS" "$ENGINE_ARGS" \
-    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" "$MEMORY_ARGS" <<'EOF'
+    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" "$MEMORY_ARGS" "$TTFT_RUNS" "$TTFT_DURATION" <<'EOF'
 import json, os, socket, subprocess, sys, time
-out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle, memory = sys.argv[1:]
+out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle, memory, ttft_runs, ttft_dur = sys.argv[1:]
 
 def git(*args):
     try:
@@ -174,6 +183,7 @@ meta = {
         "engine": "rill-bench-engine %s, %s invocations" % (engine, engine_rep),
         "fanout": "bench-fanout.sh STREAMS='%s' RUNS=%s DURATION=%s WARMUP=1 IDLE_CONNS=%s" % (streams, runs, dur, idle),
         "memory": ("bench-memory.py " + memory).strip(),
+        "ttft": "bench-ttft.sh RUNS=%s DURATION=%s LOADS='poisson burst'" % (ttft_runs, ttft_dur),
     },
     "seconds": int(secs),
 }
@@ -187,7 +197,8 @@ case $MODE in
 save)
     rm -rf "$BASE.new"
     mkdir -p "$BASE.new"
-    cp "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/meta.json" "$BASE.new/"
+    cp "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/ttft-poisson.json" \
+        "$OUT/ttft-burst.json" "$OUT/meta.json" "$BASE.new/"
     if [ -d "$BASE" ]; then
         rm -rf "$BASE.prev"
         mv "$BASE" "$BASE.prev"
