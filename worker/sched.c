@@ -31,9 +31,12 @@
 #define FIRST_TOKEN_DUE_MS 50.0
 /* Prompts are prefilled shortest first (what is left of each), so that a
  * burst's short prompts get their first tokens a step or more before the
- * long ones would let them; one that has waited this long for its first
- * token goes ahead of every shorter one (in admission order), so a steady
- * stream of short prompts cannot starve a long one. */
+ * long ones would let them.  Two kinds go ahead of that, in admission
+ * order: a sequence its client has seen tokens of (recomputed after a
+ * preemption, or resumed with `skip` after a failover), whose next token is
+ * as late as any decoding stream's; and one that has waited this long for
+ * its first token, so that a steady stream of short prompts cannot starve
+ * a long one. */
 #define PREFILL_AGE_LIMIT_MS 1000.0
 
 /* Held-back text (a stop-string prefix, at most PROTO_STOP_LEN - 1 bytes),
@@ -46,10 +49,11 @@ enum seq_state { SEQ_WAITING, SEQ_RUNNING };
 
 struct seq;
 /* A prefilling sequence and what orders it in a step (plan_prefill). */
+enum pick_tier { PICK_MID_STREAM, PICK_AGED, PICK_BY_LENGTH };
 struct prefill_pick {
     struct seq *q;
-    bool aged;       /* waited PREFILL_AGE_LIMIT_MS: by admission order, first */
-    uint32_t left;   /* prompt rows still to compute */
+    enum pick_tier tier;  /* first; within the first two, admission order */
+    uint32_t left;        /* PICK_BY_LENGTH: prompt rows still to compute */
     uint64_t order;
 };
 
@@ -850,15 +854,15 @@ static uint32_t prefill_chunk_rows(struct sched *s, const struct plan *p, const 
 static int pick_cmp(const void *a, const void *b)
 {
     const struct prefill_pick *x = a, *y = b;
-    if (x->aged != y->aged)
-        return x->aged ? -1 : 1;
-    if (!x->aged && x->left != y->left)
+    if (x->tier != y->tier)
+        return x->tier < y->tier ? -1 : 1;
+    if (x->tier == PICK_BY_LENGTH && x->left != y->left)
         return x->left < y->left ? -1 : 1;
     return x->order < y->order ? -1 : x->order > y->order;
 }
 
-/* Chunks of the prompts still prefilling, shortest rest first
- * (PREFILL_AGE_LIMIT_MS): in a burst of 32 short prompts, the first
+/* Chunks of the prompts still prefilling, shortest rest first (but see
+ * PREFILL_AGE_LIMIT_MS): in a burst of 32 short prompts, the first
  * max_step_ms step then ends the 14 shortest instead of the first 7 to
  * arrive, and the median first token comes a step earlier; a prompt that
  * is started is finished before a longer one starts, rather than every
@@ -881,8 +885,10 @@ static void plan_prefill(struct sched *s, struct plan *p)
         if (q->n_tokens - q->n_cached <= 1)
             continue;
         double waited = (double)(now - q->t_submit) / 1e6;
-        s->picks[n++] = (struct prefill_pick){q, !q->emitted_first && waited >= PREFILL_AGE_LIMIT_MS,
-                                              q->n_tokens - q->n_cached, q->order};
+        enum pick_tier tier = q->emitted_first || q->skip ? PICK_MID_STREAM
+                              : waited >= PREFILL_AGE_LIMIT_MS ? PICK_AGED
+                                                               : PICK_BY_LENGTH;
+        s->picks[n++] = (struct prefill_pick){q, tier, q->n_tokens - q->n_cached, q->order};
     }
     qsort(s->picks, n, sizeof *s->picks, pick_cmp);
     for (uint32_t i = 0; i < n && due_budget > 0 && p->n < s->max_rows; i++) {

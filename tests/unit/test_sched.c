@@ -1434,6 +1434,33 @@ static void test_the_shortest_prompt_is_prefilled_first(void **state)
     assert_true(ia > ib);
 }
 
+static void test_a_resumed_stream_is_prefilled_before_a_shorter_new_prompt(void **state)
+{
+    (void)state;
+    /* A stream resumed after a failover (40 prompt tokens and 20 its client
+     * has, skip 20) is as late as a decoding stream: it goes ahead of a
+     * new 6-token prompt although its rest is longer. */
+    struct rig r;
+    rig_open(&r, &(struct rig_opts){.max_batch = 4, .prefill_chunk = 16});
+    int32_t ids[70];
+    for (int i = 0; i < 70; i++)
+        ids[i] = 10 + i;
+    struct proto_submit a = req(1500, NULL, 30), b = req(1501, NULL, 3);
+    a.prompt_tokens = ids;
+    a.n_prompt_tokens = 60;
+    a.skip = 20;
+    b.prompt_tokens = ids + 61;
+    b.n_prompt_tokens = 6;
+    submit_now(&r, &b);
+    submit_now(&r, &a);
+    drive(&r);
+    long ia = first_record(&r, 1500), ib = first_record(&r, 1501);
+    rig_close(&r);
+    assert_true(ia >= 0 && ib >= 0);
+    if (ia > ib)
+        fail_msg("the resumed stream's next token (record %ld) came after the new prompt's first (%ld)", ia, ib);
+}
+
 static void test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones(void **state)
 {
     (void)state;
@@ -1501,6 +1528,7 @@ int main(void)
         cmocka_unit_test(test_a_due_first_token_gets_its_whole_prompt_in_one_step_while_others_decode),
         cmocka_unit_test(test_the_shortest_prompt_is_prefilled_first),
         cmocka_unit_test(test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones),
+        cmocka_unit_test(test_a_resumed_stream_is_prefilled_before_a_shorter_new_prompt),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
