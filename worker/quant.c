@@ -27,7 +27,7 @@ static const struct {
 } types[WT_COUNT] = {
     [WT_F32] = {1, 4, QACT_NONE},     [WT_F16] = {1, 2, QACT_NONE},    [WT_BF16] = {1, 2, QACT_NONE},
     [WT_Q4_0] = {32, 18, QACT_32},    [WT_Q4_1] = {32, 20, QACT_32},   [WT_Q5_0] = {32, 22, QACT_32},
-    [WT_Q5_1] = {32, 24, QACT_32},    [WT_Q8_0] = {32, 34, QACT_NONE}, [WT_Q2_K] = {QK_K, 84, QACT_256},
+    [WT_Q5_1] = {32, 24, QACT_32},    [WT_Q8_0] = {32, 34, QACT_32}, [WT_Q2_K] = {QK_K, 84, QACT_256},
     [WT_Q3_K] = {QK_K, 110, QACT_256}, [WT_Q4_K] = {QK_K, 144, QACT_256}, [WT_Q5_K] = {QK_K, 176, QACT_256},
     [WT_Q6_K] = {QK_K, 210, QACT_256},
 };
@@ -65,7 +65,8 @@ uint16_t quant_f32_to_bf16(float f)
 
 /* ---- unpacking ------------------------------------------------------------------ */
 
-/* A 32-weight block: weight e is d * (u[e] - off) + m. */
+/* A 32-weight block: weight e is d * (u[e] - off) + m.  q8_0's signed codes
+ * become u = q + 128, off = 128. */
 struct blk32 {
     uint8_t u[32];
     int off;
@@ -77,6 +78,13 @@ static void unpack32(enum wtype t, const uint8_t *b, struct blk32 *o)
 {
     o->d = half_at(b);
     o->m = 0;
+    if (t == WT_Q8_0) {
+        for (int e = 0; e < 32; e++)
+            o->u[e] = (uint8_t)(b[2 + e] ^ 0x80);
+        o->off = 128;
+        o->has_min = false;
+        return;
+    }
     o->has_min = t == WT_Q4_1 || t == WT_Q5_1;
     if (o->has_min)
         o->m = half_at(b + 2);
@@ -613,7 +621,8 @@ int quant_act_quantize(struct quant_act *a, enum qact_kind kind, bool avx2, cons
  * one AVX2 register of bytes); lane j of a chunk holds elements 4j..4j+3.
  * A block's lane j sums, over its chunks, scale * u * a of those elements
  * (u the unsigned weight code, a the activation, scale the group's integer
- * scale; q4_0 / q5_0 subtract their offset from u first).  q3_K and q6_K
+ * scale; q4_0 / q5_0 / q8_0 subtract their offset from u first: lane j of
+ * q8_0 is exactly sum q_e * a_e over e = 4j..4j+3).  q3_K and q6_K
  * subtract their offset afterwards through the activation sums: lane j
  * loses off * (sc[2j] * bsum[2j] + sc[2j+1] * bsum[2j+1]), and the K types
  * with mins keep M_j = mn[2j] * bsum[2j] + mn[2j+1] * bsum[2j+1].  Then, per
@@ -701,6 +710,15 @@ AVX2_TARGET static ALWAYS_INLINE __m256i nibbles32(const uint8_t *qs)
     return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(15));
 }
 
+/* The 32 codes of a 32-weight block in element order: q4_0 ... q5_1's
+ * nibbles (before their fifth bits and offsets), q8_0's signed bytes. */
+AVX2_TARGET static ALWAYS_INLINE __m256i codes32(const enum wtype t, const uint8_t *blk)
+{
+    if (t == WT_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    return nibbles32(blk + (t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8));
+}
+
 /* Byte e is 0xff where bit e of the 32 bits at p is set. */
 AVX2_TARGET static ALWAYS_INLINE __m256i bits32(const uint8_t *p)
 {
@@ -713,12 +731,14 @@ AVX2_TARGET static ALWAYS_INLINE __m256i bits32(const uint8_t *p)
     return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
 }
 
-/* q4_0, q4_1, q5_0, q5_1: one weight row against C activation rows. */
+/* q4_0, q4_1, q5_0, q5_1, q8_0: one weight row against C activation rows.
+ * The signed types multiply |w| by a negated where w < 0 (q8_0's -128 is
+ * 128 as maddubs reads |w|, unsigned; a pair's 2 x 128 x 127 = 32512 does
+ * not saturate its int16). */
 AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, const uint8_t *row, size_t step,
                                              const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                              uint32_t n)
 {
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -734,7 +754,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
-        __m256i w = nibbles32(blk + qs_off);
+        __m256i w = codes32(t, blk);
         if (t == WT_Q5_0)
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
@@ -964,6 +984,7 @@ ROWS_FNS(q4_0, rows32, WT_Q4_0)
 ROWS_FNS(q4_1, rows32, WT_Q4_1)
 ROWS_FNS(q5_0, rows32, WT_Q5_0)
 ROWS_FNS(q5_1, rows32, WT_Q5_1)
+ROWS_FNS(q8_0, rows32, WT_Q8_0)
 ROWS_FNS(q2_k, rows256, WT_Q2_K)
 ROWS_FNS(q3_k, rows256, WT_Q3_K)
 ROWS_FNS(q4_k, rows256, WT_Q4_K)
@@ -977,6 +998,7 @@ static const rows_fn *avx2_fns(enum wtype t)
     case WT_Q4_1: return q4_1_fns;
     case WT_Q5_0: return q5_0_fns;
     case WT_Q5_1: return q5_1_fns;
+    case WT_Q8_0: return q8_0_fns;
     case WT_Q2_K: return q2_k_fns;
     case WT_Q3_K: return q3_k_fns;
     case WT_Q4_K: return q4_k_fns;
@@ -994,8 +1016,8 @@ static const rows_fn *avx2_fns(enum wtype t)
  * (the integer sums are exact, the float steps the same operations in the
  * same order), so the results are the AVX2 kernels' bits; only the number
  * of instructions halves, on cores whose 512-bit units are full width.
- * VNNI's dot products replace AVX2's maddubs + madd (q4_0 ... q5_1: no pair
- * sum of |w| <= 31 times |a| <= 127 saturates an int16) and madd + add (the
+ * VNNI's dot products replace AVX2's maddubs + madd (no pair sum of
+ * |w| <= 128 times |a| <= 127 saturates an int16: 32512) and madd + add (the
  * K types), with the same integer results. */
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -1025,7 +1047,6 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                                                   size_t ldy, uint32_t n)
 {
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -1041,7 +1062,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
-        __m256i w = nibbles32(blk + qs_off);
+        __m256i w = codes32(t, blk);
         if (t == WT_Q5_0)
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
@@ -1238,6 +1259,7 @@ ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
 ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
 ROWS2_FNS(q5_0, rows32_x2, WT_Q5_0)
 ROWS2_FNS(q5_1, rows32_x2, WT_Q5_1)
+ROWS2_FNS(q8_0, rows32_x2, WT_Q8_0)
 ROWS2_FNS(q2_k, rows256_x2, WT_Q2_K)
 ROWS2_FNS(q3_k, rows256_x2, WT_Q3_K)
 ROWS2_FNS(q4_k, rows256_x2, WT_Q4_K)
@@ -1252,6 +1274,7 @@ static const rows2_fn *avx512_fns(enum wtype t)
     case WT_Q4_1: return q4_1_x2_fns;
     case WT_Q5_0: return q5_0_x2_fns;
     case WT_Q5_1: return q5_1_x2_fns;
+    case WT_Q8_0: return q8_0_x2_fns;
     case WT_Q2_K: return q2_k_x2_fns;
     case WT_Q3_K: return q3_k_x2_fns;
     case WT_Q4_K: return q4_k_x2_fns;
@@ -1285,8 +1308,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
                                                   uint32_t n)
 {
     (void)row_bytes;
-    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
+    const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : t == WT_Q5_1 ? 24 : 34;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
@@ -1296,7 +1318,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
     float macc0 = 0, macc1 = 0;
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *k0 = row0 + (size_t)i * 2 * bb, *k1 = k0 + bb;
-        __m256i w0 = nibbles32(k0 + qs_off), w1 = nibbles32(k1 + qs_off);
+        __m256i w0 = codes32(t, k0), w1 = codes32(t, k1);
         if (t == WT_Q5_0) {
             w0 = _mm256_or_si256(w0, _mm256_andnot_si256(bits32(k0 + 2), _mm256_set1_epi8((char)0xf0)));
             w1 = _mm256_or_si256(w1, _mm256_andnot_si256(bits32(k1 + 2), _mm256_set1_epi8((char)0xf0)));
@@ -1459,6 +1481,7 @@ ROWSW2_FN(q4_0, rows32_w2, WT_Q4_0)
 ROWSW2_FN(q4_1, rows32_w2, WT_Q4_1)
 ROWSW2_FN(q5_0, rows32_w2, WT_Q5_0)
 ROWSW2_FN(q5_1, rows32_w2, WT_Q5_1)
+ROWSW2_FN(q8_0, rows32_w2, WT_Q8_0)
 ROWSW2_FN(q2_k, rows256_w2, WT_Q2_K)
 ROWSW2_FN(q3_k, rows256_w2, WT_Q3_K)
 ROWSW2_FN(q4_k, rows256_w2, WT_Q4_K)
@@ -1472,6 +1495,7 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
     case WT_Q4_1: return q4_1_w2;
     case WT_Q5_0: return q5_0_w2;
     case WT_Q5_1: return q5_1_w2;
+    case WT_Q8_0: return q8_0_w2;
     case WT_Q2_K: return q2_k_w2;
     case WT_Q3_K: return q3_k_w2;
     case WT_Q4_K: return q4_k_w2;
@@ -1500,21 +1524,23 @@ void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t 
     }
 }
 
-/* q4_0 prefill with AVX-512: W weight rows (W/2 pairs, each pair's blocks
- * alternating as quant_pack_pairs() lays them) against a tile of 8
+/* q4_0 and q8_0 prefill with AVX-512: W weight rows (W/2 pairs, each pair's
+ * blocks alternating as quant_pack_pairs() lays them) against a tile of 8
  * activation rows, so that a block's activations, their scales and the
  * weights' unpacking are shared by 4 x W products.  The sign trick of
  * rows32_x2() (|w| against a negated where w < 0) is per weight row; here
- * the raw nibbles u = w + 8 go to dpbusd as they are, starting from
- * -8 x (each lane's four activations' sum), computed once per pass (c8):
- * sum (w + 8) a - 8 sum a = sum w a, the same integer in every lane, so the
- * float steps after it (dw * dx, the conversion, the FMA) and the final
- * reduction give rows32_x2()'s bits. */
-AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp, size_t row_bytes,
-                                                  const struct quant_act *a, const float *dT, const int32_t *c8,
-                                                  uint32_t b0, float *y, size_t ldy, uint32_t n)
+ * the raw codes u = w + off (q4_0's nibbles, off 8; q8_0's bytes with the
+ * sign bit flipped, off 128) go to dpbusd as they are, starting from
+ * -off x (each lane's four activations' sum), computed once per pass (c8):
+ * sum (w + off) a - off sum a = sum w a, the same integer in every lane
+ * (|c8| + 4 x 255 x 127 fits an int32 many times over), so the float steps
+ * after it (dw * dx, the conversion, the FMA) and the final reduction give
+ * rows32_x2()'s bits. */
+AVX512_TARGET static ALWAYS_INLINE void raw_tile(const enum wtype t, const int W, const uint8_t *rp, size_t row_bytes,
+                                                 const struct quant_act *a, const float *dT, const int32_t *c8,
+                                                 uint32_t b0, float *y, size_t ldy, uint32_t n)
 {
-    const uint32_t bb = 18;
+    const uint32_t bb = t == WT_Q8_0 ? 34 : 18;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
     __m512 acc[4][4];
@@ -1530,7 +1556,8 @@ AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp
         for (int r = 0; r < W; r++) {
             const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 2 * bb + (size_t)(r % 2) * bb;
             dw[r] = _mm512_set1_ps(half_avx2(blk));
-            u[r] = dup256(nibbles32(blk + 2));
+            u[r] = t == WT_Q8_0 ? _mm512_xor_si512(dup256(codes32(t, blk)), _mm512_set1_epi8((char)0x80))
+                                : dup256(codes32(t, blk));
         }
         __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
 #pragma GCC unroll 4
@@ -1556,33 +1583,33 @@ AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp
         }
 }
 
-AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_2(const uint8_t *rp, size_t row_bytes,
-                                                                const struct quant_act *a, const float *dT,
-                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
-                                                                uint32_t n)
-{
-    q4_0_tile(2, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
-}
+typedef void (*raw_tile_fn)(const uint8_t *rp, size_t row_bytes, const struct quant_act *a, const float *dT,
+                            const int32_t *c8, uint32_t b0, float *y, size_t ldy, uint32_t n);
 
-AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_4(const uint8_t *rp, size_t row_bytes,
-                                                                const struct quant_act *a, const float *dT,
-                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
-                                                                uint32_t n)
-{
-    q4_0_tile(4, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
-}
+#define RAW_TILE_FN(NAME, T, W)                                                                              \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_tile_##W(                                     \
+        const uint8_t *rp, size_t row_bytes, const struct quant_act *a, const float *dT, const int32_t *c8, \
+        uint32_t b0, float *y, size_t ldy, uint32_t n)                                                       \
+    {                                                                                                        \
+        raw_tile(T, W, rp, row_bytes, a, dT, c8, b0, y, ldy, n);                                              \
+    }
 
-/* q4_0_tile()'s -8 x lane sums of activation rows [b0, b1) (b1 - b0 a
+RAW_TILE_FN(q4_0, WT_Q4_0, 2)
+RAW_TILE_FN(q4_0, WT_Q4_0, 4)
+RAW_TILE_FN(q8_0, WT_Q8_0, 2)
+RAW_TILE_FN(q8_0, WT_Q8_0, 4)
+
+/* raw_tile()'s -off x lane sums of activation rows [b0, b1) (b1 - b0 a
  * multiple of 8), pairs of rows side by side: pair p's block i at
  * c8[(p * nb + i) * 16]. */
-AVX512_TARGET static void q4_0_lane_sums(const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
+AVX512_TARGET static void raw_lane_sums(int off, const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
 {
     uint32_t K = a->K, nb = K / 32;
-    const __m512i eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i o = _mm512_set1_epi8((char)off), zero = _mm512_setzero_si512();
     for (uint32_t b = b0; b < b1; b += 2)
         for (uint32_t i = 0; i < nb; i++) {
             const int8_t *a0 = a->q + (size_t)b * K + (size_t)i * 32;
-            __m512i s = _mm512_dpbusd_epi32(zero, eight, pair_load(a0, a0 + K));
+            __m512i s = _mm512_dpbusd_epi32(zero, o, pair_load(a0, a0 + K));
             _mm512_store_si512((void *)(c8 + ((size_t)(b - b0) / 2 * nb + i) * 16), _mm512_sub_epi32(zero, s));
         }
 }
@@ -1641,18 +1668,21 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                             a->d[(size_t)b * nbk + i];
             }
             uint32_t n = nb0;
-            /* q4_0: W weight rows at once against the pass's whole 8-row tiles */
+            /* q4_0, q8_0: W weight rows at once against the pass's whole 8-row tiles */
             uint32_t p8 = p0 + (p1 - p0) / 8 * 8;
-            if (fns2 && pairs && t == WT_Q4_0 && p8 > p0 && (size_t)(p8 - p0) * a->K <= C8_CAP) {
-                q4_0_lane_sums(a, p0, p8, tl_c8);
+            bool raw = t == WT_Q4_0 || t == WT_Q8_0;
+            if (fns2 && pairs && raw && p8 > p0 && (size_t)(p8 - p0) * a->K <= C8_CAP) {
+                raw_tile_fn tile2 = t == WT_Q8_0 ? q8_0_tile_2 : q4_0_tile_2;
+                raw_tile_fn tile4 = t == WT_Q8_0 ? q8_0_tile_4 : q4_0_tile_4;
+                raw_lane_sums(t == WT_Q8_0 ? 128 : 8, a, p0, p8, tl_c8);
                 for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
                     for (uint32_t b0 = p0; b0 < p8; b0 += 8) {
                         const float *dT = tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8;
                         const int32_t *c8 = tl_c8 + (size_t)(b0 - p0) / 2 * nbk * 16;
                         if (nb1 - n >= 4)
-                            q4_0_tile_4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                            tile4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
                         else
-                            q4_0_tile_2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                            tile2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
                     }
                 /* the rest of the pass's rows as below (the same bits) */
                 for (uint32_t m = nb0; m < n; m++) {
