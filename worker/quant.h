@@ -37,15 +37,21 @@
  * quantized per row, per block of 32 (QACT_32: q4_0, q4_1, q5_0, q5_1,
  * q8_0) or 256 (QACT_256: the K types) to int8 with one float scale, as
  * llama.cpp does, so the weights never become floats.  For one weight row
- * and one activation row, each block gives eight exact int32 lane sums (for
- * q8_0, lane j of a block is sum q_e a_e over e = 4j..4j+3); the float
- * arithmetic is then fixed: lane j accumulates, block after block,
+ * and one activation row, each block gives eight exact int32 lane sums; the
+ * float arithmetic is then fixed: lane j accumulates, block after block,
  * fmaf(d_w * d_x, lane_j, acc_j) (and for types with a min, a second fmaf),
  * and the row's result is the kern.h reduction of the eight lanes (plus,
- * for q4_1/q5_1, a separate sum of the min terms).  Which lane an integer product lands in is defined
- * by the AVX2 code's layout and reproduced by the scalar code, so the AVX2
- * and scalar kernels give the same bits, for any batch size, tile and row
- * range (quant.c says which lanes).
+ * for q4_1/q5_1, a separate sum of the min terms).  Which lane an integer
+ * product lands in is defined by the AVX2 code's layout and reproduced by
+ * the scalar code, so the AVX2 and scalar kernels give the same bits, for
+ * any batch size, tile and row range (quant.c says which lanes).
+ *
+ * q8_0 has four lanes a block instead: lane j is the exact sum of q_e * a_e
+ * over e = 4j..4j+3 and 16+4j..16+4j+3; acc_j = fmaf(d_w * d_x, lane_j,
+ * acc_j) block after block, and the result is (acc0 + acc2) + (acc1 + acc3).
+ * Four lanes let a 512-bit register hold four activation rows' lanes in its
+ * prefill tile, so that each scale product, conversion and FMA serves twice
+ * the products it would with eight (its prefill ran 1.4x faster).
  */
 #ifndef RILL_QUANT_H
 #define RILL_QUANT_H

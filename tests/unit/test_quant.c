@@ -795,26 +795,25 @@ static void test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes(v
 
 /* q8_0's float order as quant.h defines it, written out here from the block
  * bytes and the quantized activations, without quant.c's code: per block,
- * lane j's exact integer L_j = sum of q_e * a_e over e = 4j..4j+3, then
- * acc_j = fmaf(d_w * d_x, L_j, acc_j) block after block, then
- * ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)). */
+ * lane j's exact integer L_j = sum of q_e * a_e over e = 4j..4j+3 and
+ * 16+4j..16+4j+3 (four lanes), then acc_j = fmaf(d_w * d_x, L_j, acc_j)
+ * block after block, then (acc0 + acc2) + (acc1 + acc3). */
 static float q8_0_ordered_dot(const uint8_t *row, const struct quant_act *a, uint32_t b)
 {
     uint32_t K = a->K, nb = K / 32;
-    float acc[8] = {0};
+    float acc[4] = {0};
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * 34;
         const int8_t *aq = a->q + (size_t)b * K + (size_t)i * 32;
         float D = f16_to_f32((uint16_t)(blk[0] | blk[1] << 8)) * a->d[(size_t)b * nb + i];
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < 4; j++) {
             int32_t L = 0;
             for (int e = 4 * j; e < 4 * j + 4; e++)
-                L += (int8_t)blk[2 + e] * aq[e];
+                L += (int8_t)blk[2 + e] * aq[e] + (int8_t)blk[18 + e] * aq[16 + e];
             acc[j] = fmaf(D, (float)L, acc[j]);
         }
     }
-    float a0 = acc[0] + acc[4], a1 = acc[1] + acc[5], a2 = acc[2] + acc[6], a3 = acc[3] + acc[7];
-    return (a0 + a2) + (a1 + a3);
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
 /* Every q8_0 path gives exactly the defined order's bits: scalar, AVX2 and
