@@ -1808,21 +1808,23 @@ AVX512_TARGET static ALWAYS_INLINE void q8_tile(const int W, const int Q, const 
         }
 }
 
-#define Q8_TILE_Q 4 /* quads of activation rows a tile */
+#define Q8_TILE_Q 4 /* quads of activation rows a tile (and 2 for a last 8) */
 
-AVX512_TARGET __attribute__((noinline)) static void q8_tile_2(const uint8_t *rp, size_t row_bytes, uint32_t nb,
-                                                              const uint8_t *pk, float *y, size_t ldy, uint32_t b0,
-                                                              uint32_t n)
-{
-    q8_tile(2, Q8_TILE_Q, rp, row_bytes, nb, pk, y, ldy, b0, n);
-}
+typedef void (*q8_tile_fn)(const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y,
+                           size_t ldy, uint32_t b0, uint32_t n);
 
-AVX512_TARGET __attribute__((noinline)) static void q8_tile_4(const uint8_t *rp, size_t row_bytes, uint32_t nb,
-                                                              const uint8_t *pk, float *y, size_t ldy, uint32_t b0,
-                                                              uint32_t n)
-{
-    q8_tile(4, Q8_TILE_Q, rp, row_bytes, nb, pk, y, ldy, b0, n);
-}
+#define Q8_TILE_FN(W, Q)                                                                                      \
+    AVX512_TARGET __attribute__((noinline)) static void q8_tile_##W##x##Q(                                    \
+        const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y, size_t ldy, uint32_t b0, \
+        uint32_t n)                                                                                           \
+    {                                                                                                         \
+        q8_tile(W, Q, rp, row_bytes, nb, pk, y, ldy, b0, n);                                                   \
+    }
+
+Q8_TILE_FN(4, 4)
+Q8_TILE_FN(2, 4)
+Q8_TILE_FN(4, 2)
+Q8_TILE_FN(2, 2)
 
 /* q8_tile()'s activations of rows [b0, b1) (b1 - b0 a multiple of 4): quad
  * q's block i at pk + (q * nb + i) * Q8PK_BYTES: the four rows' elements
@@ -1885,8 +1887,12 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
     const bool raw = fns2 && pairs && (t == WT_Q4_0 || t == WT_Q8_0);
     uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)((raw ? RAW_W_BLOCK_BYTES : W_BLOCK_BYTES) / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
-    if (raw && t == WT_Q8_0 && pass % (4 * Q8_TILE_Q))
-        pass = (pass + 4 * Q8_TILE_Q - 1) / (4 * Q8_TILE_Q) * (4 * Q8_TILE_Q); /* whole tiles: at most C8_CAP */
+    if (raw && t == WT_Q8_0 && pass % (4 * Q8_TILE_Q)) {
+        /* whole q8_0 tiles, where they fit (else the rest in 8s, 4s, 2s) */
+        uint32_t up = (pass + 4 * Q8_TILE_Q - 1) / (4 * Q8_TILE_Q) * (4 * Q8_TILE_Q);
+        if ((size_t)up * a->K <= C8_CAP && (size_t)up * (a->K / 32) <= DT_CAP)
+            pass = up;
+    }
     wblk = wblk < 2 ? 2 : wblk / 2 * 2; /* so that a block starts a pair (n0 is even) */
     if (a->kind == QACT_32 && (size_t)pass * (a->K / 32) > DT_CAP)
         fns2 = NULL; /* rows of over 32768: the AVX2 kernels */
@@ -1916,19 +1922,19 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                             a->d[(size_t)b * nbk + i];
             }
             uint32_t n = nb0;
-            /* q4_0 (tiles of 8 activation rows), q8_0 (4 x Q8_TILE_Q): W
-             * weight rows at once against the pass's whole tiles */
-            const uint32_t tq = t == WT_Q8_0 ? 4 * Q8_TILE_Q : 8, pt = p0 + (p1 - p0) / tq * tq;
+            /* q4_0, q8_0: W weight rows at once against the pass's whole
+             * tiles of 8 activation rows (q8_0: 16 while they last) */
+            const uint32_t pt = p0 + (p1 - p0) / 8 * 8;
             if (raw && fns2 && pt > p0 && (size_t)(pt - p0) * a->K <= C8_CAP) {
                 if (t == WT_Q8_0) {
                     q8_pack_pass(a, p0, pt, tl_q8pk);
                     for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
-                        for (uint32_t b0 = p0; b0 < pt; b0 += tq) {
+                        for (uint32_t b0 = p0, tq; b0 < pt; b0 += tq) {
                             const uint8_t *pk = tl_q8pk + (size_t)(b0 - p0) / 4 * nbk * Q8PK_BYTES;
-                            if (nb1 - n >= 4)
-                                q8_tile_4(ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
-                            else
-                                q8_tile_2(ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
+                            bool w4 = nb1 - n >= 4;
+                            tq = pt - b0 >= 4 * Q8_TILE_Q ? 4 * Q8_TILE_Q : 8;
+                            q8_tile_fn f = tq == 8 ? (w4 ? q8_tile_4x2 : q8_tile_2x2) : w4 ? q8_tile_4x4 : q8_tile_2x4;
+                            f(ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
                         }
                 } else {
                     raw_lane_sums(a, p0, pt, tl_c8);
