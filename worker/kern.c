@@ -85,11 +85,7 @@ static inline float weight_at(const struct wmat *w, const void *row, uint32_t k)
     case WT_F32: return ((const float *)row)[k];
     case WT_F16: return f16_to_f32(((const uint16_t *)row)[k]);
     case WT_BF16: return quant_bf16_to_f32(((const uint16_t *)row)[k]);
-    case WT_Q8_0: {
-        const struct q8_0_block *b = (const struct q8_0_block *)row + k / Q8_0_BLOCK;
-        return (float)b->qs[k % Q8_0_BLOCK] * f16_to_f32(b->d);
-    }
-    default: return 0; /* the integer types never come here (quant_matmul) */
+    default: return 0; /* the block types never come here (quant_matmul) */
     }
 }
 
@@ -132,8 +128,6 @@ AVX2_TARGET static inline float hsum256(__m256 v)
 
 /* --- packing ------------------------------------------------------------------------- */
 
-#define Q8_GROUP_BLOCK (KERN_GROUP * sizeof(float) + KERN_GROUP * Q8_0_BLOCK) /* 144 bytes */
-
 static bool is_int_type(enum wtype t) { return quant_act_kind(t) != QACT_NONE; }
 
 int kern_pack(const struct wmat *w, struct kmat *out)
@@ -149,8 +143,6 @@ int kern_pack(const struct wmat *w, struct kmat *out)
     out->groups = (w->rows + KERN_GROUP - 1) / KERN_GROUP;
     if (is_int_type(w->type))
         out->group_bytes = KERN_GROUP * w->row_bytes;
-    else if (w->type == WT_Q8_0)
-        out->group_bytes = (size_t)(w->cols / Q8_0_BLOCK) * Q8_GROUP_BLOCK;
     else
         out->group_bytes = (size_t)KERN_GROUP * w->cols * (w->type == WT_F32 ? 4 : 2);
     out->bytes = out->groups * out->group_bytes;
@@ -179,18 +171,8 @@ int kern_pack(const struct wmat *w, struct kmat *out)
             if (row >= w->rows)
                 continue; /* stays zero */
             const unsigned char *src = (const unsigned char *)w->data + (size_t)row * w->row_bytes;
-            if (w->type == WT_Q8_0) {
-                const struct q8_0_block *blk = (const struct q8_0_block *)src;
-                for (uint32_t b = 0; b < w->cols / Q8_0_BLOCK; b++) {
-                    unsigned char *bp = gp + b * Q8_GROUP_BLOCK;
-                    float d = f16_to_f32(blk[b].d);
-                    memcpy(bp + r * sizeof(float), &d, sizeof d);
-                    memcpy(bp + KERN_GROUP * sizeof(float) + r * Q8_0_BLOCK, blk[b].qs, Q8_0_BLOCK);
-                }
-            } else {
-                for (uint32_t sl = 0; sl < w->cols / 8; sl++)
-                    memcpy(gp + ((size_t)sl * KERN_GROUP + r) * 8 * esz, src + (size_t)sl * 8 * esz, 8 * esz);
-            }
+            for (uint32_t sl = 0; sl < w->cols / 8; sl++)
+                memcpy(gp + ((size_t)sl * KERN_GROUP + r) * 8 * esz, src + (size_t)sl * 8 * esz, 8 * esz);
         }
     }
     return 0;
@@ -247,42 +229,6 @@ AVX2_TARGET static inline __m256 load_slice(enum wtype t, const unsigned char *g
                     y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);           \
     }
 
-/* Q8_0: each block's four scales are floats in the pack; a weight is
- * (float)q * d, then one FMA — the order of weight_at(). */
-#define DEFINE_Q8_TILE(C)                                                                                \
-    AVX2_TARGET __attribute__((noinline)) static void tile_q8_##C(                                       \
-        const struct kmat *m, const float *x, size_t ldx, float *y, size_t ldy, uint32_t g, uint32_t b,  \
-        uint32_t nr)                                                                                     \
-    {                                                                                                    \
-        const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;          \
-        uint32_t nb = m->cols / Q8_0_BLOCK;                                                              \
-        __m256 acc[KERN_GROUP][C];                                                                       \
-        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
-            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();         \
-        for (uint32_t blk = 0; blk < nb; blk++) {                                                        \
-            const unsigned char *bp = gp + (size_t)blk * Q8_GROUP_BLOCK;                                 \
-            const float *d = (const float *)bp;                                                          \
-            const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));                        \
-            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {                                   \
-                __m256 xv[C];                                                                            \
-                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
-                    xv[c] = _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + blk * Q8_0_BLOCK + 8 * j); \
-                _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++) {                           \
-                    __m128i q = _mm_loadl_epi64((const __m128i *)(qs + r * Q8_0_BLOCK + 8 * j));         \
-                    __m256 wv = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),               \
-                                              _mm256_broadcast_ss(d + r));                               \
-                    _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                  \
-                        acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);                               \
-                }                                                                                        \
-            }                                                                                            \
-        }                                                                                                \
-        uint32_t n = g * KERN_GROUP;                                                                     \
-        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
-            if ((uint32_t)r < nr)                                                                        \
-                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++)                                      \
-                    y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] = hsum256(acc[r][c]);           \
-    }
-
 DEFINE_TILE(WT_F32, f32, 1)
 DEFINE_TILE(WT_F32, f32, 2)
 DEFINE_TILE(WT_F32, f32, 3)
@@ -292,80 +238,22 @@ DEFINE_TILE(WT_F16, f16, 3)
 DEFINE_TILE(WT_BF16, bf16, 1)
 DEFINE_TILE(WT_BF16, bf16, 2)
 DEFINE_TILE(WT_BF16, bf16, 3)
-DEFINE_Q8_TILE(1)
-DEFINE_Q8_TILE(2)
 
 typedef void (*tile_fn)(const struct kmat *, const float *, size_t, float *, size_t, uint32_t, uint32_t, uint32_t);
 
 struct tile_set {
     uint32_t wide;       /* batch rows of the wide tile */
-    tile_fn one, two, many; /* two: for a remainder of 2 rows (NULL: use one twice) */
+    tile_fn one, two, many; /* two: for a remainder of 2 rows */
 };
 
 static const struct tile_set tiles_f32 = {3, tile_f32_1, tile_f32_2, tile_f32_3};
 static const struct tile_set tiles_f16 = {3, tile_f16_1, tile_f16_2, tile_f16_3};
 static const struct tile_set tiles_bf16 = {3, tile_bf16_1, tile_bf16_2, tile_bf16_3};
-static const struct tile_set tiles_q8 = {2, tile_q8_1, NULL, tile_q8_2};
 
-/* Q8_0 with AVX-512: rows 0 and 1 of the group in one register, 2 and 3 in
- * another (eight weights of each row, (float)q * d, then the FMA): each
- * lane does the AVX2 tile's arithmetic, so the bits are the same. */
-#define DEFINE_Q8_TILE512(C)                                                                             \
-    AVX512_TARGET __attribute__((noinline)) static void tile512_q8_##C(                                  \
-        const struct kmat *m, const float *x, size_t ldx, float *y, size_t ldy, uint32_t g, uint32_t b,  \
-        uint32_t nr)                                                                                     \
-    {                                                                                                    \
-        const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;          \
-        uint32_t nb = m->cols / Q8_0_BLOCK;                                                              \
-        __m512 acc[2][C];                                                                                \
-        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                              \
-            _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) acc[h][c] = _mm512_setzero_ps();         \
-        for (uint32_t blk = 0; blk < nb; blk++) {                                                        \
-            const unsigned char *bp = gp + (size_t)blk * Q8_GROUP_BLOCK;                                 \
-            const float *d = (const float *)bp;                                                          \
-            const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));                        \
-            __m512 dv[2];                                                                                \
-            __m128i q[KERN_GROUP][2];                                                                    \
-            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++)                                          \
-                dv[h] = _mm512_insertf32x8(_mm512_set1_ps(d[2 * h]), _mm256_set1_ps(d[2 * h + 1]), 1);  \
-            _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                 \
-                _Pragma("GCC unroll 2") for (int k = 0; k < 2; k++)                                      \
-                    q[r][k] = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK + 16 * k));          \
-            _Pragma("GCC unroll 4") for (uint32_t j = 0; j < 4; j++) {                                   \
-                __m512 wv[2];                                                                            \
-                _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {                                    \
-                    /* slice j of rows 2h and 2h+1, side by side */                                      \
-                    __m128i p = j % 2 ? _mm_unpackhi_epi64(q[2 * h][j / 2], q[2 * h + 1][j / 2])         \
-                                      : _mm_unpacklo_epi64(q[2 * h][j / 2], q[2 * h + 1][j / 2]);        \
-                    wv[h] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(p)), dv[h]);           \
-                }                                                                                        \
-                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) {                                    \
-                    __m512 xv = _mm512_broadcast_f32x8(                                                  \
-                        _mm256_loadu_ps(x + (size_t)(b + (uint32_t)c) * ldx + blk * Q8_0_BLOCK + 8 * j)); \
-                    acc[0][c] = _mm512_fmadd_ps(wv[0], xv, acc[0][c]);                                   \
-                    acc[1][c] = _mm512_fmadd_ps(wv[1], xv, acc[1][c]);                                   \
-                }                                                                                        \
-            }                                                                                            \
-        }                                                                                                \
-        uint32_t n = g * KERN_GROUP;                                                                     \
-        _Pragma("GCC unroll 4") for (int r = 0; r < KERN_GROUP; r++)                                     \
-            if ((uint32_t)r < nr)                                                                        \
-                _Pragma("GCC unroll 4") for (int c = 0; c < C; c++) {                                    \
-                    __m512 a = acc[r / 2][c];                                                            \
-                    y[(size_t)(b + (uint32_t)c) * ldy + n + (uint32_t)r] =                               \
-                        hsum256(r % 2 ? _mm512_extractf32x8_ps(a, 1) : _mm512_castps512_ps256(a));       \
-                }                                                                                        \
-    }
-
-DEFINE_Q8_TILE512(1)
-DEFINE_Q8_TILE512(2)
-
-static const struct tile_set tiles_q8_512 = {2, tile512_q8_1, NULL, tile512_q8_2};
-
-/* --- batched F16 / Q8_0: convert a block once, reuse it for every batch tile ------ */
+/* --- batched F16 / BF16: convert a block once, reuse it for every batch tile ------ */
 
 /* A block of columns of a few groups, converted to floats, stays in L1
- * while every batch tile runs over it; F16 and Q8_0 weights are converted
+ * while every batch tile runs over it; F16 and BF16 weights are converted
  * once per pass of activation rows instead of once per pair of batch rows.
  * The accumulators of a (group, batch tile) stay in memory between blocks; each
  * lane still sums its products in increasing k with the same arithmetic,
@@ -404,34 +292,9 @@ DEFINE_BLOCK_TILE(3)
 AVX2_TARGET static void block_weights(const struct kmat *m, uint32_t g, uint32_t k0, uint32_t ns, float *buf)
 {
     const unsigned char *gp = (const unsigned char *)m->data + (size_t)g * m->group_bytes;
-    if (m->type == WT_F16 || m->type == WT_BF16) {
-        for (uint32_t s = 0; s < ns; s++)
-            for (int r = 0; r < KERN_GROUP; r++)
-                _mm256_store_ps(buf + ((size_t)s * KERN_GROUP + (size_t)r) * 8,
-                                load_slice(m->type, gp, k0 / 8 + s, r));
-        return;
-    }
-    for (uint32_t s = 0; s < ns; s += 4) {
-        const unsigned char *bp = gp + (size_t)((k0 / 8 + s) / 4) * Q8_GROUP_BLOCK;
-        const float *d = (const float *)bp;
-        const int8_t *qs = (const int8_t *)(bp + KERN_GROUP * sizeof(float));
-        float *out = buf + (size_t)s * KERN_GROUP * 8;
-        /* A row's 32 weights of the block in two loads; the same (float)q * d
-         * per weight as the direct tiles. */
-        for (int r = 0; r < KERN_GROUP; r++) {
-            __m256 dv = _mm256_broadcast_ss(d + r);
-            __m128i lo = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK));
-            __m128i hi = _mm_loadu_si128((const __m128i *)(qs + r * Q8_0_BLOCK + 16));
-            __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-            __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo)));
-            __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-            __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi)));
-            _mm256_store_ps(out + ((size_t)0 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w0, dv));
-            _mm256_store_ps(out + ((size_t)1 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w1, dv));
-            _mm256_store_ps(out + ((size_t)2 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w2, dv));
-            _mm256_store_ps(out + ((size_t)3 * KERN_GROUP + (size_t)r) * 8, _mm256_mul_ps(w3, dv));
-        }
-    }
+    for (uint32_t s = 0; s < ns; s++)
+        for (int r = 0; r < KERN_GROUP; r++)
+            _mm256_store_ps(buf + ((size_t)s * KERN_GROUP + (size_t)r) * 8, load_slice(m->type, gp, k0 / 8 + s, r));
 }
 
 /* AVX-512 block tiles: rows r and r+1 of the group share a register (the
@@ -676,13 +539,13 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
 }
 
 
-/* F16, BF16 and Q8_0 with AVX-512: the F32 kernel's blocking on weights
+/* F16 and BF16 with AVX-512: the F32 kernel's blocking on weights
  * converted to floats XB columns of two groups at a time (2 x 4 rows x 1024
  * floats = 32 KiB, in L1) and run through its pair tile (24 accumulators for
  * 6 batch rows); when a row's columns fit in one block (K <= XB) the pair is
  * converted once for every pass of activation rows.  Each lane does the same
- * conversion ((float)q * d for Q8_0) and the same FMAs in increasing k as the
- * direct tiles, and the same final reduction, so the bits are theirs. */
+ * conversion and the same FMAs in increasing k as the direct tiles, and the
+ * same final reduction, so the bits are theirs. */
 #define XB 1024
 _Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
 
@@ -730,7 +593,7 @@ AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float
 /* From this many batch rows the blocked F32 kernel beats the direct tiles. */
 #define F32_BLOCKED_MIN_ROWS 4
 
-/* From this many batch rows, converting F16 / Q8_0 weights once per step
+/* From this many batch rows, converting F16 / BF16 weights once per step
  * beats converting them in every tile (measured: bench-engine). */
 #define CONVERT_MIN_ROWS 4
 
@@ -751,16 +614,14 @@ static void matmul_avx2(const struct kmat *m, const float *x, size_t ldx, uint32
     }
     const struct tile_set *ts = m->type == WT_F32    ? &tiles_f32
                                 : m->type == WT_F16  ? &tiles_f16
-                                : m->type == WT_BF16 ? &tiles_bf16
-                                : kern_isa() >= KERN_AVX512 ? &tiles_q8_512
-                                                     : &tiles_q8;
+                                                     : &tiles_bf16;
     uint32_t g0 = n0 / KERN_GROUP, g1 = (n1 + KERN_GROUP - 1) / KERN_GROUP;
     for (uint32_t g = g0; g < g1; g++) {
         uint32_t nr = n1 - g * KERN_GROUP < KERN_GROUP ? n1 - g * KERN_GROUP : KERN_GROUP;
         uint32_t b = 0;
         for (; b + ts->wide <= B; b += ts->wide)
             ts->many(m, x, ldx, y, ldy, g, b, nr);
-        if (B - b == 2 && ts->two) {
+        if (B - b == 2) {
             ts->two(m, x, ldx, y, ldy, g, b, nr);
             b += 2;
         }

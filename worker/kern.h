@@ -11,8 +11,8 @@
  * preemption; and a seeded stream is the same wherever it runs.  The scalar
  * path emulates the AVX2 one exactly (fmaf per lane, same reduction).
  *
- * F32, F16, BF16 and Q8_0 weights are multiplied as floats, in that order.
- * The other block types (Q4_0 ... Q6_K) multiply their integer codes with
+ * F32, F16 and BF16 weights are multiplied as floats, in that order.  The
+ * block types (Q4_0 ... Q8_0, the K types) multiply their integer codes with
  * activations quantized to int8 per block (quant.h), as llama.cpp does: a
  * row's activations are quantized the same way whatever else is in the
  * batch, and the integer sums are exact, so the same invariance holds; the
@@ -54,8 +54,6 @@ const char *kern_isa_name(enum kern_isa isa);
 /* A weight matrix packed for the kernels.  Layout by type, per group g of 4
  * rows (rows past `rows` are zero):
  *   F32, F16: for each slice s of 8 columns: 4 rows x 8 weights;
- *   Q8_0:     for each block b of 32 columns: 4 float scales, then
- *             4 rows x 32 int8;
  *   BF16:     as F16;
  *   the integer types (quant_act_kind() != QACT_NONE): the file's rows, one
  *             after the other, or where the CPU has AVX-512 (`pairs`) in

@@ -27,7 +27,7 @@ static const struct {
 } types[WT_COUNT] = {
     [WT_F32] = {1, 4, QACT_NONE},     [WT_F16] = {1, 2, QACT_NONE},    [WT_BF16] = {1, 2, QACT_NONE},
     [WT_Q4_0] = {32, 18, QACT_32},    [WT_Q4_1] = {32, 20, QACT_32},   [WT_Q5_0] = {32, 22, QACT_32},
-    [WT_Q5_1] = {32, 24, QACT_32},    [WT_Q8_0] = {32, 34, QACT_NONE}, [WT_Q2_K] = {QK_K, 84, QACT_256},
+    [WT_Q5_1] = {32, 24, QACT_32},    [WT_Q8_0] = {32, 34, QACT_32}, [WT_Q2_K] = {QK_K, 84, QACT_256},
     [WT_Q3_K] = {QK_K, 110, QACT_256}, [WT_Q4_K] = {QK_K, 144, QACT_256}, [WT_Q5_K] = {QK_K, 176, QACT_256},
     [WT_Q6_K] = {QK_K, 210, QACT_256},
 };
@@ -619,7 +619,9 @@ int quant_act_quantize(struct quant_act *a, enum qact_kind kind, bool avx2, cons
  * with mins keep M_j = mn[2j] * bsum[2j] + mn[2j+1] * bsum[2j+1].  Then, per
  * block and lane, acc_j = fmaf(d_w * d_x, L_j, acc_j) and, with mins,
  * acc_j = fmaf(-(dmin_w * d_x), M_j, acc_j).  q4_1 / q5_1 add
- * fmaf(m_w, s_x, macc) per block to a separate sum, added at the end. */
+ * fmaf(m_w, s_x, macc) per block to a separate sum, added at the end.
+ * q8_0 has four lanes (quant.h): the eight above, lane j + 4 added to
+ * lane j as integers before the float steps. */
 
 static inline float reduce8(const float l[8])
 {
@@ -628,8 +630,33 @@ static inline float reduce8(const float l[8])
     return b0 + b1;
 }
 
+/* q8_0's four lanes (quant.h): lane j of a block holds elements 4j..4j+3 and
+ * 16+4j..16+4j+3; the result is (acc0 + acc2) + (acc1 + acc3). */
+static inline float reduce4(const float l[4]) { return (l[0] + l[2]) + (l[1] + l[3]); }
+
+static float q8_dot_scalar(const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
+{
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b * K;
+    const float *ad = a->d + (size_t)b * nb;
+    float acc[4] = {0};
+    for (uint32_t i = 0; i < nb; i++, aq += 32) {
+        const uint8_t *blk = row + (size_t)i * step;
+        float D = half_at(blk) * ad[i];
+        for (int j = 0; j < 4; j++) {
+            int32_t L = 0;
+            for (int e = 4 * j; e < 4 * j + 4; e++)
+                L += (int8_t)blk[2 + e] * aq[e] + (int8_t)blk[18 + e] * aq[16 + e];
+            acc[j] = fmaf(D, (float)L, acc[j]);
+        }
+    }
+    return reduce4(acc);
+}
+
 static float dot_row_scalar(enum wtype t, const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
 {
+    if (t == WT_Q8_0)
+        return q8_dot_scalar(row, step, a, b);
     uint32_t K = a->K, bs = quant_block(t), nb = K / bs;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb;
@@ -701,6 +728,13 @@ AVX2_TARGET static ALWAYS_INLINE __m256i nibbles32(const uint8_t *qs)
     return _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(15));
 }
 
+/* The 32 codes of a q4_0 ... q5_1 block in element order (the nibbles,
+ * before their fifth bits and offsets). */
+AVX2_TARGET static ALWAYS_INLINE __m256i codes32(const enum wtype t, const uint8_t *blk)
+{
+    return nibbles32(blk + (t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8));
+}
+
 /* Byte e is 0xff where bit e of the 32 bits at p is set. */
 AVX2_TARGET static ALWAYS_INLINE __m256i bits32(const uint8_t *p)
 {
@@ -718,7 +752,6 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
                                              const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                              uint32_t n)
 {
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -734,7 +767,7 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
-        __m256i w = nibbles32(blk + qs_off);
+        __m256i w = codes32(t, blk);
         if (t == WT_Q5_0)
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
@@ -934,6 +967,43 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
         y[(size_t)(b0 + (uint32_t)c) * ldy + n] = hsum8(acc[c]);
 }
 
+/* q8_0: one weight row against C activation rows.  |w| times a negated
+ * where w < 0 (-128 is 128 as maddubs reads |w|; a pair's 2 x 128 x 127 =
+ * 32512 does not saturate its int16) gives eight lanes of elements
+ * 4k..4k+3; the two halves added are the four lanes of quant.h. */
+AVX2_TARGET static ALWAYS_INLINE void q8_rows(const enum wtype t, const int C, const uint8_t *row, size_t step,
+                                              const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
+                                              uint32_t n)
+{
+    (void)t;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b0 * K;
+    const float *ad = a->d + (size_t)b0 * nb;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m128 acc[MAXC];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++)
+        acc[c] = _mm_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * step;
+        float dw = half_avx2(blk);
+        __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2)), aw = _mm256_abs_epi8(w);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            __m256i av = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(aq + (size_t)c * K + (size_t)i * 32)), w);
+            __m256i L8 = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, av), ones);
+            __m128i L = _mm_add_epi32(_mm256_castsi256_si128(L8), _mm256_extracti128_si256(L8, 1));
+            acc[c] = _mm_fmadd_ps(_mm_set1_ps(dw * ad[(size_t)c * nb + i]), _mm_cvtepi32_ps(L), acc[c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < C; c++) {
+        float l[4];
+        _mm_storeu_ps(l, acc[c]);
+        y[(size_t)(b0 + (uint32_t)c) * ldy + n] = reduce4(l);
+    }
+}
+
 typedef void (*rows_fn)(const uint8_t *row, size_t bs, const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                         uint32_t n);
 
@@ -964,6 +1034,7 @@ ROWS_FNS(q4_0, rows32, WT_Q4_0)
 ROWS_FNS(q4_1, rows32, WT_Q4_1)
 ROWS_FNS(q5_0, rows32, WT_Q5_0)
 ROWS_FNS(q5_1, rows32, WT_Q5_1)
+ROWS_FNS(q8_0, q8_rows, WT_Q8_0)
 ROWS_FNS(q2_k, rows256, WT_Q2_K)
 ROWS_FNS(q3_k, rows256, WT_Q3_K)
 ROWS_FNS(q4_k, rows256, WT_Q4_K)
@@ -977,6 +1048,7 @@ static const rows_fn *avx2_fns(enum wtype t)
     case WT_Q4_1: return q4_1_fns;
     case WT_Q5_0: return q5_0_fns;
     case WT_Q5_1: return q5_1_fns;
+    case WT_Q8_0: return q8_0_fns;
     case WT_Q2_K: return q2_k_fns;
     case WT_Q3_K: return q3_k_fns;
     case WT_Q4_K: return q4_k_fns;
@@ -994,8 +1066,8 @@ static const rows_fn *avx2_fns(enum wtype t)
  * (the integer sums are exact, the float steps the same operations in the
  * same order), so the results are the AVX2 kernels' bits; only the number
  * of instructions halves, on cores whose 512-bit units are full width.
- * VNNI's dot products replace AVX2's maddubs + madd (q4_0 ... q5_1: no pair
- * sum of |w| <= 31 times |a| <= 127 saturates an int16) and madd + add (the
+ * VNNI's dot products replace AVX2's maddubs + madd (no pair sum of
+ * |w| <= 128 times |a| <= 127 saturates an int16: 32512) and madd + add (the
  * K types), with the same integer results. */
 
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -1025,7 +1097,6 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                                                   size_t ldy, uint32_t n)
 {
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
@@ -1041,7 +1112,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
-        __m256i w = nibbles32(blk + qs_off);
+        __m256i w = codes32(t, blk);
         if (t == WT_Q5_0)
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
@@ -1215,6 +1286,49 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_x2(const enum wtype t, const int
     }
 }
 
+/* q8_rows() for 2P activation rows: the eight lanes of each row folded
+ * to four (the 128-bit halves of its 256 added, the sum in both), each
+ * lane then doing q8_rows()'s float steps. */
+AVX512_TARGET static ALWAYS_INLINE void q8_rows_x2(const enum wtype t, const int P, const uint8_t *row, size_t step,
+                                                   const struct quant_act *a, const float *dT, uint32_t b0, float *y,
+                                                   size_t ldy, uint32_t n)
+{
+    (void)t;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b0 * K;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[MAXP];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++)
+        acc[p] = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * step;
+        __m512i w = dup256(_mm256_loadu_si256((const __m256i *)(blk + 2))), aw = _mm512_abs_epi8(w);
+        __mmask64 neg = _mm512_movepi8_mask(w);
+        __m512 dwv = _mm512_set1_ps(half_avx2(blk));
+        __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
+#pragma GCC unroll 4
+        for (int p = 0; p < P; p++) {
+            const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
+            __m512i av = pair_load(a0, a0 + K);
+            av = _mm512_mask_sub_epi8(av, neg, zero, av);
+            __m512i L = _mm512_dpbusd_epi32(zero, aw, av);
+            L = _mm512_add_epi32(L, _mm512_shuffle_i32x4(L, L, _MM_SHUFFLE(2, 3, 0, 1)));
+            __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+            __m512 D = _mm512_mul_ps(dwv, _mm512_permutexvar_ps(idx, dx8));
+            acc[p] = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc[p]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+        float l[16];
+        _mm512_storeu_ps(l, acc[p]);
+        float *y0 = y + (size_t)(b0 + 2 * (uint32_t)p) * ldy + n;
+        y0[0] = reduce4(l);
+        y0[ldy] = reduce4(l + 8);
+    }
+}
+
 /* dT: for 32-weight blocks, the scales of the tile's activation rows,
  * block-major (eight a block: row b0 + r at [i * 8 + r]). */
 typedef void (*rows2_fn)(const uint8_t *row, size_t bs, const struct quant_act *a, const float *dT, uint32_t b0, float *y,
@@ -1238,6 +1352,7 @@ ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
 ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
 ROWS2_FNS(q5_0, rows32_x2, WT_Q5_0)
 ROWS2_FNS(q5_1, rows32_x2, WT_Q5_1)
+ROWS2_FNS(q8_0, q8_rows_x2, WT_Q8_0)
 ROWS2_FNS(q2_k, rows256_x2, WT_Q2_K)
 ROWS2_FNS(q3_k, rows256_x2, WT_Q3_K)
 ROWS2_FNS(q4_k, rows256_x2, WT_Q4_K)
@@ -1252,6 +1367,7 @@ static const rows2_fn *avx512_fns(enum wtype t)
     case WT_Q4_1: return q4_1_x2_fns;
     case WT_Q5_0: return q5_0_x2_fns;
     case WT_Q5_1: return q5_1_x2_fns;
+    case WT_Q8_0: return q8_0_x2_fns;
     case WT_Q2_K: return q2_k_x2_fns;
     case WT_Q3_K: return q3_k_x2_fns;
     case WT_Q4_K: return q4_k_x2_fns;
@@ -1286,7 +1402,6 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
 {
     (void)row_bytes;
     const uint32_t bb = t == WT_Q4_0 ? 18 : t == WT_Q4_1 ? 20 : t == WT_Q5_0 ? 22 : 24;
-    const uint32_t qs_off = t == WT_Q4_0 ? 2 : t == WT_Q4_1 ? 4 : t == WT_Q5_0 ? 6 : 8;
     const bool has_min = t == WT_Q4_1 || t == WT_Q5_1, is_signed = !has_min;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
@@ -1296,7 +1411,7 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
     float macc0 = 0, macc1 = 0;
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *k0 = row0 + (size_t)i * 2 * bb, *k1 = k0 + bb;
-        __m256i w0 = nibbles32(k0 + qs_off), w1 = nibbles32(k1 + qs_off);
+        __m256i w0 = codes32(t, k0), w1 = codes32(t, k1);
         if (t == WT_Q5_0) {
             w0 = _mm256_or_si256(w0, _mm256_andnot_si256(bits32(k0 + 2), _mm256_set1_epi8((char)0xf0)));
             w1 = _mm256_or_si256(w1, _mm256_andnot_si256(bits32(k1 + 2), _mm256_set1_epi8((char)0xf0)));
@@ -1444,6 +1559,52 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
     store_pair(acc, y0, y0 + 1);
 }
 
+/* The decode kernel's -128 x (each lane's four activations' sum) of one
+ * activation row, eight lanes a block (q8_c1()). */
+#define Q8C1_CAP 1024 /* blocks: rows of up to 32768 */
+static _Thread_local int32_t tl_q8c1[Q8C1_CAP * 8] __attribute__((aligned(64)));
+
+AVX512_TARGET static void q8_c1(const struct quant_act *a, uint32_t b)
+{
+    uint32_t K = a->K, nb = K / 32;
+    const __m256i o = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    for (uint32_t i = 0; i < nb; i++) {
+        __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (size_t)b * K + (size_t)i * 32));
+        _mm256_store_si256((__m256i *)(tl_q8c1 + (size_t)i * 8), _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, o, av)));
+    }
+}
+
+/* q8_rows() of rows n, n+1 (their blocks alternating) against activation
+ * row b, folded to four lanes as q8_rows_x2() does; the codes with their
+ * sign bits flipped (u = q + 128) from tl_q8c1's start, as q8_tile(). */
+AVX512_TARGET static ALWAYS_INLINE void q8_rows_w2(const enum wtype t, const uint8_t *row0, size_t row_bytes,
+                                                   const struct quant_act *a, uint32_t b, float *y, size_t ldy,
+                                                   uint32_t n)
+{
+    (void)t;
+    (void)row_bytes;
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b * K;
+    const float *ad = a->d + (size_t)b * nb;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *k0 = row0 + (size_t)i * 68, *k1 = k0 + 34;
+        __m512i u = _mm512_xor_si512(
+            join256(_mm256_loadu_si256((const __m256i *)(k0 + 2)), _mm256_loadu_si256((const __m256i *)(k1 + 2))), flip);
+        __m512i c = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(tl_q8c1 + (size_t)i * 8)));
+        __m512i L = _mm512_dpbusd_epi32(c, u, bcast_act(aq + (size_t)i * 32));
+        L = _mm512_add_epi32(L, _mm512_shuffle_i32x4(L, L, _MM_SHUFFLE(2, 3, 0, 1)));
+        __m512 D = _mm512_mul_ps(pair_set(half_avx2(k0), half_avx2(k1)), _mm512_set1_ps(ad[i]));
+        acc = _mm512_fmadd_ps(D, _mm512_cvtepi32_ps(L), acc);
+    }
+    float l[16];
+    _mm512_storeu_ps(l, acc);
+    float *y0 = y + (size_t)b * ldy + n;
+    y0[0] = reduce4(l);
+    y0[1] = reduce4(l + 8);
+}
+
 typedef void (*rows_w2_fn)(const uint8_t *row, size_t row_bytes, const struct quant_act *a, uint32_t b, float *y,
                            size_t ldy, uint32_t n);
 
@@ -1459,6 +1620,7 @@ ROWSW2_FN(q4_0, rows32_w2, WT_Q4_0)
 ROWSW2_FN(q4_1, rows32_w2, WT_Q4_1)
 ROWSW2_FN(q5_0, rows32_w2, WT_Q5_0)
 ROWSW2_FN(q5_1, rows32_w2, WT_Q5_1)
+ROWSW2_FN(q8_0, q8_rows_w2, WT_Q8_0)
 ROWSW2_FN(q2_k, rows256_w2, WT_Q2_K)
 ROWSW2_FN(q3_k, rows256_w2, WT_Q3_K)
 ROWSW2_FN(q4_k, rows256_w2, WT_Q4_K)
@@ -1472,6 +1634,7 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
     case WT_Q4_1: return q4_1_w2;
     case WT_Q5_0: return q5_0_w2;
     case WT_Q5_1: return q5_1_w2;
+    case WT_Q8_0: return q8_0_w2;
     case WT_Q2_K: return q2_k_w2;
     case WT_Q3_K: return q3_k_w2;
     case WT_Q4_K: return q4_k_w2;
@@ -1488,6 +1651,12 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
  * row. */
 #define ACT_PASS_BYTES (192u << 10)
 #define W_BLOCK_BYTES  (32u << 10)
+/* The q4_0 / q8_0 tiles (raw_tile()) prepare each pass's lane sums and
+ * scales once per block of weight rows: with 32 KiB blocks that was a few
+ * tiles' work per preparation on wide rows (a 2048 x 8192 q8_0 matrix ran
+ * at 74 GOP/s, against 196 with 256 KiB blocks, which with the pass and its
+ * sums still fit a 1 MiB L2). */
+#define RAW_W_BLOCK_BYTES (256u << 10)
 
 void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t rows, void *dst)
 {
@@ -1510,9 +1679,9 @@ void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t 
  * sum (w + 8) a - 8 sum a = sum w a, the same integer in every lane, so the
  * float steps after it (dw * dx, the conversion, the FMA) and the final
  * reduction give rows32_x2()'s bits. */
-AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp, size_t row_bytes,
-                                                  const struct quant_act *a, const float *dT, const int32_t *c8,
-                                                  uint32_t b0, float *y, size_t ldy, uint32_t n)
+AVX512_TARGET static ALWAYS_INLINE void raw_tile(const enum wtype t, const int W, const uint8_t *rp, size_t row_bytes,
+                                                 const struct quant_act *a, const float *dT, const int32_t *c8,
+                                                 uint32_t b0, float *y, size_t ldy, uint32_t n)
 {
     const uint32_t bb = 18;
     uint32_t K = a->K, nb = K / 32;
@@ -1530,7 +1699,7 @@ AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp
         for (int r = 0; r < W; r++) {
             const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 2 * bb + (size_t)(r % 2) * bb;
             dw[r] = _mm512_set1_ps(half_avx2(blk));
-            u[r] = dup256(nibbles32(blk + 2));
+            u[r] = dup256(codes32(t, blk));
         }
         __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
 #pragma GCC unroll 4
@@ -1556,36 +1725,139 @@ AVX512_TARGET static ALWAYS_INLINE void q4_0_tile(const int W, const uint8_t *rp
         }
 }
 
-AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_2(const uint8_t *rp, size_t row_bytes,
-                                                                const struct quant_act *a, const float *dT,
-                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
-                                                                uint32_t n)
-{
-    q4_0_tile(2, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
-}
+#define RAW_TILE_FN(NAME, T, W)                                                                              \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_tile_##W(                                     \
+        const uint8_t *rp, size_t row_bytes, const struct quant_act *a, const float *dT, const int32_t *c8, \
+        uint32_t b0, float *y, size_t ldy, uint32_t n)                                                       \
+    {                                                                                                        \
+        raw_tile(T, W, rp, row_bytes, a, dT, c8, b0, y, ldy, n);                                              \
+    }
 
-AVX512_TARGET __attribute__((noinline)) static void q4_0_tile_4(const uint8_t *rp, size_t row_bytes,
-                                                                const struct quant_act *a, const float *dT,
-                                                                const int32_t *c8, uint32_t b0, float *y, size_t ldy,
-                                                                uint32_t n)
-{
-    q4_0_tile(4, rp, row_bytes, a, dT, c8, b0, y, ldy, n);
-}
+RAW_TILE_FN(q4_0, WT_Q4_0, 2)
+RAW_TILE_FN(q4_0, WT_Q4_0, 4)
 
-/* q4_0_tile()'s -8 x lane sums of activation rows [b0, b1) (b1 - b0 a
+/* raw_tile()'s -8 x lane sums of activation rows [b0, b1) (b1 - b0 a
  * multiple of 8), pairs of rows side by side: pair p's block i at
  * c8[(p * nb + i) * 16]. */
-AVX512_TARGET static void q4_0_lane_sums(const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
+AVX512_TARGET static void raw_lane_sums(const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
 {
     uint32_t K = a->K, nb = K / 32;
-    const __m512i eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i o = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
     for (uint32_t b = b0; b < b1; b += 2)
         for (uint32_t i = 0; i < nb; i++) {
             const int8_t *a0 = a->q + (size_t)b * K + (size_t)i * 32;
-            __m512i s = _mm512_dpbusd_epi32(zero, eight, pair_load(a0, a0 + K));
+            __m512i s = _mm512_dpbusd_epi32(zero, o, pair_load(a0, a0 + K));
             _mm512_store_si512((void *)(c8 + ((size_t)(b - b0) / 2 * nb + i) * 16), _mm512_sub_epi32(zero, s));
         }
 }
+
+/* q8_0 prefill with AVX-512: W weight rows (in pairs, as raw_tile()) against
+ * 4Q activation rows, four rows to a register: with four lanes a block
+ * (quant.h), a register holds four rows' lanes, so that one scale product,
+ * one conversion and one FMA serve four products of a block where the
+ * eight-lane layout needed two of each.  A weight row's elements 0-15 and
+ * 16-31, sign bits flipped (u = q + 128), repeat in each 128-bit quarter
+ * against four activation rows' elements 0-15 and 16-31 (q8_pack_pass()'s
+ * layout); two dpbusd from -128 x the lane's eight activations give lane j
+ * of each row: sum (q + 128) a - 128 sum a, the exact integer of the
+ * definition, and the float steps are q8_rows()'s. */
+#define Q8PK_BYTES 256 /* per quad of activation rows and block */
+
+AVX512_TARGET static ALWAYS_INLINE void q8_tile(const int W, const int Q, const uint8_t *rp, size_t row_bytes,
+                                                uint32_t nb, const uint8_t *pk, float *y, size_t ldy, uint32_t b0,
+                                                uint32_t n)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < W; r++)
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; q++)
+            acc[r][q] = _mm512_setzero_ps();
+    for (uint32_t i = 0; i < nb; i++) {
+        __m512i ulo[4], uhi[4];
+        __m512 dw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < W; r++) {
+            const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 68 + (size_t)(r % 2) * 34;
+            dw[r] = _mm512_set1_ps(half_avx2(blk));
+            ulo[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 2))), flip);
+            uhi[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 18))), flip);
+        }
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; q++) {
+            const uint8_t *s = pk + ((size_t)q * nb + i) * Q8PK_BYTES;
+            __m512i alo = _mm512_load_si512((const void *)s), ahi = _mm512_load_si512((const void *)(s + 64));
+            __m512i c = _mm512_load_si512((const void *)(s + 128));
+            __m512 dx = _mm512_load_ps((const void *)(s + 192));
+#pragma GCC unroll 4
+            for (int r = 0; r < W; r++) {
+                __m512i L = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, ulo[r], alo), uhi[r], ahi);
+                acc[r][q] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(L), acc[r][q]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < W; r++)
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; q++) {
+            float l[16];
+            _mm512_storeu_ps(l, acc[r][q]);
+            for (int k = 0; k < 4; k++)
+                y[(size_t)(b0 + 4 * (uint32_t)q + (uint32_t)k) * ldy + n + (uint32_t)r] = reduce4(l + 4 * k);
+        }
+}
+
+#define Q8_TILE_Q 4 /* quads of activation rows a tile (and 2 for a last 8) */
+
+typedef void (*q8_tile_fn)(const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y,
+                           size_t ldy, uint32_t b0, uint32_t n);
+
+#define Q8_TILE_FN(W, Q)                                                                                      \
+    AVX512_TARGET __attribute__((noinline)) static void q8_tile_##W##x##Q(                                    \
+        const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y, size_t ldy, uint32_t b0, \
+        uint32_t n)                                                                                           \
+    {                                                                                                         \
+        q8_tile(W, Q, rp, row_bytes, nb, pk, y, ldy, b0, n);                                                   \
+    }
+
+Q8_TILE_FN(4, 4)
+Q8_TILE_FN(2, 4)
+Q8_TILE_FN(4, 2)
+Q8_TILE_FN(2, 2)
+
+/* q8_tile()'s activations of rows [b0, b1) (b1 - b0 a multiple of 4): quad
+ * q's block i at pk + (q * nb + i) * Q8PK_BYTES: the four rows' elements
+ * 0-15, their elements 16-31, the sixteen lanes' -128 x activation sums and
+ * the rows' scales, each four times. */
+AVX512_TARGET static void q8_pack_pass(const struct quant_act *a, uint32_t b0, uint32_t b1, uint8_t *pk)
+{
+    uint32_t K = a->K, nb = K / 32;
+    const __m512i o = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    for (uint32_t b = b0; b < b1; b += 4) {
+        const int8_t *r0 = a->q + (size_t)b * K;
+        const float *d0 = a->d + (size_t)b * nb;
+        for (uint32_t i = 0; i < nb; i++) {
+            uint8_t *s = pk + ((size_t)(b - b0) / 4 * nb + i) * Q8PK_BYTES;
+            const int8_t *q = r0 + (size_t)i * 32;
+            __m512i x = pair_load(q, q + K), z = pair_load(q + 2 * (size_t)K, q + 3 * (size_t)K);
+            /* the four rows' first 16 bytes, then their last 16 */
+            __m512i alo = _mm512_shuffle_i64x2(x, z, _MM_SHUFFLE(2, 0, 2, 0));
+            __m512i ahi = _mm512_shuffle_i64x2(x, z, _MM_SHUFFLE(3, 1, 3, 1));
+            __m512i sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, o, alo), o, ahi);
+            __m128 d4 = _mm_setr_ps(d0[i], d0[nb + i], d0[2 * (size_t)nb + i], d0[3 * (size_t)nb + i]);
+            _mm512_store_si512((void *)s, alo);
+            _mm512_store_si512((void *)(s + 64), ahi);
+            _mm512_store_si512((void *)(s + 128), _mm512_sub_epi32(zero, sum));
+            _mm512_store_ps((void *)(s + 192), _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(d4)));
+        }
+    }
+}
+
+/* q8_pack_pass()'s layout of a pass: twice its codes. */
+#define Q8PK_CAP (2 * (ACT_PASS_BYTES + (64u << 10)))
+static _Thread_local uint8_t tl_q8pk[Q8PK_CAP] __attribute__((aligned(64)));
 
 /* c8 for a pass: 8 x K / 32 lane sums of 4 bytes per activation row
  * (the same bytes as its codes). */
@@ -1612,8 +1884,15 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                 y[(size_t)b * ldy + n] = dot_row_scalar(t, ROW(n), bs, a, b);
         return;
     }
-    uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)(W_BLOCK_BYTES / row_bytes);
+    const bool raw = fns2 && pairs && (t == WT_Q4_0 || t == WT_Q8_0);
+    uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)((raw ? RAW_W_BLOCK_BYTES : W_BLOCK_BYTES) / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
+    if (raw && t == WT_Q8_0 && pass % (4 * Q8_TILE_Q)) {
+        /* whole q8_0 tiles, where they fit (else the rest in 8s, 4s, 2s) */
+        uint32_t up = (pass + 4 * Q8_TILE_Q - 1) / (4 * Q8_TILE_Q) * (4 * Q8_TILE_Q);
+        if ((size_t)up * a->K <= C8_CAP && (size_t)up * (a->K / 32) <= DT_CAP)
+            pass = up;
+    }
     wblk = wblk < 2 ? 2 : wblk / 2 * 2; /* so that a block starts a pair (n0 is even) */
     if (a->kind == QACT_32 && (size_t)pass * (a->K / 32) > DT_CAP)
         fns2 = NULL; /* rows of over 32768: the AVX2 kernels */
@@ -1625,6 +1904,8 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                 /* a single activation row (decode): weight rows in pairs */
                 rows_w2_fn f = avx512_w2_fn(t);
                 uint32_t n = nb0;
+                if (t == WT_Q8_0)
+                    q8_c1(a, p0);
                 for (; n + 2 <= nb1; n += 2)
                     f(ROW(n), row_bytes, a, p0, y, ldy, n);
                 if (n < nb1)
@@ -1641,23 +1922,38 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                             a->d[(size_t)b * nbk + i];
             }
             uint32_t n = nb0;
-            /* q4_0: W weight rows at once against the pass's whole 8-row tiles */
-            uint32_t p8 = p0 + (p1 - p0) / 8 * 8;
-            if (fns2 && pairs && t == WT_Q4_0 && p8 > p0 && (size_t)(p8 - p0) * a->K <= C8_CAP) {
-                q4_0_lane_sums(a, p0, p8, tl_c8);
-                for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
-                    for (uint32_t b0 = p0; b0 < p8; b0 += 8) {
-                        const float *dT = tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8;
-                        const int32_t *c8 = tl_c8 + (size_t)(b0 - p0) / 2 * nbk * 16;
-                        if (nb1 - n >= 4)
-                            q4_0_tile_4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
-                        else
-                            q4_0_tile_2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
-                    }
+            /* q4_0, q8_0: W weight rows at once against the pass's whole
+             * tiles of 8 activation rows (q8_0: 16 while they last) */
+            const uint32_t pt = p0 + (p1 - p0) / 8 * 8;
+            if (raw && fns2 && pt > p0 && (size_t)(pt - p0) * a->K <= C8_CAP) {
+                if (t == WT_Q8_0) {
+                    q8_pack_pass(a, p0, pt, tl_q8pk);
+                    for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
+                        for (uint32_t b0 = p0, tq; b0 < pt; b0 += tq) {
+                            const uint8_t *pk = tl_q8pk + (size_t)(b0 - p0) / 4 * nbk * Q8PK_BYTES;
+                            bool w4 = nb1 - n >= 4;
+                            tq = pt - b0 >= 4 * Q8_TILE_Q ? 4 * Q8_TILE_Q : 8;
+                            q8_tile_fn f = tq == 8 ? (w4 ? q8_tile_4x2 : q8_tile_2x2) : w4 ? q8_tile_4x4 : q8_tile_2x4;
+                            f(ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
+                        }
+                } else {
+                    raw_lane_sums(a, p0, pt, tl_c8);
+                    for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
+                        for (uint32_t b0 = p0; b0 < pt; b0 += 8) {
+                            const float *dT = tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8;
+                            const int32_t *c8 = tl_c8 + (size_t)(b0 - p0) / 2 * nbk * 16;
+                            if (nb1 - n >= 4)
+                                q4_0_tile_4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                            else
+                                q4_0_tile_2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
+                        }
+                }
                 /* the rest of the pass's rows as below (the same bits) */
                 for (uint32_t m = nb0; m < n; m++) {
                     const uint8_t *row = ROW(m);
-                    uint32_t b0 = p8;
+                    uint32_t b0 = pt;
+                    for (; p1 - b0 >= 8; b0 += 8)
+                        fns2[2](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8, b0, y, ldy, m);
                     if (p1 - b0 >= 4) {
                         fns2[1](row, bs, a, tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8 + (b0 - p0) % 8, b0, y, ldy, m);
                         b0 += 4;

@@ -29,7 +29,9 @@ static double frand(void) /* uniform in [-1, 1) */
     return (double)(rng_state >> 11) * 0x1.0p-52 - 1.0;
 }
 
-/* A random matrix of the given type; also returns its exact float values. */
+/* A random matrix of a float type (F32, F16, BF16); also returns its exact
+ * float values.  (The block types, Q8_0 among them, multiply with int8
+ * activations: test_quant.c holds their kernels.) */
 static void make_matrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t cols, float **exact)
 {
     w->type = t;
@@ -40,20 +42,14 @@ static void make_matrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t co
     *exact = malloc(sizeof(float) * rows * cols);
     for (uint32_t r = 0; r < rows; r++) {
         char *row = (char *)data + (size_t)r * w->row_bytes;
-        if (t == WT_Q8_0) {
-            for (uint32_t b = 0; b < cols / 32; b++) {
-                struct q8_0_block *blk = (struct q8_0_block *)row + b;
-                blk->d = f32_to_f16((float)(0.001 + 0.01 * fabs(frand())));
-                for (int i = 0; i < 32; i++)
-                    blk->qs[i] = (int8_t)(frand() * 127);
-            }
-        }
         for (uint32_t k = 0; k < cols; k++) {
             float v = (float)frand();
             if (t == WT_F32)
                 ((float *)row)[k] = v;
             else if (t == WT_F16)
                 ((uint16_t *)row)[k] = f32_to_f16(v);
+            else
+                ((uint16_t *)row)[k] = quant_f32_to_bf16(v);
         }
     }
     w->data = data;
@@ -80,7 +76,7 @@ static void expect_near_double(const float *ex, const float *x, const float *y, 
 static void test_kern_matmul_agrees_with_double_precision(void **state)
 {
     (void)state;
-    enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
+    enum wtype types[] = {WT_F32, WT_F16, WT_BF16};
     /* every instruction set, B = 1 (the direct tiles) and 9 (the converting
      * ones) */
     for (int ti = 0; ti < 3 * 3 * 2; ti++) {
@@ -115,7 +111,7 @@ static void test_kern_matmul_agrees_with_double_precision(void **state)
 static void test_kern_matmul_is_bit_identical_across_batch_tiles_and_isa(void **state)
 {
     (void)state;
-    enum wtype types[] = {WT_F32, WT_F16, WT_Q8_0};
+    enum wtype types[] = {WT_F32, WT_F16, WT_BF16};
     /* K = 800: the converting kernels' column blocks, whole ones and a part;
      * B = 71: more than one pass of activation rows, 53 rows: several blocks
      * of groups and a partial group. */
@@ -219,7 +215,7 @@ static void test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes(voi
     expect_blocked_bit_identical(WT_F32, 2056);
 }
 
-/* F16 and Q8_0 from 4 batch rows convert a block of weights once and run it
+/* F16 and BF16 from 4 batch rows convert a block of weights once and run it
  * (with AVX-512) through the F32 kernel's pair tile: the same checks, with K
  * past column blocks (256 with AVX2, 1024 with AVX-512) and not a whole
  * number of them, and within one block. */
@@ -227,10 +223,10 @@ static void test_kern_converted_kernels_are_bit_identical_across_batch_sizes(voi
 {
     (void)state;
     expect_blocked_bit_identical(WT_F16, 2080);
-    expect_blocked_bit_identical(WT_Q8_0, 2080);
+    expect_blocked_bit_identical(WT_BF16, 2080);
     /* one block (converted once for every pass of 64 activation rows) */
     expect_blocked_bit_identical(WT_F16, 800);
-    expect_blocked_bit_identical(WT_Q8_0, 800);
+    expect_blocked_bit_identical(WT_BF16, 800);
 }
 
 /* Attention over paged keys and values: the same bits in every instruction

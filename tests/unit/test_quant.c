@@ -26,8 +26,8 @@
 static const enum wtype block_types[] = {WT_Q4_0, WT_Q4_1, WT_Q5_0, WT_Q5_1, WT_Q8_0,
                                          WT_Q2_K, WT_Q3_K, WT_Q4_K, WT_Q5_K, WT_Q6_K};
 #define N_BLOCK_TYPES (sizeof block_types / sizeof block_types[0])
-static const enum wtype int_types[] = {WT_Q4_0, WT_Q4_1, WT_Q5_0, WT_Q5_1, WT_Q2_K,
-                                       WT_Q3_K, WT_Q4_K, WT_Q5_K, WT_Q6_K};
+static const enum wtype int_types[] = {WT_Q4_0, WT_Q4_1, WT_Q5_0, WT_Q5_1, WT_Q8_0,
+                                       WT_Q2_K, WT_Q3_K, WT_Q4_K, WT_Q5_K, WT_Q6_K};
 #define N_INT_TYPES (sizeof int_types / sizeof int_types[0])
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -493,7 +493,8 @@ static void test_quantizers_round_trip_within_each_formats_step(void **state)
  * quantized data (quant_quantize of floats with groups of different
  * ranges), random bytes with moderate random half scales (every code
  * pattern), and every code byte 0xff (the largest codes, d = 1, scale bytes
- * 0xff) — the largest integer sums the lanes see. */
+ * 0xff; for q8_0 every code 0x80 = -128, its largest magnitude, which only
+ * raw bytes reach) — the largest integer sums the lanes see. */
 static void make_qmatrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t cols)
 {
     w->type = t;
@@ -520,7 +521,7 @@ static void make_qmatrix(struct wmat *w, enum wtype t, uint32_t rows, uint32_t c
                 for (int h = 0; h < nh; h++)
                     put_half_bits(blk + off[h], f32_to_f16((float)(frand() * 0.05)));
             } else {
-                memset(blk, 0xff, bb);
+                memset(blk, t == WT_Q8_0 ? 0x80 : 0xff, bb);
                 for (int h = 0; h < nh; h++)
                     put_half_bits(blk + off[h], 0x3c00);
             }
@@ -722,18 +723,17 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
     }
 }
 
-/* q4_0's AVX-512 prefill kernel (4 or 2 weight rows against tiles of 8
- * activation rows, the sign of the weights folded into a per-lane
- * correction) gives the bits of every other path: each batch size (whole
- * tiles and every remainder), row ranges of 6 (tiles of 4, of 2 and a lone
- * row), each row alone (the decode kernel) and the scalar code; and it is
- * within float rounding of the dequantized product in double. */
-static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **state)
+/* The AVX-512 prefill kernel of q4_0 and q8_0 (4 or 2 weight rows against
+ * tiles of 8 activation rows, on the raw codes with the offset folded into a
+ * per-lane correction) gives the bits of every other path: each batch size
+ * (whole tiles and every remainder), row ranges of 6 (tiles of 4, of 2 and a
+ * lone row), each row alone (the decode kernel) and the scalar code; and it
+ * is within float rounding of the dequantized product in double. */
+static void expect_prefill_kernel_bit_identical(enum wtype t)
 {
-    (void)state;
     uint32_t N = 31, K = 320, BMAX = 70;
     struct wmat w;
-    make_qmatrix(&w, WT_Q4_0, N, K);
+    make_qmatrix(&w, t, N, K);
     float *x = make_acts(BMAX, K), *alone = malloc(sizeof(float) * BMAX * N), *y = malloc(sizeof(float) * BMAX * N),
           *wr = malloc(sizeof(float) * K);
     struct kmat km;
@@ -744,7 +744,7 @@ static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **
     for (uint32_t b = 0; b < BMAX; b++) {
         kern_matmul(&km, x + (size_t)b * K, K, 1, y + (size_t)b * N, N, 0, N);
         if (memcmp(y + (size_t)b * N, alone + (size_t)b * N, sizeof(float) * N))
-            fail_msg("q4_0 act %u alone (%s) differs from the scalar code", b, kern_isa_name(kern_isa()));
+            fail_msg("%s act %u alone (%s) differs from the scalar code", wtype_name(t), b, kern_isa_name(kern_isa()));
     }
     uint32_t sizes[] = {8, 9, 10, 12, 15, 16, 17, 23, 24, 31, 32, 40, 64, 70};
     for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
@@ -755,8 +755,8 @@ static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **
                 kern_matmul(&km, x, K, B, y, N, n0, ranges ? n0 + 6 : N);
             for (size_t i = 0; i < (size_t)B * N; i++)
                 if (memcmp(&y[i], &alone[i], sizeof(float)))
-                    fail_msg("q4_0 (%s), batch of %u%s: %.9g, scalar one row at a time %.9g at row %zu, act %zu",
-                             kern_isa_name(kern_isa()), B, ranges ? " in row ranges of 6" : "", (double)y[i],
+                    fail_msg("%s (%s), batch of %u%s: %.9g, scalar one row at a time %.9g at row %zu, act %zu",
+                             wtype_name(t), kern_isa_name(kern_isa()), B, ranges ? " in row ranges of 6" : "", (double)y[i],
                              (double)alone[i], i % N, i / N);
         }
     }
@@ -773,8 +773,8 @@ static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **
                 mag += fabs((double)wr[k] * xq);
             }
             if (fabs(y[(size_t)b * N + n] - ref) > 1e-6 * mag + 1e-30)
-                fail_msg("q4_0 row %u act %u: %.9g, dequantized in double %.9g", n, b, (double)y[(size_t)b * N + n],
-                         ref);
+                fail_msg("%s row %u act %u: %.9g, dequantized in double %.9g", wtype_name(t), n, b,
+                         (double)y[(size_t)b * N + n], ref);
         }
     }
     quant_act_free(&a);
@@ -786,6 +786,86 @@ static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **
     free(wr);
 }
 
+static void test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes(void **state)
+{
+    (void)state;
+    expect_prefill_kernel_bit_identical(WT_Q4_0);
+    expect_prefill_kernel_bit_identical(WT_Q8_0);
+}
+
+/* q8_0's float order as quant.h defines it, written out here from the block
+ * bytes and the quantized activations, without quant.c's code: per block,
+ * lane j's exact integer L_j = sum of q_e * a_e over e = 4j..4j+3 and
+ * 16+4j..16+4j+3 (four lanes), then acc_j = fmaf(d_w * d_x, L_j, acc_j)
+ * block after block, then (acc0 + acc2) + (acc1 + acc3). */
+static float q8_0_ordered_dot(const uint8_t *row, const struct quant_act *a, uint32_t b)
+{
+    uint32_t K = a->K, nb = K / 32;
+    float acc[4] = {0};
+    for (uint32_t i = 0; i < nb; i++) {
+        const uint8_t *blk = row + (size_t)i * 34;
+        const int8_t *aq = a->q + (size_t)b * K + (size_t)i * 32;
+        float D = f16_to_f32((uint16_t)(blk[0] | blk[1] << 8)) * a->d[(size_t)b * nb + i];
+        for (int j = 0; j < 4; j++) {
+            int32_t L = 0;
+            for (int e = 4 * j; e < 4 * j + 4; e++)
+                L += (int8_t)blk[2 + e] * aq[e] + (int8_t)blk[18 + e] * aq[16 + e];
+            acc[j] = fmaf(D, (float)L, acc[j]);
+        }
+    }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+
+/* Every q8_0 path gives exactly the defined order's bits: scalar, AVX2 and
+ * AVX-512, decode (one activation row: AVX-512's pairs of weight rows) and
+ * prefill (the tiles of 8 activation rows, the 2/4/8-row kernels, AVX2's
+ * 1-4), in both layouts of the packed rows.  A kernel that summed in
+ * another order — another split of the lanes, another reduction, a block's
+ * lanes added before the scale, d_w * (d_x * L) — fails here even where it
+ * agrees with itself across batch sizes. */
+static void test_q8_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
+{
+    (void)state;
+    uint32_t N = 30, K = 512, BMAX = 70;
+    struct wmat w;
+    make_qmatrix(&w, WT_Q8_0, N, K);
+    float *x = make_acts(BMAX, K), *y = malloc(sizeof(float) * BMAX * N), *ref = malloc(sizeof(float) * BMAX * N);
+    struct quant_act a = {0};
+    assert_int_equal(quant_act_quantize(&a, QACT_32, false, x, K, BMAX, K), 0);
+    for (uint32_t b = 0; b < BMAX; b++)
+        for (uint32_t n = 0; n < N; n++)
+            ref[(size_t)b * N + n] = q8_0_ordered_dot((const uint8_t *)w.data + (size_t)n * w.row_bytes, &a, b);
+    struct kmat km, kplain;
+    assert_int_equal(kern_pack(&w, &km), 0);
+    enum kern_isa old = kern_set_isa(KERN_SCALAR);
+    assert_int_equal(kern_pack(&w, &kplain), 0);
+    const uint32_t sizes[] = {1, 2, 3, 4, 8, 13, 16, 23, 70};
+    for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+        if (!kern_isa_supported((enum kern_isa)isa))
+            continue;
+        kern_set_isa((enum kern_isa)isa);
+        for (int layout = 0; layout < 2; layout++)
+            for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+                uint32_t B = sizes[si];
+                memset(y, 0, sizeof(float) * B * N);
+                kern_matmul(layout ? &km : &kplain, x, K, B, y, N, 0, N);
+                for (size_t i = 0; i < (size_t)B * N; i++)
+                    if (memcmp(&y[i], &ref[i], sizeof(float)))
+                        fail_msg("q8_0 %s (%s), batch of %u: %.9g, the defined order %.9g at row %zu, act %zu",
+                                 kern_isa_name((enum kern_isa)isa), layout && km.pairs ? "pairs" : "rows", B,
+                                 (double)y[i], (double)ref[i], i % N, i / N);
+            }
+    }
+    kern_set_isa(old);
+    quant_act_free(&a);
+    kern_unpack_free(&kplain);
+    kern_unpack_free(&km);
+    free((void *)w.data);
+    free(x);
+    free(y);
+    free(ref);
+}
+
 /* A long prompt over a wide matrix is computed in passes of activation rows
  * and blocks of weight rows (so the codes stay in cache); an element must not
  * depend on which pass or block it fell in: 53 rows of 4096 columns cross a
@@ -795,7 +875,7 @@ static void test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes(void **
 static void test_int_kernels_give_the_same_bits_across_cache_passes(void **state)
 {
     (void)state;
-    const enum wtype ts[] = {WT_Q4_0, WT_Q4_K, WT_Q6_K};
+    const enum wtype ts[] = {WT_Q4_0, WT_Q8_0, WT_Q4_K, WT_Q6_K};
     for (size_t ti = 0; ti < sizeof ts / sizeof *ts; ti++) {
         enum wtype t = ts[ti];
         uint32_t N = 70, K = 4096, B = 53;
@@ -886,7 +966,8 @@ int main(void)
         cmocka_unit_test(test_activation_quantization_is_the_same_in_avx2_and_scalar),
         cmocka_unit_test(test_int_kernels_are_bit_identical_across_batch_tiles_and_isa),
         cmocka_unit_test(test_int_kernels_give_the_same_bits_across_cache_passes),
-        cmocka_unit_test(test_q4_0_prefill_kernel_is_bit_identical_across_batch_sizes),
+        cmocka_unit_test(test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes),
+        cmocka_unit_test(test_q8_0_kernels_follow_the_defined_order_bit_for_bit),
         cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
