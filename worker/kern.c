@@ -26,6 +26,7 @@
 
 #include "common/err.h"
 #include "quant.h"
+#include "vexp.h"
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
@@ -763,6 +764,19 @@ void kern_axpy(float a, const float *x, float *y, uint32_t n)
         y[i] = fmaf(a, x[i], y[i]);
 }
 
+/* The softmax's middle, shared by every attention kernel: s[t] =
+ * expf(s[t] - mx), then 1 / their sum, added in position order.  The
+ * exponentials are vexp_shifted()'s in isa (bit for bit glibc's expf in
+ * every ISA, so the kernels agree); the sum stays sequential. */
+static float softmax_exps(float *s, uint32_t n, float mx, enum kern_isa isa)
+{
+    vexp_shifted(s, n, mx, isa);
+    float sum = 0;
+    for (uint32_t t = 0; t < n; t++)
+        sum += s[t];
+    return 1.0f / sum;
+}
+
 /* The scalar version: the same steps, one call each. */
 static void attention_scalar(const float *q, uint32_t hd, const float *const *kb, const float *const *vb, size_t stride,
                              uint32_t bt, uint32_t n, float scale, float *s, float *out)
@@ -773,12 +787,7 @@ static void attention_scalar(const float *q, uint32_t hd, const float *const *kb
         if (s[t] > mx)
             mx = s[t];
     }
-    float sum = 0;
-    for (uint32_t t = 0; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-    }
-    float inv = 1.0f / sum;
+    float inv = softmax_exps(s, n, mx, KERN_SCALAR);
     memset(out, 0, hd * sizeof *out);
     for (uint32_t t = 0; t < n; t++) {
         const float *v = vb[t / bt] + (size_t)(t % bt) * stride;
@@ -828,12 +837,7 @@ AVX2_TARGET static void attention_avx2(const float *q, uint32_t hd, const float 
                 mx = sc;
         }
     }
-    float sum = 0;
-    for (uint32_t t = 0; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-    }
-    float inv = 1.0f / sum;
+    float inv = softmax_exps(s, n, mx, KERN_AVX2);
     for (uint32_t i = 0; i < nv; i++)
         ov[i] = _mm256_setzero_ps();
     for (uint32_t t0 = 0, blk = 0; t0 < n; t0 += bt, blk++) {
@@ -906,12 +910,7 @@ AVX512_TARGET static inline __attribute__((always_inline)) void attention_512(
                 mx = sc;
         }
     }
-    float sum = 0;
-    for (uint32_t t = 0; t < n; t++) {
-        s[t] = expf(s[t] - mx);
-        sum += s[t];
-    }
-    float inv = 1.0f / sum;
+    float inv = softmax_exps(s, n, mx, KERN_AVX512);
     _Pragma("GCC unroll 16")
     for (uint32_t i = 0; i < NV / 2; i++)
         ov[i] = _mm512_setzero_ps();
