@@ -6,8 +6,8 @@
 #   make                 release build in build/
 #   make test            deps + build + unit tests + end-to-end tests
 #   make check           the tests again under ASan+UBSan, the ring under TSan,
-#                        a bounded libFuzzer run of every network-facing parser
-#                        and a 3-minute soak
+#                        a bounded libFuzzer run of every network-facing parser,
+#                        the exhaustive vector-expf check and a 3-minute soak
 #   make check-vexp      the vector expf against glibc's on all 2^32 inputs
 #   make chaos / soak    failures and disconnects under load / steady load over time
 #   make bench           every benchmark (bench-ring, bench-engine, bench-fanout)
@@ -115,6 +115,7 @@ check: deps
 	@$(MAKE) --no-print-directory check-tsan
 	@$(MAKE) --no-print-directory fuzz
 	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory check-vexp
 	@$(MAKE) --no-print-directory check-soak
 
 # The vector expf (worker/vexp.c) against glibc's expf, and its SiLU against
