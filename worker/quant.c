@@ -620,8 +620,8 @@ int quant_act_quantize(struct quant_act *a, enum qact_kind kind, bool avx2, cons
  * block and lane, acc_j = fmaf(d_w * d_x, L_j, acc_j) and, with mins,
  * acc_j = fmaf(-(dmin_w * d_x), M_j, acc_j).  q4_1 / q5_1 add
  * fmaf(m_w, s_x, macc) per block to a separate sum, added at the end.
- * q8_0 has four lanes (quant.h): the eight above, lane j + 4 added to
- * lane j as integers before the float steps. */
+ * q4_0 and q8_0 have four lanes (quant.h): the eight above, lane j + 4
+ * added to lane j as integers before the float steps. */
 
 static inline float reduce8(const float l[8])
 {
@@ -630,11 +630,12 @@ static inline float reduce8(const float l[8])
     return b0 + b1;
 }
 
-/* q8_0's four lanes (quant.h): lane j of a block holds elements 4j..4j+3 and
- * 16+4j..16+4j+3; the result is (acc0 + acc2) + (acc1 + acc3). */
+/* The four lanes of q4_0 and q8_0 (quant.h): lane j of a block holds
+ * elements 4j..4j+3 and 16+4j..16+4j+3; the result is (acc0 + acc2) +
+ * (acc1 + acc3). */
 static inline float reduce4(const float l[4]) { return (l[0] + l[2]) + (l[1] + l[3]); }
 
-static float q8_dot_scalar(const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
+static float dot4_scalar(enum wtype t, const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
 {
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
@@ -642,11 +643,21 @@ static float q8_dot_scalar(const uint8_t *row, size_t step, const struct quant_a
     float acc[4] = {0};
     for (uint32_t i = 0; i < nb; i++, aq += 32) {
         const uint8_t *blk = row + (size_t)i * step;
+        int w[32];
+        if (t == WT_Q8_0) {
+            for (int e = 0; e < 32; e++)
+                w[e] = (int8_t)blk[2 + e];
+        } else {
+            struct blk32 k;
+            unpack32(t, blk, &k);
+            for (int e = 0; e < 32; e++)
+                w[e] = k.u[e] - k.off;
+        }
         float D = half_at(blk) * ad[i];
         for (int j = 0; j < 4; j++) {
             int32_t L = 0;
             for (int e = 4 * j; e < 4 * j + 4; e++)
-                L += (int8_t)blk[2 + e] * aq[e] + (int8_t)blk[18 + e] * aq[16 + e];
+                L += w[e] * aq[e] + w[16 + e] * aq[16 + e];
             acc[j] = fmaf(D, (float)L, acc[j]);
         }
     }
@@ -655,8 +666,8 @@ static float q8_dot_scalar(const uint8_t *row, size_t step, const struct quant_a
 
 static float dot_row_scalar(enum wtype t, const uint8_t *row, size_t step, const struct quant_act *a, uint32_t b)
 {
-    if (t == WT_Q8_0)
-        return q8_dot_scalar(row, step, a, b);
+    if (t == WT_Q8_0 || t == WT_Q4_0)
+        return dot4_scalar(t, row, step, a, b);
     uint32_t K = a->K, bs = quant_block(t), nb = K / bs;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb;
@@ -747,7 +758,8 @@ AVX2_TARGET static ALWAYS_INLINE __m256i bits32(const uint8_t *p)
     return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
 }
 
-/* q4_0, q4_1, q5_0, q5_1: one weight row against C activation rows. */
+/* q4_1, q5_0, q5_1: one weight row against C activation rows (q4_0 has
+ * q8_rows()). */
 AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, const uint8_t *row, size_t step,
                                              const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                              uint32_t n)
@@ -772,8 +784,6 @@ AVX2_TARGET static ALWAYS_INLINE void rows32(const enum wtype t, const int C, co
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
             w = _mm256_or_si256(w, _mm256_and_si256(bits32(blk + 4), _mm256_set1_epi8(0x10)));
-        else if (t == WT_Q4_0)
-            w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
         __m256i aw = is_signed ? _mm256_abs_epi8(w) : w;
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
@@ -967,15 +977,22 @@ AVX2_TARGET static ALWAYS_INLINE void rows256(const enum wtype t, const int C, c
         y[(size_t)(b0 + (uint32_t)c) * ldy + n] = hsum8(acc[c]);
 }
 
-/* q8_0: one weight row against C activation rows.  |w| times a negated
- * where w < 0 (-128 is 128 as maddubs reads |w|; a pair's 2 x 128 x 127 =
- * 32512 does not saturate its int16) gives eight lanes of elements
+/* The signed codes of a q4_0 (nibble - 8) or q8_0 block in element order. */
+AVX2_TARGET static ALWAYS_INLINE __m256i signed32(const enum wtype t, const uint8_t *blk)
+{
+    if (t == WT_Q8_0)
+        return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    return _mm256_sub_epi8(codes32(t, blk), _mm256_set1_epi8(8));
+}
+
+/* q4_0, q8_0: one weight row against C activation rows.  |w| times a
+ * negated where w < 0 (-128 is 128 as maddubs reads |w|; a pair's 2 x 128 x
+ * 127 = 32512 does not saturate its int16) gives eight lanes of elements
  * 4k..4k+3; the two halves added are the four lanes of quant.h. */
 AVX2_TARGET static ALWAYS_INLINE void q8_rows(const enum wtype t, const int C, const uint8_t *row, size_t step,
                                               const struct quant_act *a, uint32_t b0, float *y, size_t ldy,
                                               uint32_t n)
 {
-    (void)t;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
     const float *ad = a->d + (size_t)b0 * nb;
@@ -987,7 +1004,7 @@ AVX2_TARGET static ALWAYS_INLINE void q8_rows(const enum wtype t, const int C, c
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
         float dw = half_avx2(blk);
-        __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2)), aw = _mm256_abs_epi8(w);
+        __m256i w = signed32(t, blk), aw = _mm256_abs_epi8(w);
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
             __m256i av = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(aq + (size_t)c * K + (size_t)i * 32)), w);
@@ -1030,7 +1047,7 @@ typedef void (*rows_fn)(const uint8_t *row, size_t bs, const struct quant_act *a
     }                                                                                                        \
     static const rows_fn NAME##_fns[MAXC + 1] = {NULL, NAME##_1, NAME##_2, NAME##_3, NAME##_4};
 
-ROWS_FNS(q4_0, rows32, WT_Q4_0)
+ROWS_FNS(q4_0, q8_rows, WT_Q4_0)
 ROWS_FNS(q4_1, rows32, WT_Q4_1)
 ROWS_FNS(q5_0, rows32, WT_Q5_0)
 ROWS_FNS(q5_1, rows32, WT_Q5_1)
@@ -1117,8 +1134,6 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_x2(const enum wtype t, const int 
             w = _mm256_or_si256(w, _mm256_andnot_si256(bits32(blk + 2), _mm256_set1_epi8((char)0xf0)));
         else if (t == WT_Q5_1)
             w = _mm256_or_si256(w, _mm256_and_si256(bits32(blk + 4), _mm256_set1_epi8(0x10)));
-        else if (t == WT_Q4_0)
-            w = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
         __m512i aw = dup256(is_signed ? _mm256_abs_epi8(w) : w);
         /* AVX2's sign(a, w): a negated where w < 0 (where w == 0 its |w| is
          * 0, so the product is 0 either way) */
@@ -1293,7 +1308,6 @@ AVX512_TARGET static ALWAYS_INLINE void q8_rows_x2(const enum wtype t, const int
                                                    const struct quant_act *a, const float *dT, uint32_t b0, float *y,
                                                    size_t ldy, uint32_t n)
 {
-    (void)t;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b0 * K;
     const __m512i zero = _mm512_setzero_si512();
@@ -1303,7 +1317,7 @@ AVX512_TARGET static ALWAYS_INLINE void q8_rows_x2(const enum wtype t, const int
         acc[p] = _mm512_setzero_ps();
     for (uint32_t i = 0; i < nb; i++) {
         const uint8_t *blk = row + (size_t)i * step;
-        __m512i w = dup256(_mm256_loadu_si256((const __m256i *)(blk + 2))), aw = _mm512_abs_epi8(w);
+        __m512i w = dup256(signed32(t, blk)), aw = _mm512_abs_epi8(w);
         __mmask64 neg = _mm512_movepi8_mask(w);
         __m512 dwv = _mm512_set1_ps(half_avx2(blk));
         __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
@@ -1348,7 +1362,7 @@ typedef void (*rows2_fn)(const uint8_t *row, size_t bs, const struct quant_act *
     ROWS2_FN(NAME, BODY, T, 4)                                                                              \
     static const rows2_fn NAME##_x2_fns[3] = {NAME##_x2_1, NAME##_x2_2, NAME##_x2_4};
 
-ROWS2_FNS(q4_0, rows32_x2, WT_Q4_0)
+ROWS2_FNS(q4_0, q8_rows_x2, WT_Q4_0)
 ROWS2_FNS(q4_1, rows32_x2, WT_Q4_1)
 ROWS2_FNS(q5_0, rows32_x2, WT_Q5_0)
 ROWS2_FNS(q5_1, rows32_x2, WT_Q5_1)
@@ -1420,8 +1434,6 @@ AVX512_TARGET static ALWAYS_INLINE void rows32_w2(const enum wtype t, const uint
             w1 = _mm256_or_si256(w1, _mm256_and_si256(bits32(k1 + 4), _mm256_set1_epi8(0x10)));
         }
         __m512i w = join256(w0, w1);
-        if (t == WT_Q4_0)
-            w = _mm512_sub_epi8(w, _mm512_set1_epi8(8));
         __m512i av = bcast_act(aq + (size_t)i * 32), aw = w;
         if (is_signed) {
             aw = _mm512_abs_epi8(w);
@@ -1559,15 +1571,19 @@ AVX512_TARGET static ALWAYS_INLINE void rows256_w2(const enum wtype t, const uin
     store_pair(acc, y0, y0 + 1);
 }
 
-/* The decode kernel's -128 x (each lane's four activations' sum) of one
- * activation row, eight lanes a block (q8_c1()). */
+/* The decode kernel's -off x (each lane's four activations' sum) of one
+ * activation row, eight lanes a block (q8_c1()): off is the offset of the
+ * raw codes, 128 for q8_0's sign-flipped bytes, 8 for q4_0's nibbles. */
 #define Q8C1_CAP 1024 /* blocks: rows of up to 32768 */
 static _Thread_local int32_t tl_q8c1[Q8C1_CAP * 8] __attribute__((aligned(64)));
 
-AVX512_TARGET static void q8_c1(const struct quant_act *a, uint32_t b)
+/* The offset of t's raw codes (u = w + off, unsigned bytes for dpbusd). */
+static inline int raw_off(enum wtype t) { return t == WT_Q8_0 ? 128 : 8; }
+
+AVX512_TARGET static void q8_c1(enum wtype t, const struct quant_act *a, uint32_t b)
 {
     uint32_t K = a->K, nb = K / 32;
-    const __m256i o = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    const __m256i o = _mm256_set1_epi8((char)raw_off(t)), zero = _mm256_setzero_si256();
     for (uint32_t i = 0; i < nb; i++) {
         __m256i av = _mm256_loadu_si256((const __m256i *)(a->q + (size_t)b * K + (size_t)i * 32));
         _mm256_store_si256((__m256i *)(tl_q8c1 + (size_t)i * 8), _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, o, av)));
@@ -1575,23 +1591,26 @@ AVX512_TARGET static void q8_c1(const struct quant_act *a, uint32_t b)
 }
 
 /* q8_rows() of rows n, n+1 (their blocks alternating) against activation
- * row b, folded to four lanes as q8_rows_x2() does; the codes with their
- * sign bits flipped (u = q + 128) from tl_q8c1's start, as q8_tile(). */
+ * row b, folded to four lanes as q8_rows_x2() does; the raw codes (q8_0's
+ * with their sign bits flipped, u = q + 128; q4_0's nibbles, u = w + 8)
+ * from tl_q8c1's start, as q8_tile(). */
 AVX512_TARGET static ALWAYS_INLINE void q8_rows_w2(const enum wtype t, const uint8_t *row0, size_t row_bytes,
                                                    const struct quant_act *a, uint32_t b, float *y, size_t ldy,
                                                    uint32_t n)
 {
-    (void)t;
     (void)row_bytes;
+    const uint32_t bb = t == WT_Q8_0 ? 34 : 18;
     uint32_t K = a->K, nb = K / 32;
     const int8_t *aq = a->q + (size_t)b * K;
     const float *ad = a->d + (size_t)b * nb;
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     __m512 acc = _mm512_setzero_ps();
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *k0 = row0 + (size_t)i * 68, *k1 = k0 + 34;
-        __m512i u = _mm512_xor_si512(
-            join256(_mm256_loadu_si256((const __m256i *)(k0 + 2)), _mm256_loadu_si256((const __m256i *)(k1 + 2))), flip);
+        const uint8_t *k0 = row0 + (size_t)i * 2 * bb, *k1 = k0 + bb;
+        __m512i u = t == WT_Q8_0 ? _mm512_xor_si512(join256(_mm256_loadu_si256((const __m256i *)(k0 + 2)),
+                                                            _mm256_loadu_si256((const __m256i *)(k1 + 2))),
+                                                    flip)
+                                 : join256(codes32(t, k0), codes32(t, k1));
         __m512i c = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(tl_q8c1 + (size_t)i * 8)));
         __m512i L = _mm512_dpbusd_epi32(c, u, bcast_act(aq + (size_t)i * 32));
         L = _mm512_add_epi32(L, _mm512_shuffle_i32x4(L, L, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -1616,7 +1635,7 @@ typedef void (*rows_w2_fn)(const uint8_t *row, size_t row_bytes, const struct qu
         BODY(T, row, row_bytes, a, b, y, ldy, n);                                                                \
     }
 
-ROWSW2_FN(q4_0, rows32_w2, WT_Q4_0)
+ROWSW2_FN(q4_0, q8_rows_w2, WT_Q4_0)
 ROWSW2_FN(q4_1, rows32_w2, WT_Q4_1)
 ROWSW2_FN(q5_0, rows32_w2, WT_Q5_0)
 ROWSW2_FN(q5_1, rows32_w2, WT_Q5_1)
@@ -1651,7 +1670,7 @@ static rows_w2_fn avx512_w2_fn(enum wtype t)
  * row. */
 #define ACT_PASS_BYTES (192u << 10)
 #define W_BLOCK_BYTES  (32u << 10)
-/* The q4_0 / q8_0 tiles (raw_tile()) prepare each pass's lane sums and
+/* The q4_0 / q8_0 tiles (q8_tile()) prepare each pass's lane sums and
  * scales once per block of weight rows: with 32 KiB blocks that was a few
  * tiles' work per preparation on wide rows (a 2048 x 8192 q8_0 matrix ran
  * at 74 GOP/s, against 196 with 256 KiB blocks, which with the pass and its
@@ -1669,105 +1688,26 @@ void quant_pack_pairs(enum wtype t, const void *src, size_t row_bytes, uint32_t 
     }
 }
 
-/* q4_0 prefill with AVX-512: W weight rows (W/2 pairs, each pair's blocks
- * alternating as quant_pack_pairs() lays them) against a tile of 8
- * activation rows, so that a block's activations, their scales and the
- * weights' unpacking are shared by 4 x W products.  The sign trick of
- * rows32_x2() (|w| against a negated where w < 0) is per weight row; here
- * the raw nibbles u = w + 8 go to dpbusd as they are, starting from
- * -8 x (each lane's four activations' sum), computed once per pass (c8):
- * sum (w + 8) a - 8 sum a = sum w a, the same integer in every lane, so the
- * float steps after it (dw * dx, the conversion, the FMA) and the final
- * reduction give rows32_x2()'s bits. */
-AVX512_TARGET static ALWAYS_INLINE void raw_tile(const enum wtype t, const int W, const uint8_t *rp, size_t row_bytes,
-                                                 const struct quant_act *a, const float *dT, const int32_t *c8,
-                                                 uint32_t b0, float *y, size_t ldy, uint32_t n)
-{
-    const uint32_t bb = 18;
-    uint32_t K = a->K, nb = K / 32;
-    const int8_t *aq = a->q + (size_t)b0 * K;
-    __m512 acc[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < W; r++)
-#pragma GCC unroll 4
-        for (int p = 0; p < 4; p++)
-            acc[r][p] = _mm512_setzero_ps();
-    for (uint32_t i = 0; i < nb; i++) {
-        __m512i u[4];
-        __m512 dw[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < W; r++) {
-            const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 2 * bb + (size_t)(r % 2) * bb;
-            dw[r] = _mm512_set1_ps(half_avx2(blk));
-            u[r] = dup256(codes32(t, blk));
-        }
-        __m512 dx8 = _mm512_castps256_ps512(_mm256_loadu_ps(dT + (size_t)i * 8));
-#pragma GCC unroll 4
-        for (int p = 0; p < 4; p++) {
-            const int8_t *a0 = aq + (size_t)(2 * p) * K + (size_t)i * 32;
-            __m512i av = pair_load(a0, a0 + K);
-            __m512i c = _mm512_load_si512((const void *)(c8 + ((size_t)p * nb + i) * 16));
-            __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
-            __m512 dx = _mm512_permutexvar_ps(idx, dx8);
-#pragma GCC unroll 4
-            for (int r = 0; r < W; r++) {
-                __m512i L = _mm512_dpbusd_epi32(c, u[r], av);
-                acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], dx), _mm512_cvtepi32_ps(L), acc[r][p]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < W; r++)
-#pragma GCC unroll 4
-        for (int p = 0; p < 4; p++) {
-            float *y0 = y + (size_t)(b0 + 2 * (uint32_t)p) * ldy + n + (uint32_t)r;
-            store_pair(acc[r][p], y0, y0 + ldy);
-        }
-}
-
-#define RAW_TILE_FN(NAME, T, W)                                                                              \
-    AVX512_TARGET __attribute__((noinline)) static void NAME##_tile_##W(                                     \
-        const uint8_t *rp, size_t row_bytes, const struct quant_act *a, const float *dT, const int32_t *c8, \
-        uint32_t b0, float *y, size_t ldy, uint32_t n)                                                       \
-    {                                                                                                        \
-        raw_tile(T, W, rp, row_bytes, a, dT, c8, b0, y, ldy, n);                                              \
-    }
-
-RAW_TILE_FN(q4_0, WT_Q4_0, 2)
-RAW_TILE_FN(q4_0, WT_Q4_0, 4)
-
-/* raw_tile()'s -8 x lane sums of activation rows [b0, b1) (b1 - b0 a
- * multiple of 8), pairs of rows side by side: pair p's block i at
- * c8[(p * nb + i) * 16]. */
-AVX512_TARGET static void raw_lane_sums(const struct quant_act *a, uint32_t b0, uint32_t b1, int32_t *c8)
-{
-    uint32_t K = a->K, nb = K / 32;
-    const __m512i o = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
-    for (uint32_t b = b0; b < b1; b += 2)
-        for (uint32_t i = 0; i < nb; i++) {
-            const int8_t *a0 = a->q + (size_t)b * K + (size_t)i * 32;
-            __m512i s = _mm512_dpbusd_epi32(zero, o, pair_load(a0, a0 + K));
-            _mm512_store_si512((void *)(c8 + ((size_t)(b - b0) / 2 * nb + i) * 16), _mm512_sub_epi32(zero, s));
-        }
-}
-
-/* q8_0 prefill with AVX-512: W weight rows (in pairs, as raw_tile()) against
- * 4Q activation rows, four rows to a register: with four lanes a block
+/* q4_0 and q8_0 prefill with AVX-512: W weight rows (W/2 pairs, each
+ * pair's blocks alternating as quant_pack_pairs() lays them) against 4Q
+ * activation rows, four rows to a register: with four lanes a block
  * (quant.h), a register holds four rows' lanes, so that one scale product,
  * one conversion and one FMA serve four products of a block where the
- * eight-lane layout needed two of each.  A weight row's elements 0-15 and
- * 16-31, sign bits flipped (u = q + 128), repeat in each 128-bit quarter
+ * eight-lane layout needed two of each.  A weight row's raw codes u = w +
+ * off (q8_0: its bytes with the sign bit flipped, off 128; q4_0: its
+ * nibbles, off 8), elements 0-15 and 16-31, repeat in each 128-bit quarter
  * against four activation rows' elements 0-15 and 16-31 (q8_pack_pass()'s
- * layout); two dpbusd from -128 x the lane's eight activations give lane j
- * of each row: sum (q + 128) a - 128 sum a, the exact integer of the
+ * layout); two dpbusd from -off x the lane's eight activations give lane j
+ * of each row: sum (w + off) a - off sum a, the exact integer of the
  * definition, and the float steps are q8_rows()'s. */
 #define Q8PK_BYTES 256 /* per quad of activation rows and block */
 
-AVX512_TARGET static ALWAYS_INLINE void q8_tile(const int W, const int Q, const uint8_t *rp, size_t row_bytes,
-                                                uint32_t nb, const uint8_t *pk, float *y, size_t ldy, uint32_t b0,
-                                                uint32_t n)
+AVX512_TARGET static ALWAYS_INLINE void q8_tile(const enum wtype t, const int W, const int Q, const uint8_t *rp,
+                                                size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y, size_t ldy,
+                                                uint32_t b0, uint32_t n)
 {
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const uint32_t bb = t == WT_Q8_0 ? 34 : 18;
+    const __m512i flip = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15);
     __m512 acc[4][4];
 #pragma GCC unroll 4
     for (int r = 0; r < W; r++)
@@ -1779,10 +1719,17 @@ AVX512_TARGET static ALWAYS_INLINE void q8_tile(const int W, const int Q, const 
         __m512 dw[4];
 #pragma GCC unroll 4
         for (int r = 0; r < W; r++) {
-            const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 68 + (size_t)(r % 2) * 34;
+            const uint8_t *blk = rp + (size_t)(r / 2) * 2 * row_bytes + (size_t)i * 2 * bb + (size_t)(r % 2) * bb;
             dw[r] = _mm512_set1_ps(half_avx2(blk));
-            ulo[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 2))), flip);
-            uhi[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 18))), flip);
+            if (t == WT_Q8_0) {
+                ulo[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 2))), flip);
+                uhi[r] = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 18))), flip);
+            } else {
+                /* low nibbles are elements 0-15, high nibbles 16-31 */
+                __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(blk + 2)));
+                ulo[r] = _mm512_and_si512(v, m4);
+                uhi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
         }
 #pragma GCC unroll 4
         for (int q = 0; q < Q; q++) {
@@ -1813,27 +1760,33 @@ AVX512_TARGET static ALWAYS_INLINE void q8_tile(const int W, const int Q, const 
 typedef void (*q8_tile_fn)(const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y,
                            size_t ldy, uint32_t b0, uint32_t n);
 
-#define Q8_TILE_FN(W, Q)                                                                                      \
-    AVX512_TARGET __attribute__((noinline)) static void q8_tile_##W##x##Q(                                    \
+#define Q8_TILE_FN(NAME, T, W, Q)                                                                             \
+    AVX512_TARGET __attribute__((noinline)) static void NAME##_tile_##W##x##Q(                                \
         const uint8_t *rp, size_t row_bytes, uint32_t nb, const uint8_t *pk, float *y, size_t ldy, uint32_t b0, \
         uint32_t n)                                                                                           \
     {                                                                                                         \
-        q8_tile(W, Q, rp, row_bytes, nb, pk, y, ldy, b0, n);                                                   \
+        q8_tile(T, W, Q, rp, row_bytes, nb, pk, y, ldy, b0, n);                                                \
     }
+#define Q8_TILE_FNS(NAME, T)                                                                                  \
+    Q8_TILE_FN(NAME, T, 4, 4)                                                                                 \
+    Q8_TILE_FN(NAME, T, 2, 4)                                                                                 \
+    Q8_TILE_FN(NAME, T, 4, 2)                                                                                 \
+    Q8_TILE_FN(NAME, T, 2, 2)                                                                                 \
+    /* [16 activation rows?][4 weight rows?] */                                                               \
+    static const q8_tile_fn NAME##_tiles[2][2] = {{NAME##_tile_2x2, NAME##_tile_4x2},                          \
+                                                  {NAME##_tile_2x4, NAME##_tile_4x4}};
 
-Q8_TILE_FN(4, 4)
-Q8_TILE_FN(2, 4)
-Q8_TILE_FN(4, 2)
-Q8_TILE_FN(2, 2)
+Q8_TILE_FNS(q8_0, WT_Q8_0)
+Q8_TILE_FNS(q4_0, WT_Q4_0)
 
-/* q8_tile()'s activations of rows [b0, b1) (b1 - b0 a multiple of 4): quad
- * q's block i at pk + (q * nb + i) * Q8PK_BYTES: the four rows' elements
- * 0-15, their elements 16-31, the sixteen lanes' -128 x activation sums and
- * the rows' scales, each four times. */
-AVX512_TARGET static void q8_pack_pass(const struct quant_act *a, uint32_t b0, uint32_t b1, uint8_t *pk)
+/* q8_tile()'s activations of rows [b0, b1) (b1 - b0 a multiple of 4) for
+ * weights of type t: quad q's block i at pk + (q * nb + i) * Q8PK_BYTES: the
+ * four rows' elements 0-15, their elements 16-31, the sixteen lanes' -off x
+ * activation sums and the rows' scales, each four times. */
+AVX512_TARGET static void q8_pack_pass(enum wtype t, const struct quant_act *a, uint32_t b0, uint32_t b1, uint8_t *pk)
 {
     uint32_t K = a->K, nb = K / 32;
-    const __m512i o = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i o = _mm512_set1_epi8((char)raw_off(t)), zero = _mm512_setzero_si512();
     const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for (uint32_t b = b0; b < b1; b += 4) {
         const int8_t *r0 = a->q + (size_t)b * K;
@@ -1855,14 +1808,13 @@ AVX512_TARGET static void q8_pack_pass(const struct quant_act *a, uint32_t b0, u
     }
 }
 
-/* q8_pack_pass()'s layout of a pass: twice its codes. */
-#define Q8PK_CAP (2 * (ACT_PASS_BYTES + (64u << 10)))
-static _Thread_local uint8_t tl_q8pk[Q8PK_CAP] __attribute__((aligned(64)));
-
-/* c8 for a pass: 8 x K / 32 lane sums of 4 bytes per activation row
- * (the same bytes as its codes). */
+/* The most codes of a pass the tiles take (q8_pack_pass() lays out twice
+ * as many bytes). */
 #define C8_CAP (ACT_PASS_BYTES + (64u << 10))
-static _Thread_local int32_t tl_c8[C8_CAP / 4] __attribute__((aligned(64)));
+
+/* q8_pack_pass()'s layout of a pass: twice its codes. */
+#define Q8PK_CAP (2 * C8_CAP)
+static _Thread_local uint8_t tl_q8pk[Q8PK_CAP] __attribute__((aligned(64)));
 
 /* The activation scales of a pass, rearranged for the AVX-512 kernels of
  * 32-weight blocks (a pass has at most max(8 rows, ACT_PASS_BYTES of codes):
@@ -1887,8 +1839,8 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
     const bool raw = fns2 && pairs && (t == WT_Q4_0 || t == WT_Q8_0);
     uint32_t pass = ACT_PASS_BYTES / a->K, wblk = (uint32_t)((raw ? RAW_W_BLOCK_BYTES : W_BLOCK_BYTES) / row_bytes);
     pass = pass < 8 ? 8 : pass / 8 * 8;
-    if (raw && t == WT_Q8_0 && pass % (4 * Q8_TILE_Q)) {
-        /* whole q8_0 tiles, where they fit (else the rest in 8s, 4s, 2s) */
+    if (raw && pass % (4 * Q8_TILE_Q)) {
+        /* whole tiles, where they fit (else the rest in 8s, 4s, 2s) */
         uint32_t up = (pass + 4 * Q8_TILE_Q - 1) / (4 * Q8_TILE_Q) * (4 * Q8_TILE_Q);
         if ((size_t)up * a->K <= C8_CAP && (size_t)up * (a->K / 32) <= DT_CAP)
             pass = up;
@@ -1904,8 +1856,8 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                 /* a single activation row (decode): weight rows in pairs */
                 rows_w2_fn f = avx512_w2_fn(t);
                 uint32_t n = nb0;
-                if (t == WT_Q8_0)
-                    q8_c1(a, p0);
+                if (t == WT_Q8_0 || t == WT_Q4_0)
+                    q8_c1(t, a, p0);
                 for (; n + 2 <= nb1; n += 2)
                     f(ROW(n), row_bytes, a, p0, y, ldy, n);
                 if (n < nb1)
@@ -1923,31 +1875,17 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
             }
             uint32_t n = nb0;
             /* q4_0, q8_0: W weight rows at once against the pass's whole
-             * tiles of 8 activation rows (q8_0: 16 while they last) */
+             * tiles of 16 activation rows, then of 8 */
             const uint32_t pt = p0 + (p1 - p0) / 8 * 8;
             if (raw && fns2 && pt > p0 && (size_t)(pt - p0) * a->K <= C8_CAP) {
-                if (t == WT_Q8_0) {
-                    q8_pack_pass(a, p0, pt, tl_q8pk);
-                    for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
-                        for (uint32_t b0 = p0, tq; b0 < pt; b0 += tq) {
-                            const uint8_t *pk = tl_q8pk + (size_t)(b0 - p0) / 4 * nbk * Q8PK_BYTES;
-                            bool w4 = nb1 - n >= 4;
-                            tq = pt - b0 >= 4 * Q8_TILE_Q ? 4 * Q8_TILE_Q : 8;
-                            q8_tile_fn f = tq == 8 ? (w4 ? q8_tile_4x2 : q8_tile_2x2) : w4 ? q8_tile_4x4 : q8_tile_2x4;
-                            f(ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
-                        }
-                } else {
-                    raw_lane_sums(a, p0, pt, tl_c8);
-                    for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
-                        for (uint32_t b0 = p0; b0 < pt; b0 += 8) {
-                            const float *dT = tl_dT + (size_t)(b0 - p0) / 8 * nbk * 8;
-                            const int32_t *c8 = tl_c8 + (size_t)(b0 - p0) / 2 * nbk * 16;
-                            if (nb1 - n >= 4)
-                                q4_0_tile_4(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
-                            else
-                                q4_0_tile_2(ROW(n), row_bytes, a, dT, c8, b0, y, ldy, n);
-                        }
-                }
+                const q8_tile_fn(*tiles)[2] = t == WT_Q8_0 ? q8_0_tiles : q4_0_tiles;
+                q8_pack_pass(t, a, p0, pt, tl_q8pk);
+                for (; n + 2 <= nb1; n += nb1 - n >= 4 ? 4 : 2)
+                    for (uint32_t b0 = p0, tq; b0 < pt; b0 += tq) {
+                        const uint8_t *pk = tl_q8pk + (size_t)(b0 - p0) / 4 * nbk * Q8PK_BYTES;
+                        tq = pt - b0 >= 4 * Q8_TILE_Q ? 4 * Q8_TILE_Q : 8;
+                        tiles[tq != 8][nb1 - n >= 4](ROW(n), row_bytes, nbk, pk, y, ldy, b0, n);
+                    }
                 /* the rest of the pass's rows as below (the same bits) */
                 for (uint32_t m = nb0; m < n; m++) {
                     const uint8_t *row = ROW(m);

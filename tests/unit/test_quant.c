@@ -724,7 +724,7 @@ static void test_int_kernels_are_bit_identical_across_batch_tiles_and_isa(void *
 }
 
 /* The AVX-512 prefill kernel of q4_0 and q8_0 (4 or 2 weight rows against
- * tiles of 8 activation rows, on the raw codes with the offset folded into a
+ * tiles of 16 or 8 activation rows, on the raw codes with the offset folded into a
  * per-lane correction) gives the bits of every other path: each batch size
  * (whole tiles and every remainder), row ranges of 6 (tiles of 4, of 2 and a
  * lone row), each row alone (the decode kernel) and the scalar code; and it
@@ -793,48 +793,54 @@ static void test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes(v
     expect_prefill_kernel_bit_identical(WT_Q8_0);
 }
 
-/* q8_0's float order as quant.h defines it, written out here from the block
- * bytes and the quantized activations, without quant.c's code: per block,
- * lane j's exact integer L_j = sum of q_e * a_e over e = 4j..4j+3 and
- * 16+4j..16+4j+3 (four lanes), then acc_j = fmaf(d_w * d_x, L_j, acc_j)
- * block after block, then (acc0 + acc2) + (acc1 + acc3). */
-static float q8_0_ordered_dot(const uint8_t *row, const struct quant_act *a, uint32_t b)
+/* q4_0's and q8_0's float order as quant.h defines it, written out here from
+ * the block bytes and the quantized activations, without quant.c's code:
+ * per block, lane j's exact integer L_j = sum of w_e * a_e over e =
+ * 4j..4j+3 and 16+4j..16+4j+3 (four lanes; q8_0's w the signed byte,
+ * q4_0's the nibble minus 8: low nibbles elements 0-15, high 16-31), then
+ * acc_j = fmaf(d_w * d_x, L_j, acc_j) block after block, then
+ * (acc0 + acc2) + (acc1 + acc3). */
+static float four_lane_ordered_dot(enum wtype t, const uint8_t *row, const struct quant_act *a, uint32_t b)
 {
-    uint32_t K = a->K, nb = K / 32;
+    uint32_t K = a->K, nb = K / 32, bb = t == WT_Q8_0 ? 34 : 18;
     float acc[4] = {0};
     for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *blk = row + (size_t)i * 34;
+        const uint8_t *blk = row + (size_t)i * bb;
         const int8_t *aq = a->q + (size_t)b * K + (size_t)i * 32;
+        int w[32];
+        for (int e = 0; e < 16; e++) {
+            w[e] = t == WT_Q8_0 ? (int8_t)blk[2 + e] : (blk[2 + e] & 15) - 8;
+            w[16 + e] = t == WT_Q8_0 ? (int8_t)blk[18 + e] : (blk[2 + e] >> 4) - 8;
+        }
         float D = f16_to_f32((uint16_t)(blk[0] | blk[1] << 8)) * a->d[(size_t)b * nb + i];
         for (int j = 0; j < 4; j++) {
             int32_t L = 0;
             for (int e = 4 * j; e < 4 * j + 4; e++)
-                L += (int8_t)blk[2 + e] * aq[e] + (int8_t)blk[18 + e] * aq[16 + e];
+                L += w[e] * aq[e] + w[16 + e] * aq[16 + e];
             acc[j] = fmaf(D, (float)L, acc[j]);
         }
     }
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 }
 
-/* Every q8_0 path gives exactly the defined order's bits: scalar, AVX2 and
+/* Every path of t gives exactly the defined order's bits: scalar, AVX2 and
  * AVX-512, decode (one activation row: AVX-512's pairs of weight rows) and
- * prefill (the tiles of 8 activation rows, the 2/4/8-row kernels, AVX2's
- * 1-4), in both layouts of the packed rows.  A kernel that summed in
+ * prefill (the tiles of 16 and 8 activation rows, the 2/4/8-row kernels,
+ * AVX2's 1-4), in both layouts of the packed rows.  A kernel that summed in
  * another order — another split of the lanes, another reduction, a block's
  * lanes added before the scale, d_w * (d_x * L) — fails here even where it
  * agrees with itself across batch sizes. */
-static void test_q8_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
+static void expect_four_lane_order(enum wtype t)
 {
-    (void)state;
     uint32_t N = 30, K = 512, BMAX = 70;
     struct wmat w;
-    make_qmatrix(&w, WT_Q8_0, N, K);
+    make_qmatrix(&w, t, N, K);
     float *x = make_acts(BMAX, K), *y = malloc(sizeof(float) * BMAX * N), *ref = malloc(sizeof(float) * BMAX * N);
     struct quant_act a = {0};
     assert_int_equal(quant_act_quantize(&a, QACT_32, false, x, K, BMAX, K), 0);
     for (uint32_t b = 0; b < BMAX; b++)
         for (uint32_t n = 0; n < N; n++)
-            ref[(size_t)b * N + n] = q8_0_ordered_dot((const uint8_t *)w.data + (size_t)n * w.row_bytes, &a, b);
+            ref[(size_t)b * N + n] = four_lane_ordered_dot(t, (const uint8_t *)w.data + (size_t)n * w.row_bytes, &a, b);
     struct kmat km, kplain;
     assert_int_equal(kern_pack(&w, &km), 0);
     enum kern_isa old = kern_set_isa(KERN_SCALAR);
@@ -851,9 +857,9 @@ static void test_q8_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
                 kern_matmul(layout ? &km : &kplain, x, K, B, y, N, 0, N);
                 for (size_t i = 0; i < (size_t)B * N; i++)
                     if (memcmp(&y[i], &ref[i], sizeof(float)))
-                        fail_msg("q8_0 %s (%s), batch of %u: %.9g, the defined order %.9g at row %zu, act %zu",
-                                 kern_isa_name((enum kern_isa)isa), layout && km.pairs ? "pairs" : "rows", B,
-                                 (double)y[i], (double)ref[i], i % N, i / N);
+                        fail_msg("%s %s (%s), batch of %u: %.9g, the defined order %.9g at row %zu, act %zu",
+                                 wtype_name(t), kern_isa_name((enum kern_isa)isa), layout && km.pairs ? "pairs" : "rows",
+                                 B, (double)y[i], (double)ref[i], i % N, i / N);
             }
     }
     kern_set_isa(old);
@@ -864,6 +870,18 @@ static void test_q8_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
     free(x);
     free(y);
     free(ref);
+}
+
+static void test_q8_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
+{
+    (void)state;
+    expect_four_lane_order(WT_Q8_0);
+}
+
+static void test_q4_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
+{
+    (void)state;
+    expect_four_lane_order(WT_Q4_0);
 }
 
 /* A long prompt over a wide matrix is computed in passes of activation rows
@@ -968,6 +986,7 @@ int main(void)
         cmocka_unit_test(test_int_kernels_give_the_same_bits_across_cache_passes),
         cmocka_unit_test(test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_q8_0_kernels_follow_the_defined_order_bit_for_bit),
+        cmocka_unit_test(test_q4_0_kernels_follow_the_defined_order_bit_for_bit),
         cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
