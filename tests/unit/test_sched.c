@@ -1405,33 +1405,52 @@ static long first_record(const struct rig *r, uint64_t id)
     return -1;
 }
 
-static void test_the_shortest_prompt_is_prefilled_first(void **state)
+/* Queue a 60-token request (id, `skip` of them delivered already: 0 for a
+ * new prompt) and a new 6-token prompt (id + 1), the short one first when
+ * `short_first`, with 16 prompt rows a step; run both to their end.  *early:
+ * which of the two had a record after the first step (bit 0: the long one,
+ * bit 1: the short one); *i_long, *i_short: the index of each one's first
+ * record. */
+static void long_and_short(uint64_t id, uint32_t skip, bool short_first, unsigned *early, long *i_long, long *i_short)
 {
-    (void)state;
-    /* A 60-token prompt, then a 6-token one, in one step's queue, with 16
-     * prompt rows a step: the short one's first token comes in the first
-     * step (admission order would give it after the long one's four). */
     struct rig r;
     rig_open(&r, &(struct rig_opts){.max_batch = 4, .prefill_chunk = 16});
     int32_t ids[70];
     for (int i = 0; i < 70; i++)
         ids[i] = 10 + i;
-    struct proto_submit a = req(1300, NULL, 3), b = req(1301, NULL, 3);
+    struct proto_submit a = req(id, NULL, skip + 10), b = req(id + 1, NULL, 3);
     a.prompt_tokens = ids;
     a.n_prompt_tokens = 60;
+    a.skip = skip;
     b.prompt_tokens = ids + 61; /* not a prefix of a's */
     b.n_prompt_tokens = 6;
+    if (short_first)
+        submit_now(&r, &b);
     submit_now(&r, &a);
-    submit_now(&r, &b);
-    step(&r);
-    bool short_first = has_record(&r, 1301), long_first = has_record(&r, 1300);
-    drive(&r);
-    long ia = first_record(&r, 1300), ib = first_record(&r, 1301);
-    rig_close(&r);
-    assert_false(long_first);
     if (!short_first)
-        fail_msg("the 6-token prompt waited behind the 60-token one (first records at %ld and %ld)", ib, ia);
-    assert_true(ia > ib);
+        submit_now(&r, &b);
+    step(&r);
+    *early = (unsigned)has_record(&r, id) | (unsigned)has_record(&r, id + 1) << 1;
+    drive(&r);
+    *i_long = first_record(&r, id);
+    *i_short = first_record(&r, id + 1);
+    rig_close(&r);
+    assert_true(*i_long >= 0 && *i_short >= 0);
+}
+
+static void test_the_shortest_prompt_is_prefilled_first(void **state)
+{
+    (void)state;
+    /* The 60-token prompt arrived first: the 6-token one's first token still
+     * comes in the first step (admission order would give it after the long
+     * one's four). */
+    unsigned early;
+    long il, is;
+    long_and_short(1300, 0, false, &early, &il, &is);
+    if (early != 2)
+        fail_msg("after one step: %s (first records at %ld and %ld)",
+                 early & 1 ? "the 60-token prompt had its first token" : "the 6-token prompt waited", is, il);
+    assert_true(il > is);
 }
 
 static void test_a_resumed_stream_is_prefilled_before_a_shorter_new_prompt(void **state)
@@ -1439,26 +1458,13 @@ static void test_a_resumed_stream_is_prefilled_before_a_shorter_new_prompt(void 
     (void)state;
     /* A stream resumed after a failover (40 prompt tokens and 20 its client
      * has, skip 20) is as late as a decoding stream: it goes ahead of a
-     * new 6-token prompt although its rest is longer. */
-    struct rig r;
-    rig_open(&r, &(struct rig_opts){.max_batch = 4, .prefill_chunk = 16});
-    int32_t ids[70];
-    for (int i = 0; i < 70; i++)
-        ids[i] = 10 + i;
-    struct proto_submit a = req(1500, NULL, 30), b = req(1501, NULL, 3);
-    a.prompt_tokens = ids;
-    a.n_prompt_tokens = 60;
-    a.skip = 20;
-    b.prompt_tokens = ids + 61;
-    b.n_prompt_tokens = 6;
-    submit_now(&r, &b);
-    submit_now(&r, &a);
-    drive(&r);
-    long ia = first_record(&r, 1500), ib = first_record(&r, 1501);
-    rig_close(&r);
-    assert_true(ia >= 0 && ib >= 0);
-    if (ia > ib)
-        fail_msg("the resumed stream's next token (record %ld) came after the new prompt's first (%ld)", ia, ib);
+     * new 6-token prompt that arrived before it, although its rest is
+     * longer. */
+    unsigned early;
+    long il, is;
+    long_and_short(1500, 20, true, &early, &il, &is);
+    if (il > is)
+        fail_msg("the resumed stream's next token (record %ld) came after the new prompt's first (%ld)", il, is);
 }
 
 static void test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones(void **state)
