@@ -19,6 +19,10 @@
 #           memory.json is a rill-bench --save file, which bench-compare
 #           reads like any other (a different token or a ratio above 1.10
 #           fails the set).
+#   kernel-peak  KERNEL_REPEATS (3) invocations of rill-bench-engine
+#           --kernels-only: the FP32 FMA peak measured in the run and the
+#           134M step's F32 products at batch 32 and 64 over it; written as
+#           a rill-bench --save file (one run per invocation);
 #   ttft    bench-ttft.sh, TTFT_RUNS (3) runs of each load against a fresh
 #           pipeline (134M F32, one worker): Poisson arrivals (RATE 2.5/s
 #           for TTFT_DURATION 10 s, ~8 in flight) and a burst of 32; its
@@ -77,12 +81,15 @@ FANOUT_RUNS=${FANOUT_RUNS:-3}
 FANOUT_DURATION=${FANOUT_DURATION:-4}
 FANOUT_IDLE=${FANOUT_IDLE:-1000}
 MEMORY_ARGS=${MEMORY_ARGS:-}
+TTFT_RUNS=${TTFT_RUNS:-3}
+TTFT_DURATION=${TTFT_DURATION:-10}
+KERNEL_REPEATS=${KERNEL_REPEATS:-3}
 
 mkdir -p "$OUT"
 # What this set did not write must not be compared: stale files of an
 # earlier `make bench` would be.
 rm -f "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/meta.json" "$OUT"/ring-[0-9]*.json \
-    "$OUT/ttft-poisson.json" "$OUT/ttft-burst.json" \
+    "$OUT/ttft-poisson.json" "$OUT/ttft-burst.json" "$OUT/kernel-peak.json" \
     "$OUT"/engine-[0-9]*.json
 t0=$SECONDS
 # The benchmarks' own tables: shown when saving or just running, not above
@@ -150,13 +157,42 @@ echo "bench-standard: memory (bench-memory.py $MEMORY_ARGS)" >&2
 # shellcheck disable=SC2086
 shown "$PY" "$TOP/tools/bench-memory.py" --build "$B" --json "$OUT/memory.json" $MEMORY_ARGS
 
+echo "bench-standard: kernels against the FMA peak ($KERNEL_REPEATS x rill-bench-engine --kernels-only)" >&2
+KERN_FILES=()
+for r in $(seq "$KERNEL_REPEATS"); do
+    shown "$B/rill-bench-engine" --models-dir "$B/bench-models" --kernels-only --kern-json "$OUT/kern-$r.json"
+    KERN_FILES+=("$OUT/kern-$r.json")
+done
+"$PY" - "$OUT/kernel-peak.json" "${KERN_FILES[@]}" <<'EOF'
+import json, statistics, sys, time
+out, paths = sys.argv[1], sys.argv[2:]
+runs = [json.load(open(p)) for p in paths]
+defs = [("fma_peak_gflop_per_s", "FP32 FMA peak", "GFLOP/s", lambda d: d["fma_peak_gflop_per_s"])]
+for batch in (32, 64):
+    defs.append(("step_134m_b%d_over_peak_pct" % batch, "134M step's products at batch %d over the peak" % batch, "%",
+                 lambda d, b=batch: 100 * next(x["over_peak"] for x in d["step_134m"] if x["batch"] == b)))
+figures = []
+for name, label, unit, f in defs:
+    v = [f(d) for d in runs]
+    med = statistics.median(v)
+    figures.append({"name": name, "label": label, "unit": unit, "better": "higher", "kind": "median", "median": med,
+                    "spread_pct": 100 * (max(v) - min(v)) / abs(med) if len(v) > 1 and med else None, "runs": v})
+meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "rill-bench-engine --kernels-only, %d invocations (tools/bench-standard.sh)" % len(runs),
+        "repeat": len(runs), "repeat_asked": len(runs), "interrupted": False,
+        "spread": "(max - min) / |median| of the runs, in %; null below two runs"}
+json.dump({"rill_bench_save": 1, "meta": meta, "figures": figures, "runs": runs}, open(out, "w"), indent=1)
+EOF
+rm -f "${KERN_FILES[@]}"
+
 echo "bench-standard: first token (bench-ttft.sh, $TTFT_RUNS runs of poisson and burst)" >&2
 RUNS=$TTFT_RUNS DURATION=$TTFT_DURATION LOADS="poisson burst" shown "$TOP/tools/bench-ttft.sh" "$B"
 
 "$PY" - "$OUT/meta.json" "$TOP" "$((SECONDS - t0))" "$RING_REPEATS" "$ENGINE_REPEATS" "$ENGINE_ARGS" \
-    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" "$MEMORY_ARGS" "$TTFT_RUNS" "$TTFT_DURATION" <<'EOF'
+    "$FANOUT_STREAMS" "$FANOUT_RUNS" "$FANOUT_DURATION" "$FANOUT_IDLE" "$MEMORY_ARGS" "$TTFT_RUNS" "$TTFT_DURATION" \
+    "$KERNEL_REPEATS" <<'EOF'
 import json, os, socket, subprocess, sys, time
-out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle, memory, ttft_runs, ttft_dur = sys.argv[1:]
+out, top, secs, ring_rep, engine_rep, engine, streams, runs, dur, idle, memory, ttft_runs, ttft_dur, kern_rep = sys.argv[1:]
 
 def git(*args):
     try:
@@ -183,6 +219,7 @@ meta = {
         "engine": "rill-bench-engine %s, %s invocations" % (engine, engine_rep),
         "fanout": "bench-fanout.sh STREAMS='%s' RUNS=%s DURATION=%s WARMUP=1 IDLE_CONNS=%s" % (streams, runs, dur, idle),
         "memory": ("bench-memory.py " + memory).strip(),
+        "kernel_peak": "rill-bench-engine --kernels-only, %s invocations" % kern_rep,
         "ttft": "bench-ttft.sh RUNS=%s DURATION=%s LOADS='poisson burst'" % (ttft_runs, ttft_dur),
     },
     "seconds": int(secs),
@@ -198,7 +235,7 @@ save)
     rm -rf "$BASE.new"
     mkdir -p "$BASE.new"
     cp "$OUT/ring.json" "$OUT/engine.json" "$OUT/fanout.json" "$OUT/memory.json" "$OUT/ttft-poisson.json" \
-        "$OUT/ttft-burst.json" "$OUT/meta.json" "$BASE.new/"
+        "$OUT/ttft-burst.json" "$OUT/kernel-peak.json" "$OUT/meta.json" "$BASE.new/"
     if [ -d "$BASE" ]; then
         rm -rf "$BASE.prev"
         mv "$BASE" "$BASE.prev"
