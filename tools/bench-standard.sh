@@ -163,25 +163,20 @@ for r in $(seq "$KERNEL_REPEATS"); do
     shown "$B/rill-bench-engine" --models-dir "$B/bench-models" --kernels-only --kern-json "$OUT/kern-$r.json"
     KERN_FILES+=("$OUT/kern-$r.json")
 done
-"$PY" - "$OUT/kernel-peak.json" "${KERN_FILES[@]}" <<'EOF'
-import json, statistics, sys, time
-out, paths = sys.argv[1], sys.argv[2:]
+"$PY" - "$OUT/kernel-peak.json" "$TOP" "${KERN_FILES[@]}" <<'EOF'
+import json, os, sys
+out, top, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, os.path.join(top, "tools", "lib"))
+import benchsave
 runs = [json.load(open(p)) for p in paths]
-defs = [("fma_peak_gflop_per_s", "FP32 FMA peak", "GFLOP/s", lambda d: d["fma_peak_gflop_per_s"])]
-for batch in (32, 64):
-    defs.append(("step_134m_b%d_over_peak_pct" % batch, "134M step's products at batch %d over the peak" % batch, "%",
-                 lambda d, b=batch: 100 * next(x["over_peak"] for x in d["step_134m"] if x["batch"] == b)))
-figures = []
-for name, label, unit, f in defs:
-    v = [f(d) for d in runs]
-    med = statistics.median(v)
-    figures.append({"name": name, "label": label, "unit": unit, "better": "higher", "kind": "median", "median": med,
-                    "spread_pct": 100 * (max(v) - min(v)) / abs(med) if len(v) > 1 and med else None, "runs": v})
-meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "rill-bench-engine --kernels-only, %d invocations (tools/bench-standard.sh)" % len(runs),
-        "repeat": len(runs), "repeat_asked": len(runs), "interrupted": False,
-        "spread": "(max - min) / |median| of the runs, in %; null below two runs"}
-json.dump({"rill_bench_save": 1, "meta": meta, "figures": figures, "runs": runs}, open(out, "w"), indent=1)
+figures = [("fma_peak_gflop_per_s", "FP32 FMA peak", "GFLOP/s", "higher", "median",
+            [d["fma_peak_gflop_per_s"] for d in runs])]
+for b in (32, 64):
+    figures.append(("step_134m_b%d_over_peak_pct" % b, "134M step's products at batch %d over the peak" % b, "%",
+                    "higher", "median", [100 * next(x["over_peak"] for x in d["step_134m"] if x["batch"] == b)
+                                         for d in runs]))
+benchsave.write(out, top, "rill-bench-engine --kernels-only, %d invocations (tools/bench-standard.sh)" % len(runs),
+                figures, runs)
 EOF
 rm -f "${KERN_FILES[@]}"
 

@@ -162,7 +162,7 @@ PYEOF
 done
 
 "$PY" - "$OUT" "$RUNS" "$SIDES" "$LOADS" "$SRC" <<'PYEOF'
-import json, os, socket, statistics, subprocess, sys, time
+import json, os, statistics, sys
 out, runs, sides, loads, src = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), sys.argv[5]
 figs = {
     "ttft_p50": lambda d: d["ttft_ms"]["p50"], "ttft_p90": lambda d: d["ttft_ms"]["p90"],
@@ -181,8 +181,10 @@ for load in loads:
         res.setdefault(load, {})[side] = {k: {"median": statistics.median(f(d) for d in rs),
                                               "runs": [f(d) for d in rs]} for k, f in figs.items()}
 json.dump({"runs": runs, "results": res}, open(f"{out}/ttft.json", "w"), indent=1)
-# The new side's runs as a rill-bench --save file (its format 1: figures
-# named as rill-bench names them), for bench-compare.
+# The new side's runs as a rill-bench --save file (its figures named as
+# rill-bench names them), for bench-compare.
+sys.path.insert(0, os.path.join(src, "tools", "lib"))
+import benchsave
 saved = (("tokens_per_s", "tokens/s, aggregate", "", "tokens_per_s", "higher", "median"),
          ("stream_tokens_per_s", "tokens/s per stream, median", "", "stream_tokens_per_s", "higher", "median"),
          ("ttft_p50_ms", "time to first token p50", "ms", "ttft_p50", "lower", "median"),
@@ -190,34 +192,12 @@ saved = (("tokens_per_s", "tokens/s, aggregate", "", "tokens_per_s", "higher", "
          ("itl_p50_ms", "inter-token p50", "ms", "itl_p50", "lower", "median"),
          ("itl_p99_ms", "inter-token p99", "ms", "itl_p99", "lower", "tail"),
          ("errors", "errors", "", "errored", "lower", "count"))
-def git(*args):
-    try:
-        return subprocess.run(["git", "-C", src, *args], capture_output=True, text=True, timeout=20).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-cpu = None
-for line in open("/proc/cpuinfo"):
-    if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
 for load in loads:
     rs = [json.load(open(f"{out}/ttft-new-{load}-{r}.json")) for r in range(1, runs + 1)]
-    figures = []
-    for name, label, unit, key, better, kind in saved:
-        v = res[load]["new"][key]["runs"]
-        med = statistics.median(v)
-        spread = 100 * (max(v) - min(v)) / abs(med) if len(v) > 1 and med else None
-        figures.append({"name": name, "label": label, "unit": unit, "better": better, "kind": kind,
-                        "median": med, "spread_pct": spread, "runs": v})
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "machine": {"nproc": os.cpu_count(), "cpu_model": cpu, "hostname": socket.gethostname()},
-            "command": "tools/bench-ttft.sh (%s, %d runs, each against a fresh pipeline)" % (load, runs),
-            "repeat": runs, "repeat_asked": runs, "interrupted": False,
-            "spread": "(max - min) / |median| of the runs, in %; null below two runs"}
-    json.dump({"rill_bench_save": 1, "meta": meta, "figures": figures, "runs": rs},
-              open(f"{out}/ttft-{load}.json", "w"), indent=1)
+    figures = [(name, label, unit, better, kind, res[load]["new"][key]["runs"])
+               for name, label, unit, key, better, kind in saved]
+    benchsave.write(f"{out}/ttft-{load}.json", src,
+                    "tools/bench-ttft.sh (%s, %d runs, each against a fresh pipeline)" % (load, runs), figures, rs)
 cols = list(figs)
 print("load     side  " + " ".join(f"{c:>12}" for c in cols))
 for load in loads:
