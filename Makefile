@@ -23,7 +23,7 @@ CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 $(WARN) -fno-strict-aliasing -pthread -MMD -MP \
             -D_GNU_SOURCE -I. -Icommon
 LDFLAGS  += -pthread -Wl,--as-needed
-LDLIBS   := -lzmq -lwebsockets -lopenblas -lmsgpackc -lcjson -linih -lpcre2-8 -lm -lrt
+LDLIBS   := -lzmq -lwebsockets -lopenblas -lmsgpackc -lcjson -linih -lpcre2-8 -luring -lm -lrt
 
 ifeq ($(SAN),asan)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DRILL_SANITIZE=1

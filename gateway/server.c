@@ -686,10 +686,15 @@ int server_run(const struct rill_config *c)
     struct writer_cb wcb;
     session_writer_cb(&g->ss, &wcb);
     if ((rc = writer_set_init(&g->writers, g->ctx, &g->m, (size_t)c->client_buffer_bytes, c->direct_write,
-                              (double)c->coalesce_max_ms, (int)c->send_threads, &wcb))) {
+                              (double)c->coalesce_max_ms, (int)c->send_threads, c->send_uring, &wcb))) {
         server_free(g);
         return startup_failed(c, rc, "cannot start the send threads (%s)", rill_err_name(rc));
     }
+    if (c->direct_write)
+        rlog_info("a ring batch's frames go out %s",
+                  writer_set_uring(&g->writers) ? "in one io_uring submission"
+                  : c->send_threads > 1         ? "from the send threads, one send() per connection"
+                                                : "with one send() per connection");
     g->vh = lws_get_vhost_by_name(g->ctx, "default");
     struct lws_context_creation_info vi;
     memset(&vi, 0, sizeof vi);

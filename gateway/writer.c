@@ -6,6 +6,8 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
+#include <liburing.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
@@ -29,11 +31,158 @@ struct writer_sender {
 
 #define FJ_CLOSED ((size_t)1 << 62)
 
+/* Send requests in one submission at most (a larger batch takes several). */
+#define URING_ENTRIES 512
+#define SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
+
 static void send_one(struct writer *w)
 {
     int fd = lws_get_socket_fd(w->wsi);
-    ssize_t k = fd < 0 ? -1 : send(fd, obuf_data(&w->out), w->out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t k = fd < 0 ? -1 : send(fd, obuf_data(&w->out), w->out.len, SEND_FLAGS);
     w->sent = k >= 0 ? (long)k : (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+}
+
+/* --- io_uring ------------------------------------------------------------------------ */
+
+/* One completion of a send: the bytes taken, 0 for a full socket, -1. */
+static long uring_result(int res) { return res >= 0 ? res : (res == -EAGAIN || res == -EWOULDBLOCK) ? 0 : -1; }
+
+/* Wait for `n` completions and store each in its writer (user_data: the
+ * index in batch[]).  The sends complete within the submission (the probe
+ * below made sure), so this does not block. */
+static void uring_reap(struct io_uring *r, struct writer **batch, unsigned n)
+{
+    while (n) {
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_wait_cqe(r, &cqe);
+        if (rc == -EINTR)
+            continue;
+        assert(rc == 0);
+        if (rc)
+            return;
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(r, head, cqe) {
+            batch[cqe->user_data]->sent = uring_result(cqe->res);
+            seen++;
+        }
+        io_uring_cq_advance(r, seen);
+        n -= seen < n ? seen : n;
+    }
+}
+
+/* Whether a send on a full socket completes at once with -EAGAIN, as a
+ * non-blocking send() returns.  A kernel that instead parks the request
+ * until the socket has room would leave it holding a buffer the writer
+ * reuses, and block uring_reap: such a kernel gets send() instead. */
+static bool uring_sends_without_waiting(struct io_uring *r)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv))
+        return false;
+    static const char fill[4096];
+    while (send(sv[0], fill, sizeof fill, SEND_FLAGS) > 0) {
+    }
+    bool ok = false;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+    if (sqe) {
+        io_uring_prep_send(sqe, sv[0], fill, sizeof fill, SEND_FLAGS);
+        sqe->user_data = 1;
+        io_uring_submit(r);
+        struct io_uring_cqe *cqe;
+        if (io_uring_peek_cqe(r, &cqe) == 0) {
+            ok = cqe->res == -EAGAIN;
+            io_uring_cqe_seen(r, cqe);
+        } else {
+            /* parked: cancel it and wait for both completions */
+            struct io_uring_sqe *c = io_uring_get_sqe(r);
+            if (c) {
+                io_uring_prep_cancel64(c, 1, 0);
+                c->user_data = 2;
+                io_uring_submit(r);
+                for (int i = 0; i < 2 && io_uring_wait_cqe(r, &cqe) == 0; i++)
+                    io_uring_cqe_seen(r, cqe);
+            }
+        }
+    }
+    close(sv[0]);
+    close(sv[1]);
+    return ok;
+}
+
+static struct io_uring *uring_open(void)
+{
+    struct io_uring *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    int rc = io_uring_queue_init(URING_ENTRIES, r, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN);
+    if (rc == -EINVAL) /* a kernel before 5.19 */
+        rc = io_uring_queue_init(URING_ENTRIES, r, 0);
+    if (rc) {
+        rlog_info("io_uring unavailable (%s): one send() per connection", strerror(-rc));
+        free(r);
+        return NULL;
+    }
+    if (!uring_sends_without_waiting(r)) {
+        rlog_info("this kernel's io_uring waits on a full socket: one send() per connection");
+        io_uring_queue_exit(r);
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void uring_close(struct io_uring *r)
+{
+    if (!r)
+        return;
+    io_uring_queue_exit(r);
+    free(r);
+}
+
+/* Send the batch with one submission per URING_ENTRIES writers. */
+static void uring_send(struct writer_set *s)
+{
+    for (size_t i = 0; i < s->n_batch; i++)
+        s->batch[i]->sent = LONG_MIN; /* not yet sent */
+    for (size_t i0 = 0; i0 < s->n_batch && s->uring; i0 += URING_ENTRIES) {
+        size_t n = s->n_batch - i0 < URING_ENTRIES ? s->n_batch - i0 : URING_ENTRIES;
+        unsigned queued = 0, submitted = 0;
+        for (size_t i = i0; i < i0 + n; i++) {
+            struct writer *w = s->batch[i];
+            int fd = lws_get_socket_fd(w->wsi);
+            struct io_uring_sqe *sqe = fd < 0 ? NULL : io_uring_get_sqe(s->uring);
+            if (!sqe) {
+                send_one(w);
+                continue;
+            }
+            io_uring_prep_send(sqe, fd, obuf_data(&w->out), w->out.len, SEND_FLAGS);
+            sqe->user_data = i;
+            queued++;
+        }
+        /* A kernel without SUBMIT_ALL stops a submission at a request it
+         * cannot start (that one completes with its error): go on with the
+         * rest. */
+        while (submitted < queued) {
+            int rc = io_uring_submit(s->uring);
+            if (rc == -EINTR)
+                continue;
+            if (rc <= 0) {
+                rlog_warn("io_uring submit: %s; sending with send() from now on",
+                         rc ? strerror(-rc) : "nothing taken");
+                break;
+            }
+            submitted += (unsigned)rc;
+        }
+        uring_reap(s->uring, s->batch, submitted);
+        if (submitted < queued) {
+            /* everything submitted has completed: the ring holds no buffer */
+            uring_close(s->uring);
+            s->uring = NULL;
+        }
+    }
+    for (size_t i = 0; i < s->n_batch; i++)
+        if (s->batch[i]->sent == LONG_MIN)
+            send_one(s->batch[i]);
 }
 
 /* Take and send writers of the open batch until none is left.  Each
@@ -69,7 +218,7 @@ static void *sender_main(void *arg)
 }
 
 int writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metrics *m, size_t bound, bool direct,
-                    double coalesce_max_ms, int send_threads, const struct writer_cb *cb)
+                    double coalesce_max_ms, int send_threads, bool uring, const struct writer_cb *cb)
 {
     memset(s, 0, sizeof *s);
     s->ctx = ctx;
@@ -83,6 +232,8 @@ int writer_set_init(struct writer_set *s, struct lws_context *ctx, struct metric
     atomic_store(&s->fj_next, FJ_CLOSED);
     atomic_store(&s->fj_n, 0);
     int helpers = send_threads > 1 && direct ? send_threads - 1 : 0;
+    if (uring && direct && !helpers)
+        s->uring = uring_open();
     if (!helpers)
         return 0;
     s->senders = calloc((size_t)helpers, sizeof *s->senders);
@@ -114,10 +265,14 @@ void writer_set_fini(struct writer_set *s)
     s->n_senders = 0;
     free(s->batch);
     s->batch = NULL;
+    uring_close(s->uring);
+    s->uring = NULL;
     pthread_mutex_destroy(&s->fj_mu);
     pthread_cond_destroy(&s->fj_work);
     s->cb.pull = NULL;
 }
+
+bool writer_set_uring(const struct writer_set *s) { return s->uring != NULL; }
 
 void writer_set_stop(struct writer_set *s)
 {
@@ -260,10 +415,13 @@ void writer_want(struct writer *w, uint64_t now_ns)
 
 void writer_wake(struct writer *w) { lws_callback_on_writable(w->wsi); }
 
-/* Send every collected batch: in parallel when there are enough. */
+/* Send every collected batch: through io_uring, or in parallel when there
+ * are enough. */
 static void send_batches(struct writer_set *s)
 {
-    if (s->n_senders && s->n_batch >= PARALLEL_MIN) {
+    if (s->uring) {
+        uring_send(s);
+    } else if (s->n_senders && s->n_batch >= PARALLEL_MIN) {
         /* Open the batch (the index is out of range until now, so a helper
          * still looking at the last one takes nothing of this one). */
         atomic_store_explicit(&s->fj_done, 0, memory_order_relaxed);
@@ -303,7 +461,7 @@ static void send_batches(struct writer_set *s)
 
 void writer_flush(struct writer_set *s)
 {
-    s->collecting = s->n_senders > 0;
+    s->collecting = s->n_senders > 0 || s->uring;
     while (s->dirty) {
         struct writer *w = s->dirty;
         undirty(w);

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   libzmq3-dev libwebsockets-dev libwebsockets-evlib-ev libopenblas-dev libmsgpack-dev libcjson-dev
-  libinih-dev libcmocka-dev libpcre2-dev
+  libinih-dev libcmocka-dev libpcre2-dev liburing-dev
   python3 python3-pytest python3-websockets python3-msgpack python3-numpy python3-jinja2
   chromium chromium-driver firefox-esr webkit2gtk-driver xvfb prometheus nodejs npm iproute2 procps
 )

@@ -22,12 +22,23 @@ def job(i):
     return f"Client {k} asks about topic {k * 7 % 13}", N_TOKENS - (k % 5), params
 
 
-@pytest.mark.parametrize("send_threads", [1, 2])
-def test_200_concurrent_clients_get_exact_streams(pipelines, tiny_model, send_threads):
-    """send_threads 2: a batch's frames go out from two threads (writer.h);
-    the streams must be the same."""
-    p = pipelines(tiny_model, gateway_args=["--max_connections", "1000", "--send_threads", str(send_threads)],
+SEND_PATHS = {
+    # name: (gateway flags, the start-up log line that names the path)
+    "io_uring": (["--send_threads", "1", "--send_uring", "true"], "in one io_uring submission"),
+    "send": (["--send_threads", "1", "--send_uring", "false"], "with one send() per connection"),
+    "threads": (["--send_threads", "2"], "from the send threads"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(SEND_PATHS))
+def test_200_concurrent_clients_get_exact_streams(pipelines, tiny_model, path):
+    """Each way a ring batch's frames leave (writer.h): one io_uring
+    submission, one send() per connection, or two send threads.  The
+    streams must be the same."""
+    flags, line = SEND_PATHS[path]
+    p = pipelines(tiny_model, gateway_args=["--max_connections", "1000"] + flags,
                          worker_args=["--max_batch", "256"])
+    assert line in p.log("gateway"), p.log("gateway")[-2000:]
     jobs = [job(i) for i in range(N_CLIENTS)]
     with ThreadPoolExecutor(2) as ex:
         want = list(ex.map(lambda j: rc.expected(tiny_model, *j), jobs[:100]))
