@@ -82,6 +82,10 @@ $(ALL_LIBS) $(LIB_TESTUTIL):
 $(BINS): $(B)/rill-%: $(B)/obj/%/main.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 
+# rill-bench's recv() stands in for libc's in lws's reads (socket receive
+# timestamps, tools/rill-bench.c): the binary must export it.
+$(B)/rill-bench: LDFLAGS += -Wl,--export-dynamic-symbol=recv
+
 $(TOOL_BINS): $(B)/%: $(B)/obj/tools/%.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 

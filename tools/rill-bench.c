@@ -37,7 +37,11 @@
  *
  * --fanout asks for params.timestamps and records, per token, client receive
  * time (CLOCK_MONOTONIC) minus the worker's gen_us: the latency the gateway
- * and the client add to a token (same host only).  --idle only connects:
+ * and the client add to a token (same host only).  It also records the
+ * time the frame's bytes reached the client's socket (the kernel's receive
+ * timestamp, SO_TIMESTAMPING) minus gen_us: the gateway's part alone,
+ * without the time the frame then waits for this client to read it.  On
+ * loopback the bytes reach the socket inside the gateway's send.  --idle only connects:
  * the gateway's RSS growth per idle connection (--gateway-pid required).
  *
  * Inter-token latency is between client receive times: tokens that arrive
@@ -81,7 +85,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/errqueue.h>
+#include <linux/net_tstamp.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -456,7 +463,8 @@ struct bench {
     uint64_t client_saturated;
     uint64_t tokens, frames, bytes_in, tokens_all; /* frames: token frames only */
     uint64_t negative_added;
-    struct hist ttft_window, ttft_all, itl, added;
+    struct hist ttft_window, ttft_all, itl, added, added_sock;
+    uint64_t frame_rx_ns;        /* the frame being read reached the socket then (0: unknown) */
     char prompt_buf[65536];          /* --prompt-words: the prompt being sent */
     uint64_t inflight;               /* sent and not ended */
     uint64_t inflight_max, inflight_sum, inflight_ticks; /* sampled each measured tick */
@@ -964,6 +972,9 @@ static void on_token(struct bench *b, struct slot *s, bool has_gen, uint64_t gen
                 hist_record(&b->added, now_us - gen_us);
             else
                 b->negative_added++;
+            uint64_t rx_us = b->frame_rx_ns / 1000;
+            if (b->frame_rx_ns && rx_us >= gen_us)
+                hist_record(&b->added_sock, rx_us - gen_us);
         }
     }
 }
@@ -988,6 +999,75 @@ static void on_error(struct bench *b, struct bconn *c, struct slot *s, const cha
         b->errored++;
     }
     (void)c;
+}
+
+/* --- when a frame reached the client's socket (--fanout) -------------------------------
+ *
+ * lws reads a connection with recv().  This file defines recv, and the
+ * binary exports it (Makefile: --export-dynamic-symbol=recv), so lws's
+ * calls come here: on a socket that asked for receive timestamps, it reads
+ * with recvmsg() and keeps the kernel's timestamp of the last bytes read
+ * (for TCP: of the last segment), converted to CLOCK_MONOTONIC.  Other
+ * sockets read as recv() does. */
+static struct {
+    uint64_t *ns;      /* per fd: the last read's timestamp; UINT64_MAX: not asked */
+    int cap;
+    int64_t rt_minus_mono;
+} rx;
+
+static void rx_time_start(int fd)
+{
+    if (fd < 0)
+        return;
+    if (fd >= rx.cap) {
+        int cap = rx.cap ? rx.cap : 1024;
+        while (cap <= fd)
+            cap *= 2;
+        uint64_t *p = realloc(rx.ns, (size_t)cap * sizeof *p);
+        if (!p)
+            return;
+        for (int i = rx.cap; i < cap; i++)
+            p[i] = UINT64_MAX;
+        rx.ns = p;
+        rx.cap = cap;
+        struct timespec rt, mo;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        clock_gettime(CLOCK_MONOTONIC, &mo);
+        rx.rt_minus_mono = ((int64_t)rt.tv_sec - mo.tv_sec) * 1000000000 + (rt.tv_nsec - mo.tv_nsec);
+    }
+    int on = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
+    rx.ns[fd] = setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &on, sizeof on) ? UINT64_MAX : 0;
+}
+
+/* The kernel's receive time of fd's last read (CLOCK_MONOTONIC ns), or 0. */
+static uint64_t rx_time(int fd)
+{
+    return fd >= 0 && fd < rx.cap && rx.ns[fd] != UINT64_MAX ? rx.ns[fd] : 0;
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+    if (fd < 0 || fd >= rx.cap || rx.ns[fd] == UINT64_MAX)
+        return recvfrom(fd, buf, len, flags, NULL, NULL);
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    union {
+        char b[CMSG_SPACE(sizeof(struct scm_timestamping))];
+        struct cmsghdr align;
+    } cb;
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b, .msg_controllen = sizeof cb.b};
+    ssize_t n = recvmsg(fd, &m, flags);
+    if (n <= 0)
+        return n;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_TIMESTAMPING)
+            continue;
+        struct scm_timestamping ts;
+        memcpy(&ts, CMSG_DATA(h), sizeof ts);
+        int64_t t = (int64_t)ts.ts[0].tv_sec * 1000000000 + ts.ts[0].tv_nsec - rx.rt_minus_mono;
+        if (ts.ts[0].tv_sec && t > 0)
+            rx.ns[fd] = (uint64_t)t;
+    }
+    return n;
 }
 
 static const cJSON *jget(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
@@ -1253,6 +1333,8 @@ static int bench_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         return lws_callback_http_dummy(wsi, reason, user, in, len);
     switch (reason) {
     case LWS_CALLBACK_CLIENT_ESTABLISHED:
+        if (b->o.fanout)
+            rx_time_start(lws_get_socket_fd(wsi));
         if (c->st == CN_CONNECTING)
             b->n_connecting--;
         c->st = CN_OPEN;
@@ -1275,6 +1357,7 @@ static int bench_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
             conn_down(b, c, c->st == CN_OPEN);
         return 0;
     case LWS_CALLBACK_CLIENT_RECEIVE:
+        b->frame_rx_ns = b->o.fanout ? rx_time(lws_get_socket_fd(wsi)) : 0;
         return conn_receive(b, c, in, len, clock_ns());
     case LWS_CALLBACK_CLIENT_WRITEABLE:
         return conn_writable(b, c);
@@ -1662,6 +1745,7 @@ static int result_json(const struct bench *b, const struct results *r, char **ou
         jsonw_key_uint(&w, "bytes_in", b->bytes_in);
         if (o->fanout) {
             json_hist(&w, "added_latency_ms", &b->added);
+            json_hist(&w, "added_at_socket_ms", &b->added_sock);
             jsonw_key_uint(&w, "added_latency_negative", b->negative_added);
         }
     }
@@ -1784,6 +1868,7 @@ static void print_table(const struct bench *b, const struct results *r)
            b->bytes_in / 1e6);
     if (o->fanout) {
         print_hist("added latency", &b->added, "");
+        print_hist("added at socket", &b->added_sock, "");
         if (b->negative_added)
             printf("  (%llu tokens arrived 'before' their gen_us: not the same host?)\n",
                    (unsigned long long)b->negative_added);
@@ -1880,6 +1965,7 @@ static int setup(struct bench *b)
     hist_init(&b->ttft_all);
     hist_init(&b->itl);
     hist_init(&b->added);
+    hist_init(&b->added_sock);
     if (!msgpack_zone_init(&b->zone, 8192))
         return RILL_E_NOMEM;
     b->rng = (uint64_t)clock_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
@@ -2035,6 +2121,8 @@ static const struct figure_def figure_defs[] = {
     {"itl_p99_ms", "inter-token p99", "ms", "itl_ms.p99", false, "tail"},
     {"added_latency_p50_ms", "added latency p50", "ms", "added_latency_ms.p50", false, "median"},
     {"added_latency_p99_ms", "added latency p99", "ms", "added_latency_ms.p99", false, "tail"},
+    {"added_at_socket_p50_ms", "added latency at the socket p50", "ms", "added_at_socket_ms.p50", false, "median"},
+    {"added_at_socket_p99_ms", "added latency at the socket p99", "ms", "added_at_socket_ms.p99", false, "tail"},
     {"errors", "errors", "", "requests.errored", false, "count"},
     {"gateway_cpu_pct", "gateway CPU", "%", "gateway.cpu_pct", false, "median"},
     {"gateway_rss_kb", "gateway RSS", "kB", "gateway.rss_kb", false, "median"},
