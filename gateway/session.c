@@ -342,14 +342,19 @@ static int write_tokens(struct conn *c, struct stream *s, uint64_t now)
     struct session *ss = c->ss;
     struct stream_out *o = &s->out;
     uint32_t n = o->n_pending < o->pend_cap ? o->n_pending : o->pend_cap;
-    struct obuf b = {0};
-    int rc = frames_tokens(&b, c->msgpack, &s->cid, &o->pending, o->n_pending);
+    /* One buffer for every connection's token frames: writer_send() is
+     * done with a frame when it returns (copied into the batch, sent, or
+     * buffered by lws), and a malloc a frame showed in the profile. */
+    struct obuf *b = &ss->scratch;
+    b->len = 0;
+    int rc = frames_tokens(b, c->msgpack, &s->cid, &o->pending, o->n_pending);
     ss->m->coalesced_tokens += o->n_pending > 1 ? o->n_pending - 1 : 0;
     writer_account(&c->w, -(long)o->pending.len);
     o->pending.len = 0;
     o->n_pending = 0;
-    rc = rc || writer_send(&c->w, &b);
-    obuf_free(&b);
+    rc = rc || writer_send(&c->w, b);
+    if (b->cap > 65536)
+        obuf_free(b); /* a rare large frame's buffer is not kept */
     if (rc)
         return -1;
     /* Delivery: from the worker's ring publish to this frame's write. */
@@ -611,6 +616,7 @@ void session_tick(struct session *ss, uint64_t now_ns)
 void session_fini(struct session *ss)
 {
     unpark(ss, NULL, false);
+    obuf_free(&ss->scratch);
 }
 
 static void handle_resume(struct conn *c, struct creq *r)

@@ -46,6 +46,7 @@ struct session {
     bool shutting_down;          /* refuse new generations */
     struct stream_events ev;     /* the sessions' stream events */
     struct parked_resume *parked; /* resumes waiting for the workers' replays */
+    struct obuf scratch;         /* a token frame being built (one at a time) */
 };
 
 struct conn_tools;
