@@ -33,6 +33,11 @@ struct writer_sender {
 
 /* Send requests in one submission at most (a larger batch takes several). */
 #define URING_ENTRIES 512
+/* With io_uring, a batch's frames leave every URING_CHUNK connections while
+ * the rest are still being built: the first clients get theirs (and the
+ * client machine starts reading) ~30 µs into the batch instead of after all
+ * of it is built; the last leave no later, and a submission costs ~1 µs. */
+#define URING_CHUNK 32
 #define SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
 
 static void send_one(struct writer *w)
@@ -498,6 +503,11 @@ void writer_flush(struct writer_set *s)
             }
         }
         s->batch[s->n_batch++] = w;
+        if (s->uring && s->n_batch == URING_CHUNK) {
+            s->collecting = false;
+            send_batches(s);
+            s->collecting = true;
+        }
     }
     s->collecting = false;
     if (s->n_batch)
