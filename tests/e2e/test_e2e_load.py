@@ -38,7 +38,10 @@ def test_200_concurrent_clients_get_exact_streams(pipelines, tiny_model, path):
     flags, line = SEND_PATHS[path]
     p = pipelines(tiny_model, gateway_args=["--max_connections", "1000"] + flags,
                          worker_args=["--max_batch", "256"])
-    assert line in p.log("gateway"), p.log("gateway")[-2000:]
+    log = p.log("gateway")
+    if path == "io_uring" and ("io_uring unavailable" in log or "io_uring waits" in log):
+        pytest.skip("this kernel refuses io_uring (or parks a non-blocking send): the gateway uses send()")
+    assert line in log, log[-2000:]
     jobs = [job(i) for i in range(N_CLIENTS)]
     with ThreadPoolExecutor(2) as ex:
         want = list(ex.map(lambda j: rc.expected(tiny_model, *j), jobs[:100]))
