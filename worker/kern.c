@@ -945,6 +945,206 @@ AVX512_TARGET __attribute__((noinline)) static void attention_512_128(const floa
     attention_512(16, q, kb, vb, stride, bt, n, scale, s, out);
 }
 
+/* kern_attention() of up to KERN_ATT_ROWS queries of one head at once, with
+ * AVX-512 for a head size known at compile time (NV eight-float slices):
+ * every key and value is loaded once for all of them instead of once each,
+ * so a prompt's attention reads the cache a quarter as often.  Queries 2p
+ * and 2p+1 share a register (one in each half), the key's eight floats are
+ * broadcast to both; the positions all queries see, [0, min n), are done
+ * together, each query's further ones after them.  Per query and position
+ * every lane sees the FMAs of attention_512() in the same order, the same
+ * reduction and scaling, the same softmax over its own scores and the same
+ * value FMAs in position order, so the bits are kern_attention()'s. */
+AVX512_TARGET static inline __attribute__((always_inline)) void attention_rows_512(
+    const uint32_t NV, const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb,
+    size_t stride, uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    enum { P = KERN_ATT_ROWS / 2 };
+    __m512 qp[P][16];
+    uint32_t nmin = n[0];
+    for (uint32_t r = 1; r < R; r++)
+        nmin = n[r] < nmin ? n[r] : nmin;
+    _Pragma("GCC unroll 2")
+    for (uint32_t p = 0; p < P; p++)
+        _Pragma("GCC unroll 16")
+        for (uint32_t i = 0; i < NV; i++) {
+            __m256 lo = 2 * p < R ? _mm256_loadu_ps(q + (size_t)(2 * p) * ldq + 8 * i) : _mm256_setzero_ps();
+            __m256 hi = 2 * p + 1 < R ? _mm256_loadu_ps(q + (size_t)(2 * p + 1) * ldq + 8 * i) : _mm256_setzero_ps();
+            qp[p][i] = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+        }
+    /* Scores of the shared positions, eight at a time where a block has them. */
+    for (uint32_t t0 = 0, blk = 0; t0 < nmin; t0 += bt, blk++) {
+        const float *k = kb[blk];
+        uint32_t m = nmin - t0 < bt ? nmin - t0 : bt;
+        uint32_t t = 0;
+        for (; t + 8 <= m; t += 8, k += 8 * stride) {
+            __m512 a[8][P];
+            _Pragma("GCC unroll 8")
+            for (int j = 0; j < 8; j++)
+                _Pragma("GCC unroll 2")
+                for (int p = 0; p < P; p++)
+                    a[j][p] = _mm512_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                _Pragma("GCC unroll 8")
+                for (int j = 0; j < 8; j++) {
+                    __m512 kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k + (size_t)j * stride + 8 * i));
+                    _Pragma("GCC unroll 2")
+                    for (int p = 0; p < P; p++)
+                        a[j][p] = _mm512_fmadd_ps(qp[p][i], kv, a[j][p]);
+                }
+            _Pragma("GCC unroll 2")
+            for (uint32_t p = 0; p < P; p++) {
+                __m256 lo[8], hi[8];
+                _Pragma("GCC unroll 8")
+                for (int j = 0; j < 8; j++) {
+                    lo[j] = _mm512_castps512_ps256(a[j][p]);
+                    hi[j] = _mm512_extractf32x8_ps(a[j][p], 1);
+                }
+                if (2 * p < R)
+                    _mm256_storeu_ps(s + (size_t)(2 * p) * lds + t0 + t, _mm256_mul_ps(reduce8x8(lo), _mm256_set1_ps(scale)));
+                if (2 * p + 1 < R)
+                    _mm256_storeu_ps(s + (size_t)(2 * p + 1) * lds + t0 + t,
+                                     _mm256_mul_ps(reduce8x8(hi), _mm256_set1_ps(scale)));
+            }
+        }
+        for (; t < m; t++, k += stride) {
+            __m512 a[P];
+            _Pragma("GCC unroll 2")
+            for (int p = 0; p < P; p++)
+                a[p] = _mm512_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++) {
+                __m512 kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k + 8 * i));
+                _Pragma("GCC unroll 2")
+                for (int p = 0; p < P; p++)
+                    a[p] = _mm512_fmadd_ps(qp[p][i], kv, a[p]);
+            }
+            for (uint32_t r = 0; r < R; r++) {
+                __m256 h = r % 2 ? _mm512_extractf32x8_ps(a[r / 2], 1) : _mm512_castps512_ps256(a[r / 2]);
+                s[(size_t)r * lds + t0 + t] = hsum256(h) * scale;
+            }
+        }
+    }
+    /* Each query's own further positions. */
+    for (uint32_t r = 0; r < R; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *sr = s + (size_t)r * lds;
+        for (uint32_t t = nmin; t < n[r]; t++) {
+            const float *k = kb[t / bt] + (size_t)(t % bt) * stride;
+            __m256 acc = _mm256_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 8 * i), _mm256_loadu_ps(k + 8 * i), acc);
+            sr[t] = hsum256(acc) * scale;
+        }
+    }
+    /* softmax_exps() of each query: its maximum and its sum stay sequential
+     * chains in position order, but the queries' chains run side by side
+     * (a lone chain waits on each add's latency); a missing query reads
+     * query 0's scores and is dropped. */
+    const float *sp[KERN_ATT_ROWS];
+    float mx[KERN_ATT_ROWS], sum[KERN_ATT_ROWS], inv[KERN_ATT_ROWS];
+    _Pragma("GCC unroll 4")
+    for (uint32_t r = 0; r < KERN_ATT_ROWS; r++) {
+        sp[r] = s + (r < R ? (size_t)r * lds : 0);
+        mx[r] = -INFINITY;
+        sum[r] = 0;
+    }
+    for (uint32_t t = 0; t < nmin; t++)
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+            if (sp[r][t] > mx[r])
+                mx[r] = sp[r][t];
+    for (uint32_t r = 0; r < R; r++) {
+        for (uint32_t t = nmin; t < n[r]; t++)
+            if (sp[r][t] > mx[r])
+                mx[r] = sp[r][t];
+        vexp_shifted(s + (size_t)r * lds, n[r], mx[r], KERN_AVX512);
+    }
+    for (uint32_t t = 0; t < nmin; t++)
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+            sum[r] += sp[r][t];
+    for (uint32_t r = 0; r < R; r++) {
+        for (uint32_t t = nmin; t < n[r]; t++)
+            sum[r] += sp[r][t];
+        inv[r] = 1.0f / sum[r];
+    }
+    /* The values, 64 dimensions at a time (4 x R accumulators). */
+    _Pragma("GCC unroll 2")
+    for (uint32_t d = 0; d < NV / 8; d++) {
+        __m512 o[KERN_ATT_ROWS][4];
+        _Pragma("GCC unroll 4")
+        for (int r = 0; r < KERN_ATT_ROWS; r++)
+            _Pragma("GCC unroll 4")
+            for (int u = 0; u < 4; u++)
+                o[r][u] = _mm512_setzero_ps();
+        for (uint32_t t0 = 0, blk = 0; t0 < nmin; t0 += bt, blk++) {
+            const float *v = vb[blk] + 64 * d;
+            uint32_t m = nmin - t0 < bt ? nmin - t0 : bt;
+            for (uint32_t t = 0; t < m; t++, v += stride) {
+                __m512 vv[4];
+                _Pragma("GCC unroll 4")
+                for (int u = 0; u < 4; u++)
+                    vv[u] = _mm512_loadu_ps(v + 16 * u);
+                _Pragma("GCC unroll 4")
+                for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+                    if (r < R) {
+                        __m512 a = _mm512_set1_ps(s[(size_t)r * lds + t0 + t] * inv[r]);
+                        _Pragma("GCC unroll 4")
+                        for (int u = 0; u < 4; u++)
+                            o[r][u] = _mm512_fmadd_ps(a, vv[u], o[r][u]);
+                    }
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++) {
+            if (r >= R)
+                continue;
+            for (uint32_t t = nmin; t < n[r]; t++) {
+                const float *v = vb[t / bt] + (size_t)(t % bt) * stride + 64 * d;
+                __m512 a = _mm512_set1_ps(s[(size_t)r * lds + t] * inv[r]);
+                _Pragma("GCC unroll 4")
+                for (int u = 0; u < 4; u++)
+                    o[r][u] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + 16 * u), o[r][u]);
+            }
+            _Pragma("GCC unroll 4")
+            for (int u = 0; u < 4; u++)
+                _mm512_storeu_ps(out + (size_t)r * ldo + 64 * d + 16 * u, o[r][u]);
+        }
+    }
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_rows_512_64(
+    const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb, size_t stride,
+    uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    attention_rows_512(8, q, ldq, R, kb, vb, stride, bt, n, scale, s, lds, out, ldo);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_rows_512_128(
+    const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb, size_t stride,
+    uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    attention_rows_512(16, q, ldq, R, kb, vb, stride, bt, n, scale, s, lds, out, ldo);
+}
+
+void kern_attention_rows(const float *q, size_t ldq, uint32_t R, uint32_t hd, const float *const *k_blocks,
+                         const float *const *v_blocks, size_t stride, uint32_t bt, const uint32_t *n, float scale,
+                         float *scores, size_t lds, float *out, size_t ldo)
+{
+    assert(R >= 1 && R <= KERN_ATT_ROWS);
+    if (R > 1 && kern_isa() >= KERN_AVX512 && hd == 64)
+        attention_rows_512_64(q, ldq, R, k_blocks, v_blocks, stride, bt, n, scale, scores, lds, out, ldo);
+    else if (R > 1 && kern_isa() >= KERN_AVX512 && hd == 128)
+        attention_rows_512_128(q, ldq, R, k_blocks, v_blocks, stride, bt, n, scale, scores, lds, out, ldo);
+    else
+        for (uint32_t r = 0; r < R; r++)
+            kern_attention(q + (size_t)r * ldq, hd, k_blocks, v_blocks, stride, bt, n[r], scale,
+                           scores + (size_t)r * lds, out + (size_t)r * ldo);
+}
+
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
                     size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out)
 {
