@@ -541,20 +541,47 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
 
 
 /* F16 and BF16 with AVX-512: the F32 kernel's blocking on weights
- * converted to floats XB columns of two groups at a time (2 x 4 rows x 1024
- * floats = 32 KiB, in L1) and run through its pair tile (24 accumulators for
- * 6 batch rows); when a row's columns fit in one block (K <= XB) the pair is
- * converted once for every pass of activation rows.  Each lane does the same
+ * converted to floats, a pair of groups at a time (2 x 4 rows x K floats:
+ * 64 KiB at K = 2048, in L2), once for every pass of activation rows, and
+ * run XB columns at a time (2 x 4 x 1024 floats = 32 KiB, in L1) through its
+ * pair tile (24 accumulators for 6 batch rows).  Each lane does the same
  * conversion and the same FMAs in increasing k as the direct tiles, and the
  * same final reduction, so the bits are theirs. */
 #define XB 1024
 _Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
 
+/* This thread's room for a converted pair wider than XB, grown on demand
+ * and freed with the thread; NULL when out of memory (then the pair is
+ * converted again for every pass, in tl_wbuf). */
+static _Thread_local float *tl_pair;
+static _Thread_local size_t tl_pair_floats;
+static pthread_key_t pair_key;
+static pthread_once_t pair_once = PTHREAD_ONCE_INIT;
+
+static void pair_key_make(void) { pthread_key_create(&pair_key, free); }
+
+static float *pair_room(size_t floats)
+{
+    if (tl_pair_floats >= floats)
+        return tl_pair;
+    pthread_once(&pair_once, pair_key_make);
+    free(tl_pair);
+    tl_pair = aligned_alloc(64, floats * sizeof(float));
+    tl_pair_floats = tl_pair ? floats : 0;
+    pthread_setspecific(pair_key, tl_pair);
+    return tl_pair;
+}
+
 AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float *x, size_t ldx, uint32_t B,
                                                float *y, size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
     uint32_t K = m->cols;
-    const size_t gacc = (size_t)FP * KERN_GROUP * 8, wstride = (size_t)XB * KERN_GROUP;
+    float *wbuf = K <= XB || B <= FP ? tl_wbuf : pair_room((size_t)2 * KERN_GROUP * K);
+    bool once = wbuf != NULL; /* each pair converted once, for every pass */
+    if (!wbuf)
+        wbuf = tl_wbuf;
+    const size_t gacc = (size_t)FP * KERN_GROUP * 8;
+    const size_t wstride = (wbuf == tl_wbuf ? (size_t)XB : K) * KERN_GROUP; /* group 1 after group 0 */
     for (uint32_t gb = g0; gb < g1; gb += 2) {
         uint32_t ng = g1 - gb < 2 ? g1 - gb : 2, n = gb * KERN_GROUP;
         bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
@@ -565,17 +592,18 @@ AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float
             for (uint32_t k0 = 0; k0 < K; k0 += XB) {
                 uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
                 bool last = k0 + XB >= K;
-                if (p0 == 0 || K > XB)
+                float *w = wbuf == tl_wbuf ? wbuf : wbuf + (size_t)k0 * KERN_GROUP;
+                if (p0 == 0 || !once)
                     for (uint32_t gi = 0; gi < ng; gi++)
-                        block_weights(m, gb + gi, k0, ns, tl_wbuf + gi * wstride);
+                        block_weights(m, gb + gi, k0, ns, w + gi * wstride);
                 for (uint32_t b = 0, c; b < np; b += c) {
                     c = tile_rows(np - b);
                     const float *xb = x + (size_t)(p0 + b) * ldx + k0;
                     if (ng == 2)
-                        ptiles512[c](tl_wbuf, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
+                        ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
                                      k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
                     else
-                        btiles512[c](tl_wbuf, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+                        btiles512[c](w, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
                 }
             }
             if (whole)
