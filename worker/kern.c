@@ -589,6 +589,14 @@ AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float
             uint32_t np = B - p0 < FP ? B - p0 : FP;
             if (ng % 2) /* a lone group's tiles start from memory */
                 memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+            /* The next pair's weights are prefetched a line per slice over
+             * the tiles of the last pass (earlier, the activations streaming
+             * through would evict them again): its conversion then reads
+             * them from cache, not from memory. */
+            const char *pf = (const char *)m->data + (size_t)(gb + 2) * m->group_bytes,
+                       *pf_end = pf + 2 * m->group_bytes;
+            if (p0 + FP < B || gb + 2 >= g1)
+                pf = pf_end;
             for (uint32_t k0 = 0; k0 < K; k0 += XB) {
                 uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
                 bool last = k0 + XB >= K;
@@ -599,10 +607,12 @@ AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float
                 for (uint32_t b = 0, c; b < np; b += c) {
                     c = tile_rows(np - b);
                     const float *xb = x + (size_t)(p0 + b) * ldx + k0;
-                    if (ng == 2)
-                        ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
-                                     k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
-                    else
+                    if (ng == 2) {
+                        ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc,
+                                     pf < pf_end ? pf : NULL, k0 == 0,
+                                     whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                        pf += (size_t)ns * 64;
+                    } else
                         btiles512[c](w, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
                 }
             }
