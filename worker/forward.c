@@ -282,10 +282,14 @@ static void matmul(struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint
     for (uint32_t i = 0; i < n_out; i++)
         total_rows += ws[i]->rows;
     /* Enough tasks for the pool to balance (a core may be busy with another
-     * process), each a multiple of 12 rows so that every tile shape fits. */
+     * process), each a multiple of 12 rows so that every tile shape fits.
+     * A prompt's products get twice as many, in multiples of 24 rows (whole
+     * pairs of groups for the blocked kernels): the threads wait on the last
+     * task's straggler, which is then half as long. */
     uint32_t threads = pool_threads(f->pool);
-    uint32_t chunk = total_rows / (threads * 8);
-    chunk = chunk < 12 ? 12 : (chunk + 11) / 12 * 12;
+    bool prompt = B >= 64;
+    uint32_t chunk = total_rows / (threads * (prompt ? 16 : 8));
+    chunk = chunk < 12 ? 12 : prompt ? (chunk + 23) / 24 * 24 : (chunk + 11) / 12 * 12;
     j.chunk = chunk;
     uint32_t t = 0;
     for (uint32_t i = 0; i < n_out; i++) {
