@@ -406,6 +406,28 @@ AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
 
 /* --- F32 with AVX-512: a register-blocked kernel straight on the pack ------------ */
 
+/* reduce8x8() of eight rows held two to a register (a0 = rows 0 and 1, ...,
+ * a3 = rows 6 and 7, as the pair tiles keep them): lane i of the result is
+ * reduce8() of row i, with the same additions — (l0+l4 .. l3+l7), then
+ * (a0+a2, a1+a3), then b0+b1 — in nine shuffles and four adds instead of
+ * the twenty-nine operations of extracting the halves first. */
+AVX512_TARGET static inline __m256 reduce_pairs8(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+    /* one row's l0+l4 .. l3+l7 per 128-bit lane: rows 0-3, and 4-7 */
+    __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* lane k: rows k and k+4's (a0+a2, a1+a3) */
+    __m512 b = _mm512_add_ps(_mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane k: rows k and k+4's b0+b1 (twice) */
+    __m512 c = _mm512_add_ps(_mm512_shuffle_ps(b, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(b, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_castps512_ps256(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), c));
+}
+
 /* Two groups (8 weight rows, four registers of two rows each) against C
  * batch rows: 4*C accumulators, and per slice of eight k four weight loads
  * and C activation loads for 4*C FMAs, so the FMA units, not the loads, set
@@ -445,14 +467,8 @@ AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
             }                                                                                            \
         }                                                                                                \
         if (y) {                                                                                         \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
-                __m256 r[8];                                                                             \
-                _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) {                                    \
-                    r[2 * h] = _mm512_castps512_ps256(a[h][c]);                                          \
-                    r[2 * h + 1] = _mm512_extractf32x8_ps(a[h][c], 1);                                   \
-                }                                                                                        \
-                _mm256_storeu_ps(y + (size_t)c * ldy, reduce8x8(r));                                     \
-            }                                                                                            \
+            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                          \
+                _mm256_storeu_ps(y + (size_t)c * ldy, reduce_pairs8(a[0][c], a[1][c], a[2][c], a[3][c])); \
             return;                                                                                      \
         }                                                                                                \
         _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
