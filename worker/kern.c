@@ -557,18 +557,21 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
 
 
 /* F16 and BF16 with AVX-512: the F32 kernel's blocking on weights
- * converted to floats, a pair of groups at a time (2 x 4 rows x K floats:
- * 64 KiB at K = 2048, in L2), once for every pass of activation rows, and
- * run XB columns at a time (2 x 4 x 1024 floats = 32 KiB, in L1) through its
- * pair tile (24 accumulators for 6 batch rows).  Each lane does the same
- * conversion and the same FMAs in increasing k as the direct tiles, and the
- * same final reduction, so the bits are theirs. */
+ * converted to floats, run XB columns at a time (2 x 4 rows x 1024 floats
+ * = 32 KiB, in L1) through its pair tile (24 accumulators for 6 batch rows).
+ * With more than one pass of activation rows, a few pairs of groups are
+ * converted whole (up to 4 x 2 x 4 rows x K floats, 96 KiB at K = 768, in
+ * L2) once for every pass, and each pass runs all of them, so that its
+ * activations are read from L2 for every pair but the first, not from L3
+ * for each.  Each lane does the same conversion and the same FMAs in
+ * increasing k as the direct tiles, and the same final reduction, so the
+ * bits are theirs. */
 #define XB 1024
 _Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
 
-/* This thread's room for a converted pair wider than XB, grown on demand
- * and freed with the thread; NULL when out of memory (then the pair is
- * converted again for every pass, in tl_wbuf). */
+/* This thread's room for converted pairs, grown on demand and freed with
+ * the thread; NULL when out of memory (then each pair is converted again
+ * for every pass, in tl_wbuf). */
 static _Thread_local float *tl_pair;
 static _Thread_local size_t tl_pair_floats;
 static pthread_key_t pair_key;
@@ -592,54 +595,58 @@ AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float
                                                float *y, size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
     uint32_t K = m->cols;
-    float *wbuf = K <= XB || B <= FP ? tl_wbuf : pair_room((size_t)2 * KERN_GROUP * K);
-    bool once = wbuf != NULL; /* each pair converted once, for every pass */
+    /* Pairs converted together: up to 4, fewer for long rows (L2). */
+    uint32_t npairs = K <= 1024 ? 4 : K <= 2048 ? 2 : 1;
+    float *wbuf = B > FP ? pair_room((size_t)npairs * 2 * KERN_GROUP * K) : NULL;
     if (!wbuf)
-        wbuf = tl_wbuf;
+        npairs = 1;
     const size_t gacc = (size_t)FP * KERN_GROUP * 8;
-    const size_t wstride = (wbuf == tl_wbuf ? (size_t)XB : K) * KERN_GROUP; /* group 1 after group 0 */
-    for (uint32_t gb = g0; gb < g1; gb += 2) {
-        uint32_t ng = g1 - gb < 2 ? g1 - gb : 2, n = gb * KERN_GROUP;
-        bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+    const size_t wstride = (wbuf ? (size_t)K : (size_t)XB) * KERN_GROUP; /* group 1 after group 0 */
+    for (uint32_t gs = g0; gs < g1; gs += 2 * npairs) {
+        uint32_t gend = g1 - gs < 2 * npairs ? g1 : gs + 2 * npairs;
         for (uint32_t p0 = 0; p0 < B; p0 += FP) {
             uint32_t np = B - p0 < FP ? B - p0 : FP;
-            if (ng % 2) /* a lone group's tiles start from memory */
-                memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
-            /* The next pair's weights are prefetched a line per slice over
-             * the tiles of the last pass (earlier, the activations streaming
-             * through would evict them again): its conversion then reads
-             * them from cache, not from memory. */
-            const char *pf = (const char *)m->data + (size_t)(gb + 2) * m->group_bytes,
-                       *pf_end = pf + 2 * m->group_bytes;
-            if (p0 + FP < B || gb + 2 >= g1)
-                pf = pf_end;
-            for (uint32_t k0 = 0; k0 < K; k0 += XB) {
-                uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
-                bool last = k0 + XB >= K;
-                float *w = wbuf == tl_wbuf ? wbuf : wbuf + (size_t)k0 * KERN_GROUP;
-                if (p0 == 0 || !once)
-                    for (uint32_t gi = 0; gi < ng; gi++)
-                        block_weights(m, gb + gi, k0, ns, w + gi * wstride);
-                for (uint32_t b = 0, c; b < np; b += c) {
-                    c = tile_rows(np - b);
-                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
-                    if (ng == 2) {
-                        ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc,
-                                     pf < pf_end ? pf : NULL, k0 == 0,
-                                     whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
-                        pf += (size_t)ns * 64;
-                    } else
-                        btiles512[c](w, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+            for (uint32_t gb = gs, pi = 0; gb < gend; gb += 2, pi++) {
+                uint32_t ng = gend - gb < 2 ? gend - gb : 2, n = gb * KERN_GROUP;
+                bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+                if (ng % 2) /* a lone group's tiles start from memory */
+                    memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+                /* The weights of the pair as many groups ahead are prefetched a
+                 * line per slice over the tiles of the last pass (earlier,
+                 * the activations streaming through would evict them again):
+                 * its conversion then reads them from cache, not memory. */
+                const char *pf = (const char *)m->data + (size_t)(gb + 2 * npairs) * m->group_bytes,
+                           *pf_end = pf + 2 * m->group_bytes;
+                if (p0 + FP < B || gb + 2 * npairs >= g1)
+                    pf = pf_end;
+                for (uint32_t k0 = 0; k0 < K; k0 += XB) {
+                    uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
+                    bool last = k0 + XB >= K;
+                    float *w = wbuf ? wbuf + pi * 2 * wstride + (size_t)k0 * KERN_GROUP : tl_wbuf;
+                    if (p0 == 0 || !wbuf)
+                        for (uint32_t gi = 0; gi < ng; gi++)
+                            block_weights(m, gb + gi, k0, ns, w + gi * wstride);
+                    for (uint32_t b = 0, c; b < np; b += c) {
+                        c = tile_rows(np - b);
+                        const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                        if (ng == 2) {
+                            ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc,
+                                         pf < pf_end ? pf : NULL, k0 == 0,
+                                         whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                            pf += (size_t)ns * 64;
+                        } else
+                            btiles512[c](w, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+                    }
                 }
-            }
-            if (whole)
-                continue;
-            for (uint32_t gi = 0; gi < ng; gi++) {
-                uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
-                for (uint32_t b = 0; b < np; b++)
-                    for (uint32_t r = 0; r < nr; r++)
-                        y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
-                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+                if (whole)
+                    continue;
+                for (uint32_t gi = 0; gi < ng; gi++) {
+                    uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
+                    for (uint32_t b = 0; b < np; b++)
+                        for (uint32_t r = 0; r < nr; r++)
+                            y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
+                                hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+                }
             }
         }
     }

@@ -224,7 +224,10 @@ static void test_kern_converted_kernels_are_bit_identical_across_batch_sizes(voi
     (void)state;
     expect_blocked_bit_identical(WT_F16, 2080);
     expect_blocked_bit_identical(WT_BF16, 2080);
-    /* one block (converted once for every pass of 64 activation rows) */
+    /* two blocks (two pairs converted together for the passes) */
+    expect_blocked_bit_identical(WT_F16, 1040);
+    /* one block (four pairs converted together, once for every pass of 64
+     * activation rows) */
     expect_blocked_bit_identical(WT_F16, 800);
     expect_blocked_bit_identical(WT_BF16, 800);
 }
