@@ -48,7 +48,9 @@ struct fwd {
     float *tmp;    /* sublayer output before the residual add, dim */
     float *hb, *hb2; /* ffn */
     float *xs;     /* normed rows that want logits, dim */
-    float *scores; /* per thread, max_ctx */
+    float *scores; /* per thread, KERN_ATT_ROWS x max_ctx */
+    uint32_t *att_first; /* the step's attention groups: rows [att_first[i], att_first[i+1]) */
+    uint32_t n_att;
     void **blockptr; /* per thread, 2 x max_blocks: a sequence's K and V blocks */
     uint32_t max_blocks;
     float *rope_cos, *rope_sin; /* [max_ctx][rope_dim/2] */
@@ -146,7 +148,8 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
     f->hb = alloc_floats(f, R * f->ffn);
     f->hb2 = alloc_floats(f, R * f->ffn);
     f->xs = alloc_floats(f, R * f->dim);
-    f->scores = alloc_floats(f, (size_t)pool_threads(pool) * max_ctx);
+    f->scores = alloc_floats(f, (size_t)pool_threads(pool) * KERN_ATT_ROWS * max_ctx);
+    f->att_first = calloc((size_t)max_rows + 1, sizeof *f->att_first);
     f->max_blocks = kv_blocks_for(kv, max_ctx);
     f->blockptr = calloc((size_t)pool_threads(pool) * 2 * f->max_blocks, sizeof *f->blockptr);
     uint32_t half = c->rope_dim / 2;
@@ -159,7 +162,7 @@ int fwd_create(const struct model *m, struct kv *kv, struct pool *pool, uint32_t
         return RILL_E_NOMEM;
     }
     if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->tmp || !f->hb || !f->hb2 || !f->xs ||
-        !f->scores || !f->blockptr || !f->rope_cos || !f->rope_sin) {
+        !f->scores || !f->att_first || !f->blockptr || !f->rope_cos || !f->rope_sin) {
         fwd_free(f);
         return RILL_E_NOMEM;
     }
@@ -191,6 +194,7 @@ void fwd_free(struct fwd *f)
     }
     free(f->L);
     free(f->blockptr);
+    free(f->att_first);
     kern_act_free(&f->act);
     kern_unpack_free(&f->output);
     float *bufs[] = {f->x, f->xb, f->q, f->k, f->v, f->att, f->tmp, f->hb, f->hb2, f->xs, f->scores,
@@ -278,10 +282,14 @@ static void matmul(struct fwd *f, const float *x, uint32_t ldx, uint32_t B, uint
     for (uint32_t i = 0; i < n_out; i++)
         total_rows += ws[i]->rows;
     /* Enough tasks for the pool to balance (a core may be busy with another
-     * process), each a multiple of 12 rows so that every tile shape fits. */
+     * process), each a multiple of 12 rows so that every tile shape fits.
+     * A prompt's products get twice as many, in multiples of 24 rows (whole
+     * pairs of groups for the blocked kernels): the threads wait on the last
+     * task's straggler, which is then half as long. */
     uint32_t threads = pool_threads(f->pool);
-    uint32_t chunk = total_rows / (threads * 8);
-    chunk = chunk < 12 ? 12 : (chunk + 11) / 12 * 12;
+    bool prompt = B >= 64;
+    uint32_t chunk = total_rows / (threads * (prompt ? 16 : 8));
+    chunk = chunk < 12 ? 12 : prompt ? (chunk + 23) / 24 * 24 : (chunk + 11) / 12 * 12;
     j.chunk = chunk;
     uint32_t t = 0;
     for (uint32_t i = 0; i < n_out; i++) {
@@ -301,29 +309,38 @@ struct att_job {
     uint32_t layer;
 };
 
-/* One (row, head): softmax(q k^T / sqrt(hd)) v over positions 0..pos. */
+/* A group of up to KERN_ATT_ROWS rows of one sequence at consecutive
+ * positions (a prompt's) and one head: softmax(q k^T / sqrt(hd)) v of each
+ * row over positions 0..pos, the group's keys and values read once for all
+ * its rows.  Tasks go head by head (task = head * groups + group), so that
+ * the tasks running together read one head's keys and values, which stay in
+ * cache, instead of every head's. */
 static void att_task(void *ctx, uint32_t task, uint32_t thread)
 {
     const struct att_job *j = ctx;
     const struct fwd *f = j->f;
     const struct model_config *c = &f->m->cfg;
-    uint32_t r = task / c->n_heads, h = task % c->n_heads;
-    const struct fwd_row *row = &j->rows[r];
+    uint32_t h = task / f->n_att, gi = task % f->n_att;
+    uint32_t r0 = f->att_first[gi], R = f->att_first[gi + 1] - r0;
+    const struct fwd_row *row = &j->rows[r0];
     uint32_t g = h / (c->n_heads / c->n_kv_heads);
     uint32_t hd = f->hd;
-    const float *q = f->q + (size_t)r * f->q_dim + (size_t)h * hd;
-    float *s = f->scores + (size_t)thread * f->max_ctx;
-    uint32_t n = row->pos + 1, bt = kv_block_tokens(f->kv);
+    const float *q = f->q + (size_t)r0 * f->q_dim + (size_t)h * hd;
+    float *s = f->scores + (size_t)thread * KERN_ATT_ROWS * f->max_ctx;
+    uint32_t n[KERN_ATT_ROWS];
+    for (uint32_t i = 0; i < R; i++)
+        n[i] = row[i].pos + 1;
+    uint32_t bt = kv_block_tokens(f->kv);
     /* The sequence's blocks, as pointers to this head's keys and values. */
-    uint32_t nb = (n + bt - 1) / bt;
+    uint32_t nb = (n[R - 1] + bt - 1) / bt;
     const float **kb = (const float **)(f->blockptr + (size_t)thread * 2 * f->max_blocks);
     const float **vb = kb + f->max_blocks;
     for (uint32_t b = 0; b < nb; b++) {
         kb[b] = kv_k(f->kv, row->kv, j->layer, b * bt) + (size_t)g * hd;
         vb[b] = kv_v(f->kv, row->kv, j->layer, b * bt) + (size_t)g * hd;
     }
-    kern_attention(q, hd, kb, vb, f->kv_dim, bt, n, 1.0f / sqrtf((float)hd), s,
-                   f->att + (size_t)r * f->q_dim + (size_t)h * hd);
+    kern_attention_rows(q, f->q_dim, R, hd, kb, vb, f->kv_dim, bt, n, 1.0f / sqrtf((float)hd), s, f->max_ctx,
+                        f->att + (size_t)r0 * f->q_dim + (size_t)h * hd, f->q_dim);
 }
 
 /* SwiGLU's activation, a few rows per task: hb = silu(hb) * hb2. */
@@ -376,6 +393,74 @@ static void head_norm(const struct fwd *f, float *vec, uint32_t n_heads, const f
         kern_rmsnorm(vec + (size_t)h * f->hd, vec + (size_t)h * f->hd, w, f->hd, f->m->cfg.norm_eps);
 }
 
+/* The per-row steps between the matrix products, a few rows per task on
+ * the pool (alone on the calling thread they were a tenth of a prompt's
+ * step, with the other threads idle).  Rows are independent and each is
+ * computed as before, so the bits do not depend on who runs it. */
+enum row_step {
+    ROW_NORM,     /* xb = rmsnorm(x, norm) */
+    ROW_QKV,      /* biases, q/k norms and rope of q and k; k and v into the cache */
+    ROW_ADD_NORM, /* tmp += bias (if any); x += tmp; then ROW_NORM if norm */
+};
+
+struct row_job {
+    const struct fwd *f;
+    const struct fwd_row *rows;
+    uint32_t n, layer;
+    enum row_step step;
+    const float *norm, *bias;
+};
+
+#define ROW_TASK_ROWS 8
+
+static void row_task(void *ctx, uint32_t task, uint32_t thread)
+{
+    (void)thread;
+    const struct row_job *j = ctx;
+    const struct fwd *f = j->f;
+    const struct model_config *c = &f->m->cfg;
+    const struct layer_weights *L = &f->m->layers[j->layer];
+    uint32_t dim = f->dim, r1 = (task + 1) * ROW_TASK_ROWS < j->n ? (task + 1) * ROW_TASK_ROWS : j->n;
+    for (uint32_t r = task * ROW_TASK_ROWS; r < r1; r++) {
+        float *x = f->x + (size_t)r * dim;
+        if (j->step == ROW_QKV) {
+            float *q = f->q + (size_t)r * f->q_dim, *k = f->k + (size_t)r * f->kv_dim;
+            if (L->bq)
+                add_bias(q, L->bq, f->q_dim);
+            if (L->bk)
+                add_bias(k, L->bk, f->kv_dim);
+            if (L->bv)
+                add_bias(f->v + (size_t)r * f->kv_dim, L->bv, f->kv_dim);
+            if (L->q_norm)
+                head_norm(f, q, c->n_heads, L->q_norm);
+            if (L->k_norm)
+                head_norm(f, k, c->n_kv_heads, L->k_norm);
+            rope(f, q, c->n_heads, j->rows[r].pos);
+            rope(f, k, c->n_kv_heads, j->rows[r].pos);
+            memcpy(kv_k(f->kv, j->rows[r].kv, j->layer, j->rows[r].pos), k, f->kv_dim * sizeof(float));
+            memcpy(kv_v(f->kv, j->rows[r].kv, j->layer, j->rows[r].pos), f->v + (size_t)r * f->kv_dim,
+                   f->kv_dim * sizeof(float));
+            continue;
+        }
+        if (j->step == ROW_ADD_NORM) {
+            float *t = f->tmp + (size_t)r * dim;
+            if (j->bias)
+                add_bias(t, j->bias, dim);
+            for (uint32_t i = 0; i < dim; i++)
+                x[i] += t[i];
+        }
+        if (j->norm)
+            kern_rmsnorm(f->xb + (size_t)r * dim, x, j->norm, dim, c->norm_eps);
+    }
+}
+
+static void rows_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, uint32_t layer, enum row_step step,
+                     const float *norm, const float *bias)
+{
+    struct row_job j = {f, rows, n, layer, step, norm, bias};
+    pool_run(f->pool, row_task, &j, (n + ROW_TASK_ROWS - 1) / ROW_TASK_ROWS);
+}
+
 /* --- the pass ------------------------------------------------------------------------------ */
 
 int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits)
@@ -397,49 +482,35 @@ int fwd_run(struct fwd *f, const struct fwd_row *rows, uint32_t n, float *logits
 
     for (uint32_t r = 0; r < n; r++)
         kern_row(&m->tok_embd, (uint32_t)rows[r].token, f->x + (size_t)r * dim);
+    /* Attention groups: runs of rows of one sequence at consecutive positions. */
+    f->n_att = 0;
+    for (uint32_t r = 0; r < n; r++)
+        if (r == 0 || r - f->att_first[f->n_att - 1] == KERN_ATT_ROWS || rows[r].kv != rows[r - 1].kv ||
+            rows[r].pos != rows[r - 1].pos + 1)
+            f->att_first[f->n_att++] = r;
+    f->att_first[f->n_att] = n;
 
     for (uint32_t l = 0; l < c->n_layers; l++) {
         const struct layer_weights *L = &m->layers[l];
         const struct fwd_layer *P = &f->L[l];
 
-        /* Attention. */
-        for (uint32_t r = 0; r < n; r++)
-            kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->attn_norm, dim, c->norm_eps);
+        /* Attention (the previous layer's last step normed the input). */
+        if (l == 0)
+            rows_run(f, rows, n, l, ROW_NORM, L->attn_norm, NULL);
         matmul(f, f->xb, dim, n, 3, &P->wq, f->q, f->q_dim, &P->wk, f->k, f->kv_dim, &P->wv, f->v, f->kv_dim);
-        for (uint32_t r = 0; r < n; r++) {
-            float *q = f->q + (size_t)r * f->q_dim, *k = f->k + (size_t)r * f->kv_dim;
-            if (L->bq)
-                add_bias(q, L->bq, f->q_dim);
-            if (L->bk)
-                add_bias(k, L->bk, f->kv_dim);
-            if (L->bv)
-                add_bias(f->v + (size_t)r * f->kv_dim, L->bv, f->kv_dim);
-            if (L->q_norm)
-                head_norm(f, q, c->n_heads, L->q_norm);
-            if (L->k_norm)
-                head_norm(f, k, c->n_kv_heads, L->k_norm);
-            rope(f, q, c->n_heads, rows[r].pos);
-            rope(f, k, c->n_kv_heads, rows[r].pos);
-            memcpy(kv_k(f->kv, rows[r].kv, l, rows[r].pos), k, f->kv_dim * sizeof(float));
-            memcpy(kv_v(f->kv, rows[r].kv, l, rows[r].pos), f->v + (size_t)r * f->kv_dim, f->kv_dim * sizeof(float));
-        }
+        rows_run(f, rows, n, l, ROW_QKV, NULL, NULL);
         struct att_job aj = {f, rows, l};
-        pool_run(f->pool, att_task, &aj, n * c->n_heads);
+        pool_run(f->pool, att_task, &aj, f->n_att * c->n_heads);
         MATMUL1(f, f->att, f->q_dim, n, &P->wo, f->tmp, dim);
-        for (uint32_t r = 0; L->bo && r < n; r++)
-            add_bias(f->tmp + (size_t)r * dim, L->bo, dim);
-        for (size_t i = 0; i < (size_t)n * dim; i++)
-            f->x[i] += f->tmp[i];
+        rows_run(f, rows, n, l, ROW_ADD_NORM, L->ffn_norm, L->bo);
 
         /* Feed-forward: down(silu(gate(x)) * up(x)). */
-        for (uint32_t r = 0; r < n; r++)
-            kern_rmsnorm(f->xb + (size_t)r * dim, f->x + (size_t)r * dim, L->ffn_norm, dim, c->norm_eps);
         matmul(f, f->xb, dim, n, 2, &P->w_gate, f->hb, f->ffn, &P->w_up, f->hb2, f->ffn, NULL, NULL, 0);
         struct silu_job sj = {f, n};
         pool_run(f->pool, silu_task, &sj, (n + SILU_ROWS - 1) / SILU_ROWS);
         MATMUL1(f, f->hb, f->ffn, n, &P->w_down, f->tmp, dim);
-        for (size_t i = 0; i < (size_t)n * dim; i++)
-            f->x[i] += f->tmp[i];
+        /* with the next layer's attention norm */
+        rows_run(f, rows, n, l, ROW_ADD_NORM, l + 1 < c->n_layers ? m->layers[l + 1].attn_norm : NULL, NULL);
         if (f->progress)
             f->progress(f->progress_ctx);
     }

@@ -406,6 +406,28 @@ AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
 
 /* --- F32 with AVX-512: a register-blocked kernel straight on the pack ------------ */
 
+/* reduce8x8() of eight rows held two to a register (a0 = rows 0 and 1, ...,
+ * a3 = rows 6 and 7, as the pair tiles keep them): lane i of the result is
+ * reduce8() of row i, with the same additions — (l0+l4 .. l3+l7), then
+ * (a0+a2, a1+a3), then b0+b1 — in nine shuffles and four adds instead of
+ * the twenty-nine operations of extracting the halves first. */
+AVX512_TARGET static inline __m256 reduce_pairs8(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+    /* one row's l0+l4 .. l3+l7 per 128-bit lane: rows 0-3, and 4-7 */
+    __m512 t01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm512_shuffle_f32x4(a0, a1, _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 t23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(2, 0, 2, 0)),
+                               _mm512_shuffle_f32x4(a2, a3, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* lane k: rows k and k+4's (a0+a2, a1+a3) */
+    __m512 b = _mm512_add_ps(_mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane k: rows k and k+4's b0+b1 (twice) */
+    __m512 c = _mm512_add_ps(_mm512_shuffle_ps(b, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(b, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_castps512_ps256(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0), c));
+}
+
 /* Two groups (8 weight rows, four registers of two rows each) against C
  * batch rows: 4*C accumulators, and per slice of eight k four weight loads
  * and C activation loads for 4*C FMAs, so the FMA units, not the loads, set
@@ -445,14 +467,8 @@ AVX2_TARGET static inline __m256 reduce8x8(const __m256 a[8])
             }                                                                                            \
         }                                                                                                \
         if (y) {                                                                                         \
-            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++) {                                        \
-                __m256 r[8];                                                                             \
-                _Pragma("GCC unroll 4") for (int h = 0; h < 4; h++) {                                    \
-                    r[2 * h] = _mm512_castps512_ps256(a[h][c]);                                          \
-                    r[2 * h + 1] = _mm512_extractf32x8_ps(a[h][c], 1);                                   \
-                }                                                                                        \
-                _mm256_storeu_ps(y + (size_t)c * ldy, reduce8x8(r));                                     \
-            }                                                                                            \
+            _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                          \
+                _mm256_storeu_ps(y + (size_t)c * ldy, reduce_pairs8(a[0][c], a[1][c], a[2][c], a[3][c])); \
             return;                                                                                      \
         }                                                                                                \
         _Pragma("GCC unroll 8") for (int c = 0; c < C; c++)                                              \
@@ -541,51 +557,96 @@ AVX512_TARGET static void matmul_f32_512(const struct kmat *m, const float *x, s
 
 
 /* F16 and BF16 with AVX-512: the F32 kernel's blocking on weights
- * converted to floats XB columns of two groups at a time (2 x 4 rows x 1024
- * floats = 32 KiB, in L1) and run through its pair tile (24 accumulators for
- * 6 batch rows); when a row's columns fit in one block (K <= XB) the pair is
- * converted once for every pass of activation rows.  Each lane does the same
- * conversion and the same FMAs in increasing k as the direct tiles, and the
- * same final reduction, so the bits are theirs. */
+ * converted to floats, run XB columns at a time (2 x 4 rows x 1024 floats
+ * = 32 KiB, in L1) through its pair tile (24 accumulators for 6 batch rows).
+ * With more than one pass of activation rows, a few pairs of groups are
+ * converted whole (up to 4 x 2 x 4 rows x K floats, 96 KiB at K = 768, in
+ * L2) once for every pass, and each pass runs all of them, so that its
+ * activations are read from L2 for every pair but the first, not from L3
+ * for each.  Each lane does the same conversion and the same FMAs in
+ * increasing k as the direct tiles, and the same final reduction, so the
+ * bits are theirs. */
 #define XB 1024
 _Static_assert(2 * XB * KERN_GROUP <= sizeof tl_wbuf / sizeof(float), "tl_wbuf holds two converted groups");
+
+/* This thread's room for converted pairs, grown on demand and freed with
+ * the thread; NULL when out of memory (then each pair is converted again
+ * for every pass, in tl_wbuf). */
+static _Thread_local float *tl_pair;
+static _Thread_local size_t tl_pair_floats;
+static pthread_key_t pair_key;
+static pthread_once_t pair_once = PTHREAD_ONCE_INIT;
+
+static void pair_key_make(void) { pthread_key_create(&pair_key, free); }
+
+static float *pair_room(size_t floats)
+{
+    if (tl_pair_floats >= floats)
+        return tl_pair;
+    pthread_once(&pair_once, pair_key_make);
+    free(tl_pair);
+    tl_pair = aligned_alloc(64, floats * sizeof(float));
+    tl_pair_floats = tl_pair ? floats : 0;
+    pthread_setspecific(pair_key, tl_pair);
+    return tl_pair;
+}
 
 AVX512_TARGET static void matmul_converted_512(const struct kmat *m, const float *x, size_t ldx, uint32_t B,
                                                float *y, size_t ldy, uint32_t g0, uint32_t g1, uint32_t n1)
 {
     uint32_t K = m->cols;
-    const size_t gacc = (size_t)FP * KERN_GROUP * 8, wstride = (size_t)XB * KERN_GROUP;
-    for (uint32_t gb = g0; gb < g1; gb += 2) {
-        uint32_t ng = g1 - gb < 2 ? g1 - gb : 2, n = gb * KERN_GROUP;
-        bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+    /* Pairs converted together: up to 4, fewer for long rows (L2). */
+    uint32_t npairs = K <= 1024 ? 4 : K <= 2048 ? 2 : 1;
+    float *wbuf = B > FP ? pair_room((size_t)npairs * 2 * KERN_GROUP * K) : NULL;
+    if (!wbuf)
+        npairs = 1;
+    const size_t gacc = (size_t)FP * KERN_GROUP * 8;
+    const size_t wstride = (wbuf ? (size_t)K : (size_t)XB) * KERN_GROUP; /* group 1 after group 0 */
+    for (uint32_t gs = g0; gs < g1; gs += 2 * npairs) {
+        uint32_t gend = g1 - gs < 2 * npairs ? g1 : gs + 2 * npairs;
         for (uint32_t p0 = 0; p0 < B; p0 += FP) {
             uint32_t np = B - p0 < FP ? B - p0 : FP;
-            if (ng % 2) /* a lone group's tiles start from memory */
-                memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
-            for (uint32_t k0 = 0; k0 < K; k0 += XB) {
-                uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
-                bool last = k0 + XB >= K;
-                if (p0 == 0 || K > XB)
-                    for (uint32_t gi = 0; gi < ng; gi++)
-                        block_weights(m, gb + gi, k0, ns, tl_wbuf + gi * wstride);
-                for (uint32_t b = 0, c; b < np; b += c) {
-                    c = tile_rows(np - b);
-                    const float *xb = x + (size_t)(p0 + b) * ldx + k0;
-                    if (ng == 2)
-                        ptiles512[c](tl_wbuf, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc, NULL,
-                                     k0 == 0, whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
-                    else
-                        btiles512[c](tl_wbuf, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+            for (uint32_t gb = gs, pi = 0; gb < gend; gb += 2, pi++) {
+                uint32_t ng = gend - gb < 2 ? gend - gb : 2, n = gb * KERN_GROUP;
+                bool whole = ng == 2 && n1 - n >= 2 * KERN_GROUP; /* the pair's outputs go straight to y */
+                if (ng % 2) /* a lone group's tiles start from memory */
+                    memset(tl_acc, 0, (size_t)np * KERN_GROUP * 8 * sizeof(float));
+                /* The weights of the pair as many groups ahead are prefetched a
+                 * line per slice over the tiles of the last pass (earlier,
+                 * the activations streaming through would evict them again):
+                 * its conversion then reads them from cache, not memory. */
+                const char *pf = (const char *)m->data + (size_t)(gb + 2 * npairs) * m->group_bytes,
+                           *pf_end = pf + 2 * m->group_bytes;
+                if (p0 + FP < B || gb + 2 * npairs >= g1)
+                    pf = pf_end;
+                for (uint32_t k0 = 0; k0 < K; k0 += XB) {
+                    uint32_t ns = (K - k0 < XB ? K - k0 : XB) / 8;
+                    bool last = k0 + XB >= K;
+                    float *w = wbuf ? wbuf + pi * 2 * wstride + (size_t)k0 * KERN_GROUP : tl_wbuf;
+                    if (p0 == 0 || !wbuf)
+                        for (uint32_t gi = 0; gi < ng; gi++)
+                            block_weights(m, gb + gi, k0, ns, w + gi * wstride);
+                    for (uint32_t b = 0, c; b < np; b += c) {
+                        c = tile_rows(np - b);
+                        const float *xb = x + (size_t)(p0 + b) * ldx + k0;
+                        if (ng == 2) {
+                            ptiles512[c](w, wstride, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8, gacc,
+                                         pf < pf_end ? pf : NULL, k0 == 0,
+                                         whole && last ? y + (size_t)(p0 + b) * ldy + n : NULL, ldy);
+                            pf += (size_t)ns * 64;
+                        } else
+                            btiles512[c](w, ns, xb, ldx, tl_acc + (size_t)b * KERN_GROUP * 8);
+                    }
                 }
-            }
-            if (whole)
-                continue;
-            for (uint32_t gi = 0; gi < ng; gi++) {
-                uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
-                for (uint32_t b = 0; b < np; b++)
-                    for (uint32_t r = 0; r < nr; r++)
-                        y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
-                            hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+                if (whole)
+                    continue;
+                for (uint32_t gi = 0; gi < ng; gi++) {
+                    uint32_t nr = n1 - n - gi * KERN_GROUP < KERN_GROUP ? n1 - n - gi * KERN_GROUP : KERN_GROUP;
+                    for (uint32_t b = 0; b < np; b++)
+                        for (uint32_t r = 0; r < nr; r++)
+                            y[(size_t)(p0 + b) * ldy + n + gi * KERN_GROUP + r] =
+                                hsum256(_mm256_load_ps(tl_acc + gi * gacc + ((size_t)b * KERN_GROUP + r) * 8));
+                }
             }
         }
     }
@@ -943,6 +1004,208 @@ AVX512_TARGET __attribute__((noinline)) static void attention_512_128(const floa
                                                                       float *out)
 {
     attention_512(16, q, kb, vb, stride, bt, n, scale, s, out);
+}
+
+/* kern_attention() of up to KERN_ATT_ROWS queries of one head at once, with
+ * AVX-512 for a head size known at compile time (NV eight-float slices):
+ * every key and value is loaded once for all of them instead of once each,
+ * so a prompt's attention reads the cache a quarter as often.  Queries 2p
+ * and 2p+1 share a register (one in each half), the key's eight floats are
+ * broadcast to both; the positions all queries see, [0, min n), are done
+ * together, each query's further ones after them.  Per query and position
+ * every lane sees the FMAs of attention_512() in the same order, the same
+ * reduction and scaling, the same softmax over its own scores and the same
+ * value FMAs in position order, so the bits are kern_attention()'s. */
+AVX512_TARGET static inline __attribute__((always_inline)) void attention_rows_512(
+    const uint32_t NV, const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb,
+    size_t stride, uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    enum { P = KERN_ATT_ROWS / 2 };
+    __m512 qp[P][16];
+    uint32_t nmin = n[0];
+    for (uint32_t r = 1; r < R; r++)
+        nmin = n[r] < nmin ? n[r] : nmin;
+    _Pragma("GCC unroll 2")
+    for (uint32_t p = 0; p < P; p++)
+        _Pragma("GCC unroll 16")
+        for (uint32_t i = 0; i < NV; i++) {
+            __m256 lo = 2 * p < R ? _mm256_loadu_ps(q + (size_t)(2 * p) * ldq + 8 * i) : _mm256_setzero_ps();
+            __m256 hi = 2 * p + 1 < R ? _mm256_loadu_ps(q + (size_t)(2 * p + 1) * ldq + 8 * i) : _mm256_setzero_ps();
+            qp[p][i] = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+        }
+    /* Scores of the shared positions, eight at a time where a block has them. */
+    for (uint32_t t0 = 0, blk = 0; t0 < nmin; t0 += bt, blk++) {
+        const float *k = kb[blk];
+        uint32_t m = nmin - t0 < bt ? nmin - t0 : bt;
+        uint32_t t = 0;
+        for (; t + 8 <= m; t += 8, k += 8 * stride) {
+            __m512 a[8][P];
+            _Pragma("GCC unroll 8")
+            for (int j = 0; j < 8; j++)
+                _Pragma("GCC unroll 2")
+                for (int p = 0; p < P; p++)
+                    a[j][p] = _mm512_setzero_ps();
+            /* i not unrolled: the 16 accumulators stay in registers, the
+             * queries are read from the stack (2 loads per 16 FMAs) */
+            _Pragma("GCC unroll 1")
+            for (uint32_t i = 0; i < NV; i++)
+                _Pragma("GCC unroll 8")
+                for (int j = 0; j < 8; j++) {
+                    __m512 kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k + (size_t)j * stride + 8 * i));
+                    _Pragma("GCC unroll 2")
+                    for (int p = 0; p < P; p++)
+                        a[j][p] = _mm512_fmadd_ps(qp[p][i], kv, a[j][p]);
+                }
+            _Pragma("GCC unroll 2")
+            for (uint32_t p = 0; p < P; p++) {
+                __m256 lo[8], hi[8];
+                _Pragma("GCC unroll 8")
+                for (int j = 0; j < 8; j++) {
+                    lo[j] = _mm512_castps512_ps256(a[j][p]);
+                    hi[j] = _mm512_extractf32x8_ps(a[j][p], 1);
+                }
+                if (2 * p < R)
+                    _mm256_storeu_ps(s + (size_t)(2 * p) * lds + t0 + t, _mm256_mul_ps(reduce8x8(lo), _mm256_set1_ps(scale)));
+                if (2 * p + 1 < R)
+                    _mm256_storeu_ps(s + (size_t)(2 * p + 1) * lds + t0 + t,
+                                     _mm256_mul_ps(reduce8x8(hi), _mm256_set1_ps(scale)));
+            }
+        }
+        for (; t < m; t++, k += stride) {
+            __m512 a[P];
+            _Pragma("GCC unroll 2")
+            for (int p = 0; p < P; p++)
+                a[p] = _mm512_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++) {
+                __m512 kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k + 8 * i));
+                _Pragma("GCC unroll 2")
+                for (int p = 0; p < P; p++)
+                    a[p] = _mm512_fmadd_ps(qp[p][i], kv, a[p]);
+            }
+            for (uint32_t r = 0; r < R; r++) {
+                __m256 h = r % 2 ? _mm512_extractf32x8_ps(a[r / 2], 1) : _mm512_castps512_ps256(a[r / 2]);
+                s[(size_t)r * lds + t0 + t] = hsum256(h) * scale;
+            }
+        }
+    }
+    /* Each query's own further positions. */
+    for (uint32_t r = 0; r < R; r++) {
+        const float *qr = q + (size_t)r * ldq;
+        float *sr = s + (size_t)r * lds;
+        for (uint32_t t = nmin; t < n[r]; t++) {
+            const float *k = kb[t / bt] + (size_t)(t % bt) * stride;
+            __m256 acc = _mm256_setzero_ps();
+            _Pragma("GCC unroll 16")
+            for (uint32_t i = 0; i < NV; i++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + 8 * i), _mm256_loadu_ps(k + 8 * i), acc);
+            sr[t] = hsum256(acc) * scale;
+        }
+    }
+    /* softmax_exps() of each query: its maximum and its sum stay sequential
+     * chains in position order, but the queries' chains run side by side
+     * (a lone chain waits on each add's latency); a missing query reads
+     * query 0's scores and is dropped. */
+    const float *sp[KERN_ATT_ROWS];
+    float mx[KERN_ATT_ROWS], sum[KERN_ATT_ROWS], inv[KERN_ATT_ROWS];
+    _Pragma("GCC unroll 4")
+    for (uint32_t r = 0; r < KERN_ATT_ROWS; r++) {
+        sp[r] = s + (r < R ? (size_t)r * lds : 0);
+        mx[r] = -INFINITY;
+        sum[r] = 0;
+    }
+    for (uint32_t t = 0; t < nmin; t++)
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+            if (sp[r][t] > mx[r])
+                mx[r] = sp[r][t];
+    for (uint32_t r = 0; r < R; r++) {
+        for (uint32_t t = nmin; t < n[r]; t++)
+            if (sp[r][t] > mx[r])
+                mx[r] = sp[r][t];
+        vexp_shifted(s + (size_t)r * lds, n[r], mx[r], KERN_AVX512);
+    }
+    for (uint32_t t = 0; t < nmin; t++)
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+            sum[r] += sp[r][t];
+    for (uint32_t r = 0; r < R; r++) {
+        for (uint32_t t = nmin; t < n[r]; t++)
+            sum[r] += sp[r][t];
+        inv[r] = 1.0f / sum[r];
+    }
+    /* The values, 64 dimensions at a time (4 x R accumulators). */
+    _Pragma("GCC unroll 2")
+    for (uint32_t d = 0; d < NV / 8; d++) {
+        __m512 o[KERN_ATT_ROWS][4];
+        _Pragma("GCC unroll 4")
+        for (int r = 0; r < KERN_ATT_ROWS; r++)
+            _Pragma("GCC unroll 4")
+            for (int u = 0; u < 4; u++)
+                o[r][u] = _mm512_setzero_ps();
+        for (uint32_t t0 = 0, blk = 0; t0 < nmin; t0 += bt, blk++) {
+            const float *v = vb[blk] + 64 * d;
+            uint32_t m = nmin - t0 < bt ? nmin - t0 : bt;
+            for (uint32_t t = 0; t < m; t++, v += stride) {
+                __m512 vv[4];
+                _Pragma("GCC unroll 4")
+                for (int u = 0; u < 4; u++)
+                    vv[u] = _mm512_loadu_ps(v + 16 * u);
+                _Pragma("GCC unroll 4")
+                for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+                    if (r < R) {
+                        __m512 a = _mm512_set1_ps(s[(size_t)r * lds + t0 + t] * inv[r]);
+                        _Pragma("GCC unroll 4")
+                        for (int u = 0; u < 4; u++)
+                            o[r][u] = _mm512_fmadd_ps(a, vv[u], o[r][u]);
+                    }
+            }
+        }
+        _Pragma("GCC unroll 4")
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++) {
+            if (r >= R)
+                continue;
+            for (uint32_t t = nmin; t < n[r]; t++) {
+                const float *v = vb[t / bt] + (size_t)(t % bt) * stride + 64 * d;
+                __m512 a = _mm512_set1_ps(s[(size_t)r * lds + t] * inv[r]);
+                _Pragma("GCC unroll 4")
+                for (int u = 0; u < 4; u++)
+                    o[r][u] = _mm512_fmadd_ps(a, _mm512_loadu_ps(v + 16 * u), o[r][u]);
+            }
+            _Pragma("GCC unroll 4")
+            for (int u = 0; u < 4; u++)
+                _mm512_storeu_ps(out + (size_t)r * ldo + 64 * d + 16 * u, o[r][u]);
+        }
+    }
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_rows_512_64(
+    const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb, size_t stride,
+    uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    attention_rows_512(8, q, ldq, R, kb, vb, stride, bt, n, scale, s, lds, out, ldo);
+}
+
+AVX512_TARGET __attribute__((noinline)) static void attention_rows_512_128(
+    const float *q, size_t ldq, uint32_t R, const float *const *kb, const float *const *vb, size_t stride,
+    uint32_t bt, const uint32_t *n, float scale, float *s, size_t lds, float *out, size_t ldo)
+{
+    attention_rows_512(16, q, ldq, R, kb, vb, stride, bt, n, scale, s, lds, out, ldo);
+}
+
+void kern_attention_rows(const float *q, size_t ldq, uint32_t R, uint32_t hd, const float *const *k_blocks,
+                         const float *const *v_blocks, size_t stride, uint32_t bt, const uint32_t *n, float scale,
+                         float *scores, size_t lds, float *out, size_t ldo)
+{
+    assert(R >= 1 && R <= KERN_ATT_ROWS);
+    if (R > 1 && kern_isa() >= KERN_AVX512 && hd == 64)
+        attention_rows_512_64(q, ldq, R, k_blocks, v_blocks, stride, bt, n, scale, scores, lds, out, ldo);
+    else if (R > 1 && kern_isa() >= KERN_AVX512 && hd == 128)
+        attention_rows_512_128(q, ldq, R, k_blocks, v_blocks, stride, bt, n, scale, scores, lds, out, ldo);
+    else
+        for (uint32_t r = 0; r < R; r++)
+            kern_attention(q + (size_t)r * ldq, hd, k_blocks, v_blocks, stride, bt, n[r], scale,
+                           scores + (size_t)r * lds, out + (size_t)r * ldo);
 }
 
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,

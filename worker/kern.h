@@ -117,6 +117,16 @@ float kern_dot(const float *a, const float *b, uint32_t n);
 void kern_attention(const float *q, uint32_t hd, const float *const *k_blocks, const float *const *v_blocks,
                     size_t stride, uint32_t bt, uint32_t n, float scale, float *scores, float *out);
 
+/* kern_attention() of R <= KERN_ATT_ROWS queries of one head over the same
+ * blocks (a prompt's consecutive rows): query r is q + r*ldq over positions
+ * 0..n[r]-1 and writes out + r*ldo, its scores scratch at scores + r*lds
+ * (lds >= n[r]).  Each query gets the bits kern_attention() gives it alone;
+ * the keys and values it shares with the others are read once for all. */
+#define KERN_ATT_ROWS 4
+void kern_attention_rows(const float *q, size_t ldq, uint32_t R, uint32_t hd, const float *const *k_blocks,
+                         const float *const *v_blocks, size_t stride, uint32_t bt, const uint32_t *n, float scale,
+                         float *scores, size_t lds, float *out, size_t ldo);
+
 /* y[i] += a * x[i], fused (each element as fmaf would). */
 void kern_axpy(float a, const float *x, float *y, uint32_t n);
 

@@ -224,7 +224,10 @@ static void test_kern_converted_kernels_are_bit_identical_across_batch_sizes(voi
     (void)state;
     expect_blocked_bit_identical(WT_F16, 2080);
     expect_blocked_bit_identical(WT_BF16, 2080);
-    /* one block (converted once for every pass of 64 activation rows) */
+    /* two blocks (two pairs converted together for the passes) */
+    expect_blocked_bit_identical(WT_F16, 1040);
+    /* one block (four pairs converted together, once for every pass of 64
+     * activation rows) */
     expect_blocked_bit_identical(WT_F16, 800);
     expect_blocked_bit_identical(WT_BF16, 800);
 }
@@ -285,6 +288,59 @@ static void test_kern_attention_is_bit_identical_across_isa(void **state)
                     fail_msg("attention, head %u, %u positions: out[%u] = %.9g, want %.9g", hd, n, i, out[i], o);
             }
         }
+        free(kv);
+    }
+}
+
+/* Attention of several queries at once (a prompt's rows): each query gets
+ * the bits that kern_attention() alone gives it in the scalar reference,
+ * for every count of queries, whether their positions are consecutive (as
+ * a prompt's) or not, share whole groups of 8 and blocks of 16 or not, and
+ * whatever the head size (24 takes the one-query fallback). */
+static void test_kern_attention_rows_equal_one_query_at_a_time(void **state)
+{
+    (void)state;
+    const uint32_t hds[] = {64, 128, 24}, bt = 16, nmax = 70, lds = 72;
+    const uint32_t starts[] = {1, 2, 7, 8, 9, 16, 17, 37, 64, 66};
+    const uint32_t mixed[][KERN_ATT_ROWS] = {{37, 9, 70, 16}, {8, 8, 1, 24}, {70, 69, 3, 33}};
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++) {
+        uint32_t hd = hds[hi], stride = 3 * hd, nblk = (nmax + bt - 1) / bt;
+        float *kv = malloc(sizeof(float) * 2 * nblk * bt * stride);
+        float q[KERN_ATT_ROWS][128], out[KERN_ATT_ROWS][128], ref[128], s[KERN_ATT_ROWS * 72];
+        for (size_t i = 0; i < (size_t)2 * nblk * bt * stride; i++)
+            kv[i] = (float)frand();
+        for (uint32_t r = 0; r < KERN_ATT_ROWS; r++)
+            for (uint32_t i = 0; i < hd; i++)
+                q[r][i] = (float)(2 * frand());
+        const float *kb[8], *vb[8];
+        for (uint32_t b = 0; b < nblk; b++) {
+            kb[b] = kv + (size_t)(nblk - 1 - b) * bt * stride + hd;
+            vb[b] = kv + (size_t)(nblk + b) * bt * stride + hd;
+        }
+        size_t ncase = sizeof starts / sizeof *starts + sizeof mixed / sizeof *mixed;
+        for (size_t ci = 0; ci < ncase; ci++)
+            for (uint32_t R = 1; R <= KERN_ATT_ROWS; R++) {
+                uint32_t n[KERN_ATT_ROWS];
+                for (uint32_t r = 0; r < R; r++)
+                    n[r] = ci < sizeof starts / sizeof *starts ? starts[ci] + r
+                                                             : mixed[ci - sizeof starts / sizeof *starts][r];
+                for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+                    if (!kern_isa_supported((enum kern_isa)isa))
+                        continue;
+                    enum kern_isa old = kern_set_isa((enum kern_isa)isa);
+                    memset(out, 0, sizeof out);
+                    kern_attention_rows(q[0], 128, R, hd, kb, vb, stride, bt, n, 0.125f, s, lds, out[0], 128);
+                    kern_set_isa(KERN_SCALAR);
+                    for (uint32_t r = 0; r < R; r++) {
+                        kern_attention(q[r], hd, kb, vb, stride, bt, n[r], 0.125f, s, ref);
+                        if (memcmp(out[r], ref, sizeof(float) * hd))
+                            fail_msg("attention of %u queries, head %u, query %u over %u positions: %s differs from "
+                                     "the scalar one-query result",
+                                     R, hd, r, n[r], kern_isa_name((enum kern_isa)isa));
+                    }
+                    kern_set_isa(old);
+                }
+            }
         free(kv);
     }
 }
@@ -684,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_kern_f32_blocked_kernel_is_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_kern_converted_kernels_are_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_kern_attention_is_bit_identical_across_isa),
+        cmocka_unit_test(test_kern_attention_rows_equal_one_query_at_a_time),
         cmocka_unit_test(test_kern_dot_matches_scalar_and_rmsnorm_normalizes),
         cmocka_unit_test(test_pool_runs_every_task_exactly_once),
         cmocka_unit_test(test_pool_late_helpers_never_run_a_task_twice),
