@@ -1624,6 +1624,97 @@ AVX512_TARGET static ALWAYS_INLINE void q8_rows_w2(const enum wtype t, const uin
     y0[1] = reduce4(l + 8);
 }
 
+/* q4_0 decode: a pair of weight rows (rows n, n+1, their blocks
+ * alternating), two blocks at once.  One register holds the quarters (row n,
+ * block i), (n+1, i), (n, i+1), (n+1, i+1), each quarter a row's four lanes
+ * of a block as q8_tile() holds them (quant.h's lanes come straight out of
+ * two dpbusd of the low and the high nibbles against the activation's
+ * elements 0-15 and 16-31, nothing to fold), so that the integer sums, the
+ * conversions and the scale products of two blocks take one instruction
+ * each; then block i's FMA (the low half) and block i+1's (the high half)
+ * in order, so that every lane sees q8_rows()'s float steps.  The pair's
+ * 72 bytes come with one load and one 16-bit permutation (a block is nine
+ * words, so every field starts on one).  Decode of a 1B model had been
+ * bound by q8_rows_w2()'s unpacking, not by memory: about a third of its
+ * instructions per block. */
+
+/* The activation row as the kernel reads it, 256 bytes a block pair
+ * (q4_pack1()): the two blocks' elements 0-15 (each twice), their elements
+ * 16-31, their lanes' -8 x activation sums (each twice) and their scales
+ * (each eight times). */
+#define Q4P1_BYTES 256
+static _Thread_local uint8_t tl_q4p1[Q8C1_CAP / 2 * Q4P1_BYTES] __attribute__((aligned(64)));
+
+AVX512_TARGET static void q4_pack1(const struct quant_act *a, uint32_t b)
+{
+    uint32_t K = a->K, nb = K / 32;
+    const int8_t *aq = a->q + (size_t)b * K;
+    const float *ad = a->d + (size_t)b * nb;
+    const __m512i o = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    for (uint32_t i = 0; i < nb; i += 2) {
+        uint8_t *s = tl_q4p1 + (size_t)i / 2 * Q4P1_BYTES;
+        /* the two blocks' 64 codes (the second's zero past an odd row's end) */
+        __m512i v = _mm512_maskz_loadu_epi8(i + 1 < nb ? ~0ull : 0xffffffffull, aq + (size_t)i * 32);
+        __m512i alo = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 2, 0, 0));
+        __m512i ahi = _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 3, 1, 1));
+        /* lane j of a quarter: 8 x (elements 4j..4j+3 + 16+4j..16+4j+3) */
+        __m512i sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, o, alo), o, ahi);
+        __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(ad[i]), _mm256_set1_ps(i + 1 < nb ? ad[i + 1] : 0.0f), 1);
+        _mm512_store_si512((void *)s, alo);
+        _mm512_store_si512((void *)(s + 64), ahi);
+        _mm512_store_si512((void *)(s + 128), _mm512_sub_epi32(zero, sum));
+        _mm512_store_ps((void *)(s + 192), dx);
+    }
+}
+
+AVX512_TARGET __attribute__((noinline)) static void q4_0_w2x(const uint8_t *row0, size_t row_bytes,
+                                                             const struct quant_act *a, uint32_t b, float *y,
+                                                             size_t ldy, uint32_t n)
+{
+    (void)row_bytes;
+    uint32_t nb = a->K / 32;
+    /* words of the pair's two blocks (at 0, 9, 18, 27; the fourth's last
+     * from the second register): quarter k the codes of (row n + k % 2,
+     * block i + k / 2) */
+    const __m512i qidx = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
+                                          17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    /* the four scales, each four times */
+    const __m512i didx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          27, 27, 27, 27, 18, 18, 18, 18, 9, 9, 9, 9, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
+    uint32_t i = 0;
+    for (; i < nb; i += 2) {
+        const uint8_t *k = row0 + (size_t)i * 36, *s = tl_q4p1 + (size_t)i / 2 * Q4P1_BYTES;
+        __m512i A, B;
+        if (i + 1 < nb) {
+            A = _mm512_loadu_si512((const void *)k);
+            B = _mm512_zextsi128_si512(_mm_loadl_epi64((const __m128i *)(k + 64)));
+        } else {
+            /* an odd last block: its 36 bytes (a load of 64 would run past
+             * the matrix) */
+            A = _mm512_maskz_loadu_epi8(0xfffffffffull, k);
+            B = _mm512_setzero_si512();
+        }
+        __m512i q = _mm512_permutex2var_epi16(A, qidx, B);
+        __m512i ulo = _mm512_and_si512(q, m4), uhi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        __m512i L = _mm512_dpbusd_epi32(_mm512_load_si512((const void *)(s + 128)), ulo,
+                                        _mm512_load_si512((const void *)s));
+        L = _mm512_dpbusd_epi32(L, uhi, _mm512_load_si512((const void *)(s + 64)));
+        __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(A, didx, B)));
+        __m512 D = _mm512_mul_ps(dw, _mm512_load_ps((const void *)(s + 192)));
+        __m512 Lf = _mm512_cvtepi32_ps(L);
+        acc = _mm256_fmadd_ps(_mm512_castps512_ps256(D), _mm512_castps512_ps256(Lf), acc);
+        if (i + 1 < nb)
+            acc = _mm256_fmadd_ps(_mm512_extractf32x8_ps(D, 1), _mm512_extractf32x8_ps(Lf, 1), acc);
+    }
+    float l[8];
+    _mm256_storeu_ps(l, acc);
+    float *y0 = y + (size_t)b * ldy + n;
+    y0[0] = reduce4(l);
+    y0[1] = reduce4(l + 4);
+}
+
 typedef void (*rows_w2_fn)(const uint8_t *row, size_t row_bytes, const struct quant_act *a, uint32_t b, float *y,
                            size_t ldy, uint32_t n);
 
@@ -1635,7 +1726,6 @@ typedef void (*rows_w2_fn)(const uint8_t *row, size_t row_bytes, const struct qu
         BODY(T, row, row_bytes, a, b, y, ldy, n);                                                                \
     }
 
-ROWSW2_FN(q4_0, q8_rows_w2, WT_Q4_0)
 ROWSW2_FN(q4_1, rows32_w2, WT_Q4_1)
 ROWSW2_FN(q5_0, rows32_w2, WT_Q5_0)
 ROWSW2_FN(q5_1, rows32_w2, WT_Q5_1)
@@ -1649,7 +1739,7 @@ ROWSW2_FN(q6_k, rows256_w2, WT_Q6_K)
 static rows_w2_fn avx512_w2_fn(enum wtype t)
 {
     switch (t) {
-    case WT_Q4_0: return q4_0_w2;
+    case WT_Q4_0: return q4_0_w2x;
     case WT_Q4_1: return q4_1_w2;
     case WT_Q5_0: return q5_0_w2;
     case WT_Q5_1: return q5_1_w2;
@@ -1856,8 +1946,10 @@ void quant_matmul(enum wtype t, int isa, const void *w, size_t row_bytes, bool p
                 /* a single activation row (decode): weight rows in pairs */
                 rows_w2_fn f = avx512_w2_fn(t);
                 uint32_t n = nb0;
-                if (t == WT_Q8_0 || t == WT_Q4_0)
+                if (t == WT_Q8_0)
                     q8_c1(t, a, p0);
+                if (t == WT_Q4_0 && nb0 == n0)
+                    q4_pack1(a, p0); /* the other blocks of weight rows reuse it */
                 for (; n + 2 <= nb1; n += 2)
                     f(ROW(n), row_bytes, a, p0, y, ldy, n);
                 if (n < nb1)

@@ -884,6 +884,62 @@ static void test_q4_0_kernels_follow_the_defined_order_bit_for_bit(void **state)
     expect_four_lane_order(WT_Q4_0);
 }
 
+/* q4_0 decode (one activation row) with AVX-512 takes two blocks of a pair
+ * of weight rows at once and a lone last block when a row has an odd number
+ * of blocks: rows of 1, 2, 3, 13 and 18 blocks, over row ranges that start at
+ * every even row and end at every row (so pairs and a lone last row in every
+ * position), give the defined order's bits in both layouts and every
+ * instruction set. */
+static void test_q4_0_decode_follows_the_defined_order_for_any_row_length_and_range(void **state)
+{
+    (void)state;
+    const uint32_t Ks[] = {32, 64, 96, 416, 576};
+    const uint32_t N = 11;
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+        uint32_t K = Ks[ki];
+        struct wmat w;
+        make_qmatrix(&w, WT_Q4_0, N, K);
+        float *x = make_acts(5, K), *y = malloc(sizeof(float) * N), ref[11];
+        struct quant_act a = {0};
+        assert_int_equal(quant_act_quantize(&a, QACT_32, false, x, K, 5, K), 0);
+        struct kmat km, kplain;
+        assert_int_equal(kern_pack(&w, &km), 0);
+        enum kern_isa old = kern_set_isa(KERN_SCALAR);
+        assert_int_equal(kern_pack(&w, &kplain), 0);
+        for (uint32_t b = 0; b < 5; b++) {
+            for (uint32_t n = 0; n < N; n++)
+                ref[n] = four_lane_ordered_dot(WT_Q4_0, (const uint8_t *)w.data + (size_t)n * w.row_bytes, &a, b);
+            for (int isa = KERN_SCALAR; isa <= KERN_AVX512; isa++) {
+                if (!kern_isa_supported((enum kern_isa)isa))
+                    continue;
+                kern_set_isa((enum kern_isa)isa);
+                for (int layout = 0; layout < 2; layout++)
+                    for (uint32_t n0 = 0; n0 < N; n0 += 2)
+                        for (uint32_t n1 = n0 + 1; n1 <= N; n1++) {
+                            for (uint32_t n = 0; n < N; n++)
+                                y[n] = -1.0f;
+                            kern_matmul(layout ? &km : &kplain, x + (size_t)b * K, K, 1, y, N, n0, n1);
+                            for (uint32_t n = 0; n < N; n++) {
+                                float want = n >= n0 && n < n1 ? ref[n] : -1.0f;
+                                if (memcmp(&y[n], &want, sizeof(float)))
+                                    fail_msg("q4_0 %s (%s) K %u act %u rows [%u, %u): %.9g, the defined order %.9g at "
+                                             "row %u",
+                                             kern_isa_name((enum kern_isa)isa), layout && km.pairs ? "pairs" : "rows", K,
+                                             b, n0, n1, (double)y[n], (double)want, n);
+                            }
+                        }
+            }
+        }
+        kern_set_isa(old);
+        quant_act_free(&a);
+        kern_unpack_free(&kplain);
+        kern_unpack_free(&km);
+        free((void *)w.data);
+        free(x);
+        free(y);
+    }
+}
+
 /* A long prompt over a wide matrix is computed in passes of activation rows
  * and blocks of weight rows (so the codes stay in cache); an element must not
  * depend on which pass or block it fell in: 53 rows of 4096 columns cross a
@@ -987,6 +1043,7 @@ int main(void)
         cmocka_unit_test(test_raw_code_prefill_kernels_are_bit_identical_across_batch_sizes),
         cmocka_unit_test(test_q8_0_kernels_follow_the_defined_order_bit_for_bit),
         cmocka_unit_test(test_q4_0_kernels_follow_the_defined_order_bit_for_bit),
+        cmocka_unit_test(test_q4_0_decode_follows_the_defined_order_for_any_row_length_and_range),
         cmocka_unit_test(test_bf16_matmul_matches_scalar_and_double),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
