@@ -1593,7 +1593,8 @@ AVX512_TARGET static void q8_c1(enum wtype t, const struct quant_act *a, uint32_
 /* q8_rows() of rows n, n+1 (their blocks alternating) against activation
  * row b, folded to four lanes as q8_rows_x2() does; the raw codes (q8_0's
  * with their sign bits flipped, u = q + 128; q4_0's nibbles, u = w + 8)
- * from tl_q8c1's start, as q8_tile(). */
+ * from tl_q8c1's start, as q8_tile().  Only q8_0 decodes here now (q4_0
+ * has q4_0_w2x()); the q4_0 branches keep the two layouts' kernel one. */
 AVX512_TARGET static ALWAYS_INLINE void q8_rows_w2(const enum wtype t, const uint8_t *row0, size_t row_bytes,
                                                    const struct quant_act *a, uint32_t b, float *y, size_t ldy,
                                                    uint32_t n)
