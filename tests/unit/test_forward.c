@@ -12,7 +12,10 @@
  * not depend on the shipped one):
  *   tiny     --shape tiny (dim 64, 2 layers, 4 heads / 2 KV heads, ffn 128, vocab 512)
  *   gqa      --dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --vocab 512
- *   each in f32, f16 and q8_0; and for the reference test also
+ *   each in f32, f16 and q8_0;
+ *   mha64    --dim 128 --layers 2 --heads 2 --kv-heads 2 --ffn 256 --vocab 512
+ *            (f32): heads of 64 without grouped queries;
+ *   and for the reference test also
  *   odd      --dim 96 --layers 3 --heads 3 --kv-heads 3 --ffn 160 --vocab 509 --tied (f32):
  *            plain multi-head attention, tied output, a vocabulary that is
  *            not a multiple of the kernels' row groups;
@@ -69,6 +72,9 @@ static const struct mspec models[] = {
     {"gqa-f32", "--dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --vocab 512 --dtype f32"},
     {"gqa-f16", "--dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --vocab 512 --dtype f16"},
     {"gqa-q8_0", "--dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --vocab 512 --dtype q8_0"},
+    /* heads of 64 without grouped queries: AVX-512 attention of a prompt's
+     * consecutive rows together */
+    {"mha64-f32", "--dim 128 --layers 2 --heads 2 --kv-heads 2 --ffn 256 --vocab 512 --dtype f32"},
 };
 #define N_MODELS (sizeof models / sizeof models[0])
 static const struct mspec odd_model = {
