@@ -47,7 +47,7 @@
     X(SIZE, gateway, client_buffer_bytes, "1M",          4096, 1073741824, "output a slow client may have queued before it gets slow_consumer") \
     X(INT,  gateway, coalesce_max_ms,  "50",             0, 10000,  "longest a token waits to be coalesced with later ones for a client that is behind") \
     X(BOOL, gateway, direct_write,     "true",           0, 0,      "write a connection's new tokens right after the ring batch that brought them, when its socket has room (false: wait for lws's writable callback)") \
-    X(BOOL, gateway, send_uring,       "true",           0, 0,      "send a ring batch's frames with one io_uring submission (one system call for the whole batch, not one per connection) where the kernel allows io_uring; false, or no io_uring: one send() per connection") \
+    X(BOOL, gateway, send_uring,       "true",           0, 0,      "send a ring batch's frames through io_uring (one system call per 32 connections, not one per connection) where the kernel allows io_uring; false, or no io_uring: one send() per connection") \
     X(INT,  gateway, send_threads,     "1",              1, 16,     "threads that send the frames of one ring batch in parallel (the service thread and send_threads-1 more; worth it only with a core to spare); 1: the service thread alone") \
     X(INT,  gateway, ping_interval_s,  "20",             0, 3600,   "seconds an idle WebSocket may be silent before it is pinged (and 3x that before it is dropped)") \
     X(INT,  gateway, failover_timeout_s, "30",         0, 3600,   "how long a generation whose worker died waits for a worker to run it again before it ends with worker_lost") \

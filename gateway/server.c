@@ -692,7 +692,7 @@ int server_run(const struct rill_config *c)
     }
     if (c->direct_write)
         rlog_info("a ring batch's frames go out %s",
-                  writer_set_uring(&g->writers) ? "in one io_uring submission"
+                  writer_set_uring(&g->writers) ? "in one io_uring submission per 32 connections"
                   : c->send_threads > 1         ? "from the send threads, one send() per connection"
                                                 : "with one send() per connection");
     g->vh = lws_get_vhost_by_name(g->ctx, "default");

@@ -31,12 +31,12 @@ struct writer_sender {
 
 #define FJ_CLOSED ((size_t)1 << 62)
 
-/* Send requests in one submission at most (a larger batch takes several). */
-#define URING_ENTRIES 512
 /* With io_uring, a batch's frames leave every URING_CHUNK connections while
  * the rest are still being built: the first clients get theirs (and the
  * client machine starts reading) ~30 µs into the batch instead of after all
- * of it is built; the last leave no later, and a submission costs ~1 µs. */
+ * of it is built; the last leave no later, and a submission costs ~1 µs.
+ * So a submission holds at most URING_CHUNK sends, and the ring that many
+ * entries. */
 #define URING_CHUNK 32
 #define SEND_FLAGS (MSG_DONTWAIT | MSG_NOSIGNAL)
 
@@ -119,9 +119,9 @@ static struct io_uring *uring_open(void)
     struct io_uring *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
-    int rc = io_uring_queue_init(URING_ENTRIES, r, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN);
+    int rc = io_uring_queue_init(URING_CHUNK, r, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN);
     if (rc == -EINVAL) /* a kernel before 5.19 */
-        rc = io_uring_queue_init(URING_ENTRIES, r, 0);
+        rc = io_uring_queue_init(URING_CHUNK, r, 0);
     if (rc) {
         rlog_info("io_uring unavailable (%s): one send() per connection", strerror(-rc));
         free(r);
@@ -144,50 +144,48 @@ static void uring_close(struct io_uring *r)
     free(r);
 }
 
-/* Send the batch with one submission per URING_ENTRIES writers. */
+/* Send the batch (at most URING_CHUNK writers, writer_flush() sees to it)
+ * with one submission. */
 static void uring_send(struct writer_set *s)
 {
-    for (size_t i = 0; i < s->n_batch; i++)
-        s->batch[i]->sent = LONG_MIN; /* not yet sent */
-    for (size_t i0 = 0; i0 < s->n_batch && s->uring; i0 += URING_ENTRIES) {
-        size_t n = s->n_batch - i0 < URING_ENTRIES ? s->n_batch - i0 : URING_ENTRIES;
-        unsigned queued = 0, submitted = 0;
-        for (size_t i = i0; i < i0 + n; i++) {
-            struct writer *w = s->batch[i];
-            int fd = lws_get_socket_fd(w->wsi);
-            struct io_uring_sqe *sqe = fd < 0 ? NULL : io_uring_get_sqe(s->uring);
-            if (!sqe) {
-                send_one(w);
-                continue;
-            }
-            io_uring_prep_send(sqe, fd, obuf_data(&w->out), w->out.len, SEND_FLAGS);
-            sqe->user_data = i;
-            queued++;
+    assert(s->n_batch <= URING_CHUNK);
+    unsigned queued = 0, submitted = 0;
+    for (size_t i = 0; i < s->n_batch; i++) {
+        struct writer *w = s->batch[i];
+        int fd = lws_get_socket_fd(w->wsi);
+        w->sent = LONG_MIN; /* not yet sent */
+        if (fd < 0) {
+            w->sent = -1;
+            continue;
         }
-        /* A kernel without SUBMIT_ALL stops a submission at a request it
-         * cannot start (that one completes with its error): go on with the
-         * rest. */
-        while (submitted < queued) {
-            int rc = io_uring_submit(s->uring);
-            if (rc == -EINTR)
-                continue;
-            if (rc <= 0) {
-                rlog_warn("io_uring submit: %s; sending with send() from now on",
-                         rc ? strerror(-rc) : "nothing taken");
-                break;
-            }
-            submitted += (unsigned)rc;
-        }
-        uring_reap(s->uring, s->batch, submitted);
-        if (submitted < queued) {
-            /* everything submitted has completed: the ring holds no buffer */
-            uring_close(s->uring);
-            s->uring = NULL;
-        }
+        /* the ring has URING_CHUNK entries, all free between batches */
+        struct io_uring_sqe *sqe = io_uring_get_sqe(s->uring);
+        assert(sqe);
+        io_uring_prep_send(sqe, fd, obuf_data(&w->out), w->out.len, SEND_FLAGS);
+        sqe->user_data = i;
+        queued++;
     }
-    for (size_t i = 0; i < s->n_batch; i++)
-        if (s->batch[i]->sent == LONG_MIN)
-            send_one(s->batch[i]);
+    /* A kernel without SUBMIT_ALL stops a submission at a request it cannot
+     * start (that one completes with its error): go on with the rest. */
+    while (submitted < queued) {
+        int rc = io_uring_submit(s->uring);
+        if (rc == -EINTR)
+            continue;
+        if (rc <= 0) {
+            rlog_warn("io_uring submit: %s; sending with send() from now on", rc ? strerror(-rc) : "nothing taken");
+            break;
+        }
+        submitted += (unsigned)rc;
+    }
+    uring_reap(s->uring, s->batch, submitted);
+    if (submitted < queued) {
+        /* everything submitted has completed: the ring holds no buffer */
+        uring_close(s->uring);
+        s->uring = NULL;
+        for (size_t i = 0; i < s->n_batch; i++)
+            if (s->batch[i]->sent == LONG_MIN)
+                send_one(s->batch[i]);
+    }
 }
 
 /* Take and send writers of the open batch until none is left.  Each

@@ -274,9 +274,9 @@ hdr = f"{'streams':>8} {'tokens/s':>10} {'added p50':>10} {'added p99':>10} {'@s
       f"{'tok/frame':>9} {'stream t/s':>10} {'gw cpu%':>8} {'us/token':>8} {'thread cap':>10} {'gw rss kB':>10} " \
       f"{'(private)':>10} {'bench cpu%':>10} {'other cpu%':>10}"
 print(hdr)
+opt = lambda v, f: format(v, f) if v is not None else "-"
 for r in rows:
     mark = "*" if r["noisy_runs"] else " "
-    opt = lambda v, f: format(v, f) if v is not None else "-"
     print(f"{r['streams']:>7}{mark} {r['tokens_per_s']:>10.0f} {r['added_latency_p50_ms']:>10.2f} "
           f"{r['added_latency_p99_ms']:>10.2f} {opt(r['added_at_socket_p50_ms'], '>10.2f')} "
           f"{opt(r['added_at_socket_p99_ms'], '>10.2f')} {r['tokens_per_frame']:>9.2f} {r['stream_tokens_per_s']:>10.2f} "

@@ -1019,6 +1019,12 @@ static void rx_time_start(int fd)
 {
     if (fd < 0)
         return;
+    if (!rx.cap) {
+        struct timespec rt, mo;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        clock_gettime(CLOCK_MONOTONIC, &mo);
+        rx.rt_minus_mono = ((int64_t)rt.tv_sec - mo.tv_sec) * 1000000000 + (rt.tv_nsec - mo.tv_nsec);
+    }
     if (fd >= rx.cap) {
         int cap = rx.cap ? rx.cap : 1024;
         while (cap <= fd)
@@ -1030,10 +1036,6 @@ static void rx_time_start(int fd)
             p[i] = UINT64_MAX;
         rx.ns = p;
         rx.cap = cap;
-        struct timespec rt, mo;
-        clock_gettime(CLOCK_REALTIME, &rt);
-        clock_gettime(CLOCK_MONOTONIC, &mo);
-        rx.rt_minus_mono = ((int64_t)rt.tv_sec - mo.tv_sec) * 1000000000 + (rt.tv_nsec - mo.tv_nsec);
     }
     int on = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE;
     rx.ns[fd] = setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &on, sizeof on) ? UINT64_MAX : 0;
